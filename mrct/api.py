@@ -1,0 +1,122 @@
+"""The functions the CLI calls. Each takes plain values and returns plain results."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mrct.errors import MrctError, OutputExistsError
+from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
+from mrct.volume import Modality, Volume
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info"]
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    uid: str
+    description: str
+    modality: str
+    slices: int
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What ``mrct info`` reports. No patient identity is included."""
+
+    path: str
+    format: str
+    series: list[SeriesSummary] = field(default_factory=list)
+    modality: str | None = None
+    modality_from: str | None = None  # "header" or "intensities"
+    shape: tuple[int, int, int] | None = None
+    spacing_mm: tuple[float, float, float] | None = None
+    orientation: str | None = None
+    value_range: tuple[float, float] | None = None
+    dtype: str | None = None
+
+
+def guess_modality(volume: Volume) -> Modality | None:
+    """CT or MR from the intensity distribution alone.
+
+    CT is calibrated: air sits near -1000 HU and fills much of a head scan's
+    field of view. MR has no negative unit and its background is near 0.
+    """
+    a = volume.array
+    sample = a[:: max(1, a.shape[0] // 64), :: max(1, a.shape[1] // 64), :: max(1, a.shape[2] // 32)]
+    p1 = float(np.percentile(sample, 1))
+    if p1 <= -700 and np.mean(sample <= -500) > 0.05:
+        return Modality.CT
+    if p1 >= -50:
+        return Modality.MR
+    return None
+
+
+def info(path: str | Path, series: str | None = None) -> VolumeInfo:
+    """Describe an input: the series in a folder, and the volume when one is chosen."""
+    p = Path(path)
+    summaries: list[SeriesSummary] = []
+    if p.is_dir():
+        from mrct.io.dicom_scan import find_series
+
+        found = find_series(p)
+        summaries = [SeriesSummary(s.key, s.description, s.modality, s.n_frames) for s in found]
+        if len(found) > 1 and series is None:
+            return VolumeInfo(str(p), "dicom", summaries)
+    vol = read_volume(p, series=series)
+    modality, source = vol.modality, "header"
+    if modality is None:
+        modality, source = guess_modality(vol), "intensities"
+    lo, hi = float(vol.array.min()), float(vol.array.max())
+    return VolumeInfo(
+        path=str(p),
+        format=vol.source.format,
+        series=summaries,
+        modality=modality.value if modality else None,
+        modality_from=source if modality else None,
+        shape=vol.shape,
+        spacing_mm=tuple(round(s, 6) for s in vol.spacing),  # type: ignore[arg-type]
+        orientation=vol.orientation,
+        value_range=(lo, hi),
+        dtype=str(vol.array.dtype),
+    )
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    series: str | None = None,
+    modality: Modality | None = None,
+    overwrite: bool = False,
+    allow_gaps: bool = False,
+) -> Path:
+    """Convert between formats without translation. ``dst`` ending in ``/`` means DICOM."""
+    src_p, dst_p = Path(src), Path(str(dst).rstrip("/\\"))
+    try:
+        fmt = output_format_for(dst)
+    except ValueError as err:
+        raise MrctError(str(err).split(": ", 1)[1], dst_p) from err
+    if dst_p.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
+    if src_p.exists() and dst_p.exists() and src_p.resolve() == dst_p.resolve():
+        raise MrctError("output would replace the input; choose another output path", dst_p)
+    vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
+    if fmt is OutputFormat.DICOM and vol.modality is None:
+        guessed = guess_modality(vol)
+        if guessed is None:
+            raise MrctError("cannot tell CT from MR; pass --modality ct or --modality mr", src_p)
+        log.warning("%s: no modality in the header; writing %s (from intensities)", src_p, guessed.value)
+        vol = vol.replace(modality=guessed)
+    return write_volume(
+        vol,
+        str(dst),
+        overwrite=overwrite,
+        series_description=f"mrct convert ({vol.modality.value if vol.modality else 'image'})",
+        derivation_description=f"Format conversion by mrct from {vol.source.format}",
+    )

@@ -1,0 +1,52 @@
+"""Typed errors raised by the library.
+
+The CLI turns each into one line (``path: problem``) and an exit code; the
+library itself never prints or exits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MrctError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to users."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class InputNotFoundError(MrctError):
+    """The input path does not exist, or holds nothing readable."""
+
+    exit_code = 2
+
+
+class ReadError(MrctError):
+    """The input exists but is not a readable image, or its content is unusable."""
+
+    exit_code = 3
+
+
+class GeometryError(ReadError):
+    """The slices or header do not describe a consistent 3D grid."""
+
+
+class SeriesSelectionError(ReadError):
+    """A folder holds several series and none (or an unknown one) was chosen."""
+
+
+class OutputExistsError(MrctError):
+    """The output exists and ``overwrite`` was not given."""
+
+    exit_code = 4
+
+
+class WriteError(MrctError):
+    """The output could not be written."""
+
+    exit_code = 5

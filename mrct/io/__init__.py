@@ -1,0 +1,113 @@
+"""Volume I/O: ``read_volume`` for every input, ``write_volume`` for every output.
+
+Formats are chosen from the path: ``.nii``/``.nii.gz`` (NIfTI), ``.nrrd``/``.nhdr``
+(NRRD), ``.mha``/``.mhd`` (MetaImage); a folder, a ``.zip`` or any other file
+is read as DICOM. For writing, a path ending in ``/`` or naming an existing
+folder means a DICOM series.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mrct.errors import InputNotFoundError, ReadError
+
+if TYPE_CHECKING:  # mrct.volume imports mrct.io.orientation; avoid the cycle at run time
+    from mrct.volume import Modality, Volume
+
+__all__ = ["OutputFormat", "output_format_for", "read_volume", "write_volume"]
+
+
+class OutputFormat(str, Enum):
+    NIFTI = "nifti"
+    NRRD = "nrrd"
+    MHA = "mha"
+    DICOM = "dicom"
+
+
+_NIFTI = (".nii", ".nii.gz")
+_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def read_volume(
+    path: str | Path,
+    *,
+    series: str | None = None,
+    modality: Modality | None = None,
+    allow_gaps: bool = False,
+) -> Volume:
+    """Read any supported input into a :class:`~mrct.volume.Volume`.
+
+    Args:
+        path: a NIfTI/NRRD/MHA file, a DICOM series folder, an enhanced
+            multi-frame DICOM file, or a ``.zip`` of DICOM files.
+        series: SeriesInstanceUID to pick when a folder holds several series.
+        modality: overrides (or supplies, for formats without one) the modality.
+        allow_gaps: interpolate across missing DICOM slices instead of failing.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputNotFoundError("no such file or folder", p)
+    name = p.name.lower()
+    if p.is_file() and p.stat().st_size == 0:
+        raise ReadError("file is empty", p)
+    if p.is_file() and name.endswith(_NIFTI):
+        from mrct.io.nifti import read_nifti
+
+        return read_nifti(p, modality)
+    if p.is_file() and name.endswith(_ITK):
+        from mrct.io.itk import read_itk
+
+        return read_itk(p, modality)
+    from mrct.io.dicom_read import read_dicom
+
+    return read_dicom(p, series=series, modality=modality, allow_gaps=allow_gaps)
+
+
+def output_format_for(path: str | Path) -> OutputFormat:
+    text = str(path)
+    name = Path(text).name.lower()
+    if text.endswith(("/", "\\")) or Path(text).is_dir():
+        return OutputFormat.DICOM
+    if name.endswith(_NIFTI):
+        return OutputFormat.NIFTI
+    if name.endswith((".nrrd", ".nhdr")):
+        return OutputFormat.NRRD
+    if name.endswith((".mha", ".mhd")):
+        return OutputFormat.MHA
+    if "." not in name:
+        return OutputFormat.DICOM
+    raise ValueError(f"{path}: unknown output format; use .nii.gz, .nii, .nrrd, .mha, or a folder/ for DICOM")
+
+
+def write_volume(
+    volume: Volume,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    series_description: str = "mrct output",
+    derivation_description: str = "Converted by mrct",
+) -> Path:
+    """Write ``volume`` in the format ``path`` implies; returns the path written."""
+    p = Path(str(path).rstrip("/\\"))
+    fmt = output_format_for(path)
+    if fmt is OutputFormat.NIFTI:
+        from mrct.io.nifti import write_nifti
+
+        return write_nifti(volume, p, overwrite)
+    if fmt in (OutputFormat.NRRD, OutputFormat.MHA):
+        from mrct.io.itk import write_itk
+
+        return write_itk(volume, p, overwrite)
+    from mrct.io.dicom_write import write_dicom_series
+
+    write_dicom_series(
+        volume,
+        p,
+        series_description=series_description,
+        derivation_description=derivation_description,
+        overwrite=overwrite,
+    )
+    return p

@@ -1,0 +1,107 @@
+"""Write outputs so that a crash never leaves a half-written file under the final name.
+
+Files are written to a hidden temporary name in the destination folder (same
+file system, so the final ``os.replace`` is atomic) and renamed at the end.
+An existing output is replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mrct.errors import OutputExistsError, WriteError
+
+TMP_MARK = ".mrct-tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs normal permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def compound_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``a.nii.gz``; the last suffix otherwise."""
+    name = path.name.lower()
+    for multi in (".nii.gz", ".tar.gz"):
+        if name.endswith(multi):
+            return path.name[-len(multi) :]
+    return path.suffix
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Fail early when ``path`` exists and must not be replaced, or cannot be created."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create output folder: {err.strerror}", parent) from err
+    if not os.access(parent, os.W_OK):
+        raise WriteError("output folder is not writable", parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    check_output(path, overwrite)
+    suffix = compound_suffix(path)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name[: len(path.name) - len(suffix)]}{TMP_MARK}",
+        suffix=suffix,
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if path.exists() and not overwrite:  # appeared while we were writing
+            raise OutputExistsError("output appeared while writing; not replaced", path)
+        _publish_mode(tmp, directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; move it onto ``path`` on success.
+
+    With ``overwrite``, an existing folder is moved aside first and deleted only
+    after the new one is in place, so an interruption never loses both.
+    """
+    path = Path(path)
+    check_output(path, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    try:
+        yield tmp
+        old: Path | None = None
+        if path.exists():
+            if not overwrite:
+                raise OutputExistsError("output appeared while writing; not replaced", path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
+            old.rmdir()
+            os.replace(path, old)
+        _publish_mode(tmp, directory=True)
+        os.replace(tmp, path)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,270 @@
+"""Read a DICOM series (folder, enhanced multi-frame file or zip) into a Volume.
+
+Voxel layout follows dcm2niix's defaults so that our NIfTI output can be
+compared with dcm2niix's directly: i runs along DICOM columns, j along rows in
+reverse order, k along the slice normal; 3D acquisitions (MRAcquisitionType
+3D) are then turned, losslessly, to the axis order closest to RAS.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.errors import GeometryError, ReadError
+from mrct.io.dicom_geometry import (
+    SliceGeometry,
+    orientation_from_iop,
+    plan_stack,
+    resample_stack,
+)
+from mrct.io.dicom_scan import SeriesFiles, extract_zip, find_series, select_series
+from mrct.io.orientation import closest_canonical, lps_to_ras
+from mrct.io.validate import check_shape, check_values
+from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, DicomSource, Modality, SourceInfo, Volume
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One 2D image: where it lies (LPS mm) and how to rescale its stored values."""
+
+    position: tuple[float, ...]
+    iop: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    file_index: int
+    frame_index: int | None  # None for single-frame files
+
+
+def read_dicom(
+    path: Path,
+    *,
+    series: str | None = None,
+    modality: Modality | None = None,
+    allow_gaps: bool = False,
+) -> Volume:
+    """Read a series folder, an enhanced multi-frame file, or a zip of either."""
+    if path.is_file() and path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
+            extract_zip(path, Path(tmp))
+            vol = read_dicom(Path(tmp), series=series, modality=modality, allow_gaps=allow_gaps)
+        return vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
+    if path.is_dir():
+        chosen = select_series(find_series(path), series, path)
+    else:
+        from mrct.io.dicom_scan import group_series
+
+        found = group_series([path])
+        if not found:
+            raise ReadError("not a recognised image (NIfTI, NRRD, MHA or DICOM)", path)
+        chosen = found[0]
+        if chosen.n_frames == 1:
+            raise ReadError(
+                "a 3D volume is needed; this is a single 2D slice (point mrct at the series folder)",
+                path,
+            )
+    return _read_series(chosen, path, modality, allow_gaps)
+
+
+def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool) -> Volume:
+    import pydicom
+
+    datasets: list[Dataset] = []
+    for f in chosen.files:
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception as err:
+            raise ReadError(f"unreadable DICOM file ({type(err).__name__})", f) from err
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            raise ReadError("DICOM file has no pixel data", f)
+        datasets.append(ds)
+    first = datasets[0]
+    _check_pixel_format(first, chosen.files[0])
+    frames = [fr for i, ds in enumerate(datasets) for fr in _frames_of(ds, i, chosen.files[i])]
+    geom = _common_geometry(frames, where)
+    rows, cols = int(first.Rows), int(first.Columns)
+    check_shape((cols, rows, len(frames)), where)
+    positions = np.array([f.position for f in frames], dtype=np.float64)
+    plan = plan_stack(positions, geom, rows, cols, allow_gaps=allow_gaps, where=str(where))
+    pixels = _load_pixels(datasets, frames, chosen.files, rows, cols)
+    slopes = np.array([f.slope for f in frames])
+    intercepts = np.array([f.intercept for f in frames])
+    values = _rescale(pixels, slopes, intercepts)
+    if plan.resample:
+        log.warning(
+            "%s: %s; resampled onto a rectilinear grid of %.3f mm slices (as dcm2niix's _Tilt/_Eq output)",
+            where,
+            plan.reason,
+            float(np.linalg.norm(plan.affine_lps[:3, 2])),
+        )
+        stack = resample_stack(values, positions, geom, plan, fill=float(values.min()))
+    else:
+        stack = values[plan.order]
+    # [slice, row, col] -> [col, row, slice] = [i, j, k]; then reverse j like dcm2niix.
+    array = np.ascontiguousarray(np.flip(stack.transpose(2, 1, 0), axis=1))
+    affine = lps_to_ras(plan.affine_lps)
+    affine[:3, 3] += affine[:3, 1] * (array.shape[1] - 1)
+    affine[:3, 1] *= -1
+    if str(first.get("MRAcquisitionType", "")).upper() == "3D":
+        array, affine = closest_canonical(array, affine)
+    check_values(array, where)
+    detected = {"CT": Modality.CT, "MR": Modality.MR}.get(str(first.get("Modality", "")))
+    source = SourceInfo(str(where), "dicom", _dicom_source(first, datasets))
+    return Volume(array, affine, modality or detected, source)
+
+
+def _check_pixel_format(ds: Dataset, path: Path) -> None:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ReadError("colour images are not supported; a greyscale CT or MR is needed", path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ReadError(f"unsupported PhotometricInterpretation {photometric}", path)
+
+
+def _frames_of(ds: Dataset, file_index: int, path: Path) -> list[_Frame]:
+    """Single-frame files give one frame; enhanced multi-frame files give many."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        if n_frames > 1:
+            raise ReadError("multi-frame file without per-frame geometry is not supported", path)
+        return [_frame_from(ds, ds, ds, file_index, None, path)]
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    frames = []
+    for f, item in enumerate(per_frame):
+        frames.append(_frame_from(item, shared, ds, file_index, f, path))
+    return frames
+
+
+def _group_value(item: Dataset | None, shared: Dataset | None, seq: str, key: str) -> Any:
+    """A functional-group value, per-frame first, then shared (or flat for classic files)."""
+    for source in (item, shared):
+        if source is None:
+            continue
+        if seq in source and source[seq].value:
+            inner = source[seq].value[0]
+            if key in inner:
+                return inner[key].value
+        if key in source:
+            return source[key].value
+    return None
+
+
+def _frame_from(
+    item: Dataset, shared: Dataset | None, root: Dataset, file_index: int, frame: int | None, path: Path
+) -> _Frame:
+    pos = _group_value(item, shared, "PlanePositionSequence", "ImagePositionPatient")
+    iop = _group_value(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _group_value(item, shared, "PixelMeasuresSequence", "PixelSpacing")
+    slope = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleSlope")
+    inter = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleIntercept")
+    where = f"{path}" if frame is None else f"{path} (frame {frame + 1})"
+    if pos is None or len(pos) != 3:
+        raise GeometryError("missing ImagePositionPatient", where)
+    if iop is None:
+        raise GeometryError("missing ImageOrientationPatient", where)
+    if spacing is None or len(spacing) != 2 or min(float(x) for x in spacing) <= 0:
+        raise GeometryError("missing or non-positive PixelSpacing", where)
+    if slope is None and root is not item:
+        slope = root.get("RescaleSlope")
+        inter = root.get("RescaleIntercept") if inter is None else inter
+    return _Frame(
+        position=tuple(float(x) for x in pos),
+        iop=tuple(float(x) for x in iop),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slope=1.0 if slope in (None, "") else float(slope),
+        intercept=0.0 if inter in (None, "") else float(inter),
+        file_index=file_index,
+        frame_index=frame,
+    )
+
+
+def _common_geometry(frames: list[_Frame], where: Path) -> SliceGeometry:
+    ref = np.array(frames[0].iop)
+    for f in frames[1:]:
+        if np.max(np.abs(np.array(f.iop) - ref)) > 1e-3:
+            raise GeometryError("slices have different ImageOrientationPatient", where)
+        if f.pixel_spacing != frames[0].pixel_spacing:
+            raise GeometryError("slices have different PixelSpacing", where)
+    r, c = orientation_from_iop(ref, str(where))
+    row_sp, col_sp = frames[0].pixel_spacing
+    return SliceGeometry(r, c, row_sp, col_sp)
+
+
+def _load_pixels(
+    datasets: list[Dataset], frames: list[_Frame], files: tuple[Path, ...], rows: int, cols: int
+) -> npt.NDArray:
+    """Stored pixel values as [frame, row, col], in input frame order."""
+    out: npt.NDArray | None = None
+    decoded: dict[int, npt.NDArray] = {}
+    for n, f in enumerate(frames):
+        if f.file_index not in decoded:
+            ds = datasets[f.file_index]
+            if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != cols:
+                raise GeometryError("slices of different sizes in one series", files[f.file_index])
+            try:
+                arr = ds.pixel_array
+            except Exception as err:
+                ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+                ts_name = getattr(ts, "name", str(ts))
+                raise ReadError(
+                    f"cannot decode pixel data (transfer syntax {ts_name}: {type(err).__name__})",
+                    files[f.file_index],
+                ) from err
+            if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+                arr = arr.max() + arr.min() - arr  # display inversion, as dcm2niix does
+            decoded = {f.file_index: arr.reshape((-1, rows, cols))}
+        plane = decoded[f.file_index][0 if f.frame_index is None else f.frame_index]
+        if out is None:
+            out = np.empty((len(frames), rows, cols), dtype=plane.dtype)
+        out[n] = plane
+    assert out is not None
+    return out
+
+
+def _rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:
+    """Apply RescaleSlope/Intercept per frame; keep integers when the result is integral."""
+    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
+        lo = float(pixels.min()) + float(intercepts.min())
+        hi = float(pixels.max()) + float(intercepts.max())
+        dtype = np.int16 if lo >= -(2**15) and hi < 2**15 else np.int32
+        out: npt.NDArray[np.signedinteger[Any]] = pixels.astype(dtype)
+        if np.any(intercepts):
+            out = np.add(out, intercepts.astype(dtype)[:, None, None], dtype=dtype)
+        return out
+    scaled = pixels.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]
+    return scaled.astype(np.float32)
+
+
+def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:
+    def text(ds: Dataset, key: str) -> str:
+        v = ds.get(key)
+        return "" if v is None else str(v)
+
+    number = first.get("SeriesNumber")
+    return DicomSource(
+        series_instance_uid=text(first, "SeriesInstanceUID"),
+        sop_class_uid=text(first, "SOPClassUID"),
+        frame_of_reference_uid=text(first, "FrameOfReferenceUID") or None,
+        modality=text(first, "Modality"),
+        patient={k: text(first, k) for k in PATIENT_KEYWORDS if k in first},
+        study={k: text(first, k) for k in STUDY_KEYWORDS if k in first},
+        series_description=text(first, "SeriesDescription"),
+        series_number=int(number) if number not in (None, "") else None,
+        manufacturer=text(first, "Manufacturer"),
+        patient_position=text(first, "PatientPosition"),
+        sop_instance_uids=tuple(text(ds, "SOPInstanceUID") for ds in datasets),
+    )

@@ -1,0 +1,360 @@
+"""Write a :class:`~mrct.volume.Volume` as a DICOM series (one file per slice).
+
+Frames: mrct affines map voxel ``(i, j, k)`` to RAS mm; DICOM geometry
+(ImagePositionPatient, ImageOrientationPatient) is LPS mm. The conversion goes
+through :func:`mrct.io.orientation.ras_to_lps` only.
+
+Layout: the inverse of the mrct DICOM reader, which follows dcm2niix. Slice
+``k`` of the array becomes one file; its pixel ``(row, col)`` holds
+``array[col, J - 1 - row, k]`` (i = DICOM column, j = reversed DICOM row).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
+from pydicom.valuerep import format_number_as_ds
+
+from mrct.errors import WriteError
+from mrct.io.atomic import atomic_dir
+from mrct.io.orientation import ras_to_lps
+from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
+
+__all__ = ["write_dicom_series"]
+
+PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
+"""PatientName written when the volume did not come from DICOM."""
+
+PLACEHOLDER_PATIENT_ID_PREFIX = "MRCT-"
+"""PatientID prefix for non-DICOM sources; followed by the first 12 hex digits of
+the SHA-1 of the source path (of a random UID when the path is unknown)."""
+
+PLACEHOLDER_STUDY_ID = "1"
+"""StudyID written for non-DICOM sources. A new StudyInstanceUID and
+FrameOfReferenceUID are generated on every call, StudyDate/StudyTime are the
+time of writing, and PatientBirthDate, PatientSex, AccessionNumber and
+ReferringPhysicianName are present but empty (DICOM type 2)."""
+
+DEFAULT_SERIES_NUMBER = 999
+"""SeriesNumber used when none is given."""
+
+MANUFACTURER = "mrct"
+"""Manufacturer (0008,0070) of every series written."""
+
+BODY_PART = "HEAD"
+"""BodyPartExamined of every series written (mrct handles head scans)."""
+
+CT_WINDOW = (40.0, 400.0)
+"""CT WindowCenter, WindowWidth in HU (a soft-tissue window)."""
+
+ORTHOGONALITY_TOL = 1e-3
+"""Largest |cosine| between affine columns accepted as orthogonal (~0.06 deg);
+it absorbs the rounding of DICOM-derived affines."""
+
+_INT16 = np.iinfo(np.int16)
+# Type 2 patient/study attributes: written empty when the source lacks them.
+_TYPE2_PATIENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+_TYPE2_STUDY = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+def _software_version() -> str:
+    # The package may not define a version yet; a missing one is not an error.
+    try:
+        import mrct
+
+        return str(getattr(mrct, "__version__", "0"))
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def _check_text(name: str, value: str, max_chars: int) -> None:
+    """Reject text that would make an invalid LO/ST element (pydicom only warns)."""
+    if len(value) > max_chars or "\\" in value or any(ord(c) < 32 for c in value):
+        raise WriteError(
+            f"{name} must be at most {max_chars} characters, without backslash or control characters"
+        )
+
+
+def _ds(value: float) -> str:
+    """A DS string (<= 16 chars) holding ``value`` with as many digits as fit."""
+    return format_number_as_ds(float(value))
+
+
+class _Geometry(NamedTuple):
+    iop: list[float]  # row cosine then column cosine, LPS
+    pixel_spacing: list[float]  # [row spacing, column spacing] mm
+    slice_spacing: float  # mm
+    positions: npt.NDArray[np.float64]  # (K, 3) LPS mm, top-left pixel of each slice
+
+
+def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _Geometry:
+    """DICOM geometry (LPS mm) for a RAS affine; raises WriteError unless orthogonal.
+
+    Returns ImageOrientationPatient (row cosine, column cosine), PixelSpacing
+    (row spacing = |a1|, column spacing = |a0|), slice spacing |a2|, and the
+    LPS ImagePositionPatient of each slice k.
+    """
+    if not np.all(np.isfinite(affine)) or not np.allclose(affine[3], [0, 0, 0, 1]):
+        raise WriteError("affine must be finite with last row (0, 0, 0, 1)")
+    cols = affine[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    if np.any(norms <= 1e-9):
+        raise WriteError("affine has a zero-length voxel axis")
+    unit = cols / norms
+    gram = unit.T @ unit
+    if np.max(np.abs(gram - np.eye(3))) > ORTHOGONALITY_TOL:
+        raise WriteError("affine axes are not orthogonal (sheared grid); resample first")
+    _, n_j, n_k = shape
+    lps = ras_to_lps(affine)
+    # Row direction (increasing column index) is +i; column direction
+    # (increasing row index) is -j because rows are stored with j reversed.
+    row_cos = lps[:3, 0] / norms[0]
+    col_cos = -lps[:3, 1] / norms[1]
+    # Top-left pixel of slice k is voxel (0, J-1, k).
+    corners = np.stack([[0.0, n_j - 1.0, float(k), 1.0] for k in range(n_k)])
+    positions = (lps @ corners.T).T[:, :3]
+    return _Geometry(
+        iop=[float(v) for v in (*row_cos, *col_cos)],
+        pixel_spacing=[float(norms[1]), float(norms[0])],
+        slice_spacing=float(norms[2]),
+        positions=positions,
+    )
+
+
+def _quantize(array: npt.NDArray, modality: Modality) -> tuple[npt.NDArray[np.int16], float, float]:
+    """Stored int16 values, RescaleSlope and RescaleIntercept (value = slope * stored + intercept).
+
+    CT: HU rounded and clipped to int16, slope 1. MR: exact when every value is
+    an int16 integer; otherwise ``round(value / slope)`` with intercept 0 (so
+    zero background stays exactly zero) and the slope spanning the int16 range.
+    """
+    values = np.asarray(array)
+    if values.dtype.kind == "b":
+        values = values.astype(np.uint8)
+    if values.dtype.kind in "iu":
+        # Integer input: no float copy of a possibly large volume.
+        if int(values.min()) >= _INT16.min and int(values.max()) <= _INT16.max:
+            return values.astype(np.int16), 1.0, 0.0
+        if modality is Modality.CT:
+            return np.clip(values, _INT16.min, _INT16.max).astype(np.int16), 1.0, 0.0
+        values = values.astype(np.float64)
+    elif values.dtype.kind != "f":
+        raise WriteError(f"cannot store {values.dtype} voxel values in DICOM")
+    if not np.all(np.isfinite(values)):
+        raise WriteError("volume contains NaN or infinite values")
+    rounded = np.rint(values)  # keeps float32 as float32
+    if modality is Modality.CT:
+        return np.clip(rounded, _INT16.min, _INT16.max).astype(np.int16), 1.0, 0.0
+    if (
+        float(rounded.min()) >= _INT16.min
+        and float(rounded.max()) <= _INT16.max
+        and np.array_equal(rounded, values)
+    ):
+        return rounded.astype(np.int16), 1.0, 0.0
+    peak = float(np.max(np.abs(values)))
+    # Round-trip the slope through its DS string so the file states exactly the
+    # slope used for quantizing.
+    slope = float(_ds(peak / _INT16.max)) if peak > 0 else 1.0
+    stored = np.clip(np.rint(values / slope), -_INT16.max, _INT16.max)
+    return stored.astype(np.int16), slope, 0.0
+
+
+def _window(array: npt.NDArray, modality: Modality) -> tuple[float, float]:
+    """WindowCenter, WindowWidth in output units (HU for CT)."""
+    if modality is Modality.CT:
+        return CT_WINDOW
+    low, high = np.percentile(array, [1.0, 99.0])
+    return (float(low) + float(high)) / 2.0, max(float(high) - float(low), 1.0)
+
+
+def _patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
+    """Patient, study and frame-of-reference attributes: copied or placeholders."""
+    src = volume.source.dicom
+    if src is not None:
+        for keyword in PATIENT_KEYWORDS + STUDY_KEYWORDS:
+            if keyword in src.patient:
+                setattr(ds, keyword, src.patient[keyword])
+            elif keyword in src.study:
+                setattr(ds, keyword, src.study[keyword])
+        if not ds.get("StudyInstanceUID"):
+            ds.StudyInstanceUID = generate_uid()
+        ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
+        ds.PatientPosition = src.patient_position
+    else:
+        seed = volume.source.path or generate_uid()
+        digest = hashlib.sha1(seed.encode("utf-8")).hexdigest()[:12]
+        ds.PatientName = PLACEHOLDER_PATIENT_NAME
+        ds.PatientID = PLACEHOLDER_PATIENT_ID_PREFIX + digest
+        ds.StudyInstanceUID = generate_uid()
+        ds.StudyDate = now.strftime("%Y%m%d")
+        ds.StudyTime = now.strftime("%H%M%S")
+        ds.StudyID = PLACEHOLDER_STUDY_ID
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PatientPosition = ""
+    # Type 2 attributes: present even when unknown.
+    for keyword in _TYPE2_PATIENT + _TYPE2_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.PositionReferenceIndicator = ""
+
+
+def _source_references(ds: Dataset, volume: Volume) -> None:
+    """Reference the source series' instances, when they are known.
+
+    Each output slice derives from the whole source volume (3D processing), so
+    every source instance is listed in SourceImageSequence; the Common Instance
+    Reference module (ReferencedSeriesSequence) then says which series they are
+    in. Without known SOP instances nothing is written: ReferencedSeriesSequence
+    requires at least one referenced instance.
+    """
+    src = volume.source.dicom
+    if src is None or not src.sop_instance_uids:
+        return
+    # Two lists of the same references: Dataset items must not be shared.
+    sources: list[Dataset] = []
+    instances: list[Dataset] = []
+    for uid in src.sop_instance_uids:
+        for items in (sources, instances):
+            item = Dataset()
+            item.ReferencedSOPClassUID = src.sop_class_uid
+            item.ReferencedSOPInstanceUID = uid
+            items.append(item)
+    ds.SourceImageSequence = sources
+    series = Dataset()
+    series.SeriesInstanceUID = src.series_instance_uid
+    series.ReferencedInstanceSequence = instances
+    ds.ReferencedSeriesSequence = [series]
+
+
+def _modality_module(ds: Dataset, modality: Modality, slice_spacing: float) -> None:
+    """CT Image or MR Image module attributes (type 2 ones present but empty)."""
+    if modality is Modality.CT:
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.KVP = ds.AcquisitionNumber = ""  # type 2: unknown for a computed image
+        ds.RescaleType = "HU"
+    else:
+        # dciodvfy demands a third value for MR; "OTHER" claims nothing.
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        # Type 1 with enumerated values; "RM" (research mode) is the honest one
+        # for a computed image, and there is no sequence variant.
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        for keyword in ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime"):
+            setattr(ds, keyword, "")  # type 2: unknown for a computed image
+        for keyword in ("EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus"):
+            setattr(ds, keyword, "")
+        ds.SpacingBetweenSlices = _ds(slice_spacing)
+
+
+def write_dicom_series(
+    volume: Volume,
+    out_dir: Path,
+    *,
+    series_description: str,
+    modality: Modality | None = None,
+    derivation_description: str = "Synthesized by mrct (MR/CT translation)",
+    series_number: int | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``volume`` into folder ``out_dir`` as ``IM_0001.dcm`` ... (one file per k).
+
+    Geometry is exact: ImagePositionPatient/ImageOrientationPatient are LPS mm
+    derived from the RAS affine, so the mrct reader and dcm2niix rebuild the same
+    grid. Values are stored as int16 (CT: HU; MR: see :func:`_quantize`).
+    Patient/study/frame of reference come from ``volume.source.dicom`` when it is
+    set (so the output overlays its source) and from placeholders otherwise.
+
+    Returns:
+        The final paths of the written files, in k order.
+
+    Raises:
+        WriteError: no modality, non-orthogonal affine, non-finite or non-numeric
+            values, a slice over 65535 pixels wide, or an I/O failure.
+        OutputExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    modality = modality if modality is not None else volume.modality
+    if modality is None:
+        raise WriteError("volume has no modality; pass modality=CT or MR", out_dir)
+    modality = Modality(modality)
+    _check_text("series description", series_description, 64)  # LO
+    _check_text("derivation description", derivation_description, 1024)  # ST
+    n_i, n_j, n_k = volume.shape
+    if min(n_i, n_j, n_k) < 1 or max(n_i, n_j) > 65535:
+        raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)
+    geo = _geometry(volume.affine, volume.shape)
+    stored, slope, intercept = _quantize(volume.array, modality)
+    center, width = _window(volume.array, modality)
+    now = _dt.datetime.now()
+    sop_class = CTImageStorage if modality is Modality.CT else MRImageStorage
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sop_class
+    _patient_study(ds, volume, now)
+    ds.Modality = modality.value
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = DEFAULT_SERIES_NUMBER if series_number is None else int(series_number)
+    ds.SeriesDescription = series_description
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.Manufacturer = MANUFACTURER
+    ds.SoftwareVersions = _software_version()
+    ds.DerivationDescription = derivation_description
+    ds.BurnedInAnnotation = "NO"
+    # mrct translates head scans. Naming the (unpaired) body part tells
+    # validators that Laterality (type 2C, for paired structures) is not needed.
+    ds.BodyPartExamined = BODY_PART
+    _modality_module(ds, modality, geo.slice_spacing)
+    _source_references(ds, volume)
+    ds.ImageOrientationPatient = [_ds(v) for v in geo.iop]
+    ds.PixelSpacing = [_ds(v) for v in geo.pixel_spacing]
+    ds.SliceThickness = _ds(geo.slice_spacing)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = n_j, n_i
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    if modality is Modality.CT or slope != 1.0 or intercept != 0.0:
+        ds.RescaleIntercept = _ds(intercept)
+        ds.RescaleSlope = _ds(slope)
+    ds.WindowCenter = _ds(center)
+    ds.WindowWidth = _ds(width)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"MRCT_{_software_version()}"[:16]
+    ds.file_meta = meta
+
+    width_digits = max(4, len(str(n_k)))
+    names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]
+    with atomic_dir(out_dir, overwrite) as tmp:
+        try:
+            for k in range(n_k):
+                uid = generate_uid()
+                ds.SOPInstanceUID = uid
+                meta.MediaStorageSOPInstanceUID = uid
+                ds.InstanceNumber = k + 1
+                ds.ImagePositionPatient = [_ds(v) for v in geo.positions[k]]
+                # (row, col) <- array[col, J-1-row, k]: transpose and flip j.
+                plane = np.ascontiguousarray(stored[:, ::-1, k].T).astype("<i2")
+                ds.PixelData = plane.tobytes()
+                ds["PixelData"].VR = "OW"
+                ds.save_as(tmp / names[k], enforce_file_format=True)
+        except (OSError, ValueError, TypeError) as err:
+            raise WriteError(f"cannot write DICOM file: {err}", out_dir) from err
+    return [out_dir / name for name in names]

@@ -1,0 +1,69 @@
+"""NRRD and MetaImage (``.mha``/``.mhd``) through SimpleITK, which works in LPS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrct.errors import ReadError, WriteError
+from mrct.io.atomic import atomic_file
+from mrct.io.orientation import lps_to_ras, ras_to_lps
+from mrct.io.validate import check_affine, check_shape, check_values
+from mrct.volume import Modality, SourceInfo, Volume
+
+
+def read_itk(path: Path, modality: Modality | None = None) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        check_shape(tuple(reader.GetSize()) + (1,) * reader.GetNumberOfComponents(), path)
+        if reader.GetNumberOfComponents() != 1:
+            raise ReadError("a single-channel image is needed", path)
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise ReadError(f"not a readable image ({_first_line(err)})", path) from err
+    if image.GetDimension() != 3:
+        raise ReadError(f"a 3D volume is needed, got a {image.GetDimension()}D image", path)
+    lps = np.eye(4)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps[:3, :3] = direction @ np.diag(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    affine = lps_to_ras(lps)
+    check_affine(affine, path)
+    # SimpleITK arrays are [z, y, x]; mrct arrays are [i, j, k].
+    data = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    check_values(data, path)
+    fmt = "nrrd" if str(path).lower().endswith((".nrrd", ".nhdr")) else "metaimage"
+    return Volume(data, affine, modality, SourceInfo(str(path), fmt))
+
+
+def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    lps = ras_to_lps(volume.affine)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-6):
+        raise WriteError("NRRD/MHA need an orthogonal grid; this affine is sheared", path)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    image.SetDirection(direction.flatten().tolist())
+    with atomic_file(path, overwrite) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as err:
+            raise WriteError(f"cannot write ({_first_line(err)})", path) from err
+    return path
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # ITK's messages start with a source location; the description is last.
+    return (lines[-1] if lines else type(err).__name__)[:160]

@@ -1,0 +1,130 @@
+"""``Volume``: the one image type inside mrct.
+
+A Volume is a 3D voxel array indexed ``[i, j, k]``, a 4x4 affine mapping those
+indices to RAS millimetres (as in NIfTI and nibabel), a modality, and where it
+came from. Readers in :mod:`mrct.io` return Volumes and writers take them;
+format conversions happen nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.io.orientation import axis_codes, voxel_spacing
+
+
+class Modality(str, Enum):
+    CT = "CT"
+    MR = "MR"
+
+
+# DICOM keywords copied from a source series into every series written from it,
+# so that the output files under the same patient and study and shares the
+# source's frame of reference (it then overlays the source in 3D Slicer).
+PATIENT_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+)
+STUDY_KEYWORDS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """What a DICOM writer needs to file an output next to its source series.
+
+    ``patient`` and ``study`` map DICOM keywords to values as read (strings);
+    they are patient data and must never be logged.
+    """
+
+    series_instance_uid: str
+    sop_class_uid: str
+    frame_of_reference_uid: str | None
+    modality: str
+    patient: Mapping[str, str] = field(default_factory=dict)
+    study: Mapping[str, str] = field(default_factory=dict)
+    series_description: str = ""
+    series_number: int | None = None
+    manufacturer: str = ""
+    patient_position: str = ""
+    sop_instance_uids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patient", MappingProxyType(dict(self.patient)))
+        object.__setattr__(self, "study", MappingProxyType(dict(self.study)))
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Provenance: the path read, its format, and DICOM identity when there is one."""
+
+    path: str = ""
+    format: str = ""
+    dicom: DicomSource | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image on a grid in patient space.
+
+    Attributes:
+        array: voxel values, shape ``(I, J, K)``. CT in HU; MR in scanner units
+            with any DICOM or NIfTI rescaling applied.
+        affine: 4x4 float64, voxel index ``(i, j, k, 1)`` -> RAS mm.
+        modality: CT, MR, or None when the source does not say.
+        source: where the volume came from.
+    """
+
+    array: npt.NDArray
+    affine: npt.NDArray[np.float64]
+    modality: Modality | None = None
+    source: SourceInfo = field(default_factory=SourceInfo)
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if array.ndim != 3:
+            raise ValueError(f"a Volume array is 3D, got shape {array.shape}")
+        if affine.shape != (4, 4):
+            raise ValueError(f"a Volume affine is 4x4, got {affine.shape}")
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "affine", affine)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        i, j, k = self.array.shape
+        return int(i), int(j), int(k)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in mm."""
+        return voxel_spacing(self.affine)
+
+    @property
+    def orientation(self) -> str:
+        """Axis code such as ``'LAS'`` (the RAS direction of i, j, k)."""
+        return axis_codes(self.affine)
+
+    def replace(self, **changes: object) -> Volume:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

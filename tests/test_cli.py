@@ -1,0 +1,202 @@
+"""The CLI as users meet it: real subprocesses, one-line errors, nothing partial left."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from mrct import __version__
+from mrct.cli import app
+from mrct.io import read_volume, write_volume
+from mrct.volume import Modality
+from tests.phantoms import phantom
+
+runner = CliRunner()
+
+
+def run_mrct(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mrct", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from mrct.cli import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'torch' not in sys.modules and 'monai' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_every_command_has_help() -> None:
+    for cmd in ("info", "convert"):
+        result = runner.invoke(app, [cmd, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_info_and_convert_nifti_to_dicom_and_back(tmp_path: Path) -> None:
+    vol = phantom(shape=(16, 14, 6))
+    src = write_volume(vol, tmp_path / "ct.nii.gz")
+    info = runner.invoke(app, ["info", str(src)])
+    assert info.exit_code == 0, info.output
+    assert "16 x 14 x 6" in info.output and "CT" in info.output
+    res = run_mrct("convert", src, tmp_path / "dcm/", "--modality", "ct")
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "dcm").glob("*.dcm"))) == 6
+    res = run_mrct("convert", tmp_path / "dcm", tmp_path / "back.nrrd")
+    assert res.returncode == 0, res.stderr
+    back = read_volume(tmp_path / "back.nrrd")
+    assert back.modality is None or back.modality is Modality.CT
+    assert back.shape[2] == 6 or sorted(back.shape) == sorted(vol.shape)
+
+
+# --- bad input: each gets one line, a non-zero exit, and no output ------------------
+
+
+def _missing(tmp: Path) -> Path:
+    return tmp / "does-not-exist.nii.gz"
+
+
+def _empty_folder(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def _text_file(tmp: Path) -> Path:
+    (tmp / "notes.txt").write_text("not an image\n")
+    return tmp / "notes.txt"
+
+
+def _truncated_gz(tmp: Path) -> Path:
+    write_volume(phantom(shape=(40, 40, 30)), tmp / "full.nii.gz")
+    data = (tmp / "full.nii.gz").read_bytes()
+    (tmp / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    (tmp / "full.nii.gz").unlink()
+    return tmp / "cut.nii.gz"
+
+
+def _series(tmp: Path, name: str = "series", seed: int = 0) -> Path:
+    return write_volume(phantom(shape=(8, 9, 5), seed=seed), tmp / f"{name}/")
+
+
+def _no_pixel_data(tmp: Path) -> Path:
+    folder = _series(tmp)
+    first = sorted(folder.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)
+    del ds.PixelData
+    ds.save_as(first)
+    return folder
+
+
+def _single_slice(tmp: Path) -> Path:
+    return sorted(_series(tmp).glob("*.dcm"))[0]
+
+
+def _four_d(tmp: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5, 3), np.float32), np.eye(4)), tmp / "4d.nii.gz")
+    return tmp / "4d.nii.gz"
+
+
+def _nan_voxels(tmp: Path) -> Path:
+    a = np.zeros((5, 5, 5), np.float32)
+    a[2, 2, 2] = np.inf
+    a[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(a, np.eye(4)), tmp / "nan.nii.gz")
+    return tmp / "nan.nii.gz"
+
+
+def _two_series(tmp: Path) -> Path:
+    study = tmp / "study"
+    study.mkdir()
+    _series(study, "a", seed=1)
+    _series(study, "b", seed=2)
+    return study
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing": (_missing, "no such file"),
+    "empty folder": (_empty_folder, "empty"),
+    "text file": (_text_file, "not a recognised image"),
+    "truncated gz": (_truncated_gz, "truncated or corrupt"),
+    "no pixel data": (_no_pixel_data, "no pixel data"),
+    "single slice": (_single_slice, "3D volume is needed"),
+    "4D NIfTI": (_four_d, "3D volume is needed"),
+    "NaN voxels": (_nan_voxels, "NaN or infinite"),
+    "two series": (_two_series, "--series"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["info", "convert"])
+def test_bad_input_gives_one_line_error(tmp_path: Path, case: str, command: str) -> None:
+    if case == "two series" and command == "info":
+        pytest.skip("info lists the series of a multi-series folder (tested below)")
+    make, expected = BAD_INPUTS[case]
+    bad = make(tmp_path)
+    before = tree_digest(bad) if bad.exists() else None
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args: list[str | Path] = [command, bad] + ([out_dir / "x.nii.gz"] if command == "convert" else [])
+    res = run_mrct(*args)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr
+    assert bad.name in lines[0], lines[0]
+    assert expected in lines[0], lines[0]
+    assert list(out_dir.iterdir()) == []  # nothing partial, no temporary files
+    if before is not None:
+        assert tree_digest(bad) == before  # inputs are never modified
+
+
+def test_two_series_folder_lists_and_selects(tmp_path: Path) -> None:
+    study = _two_series(tmp_path)
+    res = run_mrct("info", study)
+    assert res.returncode == 0 and "2" in res.stdout
+    uid = str(pydicom.dcmread(next((study / "a").glob("*.dcm"))).SeriesInstanceUID)
+    res = run_mrct("convert", study, tmp_path / "a.nii.gz", "--series", uid)
+    assert res.returncode == 0, res.stderr
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    src = write_volume(phantom(), tmp_path / "in.nii.gz")
+    out = tmp_path / "out.nrrd"
+    assert run_mrct("convert", src, out).returncode == 0
+    stamp = out.read_bytes()
+    res = run_mrct("convert", src, out)
+    assert res.returncode == 4 and "--overwrite" in res.stderr
+    assert out.read_bytes() == stamp
+    assert run_mrct("convert", src, out, "--overwrite").returncode == 0
+
+
+def test_unknown_output_extension(tmp_path: Path) -> None:
+    src = write_volume(phantom(), tmp_path / "in.nii.gz")
+    res = run_mrct("convert", src, tmp_path / "out.xyz")
+    assert res.returncode != 0 and "unknown output format" in res.stderr

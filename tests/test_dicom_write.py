@@ -1,0 +1,248 @@
+"""Tests for mrct.io.dicom_write: validity (dciodvfy), geometry (dcm2niix), identity."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from mrct.errors import OutputExistsError, WriteError
+from mrct.io import dicom_write
+from mrct.io.dicom_write import write_dicom_series
+from mrct.io.orientation import closest_canonical, ras_to_lps
+from mrct.volume import DicomSource, Modality, SourceInfo, Volume
+
+SHAPE = (5, 6, 4)
+SPACING = (0.7, 0.9, 2.5)
+
+
+def _rotation(ax: float, ay: float, az: float) -> npt.NDArray[np.float64]:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _affine(flip_i: bool = False) -> npt.NDArray[np.float64]:
+    """Oblique, anisotropic RAS affine; ``flip_i`` makes det(A) < 0 (a radiological layout)."""
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(0.2, -0.15, 0.3) @ np.diag(SPACING)
+    if flip_i:
+        affine[:3, 0] *= -1
+    affine[:3, 3] = [12.5, -20.25, 31.0]
+    return affine
+
+
+def _values(kind: str) -> npt.NDArray[np.float64]:
+    base = np.arange(np.prod(SHAPE), dtype=np.float64).reshape(SHAPE)
+    if kind == "ct":
+        return base * 37 - 1000  # HU, spans -1000..3403
+    if kind == "mr_int":
+        return base * 11
+    return base * 1.37 + 0.25  # non-integer MR: needs a rescale
+
+
+def _source(n_sop: int = 3) -> DicomSource:
+    return DicomSource(
+        series_instance_uid=generate_uid(),
+        sop_class_uid=pydicom.uid.MRImageStorage,
+        frame_of_reference_uid=generate_uid(),
+        modality="MR",
+        patient={
+            "PatientName": "DOE^JANE",
+            "PatientID": "P-42",
+            "PatientBirthDate": "19700102",
+            "PatientSex": "F",
+        },
+        study={
+            "StudyInstanceUID": generate_uid(),
+            "StudyDate": "20240102",
+            "StudyTime": "101112",
+            "StudyID": "77",
+            "AccessionNumber": "ACC9",
+            "ReferringPhysicianName": "",
+            "StudyDescription": "Head",
+        },
+        patient_position="HFS",
+        sop_instance_uids=tuple(generate_uid() for _ in range(n_sop)),
+    )
+
+
+def _volume(kind: str = "ct", *, flip_i: bool = False, source: DicomSource | None = None) -> Volume:
+    modality = Modality.CT if kind == "ct" else Modality.MR
+    info = SourceInfo(path="/data/sub-01/t1.nii.gz", format="nifti", dicom=source)
+    return Volume(_values(kind), _affine(flip_i), modality, info)
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("kind", ["ct", "mr_int", "mr_float"])
+@pytest.mark.parametrize("with_source", [False, True])
+def test_every_file_passes_dciodvfy(tmp_path: Path, kind: str, with_source: bool) -> None:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) not installed")
+    volume = _volume(kind, source=_source() if with_source else None)
+    paths = write_dicom_series(volume, tmp_path / "series", series_description="t")
+    assert [p.name for p in paths] == [f"IM_{k:04d}.dcm" for k in range(1, SHAPE[2] + 1)]
+    for path in paths:
+        assert _dciodvfy_errors(path) == [], path.name
+
+
+@pytest.mark.parametrize("kind", ["ct", "mr_int"])
+@pytest.mark.parametrize("flip_i", [False, True])
+def test_dcm2niix_reads_same_grid(tmp_path: Path, kind: str, flip_i: bool) -> None:
+    if shutil.which("dcm2niix") is None:
+        pytest.skip("dcm2niix not installed")
+    volume = _volume(kind, flip_i=flip_i)
+    series = tmp_path / "series"
+    write_dicom_series(volume, series, series_description="t")
+    out = tmp_path / "nii"
+    out.mkdir()
+    cmd = ["dcm2niix", "-z", "n", "-b", "n", "-x", "i", "-p", "n", "-f", "out", "-o", str(out)]
+    subprocess.run([*cmd, str(series)], capture_output=True, check=True)
+    niftis = sorted(out.glob("*.nii"))
+    assert len(niftis) == 1, niftis
+    img = nib.nifti1.load(niftis[0])
+    got_data, got_affine = closest_canonical(np.asarray(img.get_fdata()), img.affine)
+    want_data, want_affine = closest_canonical(volume.array, volume.affine)
+    np.testing.assert_allclose(got_affine, want_affine, atol=1e-4)
+    assert got_data.shape == want_data.shape
+    assert np.array_equal(got_data, want_data)
+
+
+@pytest.mark.parametrize("flip_i", [False, True])
+def test_geometry_attributes_match_spec(tmp_path: Path, flip_i: bool) -> None:
+    volume = _volume("ct", flip_i=flip_i)
+    paths = write_dicom_series(volume, tmp_path / "s", series_description="t")
+    lps = ras_to_lps(volume.affine)
+    n_i, n_j, _ = SHAPE
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        assert ds.InstanceNumber == k + 1
+        assert (ds.Rows, ds.Columns) == (n_j, n_i)
+        iop = np.array(ds.ImageOrientationPatient, dtype=float)
+        np.testing.assert_allclose(iop[:3], lps[:3, 0] / SPACING[0], atol=1e-9)
+        np.testing.assert_allclose(iop[3:], -lps[:3, 1] / SPACING[1], atol=1e-9)
+        np.testing.assert_allclose(
+            np.array(ds.ImagePositionPatient, dtype=float),
+            (lps @ [0, n_j - 1, k, 1])[:3],
+            atol=1e-6,
+        )
+        np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [0.9, 0.7])
+        assert float(ds.SliceThickness) == pytest.approx(2.5)
+        # pixel (row, col) of slice k holds array[col, J-1-row, k]
+        assert np.array_equal(ds.pixel_array, volume.array[:, ::-1, k].T)
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.SpecificCharacterSet == "ISO_IR 192"
+        assert ds.SOPClassUID == pydicom.uid.CTImageStorage
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert (ds.PixelRepresentation, ds.BitsStored, ds.RescaleType) == (1, 16, "HU")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_ct_values_rounded_and_clipped(tmp_path: Path, dtype: type) -> None:
+    array: npt.NDArray = np.zeros(SHAPE, dtype=dtype)
+    array[0, 0, 0], array[1, 0, 0], array[2, 0, 0] = 1.6, 40000.0, -40000.0
+    volume = Volume(array, _affine(), Modality.CT)
+    paths = write_dicom_series(volume, tmp_path / "s", series_description="t")
+    ds = pydicom.dcmread(paths[0])
+    col0 = ds.pixel_array[::-1, :].T[:3, 0]  # back to array[i, j=0]
+    assert col0.tolist() == [2 if dtype is np.float32 else 1, 32767, -32768]
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 400.0)
+
+
+def test_mr_values_exact_or_rescaled(tmp_path: Path) -> None:
+    exact = write_dicom_series(_volume("mr_int"), tmp_path / "a", series_description="t")
+    ds = pydicom.dcmread(exact[1])
+    assert "RescaleSlope" not in ds
+    assert ds.SOPClassUID == pydicom.uid.MRImageStorage
+    assert np.array_equal(ds.pixel_array, _values("mr_int")[:, ::-1, 1].T)
+
+    volume = _volume("mr_float")
+    scaled = write_dicom_series(volume, tmp_path / "b", series_description="t")
+    ds = pydicom.dcmread(scaled[1])
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    assert intercept == 0.0
+    real = ds.pixel_array * slope + intercept
+    np.testing.assert_allclose(real, volume.array[:, ::-1, 1].T, atol=slope / 2 + 1e-9)
+    assert float(ds.WindowWidth) >= 1.0
+
+
+def test_source_identity_copied(tmp_path: Path) -> None:
+    source = _source(n_sop=3)
+    paths = write_dicom_series(
+        _volume("ct", source=source), tmp_path / "s", series_description="sCT", series_number=7
+    )
+    datasets = [pydicom.dcmread(p) for p in paths]
+    for ds in datasets:
+        for keyword, value in {**source.patient, **source.study}.items():
+            assert str(ds[keyword].value) == value, keyword
+        assert ds.FrameOfReferenceUID == source.frame_of_reference_uid
+        assert ds.SeriesInstanceUID != source.series_instance_uid
+        assert (ds.SeriesDescription, ds.SeriesNumber, ds.Manufacturer) == ("sCT", 7, "mrct")
+        assert ds.PatientPosition == "HFS"
+        refs = [item.ReferencedSOPInstanceUID for item in ds.SourceImageSequence]
+        assert refs == list(source.sop_instance_uids)
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_instance_uid
+    assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
+    assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
+
+
+def test_placeholders_without_dicom_source(tmp_path: Path) -> None:
+    volume = _volume("mr_int")
+    first = pydicom.dcmread(write_dicom_series(volume, tmp_path / "a", series_description="t")[0])
+    second = pydicom.dcmread(write_dicom_series(volume, tmp_path / "b", series_description="t")[0])
+    digest = hashlib.sha1(volume.source.path.encode()).hexdigest()[:12]
+    assert str(first.PatientName) == dicom_write.PLACEHOLDER_PATIENT_NAME
+    assert first.PatientID == dicom_write.PLACEHOLDER_PATIENT_ID_PREFIX + digest
+    assert (first.PatientBirthDate, first.PatientSex, first.AccessionNumber) == ("", "", "")
+    assert first.StudyID == dicom_write.PLACEHOLDER_STUDY_ID
+    assert first.SeriesNumber == dicom_write.DEFAULT_SERIES_NUMBER
+    assert first.StudyInstanceUID != second.StudyInstanceUID
+    assert first.FrameOfReferenceUID != second.FrameOfReferenceUID
+    assert "SourceImageSequence" not in first
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    old = write_dicom_series(_volume("ct"), out, series_description="old")
+    old_uid = pydicom.dcmread(old[0]).SOPInstanceUID
+    with pytest.raises(OutputExistsError):
+        write_dicom_series(_volume("ct"), out, series_description="new")
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in old]
+    assert pydicom.dcmread(old[0]).SOPInstanceUID == old_uid
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temp folder left
+    new = write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
+    assert pydicom.dcmread(new[0]).SeriesDescription == "new"
+
+
+def test_rejects_bad_input(tmp_path: Path) -> None:
+    sheared = _affine()
+    sheared[:3, 1] += 0.2 * sheared[:3, 0]
+    with pytest.raises(WriteError, match="orthogonal"):
+        write_dicom_series(
+            Volume(_values("ct"), sheared, Modality.CT), tmp_path / "a", series_description="t"
+        )
+    nan = _values("ct")
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(WriteError, match="NaN"):
+        write_dicom_series(Volume(nan, _affine(), Modality.CT), tmp_path / "c", series_description="t")
+    with pytest.raises(WriteError, match="64 characters"):
+        write_dicom_series(_volume("ct"), tmp_path / "d", series_description="x" * 65)
+    with pytest.raises(WriteError, match="modality"):
+        write_dicom_series(Volume(_values("ct"), _affine()), tmp_path / "b", series_description="t")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,98 @@
+"""NIfTI and NRRD/MHA: round trips, scaling, and agreement with SimpleITK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mrct.errors import OutputExistsError, ReadError
+from mrct.io import read_volume, write_volume
+from mrct.io.atomic import TMP_MARK
+from mrct.io.orientation import axis_codes, lps_to_ras
+from mrct.volume import Modality
+from tests.phantoms import oblique_affine, phantom
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v.nrrd", "v.mha"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_round_trip_keeps_affine_and_values(tmp_path: Path, name: str, flip: bool) -> None:
+    vol = phantom(affine=oblique_affine(flip_i=flip))
+    out = write_volume(vol, tmp_path / name)
+    back = read_volume(out)
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.array.dtype == vol.array.dtype
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nrrd", "v.mha"])
+def test_simpleitk_reads_our_files_onto_the_same_grid(tmp_path: Path, name: str) -> None:
+    """An independent reader (ITK, LPS) sees the same physical grid we wrote."""
+    vol = phantom()
+    write_volume(vol, tmp_path / name)
+    img = sitk.ReadImage(str(tmp_path / name))
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    np.testing.assert_allclose(lps_to_ras(lps), vol.affine, atol=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img).transpose(2, 1, 0), vol.array)
+
+
+def test_nifti_header_has_qform_sform_and_mm(tmp_path: Path) -> None:
+    write_volume(phantom(), tmp_path / "v.nii.gz")
+    hdr = nib.load(tmp_path / "v.nii.gz").header
+    assert int(hdr["qform_code"]) == 1 and int(hdr["sform_code"]) == 1
+    assert hdr.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(hdr.get_qform(), hdr.get_sform(), atol=1e-4)
+
+
+def test_nifti_scaling_is_applied(tmp_path: Path) -> None:
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = nib.Nifti1Image(raw, oblique_affine())
+    img.header.set_slope_inter(2.5, -10.0)
+    nib.save(img, tmp_path / "s.nii.gz")
+    vol = read_volume(tmp_path / "s.nii.gz")
+    np.testing.assert_allclose(vol.array, raw * 2.5 - 10.0)
+
+
+def test_axis_codes() -> None:
+    assert axis_codes(np.diag([-1.0, 1.0, 1.0, 1.0])) == "LAS"
+    assert axis_codes(np.eye(4)) == "RAS"
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "v.nii.gz"
+    write_volume(phantom(seed=1), out)
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError):
+        write_volume(phantom(seed=2), out)
+    assert out.read_bytes() == before
+    write_volume(phantom(seed=2), out, overwrite=True)
+    assert out.read_bytes() != before
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", boom)
+    with pytest.raises(OSError):
+        write_volume(phantom(), tmp_path / "v.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_gzip_is_a_read_error(tmp_path: Path) -> None:
+    write_volume(phantom(shape=(40, 40, 30)), tmp_path / "v.nii.gz")
+    data = (tmp_path / "v.nii.gz").read_bytes()
+    (tmp_path / "t.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReadError, match=r"truncated|corrupt|not a readable"):
+        read_volume(tmp_path / "t.nii.gz")
+
+
+def test_modality_override(tmp_path: Path) -> None:
+    write_volume(phantom(), tmp_path / "v.nii.gz")
+    assert read_volume(tmp_path / "v.nii.gz", modality=Modality.MR).modality is Modality.MR
+    assert not any(TMP_MARK in p.name for p in tmp_path.iterdir())
