@@ -185,10 +185,15 @@ def _patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
     src = volume.source.dicom
     if src is not None:
         for keyword in PATIENT_KEYWORDS + STUDY_KEYWORDS:
-            if keyword in src.patient:
-                setattr(ds, keyword, src.patient[keyword])
-            elif keyword in src.study:
-                setattr(ds, keyword, src.study[keyword])
+            # Empty source values are skipped: type 2 ones are written empty
+            # anyway, and an empty type 1C one (DeidentificationMethod) is invalid.
+            value = src.patient.get(keyword) or src.study.get(keyword)
+            if value:
+                setattr(ds, keyword, value)
+        if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and not ds.get(
+            "DeidentificationMethod"
+        ):
+            ds.DeidentificationMethod = "Source marked de-identified; method not stated"
         if not ds.get("StudyInstanceUID"):
             ds.StudyInstanceUID = generate_uid()
         ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
