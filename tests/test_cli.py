@@ -200,3 +200,6 @@ def test_unknown_output_extension(tmp_path: Path) -> None:
     src = write_volume(phantom(), tmp_path / "in.nii.gz")
     res = run_mrct("convert", src, tmp_path / "out.xyz")
     assert res.returncode != 0 and "unknown output format" in res.stderr
+    res = run_mrct("convert", src, tmp_path / "out.mhd")
+    assert res.returncode != 0 and "single-file" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]

@@ -19,27 +19,16 @@ from mrct.io import dicom_write
 from mrct.io.dicom_write import write_dicom_series
 from mrct.io.orientation import closest_canonical, ras_to_lps
 from mrct.volume import DicomSource, Modality, SourceInfo, Volume
+from tests.external_tools import dciodvfy_errors
+from tests.phantoms import oblique_affine
 
 SHAPE = (5, 6, 4)
 SPACING = (0.7, 0.9, 2.5)
 
 
-def _rotation(ax: float, ay: float, az: float) -> npt.NDArray[np.float64]:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _affine(flip_i: bool = False) -> npt.NDArray[np.float64]:
     """Oblique, anisotropic RAS affine; ``flip_i`` makes det(A) < 0 (a radiological layout)."""
-    affine = np.eye(4)
-    affine[:3, :3] = _rotation(0.2, -0.15, 0.3) @ np.diag(SPACING)
-    if flip_i:
-        affine[:3, 0] *= -1
-    affine[:3, 3] = [12.5, -20.25, 31.0]
-    return affine
+    return oblique_affine(SPACING, (11.5, -8.6, 17.2), (12.5, -20.25, 31.0), flip_i=flip_i)
 
 
 def _values(kind: str) -> npt.NDArray[np.float64]:
@@ -83,12 +72,6 @@ def _volume(kind: str = "ct", *, flip_i: bool = False, source: DicomSource | Non
     return Volume(_values(kind), _affine(flip_i), modality, info)
 
 
-def _dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
-
-
 @pytest.mark.parametrize("kind", ["ct", "mr_int", "mr_float"])
 @pytest.mark.parametrize("with_source", [False, True])
 def test_every_file_passes_dciodvfy(tmp_path: Path, kind: str, with_source: bool) -> None:
@@ -98,7 +81,7 @@ def test_every_file_passes_dciodvfy(tmp_path: Path, kind: str, with_source: bool
     paths = write_dicom_series(volume, tmp_path / "series", series_description="t")
     assert [p.name for p in paths] == [f"IM_{k:04d}.dcm" for k in range(1, SHAPE[2] + 1)]
     for path in paths:
-        assert _dciodvfy_errors(path) == [], path.name
+        assert dciodvfy_errors(path) == [], path.name
 
 
 @pytest.mark.parametrize("kind", ["ct", "mr_int"])

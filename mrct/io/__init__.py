@@ -73,9 +73,13 @@ def output_format_for(path: str | Path) -> OutputFormat:
         return OutputFormat.DICOM
     if name.endswith(_NIFTI):
         return OutputFormat.NIFTI
-    if name.endswith((".nrrd", ".nhdr")):
+    if name.endswith((".nhdr", ".mhd")):
+        # Detached headers name their data file; the atomic rename cannot keep
+        # the pair consistent, so only single-file variants are written.
+        raise ValueError(f"{path}: write single-file .nrrd or .mha instead of .nhdr/.mhd")
+    if name.endswith(".nrrd"):
         return OutputFormat.NRRD
-    if name.endswith((".mha", ".mhd")):
+    if name.endswith(".mha"):
         return OutputFormat.MHA
     if "." not in name:
         return OutputFormat.DICOM
