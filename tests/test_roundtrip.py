@@ -60,7 +60,11 @@ def test_dcm2niix_agrees_with_our_reader_on_our_output(tmp_path: Path) -> None:
 
 def real_inputs(shared: Path) -> list[Path]:
     dicom = sorted((shared / "dicom").iterdir())
-    return [*dicom, shared / "ct" / "unc_cthead_cadaver_hu.nii.gz", *sorted((shared / "mr" / "ixi_t1_2mm").glob("*.nii.gz"))[:2]]
+    return [
+        *dicom,
+        shared / "ct" / "unc_cthead_cadaver_hu.nii.gz",
+        *sorted((shared / "mr" / "ixi_t1_2mm").glob("*.nii.gz"))[:2],
+    ]
 
 
 @pytest.mark.realdata
