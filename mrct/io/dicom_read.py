@@ -128,6 +128,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
 def _check_pixel_format(ds: Dataset, path: Path) -> None:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ReadError("colour images are not supported; a greyscale CT or MR is needed", path)
+    # MONOCHROME1 only inverts the display; stored values still map to HU/MR units.
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ReadError(f"unsupported PhotometricInterpretation {photometric}", path)
@@ -224,8 +225,6 @@ def _load_pixels(
                     f"cannot decode pixel data (transfer syntax {ts_name}: {type(err).__name__})",
                     files[f.file_index],
                 ) from err
-            if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-                arr = arr.max() + arr.min() - arr  # display inversion, as dcm2niix does
             decoded = {f.file_index: arr.reshape((-1, rows, cols))}
         plane = decoded[f.file_index][0 if f.frame_index is None else f.frame_index]
         if out is None:
