@@ -142,6 +142,8 @@ def plan_stack(
     # Finest spacing that is common in the stack (10th percentile of gaps): keeps
     # thin sections thin without letting one odd short gap blow up the volume.
     dz = float(np.percentile(gaps, 10)) if uneven else median
+    # The grid starts on the first slice and keeps whole steps, so slices that
+    # already sit on it stay exact; a last partial step (< dz) is not kept.
     n_out = int(np.floor((s[-1] - s[0]) / dz + 1e-6)) + 1
     # Widen the in-plane grid to hold every sheared slice, on slice 0's lattice.
     u0 = np.floor(off_u.min() / geom.col_spacing + 1e-6) * geom.col_spacing
