@@ -97,6 +97,29 @@ def test_classic_series_matches_dcm2niix(
         assert pydicom.dcmread(info.files[0]).PixelRepresentation == 0
 
 
+def _mr_3d_series(
+    make_series: Callable[..., SeriesInfo],
+    plane: str,
+    oblique: tuple[float, float],
+    position: str,
+    shape: tuple[int, int, int],
+    pixel_spacing: tuple[float, float],
+    slice_spacing: float,
+) -> SeriesInfo:
+    """A 3D-acquisition MR series (MRAcquisitionType 3D), which dcm2niix rotates."""
+    return make_series(
+        "in",
+        modality="MR",
+        shape=shape,
+        plane=plane,
+        oblique_deg=oblique,
+        patient_position=position,
+        pixel_spacing=pixel_spacing,
+        slice_spacing=slice_spacing,
+        mr_acquisition_type="3D",
+    )
+
+
 @pytest.mark.tools
 @pytest.mark.parametrize(
     ("plane", "oblique", "position"),
@@ -117,17 +140,7 @@ def test_3d_acquisition_is_rotated_like_dcm2niix(
     oblique: tuple[float, float],
     position: str,
 ) -> None:
-    info = make_series(
-        "in",
-        modality="MR",
-        shape=(36, 44, 14),
-        plane=plane,
-        oblique_deg=oblique,
-        patient_position=position,
-        pixel_spacing=(1.0, 1.0),
-        slice_spacing=1.2,
-        mr_acquisition_type="3D",
-    )
+    info = _mr_3d_series(make_series, plane, oblique, position, (36, 44, 14), (1.0, 1.0), 1.2)
     vol = read_volume(info.folder)
     assert vol.orientation == "RAS"
     assert_matches_dcm2niix(vol, info.folder, tmp_path / "d2n", exact=True)
@@ -153,16 +166,7 @@ def test_steep_3d_obliques_are_rotated_like_dcm2niix(
 ) -> None:
     """Past ~35 deg a greedy "closest to RAS" choice of flips and axis order differs
     from dcm2niix's (corner- and trace-based); these cases once did."""
-    info = make_series(
-        "in",
-        modality="MR",
-        shape=(20, 24, 8),
-        plane=plane,
-        oblique_deg=oblique,
-        patient_position=position,
-        slice_spacing=2.0,
-        mr_acquisition_type="3D",
-    )
+    info = _mr_3d_series(make_series, plane, oblique, position, (20, 24, 8), (1.1, 0.9), 2.0)
     assert_matches_dcm2niix(read_volume(info.folder), info.folder, tmp_path / "d2n", exact=True)
 
 

@@ -25,7 +25,7 @@ from mrct.io.dicom_geometry import (
     resample_stack,
 )
 from mrct.io.dicom_scan import SeriesFiles, extract_zip, find_series, select_series
-from mrct.io.orientation import lps_to_ras
+from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_shape, check_values
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, DicomSource, Modality, SourceInfo, Volume
 
@@ -118,53 +118,11 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     affine[:3, 3] += affine[:3, 1] * (array.shape[1] - 1)
     affine[:3, 1] *= -1
     if str(first.get("MRAcquisitionType", "")).upper() == "3D":
-        array, affine = _rotate_3d_like_dcm2niix(array, affine)
+        array, affine = rotate_like_dcm2niix(array, affine)
     check_values(array, where)
     detected = {"CT": Modality.CT, "MR": Modality.MR}.get(str(first.get("Modality", "")))
     source = SourceInfo(str(where), "dicom", _dicom_source(first, datasets))
     return Volume(array, affine, modality or detected, source)
-
-
-# Axis permutations in the order dcm2niix tries them (nii_ortho.cpp, getBestOrient):
-# original voxel axis i becomes output axis perm[i].
-_DCM2NIIX_PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
-def _rotate_3d_like_dcm2niix(
-    array: npt.NDArray, affine: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray, npt.NDArray[np.float64]]:
-    """Flip and permute voxel axes (no resampling) exactly as dcm2niix's default 3D rotation.
-
-    dcm2niix (nii_setOrtho) first picks the flips: of the 8 corners of the
-    volume, the one nearest the left-posterior-inferior corner of its bounding box
-    (RAS minimum) becomes voxel (0, 0, 0). It then picks the axis order whose
-    matrix (voxel sizes included) has the largest trace, the first one on ties.
-    A greedy "closest to RAS" choice agrees up to ~35 deg obliquity and then
-    may not, so this follows dcm2niix step by step.
-    """
-    m, dims = affine[:3, :3], array.shape
-    corners = []
-    for n in range(8):
-        flips = tuple(-1 if n & (1 << a) else 1 for a in range(3))
-        index = np.array([dims[a] - 1 if flips[a] < 0 else 0 for a in range(3)], dtype=np.float64)
-        corners.append((flips, m @ index + affine[:3, 3]))
-    lowest = np.min([c for _, c in corners], axis=0)
-    flips, origin = min(corners, key=lambda fc: float(np.linalg.norm(fc[1] - lowest)))
-    best, perm = 0.0, _DCM2NIIX_PERMS[0]
-    for p in _DCM2NIIX_PERMS:
-        score = float(sum(m[p[i], i] * flips[i] for i in range(3)))
-        if score > best:
-            best, perm = score, p
-    out = array
-    for a in range(3):
-        if flips[a] < 0:
-            out = np.flip(out, axis=a)
-    source_axis = [perm.index(j) for j in range(3)]
-    new = np.eye(4)
-    for j, i in enumerate(source_axis):
-        new[:3, j] = m[:, i] * flips[i]
-    new[:3, 3] = origin
-    return np.ascontiguousarray(np.transpose(out, source_axis)), new
 
 
 def _check_pixel_format(ds: Dataset, path: Path) -> None:

@@ -71,3 +71,45 @@ def closest_canonical(array: npt.NDArray, affine: npt.ArrayLike) -> tuple[npt.ND
             new_aff[:3, 3] += new_aff[:3, world] * (n - 1)
             new_aff[:3, world] *= -1
     return np.ascontiguousarray(out), new_aff
+
+
+# Axis permutations in the order dcm2niix tries them (nii_ortho.cpp, getBestOrient):
+# original voxel axis i becomes output axis perm[i].
+_DCM2NIIX_PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def rotate_like_dcm2niix(
+    array: npt.NDArray, affine: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray, npt.NDArray[np.float64]]:
+    """Flip and permute voxel axes (no resampling) exactly as dcm2niix's default 3D rotation.
+
+    dcm2niix (nii_setOrtho) first picks the flips: of the 8 corners of the
+    volume, the one nearest the left-posterior-inferior corner of its bounding box
+    (RAS minimum) becomes voxel (0, 0, 0). It then picks the axis order whose
+    matrix (voxel sizes included) has the largest trace, the first one on ties.
+    A greedy "closest to RAS" choice agrees up to ~35 deg obliquity and then
+    may not, so this follows dcm2niix step by step.
+    """
+    m, dims = affine[:3, :3], array.shape
+    corners = []
+    for n in range(8):
+        flips = tuple(-1 if n & (1 << a) else 1 for a in range(3))
+        index = np.array([dims[a] - 1 if flips[a] < 0 else 0 for a in range(3)], dtype=np.float64)
+        corners.append((flips, m @ index + affine[:3, 3]))
+    lowest = np.min([c for _, c in corners], axis=0)
+    flips, origin = min(corners, key=lambda fc: float(np.linalg.norm(fc[1] - lowest)))
+    best, perm = 0.0, _DCM2NIIX_PERMS[0]
+    for p in _DCM2NIIX_PERMS:
+        score = float(sum(m[p[i], i] * flips[i] for i in range(3)))
+        if score > best:
+            best, perm = score, p
+    out = array
+    for a in range(3):
+        if flips[a] < 0:
+            out = np.flip(out, axis=a)
+    source_axis = [perm.index(j) for j in range(3)]
+    new = np.eye(4)
+    for j, i in enumerate(source_axis):
+        new[:3, j] = m[:, i] * flips[i]
+    new[:3, 3] = origin
+    return np.ascontiguousarray(np.transpose(out, source_axis)), new
