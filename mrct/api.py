@@ -14,7 +14,7 @@ from mrct.volume import Modality, Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info"]
+__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info", "preview"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,26 @@ def convert(
         series_description=f"mrct convert ({vol.modality.value if vol.modality else 'image'})",
         derivation_description=f"Format conversion by mrct from {vol.source.format}",
     )
+
+
+def preview(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    series: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG of the axial, coronal and sagittal planes through the scan's centre.
+
+    Planes are resampled on a world-aligned RAS grid with square pixels (see
+    :mod:`mrct.qc`), so oblique and anisotropic scans keep their true shape.
+    """
+    from mrct import qc
+
+    dst_p = Path(dst)
+    if dst_p.suffix.lower() != ".png":
+        raise MrctError("a preview is written as PNG; give an output ending in .png", dst_p)
+    if dst_p.exists() and not overwrite:  # fail before reading a large scan
+        raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
+    vol = read_volume(src, series=series)
+    return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite)

@@ -138,6 +138,23 @@ def convert(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def preview(
+    scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).")],
+    series: SeriesOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+) -> None:
+    """Write a PNG of the axial, coronal and sagittal planes through the scan's centre."""
+    from mrct import api
+
+    try:
+        out = api.preview(scan, output, series=series, overwrite=overwrite)
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     app()
 
