@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,9 +13,16 @@ from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.volume import Modality, Volume
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mrct.prepare import PrepareSummary
+    from mrct.preprocessing.config import PreprocessConfig
+    from mrct.preprocessing.localise import Localisation
+
 log = logging.getLogger(__name__)
 
-__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info", "preview"]
+__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info", "locate", "prepare", "preview"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,28 @@ def convert(
     )
 
 
+def locate(
+    path: str | Path,
+    *,
+    series: str | None = None,
+    modality: Modality | None = None,
+    check: bool = True,
+) -> Localisation:
+    """Find the brow-to-jaw slab in a scan (RAS mm along S, with a confidence).
+
+    Returns a :class:`mrct.preprocessing.localise.Localisation`. With ``check``,
+    a level outside the field of view or a doubtful result raises
+    :class:`~mrct.errors.CropError`, whose message names the overrides.
+    """
+    from mrct.preprocessing.localise import check_slab_in_scan, locate_volume
+
+    vol = read_volume(path, series=series, modality=modality)
+    loc = locate_volume(vol if modality is None else vol.replace(modality=modality))
+    if check:
+        check_slab_in_scan(loc, str(path))
+    return loc
+
+
 def preview(
     src: str | Path,
     dst: str | Path,
@@ -143,3 +173,37 @@ def preview(
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     vol = read_volume(src, series=series)
     return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite)
+
+
+def prepare(
+    mr: Sequence[str | Path],
+    ct: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config: str | Path | PreprocessConfig | None = None,
+    crop_mm: str | None = None,
+    crop_markups: str | Path | None = None,
+    no_crop: bool = False,
+    workers: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Build a training set in ``out`` from MR and CT scans (files, DICOM folders, folders of scans).
+
+    ``config`` is a YAML file (its ``preprocessing:`` section) or a config;
+    ``crop_mm`` (``"SUP,INF"``, RAS mm), ``crop_markups`` or ``no_crop`` replace the
+    automatic brow-to-jaw slab. See :func:`mrct.prepare.prepare_dataset` for the layout.
+    """
+    from mrct.config import load_yaml
+    from mrct.prepare import prepare_dataset
+    from mrct.preprocessing.config import PreprocessConfig
+    from mrct.preprocessing.crop import CropRequest
+
+    if workers < 1:
+        raise MrctError(f"--workers must be at least 1, got {workers}")
+    if config is not None and not isinstance(config, PreprocessConfig):
+        config = load_yaml(PreprocessConfig, config, "preprocessing")
+    crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
+    return prepare_dataset(
+        list(mr), list(ct), out, config=config, crop=crop, workers=workers, seed=seed, progress=progress
+    )

@@ -155,8 +155,137 @@ def preview(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def locate(
+    scan: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
+    series: SeriesOpt = None,
+    modality: Annotated[
+        Optional[ModalityChoice],  # noqa: UP045
+        typer.Option("--modality", help="Override the modality (else from the header or intensities)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Find the brow-to-jaw slab: superior (brow) and inferior (jaw) levels in RAS mm along S."""
+    from mrct import api
+
+    try:
+        result = api.locate(scan, series=series, modality=_modality(modality))
+    except Exception as err:
+        _fail(err)
+    slab = result.slab
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "superior_mm": round(slab.superior_mm, 1),
+                    "inferior_mm": round(slab.inferior_mm, 1),
+                    "confidence": round(slab.confidence or 0.0, 2),
+                }
+            )
+        )
+        return
+    typer.echo(f"superior (brow): S = {slab.superior_mm:.1f} mm (RAS)")
+    typer.echo(f"inferior (jaw):  S = {slab.inferior_mm:.1f} mm (RAS)")
+    typer.echo(f"slab height:     {slab.height_mm:.1f} mm")
+    typer.echo(f"confidence:      {slab.confidence or 0.0:.2f}")
+
+
+@app.command()
+def prepare(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the prepared training set.")],
+    mr: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--mr", help="MR scans: files, DICOM folders, or folders of scans (several allowed)."),
+    ] = None,
+    ct: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--ct", help="CT scans: files, DICOM folders, or folders of scans (several allowed)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Scans prepared in parallel.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the 70/30 train/test split.")] = 0,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="YAML config; its preprocessing: section is used."),
+    ] = None,
+    crop_mm: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S for every scan."),
+    ] = None,
+    crop_markups: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+    ] = None,
+    no_crop: Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Preprocess MR and CT scans into a training set (arrays, records, QC pictures, manifest).
+
+    Re-running with the same output resumes: finished scans are skipped, failed ones retried.
+    """
+    from mrct import api
+
+    try:
+        result = api.prepare(
+            mr or [],
+            ct or [],
+            output,
+            config=config,
+            crop_mm=crop_mm,
+            crop_markups=crop_markups,
+            no_crop=no_crop,
+            workers=workers,
+            seed=seed,
+            progress=not quiet,
+        )
+    except Exception as err:
+        _fail(err)
+    counts = result.counts
+    earlier = f"; {result.skipped} from an earlier run" if result.skipped else ""
+    typer.echo(
+        f"prepared {result.ready} scans (mr {counts['mr'].ready}, ct {counts['ct'].ready}{earlier}), "
+        f"{result.failed} failed; manifest {result.manifest}"
+    )
+    if result.failed:
+        typer.echo(
+            f'error: {result.failed} scans failed; their errors are in {result.manifest} (status "failed")',
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+# Options of `prepare` that take several paths: click options take one value each.
+MULTI_PATH_OPTIONS = ("--mr", "--ct")
+
+
+def expand_prepare_args(args: list[str]) -> list[str]:
+    """For ``prepare`` only, give each path after ``--mr``/``--ct`` its own flag.
+
+    ``prepare --mr a b --ct c`` -> ``prepare --mr a --mr b --ct c``: the paths run
+    up to the next token starting with ``-``. Other commands are left alone.
+    """
+    command = next((n for n, a in enumerate(args) if not a.startswith("-")), None)
+    if command is None or args[command] != "prepare":
+        return list(args)
+    out, flag, taken = list(args[: command + 1]), None, 0
+    for token in args[command + 1 :]:
+        if token.startswith("-"):
+            if flag is not None and not taken:
+                out.append(flag)  # no value: let click report it
+            flag, taken = (token, 0) if token in MULTI_PATH_OPTIONS else (None, 0)
+            if flag is None:
+                out.append(token)
+        elif flag is not None:
+            out += [flag, token]
+            taken += 1
+        else:
+            out.append(token)
+    if flag is not None and not taken:
+        out.append(flag)
+    return out
+
+
 def main() -> None:
-    app()
+    app(args=expand_prepare_args(sys.argv[1:]))
 
 
 if __name__ == "__main__":

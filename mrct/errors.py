@@ -50,3 +50,21 @@ class WriteError(MrctError):
     """The output could not be written."""
 
     exit_code = 5
+
+
+class ConfigError(MrctError):
+    """A configuration file or value is invalid; the message names the key."""
+
+    exit_code = 1
+
+
+class CropError(MrctError):
+    """The brow-to-jaw slab cannot be found or is not usable; the message names the overrides."""
+
+    exit_code = 6
+
+
+class MarkupsError(MrctError):
+    """A 3D Slicer markups file is not what a crop override needs."""
+
+    exit_code = 3

@@ -43,18 +43,32 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
     return Volume(data, affine, modality, SourceInfo(str(path), fmt))
 
 
-def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
-    import SimpleITK as sitk
+def sitk_geometry(
+    affine: np.ndarray,
+) -> tuple[list[float], list[float], list[float]]:
+    """Spacing, direction (row-major 3x3) and origin, in ITK's LPS, of a RAS affine.
 
-    lps = ras_to_lps(volume.affine)
+    Raises ValueError for a sheared affine, which ITK cannot represent.
+    """
+    lps = ras_to_lps(affine)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-6):
-        raise WriteError("NRRD/MHA need an orthogonal grid; this affine is sheared", path)
+        raise ValueError("an ITK image needs an orthogonal grid; this affine is sheared")
+    return spacing.tolist(), direction.flatten().tolist(), lps[:3, 3].tolist()
+
+
+def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    try:
+        spacing, direction, origin = sitk_geometry(volume.affine)
+    except ValueError:
+        raise WriteError("NRRD/MHA need an orthogonal grid; this affine is sheared", path) from None
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(lps[:3, 3].tolist())
-    image.SetDirection(direction.flatten().tolist())
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
     with atomic_file(path, overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)

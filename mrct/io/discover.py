@@ -1,0 +1,125 @@
+"""Find the scans under input paths: image files, zips, and DICOM series in folders.
+
+Each scan gets a readable, file-safe name (the file's stem or the series'
+folder, plus ``_s<SeriesNumber>`` when a folder holds several series). Nothing
+is taken from patient fields of DICOM headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrct.errors import InputNotFoundError
+from mrct.io.dicom_scan import SeriesFiles, group_series, iter_files
+
+log = logging.getLogger(__name__)
+
+# Files read as one scan each; any other file under a folder is a DICOM candidate.
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
+# DICOM stacks with fewer images are localisers or single images, not head volumes.
+MIN_SERIES_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class FoundScan:
+    """One scan: ``read_volume(path, series=series)`` reads it.
+
+    ``path`` is as given (joined with what was found under a given folder);
+    ``files`` are the bytes that make it up; ``name`` is file-safe, not yet unique.
+    """
+
+    path: Path
+    series: str | None
+    files: tuple[Path, ...]
+    name: str
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file-safe name: letters, digits, ``._-``; no leading dot; never ``*_mask``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "scan"
+    return s[:-5] + "-mask" if s.lower().endswith("_mask") else s  # would clash with <name>_mask.npy
+
+
+def _stem(path: Path) -> str:
+    name = path.name or path.absolute().name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem if path.is_file() else name
+
+
+def short_hash(path: Path, series: str | None = None) -> str:
+    """Eight hex digits of the SHA-1 of the absolute path (and series key)."""
+    return hashlib.sha1(f"{path.absolute()}#{series or ''}".encode()).hexdigest()[:8]
+
+
+def _series_scans(folder: Path, files: list[Path]) -> list[FoundScan]:
+    """The DICOM series among ``files``, named after the folder that holds each."""
+    by_folder: dict[Path, list[SeriesFiles]] = defaultdict(list)
+    for s in group_series(files):
+        if s.n_frames < MIN_SERIES_FRAMES:
+            log.warning("%s: skipping a %d-image DICOM stack (a localiser?)", folder, s.n_frames)
+        else:
+            by_folder[Path(os.path.commonpath(s.files))].append(s)
+    scans = []
+    for where, group in by_folder.items():
+        for n, s in enumerate(group, start=1):
+            if where.is_file():  # an enhanced multi-frame file
+                scans.append(FoundScan(where, None, s.files, safe_name(_stem(where))))
+                continue
+            name = _stem(where)
+            if len(group) > 1:
+                number = str(s.headers[0].get("SeriesNumber", "") or "").strip()
+                name += f"_s{number if number.isdigit() else n}"
+            scans.append(FoundScan(where, s.key, tuple(sorted(s.files)), safe_name(name)))
+    return scans
+
+
+def find_scans(paths: Iterable[str | Path]) -> list[FoundScan]:
+    """Every scan under ``paths``, sorted by path (then SeriesNumber), each once.
+
+    A file is one scan. A folder is searched recursively (hidden entries
+    ignored): each NIfTI/NRRD/MHA/zip file is a scan, and so is each DICOM
+    series among the other files (a folder holding several yields each).
+
+    Raises:
+        InputNotFoundError: a path does not exist.
+    """
+    scans: list[FoundScan] = []
+    for given in paths:
+        p = Path(given)
+        if not p.exists():
+            raise InputNotFoundError("no such file or folder", p)
+        if not p.is_dir():
+            scans.append(FoundScan(p, None, (p,), safe_name(_stem(p))))
+            continue
+        files = [f for f in iter_files(p) if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        others = []
+        for f in files:
+            if f.name.lower().endswith(SCAN_SUFFIXES):
+                scans.append(FoundScan(f, None, (f,), safe_name(_stem(f))))
+            else:
+                others.append(f)
+        if others:
+            scans += _series_scans(p, others)
+    unique: dict[tuple[str, str | None], FoundScan] = {}
+    for s in sorted(scans, key=lambda s: str(s.path)):  # stable: series stay in SeriesNumber order
+        unique.setdefault((str(s.path.absolute()), s.series), s)
+    return list(unique.values())
+
+
+def sha256_files(files: Iterable[Path]) -> str:
+    """SHA-256 over the bytes of ``files``, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

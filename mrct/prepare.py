@@ -1,0 +1,420 @@
+"""Build a training set: preprocess many MR and CT head scans onto the model grid.
+
+    OUT/manifest.json             what was prepared, from what, and the train/test split
+    OUT/<domain>/<id>.npy         float32 (D, H, W) in [-1, 1] on the model grid
+    OUT/<domain>/<id>_mask.npy    uint8 head mask on the same grid
+    OUT/<domain>/<id>.json        the preprocessing record (enough to undo the chain)
+    OUT/qc/<domain>/<id>.png      the slab's levels drawn on the original scan
+
+``<domain>`` is ``mr`` or ``ct``. Every file is written under a temporary name
+and renamed, and the manifest is rewritten after each scan, so a run that is
+interrupted resumes where it stopped: scans already prepared (same source
+bytes, outputs present with their recorded checksums) are skipped, failed ones
+are tried again. Prepared scans of earlier runs stay in the manifest when
+they are not given again; their failures do not.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct import __version__
+from mrct.config import to_dict
+from mrct.errors import InputNotFoundError, MrctError, OutputExistsError, ReadError
+from mrct.io.atomic import atomic_file
+from mrct.io.discover import find_scans, sha256_files, short_hash
+from mrct.preprocessing.config import PreprocessConfig
+from mrct.preprocessing.crop import CropRequest
+from mrct.volume import Modality
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+DOMAINS: dict[str, Modality] = {"mr": Modality.MR, "ct": Modality.CT}
+TRAIN_TENTHS = 7  # 70 % train, 30 % test, per domain
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """One scan to prepare (see :class:`~mrct.io.discover.FoundScan`) and its unique ``id``."""
+
+    domain: str
+    path: Path
+    series: str | None
+    files: tuple[Path, ...]
+    id: str
+
+
+@dataclass
+class DomainCounts:
+    """Scans of one domain: newly ``ok``, ``skipped`` (prepared by an earlier run), ``failed``."""
+
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def ready(self) -> int:
+        return self.ok + self.skipped
+
+
+@dataclass
+class PrepareSummary:
+    """What :func:`prepare_dataset` did, per domain, and where the manifest is."""
+
+    manifest: Path
+    counts: dict[str, DomainCounts] = field(default_factory=lambda: {d: DomainCounts() for d in DOMAINS})
+
+    @property
+    def ready(self) -> int:
+        return sum(c.ready for c in self.counts.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(c.skipped for c in self.counts.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(c.failed for c in self.counts.values())
+
+
+# ---------------------------------------------------------------- inputs, ids, split
+
+
+def collect_scans(mr: Iterable[str | Path], ct: Iterable[str | Path]) -> list[ScanInput]:
+    """The scans under the inputs of each domain, with ids unique per domain (case-insensitively):
+    ids that clash get a short hash of the absolute path."""
+    found = [(d, f) for d, paths in (("mr", mr), ("ct", ct)) for f in find_scans(paths)]
+    clashes = Counter((d, f.name.lower()) for d, f in found)
+    scans = []
+    for d, f in found:
+        name = f.name if clashes[(d, f.name.lower())] == 1 else f"{f.name}-{short_hash(f.path, f.series)}"
+        scans.append(ScanInput(d, f.path, f.series, f.files, name))
+    return scans
+
+
+def split_ids(ids: Iterable[str], seed: int) -> dict[str, list[str]]:
+    """A seeded 70/30 train/test split: sort ids, permute with ``default_rng(seed)``, take the
+    first 70 % (rounded half up) for training, keeping at least one test id when there are two."""
+    ordered = sorted(ids)
+    n = len(ordered)
+    n_train = (TRAIN_TENTHS * n + 5) // 10
+    if n >= 2:
+        n_train = min(max(n_train, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return {
+        "train": sorted(ordered[i] for i in perm[:n_train]),
+        "test": sorted(ordered[i] for i in perm[n_train:]),
+    }
+
+
+# ---------------------------------------------------------------- one scan (in a worker)
+
+
+@dataclass(frozen=True, eq=False)
+class ScanOutcome:
+    """A worker's result: the arrays, record and QC picture, or the one-line error."""
+
+    scan: ScanInput
+    source_checksum: str | None
+    error: str | None = None
+    image: npt.NDArray[np.float32] | None = None
+    mask: npt.NDArray[np.bool_] | None = None
+    record: dict[str, Any] | None = None
+    qc: npt.NDArray[np.uint8] | None = None
+
+
+def _check_modality(volume: Any, scan: ScanInput) -> None:
+    """Fail when the header (or, without one, the intensities) says the other modality."""
+    from mrct.api import guess_modality
+
+    want = DOMAINS[scan.domain]
+    if volume.modality is not None and volume.modality is not want:
+        raise ReadError(
+            f"the header says {volume.modality.value} but it was given with --{scan.domain}", scan.path
+        )
+    guessed = guess_modality(volume) if volume.modality is None else None
+    if guessed is not None and guessed is not want:
+        why = "air near -1000 HU" if guessed is Modality.CT else "no air near -1000 HU"
+        raise ReadError(
+            f"the intensities look like {guessed.value} ({why}) but it was given with --{scan.domain}",
+            scan.path,
+        )
+
+
+def prepare_scan(
+    scan: ScanInput, config: PreprocessConfig, crop: CropRequest, localiser: Any = None
+) -> ScanOutcome:
+    """Read, check and preprocess one scan and draw its QC picture; errors become the outcome."""
+    from mrct import qc
+    from mrct.io import read_volume
+    from mrct.preprocessing.chain import preprocess
+
+    checksum = None
+    try:
+        checksum = sha256_files(scan.files)
+        volume = read_volume(scan.path, series=scan.series)
+        _check_modality(volume, scan)
+        out = preprocess(volume, config, crop, modality=DOMAINS[scan.domain], localiser=localiser)
+        slab = out.record.slab
+        picture = qc.slab_qc_image(volume, slab.superior_mm, slab.inferior_mm, label=scan.id)
+    except MrctError as err:
+        return ScanOutcome(scan, checksum, error=str(err).splitlines()[0])
+    except Exception as err:  # one bad scan must not stop the others; keep the evidence
+        log.debug("%s/%s failed", scan.domain, scan.id, exc_info=True)
+        return ScanOutcome(scan, checksum, error=f"unexpected {type(err).__name__}: {err}".splitlines()[0])
+    return ScanOutcome(scan, checksum, None, out.image, out.mask, out.record.to_dict(), picture)
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: its Localiser
+
+
+def _init_worker(auto: bool, threads: int) -> None:
+    """Share the machine's cores between workers and load one Localiser per process."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if auto:
+        from mrct.preprocessing.localise import Localiser
+
+        _WORKER["localiser"] = Localiser()
+
+
+def _prepare_in_worker(scan: ScanInput, config: PreprocessConfig, crop: CropRequest) -> ScanOutcome:
+    return prepare_scan(scan, config, crop, _WORKER.get("localiser"))
+
+
+def _outcomes(
+    todo: list[ScanInput], config: PreprocessConfig, crop: CropRequest, workers: int, progress: bool
+) -> Iterator[ScanOutcome]:
+    """Outcomes as they finish, in this process or in a pool, with a progress bar on stderr."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar = tqdm(total=len(todo), disable=not progress, unit="scan", file=sys.stderr, dynamic_ncols=True)
+    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
+    with bar, redirect:
+        if workers <= 1 or len(todo) <= 1:
+            localiser = None
+            if crop.mode == "auto" and todo:
+                from mrct.preprocessing.localise import Localiser
+
+                localiser = Localiser()
+            for scan in todo:
+                bar.set_postfix_str(f"{scan.domain}/{scan.id}", refresh=False)
+                yield prepare_scan(scan, config, crop, localiser)
+                bar.update()
+            return
+        n = min(workers, len(todo))
+        threads = max(1, (os.cpu_count() or 1) // n)
+        # Workers fork from a server that imported the heavy modules once (fast to start), never
+        # from this process, whose torch or ITK threads could deadlock a forked child.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["mrct.prepare", "mrct.preprocessing.chain", "mrct.qc", "mrct.api"])
+        pool = cf.ProcessPoolExecutor(
+            n,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(crop.mode == "auto", threads),
+        )
+        try:
+            futures = {pool.submit(_prepare_in_worker, s, config, crop): s for s in todo}
+            for fut in cf.as_completed(futures):
+                try:
+                    outcome = fut.result()
+                except Exception as err:  # a worker died (out of memory?) or could not start
+                    reason = f"worker failed: {type(err).__name__}: {err}".splitlines()[0]
+                    outcome = ScanOutcome(futures[fut], None, error=reason)
+                yield outcome
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- outputs and manifest
+
+
+def _relpaths(domain: str, scan_id: str) -> dict[str, str]:
+    return {
+        "image": f"{domain}/{scan_id}.npy",
+        "mask": f"{domain}/{scan_id}_mask.npy",
+        "record": f"{domain}/{scan_id}.json",
+        "qc": f"qc/{domain}/{scan_id}.png",
+    }
+
+
+def _write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` atomically; returns its SHA-256."""
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(array: npt.NDArray[Any]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
+    """Write a scan's files (or remove stale ones after a failure); returns its manifest entry."""
+    from mrct import qc
+
+    s = o.scan
+    rel = _relpaths(s.domain, s.id)
+    entry: dict[str, Any] = {"id": s.id, "domain": s.domain, "source": str(s.path), "series": s.series}
+    if o.error is not None or o.image is None or o.mask is None or o.record is None or o.qc is None:
+        for r in rel.values():
+            (out / r).unlink(missing_ok=True)
+        return {**entry, "status": "failed", "error": o.error, "source_checksum": o.source_checksum}
+    checksum = _write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
+    mask_checksum = _write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
+    _write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
+    qc.write_png(o.qc, out / rel["qc"], overwrite=True)
+    return {
+        **entry,
+        "status": "ok",
+        "crop": o.record["slab"],
+        "intensity": o.record["intensity"],
+        "shape": list(o.image.shape),
+        "checksum": checksum,
+        "mask_checksum": mask_checksum,
+        "source_checksum": o.source_checksum,
+        "files": rel,
+    }
+
+
+def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None) -> bool:
+    """An earlier ok entry whose source is unchanged and whose files are intact."""
+    if not entry or entry.get("status") != "ok" or not isinstance(entry.get("files"), dict):
+        return False
+    files = {k: out / v for k, v in entry["files"].items()}
+    if set(files) != set(_relpaths("", "")) or not all(f.is_file() for f in files.values()):
+        return False
+    try:
+        return (
+            sha256_files([files["image"]]) == entry.get("checksum")
+            and sha256_files([files["mask"]]) == entry.get("mask_checksum")
+            and sha256_files(scan.files) == entry.get("source_checksum")
+        )
+    except OSError:
+        return False
+
+
+def _load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("scans", []), list):
+            raise ValueError("not a manifest")
+    except (OSError, ValueError) as err:
+        raise ReadError(f"not a readable manifest ({err}); use a new output folder", path) from err
+    if manifest.get("config") != config:
+        raise OutputExistsError(
+            "this folder was prepared with another preprocessing config; use a new output folder", path
+        )
+    return manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_manifest(
+    path: Path, created: str, seed: int, config: dict[str, Any], entries: dict[Any, Any]
+) -> None:
+    scans = [entries[k] for k in sorted(entries)]
+    ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
+    manifest = {
+        "format": "mrct-prepared-dataset",
+        "version": MANIFEST_VERSION,
+        "mrct_version": __version__,
+        "created": created,
+        "updated": _now(),
+        "seed": seed,
+        "config": config,
+        "split": {d: split_ids(ids, seed) for d, ids in ok.items()},
+        "scans": scans,
+    }
+    _write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def prepare_dataset(
+    mr: Sequence[str | Path],
+    ct: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config: PreprocessConfig | None = None,
+    crop: CropRequest = CropRequest.auto(),  # noqa: B008 - frozen, so a safe default
+    workers: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Preprocess every scan under ``mr`` and ``ct`` into ``out`` (layout in the module docstring).
+
+    Inputs given with ``mr`` are MR, with ``ct`` CT; a scan whose header (or,
+    without a modality in the header, whose intensities) says otherwise fails.
+    Failures are recorded in the manifest and do not stop the others.
+
+    Raises:
+        InputNotFoundError: an input does not exist, or no scan was found.
+        OutputExistsError: ``out`` holds a dataset prepared with another config.
+    """
+    config = config or PreprocessConfig()
+    scans = collect_scans(mr, ct)
+    if not scans:
+        raise InputNotFoundError("no input scans found (NIfTI, NRRD, MHA, zip or DICOM series)")
+    out = Path(out)
+    path = out / MANIFEST
+    config_dict = to_dict(config)
+    manifest = _load_manifest(path, config_dict)
+    created = str(manifest.get("created") or _now())
+    entries = {(e["domain"], e["id"]): e for e in manifest.get("scans", [])}
+    summary = PrepareSummary(path)
+    todo = []
+    for scan in scans:
+        entry = entries.get((scan.domain, scan.id))
+        if entry is not None and _still_valid(out, scan, entry):
+            entries[(scan.domain, scan.id)] = {**entry, "source": str(scan.path), "series": scan.series}
+            summary.counts[scan.domain].skipped += 1
+        else:
+            todo.append(scan)
+    log.info("%d scans found, %d already prepared", len(scans), len(scans) - len(todo))
+    current = {(s.domain, s.id) for s in scans}  # failures of inputs not given again are forgotten
+    entries = {k: e for k, e in entries.items() if e.get("status") == "ok" or k in current}
+    _write_manifest(path, created, seed, config_dict, entries)
+    for outcome in _outcomes(todo, config, crop, workers, progress):
+        s = outcome.scan
+        entry = _write_outcome(out, outcome)
+        entries[(s.domain, s.id)] = entry
+        counts = summary.counts[s.domain]
+        if entry["status"] == "ok":
+            counts.ok += 1
+        else:
+            counts.failed += 1
+            log.warning("%s/%s failed: %s", s.domain, s.id, entry["error"])
+        _write_manifest(path, created, seed, config_dict, entries)
+    return summary

@@ -1,0 +1,117 @@
+"""Grids in patient space and the one resampling primitive everything uses.
+
+Affines map voxel indices to RAS mm (as :class:`mrct.volume.Volume`). The model
+grid's array is ``(D, H, W)``: D runs inferior -> superior, H anterior ->
+posterior and W patient right -> left, so a slice ``[d]`` displays like a
+radiological axial image (anterior up, patient right on the left) and the
+grid's axis codes are ``SPL``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.preprocessing.config import GridConfig
+
+FloatArray = npt.NDArray[np.float64]
+
+# Columns of the model grid's direction matrix: D -> +S, H -> -A (posterior), W -> -R (left).
+_MODEL_DIRECTIONS = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def model_grid_affine(
+    grid: GridConfig, superior_mm: float, inferior_mm: float, centre_ras: tuple[float, float]
+) -> FloatArray:
+    """The affine of the model grid: ``grid.depth`` slices whose voxel edges span exactly
+    ``[inferior_mm, superior_mm]`` along S, centred in-plane on ``centre_ras`` (R, A in mm)."""
+    dz = (superior_mm - inferior_mm) / grid.depth
+    spacing = np.array([dz, grid.inplane_mm, grid.inplane_mm])
+    affine = np.eye(4)
+    affine[:3, :3] = _MODEL_DIRECTIONS * spacing
+    centre_index = (np.array(grid.shape, dtype=np.float64) - 1) / 2
+    centre_world = np.array([centre_ras[0], centre_ras[1], (superior_mm + inferior_mm) / 2])
+    affine[:3, 3] = centre_world - affine[:3, :3] @ centre_index
+    return affine
+
+
+def world_extent(shape: tuple[int, ...], affine: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """RAS bounding box (mm) of a grid's voxels, voxel edges included."""
+    corners = np.array(
+        [
+            [a, b, c]
+            for a in (-0.5, shape[0] - 0.5)
+            for b in (-0.5, shape[1] - 0.5)
+            for c in (-0.5, shape[2] - 0.5)
+        ]
+    )
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def axis_aligned_grid(
+    shape: tuple[int, ...], affine: FloatArray, step_mm: float
+) -> tuple[FloatArray, tuple[int, int, int]]:
+    """A RAS-aligned grid of ``step_mm`` voxels covering a grid's world bounding box."""
+    lo, hi = world_extent(shape, affine)
+    size = np.maximum(1, np.ceil((hi - lo) / step_mm)).astype(int)
+    out = np.diag([step_mm, step_mm, step_mm, 1.0])
+    out[:3, 3] = lo + step_mm / 2
+    return out, (int(size[0]), int(size[1]), int(size[2]))
+
+
+def anti_alias_sigmas(src_affine: FloatArray, dst_affine: FloatArray) -> tuple[float, float, float]:
+    """Gaussian sigmas (in source voxels) that band-limit the source before sampling the destination.
+
+    Along each source axis, the destination step is the destination spacing seen
+    along that direction; sigma = (step / spacing - 1) / 2 (as scikit-image), 0 when
+    up-sampling.
+    """
+    src_spacing = np.linalg.norm(src_affine[:3, :3], axis=0)
+    dst_spacing = np.linalg.norm(dst_affine[:3, :3], axis=0)
+    src_dirs = src_affine[:3, :3] / src_spacing
+    dst_dirs = dst_affine[:3, :3] / dst_spacing
+    sigmas = []
+    for axis in range(3):
+        weights = np.abs(dst_dirs.T @ src_dirs[:, axis])
+        step = float(weights @ dst_spacing / max(weights.sum(), 1e-12))
+        sigmas.append(max(0.0, (step / src_spacing[axis] - 1) / 2))
+    return sigmas[0], sigmas[1], sigmas[2]
+
+
+def resample(
+    array: npt.NDArray,
+    src_affine: FloatArray,
+    dst_affine: FloatArray,
+    dst_shape: tuple[int, int, int],
+    *,
+    fill: float = 0.0,
+    mode: str = "bilinear",
+    anti_alias: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Sample ``array`` (on ``src_affine``) at the voxel centres of a destination grid.
+
+    Trilinear by default (``mode="nearest"`` for labels), through MONAI's
+    ``SpatialResample``; points outside the source get ``fill``.
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+    from scipy.ndimage import gaussian_filter
+
+    data = np.asarray(array, dtype=np.float32)
+    if anti_alias:
+        sigmas = anti_alias_sigmas(src_affine, dst_affine)
+        if max(sigmas) > 0.25:
+            data = gaussian_filter(data, sigmas, mode="nearest", truncate=3.0)
+    # Sampling (value - fill) with zero padding and adding fill back puts `fill` outside.
+    shifted = data - np.float32(fill) if fill else data
+    image = MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(shifted))[None], affine=torch.from_numpy(src_affine)
+    )
+    resampler = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)  # type: ignore[arg-type]
+    out = resampler(
+        image, dst_affine=torch.from_numpy(np.asarray(dst_affine, dtype=np.float64)), spatial_size=dst_shape
+    )
+    result = np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
+    return result + np.float32(fill) if fill else result

@@ -1,0 +1,240 @@
+"""Automatic brow-to-jaw localisation by registration onto an annotated reference head.
+
+The reference (``reference/head_t1_template.nii.gz``) is a mean T1 head with
+three annotated points: the left and right supraorbital margins and the
+menton. A scan's working image (4 mm, :mod:`mrct.preprocessing.mask`) is
+registered to it with Mattes mutual information, which needs no intensity
+correspondence and so serves MR and CT alike: a similarity transform from a few
+starting heights, then an affine refinement. The points mapped into the scan
+give the slab: ``superior_mm`` is the mean S of the two supraorbital margins,
+``inferior_mm`` the S of the menton (RAS mm, see ../shared/LANDMARKS.md).
+
+The starting position aligns the top of the head (the vertex) and the head's
+centre below it; the other starts shift it by ``START_SHIFTS_MM`` along S, for
+scans whose field of view cuts the vertex. The confidence combines how well
+the starts agree with how much of the reference head lands inside the scan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.errors import CropError
+from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
+from mrct.preprocessing.mask import WorkingImage, working_image
+from mrct.volume import Modality
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PACKAGE = "mrct.preprocessing.reference"
+REFERENCE_NAME = "head_t1_template"
+START_SHIFTS_MM = (0.0, -30.0, 30.0)
+# The slab may reach this far outside the scan before a level counts as missing
+# (half a typical 4-5 mm slice plus the registration's own resolution).
+FOV_TOLERANCE_MM = 6.0
+MIN_CONFIDENCE = 0.3
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The annotated reference head on its 4 mm working grid."""
+
+    work: WorkingImage
+    landmarks_ras: dict[str, tuple[float, float, float]]
+    description: str
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """Where the slab is, plus the evidence: landmarks in the scan (RAS mm) and registration figures."""
+
+    slab: SlabBounds
+    landmarks_ras: dict[str, tuple[float, float, float]]
+    metric: float
+    start_spread_mm: float
+    scan_s_range_mm: tuple[float, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "superior_mm": round(self.slab.superior_mm, 1),
+            "inferior_mm": round(self.slab.inferior_mm, 1),
+            "confidence": None if self.slab.confidence is None else round(self.slab.confidence, 2),
+            "landmarks_ras_mm": {k: [round(c, 1) for c in v] for k, v in self.landmarks_ras.items()},
+            "metric": round(self.metric, 4),
+            "start_spread_mm": round(self.start_spread_mm, 1),
+            "scan_s_range_mm": [round(v, 1) for v in self.scan_s_range_mm],
+        }
+
+
+def load_reference() -> Reference:
+    """Read the bundled reference head and its landmarks (package data, never downloaded)."""
+    from mrct.io import read_volume
+
+    folder = resources.files(REFERENCE_PACKAGE)
+    with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path:
+        volume = read_volume(path, modality=Modality.MR)
+    meta = json.loads((folder / f"{REFERENCE_NAME}.json").read_text(encoding="utf-8"))
+    landmarks = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in meta["landmarks_ras_mm"].items()}
+    return Reference(working_image(volume, Modality.MR), landmarks, str(meta.get("description", "")))
+
+
+def _sitk_image(array: npt.NDArray, affine: npt.NDArray[np.float64]):  # type: ignore[no-untyped-def]
+    """A SimpleITK image (LPS) of a RAS-aligned working array indexed [x, y, z]."""
+    import SimpleITK as sitk
+
+    from mrct.io.itk import sitk_geometry
+
+    image = sitk.GetImageFromArray(
+        np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0))
+    )
+    spacing, direction, origin = sitk_geometry(affine)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
+    return image
+
+
+def _anchor_lps(work: WorkingImage) -> npt.NDArray[np.float64]:
+    """A point 50 mm below the vertex, at the centre of the head's upper part (LPS mm)."""
+    pts = work.mask_points()
+    top = float(np.percentile(pts[:, 2], 99.9))
+    upper = pts[(pts[:, 2] < top - 20) & (pts[:, 2] > top - 80)]
+    centre = upper.mean(axis=0) if len(upper) else pts.mean(axis=0)
+    return np.array([-centre[0], -centre[1], top - 50.0])
+
+
+def _register(fixed, fixed_mask, moving, initial, *, affine: bool, shrink: tuple[int, ...], iterations: int):  # type: ignore[no-untyped-def]
+    import SimpleITK as sitk
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.3, 17)  # fixed seed: the same scan gives the same slab
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel([float(s) for s in shrink])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    if affine:
+        transform = sitk.AffineTransform(3)
+        transform.SetCenter(initial.GetCenter())
+        transform.SetMatrix(initial.GetMatrix())
+        transform.SetTranslation(initial.GetTranslation())
+    else:
+        transform = sitk.Similarity3DTransform(initial)
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(fixed, moving)
+    return transform, float(method.GetMetricValue())
+
+
+class Localiser:
+    """Finds the brow-to-jaw slab in a scan. Holds the reference so a batch loads it once."""
+
+    def __init__(self, reference: Reference | None = None) -> None:
+        self.reference = reference or load_reference()
+
+    def locate(self, work: WorkingImage) -> Localisation:
+        import SimpleITK as sitk
+        from scipy import ndimage as ndi
+
+        ref = self.reference.work
+        fixed = _sitk_image(ref.array, ref.affine)
+        fixed_mask = _sitk_image(ndi.binary_dilation(ref.mask, iterations=2).astype(np.float32), ref.affine)
+        fixed_mask = sitk.Cast(fixed_mask, sitk.sitkUInt8)
+        moving = _sitk_image(work.array, work.affine)
+        if work.mask.sum() < 1000:
+            raise CropError(f"no head found in the scan (head mask {work.mask_ml:.0f} mL); {OVERRIDES_HINT}")
+        ref_anchor, scan_anchor = _anchor_lps(ref), _anchor_lps(work)
+        results = []
+        for shift in START_SHIFTS_MM:
+            start = sitk.Similarity3DTransform()
+            start.SetCenter(ref_anchor.tolist())
+            start.SetTranslation((scan_anchor - ref_anchor + np.array([0.0, 0.0, shift])).tolist())
+            transform, metric = _register(
+                fixed, fixed_mask, moving, start, affine=False, shrink=(2,), iterations=60
+            )
+            results.append((metric, transform))
+        results.sort(key=lambda r: r[0])
+        landmarks_by_start = [self._map_landmarks(t) for _, t in results]
+        best = results[0][1]
+        similarity, _ = _register(fixed, fixed_mask, moving, best, affine=False, shrink=(1,), iterations=80)
+        final, metric = _register(
+            fixed, fixed_mask, moving, similarity, affine=True, shrink=(1,), iterations=60
+        )
+        landmarks = self._map_landmarks(final)
+        spread = _spread(landmarks_by_start, [m for m, _ in results])
+        return self._localisation(work, landmarks, metric, spread)
+
+    def _map_landmarks(self, transform) -> dict[str, tuple[float, float, float]]:  # type: ignore[no-untyped-def]
+        out = {}
+        for name, (r, a, s) in self.reference.landmarks_ras.items():
+            x, y, z = transform.TransformPoint((-r, -a, s))  # ITK works in LPS
+            out[name] = (-float(x), -float(y), float(z))
+        return out
+
+    def _localisation(
+        self,
+        work: WorkingImage,
+        landmarks: dict[str, tuple[float, float, float]],
+        metric: float,
+        spread: float,
+    ) -> Localisation:
+        superior = (landmarks["right_supraorbital"][2] + landmarks["left_supraorbital"][2]) / 2
+        inferior = landmarks["menton"][2]
+        lo = float(work.affine[2, 3] - work.affine[2, 2] / 2)
+        hi = lo + work.array.shape[2] * float(work.affine[2, 2])
+        # Levels outside the scan are reported by the caller; inside, agreement between starts rules.
+        confidence = float(np.clip(1.0 - spread / 20.0, 0.0, 1.0))
+        slab = SlabBounds(superior, inferior, "auto", confidence)
+        return Localisation(slab, landmarks, metric, spread, (lo, hi))
+
+
+def _spread(landmarks_by_start: list[dict[str, tuple[float, float, float]]], metrics: list[float]) -> float:
+    """Largest S disagreement (mm) between the best start and the starts whose metric is nearly as good."""
+    best = landmarks_by_start[0]
+    spread = 0.0
+    for lm, metric in zip(landmarks_by_start[1:], metrics[1:], strict=True):
+        if metric <= metrics[0] * 0.97:  # metrics are negative: within 3% of the best
+            spread = max(spread, max(abs(lm[k][2] - best[k][2]) for k in best))
+    return spread
+
+
+def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
+    """Raise :class:`CropError` when a level falls outside the scan or the result is doubtful."""
+    lo, hi = loc.scan_s_range_mm
+    slab = loc.slab
+    problems = []
+    if slab.superior_mm > hi + FOV_TOLERANCE_MM:
+        problems.append(
+            f"the brow (S={slab.superior_mm:.0f} mm) is above the field of view (top S={hi:.0f} mm)"
+        )
+    if slab.inferior_mm < lo - FOV_TOLERANCE_MM:
+        problems.append(
+            f"the jaw (S={slab.inferior_mm:.0f} mm) is below the field of view (bottom S={lo:.0f} mm)"
+        )
+    if problems:
+        raise CropError("; ".join(problems) + f"; {OVERRIDES_HINT}", path)
+    if slab.confidence is not None and slab.confidence < MIN_CONFIDENCE:
+        raise CropError(
+            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}); {OVERRIDES_HINT}", path
+        )
+
+
+def locate_volume(volume, localiser: Localiser | None = None) -> Localisation:  # type: ignore[no-untyped-def]
+    """Localise the slab in a :class:`~mrct.volume.Volume` (modality from the header or intensities)."""
+    from mrct.api import guess_modality
+
+    modality = volume.modality or guess_modality(volume) or Modality.MR
+    return (localiser or Localiser()).locate(working_image(volume, modality))

@@ -1,0 +1,91 @@
+"""Crop overrides: --crop-mm, 3D Slicer markups files, --no-crop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrct.errors import CropError, MarkupsError
+from mrct.preprocessing.crop import CropRequest, parse_crop_mm, read_markups
+
+
+def markups(path: Path, points: list[tuple[str, tuple[float, float, float]]], system: str = "LPS") -> Path:
+    """A markups file as 3D Slicer 5 writes it (trimmed to the fields Slicer needs)."""
+    doc = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": system,
+                "coordinateUnits": "mm",
+                "controlPoints": [
+                    {"id": str(n + 1), "label": label, "position": list(pos), "positionStatus": "defined"}
+                    for n, (label, pos) in enumerate(points)
+                ],
+            }
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_parse_crop_mm() -> None:
+    assert parse_crop_mm("20,-95") == (20.0, -95.0)
+    assert parse_crop_mm(" 20.5 , -95 ") == (20.5, -95.0)
+    for bad in ("20", "20,-95,3", "a,b", ""):
+        with pytest.raises(CropError, match="--crop-mm expects two numbers SUP,INF"):
+            parse_crop_mm(bad)
+
+
+def test_crop_mm_needs_the_brow_above_the_jaw() -> None:
+    with pytest.raises(CropError, match="SUP at least 20 mm above INF"):
+        CropRequest.millimetres(-95, 20)
+    assert CropRequest.millimetres(20, -95).mode == "mm"
+
+
+def test_markups_by_label_in_either_order(tmp_path: Path) -> None:
+    path = markups(tmp_path / "a.mrk.json", [("jaw", (1, 2, -90.0)), ("brow", (3, 4, 18.0))])
+    assert read_markups(path) == (18.0, -90.0)
+    req = CropRequest.from_markups(path)
+    assert (req.mode, req.superior_mm, req.inferior_mm, req.markups) == ("markups", 18.0, -90.0, path)
+
+
+def test_markups_without_labels_use_the_upper_point_as_brow(tmp_path: Path) -> None:
+    path = markups(tmp_path / "b.mrk.json", [("F-1", (0, 0, -80.0)), ("F-2", (0, 0, 25.0))], system="RAS")
+    assert read_markups(path) == (25.0, -80.0)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_markups_with_the_wrong_number_of_points(tmp_path: Path, count: int) -> None:
+    pts = [(f"p{n}", (0.0, 0.0, 10.0 * n)) for n in range(count)]
+    path = markups(tmp_path / "c.mrk.json", pts)
+    with pytest.raises(
+        MarkupsError, match=f"found {count} control points; expected .*two control points, brow and jaw"
+    ):
+        read_markups(path)
+
+
+def test_markups_bad_json_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mrk.json"
+    bad.write_text("{not json")
+    with pytest.raises(MarkupsError, match=r"not valid JSON.*expected a 3D Slicer markups file"):
+        read_markups(bad)
+    wrong = tmp_path / "wrong.mrk.json"
+    wrong.write_text(json.dumps({"points": []}))
+    with pytest.raises(MarkupsError, match="unexpected content"):
+        read_markups(wrong)
+    with pytest.raises(MarkupsError, match="not found"):
+        read_markups(tmp_path / "missing.mrk.json")
+
+
+def test_only_one_override_at_a_time(tmp_path: Path) -> None:
+    path = markups(tmp_path / "d.mrk.json", [("brow", (0, 0, 20.0)), ("jaw", (0, 0, -90.0))])
+    with pytest.raises(CropError, match="only one of"):
+        CropRequest.from_options(crop_mm="20,-90", no_crop=True)
+    with pytest.raises(CropError, match="only one of"):
+        CropRequest.from_options(crop_mm="20,-90", markups=path)
+    assert CropRequest.from_options().mode == "auto"
+    assert CropRequest.from_options(no_crop=True).mode == "none"
+    assert CropRequest.from_options(markups=path).mode == "markups"

@@ -1,0 +1,293 @@
+"""`mrct prepare`: a training set from folders of synthetic heads, on a small model grid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mrct.cli import app, expand_prepare_args, main
+from mrct.config import load_yaml
+from mrct.errors import InputNotFoundError, OutputExistsError
+from mrct.io.discover import find_scans
+from mrct.prepare import collect_scans, prepare_dataset, split_ids
+from mrct.preprocessing.config import PreprocessConfig
+from mrct.preprocessing.crop import CropRequest
+from mrct.preprocessing.record import PreprocessRecord
+
+runner = CliRunner()
+SMALL_YAML = "preprocessing:\n  grid: {depth: 8, height: 48, width: 48, inplane_mm: 4.0}\n"
+CROP = CropRequest.millimetres(40, -40)
+OLD = 1_000_000_000  # an mtime long past, to see whether a file is rewritten
+
+
+def write_head(path: Path, modality: str, semi_axes=(70.0, 85.0, 80.0), seed: int = 0) -> Path:
+    """An ellipsoid of tissue in air, 100 x 120 x 100 voxels of 2 mm, centred on the RAS origin."""
+    shape = (100, 120, 100)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1)  # voxel centre (shape - 1) / 2 at 0 mm
+    x, y, z = (np.indices(shape, dtype=np.float32) - ((np.array(shape) - 1) / 2)[:, None, None, None]) * 2
+    inside = (x / semi_axes[0]) ** 2 + (y / semi_axes[1]) ** 2 + (z / semi_axes[2]) ** 2 <= 1
+    noise = np.random.default_rng(seed).normal(0, 5, shape).astype(np.float32)
+    if modality == "ct":
+        data = np.where(inside, 40 + noise, -1000).astype(np.int16)
+    else:
+        data = np.where(inside, 500 + noise * 4 + 0.5 * z, 5 + np.abs(noise)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mr/ with three heads (one in a subfolder), ct/ with two, and a small grid config."""
+    root = tmp_path_factory.mktemp("heads")
+    write_head(root / "mr" / "sub-01_T1w.nii.gz", "mr", seed=1)
+    write_head(root / "mr" / "sub-02_T1w.nii.gz", "mr", (66.0, 80.0, 78.0), seed=2)
+    write_head(root / "mr" / "site b" / "sub-03_T1w.nii", "mr", (72.0, 88.0, 82.0), seed=3)
+    write_head(root / "ct" / "ct-a.nii.gz", "ct", seed=4)
+    write_head(root / "ct" / "ct-b.nii.gz", "ct", (68.0, 84.0, 79.0), seed=5)
+    (root / "small.yaml").write_text(SMALL_YAML)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(data: Path) -> PreprocessConfig:
+    return load_yaml(PreprocessConfig, data / "small.yaml", "preprocessing")
+
+
+@pytest.fixture(scope="module")
+def prepared(data: Path, config: PreprocessConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    summary = prepare_dataset([data / "mr"], [data / "ct"], out, config=config, crop=CROP, progress=False)
+    assert (summary.ready, summary.failed, summary.skipped) == (5, 0, 0)
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_layout_and_manifest(prepared: Path, data: Path) -> None:
+    m = manifest(prepared)
+    assert m["mrct_version"] and m["created"] and m["seed"] == 0
+    assert m["config"]["grid"] == {"depth": 8, "height": 48, "width": 48, "inplane_mm": 4.0}
+    ids = [f"{e['domain']}/{e['id']}" for e in m["scans"]]
+    assert ids == ["ct/ct-a", "ct/ct-b", "mr/sub-01_T1w", "mr/sub-02_T1w", "mr/sub-03_T1w"]
+    for e in m["scans"]:
+        d, i = e["domain"], e["id"]
+        assert e["status"] == "ok" and "error" not in e
+        rel = {"image": f"{d}/{i}.npy", "mask": f"{d}/{i}_mask.npy", "record": f"{d}/{i}.json"}
+        assert e["files"] == {**rel, "qc": f"qc/{d}/{i}.png"}
+        image = np.load(prepared / e["files"]["image"])
+        mask = np.load(prepared / e["files"]["mask"])
+        assert image.dtype == np.float32 and image.shape == (8, 48, 48) == tuple(e["shape"])
+        assert image.min() >= -1 and image.max() <= 1 and image.max() > -0.9
+        assert mask.dtype == np.uint8 and mask.shape == image.shape and 0 < mask.mean() < 1
+        assert e["checksum"] == sha256(prepared / e["files"]["image"])
+        assert e["source_checksum"] == sha256(Path(e["source"]))
+        assert Path(e["source"]).is_relative_to(data / d)
+        record = PreprocessRecord.from_json((prepared / e["files"]["record"]).read_text())
+        assert record.modality == d.upper() and tuple(record.grid_shape) == (8, 48, 48)
+        assert e["crop"]["superior_mm"] == 40 and e["crop"]["inferior_mm"] == -40
+        assert e["crop"]["source"] == "crop-mm"
+        assert e["intensity"]["kind"] == ("mr_percentile" if d == "mr" else "ct_linear")
+        if d == "mr":
+            assert e["intensity"]["stats"]
+        png = Image.open(prepared / e["files"]["qc"])
+        assert png.mode == "RGB" and png.size[0] > 48
+    assert not list(prepared.rglob("*.mrct-tmp-*"))  # nothing half-written left behind
+    assert m["split"] == {
+        d: split_ids([e["id"] for e in m["scans"] if e["domain"] == d], 0) for d in ("mr", "ct")
+    }
+    assert (len(m["split"]["mr"]["train"]), len(m["split"]["mr"]["test"])) == (2, 1)
+    assert (len(m["split"]["ct"]["train"]), len(m["split"]["ct"]["test"])) == (1, 1)
+
+
+@pytest.mark.parametrize(("n", "n_train"), [(1, 1), (2, 1), (3, 2), (5, 4), (10, 7), (20, 14), (51, 36)])
+def test_split_is_70_30_and_seeded(n: int, n_train: int) -> None:
+    ids = [f"case{k:03d}" for k in range(n)]
+    split = split_ids(reversed(ids), seed=7)
+    assert len(split["train"]) == n_train and sorted(split["train"] + split["test"]) == ids
+    assert split_ids(ids, seed=7) == split  # input order does not matter, the seed does
+    if n >= 10:
+        assert split_ids(ids, seed=8) != split
+
+
+def test_resume_skips_finished_and_retries_failed(
+    data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    broken = tmp_path / "in" / "broken.nii.gz"
+    broken.parent.mkdir()
+    broken.write_text("not a NIfTI file\n")
+    mr = [data / "mr" / "sub-01_T1w.nii.gz", broken]
+    out = tmp_path / "out"
+    first = prepare_dataset(mr, [data / "ct" / "ct-a.nii.gz"], out, config=config, crop=CROP, progress=False)
+    assert (first.counts["mr"].ok, first.counts["mr"].failed, first.counts["ct"].ok) == (1, 1, 1)
+    entry = {e["id"]: e for e in manifest(out)["scans"]}["broken"]
+    assert entry["status"] == "failed" and "broken.nii.gz" in entry["error"] and "\n" not in entry["error"]
+    assert manifest(out)["split"]["mr"] == {"train": ["sub-01_T1w"], "test": []}
+    done = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    for p in done:
+        os.utime(p, (OLD, OLD))
+    write_head(broken, "mr", seed=9)  # fixed: retried on the next run
+    second = prepare_dataset(mr, [data / "ct" / "ct-a.nii.gz"], out, config=config, crop=CROP, progress=False)
+    assert (second.counts["mr"].ok, second.counts["mr"].skipped, second.counts["ct"].skipped) == (1, 1, 1)
+    assert all(p.stat().st_mtime == OLD for p in done)  # finished scans were not rewritten
+    assert all(e["status"] == "ok" for e in manifest(out)["scans"])
+    # A damaged output is noticed through its checksum and prepared again.
+    image = out / "ct" / "ct-a.npy"
+    image.write_bytes(image.read_bytes()[:-4] + b"\0\0\0\0")
+    third = prepare_dataset(mr, [data / "ct" / "ct-a.nii.gz"], out, config=config, crop=CROP, progress=False)
+    assert (third.counts["ct"].ok, third.counts["mr"].skipped) == (1, 2)
+    assert sha256(image) == {e["id"]: e for e in manifest(out)["scans"]}["ct-a"]["checksum"]
+    # Another grid in the same folder would mix shapes: refused.
+    with pytest.raises(OutputExistsError, match="another preprocessing config"):
+        prepare_dataset(mr, [], out, crop=CROP, progress=False)
+
+
+def test_cli_corrupt_input_fails_alone(data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("this is text, not an image\n")
+    out = tmp_path / "out"
+    args = ["prepare", "--mr", str(data / "mr" / "sub-02_T1w.nii.gz"), str(bad), "--ct", str(data / "ct")]
+    args += ["-o", str(out), "--config", str(data / "small.yaml"), "--crop-mm", "40,-40", "--quiet"]
+    result = runner.invoke(app, expand_prepare_args(args))
+    assert result.exit_code == 1, result.output
+    assert "prepared 3 scans (mr 1, ct 2), 1 failed" in result.stdout
+    assert "manifest" in result.stderr and "failed" in result.stderr
+    status = {e["id"]: e["status"] for e in manifest(out)["scans"]}
+    assert status == {"sub-02_T1w": "ok", "bad": "failed", "ct-a": "ok", "ct-b": "ok"}
+
+
+def test_cli_exit_codes_without_scans(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["prepare", "--mr", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no input scans" in result.stderr
+    result = runner.invoke(app, ["prepare", "--ct", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no such file" in result.stderr
+    with pytest.raises(InputNotFoundError):
+        prepare_dataset([], [], tmp_path / "out", progress=False)
+
+
+def test_modality_mismatch_fails_with_a_clear_message(
+    data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    from tests.dicom_factory import write_series
+
+    write_series(tmp_path / "dicom_ct", modality="CT", shape=(40, 48, 12))
+    mr = [data / "ct" / "ct-a.nii.gz", tmp_path / "dicom_ct"]
+    summary = prepare_dataset(mr, [], tmp_path / "out", config=config, crop=CROP, progress=False)
+    assert summary.counts["mr"].failed == 2
+    errors = {e["id"]: e["error"] for e in manifest(tmp_path / "out")["scans"]}
+    assert "the intensities look like CT" in errors["ct-a"] and "--mr" in errors["ct-a"]
+    assert "the header says CT but it was given with --mr" in errors["dicom_ct"]
+
+
+def test_inputs_expand_recursively_with_readable_unique_ids(tmp_path: Path, two_series_folder) -> None:
+    folder, _, _ = two_series_folder  # one folder, CT series 2 and MR series 3
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "head.nii.gz").write_bytes(b"x")
+    (tmp_path / "a" / ".hidden.nii.gz").write_bytes(b"x")
+    found = find_scans([tmp_path / "a", tmp_path / "b", folder])
+    assert [(f.path.name, f.name) for f in found] == [
+        ("head.nii.gz", "head"),
+        ("head.nii.gz", "head"),
+        ("study", "study_s2"),
+        ("study", "study_s3"),
+    ]
+    assert all(f.series for f in found[2:]) and found[2].series != found[3].series
+    scans = collect_scans([tmp_path / "a", tmp_path / "b", folder], [tmp_path / "a"])
+    ids = [(s.domain, s.id) for s in scans]
+    assert ids[0][1].startswith("head-") and ids[1][1].startswith("head-") and ids[0] != ids[1]
+    assert ids[2:] == [("mr", "study_s2"), ("mr", "study_s3"), ("ct", "head")]  # no clash across domains
+    assert collect_scans([tmp_path / "a", tmp_path / "b", folder], []) == scans[:4]  # deterministic
+
+
+def test_workers_give_the_same_result(
+    prepared: Path, data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    summary = prepare_dataset(
+        [data / "mr"], [data / "ct"], tmp_path, config=config, crop=CROP, workers=2, progress=False
+    )
+    assert (summary.ready, summary.failed) == (5, 0)
+
+    def essentials(out: Path) -> list[tuple]:
+        return [(e["id"], e["checksum"], e["mask_checksum"], e["crop"]) for e in manifest(out)["scans"]]
+
+    assert essentials(tmp_path) == essentials(prepared)
+    assert manifest(tmp_path)["split"] == manifest(prepared)["split"]
+
+
+def test_argv_rewriting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert expand_prepare_args(["prepare", "--mr", "a", "b", "--ct", "c", "-o", "x"]) == [
+        "prepare",
+        "--mr",
+        "a",
+        "--mr",
+        "b",
+        "--ct",
+        "c",
+        "-o",
+        "x",
+    ]
+    assert expand_prepare_args(["-v", "prepare", "-o", "x", "--ct", "c", "d", "--quiet"]) == [
+        "-v",
+        "prepare",
+        "-o",
+        "x",
+        "--ct",
+        "c",
+        "--ct",
+        "d",
+        "--quiet",
+    ]
+    assert expand_prepare_args(["prepare", "--mr", "--ct", "c"]) == ["prepare", "--mr", "--ct", "c"]
+    assert expand_prepare_args(["info", "--mr", "a", "b"]) == ["info", "--mr", "a", "b"]
+    # Through main(), as the installed command runs it: both paths reach the command.
+    for n in (1, 2):
+        (tmp_path / f"e{n}").mkdir()
+        (tmp_path / f"e{n}" / f"x{n}.nii.gz").write_text("not an image")
+    argv = ["mrct", "prepare", "--mr", str(tmp_path / "e1"), str(tmp_path / "e2"), "-o", str(tmp_path / "o")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1  # both scans were tried (and failed)
+    assert [e["id"] for e in manifest(tmp_path / "o")["scans"]] == ["x1", "x2"]
+
+
+@pytest.mark.realdata
+def test_real_scans_with_automatic_crop(shared_data: Path, tmp_path: Path) -> None:
+    mr = sorted((shared_data / "mr" / "ixi_t1_2mm").glob("*.nii.gz"))[:2]
+    ct = [shared_data / "ct" / "unc_cthead_cadaver_hu.nii.gz"]
+    summary = prepare_dataset(mr, ct, tmp_path, workers=1, progress=False)
+    m = manifest(tmp_path)
+    assert [e["status"] for e in m["scans"]] == ["ok"] * 3, [e.get("error") for e in m["scans"]]
+    assert (summary.counts["mr"].ok, summary.counts["ct"].ok) == (2, 1)
+    for e in m["scans"]:
+        assert e["crop"]["source"] == "auto" and e["shape"] == [30, 256, 256]
+        assert 80 <= e["crop"]["superior_mm"] - e["crop"]["inferior_mm"] <= 160
+        assert (tmp_path / e["files"]["qc"]).is_file()
