@@ -100,28 +100,33 @@ def build_template(paths: list[Path]) -> Volume:
     return fixed
 
 
-def calibrate(template: Volume, landmarks: dict, annotated: dict[Path, dict]) -> dict:
-    """Shift each level's S so that, on the template subjects, the mean error is zero."""
+def calibrate(template: Volume, landmarks: dict, annotated: dict[Path, dict]) -> tuple[dict, float]:
+    """Shift each level's S so that, on the template subjects, the mean error is zero.
+
+    Returns the calibrated landmarks and the subjects' mean slab height (the
+    localiser's prior for the jaw).
+    """
     from mrct.preprocessing.localise import locate_volume
 
     work = working_image(template, Modality.MR)
-    reference = Reference(work, landmarks, "")
-    localiser = Localiser(reference)
-    errors_sup, errors_inf = [], []
+    heights = [t["superior_mm"] - t["inferior_mm"] for t in annotated.values()]
+    localiser = Localiser(Reference(work, landmarks, "", float(np.mean(heights))))
+    errors_sup, errors_jaw = [], []
     for path, truth in annotated.items():
-        slab = locate_volume(read_volume(path, modality=Modality.MR), localiser).slab
-        errors_sup.append(slab.superior_mm - truth["superior_mm"])
-        errors_inf.append(slab.inferior_mm - truth["inferior_mm"])
-        print(f"{path.name}: brow {errors_sup[-1]:+.1f} mm, jaw {errors_inf[-1]:+.1f} mm")
-    d_sup, d_inf = float(np.mean(errors_sup)), float(np.mean(errors_inf))
-    print(f"calibration shift: brow {-d_sup:+.1f} mm, jaw {-d_inf:+.1f} mm")
+        loc = locate_volume(read_volume(path, modality=Modality.MR), localiser)
+        errors_sup.append(loc.slab.superior_mm - truth["superior_mm"])
+        errors_jaw.append(loc.details["menton_registered_s_mm"] - truth["inferior_mm"])
+        print(f"{path.name}: brow {errors_sup[-1]:+.1f} mm, jaw (registration) {errors_jaw[-1]:+.1f} mm")
+    d_sup, d_jaw = float(np.mean(errors_sup)), float(np.mean(errors_jaw))
+    print(f"calibration shift: brow {-d_sup:+.1f} mm, jaw {-d_jaw:+.1f} mm")
+    print(f"mean slab height of the template subjects: {np.mean(heights):.1f} mm")
     out = dict(landmarks)
     for key in ("right_supraorbital", "left_supraorbital"):
         r, a, s = out[key]
         out[key] = (r, a, s - d_sup)
     r, a, s = out["menton"]
-    out["menton"] = (r, a, s - d_inf)
-    return out
+    out["menton"] = (r, a, s - d_jaw)
+    return out, float(np.mean(heights))
 
 
 def main() -> None:
@@ -134,14 +139,14 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(args.ixi_folder.glob("*.nii.gz"))[::EVERY]
     template = build_template(paths)
-    landmarks = dict(INITIAL_LANDMARKS)
+    landmarks, mean_height = dict(INITIAL_LANDMARKS), 117.0
     if args.annotations:
         heads = json.loads(args.annotations.read_text())["heads"]
         by_name = {Path(h["path"]).name: h for h in heads}
         annotated = {
             p: by_name[p.name] for p in paths if by_name.get(p.name, {}).get("inferior_mm") is not None
         }
-        landmarks = calibrate(template, landmarks, annotated)
+        landmarks, mean_height = calibrate(template, landmarks, annotated)
     args.output.mkdir(parents=True, exist_ok=True)
     scaled = np.clip(template.array / np.percentile(template.array, 99.9) * 255, 0, 255).astype(np.uint8)
     image = nib.Nifti1Image(scaled, template.affine)
@@ -153,6 +158,7 @@ def main() -> None:
         "subjects": [p.name for p in paths],
         "licence": "CC BY-SA 3.0, derived from the IXI dataset (https://brain-development.org/ixi-dataset/)",
         "landmarks_ras_mm": {k: [round(c, 2) for c in v] for k, v in landmarks.items()},
+        "mean_slab_height_mm": round(mean_height, 1),
         "landmark_definitions": "supraorbital margins and menton, see ../shared/LANDMARKS.md",
         "built_by": "pipelines/build_head_template.py",
     }
