@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
-from mrct.volume import Modality, Volume
+from mrct.volume import Modality, guess_modality
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,22 +45,6 @@ class VolumeInfo:
     orientation: str | None = None
     value_range: tuple[float, float] | None = None
     dtype: str | None = None
-
-
-def guess_modality(volume: Volume) -> Modality | None:
-    """CT or MR from the intensity distribution alone.
-
-    CT is calibrated: air sits near -1000 HU and fills much of a head scan's
-    field of view. MR has no negative unit and its background is near 0.
-    """
-    a = volume.array
-    sample = a[:: max(1, a.shape[0] // 64), :: max(1, a.shape[1] // 64), :: max(1, a.shape[2] // 32)]
-    p1 = float(np.percentile(sample, 1))
-    if p1 <= -700 and np.mean(sample <= -500) > 0.05:
-        return Modality.CT
-    if p1 >= -50:
-        return Modality.MR
-    return None
 
 
 def info(path: str | Path, series: str | None = None) -> VolumeInfo:
@@ -146,7 +128,7 @@ def locate(
     from mrct.preprocessing.localise import check_slab_in_scan, locate_volume
 
     vol = read_volume(path, series=series, modality=modality)
-    loc = locate_volume(vol if modality is None else vol.replace(modality=modality))
+    loc = locate_volume(vol)
     if check:
         check_slab_in_scan(loc, str(path))
     return loc

@@ -144,7 +144,7 @@ class ScanOutcome:
 
 def _check_modality(volume: Any, scan: ScanInput) -> None:
     """Fail when the header (or, without one, the intensities) says the other modality."""
-    from mrct.api import guess_modality
+    from mrct.volume import guess_modality
 
     want = DOMAINS[scan.domain]
     if volume.modality is not None and volume.modality is not want:

@@ -158,7 +158,7 @@ def default_window(volume: Volume) -> tuple[float, float]:
     """
     modality = volume.modality
     if modality is None:
-        from mrct.api import guess_modality
+        from mrct.volume import guess_modality
 
         modality = guess_modality(volume)
     if modality is Modality.CT:

@@ -128,3 +128,19 @@ class Volume:
     def replace(self, **changes: object) -> Volume:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def guess_modality(volume: Volume) -> Modality | None:
+    """CT or MR from the intensity distribution alone.
+
+    CT is calibrated: air sits near -1000 HU and fills much of a head scan's
+    field of view. MR has no negative unit and its background is near 0.
+    """
+    a = volume.array
+    sample = a[:: max(1, a.shape[0] // 64), :: max(1, a.shape[1] // 64), :: max(1, a.shape[2] // 32)]
+    p1 = float(np.percentile(sample, 1))
+    if p1 <= -700 and np.mean(sample <= -500) > 0.05:
+        return Modality.CT
+    if p1 >= -50:
+        return Modality.MR
+    return None

@@ -224,7 +224,7 @@ def preprocess(
     import torch
     from monai.data import MetaTensor
 
-    from mrct.api import guess_modality
+    from mrct.volume import guess_modality
 
     config = config or PreprocessConfig()
     modality = modality or volume.modality or guess_modality(volume)

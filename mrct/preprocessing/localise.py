@@ -5,14 +5,16 @@ three annotated points: the left and right supraorbital margins and the
 menton. A scan's working image (4 mm, :mod:`mrct.preprocessing.mask`) is
 registered to it with Mattes mutual information, which needs no intensity
 correspondence and so serves MR and CT alike: a similarity transform from a few
-starting heights, then an affine refinement. The points mapped into the scan
-give the slab: ``superior_mm`` is the mean S of the two supraorbital margins,
-``inferior_mm`` the S of the menton (RAS mm, see ../shared/LANDMARKS.md).
+starting heights, an affine refinement, then a local similarity on the orbits.
+The points mapped into the scan give the slab: ``superior_mm`` is the mean S of
+the two supraorbital margins, ``inferior_mm`` the S of the menton blended with a
+slab-height prior (``JAW_REGISTRATION_WEIGHT``; RAS mm, see ../shared/LANDMARKS.md).
 
 The starting position aligns the top of the head (the vertex) and the head's
 centre below it; the other starts shift it by ``START_SHIFTS_MM`` along S, for
-scans whose field of view cuts the vertex. The confidence combines how well
-the starts agree with how much of the reference head lands inside the scan.
+scans whose field of view cuts the vertex. The confidence says how well the
+starts agree (1 when the nearly-as-good starts give the same levels, 0 at 20 mm
+apart); levels outside the scan are checked separately (:func:`check_slab_in_scan`).
 """
 
 from __future__ import annotations
@@ -319,7 +321,7 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
 
 def locate_volume(volume, localiser: Localiser | None = None) -> Localisation:  # type: ignore[no-untyped-def]
     """Localise the slab in a :class:`~mrct.volume.Volume` (modality from the header or intensities)."""
-    from mrct.api import guess_modality
+    from mrct.volume import guess_modality
 
     modality = volume.modality or guess_modality(volume) or Modality.MR
     return (localiser or Localiser()).locate(working_image(volume, modality))
