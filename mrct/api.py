@@ -17,10 +17,22 @@ if TYPE_CHECKING:
     from mrct.prepare import PrepareSummary
     from mrct.preprocessing.config import PreprocessConfig
     from mrct.preprocessing.localise import Localisation
+    from mrct.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeriesSummary", "VolumeInfo", "convert", "guess_modality", "info", "locate", "prepare", "preview"]
+__all__ = [
+    "SeriesSummary",
+    "VolumeInfo",
+    "convert",
+    "export",
+    "guess_modality",
+    "info",
+    "locate",
+    "prepare",
+    "preview",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -188,4 +200,56 @@ def prepare(
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     return prepare_dataset(
         list(mr), list(ct), out, config=config, crop=crop, workers=workers, seed=seed, progress=progress
+    )
+
+
+def train(
+    config: str | Path,
+    data: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    until: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the CycleGAN of ``config`` (YAML) on a set built by :func:`prepare`.
+
+    Under ``torchrun`` each process trains on its own samples and the gradients are
+    averaged (DistributedDataParallel); see :func:`mrct.training.run.train_run`.
+    """
+    import os
+
+    from mrct.training.config import load_train_config
+    from mrct.training.distributed import DistContext
+    from mrct.training.run import train_run
+
+    return train_run(
+        load_train_config(config),
+        data,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        until=until,
+        dist=DistContext.from_environment(os.environ),
+        progress=progress,
+    )
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    checkpoint: str | None = None,
+    license: str = "unspecified",
+    overwrite: bool = False,
+) -> Path:
+    """Write a training run's generators (newest checkpoint by default) as a model package."""
+    from mrct.training.export import export_run
+
+    return export_run(
+        run_dir, out, name=name, checkpoint_name=checkpoint, license=license, overwrite=overwrite
     )

@@ -253,6 +253,88 @@ def prepare(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Training config (YAML), e.g. configs/cpu_small.yaml.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="A training set built by mrct prepare.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.")],
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the newest checkpoint (a new run if there is none)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard a run already in the folder.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    until: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--until", min=1, help="Stop at this iteration (the schedule stays the config's)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train the 3D CycleGAN (or a 2D baseline). Under torchrun, one process per GPU.
+
+    Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
+    """
+    from mrct import api
+
+    try:
+        result = api.train(
+            config,
+            data,
+            output,
+            resume=resume,
+            overwrite=overwrite,
+            device=device,
+            until=until,
+            progress=not quiet,
+        )
+    except Exception as err:
+        _fail(err)
+    if not result.main:
+        return  # under torchrun, the main process reports
+    where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
+    if result.interrupted:
+        typer.echo(
+            f"error: interrupted at iteration {result.iteration}{where}; continue with --resume", err=True
+        )
+        raise typer.Exit(130)
+    typer.echo(f"trained to iteration {result.iteration}{where}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by mrct train.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.")],
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--name", help="Model name (default: the output folder's name)."),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--checkpoint", help="A checkpoint folder name, e.g. iter_0002000 (default: the newest)."
+        ),
+    ] = None,
+    license: Annotated[
+        str, typer.Option("--license", help="Licence of the weights, for the model card.")
+    ] = "unspecified",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+) -> None:
+    """Package a run's generators (safetensors + model.json + model card) for mrct translate."""
+    from mrct import api
+
+    try:
+        out = api.export(
+            run_dir, output, name=name, checkpoint=checkpoint, license=license, overwrite=overwrite
+        )
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"wrote {out}")
+
+
 # Options of `prepare` that take several paths: click options take one value each.
 MULTI_PATH_OPTIONS = ("--mr", "--ct")
 

@@ -64,7 +64,9 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
             choices = ", ".join(map(str, typing.get_args(hint)))
             raise ConfigError(f"{path}: {value!r} is not one of {choices}")
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected float, got {value!r}")
         return float(value)
     if (hint in (int, str, bool) and not isinstance(value, hint)) or (
         hint is int and isinstance(value, bool)

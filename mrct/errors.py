@@ -68,3 +68,9 @@ class MarkupsError(MrctError):
     """A 3D Slicer markups file is not what a crop override needs."""
 
     exit_code = 3
+
+
+class ModelError(MrctError):
+    """A model package is missing, incomplete, altered or unsafe; the message names the file."""
+
+    exit_code = 7

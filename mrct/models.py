@@ -1,0 +1,516 @@
+"""Model packages: a folder of safetensors weights, a JSON manifest and a model card.
+
+A package (e.g. ``models/mrct-head-small/``) holds ``generator_mr_to_ct.safetensors``,
+``generator_ct_to_mr.safetensors``, ``model.json`` (architecture, preprocessing,
+intensity maps, training data, metrics, version, license, sha256 of every weight
+file) and ``README.md`` (the card, rendered from ``model.json``). Nothing else is
+allowed in the folder and nothing is ever unpickled: weights are read with
+safetensors only, after their size and sha256 match the manifest.
+
+Importing this module is cheap: torch and safetensors are imported inside the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mrct import __version__
+from mrct.config import from_mapping, to_dict
+from mrct.errors import ConfigError, ModelError
+from mrct.io.atomic import atomic_dir, check_output
+
+if TYPE_CHECKING:
+    import torch
+
+    from mrct.networks.config import GeneratorConfig
+    from mrct.preprocessing.config import PreprocessConfig
+
+__all__ = [
+    "DIRECTIONS", "ModelPackage", "PackageSummary", "find_package", "list_packages", "load_package",
+    "render_card", "write_package",
+]  # fmt: skip
+
+FORMAT = "mrct-model"
+FORMAT_VERSION = 1
+MANIFEST = "model.json"
+CARD = "README.md"
+DIRECTIONS = ("mr_to_ct", "ct_to_mr")
+# model.json's top-level keys and their JSON types; all are required.
+SCHEMA: dict[str, type] = {
+    "format": str, "format_version": int, "name": str, "description": str, "mrct_version": str,
+    "created": str, "license": str, "architecture": dict, "preprocessing": dict, "intensity": dict,
+    "training": dict, "metrics": dict, "files": dict, "directions": dict,
+}  # fmt: skip
+# Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
+# arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz", ".joblib", ".tar")
+T = TypeVar("T")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def weight_file(direction: str) -> str:
+    return f"generator_{direction}.safetensors"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_package(
+    out: str | Path,
+    *,
+    name: str,
+    generators: Mapping[str, Mapping[str, torch.Tensor]],
+    generator_config: GeneratorConfig | Mapping[str, Any],
+    preprocessing: PreprocessConfig | Mapping[str, Any],
+    intensity: Mapping[str, Any],
+    training: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    license: str,
+    description: str,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model package folder at ``out`` and return its path.
+
+    ``generators`` maps a direction (``mr_to_ct``, ``ct_to_mr``) to a generator state
+    dict. Each is loaded into a network built from ``generator_config`` before anything
+    is written, so a package whose weights do not fit its manifest cannot be made.
+    The folder is built beside ``out`` and renamed into place; an existing ``out`` is
+    replaced only with ``overwrite`` (the old one is moved aside, then deleted).
+    """
+    import safetensors.torch
+    import torch
+
+    from mrct.networks import count_parameters
+    from mrct.networks.config import GeneratorConfig
+    from mrct.preprocessing.config import PreprocessConfig
+
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ModelError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    unknown = sorted(set(generators) - set(DIRECTIONS))
+    if unknown or not generators:
+        raise ModelError(f"generators: unknown or no directions {unknown} (expected {', '.join(DIRECTIONS)})")
+    check_output(Path(out), overwrite)  # before the slow part; atomic_dir checks again at the end
+    free = {"intensity": intensity, "training": training, "metrics": metrics}
+    free = {key: _json_object(value, key) for key, value in free.items()}
+    gen_cfg = _config(GeneratorConfig, _as_dict(generator_config), "generator_config")
+    prep_dict = to_dict(_config(PreprocessConfig, _as_dict(preprocessing), "preprocessing"))
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    parameters = 0
+    for direction in (d for d in DIRECTIONS if d in generators):
+        state = generators[direction]
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise ModelError(f"generators[{direction!r}] must map str to torch.Tensor")
+        # safetensors stores plain CPU buffers and refuses tensors that share memory.
+        tensors[direction] = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        parameters = count_parameters(_fit_weights(gen_cfg, tensors[direction], f"generators[{direction!r}]"))
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "description": str(description),
+        "mrct_version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "license": str(license),
+        "architecture": {"generator": to_dict(gen_cfg), "parameters": parameters},
+        "preprocessing": prep_dict,
+        **free,
+        "files": {},
+        "directions": {d: weight_file(d) for d in tensors},
+    }
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+        for direction, state in tensors.items():
+            target = tmp / weight_file(direction)
+            safetensors.torch.save_file(state, str(target), metadata={"mrct_direction": direction})
+            manifest["files"][target.name] = {"sha256": _sha256_file(target), "bytes": target.stat().st_size}
+        text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+        (tmp / MANIFEST).write_text(text, encoding="utf-8")
+        (tmp / CARD).write_text(render_card(manifest), encoding="utf-8")
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified package. ``manifest`` is the parsed ``model.json`` (do not mutate);
+    ``checksum`` is a sha256 over the exact ``model.json`` bytes and every weight
+    file's sha256, as verified when the package was loaded."""
+
+    path: Path
+    manifest: dict[str, Any]
+    checksum: str
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(d for d in DIRECTIONS if d in self.manifest["directions"])
+
+    @property
+    def generator_config(self) -> GeneratorConfig:
+        from mrct.networks.config import GeneratorConfig
+
+        generator = self.manifest["architecture"].get("generator")
+        return _config(GeneratorConfig, generator, "architecture.generator", self.path / MANIFEST)
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        from mrct.preprocessing.config import PreprocessConfig
+
+        return _config(
+            PreprocessConfig, self.manifest["preprocessing"], "preprocessing", self.path / MANIFEST
+        )
+
+    def load_generator(self, direction: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The generator for ``direction`` in eval mode on ``device``.
+
+        The file is read once and hashed again before it is parsed, so what runs is
+        exactly what the manifest lists, even if the file changed after loading.
+        """
+        import safetensors.torch
+
+        if direction not in DIRECTIONS:
+            raise ModelError(f"unknown direction {direction!r} (expected {', '.join(DIRECTIONS)})", self.path)
+        if direction not in self.manifest["directions"]:
+            raise ModelError(f"this package has no {direction} generator", self.path)
+        file = self.path / self.manifest["directions"][direction]
+        try:
+            data = file.read_bytes()
+        except OSError as err:
+            raise ModelError(f"cannot read ({err.strerror})", file) from err
+        _check_bytes(file, len(data), hashlib.sha256(data).hexdigest(), self.manifest["files"][file.name])
+        try:
+            state = safetensors.torch.load(data)
+        except Exception as err:  # safetensors raises its own SafetensorError on bad headers
+            raise ModelError(f"not a readable safetensors file ({err})", file) from err
+        net = _fit_weights(self.generator_config, state, str(file))
+        return net.to(device).eval()
+
+
+@dataclass(frozen=True)
+class PackageSummary:
+    """One line of ``list_packages``: the manifest's headline, or why it cannot be read.
+    Weight checksums are not verified here (``load_package`` does that)."""
+
+    path: Path
+    name: str
+    description: str = ""
+    license: str = ""
+    mrct_version: str = ""
+    created: str = ""
+    directions: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def load_package(path: str | Path) -> ModelPackage:
+    """Read and verify the package folder at ``path``; raise ``ModelError`` on any problem."""
+    try:
+        return _load_package(Path(path))
+    except OSError as err:  # permissions, a file vanishing mid-check: still exit code 7
+        raise ModelError(f"cannot read ({err.strerror})", err.filename or path) from err
+
+
+def _load_package(folder: Path) -> ModelPackage:
+    manifest, raw = _read_manifest(folder)
+    files: dict[str, Any] = manifest["files"]
+    root = Path(os.path.realpath(folder))
+    present: set[str] = set()
+    for entry in sorted(folder.iterdir()):
+        present.add(entry.name)
+        if entry.name not in files and entry.name not in (MANIFEST, CARD):
+            if entry.suffix.lower() in PICKLE_SUFFIXES:
+                raise ModelError(
+                    "pickle-capable file in a model folder; mrct never loads these (remove it)", entry
+                )
+            raise ModelError("unexpected file in a model folder (not listed in model.json files)", entry)
+        # realpath, unlike Path.resolve on Python 3.11, does not raise on a symlink loop.
+        if entry.is_symlink() and not Path(os.path.realpath(entry)).is_relative_to(root):
+            raise ModelError("symlink points outside the model folder", entry)
+        if not entry.is_file():
+            raise ModelError("not a regular file", entry)
+    for file_name, expected in sorted(files.items()):
+        file = folder / file_name
+        if file_name not in present:
+            raise ModelError("weight file listed in model.json is missing", file)
+        size = file.stat().st_size  # cheap check first: a truncated file is not hashed
+        _check_bytes(file, size, _sha256_file(file) if size == expected["bytes"] else "", expected)
+    # Fail now, not at inference time, when the configs no longer parse.
+    package = ModelPackage(folder, manifest, _package_checksum(raw, files))
+    _ = package.generator_config, package.preprocessing
+    return package
+
+
+def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) -> Path:
+    """An existing folder is used as is; otherwise ``name_or_path`` is a package name
+    looked up as ``<dir>/<name>/model.json`` in ``search_dirs``, in order."""
+    given = Path(name_or_path)
+    if given.is_dir():
+        return given
+    name = str(name_or_path)
+    if _NAME.fullmatch(name):
+        for directory in search_dirs:
+            if (Path(directory) / name / MANIFEST).is_file():
+                return Path(directory) / name
+    available = sorted({s.path.name for s in list_packages(search_dirs)})
+    searched = ", ".join(str(d) for d in search_dirs) or "no folders"
+    raise ModelError(
+        f"unknown model {name!r} (available: {', '.join(available) or 'none'}; searched {searched})"
+    )
+
+
+def list_packages(search_dirs: Sequence[str | Path]) -> list[PackageSummary]:
+    """Every ``<dir>/<folder>/model.json`` in ``search_dirs``; unreadable ones carry ``problem``."""
+    found: list[PackageSummary] = []
+    for directory in search_dirs:
+        if not Path(directory).is_dir():
+            continue
+        for folder in sorted(p for p in Path(directory).iterdir() if (p / MANIFEST).is_file()):
+            try:
+                m, _ = _read_manifest(folder)
+            except ModelError as err:
+                found.append(PackageSummary(folder, folder.name, problem=str(err)))
+                continue
+            directions = tuple(d for d in DIRECTIONS if d in m["directions"])
+            headline = (m["name"], m["description"], m["license"], m["mrct_version"], m["created"])
+            found.append(PackageSummary(folder, *headline, directions))
+    return found
+
+
+# ----------------------------------------------------------------------------- the card
+
+
+def render_card(manifest: Mapping[str, Any]) -> str:
+    """The model card (Markdown prose) for a manifest."""
+    m, arch = manifest, manifest.get("architecture", {})
+    gen, grid = arch.get("generator", {}), m.get("preprocessing", {}).get("grid", {})
+    directions = ", ".join(d.replace("_to_", " → ").upper() for d in m.get("directions", {}))
+    files = "\n".join(
+        f"| `{n}` | {f.get('bytes')} | `{f.get('sha256')}` |" for n, f in m.get("files", {}).items()
+    )
+    return f"""# {m.get("name")}
+
+{str(m.get("description", "")).strip()}
+
+An mrct model package (format {m.get("format_version")}) created {m.get("created")} with mrct \
+{m.get("mrct_version")}. License: {m.get("license")}. This card is generated from `model.json`, \
+which is the authoritative description.
+
+## Intended use
+
+Research on translating head scans between MR and CT. **Synthetic images are not for diagnosis**, \
+treatment planning (including radiotherapy dose calculation) or any other clinical decision.
+
+## Architecture
+
+A {gen.get("spatial_dims")}D CycleGAN; this package holds its ResNet generators ({directions}), \
+{int(arch.get("parameters", 0)):,} parameters each: {gen.get("ngf")} base filters, \
+{gen.get("n_residual_blocks")} residual blocks, {gen.get("padding")} padding. The discriminators \
+are needed only for training and are not included.
+
+{_bullets(gen)}
+
+## Preprocessing
+
+Inputs are cropped to the brow-to-jaw slab and resampled to {grid.get("depth")} × \
+{grid.get("height")} × {grid.get("width")} voxels ({grid.get("inplane_mm")} mm in plane). mrct runs \
+the same chain at inference and inverts it, so outputs come back on the input grid.
+
+{_bullets(m.get("preprocessing", {}))}
+
+## Intensity
+
+How network outputs in [-1, 1] map back to CT (HU) and MR values:
+
+{_bullets(m.get("intensity", {}))}
+
+## Training data
+
+{_bullets(m.get("training", {})) or "Not recorded."}
+
+## Metrics
+
+{_bullets(m.get("metrics", {})) or "None recorded."}
+
+## Limitations
+
+The model saw only the heads described under training data. Scanners, sequences, contrast agents, \
+children, implants, surgery and pathology missing from that data may give plausible but wrong \
+images. Anatomy outside the brow-to-jaw slab is not translated, and detail finer than the model \
+grid is lost. A CycleGAN can invent or remove structures while keeping images realistic: compare \
+outputs with the source scan.
+
+## Files
+
+| file | bytes | sha256 |
+| --- | ---: | --- |
+{files}
+
+## How to load
+
+```python
+from mrct.models import load_package
+
+package = load_package("models/{m.get("name")}")  # verifies every checksum
+generator = package.load_generator("mr_to_ct")  # torch.nn.Module in eval mode
+```
+"""
+
+
+def _bullets(data: Any, prefix: str = "") -> str:
+    """Nested mappings as one bullet per leaf: ``- `grid.depth`: 30``."""
+    if not isinstance(data, Mapping):
+        return f"- `{prefix}`: {json.dumps(data)}"
+    items = (_bullets(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in data.items())
+    return "\n".join(i for i in items if i)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """Parse ``model.json`` and check its shape (not the weight files)."""
+    file = folder / MANIFEST
+    if not folder.is_dir():
+        raise ModelError("not a model folder (no such directory)", folder)
+    if not file.is_file():
+        raise ModelError("model.json is missing; not a model package", file)
+    raw = file.read_bytes()
+    try:
+        manifest = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"not valid JSON ({str(err).splitlines()[0]})", file) from err
+    if not isinstance(manifest, dict):
+        raise ModelError("must hold a JSON object", file)
+    missing = [k for k in SCHEMA if k not in manifest]
+    if missing:
+        raise ModelError(f"missing keys: {', '.join(missing)}", file)
+    if manifest["format"] != FORMAT:
+        raise ModelError(f"format is {manifest['format']!r}, expected {FORMAT!r}", file)
+    version = manifest["format_version"]
+    if type(version) is not int or version != FORMAT_VERSION:
+        hint = "; upgrade mrct" if type(version) is int and version > FORMAT_VERSION else ""
+        supported = f"this mrct reads format_version {FORMAT_VERSION}"
+        raise ModelError(f"format_version {version!r} is not supported ({supported}){hint}", file)
+    for key, kind in SCHEMA.items():
+        if not isinstance(manifest[key], kind):
+            raise ModelError(f"{key} must be a JSON {'string' if kind is str else 'object'}", file)
+    for file_name, entry in manifest["files"].items():
+        _check_file_name(file_name, file)
+        size, sha256 = (entry.get("bytes"), entry.get("sha256")) if isinstance(entry, dict) else (0, 0)
+        if not (type(size) is int and size >= 0 and isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise ModelError(f"files.{file_name}: needs sha256 (64 hex digits) and bytes (an integer)", file)
+    for direction, file_name in manifest["directions"].items():
+        if direction not in DIRECTIONS:
+            raise ModelError(f"unknown direction {direction!r} (expected {', '.join(DIRECTIONS)})", file)
+        if file_name not in manifest["files"]:
+            raise ModelError(f"directions.{direction}: {file_name!r} is not listed in files", file)
+    return manifest, raw
+
+
+def _check_file_name(file_name: str, manifest_file: Path) -> None:
+    """Manifest names are plain file names inside the folder: no path can escape it."""
+    parts = (*PurePosixPath(file_name).parts, *PureWindowsPath(file_name).parts)
+    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute() or ".." in parts:
+        raise ModelError(f"files: {file_name!r} escapes the model folder", manifest_file)
+    if not _NAME.fullmatch(file_name):  # no slashes or backslashes: no sub-folders
+        raise ModelError(f"files: {file_name!r} is not a plain file name", manifest_file)
+    if not file_name.endswith(".safetensors"):
+        raise ModelError(f"files: {file_name!r} is not .safetensors (the only weight format)", manifest_file)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of duplicate keys silently; a doubled "sha256" could hide an edit.
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ValueError(f"duplicate keys: {', '.join(dupes)}")
+    return dict(pairs)
+
+
+def _check_bytes(file: Path, size: int, sha256: str, expected: Mapping[str, Any]) -> None:
+    if size != expected["bytes"]:
+        raise ModelError(
+            f"size is {size} bytes, model.json says {expected['bytes']}; the file was changed", file
+        )
+    if sha256 != expected["sha256"]:
+        got = f"model.json {expected['sha256'][:12]}…, file {sha256[:12]}…"
+        raise ModelError(f"sha256 mismatch ({got}); the file was changed or is corrupt", file)
+
+
+def _sha256_file(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package_checksum(manifest_bytes: bytes, files: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(manifest_bytes)
+    for file_name in sorted(files):
+        digest.update(f"\0{file_name}\0{files[file_name]['sha256']}".encode())
+    return digest.hexdigest()
+
+
+def _as_dict(config: Any) -> Any:
+    return config if isinstance(config, Mapping) else to_dict(config)
+
+
+def _json_object(value: Any, key: str) -> dict[str, Any]:
+    """A plain JSON copy of ``value``; NaN/inf and non-JSON types are refused, not coerced."""
+    if not isinstance(value, Mapping):
+        raise ModelError(f"{key} must be a mapping, got {type(value).__name__}")
+    try:
+        copy: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{key} is not plain JSON ({err})") from err
+    return copy
+
+
+def _config(cls: type[T], data: Any, where: str, path: Path | None = None) -> T:
+    """``from_mapping`` with the problem reported as a ``ModelError`` (exit code 7)."""
+    try:
+        return from_mapping(cls, data, where)
+    except ConfigError as err:
+        raise ModelError(f"bad configuration: {err.message}", path) from err
+
+
+def _fit_weights(config: GeneratorConfig, state: Mapping[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """Build the generator and load ``state`` strictly; name the first mismatch."""
+    import torch
+
+    from mrct.networks import build_generator
+
+    # The random initial weights are overwritten below; drawing them from a forked
+    # RNG keeps loading a model from shifting the caller's seeded random stream.
+    with torch.random.fork_rng(devices=[]):
+        net = build_generator(config)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    for label, keys in (("missing key", missing), ("unexpected key", unexpected), ("wrong shape for", wrong)):
+        if keys:
+            more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+            detail = ""
+            if label == "wrong shape for":
+                detail = f" {tuple(state[keys[0]].shape)}, expected {tuple(expected[keys[0]].shape)}"
+            raise ModelError(f"weights do not fit the architecture: {label} {keys[0]}{detail}{more}", where)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ModelError(f"weights hold NaN or infinite values in {bad[0]}", where)
+    net.load_state_dict(dict(state), strict=True)
+    return net

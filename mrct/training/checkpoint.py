@@ -1,0 +1,156 @@
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder ``RUN/checkpoints/iter_0001000/``:
+
+- ``networks.safetensors``: both generators and both discriminators (``generators.mr_to_ct.*``
+  and so on);
+- ``optimizers.safetensors`` + ``state.json``: Adam moments and steps, the param groups,
+  the learning-rate schedule, the AMP gradient scaler, the iteration, the config;
+- ``rank<R>.safetensors``: each process's history pools (with their generators) and its torch
+  random state, so a resumed run draws exactly what the uninterrupted one would have.
+
+It is written under a temporary name and renamed, then ``checkpoints/latest`` is updated,
+so an interrupted save never leaves a half checkpoint that ``--resume`` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mrct.errors import ReadError
+
+LATEST = "latest"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def _tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict as safetensors wants it: contiguous CPU tensors that share no memory."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def flatten_optimizer(state: dict[str, Any], prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (safetensors) and plain values (JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{index}.{key}"] = value
+            else:
+                plain["state"].setdefault(str(index), {})[key] = value
+    return tensors, plain
+
+
+def unflatten_optimizer(
+    tensors: dict[str, torch.Tensor], plain: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        head, index, name = key.split(".", 2)
+        if head == prefix:
+            state.setdefault(int(index), {})[name] = value
+    for index, values in plain["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def rank_state(pools: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """One process's random state and history pools, as tensors."""
+    out = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    for name, pool in pools.items():
+        out.update({f"pool.{name}.{k}": v for k, v in pool.state_dict().items()})
+    return out
+
+
+def restore_rank_state(state: dict[str, torch.Tensor], pools: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in state:
+        torch.cuda.set_rng_state(state["rng.cuda"], device)
+    for name, pool in pools.items():
+        prefix = f"pool.{name}."
+        pool.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def begin(run_dir: Path, iteration: int) -> Path:
+    """The temporary folder a checkpoint is written into (rank 0 creates it)."""
+    tmp = run_dir / "checkpoints" / f".tmp-{checkpoint_name(iteration)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_rank(tmp: Path, rank: int, state: dict[str, torch.Tensor]) -> None:
+    save_file(_tensors(state), str(tmp / f"rank{rank}.safetensors"))
+
+
+def finish(
+    tmp: Path,
+    networks: dict[str, torch.Tensor],
+    optimizers: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write the shared files, publish the folder, point ``latest`` at it, prune old ones."""
+    save_file(_tensors(networks), str(tmp / "networks.safetensors"))
+    save_file(_tensors(optimizers), str(tmp / "optimizers.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    final = tmp.parent / tmp.name.removeprefix(".tmp-")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = tmp.parent / f".{LATEST}.tmp"
+    pointer.write_text(final.name + "\n", encoding="utf-8")
+    os.replace(pointer, tmp.parent / LATEST)
+    _prune(tmp.parent, keep, final.name)
+    return final
+
+
+def _prune(folder: Path, keep: int, newest: str) -> None:
+    done = sorted(p for p in folder.glob("iter_*") if p.is_dir())
+    for old in done[:-keep]:
+        if old.name != newest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    pointer = run_dir / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load(
+    path: Path, rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """Networks, optimiser tensors, the JSON state, and this rank's state of a checkpoint."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        rank_file = path / f"rank{rank}.safetensors"
+        if not rank_file.is_file():
+            raise ReadError(
+                f"has no state for process {rank}; resume with the same number of processes "
+                f"({state.get('world_size', 1)})",
+                path,
+            )
+        return (
+            load_file(str(path / "networks.safetensors")),
+            load_file(str(path / "optimizers.safetensors")),
+            state,
+            load_file(str(rank_file)),
+        )
+    except (OSError, ValueError) as err:
+        raise ReadError(f"not a readable checkpoint ({err})", path) from err

@@ -1,0 +1,157 @@
+"""Unpaired training samples from a set built by ``mrct prepare``.
+
+Each iteration draws its MR and CT volumes independently (the domains are unpaired).
+Item ``i`` of :class:`UnpairedBatches` is the whole batch of iteration ``i``, drawn from a
+generator seeded with ``(seed, rank, i)``. So the batches do not depend on the number of
+data-loader workers or on where a run was interrupted: a resumed run sees exactly the
+batches the uninterrupted run would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.config import to_dict
+from mrct.errors import ConfigError, InputNotFoundError, ReadError
+from mrct.preprocessing.augment import apply_augmentation, sample_augmentation
+from mrct.training.config import DataConfig
+
+DOMAINS = ("mr", "ct")
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """One prepared volume on the model grid: its file, and its voxel size (D, H, W) in mm."""
+
+    id: str
+    image: Path
+    spacing_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class PreparedSet:
+    """The training split of a prepared folder, per domain, and its preprocessing config."""
+
+    root: Path
+    scans: dict[str, tuple[PreparedScan, ...]]
+    preprocessing: dict[str, Any]
+    manifest_sha256: str
+
+    @classmethod
+    def open(cls, root: str | Path, split: str = "train") -> PreparedSet:
+        """Read ``root/manifest.json``; both domains need at least one usable scan in ``split``."""
+        import hashlib
+
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise InputNotFoundError("no manifest.json here; build the set with mrct prepare", root)
+        try:
+            raw = path.read_bytes()
+            manifest = json.loads(raw)
+            if manifest.get("format") != "mrct-prepared-dataset":
+                raise ValueError("not an mrct prepared dataset")
+            entries = {(e["domain"], e["id"]): e for e in manifest["scans"] if e.get("status") == "ok"}
+            split_ids = {d: manifest["split"][d][split] for d in DOMAINS}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ReadError(f"not a readable prepared-set manifest ({err})", path) from err
+        grid = manifest["config"]["grid"]
+        scans: dict[str, tuple[PreparedScan, ...]] = {}
+        for domain in DOMAINS:
+            found = []
+            for scan_id in split_ids[domain]:
+                entry = entries.get((domain, scan_id))
+                if entry is None:
+                    continue
+                crop = entry["crop"]
+                depth_mm = (crop["superior_mm"] - crop["inferior_mm"]) / grid["depth"]
+                spacing = (float(depth_mm), float(grid["inplane_mm"]), float(grid["inplane_mm"]))
+                found.append(PreparedScan(scan_id, root / entry["files"]["image"], spacing))
+            if not found:
+                raise ReadError(f"no prepared {domain.upper()} scan in the {split} split", path)
+            scans[domain] = tuple(found)
+        return cls(root, scans, manifest["config"], hashlib.sha256(raw).hexdigest())
+
+    def check_preprocessing(self, config: Any) -> None:
+        """Refuse a training config whose preprocessing differs from the set's."""
+        if to_dict(config) != self.preprocessing:
+            raise ConfigError(
+                "preprocessing: differs from the config this set was prepared with; "
+                "prepare the data again with this config, or copy its preprocessing section",
+                self.root,
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """What a model card says about its training data (ids, not patient names)."""
+        return {
+            "prepared_set": str(self.root),
+            "manifest_sha256": self.manifest_sha256,
+            "train_scans": {d: len(s) for d, s in self.scans.items()},
+        }
+
+
+class UnpairedBatches:
+    """A map-style dataset: item ``i`` is iteration ``i``'s batch ``{"mr": x, "ct": y}``.
+
+    Each array is float32 (B, 1, D, H, W) for a 3D model, or (B, 1, H, W) slices for the 2D
+    baselines, with values in [-1, 1].
+    """
+
+    def __init__(self, data: PreparedSet, config: DataConfig, seed: int, rank: int = 0) -> None:
+        self.data = data
+        self.config = config
+        self.seed = seed
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return 2**62  # endless; the trainer's sampler says which iterations to draw
+
+    def __getitem__(self, iteration: int) -> dict[str, Any]:
+        import torch
+
+        rng = np.random.default_rng([self.seed, self.rank, iteration])
+        batch = {d: np.stack([self._sample(d, rng) for _ in range(self._volumes())]) for d in DOMAINS}
+        if self.config.slices != "volume":
+            batch = {d: self._slices(v, rng) for d, v in batch.items()}
+        return {d: torch.from_numpy(np.ascontiguousarray(v))[:, None] for d, v in batch.items()}
+
+    def _volumes(self) -> int:
+        # "sequential" takes all its slices from one volume per domain.
+        return 1 if self.config.slices == "sequential" else self.config.batch_size
+
+    def _sample(self, domain: str, rng: np.random.Generator) -> FloatArray:
+        scan = self.data.scans[domain][int(rng.integers(len(self.data.scans[domain])))]
+        volume = np.load(scan.image, mmap_mode="r", allow_pickle=False)
+        volume = self._crop(volume, rng)
+        params = sample_augmentation(
+            self.config.augment, rng, modality=domain.upper(), shape=volume.shape, spacing_mm=scan.spacing_mm
+        )
+        if params.is_spatial_identity and params.gamma is None and params.bias_coefficients is None:
+            return np.array(volume, dtype=np.float32)
+        return apply_augmentation(params, volume, spacing_mm=scan.spacing_mm)
+
+    def _crop(self, volume: npt.NDArray[Any], rng: np.random.Generator) -> npt.NDArray[Any]:
+        if self.config.patch is None:
+            return volume
+        if any(p > s for p, s in zip(self.config.patch, volume.shape, strict=True)):
+            raise ConfigError(f"data.patch {self.config.patch} is larger than the grid {volume.shape}")
+        start = [int(rng.integers(s - p + 1)) for p, s in zip(self.config.patch, volume.shape, strict=True)]
+        return volume[tuple(slice(a, a + p) for a, p in zip(start, self.config.patch, strict=True))]
+
+    def _slices(self, volumes: FloatArray, rng: np.random.Generator) -> FloatArray:
+        """2D baselines: ``random`` takes one random slice of each volume; ``sequential`` takes
+        ``batch_size`` consecutive slices of the one volume, in order."""
+        depth = volumes.shape[1]
+        if self.config.slices == "random":
+            picks = rng.integers(depth, size=len(volumes))
+            return volumes[np.arange(len(volumes)), picks]
+        n = min(self.config.batch_size, depth)
+        start = int(rng.integers(depth - n + 1))
+        return volumes[0, start : start + n]

@@ -1,0 +1,109 @@
+"""``mrct export``: a run's checkpoint becomes a model package (see :mod:`mrct.models`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mrct.config import from_mapping
+from mrct.errors import InputNotFoundError, ReadError
+from mrct.training import checkpoint
+from mrct.training.config import TrainConfig
+
+
+def intensity_description(config: TrainConfig) -> dict[str, Any]:
+    """How the generators' [-1, 1] outputs map back to scanner units (read by translate)."""
+    intensity = config.preprocessing.intensity
+    return {
+        "ct": {"map": intensity.ct_map, "hu_range": [-1024, 3071], "output_dtype": "int16"},
+        "mr": {
+            "map": "percentile",
+            "percentiles": list(intensity.mr_percentiles),
+            "output_range": [0.0, 1000.0],
+            "note": "synthetic MR has no physical unit: [-1, 1] is written as 0..1000",
+        },
+    }
+
+
+def _final_losses(run_dir: Path, iteration: int) -> dict[str, float]:
+    """The losses logged at the exported iteration (a record of training, not a quality metric)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        entry = json.loads(line)
+        if entry.get("iteration", 0) <= iteration:
+            return {k: v for k, v in entry.items() if k.startswith("loss/")}
+    return {}
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    checkpoint_name: str | None = None,
+    license: str = "unspecified",
+    description: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write both generators of a run's checkpoint (default: the newest) as a model package.
+
+    Raises:
+        InputNotFoundError: the run folder or the checkpoint does not exist.
+        ReadError: the run's config or checkpoint is unreadable.
+        OutputExistsError / ModelError: from :func:`mrct.models.write_package`.
+    """
+    from safetensors.torch import load_file
+
+    from mrct.models import write_package
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise InputNotFoundError("not a training run folder (no config.json)", run_dir)
+    path = run_dir / "checkpoints" / checkpoint_name if checkpoint_name else checkpoint.latest(run_dir)
+    if path is None or not (path / "networks.safetensors").is_file():
+        raise InputNotFoundError("no such checkpoint in this run", path or run_dir / "checkpoints")
+    try:
+        config = from_mapping(TrainConfig, json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        networks = load_file(str(path / "networks.safetensors"))
+        data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReadError(f"unreadable run ({err})", path) from err
+    generators = {
+        direction: {
+            k.removeprefix(f"generators.{direction}."): v
+            for k, v in networks.items()
+            if k.startswith(f"generators.{direction}.")
+        }
+        for direction in ("mr_to_ct", "ct_to_mr")
+    }
+    iteration = int(state["iteration"])
+    training = {
+        "config_name": config.name,
+        "config": json.loads((run_dir / "config.json").read_text(encoding="utf-8")),
+        "iterations": iteration,
+        "scheduled_iterations": config.optim.iterations,
+        "processes": state.get("world_size", 1),
+        "data": data,
+        "final_losses": _final_losses(run_dir, iteration),
+    }
+    g = config.model.generator
+    return write_package(
+        out,
+        name=name or Path(out).name,
+        generators=generators,
+        generator_config=g,
+        preprocessing=config.preprocessing,
+        intensity=intensity_description(config),
+        training=training,
+        metrics=metrics or {},
+        license=license,
+        description=description
+        or f"{g.spatial_dims}D CycleGAN (ngf {g.ngf}, {g.n_residual_blocks} residual blocks) "
+        f"for head MR <-> CT, trained {iteration} iterations with config {config.name}.",
+        overwrite=overwrite,
+    )

@@ -1,0 +1,112 @@
+"""Start or resume a training run in a run folder (what ``mrct train`` calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from mrct.config import to_dict
+from mrct.errors import ConfigError, OutputExistsError
+from mrct.training import checkpoint
+from mrct.training.config import TrainConfig
+from mrct.training.data import PreparedSet
+from mrct.training.distributed import DistContext
+from mrct.training.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+RUN_CONTENTS = ("checkpoints", "tensorboard", "previews", "log.jsonl", "config.json", "data.json")
+
+
+def resolve_device(name: str, dist: DistContext) -> object:
+    """``auto``: this process's GPU when there is one, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
+    import torch
+
+    if name == "auto":
+        name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda":
+        name = f"cuda:{dist.local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, after checking the folder may be used."""
+    found = checkpoint.latest(run_dir)
+    started = any((run_dir / name).exists() for name in RUN_CONTENTS)
+    if resume and found is not None:
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if saved != to_dict(config):
+            raise ConfigError("this run was started with another config; resume it with that config", run_dir)
+        return found
+    if started and not resume and not overwrite:
+        raise OutputExistsError(
+            "holds a training run; pass --resume to continue it or --overwrite to start again", run_dir
+        )
+    return None
+
+
+def train_run(
+    config: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    until: int | None = None,
+    dist: DistContext | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) ``config`` on the prepared set ``data_dir``, writing into ``run_dir``.
+
+    ``resume`` continues from the newest checkpoint, and starts afresh when there is none
+    (so a preemptible job can always pass it). ``until`` stops early at that iteration
+    without changing the learning-rate schedule, which stays that of ``optim.iterations``.
+
+    Raises:
+        OutputExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+        ConfigError: the config differs from the run's, or from the prepared set's preprocessing.
+        ReadError / InputNotFoundError: the prepared set or a checkpoint is unusable.
+    """
+    dist = dist or DistContext()
+    run_dir = Path(run_dir)
+    data = PreparedSet.open(data_dir)
+    data.check_preprocessing(config.preprocessing)
+    torch_device = resolve_device(device, dist)
+    dist.start(torch_device.type)  # type: ignore[attr-defined]
+    try:
+        start_from = _prepare_run_dir(run_dir, config, resume, overwrite)
+        dist.barrier()  # every process has checked the folder before the main one changes it
+        if dist.is_main and start_from is None:
+            _start_new_run(run_dir, config, data)
+        dist.barrier()
+        end = config.optim.iterations if until is None else min(until, config.optim.iterations)
+        trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
+        if start_from is not None:
+            trainer.restore(start_from)
+            log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)
+        if trainer.iteration >= end:
+            return TrainResult(run_dir, trainer.iteration, start_from)
+        return trainer.train(end, progress=progress)
+    finally:
+        dist.stop()
+
+
+def _start_new_run(run_dir: Path, config: TrainConfig, data: PreparedSet) -> None:
+    """Clear what an earlier run left (only with overwrite) and record the config and data."""
+    for name in RUN_CONTENTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
+    (run_dir / "data.json").write_text(json.dumps(data.describe(), indent=2) + "\n", encoding="utf-8")

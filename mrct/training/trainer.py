@@ -1,0 +1,361 @@
+"""The trainer: optimisers, learning-rate decay, AMP, checkpoints, logging and DDP.
+
+The maths of one iteration lives in :mod:`mrct.cyclegan`; this module only runs it.
+A run folder holds ``config.json`` (the frozen config it was started with), ``data.json``,
+``log.jsonl`` (every logged iteration's losses), ``tensorboard/``, ``previews/`` and
+``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrct import __version__
+from mrct.config import to_dict
+from mrct.cyclegan import (
+    Discriminators,
+    Generators,
+    ImagePool,
+    discriminator_losses,
+    generator_losses,
+    set_requires_grad,
+    unwrap,
+)
+from mrct.training import checkpoint
+from mrct.training.config import TrainConfig
+from mrct.training.data import PreparedSet, UnpairedBatches
+from mrct.training.distributed import DistContext
+
+log = logging.getLogger(__name__)
+
+
+def linear_decay(config: TrainConfig) -> Any:
+    """lr factor at iteration i: 1, then linearly down to 0 over the last ``decay_iterations``."""
+    total, decay = config.optim.iterations, config.optim.decay_iterations
+    start = total - decay
+
+    def factor(i: int) -> float:
+        return 1.0 - max(0, i + 1 - start) / (decay + 1)
+
+    return factor
+
+
+def _seed(*values: int) -> int:
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    checkpoint: Path | None
+    interrupted: bool = False
+    main: bool = True  # the main process (rank 0) of a torchrun group reports
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains both generators and both discriminators of one run on one process."""
+
+    def __init__(
+        self, config: TrainConfig, data: PreparedSet, run_dir: Path, device: torch.device, dist: DistContext
+    ) -> None:
+        self.config, self.data, self.run_dir, self.device, self.dist = config, data, run_dir, device, dist
+        runtime = config.runtime
+        if runtime.amp == "fp16" and device.type != "cuda":
+            raise ValueError("runtime.amp fp16 needs a CUDA device (use bf16 or none on a CPU)")
+        torch.manual_seed(config.seed)  # the same initial weights on every process
+        gens = Generators(config.model, checkpointing=runtime.gradient_checkpointing).to(device)
+        discs = Discriminators(config.model).to(device)
+        self._memory_format = torch.preserve_format
+        if runtime.channels_last:
+            three_d = config.model.generator.spatial_dims == 3
+            self._memory_format = torch.channels_last_3d if three_d else torch.channels_last
+            gens = gens.to(memory_format=self._memory_format)  # type: ignore[call-overload]
+            discs = discs.to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        self.generators: Any = dist.wrap(gens, device)
+        self.discriminators: Any = dist.wrap(discs, device)
+        if runtime.compile:
+            self.generators = torch.compile(self.generators)
+            self.discriminators = torch.compile(self.discriminators)
+        o = config.optim
+        self.opt_g = torch.optim.Adam(gens.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+        self.opt_d = torch.optim.Adam(discs.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(config))
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, linear_decay(config))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16")
+        size = config.loss.pool_size
+        self.pools = {
+            d: ImagePool(size, _seed(config.seed, dist.rank, k)) for k, d in enumerate(("ct", "mr"))
+        }
+        self.iteration = 0
+        self.last_images: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _autocast(self) -> Any:
+        amp = self.config.runtime.amp
+        if amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def step(self, mr: torch.Tensor, ct: torch.Tensor) -> dict[str, float]:
+        """One iteration: the generators' step, then the discriminators' step (CycleGAN's order)."""
+        cfg = self.config.loss
+        mr = mr.to(self.device, non_blocking=True).contiguous(memory_format=self._memory_format)
+        ct = ct.to(self.device, non_blocking=True).contiguous(memory_format=self._memory_format)
+        discriminators = unwrap(self.discriminators)
+        # Generators: minimise eq. 1 with the discriminators held fixed.
+        set_requires_grad(discriminators, False)
+        with self._autocast():
+            images = self.generators(mr, ct, identity=cfg.identity_weight > 0)
+            g = generator_losses(images, mr, ct, discriminators, cfg)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(g.total).backward()
+        self.scaler.step(self.opt_g)
+        # Discriminators: real against translations drawn from the history pools.
+        set_requires_grad(discriminators, True)
+        fake_ct = self.pools["ct"].query(images["fake_ct"].detach())
+        fake_mr = self.pools["mr"].query(images["fake_mr"].detach())
+        with self._autocast():
+            d = discriminator_losses(self.discriminators(ct, fake_ct, mr, fake_mr), cfg)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(d.total).backward()
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
+        self.sched_g.step()
+        self.sched_d.step()
+        self.iteration += 1
+        self.last_images = {"mr": mr, "ct": ct, **{k: v.detach() for k, v in images.items()}}
+        return {**g.scalars(), **d.scalars()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current iteration (every process takes part)."""
+        tmp = self.run_dir / "checkpoints" / f".tmp-{checkpoint.checkpoint_name(self.iteration)}"
+        if self.dist.is_main:
+            checkpoint.begin(self.run_dir, self.iteration)
+        self.dist.barrier()
+        checkpoint.write_rank(tmp, self.dist.rank, checkpoint.rank_state(self.pools, self.device))
+        self.dist.barrier()
+        final = None
+        if self.dist.is_main:
+            gens, discs = unwrap(self.generators), unwrap(self.discriminators)
+            networks = {f"generators.{k}": v for k, v in gens.state_dict().items()}
+            networks.update({f"discriminators.{k}": v for k, v in discs.state_dict().items()})
+            g_tensors, g_plain = checkpoint.flatten_optimizer(self.opt_g.state_dict(), "opt_g")
+            d_tensors, d_plain = checkpoint.flatten_optimizer(self.opt_d.state_dict(), "opt_d")
+            state = {
+                "format": "mrct-checkpoint",
+                "mrct_version": __version__,
+                "iteration": self.iteration,
+                "world_size": self.dist.world_size,
+                "config": to_dict(self.config),
+                "optimizers": {"opt_g": g_plain, "opt_d": d_plain},
+                "schedulers": {
+                    "sched_g": _scheduler_state(self.sched_g),
+                    "sched_d": _scheduler_state(self.sched_d),
+                },
+                "scaler": self.scaler.state_dict(),
+            }
+            keep = self.config.logging.keep_checkpoints
+            final = checkpoint.finish(tmp, networks, {**g_tensors, **d_tensors}, state, keep)
+        self.dist.barrier()
+        return final
+
+    def restore(self, path: Path) -> None:
+        networks, optim, state, rank = checkpoint.load(path, self.dist.rank)
+        if state.get("world_size", 1) != self.dist.world_size:
+            log.warning(
+                "resuming %d processes from a %d-process run: not exact",
+                self.dist.world_size,
+                state["world_size"],
+            )
+        unwrap(self.generators).load_state_dict(_strip(networks, "generators."))
+        unwrap(self.discriminators).load_state_dict(_strip(networks, "discriminators."))
+        plain = state["optimizers"]
+        self.opt_g.load_state_dict(checkpoint.unflatten_optimizer(optim, plain["opt_g"], "opt_g"))
+        self.opt_d.load_state_dict(checkpoint.unflatten_optimizer(optim, plain["opt_d"], "opt_d"))
+        self.sched_g.load_state_dict(state["schedulers"]["sched_g"])
+        self.sched_d.load_state_dict(state["schedulers"]["sched_d"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.restore_rank_state(rank, self.pools, self.device)
+        self.iteration = int(state["iteration"])
+
+    # ------------------------------------------------------------------ the loop
+
+    def batches(self, end: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Iteration ``i``'s batch for i in [self.iteration, end), prefetched by workers."""
+        from torch.utils.data import DataLoader
+
+        dataset = UnpairedBatches(self.data, self.config.data, self.config.seed, self.dist.rank)
+        workers = self.config.data.workers
+        loader: Any = DataLoader(
+            dataset,  # type: ignore[arg-type]
+            batch_size=None,
+            sampler=range(self.iteration, end),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_one_thread if workers else None,
+            prefetch_factor=2 if workers else None,
+        )
+        yield from loader
+
+    def train(self, end: int, progress: bool = True) -> TrainResult:
+        """Train until iteration ``end``; Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and stops."""
+        from tqdm import tqdm
+
+        logs = _Logs(self.run_dir, self.config, self.dist.is_main, self.iteration)
+        result = TrainResult(
+            self.run_dir, self.iteration, checkpoint.latest(self.run_dir), main=self.dist.is_main
+        )
+        every = self.config.logging
+        stop = _StopFlag()
+        bar = tqdm(
+            total=end,
+            initial=self.iteration,
+            disable=not (progress and self.dist.is_main),
+            unit="it",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        tick, tick_iteration = time.perf_counter(), self.iteration
+        with stop, bar, logs:
+            for batch in self.batches(end):
+                losses = self.step(batch["mr"], batch["ct"])
+                result.losses.append({"iteration": self.iteration, **losses})
+                bar.update()
+                if self.iteration % every.log_every == 0 or self.iteration == end:
+                    now = time.perf_counter()
+                    rate = (self.iteration - tick_iteration) / max(now - tick, 1e-9)
+                    tick, tick_iteration = now, self.iteration
+                    logs.scalars(self.iteration, losses, self._lr(), rate, self._memory())
+                    bar.set_postfix_str(_short(losses), refresh=False)
+                if self.dist.is_main and self.iteration % every.preview_every == 0:
+                    logs.preview(self.iteration, self.last_images)
+                interrupted = self.dist.any(stop.requested)
+                if self.iteration % every.checkpoint_every == 0 or self.iteration == end or interrupted:
+                    result.checkpoint = self.save()
+                if interrupted:
+                    result.interrupted = True
+                    break
+        result.iteration = self.iteration
+        return result
+
+    def _lr(self) -> float:
+        return float(self.opt_g.param_groups[0]["lr"])
+
+    def _memory(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            return {"memory/cuda_max_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """A LambdaLR's state as JSON (its function is rebuilt from the config, not saved)."""
+    return {**scheduler.state_dict(), "lr_lambdas": [None] * len(scheduler.lr_lambdas)}
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers read and augment; the cores belong to the model
+
+
+def _short(losses: dict[str, float]) -> str:
+    g = losses["loss/generator/total"]
+    d = losses["loss/discriminator/d_ct"] + losses["loss/discriminator/d_mr"]
+    return f"G {g:.3f} D {d:.3f}"
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after this iteration."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+
+    def __enter__(self) -> _StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class _Logs:
+    """log.jsonl, TensorBoard and previews, written by the main process only."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, start: int) -> None:
+        self.run_dir, self.config, self.enabled = run_dir, config, enabled
+        self.writer: Any = None
+        if enabled:
+            _truncate_log(run_dir / "log.jsonl", start)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1)
+
+    def __enter__(self) -> _Logs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def scalars(
+        self, it: int, losses: dict[str, float], lr: float, rate: float, memory: dict[str, float]
+    ) -> None:
+        if not self.enabled:
+            return
+        values = {**losses, "lr": lr, "speed/iterations_per_s": rate, **memory}
+        for key, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, it)
+        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"iteration": it, **values}) + "\n")
+
+    def preview(self, it: int, images: dict[str, torch.Tensor]) -> None:
+        from mrct.training.previews import write_preview
+
+        picture = write_preview(images, self.run_dir / "previews" / f"iter_{it:07d}.png")
+        self.writer.add_image("preview", picture, it, dataformats="HW")
+
+
+def _truncate_log(path: Path, start: int) -> None:
+    """On resume, drop entries logged after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if json.loads(line)["iteration"] <= start
+    ]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")

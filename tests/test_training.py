@@ -1,0 +1,388 @@
+"""`mrct train`: the CycleGAN losses, one iteration, exact resume, Ctrl-C, TensorBoard, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from mrct.cli import app
+from mrct.config import from_mapping
+from mrct.cyclegan import ImagePool, adversarial_loss, const_loss, cycle_loss
+from mrct.errors import ConfigError, OutputExistsError
+from mrct.prepare import prepare_dataset
+from mrct.preprocessing.config import PreprocessConfig
+from mrct.training.config import TrainConfig, load_train_config
+from mrct.training.data import PreparedSet, UnpairedBatches
+from mrct.training.run import train_run
+from mrct.training.trainer import linear_decay
+from tests.test_prepare import CROP, write_head
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+GRID = {"grid": {"depth": 8, "height": 48, "width": 48, "inplane_mm": 4.0}}
+TINY = {
+    "model": {"generator": {"ngf": 4, "n_residual_blocks": 1}, "discriminator": {"ndf": 4}},
+    "optim": {"iterations": 6, "decay_iterations": 3},
+    "data": {"workers": 0},
+    "logging": {"log_every": 1, "checkpoint_every": 3, "preview_every": 3},
+    "preprocessing": GRID,
+}
+TINY_YAML = """
+model: {generator: {ngf: 4, n_residual_blocks: 1}, discriminator: {ndf: 4}}
+optim: {iterations: 4, decay_iterations: 2}
+data: {workers: 0}
+logging: {log_every: 1, checkpoint_every: 2, preview_every: 2}
+preprocessing: {grid: {depth: 8, height: 48, width: 48, inplane_mm: 4.0}}
+"""
+
+
+def tiny(**changes: dict) -> TrainConfig:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for key, value in changes.items():
+        data[key] = {**data.get(key, {}), **value}
+    return from_mapping(TrainConfig, data)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three MR and two CT synthetic heads on an 8 x 48 x 48 grid, through mrct prepare."""
+    root = tmp_path_factory.mktemp("train-data")
+    for i in range(3):
+        write_head(root / "mr" / f"mr{i}.nii.gz", "mr", (66.0 + 3 * i, 82.0, 78.0), seed=i)
+    for i in range(2):
+        write_head(root / "ct" / f"ct{i}.nii.gz", "ct", (68.0 + 4 * i, 84.0, 79.0), seed=10 + i)
+    config = from_mapping(PreprocessConfig, GRID)
+    out = root / "prepared"
+    summary = prepare_dataset([root / "mr"], [root / "ct"], out, config=config, crop=CROP, progress=False)
+    assert summary.failed == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_least_squares_and_log_likelihood_losses_by_hand() -> None:
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    assert adversarial_loss(logits, True, "least_squares").item() == pytest.approx((1 + 1 + 0 + 4) / 4)
+    assert adversarial_loss(logits, False, "least_squares").item() == pytest.approx((0 + 4 + 1 + 1) / 4)
+    p = torch.sigmoid(logits)
+    assert adversarial_loss(logits, True, "log_likelihood").item() == pytest.approx(
+        -torch.log(p).mean().item()
+    )
+    assert adversarial_loss(logits, False, "log_likelihood").item() == pytest.approx(
+        -torch.log(1 - p).mean().item()
+    )
+    with pytest.raises(ValueError, match="unknown"):
+        adversarial_loss(logits, True, "wasserstein")
+
+
+def test_cycle_and_const_losses_by_hand() -> None:
+    x = torch.zeros(1, 1, 3, 2, 2)
+    y = x + 0.5
+    assert cycle_loss(x, y).item() == pytest.approx(0.5)
+    ramp = torch.arange(3.0).reshape(1, 1, 3, 1, 1).expand(1, 1, 3, 2, 2)  # +1 per slice
+    assert const_loss(ramp).item() == pytest.approx(1.0)
+    slices = torch.arange(4.0).reshape(4, 1, 1, 1) * 2  # 2D: consecutive slices in the batch
+    assert const_loss(slices).item() == pytest.approx(4.0)
+
+
+def test_image_pool_fills_then_swaps_and_its_state_round_trips() -> None:
+    pool = ImagePool(3, seed=1)
+    for i in range(3):
+        assert pool.query(torch.full((1, 1, 2), float(i)))[0, 0, 0].item() == i  # filling: returns the newest
+    twin = ImagePool(3, seed=99)
+    twin.load_state_dict({k: v.clone() for k, v in pool.state_dict().items()})
+    outs = [pool.query(torch.full((1, 1, 2), 10.0 + i))[0, 0, 0].item() for i in range(20)]
+    assert outs == [twin.query(torch.full((1, 1, 2), 10.0 + i))[0, 0, 0].item() for i in range(20)]
+    assert any(o < 10 or o != 10 + i for i, o in enumerate(outs))  # sometimes an older image
+    assert ImagePool(0, seed=0).query(torch.ones(2, 1, 2)).shape == (2, 1, 2)
+
+
+def test_linear_decay_schedule() -> None:
+    factor = linear_decay(tiny(optim={"iterations": 10, "decay_iterations": 4}))
+    values = [factor(i) for i in range(10)]
+    assert values[:6] == [1.0] * 6
+    assert values[6:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_shipped_configs_load_and_match_the_paper() -> None:
+    paper = load_train_config(REPO / "configs" / "paper_3d.yaml")
+    g = paper.model.generator
+    assert (g.spatial_dims, g.ngf, g.n_residual_blocks) == (3, 64, 9)
+    assert (paper.loss.cycle_weight, paper.data.batch_size, paper.optim.lr) == (10.0, 1, 2e-4)
+    assert paper.preprocessing.grid.shape == (30, 256, 256)
+    small = load_train_config(REPO / "configs" / "cpu_small.yaml")
+    assert small.model.generator.ngf < 64
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("optim: {lr: fast}\n", "optim.lr: expected float"),
+        ("model: {generator: {ngff: 8}}\n", "model.generator.ngff: unknown key"),
+        ("loss: {adversarial: hinge}\n", "loss.adversarial: 'hinge' is not one of"),
+        ("runtime: {amp: fp8}\n", "runtime.amp"),
+        ("data: {slices: random}\n", "a 3D model needs data.slices: volume"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_train_config(path)
+
+
+def test_cli_bad_config_is_one_line_and_exit_1(tmp_path: Path, prepared: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: {itterations: 5}\n")
+    result = runner.invoke(
+        app, ["train", "-c", str(path), "--data", str(prepared), "-o", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "optim.itterations: unknown key" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_preprocessing_must_match_the_prepared_set(tmp_path: Path, prepared: Path) -> None:
+    config = from_mapping(TrainConfig, {**TINY, "preprocessing": {}})
+    with pytest.raises(ConfigError, match="prepared with"):
+        train_run(config, prepared, tmp_path / "run", progress=False)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_batches_are_unpaired_deterministic_and_shaped(prepared: Path) -> None:
+    data = PreparedSet.open(prepared)
+    assert {d: len(s) for d, s in data.scans.items()} == {"mr": 2, "ct": 1}  # the 70 % train split
+    batches = UnpairedBatches(data, tiny(data={"batch_size": 2}).data, seed=3)
+    a, b = batches[5], batches[5]
+    assert a["mr"].shape == (2, 1, 8, 48, 48) and a["ct"].dtype == torch.float32
+    assert torch.equal(a["mr"], b["mr"]) and torch.equal(a["ct"], b["ct"])
+    other_seed = UnpairedBatches(data, tiny(data={"batch_size": 2}).data, seed=4)
+    assert any(not torch.equal(batches[i]["mr"], other_seed[i]["mr"]) for i in range(6))
+    patch = UnpairedBatches(data, tiny(data={"patch": [8, 32, 24]}).data, seed=0)[0]
+    assert patch["ct"].shape == (1, 1, 8, 32, 24)
+    assert float(a["mr"].min()) >= -1 and float(a["mr"].max()) <= 1
+
+
+def test_2d_baseline_batches(prepared: Path) -> None:
+    data = PreparedSet.open(prepared)
+    seq = from_mapping(
+        TrainConfig,
+        {
+            **TINY,
+            "model": {"generator": {"spatial_dims": 2, "ngf": 4}, "discriminator": {"spatial_dims": 2}},
+            "data": {"slices": "sequential", "batch_size": 4},
+        },
+    )
+    batch = UnpairedBatches(data, seq.data, seed=0)[0]
+    assert batch["mr"].shape == (4, 1, 48, 48)
+    # Four consecutive slices of one prepared volume, in order.
+    volumes = [np.load(scan.image) for scan in data.scans["mr"]]
+    slices = batch["mr"][:, 0].numpy()
+    assert any(np.array_equal(v[s : s + 4], slices) for v in volumes for s in range(v.shape[0] - 3))
+    model_2d = {"generator": {"spatial_dims": 2, "ngf": 4}, "discriminator": {"spatial_dims": 2}}
+    random_2d = from_mapping(
+        TrainConfig, {**TINY, "model": model_2d, "data": {"slices": "random", "batch_size": 3}}
+    )
+    random = UnpairedBatches(data, random_2d.data, seed=0)[0]
+    assert random["ct"].shape == (3, 1, 48, 48)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "networks.safetensors"))
+
+
+def test_one_iteration_gives_finite_losses_and_changes_every_network(tmp_path: Path, prepared: Path) -> None:
+    config = tiny(optim={"iterations": 1, "decay_iterations": 0})
+    torch.manual_seed(config.seed)
+    from mrct.cyclegan import Discriminators, Generators
+
+    initial = {f"generators.{k}": v for k, v in Generators(config.model).state_dict().items()}
+    initial.update({f"discriminators.{k}": v for k, v in Discriminators(config.model).state_dict().items()})
+    result = train_run(config, prepared, tmp_path / "run", progress=False)
+    assert result.iteration == 1 and len(result.losses) == 1
+    assert all(np.isfinite(v) for v in result.losses[0].values())
+    after = _weights(tmp_path / "run", "iter_0000001")
+    assert set(after) == set(initial)
+    for net in ("generators.mr_to_ct", "generators.ct_to_mr", "discriminators.d_ct", "discriminators.d_mr"):
+        changed = [k for k in after if k.startswith(net) and not torch.equal(after[k], initial[k])]
+        assert changed, f"{net} did not change"
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path: Path, prepared: Path) -> None:
+    config = tiny(data={"workers": 1, "augment": {"enabled": True}})  # workers and augmentation too
+    whole = train_run(config, prepared, tmp_path / "whole", progress=False)
+    first = train_run(config, prepared, tmp_path / "parts", progress=False, until=3)
+    rest = train_run(config, prepared, tmp_path / "parts", resume=True, progress=False)
+    assert (first.iteration, rest.iteration, whole.iteration) == (3, 6, 6)
+    ours = [e["loss/generator/total"] for e in first.losses + rest.losses]
+    assert ours == pytest.approx([e["loss/generator/total"] for e in whole.losses], rel=1e-5, abs=1e-6)
+    a, b = _weights(tmp_path / "whole", "iter_0000006"), _weights(tmp_path / "parts", "iter_0000006")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    logged = [
+        json.loads(line)["iteration"] for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
+    ]
+    assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared: Path) -> None:
+    config = tiny(optim={"iterations": 1, "decay_iterations": 0})
+    train_run(config, prepared, tmp_path / "run", progress=False)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train_run(config, prepared, tmp_path / "run", progress=False)
+    other = tiny(optim={"iterations": 2, "decay_iterations": 0})
+    with pytest.raises(ConfigError, match="another config"):
+        train_run(other, prepared, tmp_path / "run", resume=True, progress=False)
+    assert train_run(config, prepared, tmp_path / "run", overwrite=True, progress=False).iteration == 1
+
+
+def test_cli_train_writes_checkpoints_tensorboard_and_previews(tmp_path: Path, prepared: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    run = tmp_path / "run"
+    args = ["train", "-c", str(tmp_path / "tiny.yaml"), "--data", str(prepared), "-o", str(run), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trained to iteration 4" in result.stdout
+    assert sorted(p.name for p in (run / "checkpoints").glob("iter_*")) == ["iter_0000002", "iter_0000004"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "iter_0000004"
+    assert sorted(p.name for p in (run / "previews").glob("*.png")) == [
+        "iter_0000002.png",
+        "iter_0000004.png",
+    ]
+    assert list((run / "checkpoints").glob(".tmp-*")) == []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/generator/cycle_mr", "loss/discriminator/d_ct", "lr", "speed/iterations_per_s"} <= tags
+    assert "memory/max_rss_gib" in tags
+    assert [e.step for e in events.Scalars("loss/generator/total")] == [1, 2, 3, 4]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 4 and "--resume" in again.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, prepared: Path) -> None:
+    config = tmp_path / "long.yaml"
+    config.write_text(
+        TINY_YAML.replace("iterations: 4", "iterations: 400").replace(
+            "checkpoint_every: 2", "checkpoint_every: 1000"
+        )
+    )
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrct",
+        "train",
+        "-c",
+        str(config),
+        "--data",
+        str(prepared),
+        "-o",
+        str(run),
+        "-q",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at iteration" in err and "--resume" in err and "Traceback" not in err
+    state = json.loads(
+        (
+            run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / "state.json"
+        ).read_text()
+    )
+    assert 2 <= state["iteration"] < 400
+    until = str(state["iteration"] + 1)
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--until", until], capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trained to iteration {until}" in resumed.stdout
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
+    """torchrun with two gloo processes: both train, rank 0 writes, each rank's state is saved."""
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mrct",
+        "train",
+        "-c",
+        str(tmp_path / "tiny.yaml"),
+        "--data",
+        str(prepared),
+        "-o",
+        str(run),
+        "-q",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = run / "checkpoints" / "iter_0000004"
+    assert (final / "rank0.safetensors").is_file() and (final / "rank1.safetensors").is_file()
+    assert json.loads((final / "state.json").read_text())["world_size"] == 2
+    log = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]  # logged once (rank 0), not once per process
+
+
+def test_export_writes_a_package_that_loads_and_translates(tmp_path: Path, prepared: Path) -> None:
+    from mrct.models import load_package
+
+    config = tiny(optim={"iterations": 2, "decay_iterations": 0})
+    train_run(config, prepared, tmp_path / "run", progress=False)
+    out = tmp_path / "models" / "tiny-head"
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "-o", str(out), "--license", "CC-BY-SA-3.0"]
+    )
+    assert result.exit_code == 0, result.output
+    package = load_package(out)
+    assert package.name == "tiny-head" and package.manifest["license"] == "CC-BY-SA-3.0"
+    assert package.manifest["training"]["iterations"] == 2
+    assert package.manifest["intensity"]["ct"]["hu_range"] == [-1024, 3071]
+    assert package.preprocessing == config.preprocessing
+    saved = _weights(tmp_path / "run", "iter_0000002")
+    for direction in ("mr_to_ct", "ct_to_mr"):
+        net = package.load_generator(direction)
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, saved[f"generators.{direction}.{key}"])
+        with torch.inference_mode():
+            assert net(torch.zeros(1, 1, 8, 48, 48)).shape == (1, 1, 8, 48, 48)
+    assert "not for diagnosis" in (out / "README.md").read_text()
+    again = runner.invoke(app, ["export", str(tmp_path / "run"), "-o", str(out)])
+    assert again.exit_code == 4
+    missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no config.json" in missing.stderr
