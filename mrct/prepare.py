@@ -163,24 +163,30 @@ def _check_modality(volume: Any, scan: ScanInput) -> None:
 def prepare_scan(
     scan: ScanInput, config: PreprocessConfig, crop: CropRequest, localiser: Any = None
 ) -> ScanOutcome:
-    """Read, check and preprocess one scan and draw its QC picture; errors become the outcome."""
+    """Read, check and preprocess one scan and draw its QC picture; errors become the outcome.
+
+    A scan that was read but failed still gets a picture: the levels that were found and
+    refused (if any) and the reason in red.
+    """
     from mrct import qc
     from mrct.io import read_volume
     from mrct.preprocessing.chain import preprocess
 
-    checksum = None
+    checksum, volume = None, None
     try:
         checksum = sha256_files(scan.files)
         volume = read_volume(scan.path, series=scan.series)
         _check_modality(volume, scan)
         out = preprocess(volume, config, crop, modality=DOMAINS[scan.domain], localiser=localiser)
-        slab = out.record.slab
-        picture = qc.slab_qc_image(volume, slab.superior_mm, slab.inferior_mm, label=scan.id)
-    except MrctError as err:
-        return ScanOutcome(scan, checksum, error=str(err).splitlines()[0])
+        slab, outside = out.record.slab, (out.record.localisation or {}).get("outside_fov_mm", 0.0)
+        picture = qc.prepared_scan_image(volume, (slab.superior_mm, slab.inferior_mm), scan.id, outside)
     except Exception as err:  # one bad scan must not stop the others; keep the evidence
-        log.debug("%s/%s failed", scan.domain, scan.id, exc_info=True)
-        return ScanOutcome(scan, checksum, error=f"unexpected {type(err).__name__}: {err}".splitlines()[0])
+        log.debug("%s/%s failed", scan.domain, scan.id, exc_info=not isinstance(err, MrctError))
+        why = str(err) if isinstance(err, MrctError) else f"unexpected {type(err).__name__}: {err}"
+        why = why.splitlines()[0]
+        loc = getattr(err, "localisation", None)  # what a refused automatic slab found
+        levels = (loc.slab.superior_mm, loc.slab.inferior_mm) if loc is not None else (None, None)
+        return ScanOutcome(scan, checksum, error=why, qc=qc.failed_scan_image(volume, levels, scan.id, why))
     return ScanOutcome(scan, checksum, None, out.image, out.mask, out.record.to_dict(), picture)
 
 
@@ -288,7 +294,11 @@ def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
     if o.error is not None or o.image is None or o.mask is None or o.record is None or o.qc is None:
         for r in rel.values():
             (out / r).unlink(missing_ok=True)
-        return {**entry, "status": "failed", "error": o.error, "source_checksum": o.source_checksum}
+        failed = {**entry, "status": "failed", "error": o.error, "source_checksum": o.source_checksum}
+        if o.qc is not None:  # every scan that could be read has a picture
+            qc.write_png(o.qc, out / rel["qc"], overwrite=True)
+            failed["files"] = {"qc": rel["qc"]}
+        return failed
     checksum = _write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
     mask_checksum = _write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
     _write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
@@ -298,6 +308,7 @@ def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
         "status": "ok",
         "crop": o.record["slab"],
         "intensity": o.record["intensity"],
+        "outside_fov_mm": (o.record.get("localisation") or {}).get("outside_fov_mm", 0.0),
         "shape": list(o.image.shape),
         "checksum": checksum,
         "mask_checksum": mask_checksum,

@@ -15,7 +15,9 @@ colour), uint8. Nothing here imports torch or MONAI.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +31,8 @@ from mrct.errors import WriteError
 from mrct.io.atomic import atomic_file
 from mrct.volume import Modality, Volume
 
+log = logging.getLogger(__name__)
+
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
 
@@ -40,6 +44,7 @@ MAX_SIDE = 2048  # default pixels grow beyond the finest spacing to keep a side 
 SUPERIOR_RGB = (255, 64, 64)
 INFERIOR_RGB = (0, 200, 255)
 TEXT_RGB = (255, 220, 0)
+FAILURE_RGB = (255, 40, 40)
 _DIM = 0.45  # brightness kept outside the slab in slab_qc_image
 
 # Per plane: normal axis (0 R, 1 A, 2 S); RAS unit vectors for one row down and one
@@ -291,6 +296,8 @@ def slab_qc_image(
     coronal: bool = True,
     pixel_mm: float | None = None,
     window: tuple[float, float] | None = None,
+    notes: Sequence[str] = (),
+    failure: str | None = None,
 ) -> npt.NDArray[np.uint8]:
     """A crop slab between two RAS S levels (mm) over the mid-sagittal (and coronal) plane, RGB.
 
@@ -299,7 +306,10 @@ def slab_qc_image(
     ``round(plane_grid(...).world_to_pixel(...)[0])``), superior in
     :data:`SUPERIOR_RGB`, inferior in :data:`INFERIOR_RGB`, and the rows outside
     the slab are dimmed. A level that is None is not drawn (nothing dimmed on that
-    side). Below the panels, a text strip gives ``label`` and the levels in mm.
+    side). Below the panels, a text strip gives ``label``, the levels in mm (and how
+    far a level lies outside the scan), ``notes``, and ``failure`` in red as
+    ``FAILED: <failure>`` (for a scan that could not be prepared: the levels drawn
+    are then the ones that were refused, if any).
     """
     px = default_pixel_mm(volume) if pixel_mm is None else pixel_mm
     win = window or default_window(volume)
@@ -308,23 +318,72 @@ def slab_qc_image(
     panels = [_slab_panel(volume, g, win, (superior_mm, inferior_mm)) for g in grids]
     top = _side_by_side(panels)
     lo, hi = world_bounds(volume)
-    lines = [label] if label else []
-    for name, s in (("superior", superior_mm), ("inferior", inferior_mm)):
+    lines: list[tuple[str, tuple[int, int, int]]] = [(label, TEXT_RGB)] if label else []
+    for name, s, colour in (("superior", superior_mm, SUPERIOR_RGB), ("inferior", inferior_mm, INFERIOR_RGB)):
         if s is not None:
-            where = "" if lo[2] <= s <= hi[2] else " (outside the scan)"
-            lines.append(f"{name} S={s:.1f} mm{where}")
+            where = ""
+            if s > hi[2]:
+                where = f" ({s - hi[2]:.1f} mm above the scan)"
+            elif s < lo[2]:
+                where = f" ({lo[2] - s:.1f} mm below the scan)"
+            lines.append((f"{name} S={s:.1f} mm{where}", colour))
+    lines += [(n, TEXT_RGB) for n in notes]
+    if failure is not None:
+        lines.append((f"FAILED: {failure}", FAILURE_RGB))
     if not lines:
         return top
-    font = _font(top.shape[0])
+    return np.concatenate([top, _text_strip(lines, top.shape[1], _font(top.shape[0]))], axis=0)
+
+
+def _text_strip(
+    lines: list[tuple[str, tuple[int, int, int]]],
+    width: int,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> npt.NDArray[np.uint8]:
+    """Coloured lines of text on black, ``width`` pixels wide, long lines wrapped at spaces."""
+    wrapped: list[tuple[str, tuple[int, int, int]]] = []
+    for text, colour in lines:
+        current = ""
+        for word in text.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and font.getlength(candidate) > width - 4:
+                wrapped.append((current, colour))
+                current = word
+            else:
+                current = candidate
+        wrapped.append((current, colour))
     line_h = int(font.getbbox("Sg")[3]) + 3
-    footer = Image.new("RGB", (top.shape[1], line_h * len(lines) + 4))
-    draw = ImageDraw.Draw(footer)
-    colours = [TEXT_RGB] * bool(label) + [
-        c for c, s in ((SUPERIOR_RGB, superior_mm), (INFERIOR_RGB, inferior_mm)) if s is not None
-    ]
-    for n, (text, colour) in enumerate(zip(lines, colours, strict=True)):
+    strip = Image.new("RGB", (width, line_h * len(wrapped) + 4))
+    draw = ImageDraw.Draw(strip)
+    for n, (text, colour) in enumerate(wrapped):
         draw.text((2, 2 + n * line_h), text, fill=colour, font=font)
-    return np.concatenate([top, np.asarray(footer)], axis=0)
+    return np.asarray(strip)
+
+
+def prepared_scan_image(
+    volume: Volume, levels: tuple[float, float], label: str, outside_fov_mm: float = 0.0
+) -> npt.NDArray[np.uint8]:
+    """``mrct prepare``'s picture of a prepared scan: the slab (superior, inferior; RAS mm),
+    saying how much of it lies outside the scan (filled with background)."""
+    notes = []
+    if outside_fov_mm > 0:
+        notes.append(f"{outside_fov_mm:.1f} mm of the slab is outside the scan: filled with background")
+    return slab_qc_image(volume, *levels, label=label, notes=notes)
+
+
+def failed_scan_image(
+    volume: Volume | None, levels: tuple[float | None, float | None], label: str, reason: str
+) -> npt.NDArray[np.uint8] | None:
+    """``mrct prepare``'s picture of a scan that failed: the levels that were found and refused
+    (None: nothing located, the plain views) and ``FAILED: reason`` in red. None when the
+    scan could not be read, or when even this picture cannot be drawn."""
+    if volume is None:
+        return None
+    try:
+        return slab_qc_image(volume, *levels, label=label, failure=reason)
+    except Exception:  # the picture is evidence, never a second way to fail
+        log.debug("%s: no QC picture", label, exc_info=True)
+        return None
 
 
 def write_png(image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool = False) -> Path:

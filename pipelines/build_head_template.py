@@ -100,33 +100,37 @@ def build_template(paths: list[Path]) -> Volume:
     return fixed
 
 
-def calibrate(template: Volume, landmarks: dict, annotated: dict[Path, dict]) -> tuple[dict, float]:
+def calibrate(template: Volume, landmarks: dict, annotated: dict[Path, dict]) -> tuple[dict, float, float]:
     """Shift each level's S so that, on the template subjects, the mean error is zero.
 
-    Returns the calibrated landmarks and the subjects' mean slab height (the
-    localiser's prior for the jaw).
+    Returns the calibrated landmarks, the subjects' mean slab height (the
+    localiser's prior for the jaw when the chin is not seen) and the mean height of
+    their annotated menton above the chin's soft-tissue edge found by the localiser.
     """
     from mrct.preprocessing.localise import locate_volume
 
     work = working_image(template, Modality.MR)
     heights = [t["superior_mm"] - t["inferior_mm"] for t in annotated.values()]
     localiser = Localiser(Reference(work, landmarks, "", float(np.mean(heights))))
-    errors_sup, errors_jaw = [], []
+    errors_sup, errors_jaw, above_edge = [], [], []
     for path, truth in annotated.items():
         loc = locate_volume(read_volume(path, modality=Modality.MR), localiser)
         errors_sup.append(loc.slab.superior_mm - truth["superior_mm"])
         errors_jaw.append(loc.details["menton_registered_s_mm"] - truth["inferior_mm"])
+        if loc.details["chin_edge_s_mm"] is not None:
+            above_edge.append(truth["inferior_mm"] - loc.details["chin_edge_s_mm"])
         print(f"{path.name}: brow {errors_sup[-1]:+.1f} mm, jaw (registration) {errors_jaw[-1]:+.1f} mm")
     d_sup, d_jaw = float(np.mean(errors_sup)), float(np.mean(errors_jaw))
     print(f"calibration shift: brow {-d_sup:+.1f} mm, jaw {-d_jaw:+.1f} mm")
     print(f"mean slab height of the template subjects: {np.mean(heights):.1f} mm")
+    print(f"menton above the chin edge: {np.mean(above_edge):.1f} mm ({len(above_edge)} subjects)")
     out = dict(landmarks)
     for key in ("right_supraorbital", "left_supraorbital"):
         r, a, s = out[key]
         out[key] = (r, a, s - d_sup)
     r, a, s = out["menton"]
     out["menton"] = (r, a, s - d_jaw)
-    return out, float(np.mean(heights))
+    return out, float(np.mean(heights)), float(np.mean(above_edge))
 
 
 def main() -> None:
@@ -139,14 +143,14 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(args.ixi_folder.glob("*.nii.gz"))[::EVERY]
     template = build_template(paths)
-    landmarks, mean_height = dict(INITIAL_LANDMARKS), 117.0
+    landmarks, mean_height, above_edge = dict(INITIAL_LANDMARKS), 117.0, 6.0
     if args.annotations:
         heads = json.loads(args.annotations.read_text())["heads"]
         by_name = {Path(h["path"]).name: h for h in heads}
         annotated = {
             p: by_name[p.name] for p in paths if by_name.get(p.name, {}).get("inferior_mm") is not None
         }
-        landmarks, mean_height = calibrate(template, landmarks, annotated)
+        landmarks, mean_height, above_edge = calibrate(template, landmarks, annotated)
     args.output.mkdir(parents=True, exist_ok=True)
     scaled = np.clip(template.array / np.percentile(template.array, 99.9) * 255, 0, 255).astype(np.uint8)
     image = nib.Nifti1Image(scaled, template.affine)
@@ -159,6 +163,7 @@ def main() -> None:
         "licence": "CC BY-SA 3.0, derived from the IXI dataset (https://brain-development.org/ixi-dataset/)",
         "landmarks_ras_mm": {k: [round(c, 2) for c in v] for k, v in landmarks.items()},
         "mean_slab_height_mm": round(mean_height, 1),
+        "menton_above_chin_edge_mm": round(above_edge, 1),
         "landmark_definitions": "supraorbital margins and menton, see ../shared/LANDMARKS.md",
         "built_by": "pipelines/build_head_template.py",
     }

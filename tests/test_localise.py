@@ -15,7 +15,14 @@ import pytest
 
 from mrct.errors import CropError
 from mrct.io import read_volume
-from mrct.preprocessing.localise import Localiser, check_slab_in_scan, load_reference, locate_volume
+from mrct.preprocessing.localise import (
+    MAX_OUTSIDE_FOV_MM,
+    Localiser,
+    SlabRefusedError,
+    check_slab_in_scan,
+    load_reference,
+    locate_volume,
+)
 from mrct.volume import Modality, Volume
 
 ANNOTATIONS = Path(__file__).parent / "data" / "brow_jaw_annotations.json"
@@ -48,7 +55,9 @@ def results(shared_data: Path) -> dict[str, dict]:
 
 # Regression guards at the measured accuracy. The issue's bar (every head within 10 mm)
 # is not met yet: on 2026-11-21 the brow missed it on 1 of 44 held-out heads (the Philips
-# MPRAGE, -14 mm) and the jaw on 8 of 31 (see the issue note).
+# MPRAGE, -14 mm; median 2.6 mm) and the jaw, found from the chin's edge, on 2 of 31
+# (IXI014 -19 mm, chin at the FOV edge so registration only; IXI079 +10.3 mm; median 1.7 mm;
+# before the chin-edge search: 8 of 31, median 7.9 mm).
 
 
 def _accuracy(results: dict[str, dict], key: str, label: str) -> tuple[np.ndarray, float, dict[str, float]]:
@@ -75,14 +84,23 @@ def test_brow_accuracy_on_held_out_heads(results: dict[str, dict]) -> None:
 @pytest.mark.realdata
 def test_jaw_accuracy_on_held_out_heads(results: dict[str, dict]) -> None:
     abs_err, within, worst = _accuracy(results, "inferior_mm", "jaw")
-    assert np.median(abs_err) <= 9.0
-    assert within >= 0.7, f"jaw within {TOLERANCE_MM} mm on only {within:.0%} of heads: {worst}"
+    assert np.median(abs_err) <= 3.0
+    assert within >= 0.9, f"jaw within {TOLERANCE_MM} mm on only {within:.0%} of heads: {worst}"
+
+
+# Annotated "chin reaches the FOV bottom; inferior border not seen": a little of the slab is missing.
+CHINS_AT_THE_EDGE = ("IXI015-HH-1258", "IXI048-HH-1326", "IXI096-HH-1391", "IXI161-HH-2533", "IXI165-HH-1589")
 
 
 @pytest.mark.realdata
-def test_a_chin_outside_the_field_of_view_is_reported(results: dict[str, dict]) -> None:
-    for path in ("dicom/mr_siemens_prisma_t1_fl2d_sag_hfs",):
-        refused = results[path]["refused"]
+def test_chins_at_the_edge_of_the_field_of_view(results: dict[str, dict]) -> None:
+    """A chin at the edge of the field of view is used (the rest is background); far outside, refused."""
+    for path, r in results.items():
+        if any(name in path for name in CHINS_AT_THE_EDGE) or r["truth"]["inferior_mm"] is not None:
+            assert r["refused"] is None, f"{path}: {r['refused']}"
+            assert r["loc"].outside_fov_mm <= MAX_OUTSIDE_FOV_MM
+    for path in ("dicom/mr_siemens_prisma_t1_fl2d_sag_hfs", "dicom/ct_ge_hispeed_head_tilt"):
+        refused = results[path]["refused"]  # the mandible (Siemens) or the whole face (GE) is missing
         assert refused and "below the field of view" in refused and "--crop-mm" in refused
 
 
@@ -94,6 +112,56 @@ def test_ct_and_mr_both_work(results: dict[str, dict]) -> None:
     for r in (ct, mr):
         assert abs(r["loc"].slab.superior_mm - r["truth"]["superior_mm"]) <= 15.0
         assert abs(r["loc"].slab.inferior_mm - r["truth"]["inferior_mm"]) <= 15.0
+
+
+@pytest.fixture(scope="module")
+def template_head() -> tuple[Volume, float]:
+    """The bundled reference head (a mean of ten heads, 2 mm) and its menton's S (mm)."""
+    ref = load_reference()
+    folder = Path(__file__).parents[1] / "mrct/preprocessing/reference"
+    volume = read_volume(folder / "head_t1_template.nii.gz", modality=Modality.MR)
+    return volume, ref.landmarks_ras["menton"][2]
+
+
+def _cut_below(volume: Volume, s_mm: float) -> Volume:
+    """The volume without its slices below S = ``s_mm`` (RAS-aligned, S the third axis)."""
+    k = int(np.ceil((s_mm - volume.affine[2, 3]) / volume.affine[2, 2]))
+    affine = volume.affine.copy()
+    affine[2, 3] += k * affine[2, 2]
+    return Volume(volume.array[:, :, k:], affine, Modality.MR)
+
+
+@pytest.mark.parametrize(("cut_mm", "used"), [(-15.0, True), (12.0, True), (45.0, False)])
+def test_a_chin_cut_by_the_field_of_view(
+    template_head: tuple[Volume, float], cut_mm: float, used: bool
+) -> None:
+    """The field of view ends ``cut_mm`` above the menton: a little missing is filled, much is refused."""
+    volume, menton = template_head
+    loc = locate_volume(_cut_below(volume, menton + cut_mm))
+    assert abs(loc.slab.inferior_mm - menton) <= 6.0
+    assert loc.outside_fov_mm == pytest.approx(max(0.0, loc.scan_s_range_mm[0] - loc.slab.inferior_mm))
+    assert loc.to_dict()["outside_fov_mm"] == round(loc.outside_fov_mm, 1)
+    if used:
+        assert loc.outside_fov_mm <= MAX_OUTSIDE_FOV_MM
+        check_slab_in_scan(loc)
+    else:
+        with pytest.raises(SlabRefusedError, match=r"below the field of view.*--crop-mm") as err:
+            check_slab_in_scan(loc)
+        assert err.value.localisation is loc
+
+
+def test_a_missing_chin_is_filled_with_background(template_head: tuple[Volume, float]) -> None:
+    """The chain uses a slab that ends below the scan and records how much is missing."""
+    from mrct.preprocessing.chain import preprocess
+    from mrct.preprocessing.config import PreprocessConfig
+
+    volume, menton = template_head
+    config = PreprocessConfig()
+    out = preprocess(_cut_below(volume, menton + 12.0), config, modality=Modality.MR)
+    loc = out.record.localisation
+    assert loc is not None and 5.0 <= loc["outside_fov_mm"] <= MAX_OUTSIDE_FOV_MM
+    below = out.image[0]  # the lowest model slice lies below the scan: background only
+    assert (below == -1.0).all() and out.image[-1].max() > -1.0
 
 
 def test_a_scan_without_a_head_is_refused() -> None:

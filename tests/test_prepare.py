@@ -206,6 +206,47 @@ def test_modality_mismatch_fails_with_a_clear_message(
     assert "the header says CT but it was given with --mr" in errors["dicom_ct"]
 
 
+def test_every_readable_scan_gets_a_qc_picture(data: Path, config: PreprocessConfig, tmp_path: Path) -> None:
+    """A scan that was read but failed keeps a picture with the reason; an unreadable one has none."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_text("not a NIfTI file\n")
+    mr = [data / "ct" / "ct-a.nii.gz", broken]  # a CT given as MR: read, then refused
+    out = tmp_path / "out"
+    summary = prepare_dataset(mr, [], out, config=config, crop=CROP, progress=False)
+    assert summary.counts["mr"].failed == 2
+    entries = {e["id"]: e for e in manifest(out)["scans"]}
+    assert entries["ct-a"]["status"] == "failed" and entries["ct-a"]["files"] == {"qc": "qc/mr/ct-a.png"}
+    picture = np.asarray(Image.open(out / "qc" / "mr" / "ct-a.png"))
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 80) & (picture[..., 2] < 80)
+    assert red.sum() > 20  # the "FAILED: ..." line
+    assert "files" not in entries["broken"] and not (out / "qc" / "mr" / "broken.png").exists()
+
+
+def test_a_refused_automatic_slab_is_drawn(
+    data: Path, config: PreprocessConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The levels a refusal was about are drawn on the failed scan's picture, with the reason."""
+    from mrct import qc
+    from mrct.preprocessing import localise
+    from mrct.preprocessing.crop import SlabBounds
+
+    def locate(self: object, work: object) -> localise.Localisation:
+        return localise.Localisation(SlabBounds(60.0, -250.0, "auto", 1.0), {}, -0.5, 0.0, (-100.0, 100.0))
+
+    monkeypatch.setattr(localise.Localiser, "__init__", lambda self: None)
+    monkeypatch.setattr(localise.Localiser, "locate", locate)
+    drawn: list[tuple] = []
+    real = qc.slab_qc_image
+    monkeypatch.setattr(qc, "slab_qc_image", lambda *a, **k: drawn.append((a[1:], k)) or real(*a, **k))
+    out = tmp_path / "out"
+    prepare_dataset([data / "mr" / "sub-01_T1w.nii.gz"], [], out, config=config, progress=False)
+    (entry,) = manifest(out)["scans"]
+    assert entry["status"] == "failed" and "150 mm below the field of view" in entry["error"]
+    assert "--crop-mm" in entry["error"] and (out / entry["files"]["qc"]).is_file()
+    ((levels, kwargs),) = drawn
+    assert levels == (60.0, -250.0) and kwargs["failure"] == entry["error"]
+
+
 def test_inputs_expand_recursively_with_readable_unique_ids(tmp_path: Path, two_series_folder) -> None:
     folder, _, _ = two_series_folder  # one folder, CT series 2 and MR series 3
     for sub in ("a", "b"):

@@ -165,6 +165,28 @@ def test_outside_the_slab_is_dimmed() -> None:
     assert image[above, c0, 0] == image[below, c0, 0] == round(255 * 0.45)
 
 
+def failure_red(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Pixels of the (anti-aliased) FAILED text: red with less green than the superior level's."""
+    r, g = image[..., 0].astype(float), image[..., 1].astype(float)
+    return (r > 150) & (g < 0.2 * r) & (image[..., 2] == image[..., 1])
+
+
+def test_failure_and_outside_levels_are_written_below() -> None:
+    vol = phantom(shape=SHAPE)
+    lo, hi = qc.world_bounds(vol)
+    rows = qc.plane_grid(vol, "sagittal").shape[0]
+    plain = qc.slab_qc_image(vol, hi[2] - 5, lo[2] - 12.5)
+    failed = qc.slab_qc_image(vol, hi[2] - 5, lo[2] - 12.5, failure="the jaw is below " * 12)
+    assert failed.shape[0] > plain.shape[0] + 10  # the reason, wrapped over several lines
+    assert failure_red(failed[rows:]).sum() > 50
+    assert not failure_red(plain[rows:]).any()
+    assert qc.failed_scan_image(None, (None, None), "x", "unreadable") is None
+    nothing = qc.failed_scan_image(vol, (None, None), "x", "no head found")
+    assert nothing is not None and failure_red(nothing[rows:]).sum() > 20
+    noted = qc.prepared_scan_image(vol, (hi[2] - 5, lo[2] - 12.5), "x", outside_fov_mm=12.5)
+    assert noted.shape[0] > plain.shape[0]  # "12.5 mm of the slab is outside the scan"
+
+
 def test_write_png_is_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = qc.write_png(np.zeros((5, 7), np.uint8), tmp_path / "a.png")
     with Image.open(out) as im:

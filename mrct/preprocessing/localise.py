@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 REFERENCE_PACKAGE = "mrct.preprocessing.reference"
 REFERENCE_NAME = "head_t1_template"
 START_SHIFTS_MM = (0.0, -30.0, 30.0)
-# The slab may reach this far outside the scan before a level counts as missing
-# (half a typical 4-5 mm slice plus the registration's own resolution).
-FOV_TOLERANCE_MM = 6.0
+# How much of the slab may lie outside the scan's field of view (mm along S, both ends
+# together). Many head MR scans end at or just above the menton; up to this much is used,
+# the missing part filled with background and recorded as ``outside_fov_mm``. It is a
+# sixth of a typical 118 mm slab (about 5 of its 30 slices); beyond it a CropError names
+# the overrides.
+MAX_OUTSIDE_FOV_MM = 20.0
 MIN_CONFIDENCE = 0.3
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
@@ -56,6 +59,8 @@ class Reference:
     landmarks_ras: dict[str, tuple[float, float, float]]
     description: str
     mean_slab_height_mm: float = 117.0
+    # How far the bony menton lies above the chin's soft-tissue edge (:func:`chin_edge_s`), mm.
+    menton_above_chin_edge_mm: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -69,16 +74,41 @@ class Localisation:
     scan_s_range_mm: tuple[float, float]
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def above_fov_mm(self) -> float:
+        """How far the brow lies above the top of the scan (mm; 0 when inside)."""
+        return max(0.0, self.slab.superior_mm - self.scan_s_range_mm[1])
+
+    @property
+    def below_fov_mm(self) -> float:
+        """How far the jaw lies below the bottom of the scan (mm; 0 when inside)."""
+        return max(0.0, self.scan_s_range_mm[0] - self.slab.inferior_mm)
+
+    @property
+    def outside_fov_mm(self) -> float:
+        """The length of the slab outside the scan (mm along S, both ends together)."""
+        return self.above_fov_mm + self.below_fov_mm
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "superior_mm": round(self.slab.superior_mm, 1),
             "inferior_mm": round(self.slab.inferior_mm, 1),
             "confidence": None if self.slab.confidence is None else round(self.slab.confidence, 2),
+            "outside_fov_mm": round(self.outside_fov_mm, 1),
             "landmarks_ras_mm": {k: [round(c, 1) for c in v] for k, v in self.landmarks_ras.items()},
             "metric": round(self.metric, 4),
             "start_spread_mm": round(self.start_spread_mm, 1),
             "scan_s_range_mm": [round(v, 1) for v in self.scan_s_range_mm],
+            **self.details,
         }
+
+
+class SlabRefusedError(CropError):
+    """:func:`check_slab_in_scan` refused a slab; ``localisation`` holds what was found (for QC)."""
+
+    def __init__(self, message: str, localisation: Localisation, path: str | None = None) -> None:
+        super().__init__(message, path)
+        self.localisation = localisation
 
 
 def load_reference() -> Reference:
@@ -95,6 +125,7 @@ def load_reference() -> Reference:
         landmarks,
         str(meta.get("description", "")),
         float(meta.get("mean_slab_height_mm", 117.0)),
+        float(meta.get("menton_above_chin_edge_mm", 6.0)),
     )
 
 
@@ -215,6 +246,53 @@ BROW_REGION_MM = ((-60.0, 60.0), (-40.0, 30.0), (-25.0, 30.0))
 # (a population prior): the chin is often cut by the field of view or blurred by dental
 # artefacts, and the blend halves the worst errors on the annotated heads (see the issue notes).
 JAW_REGISTRATION_WEIGHT = 0.75
+# The chin edge search (:func:`chin_edge_s`): a midline band (R half-width), the window around
+# the registered menton where the chin's most anterior point (soft-tissue pogonion) is sought,
+# how far the outline must recede below it, and the part of the field of view's bottom where an
+# edge is not trusted (the scan's own edge, or a chin cut by it). All RAS mm.
+CHIN_BAND_MM = 10.0
+CHIN_WINDOW_MM = (-15.0, 15.0)
+CHIN_RECESSION_MM = 12.0
+FOV_EDGE_MARGIN_MM = 4.0
+
+
+def chin_edge_s(work: WorkingImage, menton_ras: tuple[float, float, float]) -> float | None:
+    """The S (RAS mm) where the chin's soft-tissue outline ends, or None when not seen.
+
+    On a midline sagittal band around the registered menton, sampled at 1 mm from the
+    working image, the head's anterior-most extent is traced per S level. Going down
+    from the chin's most anterior point (within :data:`CHIN_WINDOW_MM` of the registered
+    menton), the first level where the outline has receded by :data:`CHIN_RECESSION_MM`
+    is the bottom of the chin: the outline turns back to the neck there. The edge is the
+    skin's, so it lies a few mm below the bony menton (calibrated in the reference).
+    """
+    from scipy.ndimage import map_coordinates
+
+    r0, a0, s0 = menton_ras
+    lo, _ = world_extent(work.array.shape, work.affine)
+    bottom = float(lo[2]) + FOV_EDGE_MARGIN_MM
+    s_levels = np.arange(s0 + CHIN_WINDOW_MM[1], s0 + CHIN_WINDOW_MM[0] - 30.0, -1.0)  # top down
+    a_levels = np.arange(a0 - 70.0, a0 + 40.0, 1.0)
+    r_levels = np.arange(r0 - CHIN_BAND_MM, r0 + CHIN_BAND_MM + 0.1, 2.0)
+    rr, ss, aa = np.meshgrid(r_levels, s_levels, a_levels, indexing="ij")
+    ras = np.stack([rr, aa, ss], axis=-1).reshape(-1, 3)
+    inv = np.linalg.inv(work.affine)
+    ijk = ras @ inv[:3, :3].T + inv[:3, 3]
+    values = map_coordinates(work.array, ijk.T, order=1, mode="nearest").reshape(rr.shape).mean(axis=0)
+    inside = values > work.threshold
+    front = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)  # the last voxel inside, per level
+    extent = np.where(inside.any(axis=1), a_levels[front], np.nan)
+    usable = (s_levels > bottom) & np.isfinite(extent)
+    window = usable & (s_levels <= s0 + CHIN_WINDOW_MM[1]) & (s_levels >= s0 + CHIN_WINDOW_MM[0])
+    if not window.any():
+        return None
+    top = int(np.flatnonzero(window)[np.argmax(extent[window])])
+    for i in range(top, len(s_levels)):
+        if not usable[i]:
+            return None  # the scan ends before the chin does
+        if extent[i] < extent[top] - CHIN_RECESSION_MM:
+            return float(s_levels[i])
+    return None
 
 
 class Localiser:
@@ -257,7 +335,9 @@ class Localiser:
         for key in BROW_KEYS:
             landmarks[key] = _map_point(self.reference.landmarks_ras[key], brow, final.transform)
         spread = _spread(landmarks_by_start, [t.metric for t in scored])
-        return self._localisation(work, landmarks, final.metric, spread)
+        return self._localisation(
+            work, landmarks, final.metric, spread, chin_edge_s(work, landmarks["menton"])
+        )
 
     def _map_landmarks(self, transform) -> dict[str, tuple[float, float, float]]:  # type: ignore[no-untyped-def]
         return {name: _map_point(p, transform) for name, p in self.reference.landmarks_ras.items()}
@@ -268,13 +348,17 @@ class Localiser:
         landmarks: dict[str, tuple[float, float, float]],
         metric: float,
         spread: float,
+        chin_edge: float | None = None,
     ) -> Localisation:
         superior = float(np.mean([landmarks[k][2] for k in BROW_KEYS]))
         jaw_registered = landmarks["menton"][2]
         prior_height = self.reference.mean_slab_height_mm
-        inferior = JAW_REGISTRATION_WEIGHT * jaw_registered + (1 - JAW_REGISTRATION_WEIGHT) * (
-            superior - prior_height
-        )
+        if chin_edge is not None:  # seen in the scan: the edge, guided by the registration
+            inferior = chin_edge + self.reference.menton_above_chin_edge_mm
+        else:  # not seen (cut by the field of view, or no clear outline): the registration's
+            inferior = JAW_REGISTRATION_WEIGHT * jaw_registered + (1 - JAW_REGISTRATION_WEIGHT) * (
+                superior - prior_height
+            )
         lo, hi = world_extent(work.array.shape, work.affine)
         confidence = float(np.clip(1.0 - spread / 20.0, 0.0, 1.0))
         height = superior - inferior
@@ -284,7 +368,11 @@ class Localiser:
                 f"is this a head scan? {OVERRIDES_HINT}"
             )
         slab = SlabBounds(superior, inferior, "auto", confidence)
-        details = {"menton_registered_s_mm": round(jaw_registered, 1)}
+        details = {
+            "menton_registered_s_mm": round(jaw_registered, 1),
+            "chin_edge_s_mm": None if chin_edge is None else round(chin_edge, 1),
+            "jaw_from": "registration" if chin_edge is None else "chin_edge",
+        }
         return Localisation(slab, landmarks, metric, spread, (float(lo[2]), float(hi[2])), details)
 
 
@@ -299,23 +387,37 @@ def _spread(landmarks_by_start: list[dict[str, tuple[float, float, float]]], met
 
 
 def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
-    """Raise :class:`CropError` when a level falls outside the scan or the result is doubtful."""
+    """Refuse a slab that lies too far outside the scan, or a doubtful result.
+
+    Up to :data:`MAX_OUTSIDE_FOV_MM` of the slab (both ends together) may lie
+    outside the field of view: the chain fills that part with background, and
+    ``loc.outside_fov_mm`` records it. Raises :class:`SlabRefusedError` (a
+    :class:`CropError` naming the overrides) otherwise.
+    """
     lo, hi = loc.scan_s_range_mm
     slab = loc.slab
-    problems = []
-    if slab.superior_mm > hi + FOV_TOLERANCE_MM:
-        problems.append(
-            f"the brow (S={slab.superior_mm:.0f} mm) is above the field of view (top S={hi:.0f} mm)"
+    if loc.outside_fov_mm > MAX_OUTSIDE_FOV_MM:
+        problems = []
+        if loc.above_fov_mm > 0:
+            problems.append(
+                f"the brow (S={slab.superior_mm:.0f} mm) is {loc.above_fov_mm:.0f} mm above "
+                f"the field of view (top S={hi:.0f} mm)"
+            )
+        if loc.below_fov_mm > 0:
+            problems.append(
+                f"the jaw (S={slab.inferior_mm:.0f} mm) is {loc.below_fov_mm:.0f} mm below "
+                f"the field of view (bottom S={lo:.0f} mm)"
+            )
+        raise SlabRefusedError(
+            "; ".join(problems) + f" (at most {MAX_OUTSIDE_FOV_MM:g} mm may be missing); {OVERRIDES_HINT}",
+            loc,
+            path,
         )
-    if slab.inferior_mm < lo - FOV_TOLERANCE_MM:
-        problems.append(
-            f"the jaw (S={slab.inferior_mm:.0f} mm) is below the field of view (bottom S={lo:.0f} mm)"
-        )
-    if problems:
-        raise CropError("; ".join(problems) + f"; {OVERRIDES_HINT}", path)
     if slab.confidence is not None and slab.confidence < MIN_CONFIDENCE:
-        raise CropError(
-            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}); {OVERRIDES_HINT}", path
+        raise SlabRefusedError(
+            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}); {OVERRIDES_HINT}",
+            loc,
+            path,
         )
 
 
