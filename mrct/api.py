@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from mrct.preprocessing.config import PreprocessConfig
     from mrct.preprocessing.localise import Localisation
     from mrct.training.trainer import TrainResult
+    from mrct.translate import TranslateSummary
+    from mrct.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ __all__ = [
     "prepare",
     "preview",
     "train",
+    "translate",
+    "translate_file",
 ]
 
 
@@ -252,4 +256,81 @@ def export(
 
     return export_run(
         run_dir, out, name=name, checkpoint_name=checkpoint, license=license, overwrite=overwrite
+    )
+
+
+def _target(to: str | Modality) -> Modality:
+    text = to.value if isinstance(to, Modality) else str(to)
+    if text.upper() not in ("CT", "MR"):
+        raise MrctError(f"--to must be ct or mr, got {to!r}")
+    return Modality(text.upper())
+
+
+def translate(
+    volume_or_path: Volume | str | Path,
+    to: str | Modality = "ct",
+    model: str | Path | None = None,
+    *,
+    device: str = "auto",
+    crop_mm: str | None = None,
+    crop_markups: str | Path | None = None,
+    no_crop: bool = False,
+    full_fov: bool = False,
+    force: bool = False,
+) -> Volume:
+    """Translate a scan (a :class:`~mrct.volume.Volume` or anything :func:`read_volume` reads).
+
+    Returns the synthetic volume on the input's grid: CT in HU (int16, -1024..3071), MR on
+    an arbitrary 0..1000 scale. ``model`` is a package folder or a bundled model's name
+    (default: :data:`mrct.inference.DEFAULT_MODEL`).
+    """
+    from mrct.inference import Translator
+    from mrct.preprocessing.crop import CropRequest
+    from mrct.volume import Volume
+
+    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
+    crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
+    translator = Translator.from_package(model, device)
+    return translator.translate(volume, _target(to), crop, full_fov=full_fov, force=force).volume
+
+
+def translate_file(
+    src: str | Path,
+    dst: str | Path | None = None,
+    *,
+    to: str | Modality = "ct",
+    model: str | Path | None = None,
+    output_format: str | None = None,
+    device: str = "auto",
+    crop_mm: str | None = None,
+    crop_markups: str | Path | None = None,
+    no_crop: bool = False,
+    full_fov: bool = False,
+    series: str | None = None,
+    report: str | Path | None = None,
+    preview: str | Path | None = None,
+    overwrite: bool = False,
+    force: bool = False,
+) -> TranslateSummary:
+    """Translate the scan at ``src`` and write it to ``dst`` (default: beside the input, named
+    ``<input>_synthetic_<to>``, in the input's format); see :func:`mrct.translate.translate_file`."""
+    from mrct.preprocessing.crop import CropRequest
+    from mrct.translate import translate_file as run
+
+    crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
+    fmt = None if output_format is None else OutputFormat(output_format.lower())
+    return run(
+        src,
+        dst,
+        to=_target(to),
+        model=model,
+        fmt=fmt,
+        device=device,
+        crop=crop,
+        full_fov=full_fov,
+        series=series,
+        report=report,
+        preview=preview,
+        overwrite=overwrite,
+        force=force,
     )

@@ -253,6 +253,95 @@ def prepare(
         raise typer.Exit(1)
 
 
+class FormatChoice(str, Enum):
+    nifti = "nifti"
+    dicom = "dicom"
+    nrrd = "nrrd"
+    mha = "mha"
+
+
+CropMmOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S, instead of the automatic slab."),
+]
+CropMarkupsOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+]
+NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
+
+
+@app.command()
+def translate(
+    scan: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
+    to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="Output file, or folder/ for DICOM (default: beside the input)."),
+    ] = None,
+    output_format: Annotated[
+        Optional[FormatChoice],  # noqa: UP045
+        typer.Option("--format", help="Output format (default: from -o, else the input's)."),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--model", help="Model package folder or bundled model name (default: the bundled one)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    series: SeriesOpt = None,
+    crop_mm: CropMmOpt = None,
+    crop_markups: CropMarkupsOpt = None,
+    no_crop: NoCropOpt = False,
+    full_fov: Annotated[
+        bool, typer.Option("--full-fov", help="Translate the whole field of view, slab by slab.")
+    ] = False,
+    report: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--report", help="Write a JSON run report (no patient names)."),
+    ] = None,
+    preview: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--preview", help="Write a PNG of the input and the output."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Translate even if the input already is the target modality.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Translate a head scan MR -> CT (--to ct) or CT -> MR (--to mr) onto the scan's own grid.
+
+    Synthetic images are not for diagnosis.
+    """
+    from mrct import api
+
+    try:
+        result = api.translate_file(
+            scan,
+            output,
+            to=to.value,
+            model=model,
+            output_format=None if output_format is None else output_format.value,
+            device=device,
+            crop_mm=crop_mm,
+            crop_markups=crop_markups,
+            no_crop=no_crop,
+            full_fov=full_fov,
+            series=series,
+            report=report,
+            preview=preview,
+            overwrite=overwrite,
+            force=force,
+        )
+    except Exception as err:
+        _fail(err)
+    if not quiet:
+        took = result.report["timings_s"]["total"]
+        typer.echo(f"wrote {result.output} ({took:.1f} s)")
+
+
 @app.command()
 def train(
     config: Annotated[

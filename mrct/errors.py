@@ -74,3 +74,9 @@ class ModelError(MrctError):
     """A model package is missing, incomplete, altered or unsafe; the message names the file."""
 
     exit_code = 7
+
+
+class ModalityError(MrctError):
+    """The input already is the requested output modality (``--force`` overrides)."""
+
+    exit_code = 8

@@ -1,0 +1,187 @@
+"""Translate one scan file or DICOM folder into an output file: naming, formats, report, preview.
+
+This is what ``mrct translate`` (and each series of ``mrct batch``) runs. The maths is in
+:mod:`mrct.inference`; reading and writing in :mod:`mrct.io`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrct import __version__
+from mrct.errors import MrctError, OutputExistsError
+from mrct.io import OutputFormat, output_format_for
+from mrct.io.atomic import atomic_file, compound_suffix
+from mrct.preprocessing.crop import CropRequest
+from mrct.volume import Modality
+
+EXTENSIONS = {OutputFormat.NIFTI: ".nii.gz", OutputFormat.NRRD: ".nrrd", OutputFormat.MHA: ".mha"}
+NOT_FOR_DIAGNOSIS = "not for diagnosis"
+
+
+def series_description(to: Modality) -> str:
+    """What every DICOM series we write says about itself (DICOM LO: 64 characters at most)."""
+    return f"mrct synthetic {to.value} – {NOT_FOR_DIAGNOSIS}"
+
+
+def input_format(src: Path) -> OutputFormat:
+    """The format an input is in: NIfTI, NRRD, MHA, or DICOM (folder, zip, single file)."""
+    name = src.name.lower()
+    if src.is_dir():
+        return OutputFormat.DICOM
+    if name.endswith((".nii", ".nii.gz")):
+        return OutputFormat.NIFTI
+    if name.endswith((".nrrd", ".nhdr")):
+        return OutputFormat.NRRD
+    if name.endswith((".mha", ".mhd")):
+        return OutputFormat.MHA
+    return OutputFormat.DICOM
+
+
+def default_output(src: Path, to: Modality, fmt: OutputFormat) -> Path:
+    """``scan.nii.gz`` -> ``scan_synthetic_ct.nii.gz``; a DICOM folder -> a sibling folder."""
+    src = Path(str(src).rstrip("/\\"))
+    stem = src.name[: len(src.name) - len(compound_suffix(src))] if src.is_file() else src.name
+    base = src.parent / f"{stem}_synthetic_{to.value.lower()}"
+    return base if fmt is OutputFormat.DICOM else base.with_name(base.name + EXTENSIONS[fmt])
+
+
+def resolve_output(
+    src: Path, dst: str | Path | None, to: Modality, fmt: OutputFormat | None
+) -> tuple[Path, OutputFormat]:
+    """The output path and format from ``-o`` and ``--format`` (either, both, or neither)."""
+    if dst is None:
+        chosen = fmt or input_format(src)
+        return default_output(src, to, chosen), chosen
+    implied = None
+    try:
+        implied = output_format_for(dst)
+    except ValueError:
+        if fmt is None:
+            raise
+    if (
+        fmt is not None
+        and implied is not None
+        and implied is not fmt
+        and not (
+            fmt is OutputFormat.DICOM and implied is not OutputFormat.DICOM and "." not in Path(str(dst)).name
+        )
+    ):
+        raise MrctError(f"--format {fmt.value} does not match the output name (a {implied.value} path)", dst)
+    return Path(str(dst).rstrip("/\\")), fmt or implied or OutputFormat.NIFTI
+
+
+@dataclass
+class TranslateSummary:
+    """What ``mrct translate`` reports: where the output went and the run report's content."""
+
+    output: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _write(volume: Any, dst: Path, fmt: OutputFormat, to: Modality, overwrite: bool, derivation: str) -> Path:
+    from mrct.io import write_volume
+
+    target = str(dst) + "/" if fmt is OutputFormat.DICOM else dst
+    return write_volume(
+        volume,
+        target,
+        overwrite=overwrite,
+        series_description=series_description(to),
+        derivation_description=derivation,
+    )
+
+
+def translate_file(
+    src: str | Path,
+    dst: str | Path | None = None,
+    *,
+    to: Modality,
+    translator: Any = None,
+    model: str | Path | None = None,
+    fmt: OutputFormat | None = None,
+    device: str = "auto",
+    crop: CropRequest | None = None,
+    full_fov: bool = False,
+    series: str | None = None,
+    report: str | Path | None = None,
+    preview: str | Path | None = None,
+    overwrite: bool = False,
+    force: bool = False,
+) -> TranslateSummary:
+    """Read ``src``, translate it to ``to``, write the result (and optionally a report and a preview).
+
+    Outputs are checked before any work (an existing one is refused without ``overwrite``)
+    and written under a temporary name, then renamed. The report holds no patient names or
+    IDs: paths, checksums, the model, the device, the slab and the time each stage took.
+    """
+    from mrct.inference import Translator
+    from mrct.io import read_volume
+    from mrct.io.discover import sha256_files
+
+    src = Path(src)
+    started = time.perf_counter()
+    out_path, out_fmt = resolve_output(src, dst, to, fmt)
+    for path in (out_path, report, preview):
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    translator = translator or Translator.from_package(model, device)
+    timings["load_model"] = time.perf_counter() - t
+    t = time.perf_counter()
+    volume = read_volume(src, series=series)
+    timings["read"] = time.perf_counter() - t
+    result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
+    timings.update(result.timings)
+    package = translator.package
+    derivation = (
+        f"Synthetic {to.value} computed by mrct {__version__} with model {package.name} "
+        f"(sha256 {package.checksum[:16]}); {NOT_FOR_DIAGNOSIS}"
+    )
+    t = time.perf_counter()
+    written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation)
+    timings["write"] = time.perf_counter() - t
+    if preview is not None:
+        t = time.perf_counter()
+        write_preview(volume, result.volume, Path(preview), overwrite)
+        timings["preview"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    content = {
+        "mrct_version": __version__,
+        "input": {"path": str(src), "sha256": sha256_files(files), "files": len(files), "series": series},
+        "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
+        "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
+        "device": str(translator.device),
+        "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
+        "slabs": result.slabs,
+        "full_fov": full_fov,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+    if report is not None:
+        with atomic_file(Path(report), overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    return TranslateSummary(written, content)
+
+
+def write_preview(source: Any, translated: Any, path: Path, overwrite: bool) -> Path:
+    """The input's and the output's three planes, one above the other, through the same point."""
+    import numpy as np
+
+    from mrct import qc
+
+    centre = qc.world_centre(source)
+    px = qc.default_pixel_mm(source)
+    top = qc.three_plane_mosaic(source, centre, px)
+    bottom = qc.three_plane_mosaic(translated, centre, px)
+    width = max(top.shape[1], bottom.shape[1])
+    pad = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0))) for a in (top, bottom)]
+    gap = np.full((4, width, 3), 64, dtype=np.uint8)
+    return qc.write_png(np.concatenate([pad[0], gap, pad[1]], axis=0), path, overwrite=overwrite)

@@ -1,0 +1,221 @@
+"""`mrct translate`: outputs on the input grid, DICOM on the source's frame, refusals, report, preview."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mrct import api
+from mrct.cli import app
+from mrct.io import read_volume
+from mrct.models import write_package
+from mrct.networks import build_generator
+from mrct.networks.config import GeneratorConfig
+from mrct.preprocessing.config import GridConfig, PreprocessConfig
+from mrct.volume import Modality
+from tests.dicom_factory import write_series
+from tests.external_tools import dciodvfy_errors, dcm2niix_read
+from tests.test_prepare import write_head
+
+runner = CliRunner()
+CROP = ["--crop-mm", "40,-40"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised two-direction package on an 8 x 48 x 48 grid of 4 mm."""
+    config = GeneratorConfig(ngf=2, n_residual_blocks=1)
+    generators = {}
+    for seed, direction in enumerate(("mr_to_ct", "ct_to_mr")):
+        torch.manual_seed(seed)
+        generators[direction] = build_generator(config).state_dict()
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    return write_package(
+        out,
+        name="tiny",
+        generators=generators,
+        generator_config=config,
+        preprocessing=PreprocessConfig(grid=GridConfig(depth=8, height=48, width=48, inplane_mm=4.0)),
+        intensity={"ct": {"map": "linear", "hu_range": [-1024, 3071]}},
+        training={},
+        metrics={},
+        license="test",
+        description="untrained test model",
+    )
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("heads")
+    write_head(root / "mr.nii.gz", "mr", seed=1)
+    write_head(root / "ct.nii.gz", "ct", seed=2)
+    return root
+
+
+def _translate(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["translate", *args])
+
+
+def test_nifti_mr_to_ct_lands_on_the_input_grid(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    src = tmp_path / "scan.nii.gz"
+    src.write_bytes((heads / "mr.nii.gz").read_bytes())
+    before = src.read_bytes()
+    result = _translate(str(src), "--to", "ct", "--model", str(tiny_model), *CROP)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "scan_synthetic_ct.nii.gz"  # the default name, beside the input
+    assert f"wrote {out}" in result.stdout
+    assert src.read_bytes() == before  # the input is never modified
+    image, source = nib.load(out), nib.load(src)
+    assert np.array_equal(image.affine, source.affine) and image.shape == source.shape
+    data = np.asarray(image.dataobj)
+    assert data.dtype == np.int16 and data.min() >= -1024 and data.max() <= 3071
+    s = (image.affine @ np.c_[np.indices(image.shape).reshape(3, -1).T, np.ones(data.size)].T)[2]
+    outside = (s > 40) | (s < -40)
+    assert (data.reshape(-1)[outside] == -1024).all()  # background outside the slab
+    assert (data.reshape(-1)[~outside] > -1024).any()
+
+
+def test_mr_output_scale_and_api(heads: Path, tiny_model: Path) -> None:
+    volume = read_volume(heads / "ct.nii.gz")
+    out = api.translate(volume, to="mr", model=tiny_model, crop_mm="40,-40")
+    assert out.modality is Modality.MR and out.array.dtype == np.float32
+    assert out.array.min() >= 0 and out.array.max() <= 1000
+    assert np.array_equal(out.affine, volume.affine) and out.shape == volume.shape
+
+
+def test_full_fov_translates_beyond_the_slab(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    volume = read_volume(heads / "mr.nii.gz")
+    slab = api.translate(volume, to="ct", model=tiny_model, crop_mm="20,-20")
+    full = api.translate(volume, to="ct", model=tiny_model, crop_mm="20,-20", full_fov=True)
+    head = (volume.array > 250).sum()
+    assert (slab.array > -1024).sum() < 0.6 * head  # one 40 mm slab of a 170 mm head
+    assert (full.array > -1024).sum() > 0.9 * head  # every slab of the field of view
+
+
+def test_refuses_ct_to_ct_unless_forced(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    args = [
+        str(heads / "ct.nii.gz"),
+        "--to",
+        "ct",
+        "--model",
+        str(tiny_model),
+        *CROP,
+        "-o",
+        str(tmp_path / "o.nii.gz"),
+    ]
+    refused = _translate(*args)
+    assert refused.exit_code == 8
+    assert "CT already" in refused.stderr and "--force" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "o.nii.gz").exists()
+    assert _translate(*args, "--force").exit_code == 0
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    out = tmp_path / "o.nii.gz"
+    out.write_bytes(b"keep me")
+    args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, "-o", str(out)]
+    result = _translate(*args)
+    assert result.exit_code == 4 and out.read_bytes() == b"keep me"
+    assert _translate(*args, "--overwrite").exit_code == 0
+    assert nib.load(out).shape == (100, 120, 100)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--device", "cuda:3"], 1, "--device"),
+        (["--model", "no-such-model"], 7, "no-such-model"),
+        (["--crop-mm", "400,300"], 6, "misses the scan"),
+        (["--format", "dicom", "-o", "x.nii.gz"], 1, "does not match"),
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    tmp_path: Path, heads: Path, tiny_model: Path, extra: list[str], code: int, message: str
+) -> None:
+    args = [str(heads / "mr.nii.gz"), "--to", "ct"]
+    if "--model" not in extra:
+        args += ["--model", str(tiny_model)]
+    if "--crop-mm" not in extra:
+        args += CROP
+    result = _translate(*args, *[str(tmp_path / e) if e == "x.nii.gz" else e for e in extra])
+    if extra[0] == "--device" and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has the device")
+    assert result.exit_code == code, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_tampered_model_is_refused(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    weights = bad / "generator_mr_to_ct.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = _translate(
+        str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(bad), *CROP, "-o", str(tmp_path / "o.nii")
+    )
+    assert result.exit_code == 7 and "sha256" in result.stderr.lower()
+
+
+def test_report_and_preview(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    report, preview = tmp_path / "run.json", tmp_path / "p.png"
+    args = [
+        str(heads / "mr.nii.gz"),
+        "--to",
+        "ct",
+        "--model",
+        str(tiny_model),
+        *CROP,
+        "-o",
+        str(tmp_path / "o.nrrd"),
+    ]
+    result = _translate(*args, "--report", str(report), "--preview", str(preview), "-q")
+    assert result.exit_code == 0 and result.stdout == ""
+    content = json.loads(report.read_text())
+    assert content["model"]["name"] == "tiny" and len(content["model"]["checksum"]) == 64
+    assert content["slabs"][0] == {"superior_mm": 40.0, "inferior_mm": -40.0, "source": "crop-mm"}
+    assert {"read", "preprocess", "forward", "invert", "write", "total"} <= set(content["timings_s"])
+    assert len(content["input"]["sha256"]) == 64 and content["device"] == "cpu"
+    assert content["output"]["format"] == "nrrd" and (tmp_path / "o.nrrd").is_file()
+    from PIL import Image
+
+    assert Image.open(preview).size[0] > 100
+
+
+@pytest.mark.tools
+def test_dicom_in_dicom_out_shares_the_frame_of_reference(tmp_path: Path, tiny_model: Path) -> None:
+    write_series(
+        tmp_path / "study" / "t1",
+        modality="MR",
+        shape=(64, 64, 40),
+        pixel_spacing=(3.0, 3.0),
+        slice_spacing=2.5,
+        centre=(0.0, 0.0, 10.0),
+        patient_position="HFP",
+    )
+    result = _translate(
+        str(tmp_path / "study" / "t1"), "--to", "ct", "--model", str(tiny_model), "--crop-mm", "40,-20"
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "study" / "t1_synthetic_ct"  # a sibling folder
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 40
+    src = pydicom.dcmread(next(iter(sorted((tmp_path / "study" / "t1").iterdir()))), stop_before_pixels=True)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert ds.Modality == "CT" and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert "synthetic CT" in ds.SeriesDescription and "not for diagnosis" in ds.SeriesDescription
+    assert "DERIVED" in ds.ImageType and "not for diagnosis" in ds.DerivationDescription
+    assert dciodvfy_errors(files[0]) == []
+    _, ours = dcm2niix_read(out, tmp_path / "d2n-out")
+    _, theirs = dcm2niix_read(tmp_path / "study" / "t1", tmp_path / "d2n-in")
+    assert np.allclose(ours, theirs, atol=1e-3)
