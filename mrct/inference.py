@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mrct.errors import ConfigError, ModalityError
+from mrct.metrics import slab_voxels
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality, Volume, guess_modality
 
@@ -185,7 +186,7 @@ class Translator:
         out = invert(prepared.record, y, intensity=target_map)
         slab = prepared.record.slab
         # Interpolation reaches half a model slice beyond the slab; the slab's levels are the limit.
-        outside = ~_slab_voxels(volume, slab.superior_mm, slab.inferior_mm)
+        outside = ~slab_voxels(volume, slab.superior_mm, slab.inferior_mm)
         out.array[outside] = target_map.background
         timings["invert"] += time.perf_counter() - start
         info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": slab.source}
@@ -214,24 +215,16 @@ class Translator:
         tops = [sup + height * n for n in range(1, int(np.ceil((hi[2] - sup) / height)) + 1)]
         tops += [sup - height * n for n in range(1, int(np.ceil((inf - lo[2]) / height)) + 1)]
         merged = np.array(first[0].array, dtype=np.float32)
-        inside = _slab_voxels(volume, sup, inf)
+        inside = slab_voxels(volume, sup, inf)
         slabs = [first[1]]
         for top in tops:
             tile = CropRequest.millimetres(top, top - height)
             out, info = self._one_slab(volume, source, to, tile, timings)
-            fresh = _slab_voxels(volume, top, top - height) & ~inside
+            fresh = slab_voxels(volume, top, top - height) & ~inside
             merged[fresh] = out.array[fresh]
             inside |= fresh
             slabs.append(info)
         return Translation(finish(first[0].replace(array=merged), volume, to), slabs, timings)
-
-
-def _slab_voxels(volume: Volume, superior_mm: float, inferior_mm: float) -> np.ndarray:
-    """Voxels whose centre's S coordinate (RAS mm) lies within [inferior, superior]."""
-    i, j, k = np.indices(volume.shape, dtype=np.float64)
-    a = volume.affine[2]
-    s = a[0] * i + a[1] * j + a[2] * k + a[3]
-    return (s >= inferior_mm) & (s <= superior_mm)
 
 
 def finish(out: Volume, source: Volume, to: Modality) -> Volume:

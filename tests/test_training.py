@@ -386,3 +386,21 @@ def test_export_writes_a_package_that_loads_and_translates(tmp_path: Path, prepa
     assert again.exit_code == 4
     missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "no config.json" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "runtime", [{"amp": "bf16"}, {"gradient_checkpointing": True, "channels_last": True}]
+)
+def test_runtime_options_train(tmp_path: Path, prepared: Path, runtime: dict) -> None:
+    """bf16 autocast (on this CPU), gradient checkpointing and channels_last_3d all train."""
+    config = tiny(optim={"iterations": 1, "decay_iterations": 0}, runtime=runtime)
+    result = train_run(config, prepared, tmp_path / "run", progress=False)
+    assert result.iteration == 1 and all(np.isfinite(v) for v in result.losses[0].values())
+
+
+def test_fp16_needs_cuda(tmp_path: Path, prepared: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = tiny(runtime={"amp": "fp16"})
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        train_run(config, prepared, tmp_path / "run", progress=False, device="cpu")

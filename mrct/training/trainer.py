@@ -35,6 +35,7 @@ from mrct.cyclegan import (
     set_requires_grad,
     unwrap,
 )
+from mrct.errors import ConfigError
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
@@ -77,7 +78,7 @@ class Trainer:
         self.config, self.data, self.run_dir, self.device, self.dist = config, data, run_dir, device, dist
         runtime = config.runtime
         if runtime.amp == "fp16" and device.type != "cuda":
-            raise ValueError("runtime.amp fp16 needs a CUDA device (use bf16 or none on a CPU)")
+            raise ConfigError("runtime.amp: fp16 needs a CUDA device (use bf16 or none on a CPU)")
         torch.manual_seed(config.seed)  # the same initial weights on every process
         gens = Generators(config.model, checkpointing=runtime.gradient_checkpointing).to(device)
         discs = Discriminators(config.model).to(device)

@@ -1,0 +1,135 @@
+"""Check a model package on held-out scans: the quality bar of a bundled model.
+
+    python pipelines/evaluate_model.py --model models/mrct-head-cpu-small \\
+        --prepared prepared/ -o models/mrct-head-cpu-small/evaluation.json
+
+MR -> synthetic CT is checked on the MRs of the prepared set's *test* split (never seen in
+training); CT -> synthetic MR on the CTs given with ``--ct`` (say in the card whether they
+were in training). Every scan is translated from its original file with the automatic
+slab, exactly as ``mrct translate`` does. The checks (``mrct/metrics.py``), inside the slab:
+
+- sCT: Dice(sCT > -500 HU, MR head mask) >= 0.95; median air HU <= -950; median head HU
+  in [0, 100]; 5-35 % of head voxels above 300 HU;
+- sMR: Dice(sMR head, CT head mask) >= 0.95 and a dark background (median outside the
+  head <= 5 % of the median inside).
+
+Writes JSON (one entry per scan, and the summary) and prints a markdown table. Previews
+of the first scans go next to the JSON file with ``--previews N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from mrct.inference import Translator
+from mrct.io import read_volume
+from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
+from mrct.translate import write_preview
+from mrct.volume import Modality
+
+
+def held_out_mrs(prepared: Path) -> list[tuple[str, Path, str | None]]:
+    """(id, source, series) of the prepared set's MR test split."""
+    manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
+    by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
+    return [(i, Path(by_id[i]["source"]), by_id[i].get("series")) for i in manifest["split"]["mr"]["test"]]
+
+
+def evaluate(
+    translator: Translator,
+    scans: list[tuple[str, Path, str | None]],
+    to: Modality,
+    previews: int,
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    rows = []
+    for n, (scan_id, path, series) in enumerate(scans):
+        row: dict[str, Any] = {"id": scan_id, "source": str(path), "direction": f"to {to.value}"}
+        try:
+            volume = read_volume(path, series=series)
+            result = translator.translate(volume, to)
+            slab = result.slabs[0]
+            checks = (synthetic_ct_checks if to is Modality.CT else synthetic_mr_checks)(
+                volume, result.volume, slab["superior_mm"], slab["inferior_mm"]
+            )
+            row.update(checks.to_dict(), slab=slab)
+            if n < previews:
+                preview = out_dir / f"preview_{to.value.lower()}_{scan_id}.png"
+                write_preview(volume, result.volume, preview, overwrite=True)
+                row["preview"] = preview.name
+        except Exception as err:  # one scan's failure is a result, not the end of the evaluation
+            row.update(passes=False, error=f"{type(err).__name__}: {err}".splitlines()[0])
+        print(json.dumps(row), file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    ok = [r for r in rows if "error" not in r]
+    out: dict[str, Any] = {"scans": len(rows), "failed_to_run": len(rows) - len(ok)}
+    out["passing"] = sum(bool(r.get("passes")) for r in rows)
+    for key in keys:
+        values = [float(r[key]) for r in ok]
+        if values:
+            out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = []
+    for name, block in result["summary"].items():
+        lines += [
+            f"**{name}**: {block['passing']}/{block['scans']} scans pass",
+            "",
+            "| check | median | min | max |",
+        ]
+        lines += ["|---|---|---|---|"]
+        for key, value in block.items():
+            if isinstance(value, dict):
+                lines.append(f"| {key} | {value['median']:.3f} | {value['min']:.3f} | {value['max']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="model package folder or bundled name")
+    parser.add_argument("--prepared", type=Path, help="prepared set whose MR test split is evaluated")
+    parser.add_argument("--mr", type=Path, nargs="*", default=[], help="more held-out MR scans")
+    parser.add_argument("--ct", type=Path, nargs="*", default=[], help="CT scans for CT -> synthetic MR")
+    parser.add_argument(
+        "--previews", type=int, default=2, help="PNG previews of the first N scans per direction"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="results JSON")
+    args = parser.parse_args()
+    translator = Translator.from_package(args.model, "auto")
+    mrs = held_out_mrs(args.prepared) if args.prepared else []
+    mrs += [(p.name, p, None) for p in args.mr]
+    cts = [(p.name.split(".")[0], p, None) for p in args.ct]
+    out_dir = args.output.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ct_rows = evaluate(translator, mrs, Modality.CT, args.previews, out_dir)
+    mr_rows = evaluate(translator, cts, Modality.MR, args.previews, out_dir)
+    result = {
+        "model": {"name": translator.package.name, "checksum": translator.package.checksum},
+        "summary": {
+            "MR -> synthetic CT": summary(
+                ct_rows, ("head_dice", "air_median_hu", "head_median_hu", "bone_fraction")
+            ),
+            "CT -> synthetic MR": summary(mr_rows, ("head_dice", "background_ratio")),
+        },
+        "scans": ct_rows + mr_rows,
+    }
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
