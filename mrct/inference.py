@@ -121,6 +121,18 @@ class Translator:
             self._generators[direction] = self.package.load_generator(direction, self.device)
         return self._generators[direction]
 
+    def forward(self, direction: str, image: np.ndarray) -> np.ndarray:
+        """The generator on one model-grid volume (D, H, W) in [-1, 1]; a 2D (frame-wise)
+        generator runs on the D slices as one batch, so 2D and 3D models translate alike."""
+        import torch
+
+        generator = self.generator(direction)
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            if self.package.generator_config.spatial_dims == 2:
+                return generator(x[:, None]).float()[:, 0].cpu().numpy()
+            return generator(x[None, None]).float()[0, 0].cpu().numpy()
+
     def localiser(self) -> Any:
         if self._localiser is None:
             from mrct.preprocessing.localise import Localiser
@@ -163,8 +175,6 @@ class Translator:
         timings: dict[str, float],
         fill: Any = None,
     ) -> tuple[Volume, dict[str, Any]]:
-        import torch
-
         from mrct.preprocessing.chain import invert, preprocess
 
         config = self.package.preprocessing
@@ -175,9 +185,7 @@ class Translator:
         timings["localise"] += located
         timings["preprocess"] += time.perf_counter() - start - located
         start = time.perf_counter()
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(prepared.image, dtype=np.float32))[None, None]
-            y = self.generator(DIRECTION[to])(x.to(self.device)).float()[0, 0].cpu().numpy()
+        y = self.forward(DIRECTION[to], prepared.image)
         timings["forward"] += time.perf_counter() - start
         start = time.perf_counter()
         if config.mask_background:
