@@ -14,6 +14,8 @@ from mrct.volume import Modality, guess_modality
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from mrct.batch import BatchSummary
+    from mrct.models import PackageSummary
     from mrct.prepare import PrepareSummary
     from mrct.preprocessing.config import PreprocessConfig
     from mrct.preprocessing.localise import Localisation
@@ -24,13 +26,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ModelInfo",
     "SeriesSummary",
     "VolumeInfo",
+    "batch",
     "convert",
     "export",
     "guess_modality",
     "info",
+    "list_models",
     "locate",
+    "model_info",
     "prepare",
     "preview",
     "train",
@@ -333,4 +339,107 @@ def translate_file(
         preview=preview,
         overwrite=overwrite,
         force=force,
+    )
+
+
+def batch(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    to: str | Modality = "ct",
+    output_format: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    shard: str | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    crop_mm: str | None = None,
+    crop_markups: str | Path | None = None,
+    no_crop: bool = False,
+    progress: bool = True,
+    search_dirs: Sequence[Path] | None = None,
+) -> BatchSummary:
+    """Translate every MR (``to="ct"``) or CT (``to="mr"``) series under ``in_dir`` into ``out_dir``,
+    mirroring its folders, with a manifest; resumable. See :mod:`mrct.batch` for the layout.
+    ``shard`` is ``"K/N"``: the K-th of N disjoint parts of the sorted series list."""
+    from mrct.batch import run_batch
+    from mrct.preprocessing.crop import CropRequest
+
+    crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
+    fmt = None if output_format is None else OutputFormat(output_format.lower())
+    return run_batch(
+        in_dir,
+        out_dir,
+        to=_target(to),
+        fmt=fmt,
+        workers=workers,
+        overwrite=overwrite,
+        shard=shard,
+        model=model,
+        device=device,
+        crop=crop,
+        progress=progress,
+        search_dirs=search_dirs,
+    )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``mrct models info`` reports about a package whose checksums all matched."""
+
+    path: str
+    name: str
+    description: str
+    license: str
+    mrct_version: str
+    created: str
+    directions: tuple[str, ...]
+    parameters: int
+    grid: dict[str, object]
+    checksum: str  # sha256 over model.json and every weight file's sha256
+    files_verified: int
+    version_note: str | None = None  # set when another mrct release line made the package
+
+
+def _release_line(version: str) -> tuple[int, ...]:
+    """The major version, or ``(0, minor)`` before 1.0 (where minor releases may break)."""
+    import re
+
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:2]] or [-1]
+    return tuple(numbers[:2]) if numbers[0] == 0 else tuple(numbers[:1])
+
+
+def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[PackageSummary]:
+    """The model packages in ``search_dirs`` (default: the repository's ``models/``), unverified."""
+    from mrct.inference import REPO_MODELS
+    from mrct.models import list_packages
+
+    return list_packages(list(search_dirs or [REPO_MODELS]))
+
+
+def model_info(name_or_path: str | Path, search_dirs: Sequence[str | Path] | None = None) -> ModelInfo:
+    """Load a package by folder or name and verify every checksum (``ModelError`` otherwise)."""
+    from mrct import __version__
+    from mrct.inference import REPO_MODELS
+    from mrct.models import find_package, load_package
+
+    package = load_package(find_package(name_or_path, list(search_dirs or [REPO_MODELS])))
+    m = package.manifest
+    made = str(m["mrct_version"])
+    note = None
+    if _release_line(made) != _release_line(__version__):
+        note = f"made by mrct {made}, another release line than this mrct {__version__}; results may differ"
+    return ModelInfo(
+        path=str(package.path),
+        name=package.name,
+        description=str(m["description"]),
+        license=str(m["license"]),
+        mrct_version=made,
+        created=str(m["created"]),
+        directions=package.directions,
+        parameters=int(m["architecture"].get("parameters", 0)),
+        grid=dict(m["preprocessing"].get("grid", {})),
+        checksum=package.checksum,
+        files_verified=len(m["files"]),
+        version_note=note,
     )

@@ -424,6 +424,141 @@ def export(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def batch(
+    in_dir: Annotated[Path, typer.Argument(help="Folder searched recursively for DICOM series and scans.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors IN_DIR's folders).")],
+    to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
+    output_format: Annotated[
+        Optional[FormatChoice],  # noqa: UP045
+        typer.Option("--format", help="Output format (default: each input's own)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Threads reading (and writing) around the model.")
+    ] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every series.")] = False,
+    shard: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--shard", help="K/N: translate the K-th of N disjoint parts of the series list."),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--model", help="Model package folder or bundled model name (default: the bundled one)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    crop_mm: CropMmOpt = None,
+    crop_markups: CropMarkupsOpt = None,
+    no_crop: NoCropOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Translate every MR (--to ct) or CT (--to mr) series under a folder; other series are skipped.
+
+    Writes OUT/manifest.json and manifest.csv (one row per series). Re-running resumes: done
+    series are kept, failed ones retried. Exit code 1 when any series failed.
+    """
+    from mrct import api
+
+    try:
+        result = api.batch(
+            in_dir,
+            output,
+            to=to.value,
+            output_format=None if output_format is None else output_format.value,
+            workers=workers,
+            overwrite=overwrite,
+            shard=shard,
+            model=model,
+            device=device,
+            crop_mm=crop_mm,
+            crop_markups=crop_markups,
+            no_crop=no_crop,
+            progress=not quiet,
+        )
+    except Exception as err:
+        _fail(err)
+    done, skipped, failed = (result.count(s) for s in ("done", "skipped", "failed"))
+    lead = "nothing left to do: " if not result.attempted else ""
+    earlier = f" ({result.earlier} by an earlier run)" if result.earlier else ""
+    typer.echo(f"{lead}{done} done{earlier}, {skipped} skipped, {failed} failed; manifest {result.manifest}")
+    if failed:
+        typer.echo(f'error: {failed} series failed; see {result.manifest} (status "failed")', err=True)
+        raise typer.Exit(1)
+
+
+models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+ModelsDirOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option("--dir", help="Folder of model packages (default: the repository's models/); repeatable."),
+]
+
+
+@models_app.command("list")
+def models_list(
+    search_dir: ModelsDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Name, directions, license, mrct version and path of every package (checksums not verified)."""
+    from mrct import api
+
+    try:
+        found = api.list_models(search_dir)
+    except Exception as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps([{**asdict(p), "path": str(p.path)} for p in found], indent=2))
+        return
+    if not found:
+        from mrct.inference import REPO_MODELS
+
+        typer.echo(f"no model packages in {', '.join(map(str, search_dir or [REPO_MODELS]))}")
+        return
+    rows = [("name", "directions", "license", "mrct", "path")]
+    for p in found:
+        directions = ",".join(d.replace("_to_", "->") for d in p.directions) or "-"
+        first = (p.name, directions, p.license or "-", p.mrct_version or "-")
+        rows.append((*first, f"{p.path}" + (f"  (unreadable: {p.problem})" if p.problem else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)), r[4]]))
+
+
+@models_app.command("info")
+def models_info(
+    name_or_dir: Annotated[str, typer.Argument(help="Package folder, or a package name in models/.")],
+    search_dir: ModelsDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a package's manifest summary and verify every checksum (exit code 7 if any fails)."""
+    from mrct import api
+
+    try:
+        info = api.model_info(name_or_dir, search_dir)
+    except Exception as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(asdict(info), indent=2))
+        return
+    grid = info.grid
+    typer.echo(f"name:         {info.name}")
+    typer.echo(f"description:  {' '.join(info.description.split())}")
+    typer.echo(f"path:         {info.path}")
+    typer.echo(f"directions:   {', '.join(d.replace('_to_', ' -> ').upper() for d in info.directions)}")
+    typer.echo(f"license:      {info.license}")
+    note = f" (note: {info.version_note})" if info.version_note else ""
+    typer.echo(f"mrct version: {info.mrct_version}{note}")
+    typer.echo(f"created:      {info.created}")
+    typer.echo(f"parameters:   {info.parameters:,} per generator")
+    typer.echo(
+        f"grid:         {grid.get('depth')} x {grid.get('height')} x {grid.get('width')}"
+        f" at {grid.get('inplane_mm')} mm in plane"
+    )
+    typer.echo(f"checksum:     {info.checksum}")
+    typer.echo(f"verified:     ok, {info.files_verified} weight files match model.json (size and sha256)")
+
+
 # Options of `prepare` that take several paths: click options take one value each.
 MULTI_PATH_OPTIONS = ("--mr", "--ct")
 

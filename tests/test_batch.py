@@ -1,0 +1,220 @@
+"""`mrct batch`: a folder tree in, a mirrored tree out, a manifest, resumption and shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from mrct import api
+from mrct.batch import discover, name_outputs, parse_shard
+from mrct.cli import app
+from mrct.errors import MrctError
+from mrct.io import OutputFormat, read_volume
+from mrct.volume import Modality
+from tests.dicom_factory import write_series
+from tests.model_fixtures import write_tiny_model
+from tests.test_prepare import write_head
+
+runner = CliRunner()
+CROP = ["--crop-mm", "40,-40"]
+PATIENT = ("Synthetic^Phantom", "Phantom", "SYN001")  # what tests/dicom_factory.py writes
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two MR series (DICOM, NIfTI), a CT series, a note and a truncated NIfTI."""
+    root = tmp_path_factory.mktemp("in")
+    write_series(root / "p01" / "study" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    write_series(root / "p01" / "study" / "ct", modality="CT", shape=(40, 48, 12))
+    head = write_head(root / "p02" / "head.nii.gz", "mr", seed=1)
+    (root / "p02" / "notes.txt").write_text("acquired on a Tuesday\n")
+    (root / "p03").mkdir()
+    (root / "p03" / "broken.nii.gz").write_bytes(head.read_bytes()[:300])
+    return root
+
+
+def _batch(src: Path, out: Path, model: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(
+        app, ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), *CROP, "-q", *extra]
+    )
+
+
+def _manifest(out: Path, name: str = "manifest") -> tuple[dict, list[dict[str, str]]]:
+    content = json.loads((out / f"{name}.json").read_text())
+    with open(out / f"{name}.csv", newline="") as fh:
+        return content, list(csv.DictReader(fh))
+
+
+def _mtimes(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_batch_translates_skips_and_records(tmp_path: Path, tree: Path, model: Path) -> None:
+    out = tmp_path / "out"
+    result = _batch(tree, out, model)
+    assert result.exit_code == 1, result.output
+    manifest_path = out / "manifest.json"
+    assert result.stdout.strip() == f"2 done, 2 skipped, 1 failed; manifest {manifest_path}"
+    assert result.stderr.count("\n") == 1 and "1 series failed" in result.stderr
+
+    content, rows = _manifest(out)
+    status = {r["input"]: r["status"] for r in content["series"]}
+    assert status == {
+        "p01/study/t1": "done",
+        "p01/study/ct": "skipped",
+        "p02/head.nii.gz": "done",
+        "p02/notes.txt": "skipped",
+        "p03/broken.nii.gz": "failed",
+    }
+    assert [{k: str(v) for k, v in r.items()} for r in content["series"]] == rows  # CSV = JSON
+    by_input = {r["input"]: r for r in content["series"]}
+    assert "already CT" in by_input["p01/study/ct"]["message"]
+    assert by_input["p03/broken.nii.gz"]["message"].startswith("p03/broken.nii.gz: ")  # relative paths
+    assert by_input["p01/study/t1"]["series_uid"] and by_input["p01/study/t1"]["modality"] == "MR"
+    assert content["counts"] == {"done": 2, "skipped": 2, "failed": 1, "pending": 0}
+
+    # The output tree mirrors the input's; DICOM stays DICOM, NIfTI stays NIfTI, on the input grid.
+    assert by_input["p01/study/t1"]["output"] == "p01/study/t1_synthetic_ct"
+    assert read_volume(out / "p01/study/t1_synthetic_ct").modality is Modality.CT
+    assert by_input["p02/head.nii.gz"]["output"] == "p02/head_synthetic_ct.nii.gz"
+    for src in ("p01/study/t1", "p02/head.nii.gz"):
+        source, synthetic = read_volume(tree / src), read_volume(out / by_input[src]["output"])
+        assert synthetic.shape == source.shape and synthetic.array.dtype == np.int16  # HU
+        np.testing.assert_allclose(synthetic.affine, source.affine, atol=1e-4)
+
+    text = (out / "manifest.json").read_text() + (out / "manifest.csv").read_text()
+    assert not any(p in text for p in PATIENT)
+    assert str(tree) not in text  # no absolute paths either
+    assert not [p for p in out.rglob("*") if ".mrct-tmp-" in p.name or ".mrct-old-" in p.name]
+
+    # A re-run keeps what is done (outputs untouched) and only retries the failure.
+    before = _mtimes(out / "p01") | _mtimes(out / "p02")
+    again = _batch(tree, out, model)
+    assert again.exit_code == 1
+    assert again.stdout.startswith("2 done (2 by an earlier run), 2 skipped, 1 failed")
+    assert _mtimes(out / "p01") | _mtimes(out / "p02") == before
+    assert {r["input"]: r["status"] for r in _manifest(out)[0]["series"]} == status
+
+    # Without the broken file nothing is left to do, and the exit code is 0.
+    fixed = tmp_path / "fixed"
+    shutil.copytree(tree, fixed)
+    (fixed / "p03" / "broken.nii.gz").unlink()
+    shutil.copytree(out, tmp_path / "out2")
+    done = _batch(fixed, tmp_path / "out2", model)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("nothing left to do: 2 done (2 by an earlier run), 2 skipped, 0 failed")
+
+    # --to mr into the same folder is refused (its manifest is a batch to CT).
+    other = runner.invoke(app, ["batch", str(tree), "-o", str(out), "--to", "mr", "--model", str(model)])
+    assert other.exit_code == 4 and "--to CT" in other.stderr
+
+
+def test_an_interrupted_run_resumes(
+    tmp_path: Path, tree: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mrct.inference import Translator
+
+    real, calls = Translator.translate, []
+
+    def interrupted_on_the_second(self: Translator, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    out, options = tmp_path / "out", {"model": model, "crop_mm": "40,-40", "progress": False}
+    monkeypatch.setattr(Translator, "translate", interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
+    status = {r["input"]: r["status"] for r in _manifest(out)[0]["series"]}  # readable, consistent
+    assert status["p01/study/t1"] == "done" and status["p02/head.nii.gz"] == "pending"
+    assert not (out / "p02").exists()  # nothing half-written
+    assert not [p for p in out.rglob("*") if ".mrct-tmp-" in p.name]
+
+    monkeypatch.undo()
+    before = _mtimes(out / "p01")
+    summary = api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
+    assert summary.earlier == 1 and summary.attempted == 2 and _mtimes(out / "p01") == before
+    assert {r["input"]: r["status"] for r in summary.rows}["p02/head.nii.gz"] == "done"
+
+
+def test_shards_partition_the_series(tmp_path: Path, tree: Path, model: Path) -> None:
+    out = tmp_path / "out"
+    ids = []
+    for k in (1, 2):  # shards share the output folder; each has its own manifest
+        options = {"model": "tiny", "search_dirs": [model.parent], "crop_mm": "40,-40", "workers": 2}
+        summary = api.batch(tree, out, to="ct", shard=f"{k}/2", progress=False, **options)  # type: ignore[arg-type]
+        assert summary.manifest == out / f"manifest-shard{k}of2.json"
+        ids.append({r["id"] for r in _manifest(out, summary.manifest.stem)[1]})
+    everything = {s.id for s in discover(tree)}
+    assert ids[0] | ids[1] == everything and not ids[0] & ids[1]
+    assert (out / "p01/study/t1_synthetic_ct").is_dir() and (out / "p02/head_synthetic_ct.nii.gz").is_file()
+
+    bad = runner.invoke(app, ["batch", str(tree), "-o", str(out), "--to", "ct", "--shard", "3/2"])
+    assert bad.exit_code == 1 and "--shard must be K/N" in bad.stderr and bad.stderr.count("\n") == 1
+    for text in ("0/2", "2", "a/b", "1/2/3"):
+        with pytest.raises(MrctError):
+            parse_shard(text)
+    assert parse_shard("2/2") == (2, 2)
+
+
+def _set(files: tuple[Path, ...], **values: object) -> None:
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for key, value in values.items():
+            setattr(ds, key, value)
+        ds.save_as(f)
+
+
+def test_one_uid_is_split_like_dcm2niix(tmp_path: Path) -> None:
+    """Echoes and repeated acquisitions are split; per-slice acquisition numbers (sequential CT) are not."""
+    folder = tmp_path / "in" / "study"
+    first = write_series(folder, modality="MR", shape=(8, 8, 5), series_number=4)
+    second = write_series(
+        folder, modality="MR", shape=(8, 8, 5), series_number=4, series_uid=first.series_uid
+    )
+    _set(second.files, EchoNumbers=2)
+    third = write_series(folder, modality="MR", shape=(8, 8, 5), series_number=4, series_uid=first.series_uid)
+    _set(third.files, EchoNumbers=2, AcquisitionNumber=2)
+    ct = write_series(tmp_path / "in" / "ct", modality="CT", shape=(8, 8, 6), series_number=2)
+    for n, f in enumerate(ct.files):
+        _set((f,), AcquisitionNumber=n + 1)
+    (tmp_path / "in" / "cut.dcm").write_bytes(ct.files[0].read_bytes()[:700])  # a failed row
+    (tmp_path / "in" / "empty.dcm").write_bytes(b"")  # not DICOM at all: a skipped row
+
+    found = name_outputs(discover(tmp_path / "in"), Modality.CT, OutputFormat.NIFTI)
+    outputs = sorted(s.output for s in found if s.output)
+    assert outputs == [
+        "ct_synthetic_ct.nii.gz",
+        "study_s4_e1_synthetic_ct.nii.gz",
+        "study_s4_e2_a1_synthetic_ct.nii.gz",
+        "study_s4_e2_a2_synthetic_ct.nii.gz",
+    ]
+    stacks = {s.output: s.stack for s in found if s.stack}
+    assert [len(stacks[o].files) for o in outputs] == [6, 5, 5, 5]  # type: ignore[union-attr]
+    assert [s.error for s in found if s.input == "cut.dcm"] == ["incomplete DICOM image file (truncated?)"]
+    assert [s.skip for s in found if s.input == "empty.dcm"] == [
+        "not an image file (DICOM, NIfTI, NRRD, MHA or zip)"
+    ]
