@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from mrct.batch import BatchSummary
+    from mrct.evaluate import Evaluation
     from mrct.models import PackageSummary
     from mrct.prepare import PrepareSummary
     from mrct.preprocessing.config import PreprocessConfig
@@ -31,6 +32,7 @@ __all__ = [
     "VolumeInfo",
     "batch",
     "convert",
+    "evaluate",
     "export",
     "guess_modality",
     "info",
@@ -263,6 +265,23 @@ def export(
     return export_run(
         run_dir, out, name=name, checkpoint_name=checkpoint, license=license, overwrite=overwrite
     )
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    out: str | Path,
+    *,
+    mask: str | Path | None = None,
+    metric: str = "ct",
+    overwrite: bool = False,
+) -> Evaluation:
+    """Compare predictions with ground truth (files, or folders matched by file name); write a
+    per-case CSV to ``out``. ``metric``: ``ct`` (SynthRAD2023 MAE/PSNR/SSIM in HU, and slice
+    flicker) or ``mnist-l2`` (Volumetric MNIST). See :mod:`mrct.evaluate`."""
+    from mrct.evaluate import evaluate_volumes
+
+    return evaluate_volumes(pred, gt, out, mask=mask, metric=metric, overwrite=overwrite)
 
 
 def _target(to: str | Modality) -> Modality:

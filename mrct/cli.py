@@ -424,6 +424,41 @@ def export(
     typer.echo(f"wrote {out}")
 
 
+class MetricChoice(str, Enum):
+    ct = "ct"
+    mnist_l2 = "mnist-l2"
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted volume, or a folder (matched by file name).")],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth volume, or a folder of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Per-case results (CSV).")],
+    mask: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--mask", help="Mask volume for every case, or a folder of them (voxels > 0 count)."),
+    ] = None,
+    metric: Annotated[
+        MetricChoice,
+        typer.Option(
+            "--metric",
+            help="ct: SynthRAD2023 MAE/PSNR/SSIM in HU; mnist-l2: Volumetric MNIST L2 ([-1, 1] .npy). "
+            "Both add slice flicker.",
+        ),
+    ] = MetricChoice.ct,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
+) -> None:
+    """Compare translations with ground truth: a CSV row per case, and a summary table."""
+    from mrct import api
+
+    try:
+        result = api.evaluate(pred, gt, output, mask=mask, metric=metric.value, overwrite=overwrite)
+    except Exception as err:
+        _fail(err)
+    typer.echo(result.table())
+    typer.echo(f"wrote {result.csv} ({len(result.rows)} cases)")
+
+
 @app.command()
 def batch(
     in_dir: Annotated[Path, typer.Argument(help="Folder searched recursively for DICOM series and scans.")],
