@@ -1,0 +1,719 @@
+"""Time one training iteration of the 3D CycleGAN and measure its peak memory.
+
+    python benchmarks/train.py [--device auto|cpu|cuda] [--repeats 3] [--gpu-repeats 20]
+                               [-o benchmarks/results]
+
+Writes ``train.json`` and ``train.md``. One iteration is ``Trainer.step``: both generators
+forward (F(x), G(y), G(F(x)), F(G(y))) and backward, the generators' Adam step, both
+discriminators on real and pooled translations, their backward and Adam step. The data
+loader is not measured: each step gets the same random (1, 1, D, H, W) MR and CT tensors in
+[-1, 1], so no prepared set is needed. Every configuration runs in a fresh process (so peak
+memory is its own): one warm-up iteration, then ``--repeats`` timed ones (one for the
+expensive CPU rows); figures are the median with min..max.
+
+CPU (always, unless ``--device cuda``):
+
+* ``cpu_small`` at its 30x128x128 training patch and at the whole 30x256x256 grid, fp32.
+* ``paper_3d``'s networks (ngf 64, 9 residual blocks, ndf 64) at sizes a 2-core CPU can run:
+  30x32x32, 30x64x64 and 30x96x96 in fp32, 30x32x32 and 30x64x64 under bf16 autocast.
+  Memory is the rise of the process's peak RSS (``ru_maxrss``) from just before the trainer
+  is built to after the last iteration: weights, gradients, Adam moments, activations, the
+  image history and allocator slack. The whole-grid cpu_small row and the rows there only
+  for the memory fit time one iteration, so the CPU part takes 10-15 minutes on 2 cores.
+* Peak memory of ``paper_3d`` at 30x256x256, batch 1, *extrapolated*: activations grow
+  linearly with voxels, so a least-squares line peak = a + b * voxels through the fp32
+  (and bf16) rows is evaluated at 30 * 256 * 256 voxels. The exact weight + gradient + Adam
+  memory of the four networks is printed beside it (it should be most of ``a``).
+* Reference, same run, same size (30x64x64): a plain-PyTorch generator of the paper's
+  architecture (nn.ReflectionPad3d / nn.Conv3d / nn.InstanceNorm3d / nn.ConvTranspose3d
+  written out, CycleGAN's ``ResnetGenerator`` in 3D) against mrct's MONAI-built
+  ``ResnetGenerator``, forward + backward of each, interleaved in one process.
+  ``generator ratio`` = mrct / plain (the cost of MONAI blocks and mrct's padding, ideally 1).
+  ``iteration ratio`` = mrct iteration / (4 x plain generator forward + backward): an
+  iteration runs four generator passes, so 4x is the generators' share and the excess is
+  the discriminators (6 forward passes, 2 backward), two Adam steps and the history pool.
+  The generator ratio is interleaved in one process; the iteration ratio compares two
+  processes run one after the other, so other load on the machine moves it more.
+
+GPU (when ``torch.cuda.is_available()``; ``--device cuda`` requires one): ``paper_3d`` at
+30x256x256, batch 1: fp32 eager (PyTorch's default conv precision), bf16 autocast, bf16 +
+channels_last_3d (the config as shipped), and that + ``torch.compile``; iterations/s,
+``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, and each row's speed against
+fp32 eager. The plain-PyTorch reference generator runs there at 30x256x256 too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+FULL = (30, 256, 256)  # the paper's model grid (D, H, W)
+GB = 1e9  # memory is reported in GB (10^9 bytes), the unit of "an 80 GB GPU"
+GPU_LIMIT_GB = 80.0
+REFERENCE_SIZE = (30, 64, 64)
+RESULT = "mrct-benchmark-result: "  # prefixes a worker's JSON line on stdout
+PAPER = "paper_3d"  # the config whose rows feed the memory fit and the iteration ratio
+
+# CPU configurations: (label, config, size, amp, timed iterations). "repeats" rows run
+# --repeats timed iterations; the rest, expensive or there for the memory fit, run one
+# (about 1.5 min each on 2 cores). Every PAPER row feeds the memory fit of its precision.
+CPU_ROWS: list[tuple[str, str, tuple[int, int, int], str, str]] = [
+    ("cpu_small", "cpu_small", (30, 128, 128), "none", "repeats"),
+    ("cpu_small", "cpu_small", FULL, "none", "once"),
+    ("paper_3d networks", PAPER, (30, 32, 32), "none", "once"),
+    ("paper_3d networks", PAPER, REFERENCE_SIZE, "none", "repeats"),
+    ("paper_3d networks", PAPER, (30, 96, 96), "none", "once"),
+    ("paper_3d networks", PAPER, (30, 32, 32), "bf16", "once"),
+    ("paper_3d networks", PAPER, REFERENCE_SIZE, "bf16", "repeats"),
+]
+
+# GPU configurations of paper_3d at FULL: (label, amp, channels_last, compile, warm-up iterations).
+GPU_ROWS: list[tuple[str, str, bool, bool, int]] = [
+    ("fp32 eager", "none", False, False, 1),
+    ("bf16 autocast", "bf16", False, False, 1),
+    ("bf16 + channels_last_3d (paper_3d.yaml)", "bf16", True, False, 1),
+    ("bf16 + channels_last_3d + torch.compile", "bf16", True, True, 3),
+]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "median_s": statistics.median(values),
+        "min_s": min(values),
+        "max_s": max(values),
+        "runs": len(values),
+    }
+
+
+def _size(size: Any) -> str:
+    return "×".join(str(n) for n in size)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _inputs(size: Any, device: Any, batch: int = 1) -> tuple[Any, Any]:
+    """Random MR and CT volumes in [-1, 1], (N, 1, D, H, W), from a fixed seed."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, 1, *size)
+    mr = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    ct = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    return mr, ct
+
+
+def _iteration_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``Trainer.step`` for one configuration; memory from this fresh process."""
+    import tempfile
+    from dataclasses import replace
+
+    import torch
+
+    from mrct.training.config import load_train_config
+    from mrct.training.distributed import DistContext
+    from mrct.training.trainer import Trainer
+
+    device = torch.device(spec["device"])
+    config = load_train_config(CONFIGS / f"{spec['config']}.yaml")
+    runtime = replace(
+        config.runtime, amp=spec["amp"], channels_last=spec["channels_last"], compile=spec["compile"]
+    )
+    config = replace(config, runtime=runtime)
+    mr, ct = _inputs(spec["size"], device, config.data.batch_size)
+    _sync(device)
+    rss_before = _peak_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        # No PreparedSet: step() is fed tensors directly, the loader is not what is measured.
+        trainer = Trainer(config, None, Path(run_dir), device, DistContext())  # type: ignore[arg-type]
+        for i in range(spec["warmup"] + spec["repeats"]):
+            _sync(device)
+            t0 = time.perf_counter()
+            losses = trainer.step(mr, ct)
+            _sync(device)
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - t0)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise RuntimeError(f"non-finite losses: {losses}")
+    out: dict[str, Any] = {"times_s": times, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["max_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - allocated_before
+        out["max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    else:
+        out["peak_rss_increase_bytes"] = _peak_rss_bytes() - rss_before
+    return out
+
+
+def _plain_generator(ngf: int, n_blocks: int) -> Any:
+    """CycleGAN's ResnetGenerator in 3D, written out in plain PyTorch (the reference).
+
+    Reflection padding, instance norm without affine, convs with biases, isotropic stride 2:
+    the paper's architecture, as mrct.networks.ResnetGenerator builds it from MONAI blocks.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def norm_relu(channels: int) -> list[nn.Module]:
+        return [nn.InstanceNorm3d(channels), nn.ReLU(inplace=True)]
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.ReflectionPad3d(1),
+                nn.Conv3d(c, c, 3),
+                *norm_relu(c),
+                nn.ReflectionPad3d(1),
+                nn.Conv3d(c, c, 3),
+                nn.InstanceNorm3d(c),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x)
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            up = {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}
+            self.net = nn.Sequential(
+                nn.ReflectionPad3d(3),
+                nn.Conv3d(1, ngf, 7),
+                *norm_relu(ngf),
+                nn.Conv3d(ngf, 2 * ngf, 3, stride=2, padding=1),
+                *norm_relu(2 * ngf),
+                nn.Conv3d(2 * ngf, 4 * ngf, 3, stride=2, padding=1),
+                *norm_relu(4 * ngf),
+                *(Block(4 * ngf) for _ in range(n_blocks)),
+                nn.ConvTranspose3d(4 * ngf, 2 * ngf, **up),
+                *norm_relu(2 * ngf),
+                nn.ConvTranspose3d(2 * ngf, ngf, **up),
+                *norm_relu(ngf),
+                nn.ReflectionPad3d(3),
+                nn.Conv3d(ngf, 1, 7),
+                nn.Tanh(),
+            )
+            for m in self.modules():
+                if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                    nn.init.normal_(m.weight, 0.0, 0.02)
+                    nn.init.zeros_(m.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Pad every axis to a multiple of 4 (30 -> 32 slices) and crop back, as mrct does.
+            size = x.shape[2:]
+            widths = [((-n % 4) // 2, -n % 4 - (-n % 4) // 2) for n in size]
+            flat = [v for pair in reversed(widths) for v in pair]
+            y = self.net(F.pad(x, flat, mode="reflect"))
+            crop = (slice(b, b + n) for (b, _), n in zip(widths, size, strict=True))
+            return y[(slice(None), slice(None), *crop)]
+
+    return Generator()
+
+
+def _generator_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Forward + backward of the plain reference generator and of mrct's, interleaved."""
+    import torch
+
+    from mrct.networks import ResnetGenerator
+    from mrct.training.config import load_train_config
+
+    device = torch.device(spec["device"])
+    gen_cfg = load_train_config(CONFIGS / "paper_3d.yaml").model.generator
+    torch.manual_seed(0)
+    models = {
+        "plain": _plain_generator(gen_cfg.ngf, gen_cfg.n_residual_blocks).to(device),
+        "mrct": ResnetGenerator(gen_cfg).to(device),
+    }
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    if counts["plain"] != counts["mrct"]:
+        raise RuntimeError(f"the reference is not the same architecture: parameters {counts}")
+    x, _ = _inputs(spec["size"], device)
+
+    def fwd_bwd(model: Any) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        model(x).abs().mean().backward()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        model.zero_grad(set_to_none=True)
+        return dt
+
+    for model in models.values():  # warm-up
+        fwd_bwd(model)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(spec["repeats"]):
+        for k, model in models.items():
+            times[k].append(fwd_bwd(model))
+    return {"times_s": times, "parameters": counts["mrct"], "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one configuration in a fresh Python process; its last stdout line is the JSON result."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        return {"error": f"exit {proc.returncode}: {tail[0]}", "wall_s": wall}
+    line = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)][-1]
+    return {**json.loads(line[len(RESULT) :]), "wall_s": wall}
+
+
+def _parameter_memory() -> dict[str, Any]:
+    """Exact fp32 weights + gradients + two Adam moments of paper_3d's four networks."""
+    import torch
+
+    from mrct.cyclegan import Discriminators, Generators
+    from mrct.training.config import load_train_config
+
+    model = load_train_config(CONFIGS / "paper_3d.yaml").model
+    with torch.device("meta"):  # shapes only, no memory, no time
+        gens, discs = Generators(model), Discriminators(model)
+    n_gen = sum(p.numel() for p in gens.mr_to_ct.parameters())
+    n_disc = sum(p.numel() for p in discs.d_ct.parameters())
+    total = sum(p.numel() for p in gens.parameters()) + sum(p.numel() for p in discs.parameters())
+    return {
+        "parameters_per_generator": n_gen,
+        "parameters_per_discriminator": n_disc,
+        "parameters_total": total,
+        "bytes": total * 4 * 4,  # fp32 x (weight, gradient, Adam exp_avg, exp_avg_sq)
+    }
+
+
+def _fit(points: list[tuple[list[int], float]]) -> dict[str, Any] | None:
+    """Least-squares line peak_bytes = a + b * voxels through (size, peak) points, evaluated at FULL."""
+    if len(points) < 2:
+        return None
+    import numpy as np
+
+    v = np.array([math.prod(p[0]) for p in points], float)
+    m = np.array([p[1] for p in points], float)
+    b, a = np.polyfit(v, m, 1)
+    residual = float(np.max(np.abs(a + b * v - m) / m))
+    full = math.prod(FULL)
+    return {
+        "points": [{"size": size, "voxels": math.prod(size), "peak_bytes": y} for size, y in points],
+        "intercept_bytes": float(a),
+        "bytes_per_voxel": float(b),
+        "max_relative_residual": residual,
+        "predicted_full_bytes": float(a + b * full),
+    }
+
+
+def _cpu_part(repeats: int, log: Any) -> dict[str, Any]:
+    rows = []
+    for label, config, size, amp, timed in CPU_ROWS:
+        spec = {
+            "kind": "iteration",
+            "device": "cpu",
+            "config": config,
+            "size": list(size),
+            "amp": amp,
+            "channels_last": False,  # channels_last_3d is a GPU layout; on CPU it only reorders
+            "compile": False,
+            "warmup": 1,
+            "repeats": repeats if timed == "repeats" else 1,
+        }
+        log(f"cpu: {label} {_size(size)} {'fp32' if amp == 'none' else amp} ...")
+        out = _run_worker(spec)
+        row = {"label": label, "config": config, "size": list(size), "amp": amp, **out}
+        if "times_s" in out:
+            row["time"] = _stats(out["times_s"])
+            log(
+                f"  {row['time']['median_s']:.1f} s/iteration, "
+                f"peak RSS +{out['peak_rss_increase_bytes'] / GB:.2f} GB"
+            )
+        else:
+            log(f"  failed: {out['error']}")
+        rows.append(row)
+    log(f"cpu: reference generators {_size(REFERENCE_SIZE)} ...")
+    ref = _run_worker(
+        {"kind": "generator", "device": "cpu", "size": list(REFERENCE_SIZE), "repeats": repeats}
+    )
+    part: dict[str, Any] = {"rows": rows, "reference": ref}
+    if "times_s" in ref:
+        ref["time"] = {k: _stats(v) for k, v in ref["times_s"].items()}
+        plain = ref["time"]["plain"]["median_s"]
+        ratios = {"generator_mrct_to_plain": ref["time"]["mrct"]["median_s"] / plain}
+        same = [
+            r
+            for r in rows
+            if r["config"] == PAPER and tuple(r["size"]) == REFERENCE_SIZE and r["amp"] == "none"
+        ]
+        if same and "time" in same[0]:
+            ratios["iteration_to_4_plain_generators"] = same[0]["time"]["median_s"] / (4 * plain)
+        part["ratios"] = ratios
+    return part
+
+
+def _memory_estimate(cpu: dict[str, Any]) -> dict[str, Any]:
+    params = _parameter_memory()
+    fits: dict[str, Any] = {}
+    for amp in ("none", "bf16"):
+        points = [
+            (r["size"], float(r["peak_rss_increase_bytes"]))
+            for r in cpu["rows"]
+            if r["config"] == PAPER and r["amp"] == amp and "peak_rss_increase_bytes" in r
+        ]
+        fits["fp32" if amp == "none" else "bf16"] = _fit(points)
+    fp32 = fits["fp32"]
+    if fp32 is not None:
+        # Cross-check for bf16: keep the fp32 intercept, halve the per-voxel (activation) slope.
+        fits["bf16_halved_activations_bytes"] = fp32["intercept_bytes"] + fp32[
+            "bytes_per_voxel"
+        ] / 2 * math.prod(FULL)
+    return {"size": list(FULL), "batch": 1, "parameters": params, "fits": fits}
+
+
+def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    rows = []
+    for label, amp, channels_last, compiled, warmup in GPU_ROWS:
+        spec = {
+            "kind": "iteration",
+            "device": "cuda",
+            "config": "paper_3d",
+            "size": list(FULL),
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compiled,
+            "warmup": warmup,
+            "repeats": repeats,
+        }
+        log(f"gpu: paper_3d {_size(FULL)} {label} ...")
+        out = _run_worker(spec)
+        row = {"label": label, "amp": amp, "channels_last": channels_last, "compile": compiled, **out}
+        if "times_s" in out:
+            row["time"] = _stats(out["times_s"])
+            log(
+                f"  {1 / row['time']['median_s']:.2f} it/s, "
+                f"max allocated {out['max_allocated_bytes'] / GB:.1f} GB"
+            )
+        else:
+            log(f"  failed: {out['error']}")
+        rows.append(row)
+    base = rows[0].get("time")
+    for row in rows:
+        if base and "time" in row:
+            row["speed_vs_fp32_eager"] = base["median_s"] / row["time"]["median_s"]
+    log(f"gpu: reference generators {_size(FULL)} ...")
+    ref = _run_worker({"kind": "generator", "device": "cuda", "size": list(FULL), "repeats": repeats})
+    part: dict[str, Any] = {
+        "device": props.name,
+        "memory_bytes": props.total_memory,
+        "cudnn_allow_tf32": getattr(torch.backends.cudnn, "allow_tf32", None),
+        "rows": rows,
+        "reference": ref,
+    }
+    if "times_s" in ref:
+        ref["time"] = {k: _stats(v) for k, v in ref["times_s"].items()}
+        plain = ref["time"]["plain"]["median_s"]
+        part["ratios"] = {"generator_mrct_to_plain": ref["time"]["mrct"]["median_s"] / plain}
+        if base:
+            part["ratios"]["fp32_iteration_to_4_plain_generators"] = base["median_s"] / (4 * plain)
+    return part
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    cpu_model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _cell(t: dict[str, float]) -> str:
+    if t["runs"] == 1:
+        return f"{t['median_s']:.2f} (1 run)"
+    return f"{t['median_s']:.2f} ({t['min_s']:.2f}–{t['max_s']:.2f})"
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    load = result["load_average"]
+    lines = [
+        "# One training iteration of the 3D CycleGAN (`Trainer.step`)",
+        "",
+        f"{result['date']}. {m['cpu_model']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
+        f"torch {m['torch']}, Python {m['python']}; GPU: {m['cuda'] or 'none'}. "
+        f"Load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f}. "
+        f"Benchmark wall time {result['wall_s'] / 60:.1f} min.",
+        "",
+        "One iteration = both generators forward and backward, both discriminators, two Adam "
+        "steps. Inputs are random tensors fed to `Trainer.step`; the data loader is not measured. "
+        "Each configuration runs in a fresh process: 1 warm-up iteration, then timed ones; "
+        "median (min–max). Memory in GB (10^9 bytes).",
+    ]
+    cpu = result.get("cpu")
+    if cpu:
+        lines += [
+            "",
+            "## CPU",
+            "",
+            "| configuration | D×H×W | precision | s/iteration, median (min–max) | iterations/s | "
+            "peak RSS increase (GB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in cpu["rows"]:
+            prec = "fp32" if r["amp"] == "none" else "bf16 autocast"
+            if "time" not in r:
+                lines.append(f"| {r['label']} | {_size(r['size'])} | {prec} | failed: {r['error']} | | |")
+                continue
+            t = r["time"]
+            lines.append(
+                f"| {r['label']} | {_size(r['size'])} | {prec} | {_cell(t)} | {1 / t['median_s']:.3f} "
+                f"| {r['peak_rss_increase_bytes'] / GB:.2f} |"
+            )
+        ref = cpu["reference"]
+        if "time" in ref:
+            for k, name in (
+                ("plain", "reference: plain-PyTorch generator"),
+                ("mrct", "mrct ResnetGenerator"),
+            ):
+                lines.append(
+                    f"| {name}, forward + backward | {_size(REFERENCE_SIZE)} | fp32 "
+                    f"| {_cell(ref['time'][k])} | {1 / ref['time'][k]['median_s']:.3f} | |"
+                )
+            ratios = cpu["ratios"]
+            lines += [
+                "",
+                "paper_3d networks: ngf 64, 9 residual blocks, ndf 64 "
+                f"({ref['parameters'] / 1e6:.1f} M parameters per generator). "
+                "Rows with 1 run (the whole grid, the memory-fit points) are timed once after the "
+                "warm-up, to keep the benchmark near 10 minutes on 2 cores.",
+                "",
+                f"- generator ratio, mrct / plain PyTorch, forward + backward at {_size(REFERENCE_SIZE)}: "
+                f"**{ratios['generator_mrct_to_plain']:.2f}×** "
+                "(MONAI blocks and mrct's padding; 1 = no overhead).",
+            ]
+            if "iteration_to_4_plain_generators" in ratios:
+                lines.append(
+                    f"- iteration ratio, mrct iteration / (4 × plain generator forward + backward) at "
+                    f"{_size(REFERENCE_SIZE)}: **{ratios['iteration_to_4_plain_generators']:.2f}×**. "
+                    "An iteration makes four generator passes (F(x), G(y), G(F(x)), F(G(y))); the excess "
+                    "over 1 is the discriminators (6 forward passes, 2 backward), two Adam steps over all "
+                    "four networks and the history pool. (Two processes run one after the other: "
+                    "load from other jobs moves this ratio more than the generator ratio, which is "
+                    "interleaved in one process.)"
+                )
+        else:
+            lines.append(f"\nReference failed: {ref.get('error')}")
+    mem = result.get("memory_estimate")
+    if mem:
+        p = mem["parameters"]
+        fits = mem["fits"]
+        lines += [
+            "",
+            f"## Memory of paper_3d at {_size(FULL)}, batch 1 — extrapolated from the CPU rows above",
+            "",
+            "| | fp32 | bf16 autocast |",
+            "|---|---|---|",
+            f"| weights + gradients + Adam moments, exact ({p['parameters_total'] / 1e6:.1f} M parameters: "
+            f"2 × {p['parameters_per_generator'] / 1e6:.2f} M generators, 2 × "
+            f"{p['parameters_per_discriminator'] / 1e6:.2f} M discriminators; × 4 B × 4) "
+            f"| {p['bytes'] / GB:.2f} | {p['bytes'] / GB:.2f} (fp32 master weights) |",
+        ]
+        f32, b16 = fits.get("fp32"), fits.get("bf16")
+
+        def col(f: dict[str, Any] | None, key: str, scale: float, fmt: str) -> str:
+            return "n/a" if f is None else format(f[key] / scale, fmt)
+
+        def pts(f: dict[str, Any] | None) -> str:
+            if f is None:
+                return "n/a"
+            return ", ".join(_size(q["size"]) for q in f["points"])
+
+        lines += [
+            f"| fit points (peak RSS increase vs voxels) | {pts(f32)} | {pts(b16)} |",
+            f"| intercept a (GB) | {col(f32, 'intercept_bytes', GB, '.2f')} | "
+            f"{col(b16, 'intercept_bytes', GB, '.2f')} |",
+            f"| slope b (kB per input voxel) | {col(f32, 'bytes_per_voxel', 1e3, '.1f')} | "
+            f"{col(b16, 'bytes_per_voxel', 1e3, '.1f')} |",
+            f"| largest relative residual of the fit | {col(f32, 'max_relative_residual', 0.01, '.1f')} % | "
+            f"{col(b16, 'max_relative_residual', 0.01, '.1f')} % |",
+            f"| **predicted peak at {_size(FULL)} (GB)** "
+            f"| **{col(f32, 'predicted_full_bytes', GB, '.1f')}** "
+            f"| **{col(b16, 'predicted_full_bytes', GB, '.1f')}** |",
+        ]
+        if "bf16_halved_activations_bytes" in fits:
+            lines.append(
+                "| cross-check: fp32 intercept + half the fp32 slope (GB) | | "
+                f"{fits['bf16_halved_activations_bytes'] / GB:.1f} |"
+            )
+        if f32 is not None:
+            worst = max(f32["predicted_full_bytes"], (b16 or f32)["predicted_full_bytes"])
+            verdict = "fits" if worst < GPU_LIMIT_GB * GB else "does NOT fit"
+            lines += [
+                "",
+                f"An extrapolation from CPU peak RSS, not a GPU measurement: paper_3d at {_size(FULL)}, "
+                f"batch 1, {verdict} a single 80 GB GPU (fp32 needs about "
+                f"{f32['predicted_full_bytes'] / GB:.0f} GB). A GPU adds its CUDA context (~0.5 GB), "
+                "cuDNN workspaces and caching-allocator slack; the GPU section, when present, measures it.",
+            ]
+    gpu = result.get("gpu")
+    lines += ["", "## GPU", ""]
+    if not gpu or "skipped" in gpu:
+        lines.append(f"Skipped: {gpu['skipped'] if gpu else 'not requested'}.")
+    else:
+        lines += [
+            f"{gpu['device']} ({gpu['memory_bytes'] / GB:.0f} GB), paper_3d at {_size(FULL)}, batch 1. "
+            "fp32 eager uses PyTorch's default conv precision "
+            f"(cudnn.allow_tf32 = {gpu['cudnn_allow_tf32']}).",
+            "",
+            "| configuration | s/iteration, median (min–max) | iterations/s | vs fp32 eager "
+            "| max allocated (GB) | max reserved (GB) | fits 80 GB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in gpu["rows"]:
+            if "time" not in r:
+                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | |")
+                continue
+            t = r["time"]
+            speed = r.get("speed_vs_fp32_eager")
+            fits_80 = "yes" if r["max_reserved_bytes"] < GPU_LIMIT_GB * GB else "no"
+            lines.append(
+                f"| {r['label']} | {_cell(t)} | {1 / t['median_s']:.2f} | "
+                f"{'' if speed is None else f'{speed:.2f}×'} | {r['max_allocated_bytes'] / GB:.1f} | "
+                f"{r['max_reserved_bytes'] / GB:.1f} | {fits_80} |"
+            )
+        ref = gpu["reference"]
+        if "time" in ref:
+            lines.append(
+                "| reference: plain-PyTorch generator, forward + backward, fp32 "
+                f"| {_cell(ref['time']['plain'])} "
+                f"| {1 / ref['time']['plain']['median_s']:.2f} | | | | |"
+            )
+            lines.append("")
+            for key, text in (
+                ("generator_mrct_to_plain", "generator ratio, mrct / plain PyTorch"),
+                ("fp32_iteration_to_4_plain_generators", "fp32 iteration / (4 × plain generator)"),
+            ):
+                if key in gpu.get("ratios", {}):
+                    lines.append(f"- {text}: **{gpu['ratios'][key]:.2f}×**")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CPU rows, plus GPU rows when CUDA is available; cpu: CPU only; cuda: GPU only",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed iterations per CPU configuration")
+    parser.add_argument("--gpu-repeats", type=int, default=20, help="timed iterations per GPU configuration")
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:  # one configuration, in its own process
+        spec = json.loads(args.worker)
+        worker = _iteration_worker if spec["kind"] == "iteration" else _generator_worker
+        print(RESULT + json.dumps(worker(spec)))
+        return
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    result: dict[str, Any] = {
+        "benchmark": "train",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": _machine(),
+        "repeats": {"cpu": args.repeats, "gpu": args.gpu_repeats},
+    }
+    if args.device in ("auto", "cpu"):
+        result["cpu"] = _cpu_part(args.repeats, log)
+        result["memory_estimate"] = _memory_estimate(result["cpu"])
+    if args.device == "cpu":
+        result["gpu"] = {"skipped": "--device cpu"}
+    elif torch.cuda.is_available():
+        result["gpu"] = _gpu_part(args.gpu_repeats, log)
+    else:
+        result["gpu"] = {"skipped": "no CUDA device on this machine (torch.cuda.is_available() is False)"}
+        log("gpu: skipped, no CUDA device on this machine")
+    result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    result["wall_s"] = time.perf_counter() - t_start
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = _markdown(result)
+    (args.output / "train.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
