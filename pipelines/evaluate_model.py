@@ -107,10 +107,12 @@ def main() -> None:
     parser.add_argument(
         "--previews", type=int, default=2, help="PNG previews of the first N scans per direction"
     )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test MRs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="results JSON")
     args = parser.parse_args()
     translator = Translator.from_package(args.model, "auto")
     mrs = held_out_mrs(args.prepared) if args.prepared else []
+    mrs = mrs[: args.limit] if args.limit else mrs
     mrs += [(p.name, p, None) for p in args.mr]
     cts = [(p.name.split(".")[0], p, None) for p in args.ct]
     out_dir = args.output.parent
