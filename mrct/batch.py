@@ -258,11 +258,11 @@ def _one_line(err: BaseException) -> str:
 def _load(s: Series, to: Modality) -> _Loaded:
     """Read a series and check its modality (header, else intensities). Never raises."""
     from mrct.io import read_volume
-    from mrct.io.dicom_read import _read_series  # reads a stack grouped here; headers not re-read
+    from mrct.io.dicom_read import read_series_files  # a stack grouped here: headers not re-read
 
     start = time.perf_counter()
     try:
-        volume = _read_series(s.stack, s.path, None, False) if s.stack else read_volume(s.path)
+        volume = read_series_files(s.stack, s.path, None, False) if s.stack else read_volume(s.path)
         found = volume.modality or guess_modality(volume)
         skip = _why_not(found, to, "header" if volume.modality else "intensities")
         modality = found.value if found else ""

@@ -75,10 +75,13 @@ def read_dicom(
                 "a 3D volume is needed; this is a single 2D slice (point mrct at the series folder)",
                 path,
             )
-    return _read_series(chosen, path, modality, allow_gaps)
+    return read_series_files(chosen, path, modality, allow_gaps)
 
 
-def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool) -> Volume:
+def read_series_files(
+    chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool
+) -> Volume:
+    """Read one series whose files are already grouped (``mrct batch`` groups and splits them)."""
     import pydicom
 
     datasets: list[Dataset] = []
