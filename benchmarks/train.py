@@ -19,7 +19,8 @@ CPU (always, unless ``--device cuda``):
   Memory is the rise of the process's peak RSS (``ru_maxrss``) from just before the trainer
   is built to after the last iteration: weights, gradients, Adam moments, activations, the
   image history and allocator slack. The whole-grid cpu_small row and the rows there only
-  for the memory fit time one iteration, so the CPU part takes 10-15 minutes on 2 cores.
+  for the memory fit time one iteration, to bound the run time (about 20 minutes on 2 cores
+  shared with another job).
 * Peak memory of ``paper_3d`` at 30x256x256, batch 1, *extrapolated*: activations grow
   linearly with voxels, so a least-squares line peak = a + b * voxels through the fp32
   (and bf16) rows is evaluated at 30 * 256 * 256 voxels. The exact weight + gradient + Adam
@@ -536,7 +537,7 @@ def _markdown(result: dict[str, Any]) -> str:
                 "paper_3d networks: ngf 64, 9 residual blocks, ndf 64 "
                 f"({ref['parameters'] / 1e6:.1f} M parameters per generator). "
                 "Rows with 1 run (the whole grid, the memory-fit points) are timed once after the "
-                "warm-up, to keep the benchmark near 10 minutes on 2 cores.",
+                "warm-up, to bound the run time on a small CPU.",
                 "",
                 f"- generator ratio, mrct / plain PyTorch, forward + backward at {_size(REFERENCE_SIZE)}: "
                 f"**{ratios['generator_mrct_to_plain']:.2f}×** "
