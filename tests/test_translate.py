@@ -242,3 +242,25 @@ def test_a_2d_baseline_translates_slice_by_slice(tmp_path: Path, heads: Path) ->
     out = api.translate(volume, to="ct", model=package, crop_mm="40,-40")
     assert out.shape == volume.shape and np.array_equal(out.affine, volume.affine)
     assert (out.array > -1024).sum() > 1000
+
+
+def test_the_bundled_model_verifies_and_has_both_directions() -> None:
+    from mrct.inference import DEFAULT_MODEL, Translator
+
+    translator = Translator.from_package(None, "cpu")
+    assert translator.package.name == DEFAULT_MODEL
+    assert set(translator.package.directions) == {"mr_to_ct", "ct_to_mr"}
+    assert "not for clinical use" in (translator.package.path / "README.md").read_text()
+
+
+@pytest.mark.realdata
+def test_the_bundled_model_translates_a_held_out_ixi_head(shared_data: Path, tmp_path: Path) -> None:
+    """The main job with no options: an IXI MR of the test split (never trained on)."""
+    src = next((shared_data / "mr" / "ixi_t1_2mm").glob("IXI049*.nii.gz"))
+    out = tmp_path / "sct.nii.gz"
+    result = _translate(str(src), "--to", "ct", "-o", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    image, source = nib.load(out), nib.load(src)
+    assert np.array_equal(image.affine, source.affine) and image.shape == source.shape
+    data = np.asarray(image.dataobj)
+    assert data.dtype == np.int16 and (data > -500).sum() > 100_000  # a head inside the slab
