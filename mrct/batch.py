@@ -49,7 +49,7 @@ from mrct.io.atomic import atomic_file
 from mrct.io.dicom_scan import SeriesFiles, iter_files
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, safe_name
 from mrct.preprocessing.crop import CropRequest
-from mrct.translate import EXTENSIONS, NOT_FOR_DIAGNOSIS, input_format, series_description
+from mrct.translate import EXTENSIONS, derivation_description, input_format, series_description
 from mrct.volume import Modality, guess_modality
 
 log = logging.getLogger(__name__)
@@ -394,8 +394,7 @@ def run_batch(
             todo.append((s, overwrite or ours))
     out.mkdir(parents=True, exist_ok=True)
     manifest.write()
-    how = f"Synthetic {to.value} computed by mrct {__version__} with model {package.name} "
-    how += f"(sha256 {package.checksum[:16]}); {NOT_FOR_DIAGNOSIS}"  # as mrct translate writes it
+    how = derivation_description(to, package)
     bar = tqdm(total=len(todo), disable=not progress, unit="series", file=sys.stderr, dynamic_ncols=True)
 
     def record(s: Series, status: str, *args: Any) -> None:

@@ -29,6 +29,14 @@ def series_description(to: Modality) -> str:
     return f"mrct synthetic {to.value} – {NOT_FOR_DIAGNOSIS}"
 
 
+def derivation_description(to: Modality, package: Any) -> str:
+    """The DerivationDescription of every synthetic series: version, model and its checksum."""
+    return (
+        f"Synthetic {to.value} computed by mrct {__version__} with model {package.name} "
+        f"(sha256 {package.checksum[:16]}); {NOT_FOR_DIAGNOSIS}"
+    )
+
+
 def input_format(src: Path) -> OutputFormat:
     """The format an input is in: NIfTI, NRRD, MHA, or DICOM (folder, zip, single file)."""
     name = src.name.lower()
@@ -140,10 +148,7 @@ def translate_file(
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
     package = translator.package
-    derivation = (
-        f"Synthetic {to.value} computed by mrct {__version__} with model {package.name} "
-        f"(sha256 {package.checksum[:16]}); {NOT_FOR_DIAGNOSIS}"
-    )
+    derivation = derivation_description(to, package)
     t = time.perf_counter()
     written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation)
     timings["write"] = time.perf_counter() - t
