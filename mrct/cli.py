@@ -269,6 +269,11 @@ CropMarkupsOpt = Annotated[
     typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
 ]
 NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--model", help="Model package folder or bundled model name (default: the bundled one)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 
 
 @app.command()
@@ -283,13 +288,8 @@ def translate(
         Optional[FormatChoice],  # noqa: UP045
         typer.Option("--format", help="Output format (default: from -o, else the input's)."),
     ] = None,
-    model: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--model", help="Model package folder or bundled model name (default: the bundled one)."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
     series: SeriesOpt = None,
     crop_mm: CropMmOpt = None,
     crop_markups: CropMarkupsOpt = None,
@@ -356,7 +356,7 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard a run already in the folder.")
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     until: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--until", min=1, help="Stop at this iteration (the schedule stays the config's)."),
@@ -476,13 +476,8 @@ def batch(
         Optional[str],  # noqa: UP045
         typer.Option("--shard", help="K/N: translate the K-th of N disjoint parts of the series list."),
     ] = None,
-    model: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--model", help="Model package folder or bundled model name (default: the bundled one)."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
     crop_mm: CropMmOpt = None,
     crop_markups: CropMarkupsOpt = None,
     no_crop: NoCropOpt = False,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,11 @@ def zipped_series(tmp_path: Path) -> tuple[Path, Path]:
     """(folder, zip of that folder) for an oblique MR series."""
     info = write_series(tmp_path / "tozip", modality="MR", oblique_deg=(10.0, 5.0), rescale_slope=2.5)
     return info.folder, zip_folder(info.folder, tmp_path / "series.zip")
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level

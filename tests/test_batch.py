@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +25,6 @@ from tests.test_prepare import write_head
 runner = CliRunner()
 CROP = ["--crop-mm", "40,-40"]
 PATIENT = ("Synthetic^Phantom", "Phantom", "SYN001")  # what tests/dicom_factory.py writes
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
 
 
 @pytest.fixture(scope="module")

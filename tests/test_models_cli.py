@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,6 @@ from mrct.inference import REPO_MODELS
 from tests.model_fixtures import write_tiny_model
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -46,14 +44,6 @@ def write_head(path: Path, modality: str, semi_axes=(70.0, 85.0, 80.0), seed: in
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, affine), path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
 
 
 @pytest.fixture(scope="module")
