@@ -327,6 +327,10 @@ class Localiser:
         final = _register(
             fixed, fixed_mask, moving, similarity.transform, shrink=(1,), iterations=60, affine=True
         )
+        if final.metric > similarity.metric:
+            # The affine refinement can step away into a worse optimum (the Philips MPRAGE: its
+            # brow moved 40 mm back into the brain); a worse fit than its start is discarded.
+            final = similarity
         landmarks = self._map_landmarks(final.transform)
         # Local refinement of the brow: a similarity transform on the orbits, composed after the affine.
         brow = sitk.Similarity3DTransform()
