@@ -36,6 +36,10 @@ class GeometryError(ReadError):
     """The slices or header do not describe a consistent 3D grid."""
 
 
+class TooLargeError(ReadError):
+    """The input would need more memory than the limit allows (checked before reading voxels)."""
+
+
 class SeriesSelectionError(ReadError):
     """A folder holds several series and none (or an unknown one) was chosen."""
 
@@ -50,6 +54,12 @@ class WriteError(MrctError):
     """The output could not be written."""
 
     exit_code = 5
+
+
+class OutputBusyError(MrctError):
+    """Another mrct process is writing to the same output (a batch folder's lock is held)."""
+
+    exit_code = 9
 
 
 class ConfigError(MrctError):

@@ -92,5 +92,9 @@ def zipped_series(tmp_path: Path) -> tuple[Path, Path]:
 def _keep_logging() -> Iterator[None]:
     """The CLI's callback points the root logger at CliRunner's stderr, closed after each call."""
     handlers, level = logging.root.handlers[:], logging.root.level
+    quieted = {name: logging.getLogger(name).level for name in ("py.warnings", "pydicom", "nibabel")}
     yield
     logging.root.handlers[:], logging.root.level = handlers, level
+    logging.captureWarnings(False)  # the callback routes warnings to logging; undo it
+    for name, old in quieted.items():
+        logging.getLogger(name).setLevel(old)

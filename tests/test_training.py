@@ -325,6 +325,34 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, prepared:
     assert f"trained to iteration {until}" in resumed.stdout
 
 
+def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path: Path, prepared: Path) -> None:
+    """``timeout`` and batch schedulers signal the whole process group, data-loader workers included:
+    the workers must leave the signal to the main process, which saves a checkpoint and exits 130."""
+    config = tmp_path / "long.yaml"
+    long = TINY_YAML.replace("iterations: 4", "iterations: 400").replace(
+        "checkpoint_every: 2", "checkpoint_every: 1000"
+    )
+    config.write_text(long.replace("workers: 0", "workers: 1"))
+    run = tmp_path / "run"
+    train = ["train", "-c", str(config), "--data", str(prepared), "-o", str(run), "-q"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrct", *train],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as under timeout(1)
+    )
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:  # workers running
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at iteration" in err and "DataLoader worker" not in err and "Traceback" not in err
+    assert (run / "checkpoints" / "latest").is_file()
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
     """torchrun with two gloo processes: both train, rank 0 writes, each rank's state is saved."""
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)

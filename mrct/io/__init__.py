@@ -8,6 +8,8 @@ folder means a DICOM series.
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 from mrct.errors import InputNotFoundError, ReadError
 
 if TYPE_CHECKING:  # mrct.volume imports mrct.io.orientation; avoid the cycle at run time
+    from mrct.io.anonymize import Anonymizer
     from mrct.volume import Modality, Volume
 
 __all__ = ["OutputFormat", "output_format_for", "read_volume", "write_volume"]
@@ -49,10 +52,23 @@ def read_volume(
     """
     p = Path(path)
     if not p.exists():
-        raise InputNotFoundError("no such file or folder", p)
+        raise InputNotFoundError(_why_missing(p), p)
+    try:
+        return _read(p, series, modality, allow_gaps)
+    except OSError as err:  # no permission, an I/O error, a file that vanished while read
+        raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or p) from err
+
+
+def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bool) -> Volume:
+    if not p.is_file() and not p.is_dir():  # reading a pipe would wait forever
+        raise ReadError("not a regular file or folder (a pipe, socket or device)", p)
     name = p.name.lower()
     if p.is_file() and p.stat().st_size == 0:
         raise ReadError("file is empty", p)
+    if p.is_file():
+        from mrct.io.sniff import check_name
+
+        check_name(p)
     if p.is_file() and name.endswith(_NIFTI):
         from mrct.io.nifti import read_nifti
 
@@ -64,6 +80,20 @@ def read_volume(
     from mrct.io.dicom_read import read_dicom
 
     return read_dicom(p, series=series, modality=modality, allow_gaps=allow_gaps)
+
+
+def _why_missing(p: Path) -> str:
+    """Why ``p`` cannot be read: no such file, or a symbolic link that leads nowhere."""
+    if not p.is_symlink():
+        return "no such file or folder"
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return f"broken symbolic link (to {os.readlink(p)}, which does not exist)"
 
 
 def output_format_for(path: str | Path) -> OutputFormat:
@@ -93,8 +123,12 @@ def write_volume(
     overwrite: bool = False,
     series_description: str = "mrct output",
     derivation_description: str = "Converted by mrct",
+    anonymizer: Anonymizer | None = None,
 ) -> Path:
-    """Write ``volume`` in the format ``path`` implies; returns the path written."""
+    """Write ``volume`` in the format ``path`` implies; returns the path written.
+
+    ``anonymizer`` de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
+    """
     p = Path(str(path).rstrip("/\\"))
     fmt = output_format_for(path)
     if fmt is OutputFormat.NIFTI:
@@ -113,5 +147,6 @@ def write_volume(
         series_description=series_description,
         derivation_description=derivation_description,
         overwrite=overwrite,
+        anonymizer=anonymizer,
     )
     return p

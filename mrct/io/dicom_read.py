@@ -9,7 +9,9 @@ reverse order, k along the slice normal; 3D acquisitions (MRAcquisitionType
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,14 +19,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from mrct.errors import GeometryError, ReadError
+from mrct.errors import GeometryError, MrctError, ReadError
 from mrct.io.dicom_geometry import (
     SliceGeometry,
     orientation_from_iop,
     plan_stack,
     resample_stack,
 )
-from mrct.io.dicom_scan import SeriesFiles, extract_zip, find_series, select_series
+from mrct.io.dicom_scan import (
+    SeriesFiles,
+    check_deflated,
+    extract_zip,
+    find_series,
+    header_int,
+    select_series,
+)
+from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_shape, check_values
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, DicomSource, Modality, SourceInfo, Volume
@@ -59,7 +69,10 @@ def read_dicom(
     if path.is_file() and path.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
             extract_zip(path, Path(tmp))
-            vol = read_dicom(Path(tmp), series=series, modality=modality, allow_gaps=allow_gaps)
+            try:
+                vol = read_dicom(Path(tmp), series=series, modality=modality, allow_gaps=allow_gaps)
+            except MrctError as err:
+                raise _inside_zip(err, path, Path(tmp)) from err
         return vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
     if path.is_dir():
         chosen = select_series(find_series(path), series, path)
@@ -78,20 +91,42 @@ def read_dicom(
     return read_series_files(chosen, path, modality, allow_gaps)
 
 
+def _inside_zip(err: MrctError, zip_path: Path, tmp: Path) -> MrctError:
+    """The same error, naming the zip (and the member) instead of the temporary folder."""
+    inner = Path(err.path) if err.path else tmp
+    member = inner.relative_to(tmp).as_posix() if inner.is_relative_to(tmp) else ""
+    message = f"{member}: {err.message}" if member not in ("", ".") else err.message
+    return type(err)(message.replace(str(tmp), zip_path.name), zip_path)
+
+
 def read_series_files(
     chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool
 ) -> Volume:
     """Read one series whose files are already grouped (``mrct batch`` groups and splits them)."""
+    try:
+        return _read_series(chosen, where, modality, allow_gaps)
+    except (MrctError, MemoryError):
+        raise
+    except OSError as err:
+        raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or where) from err
+    except Exception as err:  # pydicom converts values lazily: on a damaged header any access may raise
+        why = f"{type(err).__name__}: {_first_line(err)}"
+        raise ReadError(f"unreadable DICOM header value ({why})", where) from err
+
+
+def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool) -> Volume:
     import pydicom
 
+    _check_headers(chosen, where)
     datasets: list[Dataset] = []
     for f in chosen.files:
+        check_deflated(f)
         try:
             ds = pydicom.dcmread(f)
-        except Exception as err:
-            raise ReadError(f"unreadable DICOM file ({type(err).__name__})", f) from err
+        except Exception as err:  # pydicom raises many kinds for a damaged file
+            raise ReadError(f"unreadable DICOM file ({type(err).__name__}: {_first_line(err)})", f) from err
         if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise ReadError("DICOM file has no pixel data", f)
+            raise ReadError("DICOM file has no pixel data (truncated, or not an image)", f)
         datasets.append(ds)
     first = datasets[0]
     _check_pixel_format(first, chosen.files[0])
@@ -128,8 +163,48 @@ def read_series_files(
     return Volume(array, affine, modality or detected, source)
 
 
+def _check_headers(chosen: SeriesFiles, where: Path) -> None:
+    """Before any pixel data is read: one image size, a supported transfer syntax, and the memory limit."""
+    from pydicom.pixels import get_decoder
+
+    headers = chosen.headers
+    if not headers:
+        return
+    sizes = {(header_int(ds, "Rows"), header_int(ds, "Columns")) for ds in headers}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{r} x {c}" for r, c in sorted(sizes))
+        raise GeometryError(f"slices of different sizes in one series (Rows x Columns {shown})", where)
+    rows, cols = sizes.pop()
+    if rows < 1 or cols < 1:
+        raise ReadError(f"impossible image size: Rows {rows}, Columns {cols}", where)
+    frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for ds in headers)
+    bits = max(header_int(ds, "BitsAllocated", 16) for ds in headers)
+    check_voxels((cols, rows, frames), max(1, bits // 8), where)
+    check_bytes(sum(f.stat().st_size for f in chosen.files), "the series' files", where)
+    # A file without one has its encoding guessed when it is read (old ACR-NEMA style files).
+    syntaxes = {getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) for ds in headers}
+    for uid in (u for u in syntaxes if u is not None):
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ReadError(f"transfer syntax {_syntax(uid)} is not supported (no decoder for it)", where)
+
+
+def _syntax(uid: object) -> str:
+    """``JPEG Baseline (Process 1) (1.2.840.10008.1.2.4.50)``; the bare UID when unnamed."""
+    name = getattr(uid, "name", str(uid))
+    return f"{name} ({uid})" if name != str(uid) else str(uid)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
 def _check_pixel_format(ds: Dataset, path: Path) -> None:
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if header_int(ds, "SamplesPerPixel", 1) != 1:
         raise ReadError("colour images are not supported; a greyscale CT or MR is needed", path)
     # MONOCHROME1 only inverts the display; stored values still map to HU/MR units.
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -139,7 +214,7 @@ def _check_pixel_format(ds: Dataset, path: Path) -> None:
 
 def _frames_of(ds: Dataset, file_index: int, path: Path) -> list[_Frame]:
     """Single-frame files give one frame; enhanced multi-frame files give many."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = max(1, header_int(ds, "NumberOfFrames", 1))
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None:
         if n_frames > 1:
@@ -167,30 +242,49 @@ def _group_value(item: Dataset | None, shared: Dataset | None, seq: str, key: st
     return None
 
 
+def _numbers(
+    item: Dataset | None, shared: Dataset | None, seq: str, key: str, where: str
+) -> tuple[float, ...] | None:
+    """A decimal-string value as finite floats; None when absent. Garbage is a GeometryError."""
+    try:
+        value = _group_value(item, shared, seq, key)
+        if value is None or value == "":
+            return None
+        many = isinstance(value, Sequence) and not isinstance(value, str | bytes)  # pydicom's MultiValue
+        numbers = tuple(float(v) for v in (value if many else [value]))
+    except (TypeError, ValueError):  # pydicom parses decimal strings lazily, on access
+        raise GeometryError(f"{key} is not a list of numbers", where) from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise GeometryError(f"{key} holds a value that is not a finite number", where)
+    return numbers
+
+
 def _frame_from(
     item: Dataset, shared: Dataset | None, root: Dataset, file_index: int, frame: int | None, path: Path
 ) -> _Frame:
-    pos = _group_value(item, shared, "PlanePositionSequence", "ImagePositionPatient")
-    iop = _group_value(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = _group_value(item, shared, "PixelMeasuresSequence", "PixelSpacing")
-    slope = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleSlope")
-    inter = _group_value(item, shared, "PixelValueTransformationSequence", "RescaleIntercept")
     where = f"{path}" if frame is None else f"{path} (frame {frame + 1})"
+    pos = _numbers(item, shared, "PlanePositionSequence", "ImagePositionPatient", where)
+    iop = _numbers(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient", where)
+    spacing = _numbers(item, shared, "PixelMeasuresSequence", "PixelSpacing", where)
+    slope = _numbers(item, shared, "PixelValueTransformationSequence", "RescaleSlope", where)
+    inter = _numbers(item, shared, "PixelValueTransformationSequence", "RescaleIntercept", where)
     if pos is None or len(pos) != 3:
         raise GeometryError("missing ImagePositionPatient", where)
     if iop is None:
         raise GeometryError("missing ImageOrientationPatient", where)
-    if spacing is None or len(spacing) != 2 or min(float(x) for x in spacing) <= 0:
+    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
         raise GeometryError("missing or non-positive PixelSpacing", where)
     if slope is None and root is not item:
-        slope = root.get("RescaleSlope")
-        inter = root.get("RescaleIntercept") if inter is None else inter
+        slope = _numbers(root, None, "", "RescaleSlope", where)
+        inter = _numbers(root, None, "", "RescaleIntercept", where) if inter is None else inter
+    if slope is not None and slope[0] == 0:
+        raise ReadError("RescaleSlope is 0: every voxel would equal the intercept", where)
     return _Frame(
-        position=tuple(float(x) for x in pos),
-        iop=tuple(float(x) for x in iop),
-        pixel_spacing=(float(spacing[0]), float(spacing[1])),
-        slope=1.0 if slope in (None, "") else float(slope),
-        intercept=0.0 if inter in (None, "") else float(inter),
+        position=pos,
+        iop=iop,
+        pixel_spacing=(spacing[0], spacing[1]),
+        slope=1.0 if slope is None else slope[0],
+        intercept=0.0 if inter is None else inter[0],
         file_index=file_index,
         frame_index=frame,
     )
@@ -217,24 +311,53 @@ def _load_pixels(
     for n, f in enumerate(frames):
         if f.file_index not in decoded:
             ds = datasets[f.file_index]
-            if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != cols:
+            if header_int(ds, "Rows") != rows or header_int(ds, "Columns") != cols:
                 raise GeometryError("slices of different sizes in one series", files[f.file_index])
+            arr = _decode(ds, files[f.file_index])
             try:
-                arr = ds.pixel_array
-            except Exception as err:
-                ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-                ts_name = getattr(ts, "name", str(ts))
+                decoded = {f.file_index: arr.reshape((-1, rows, cols))}
+            except ValueError as err:
                 raise ReadError(
-                    f"cannot decode pixel data (transfer syntax {ts_name}: {type(err).__name__})",
-                    files[f.file_index],
+                    "the decoded pixel data do not fit Rows x Columns", files[f.file_index]
                 ) from err
-            decoded = {f.file_index: arr.reshape((-1, rows, cols))}
         plane = decoded[f.file_index][0 if f.frame_index is None else f.frame_index]
         if out is None:
             out = np.empty((len(frames), rows, cols), dtype=plane.dtype)
         out[n] = plane
     assert out is not None
     return out
+
+
+def _decode(ds: Dataset, path: Path) -> npt.NDArray:
+    """``ds.pixel_array``, with a message that says what is wrong when it cannot be decoded."""
+    from pydicom.uid import UID
+
+    meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    if meta is not None and "TransferSyntaxUID" not in meta:
+        # No transfer syntax (old files): the encoding pydicom read the file with says it.
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = UID(
+            "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+        )
+    uid = getattr(meta, "TransferSyntaxUID", None)
+    try:
+        return ds.pixel_array  # type: ignore[no-any-return]
+    except Exception as err:  # decoders raise many kinds
+        syntax = _syntax(uid)
+        native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
+        if native and "PixelData" in ds:
+            frames = max(1, header_int(ds, "NumberOfFrames", 1))
+            need = header_int(ds, "Rows") * header_int(ds, "Columns") * frames
+            need *= max(1, header_int(ds, "BitsAllocated", 16) // 8)
+            have = len(ds.PixelData)
+            if have < need:
+                message = f"truncated or corrupt pixel data: {have} bytes where Rows x Columns need {need}"
+                raise ReadError(message, path) from err
+        if isinstance(err, NotImplementedError):
+            raise ReadError(f"transfer syntax {syntax} is not supported (no decoder for it)", path) from err
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = lines[-1][:200] if lines else type(err).__name__
+        raise ReadError(f"cannot decode the pixel data (transfer syntax {syntax}): {why}", path) from err
 
 
 def _rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mrct.errors import InputNotFoundError, ReadError, SeriesSelectionError
+from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
+from mrct.io.limits import check_bytes, format_size, max_memory
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -25,9 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MAX_FILES = 200_000
 # Zip inputs are unpacked to a temporary folder; refuse archives that would
-# expand past this (zip bombs) or that hold more files than a study could.
+# expand past the memory limit or this (zip bombs), or that hold more files
+# than a study could. Above 100 MB, a ratio over 200 is a bomb's, not DICOM's.
 MAX_ZIP_BYTES = 8 * 1024**3
 MAX_ZIP_RATIO = 200
 
@@ -73,33 +77,116 @@ def iter_files(folder: Path) -> list[Path]:
     return found
 
 
-def read_header(path: Path) -> Dataset | None:
-    """The header of a DICOM image file, or None when the file is not one."""
+def check_deflated(path: Path) -> None:
+    """Bound what a deflated DICOM file inflates to, before pydicom inflates all of it in memory.
+
+    Raises TooLargeError past the memory limit, ReadError for a corrupt stream.
+    """
+    with open(path, "rb") as fh:
+        if DEFLATED not in fh.read(4096):  # the file meta group, where the transfer syntax is
+            return
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError):
+        meta = pydicom.filereader.read_file_meta_info(path)
+        start = 132 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, (0002,0000)
+    except Exception as err:  # pydicom raises many kinds for a broken meta group
+        raise ReadError(f"unreadable DICOM file meta information ({type(err).__name__})", path) from err
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED.decode():
+        return
+    cap, total = max_memory(), 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while (chunk := fh.read(1 << 20)) and not inflater.eof:
+                while chunk and not inflater.eof:  # past the end, padding stays unconsumed
+                    total += len(inflater.decompress(chunk, 1 << 22))
+                    if total > cap:
+                        raise TooLargeError(
+                            f"the deflated DICOM file expands beyond the memory limit of {format_size(cap)} "
+                            "(raise it with --max-memory or MRCT_MAX_MEMORY)",
+                            path,
+                        )
+                    chunk = inflater.unconsumed_tail
+    except zlib.error as err:
+        raise ReadError(f"corrupt deflated DICOM file ({err})", path) from err
+
+
+def read_header(path: Path) -> Dataset | None:
+    """The header of a DICOM image file, or None when the file is not one.
+
+    Raises ReadError for a damaged DICOM file (one that says "DICM"), so that a
+    slice cannot silently drop out of its series.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    check_deflated(path)
+    try:
+        return _image_header(path)
+    except InvalidDicomError:
         return None
+    except (MrctError, MemoryError):
+        raise
+    except Exception as err:  # pydicom raises many kinds (struct.error, EOFError...), also lazily
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                return None  # not DICOM at all
+        why = f"{type(err).__name__}; truncated or corrupt?"
+        raise ReadError(f"unreadable DICOM file ({why})", path) from err
+
+
+def _image_header(path: Path) -> Dataset | None:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
     sop_class = str(ds.get("SOPClassUID", ""))
-    media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-    if DICOMDIR_CLASS in (sop_class, media) or "Rows" not in ds:
-        return None  # DICOMDIR, structured reports, presentation states...
+    meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+    if DICOMDIR_CLASS in (sop_class, str(meta_class)):
+        return None
+    if "Rows" not in ds:
+        if "Image Storage" in getattr(meta_class, "name", ""):  # pydicom stops quietly at a cut
+            raise ReadError("incomplete DICOM image file (truncated?)", path)
+        return None  # structured reports, presentation states...
+    # Values used to group files are parsed here, so that damage shows now, naming this file.
+    for key in ("SeriesInstanceUID", "SeriesDescription", "Modality", "SeriesNumber"):
+        str(ds.get(key, ""))
     return ds
 
 
+def header_int(ds: Dataset, key: str, default: int = 0) -> int:
+    """An integer header value; ``default`` when it is absent, empty or not a number."""
+    try:
+        value = ds.get(key)
+        return default if value in (None, "") else int(value)
+    except Exception:  # pydicom converts values lazily, on access; damage raises many kinds
+        return default
+
+
 def _stack_key(ds: Dataset) -> tuple[object, ...]:
-    iop = ds.get("ImageOrientationPatient")
-    iop_key = tuple(np.round(np.asarray(iop, dtype=float), 3)) if iop else None
-    return (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), iop_key)
+    try:
+        iop = ds.get("ImageOrientationPatient")
+        iop_key = tuple(np.round(np.asarray(iop, dtype=float), 3)) if iop else None
+    except Exception:  # not numbers (parsed lazily): the reader says so when it reads the stack
+        iop_key = None
+    return (header_int(ds, "Rows"), header_int(ds, "Columns"), iop_key)
 
 
-def group_series(paths: list[Path]) -> list[SeriesFiles]:
-    """Group DICOM image files into series, sorted by series number then UID."""
+def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFiles]:
+    """Group DICOM image files into series, sorted by series number then UID.
+
+    A damaged DICOM file raises ReadError, or with ``skip_damaged`` (searching many
+    folders for scans) is left out with a warning; reading its series then fails.
+    """
     by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for p in paths:
-        ds = read_header(p)
+        try:
+            ds = read_header(p)
+        except ReadError as err:
+            if not skip_damaged:
+                raise
+            log.warning("%s", err)
+            continue
         if ds is not None:
             by_uid[str(ds.get("SeriesInstanceUID", ""))].append((p, ds))
     series: list[SeriesFiles] = []
@@ -110,7 +197,7 @@ def group_series(paths: list[Path]) -> list[SeriesFiles]:
         ordered = sorted(stacks.values(), key=len, reverse=True)
         for n, stack in enumerate(ordered, start=1):
             first = stack[0][1]
-            frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in stack)
+            frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in stack)
             series.append(
                 SeriesFiles(
                     key=uid if len(ordered) == 1 else f"{uid}#{n}",
@@ -126,10 +213,7 @@ def group_series(paths: list[Path]) -> list[SeriesFiles]:
 
 
 def _series_number(s: SeriesFiles) -> int:
-    try:
-        return int(s.headers[0].get("SeriesNumber", 0) or 0)
-    except (TypeError, ValueError):
-        return 0
+    return header_int(s.headers[0], "SeriesNumber")
 
 
 def find_series(folder: Path) -> list[SeriesFiles]:
@@ -159,20 +243,35 @@ def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) ->
 
 
 def extract_zip(path: Path, dest: Path) -> Path:
-    """Unpack a zip safely (no absolute or ``..`` members, bounded size) into ``dest``."""
+    """Unpack a zip safely (no absolute or ``..`` members, bounded size) into ``dest``.
+
+    Sizes come from the zip's directory, checked before anything is unpacked;
+    a member holding more than its directory entry says stops there and fails
+    its CRC check, so the directory cannot under-state the content.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            if len(infos) > MAX_FILES:
+                raise ReadError(f"zip holds {len(infos)} files, more than {MAX_FILES}", path)
             total = sum(i.file_size for i in infos)
             packed = max(1, sum(i.compress_size for i in infos))
             if total > MAX_ZIP_BYTES or (total / packed > MAX_ZIP_RATIO and total > 10**8):
-                raise ReadError("zip expands to an implausible size (refused)", path)
+                raise TooLargeError(
+                    f"zip expands to {format_size(total)} from {format_size(packed)} (refused as a zip bomb)",
+                    path,
+                )
+            check_bytes(total, "the zip's content", path)
             root = dest.resolve()
             for info in infos:
                 target = (dest / info.filename).resolve()
                 if not target.is_relative_to(root):
                     raise ReadError(f"zip member escapes the archive: {info.filename!r}", path)
             zf.extractall(dest)
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise ReadError(f"not a readable zip file ({err})", path) from err
+    except (NotImplementedError, RuntimeError) as err:  # unknown compression method, encryption
+        raise ReadError(f"cannot unpack the zip file ({err})", path) from err
+    except OSError as err:
+        raise ReadError(f"cannot unpack the zip file: {err.strerror or err}", path) from err
     return dest

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ from mrct.errors import WriteError
 from mrct.io.atomic import atomic_dir
 from mrct.io.orientation import ras_to_lps
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
+
+if TYPE_CHECKING:
+    from mrct.io.anonymize import Anonymizer
 
 __all__ = ["write_dicom_series"]
 
@@ -273,6 +276,7 @@ def write_dicom_series(
     derivation_description: str = "Synthesized by mrct (MR/CT translation)",
     series_number: int | None = None,
     overwrite: bool = False,
+    anonymizer: Anonymizer | None = None,
 ) -> list[Path]:
     """Write ``volume`` into folder ``out_dir`` as ``IM_0001.dcm`` ... (one file per k).
 
@@ -280,7 +284,8 @@ def write_dicom_series(
     derived from the RAS affine, so the mrct reader and dcm2niix rebuild the same
     grid. Values are stored as int16 (CT: HU; MR: see :func:`_quantize`).
     Patient/study/frame of reference come from ``volume.source.dicom`` when it is
-    set (so the output overlays its source) and from placeholders otherwise.
+    set (so the output overlays its source) and from placeholders otherwise. An ``anonymizer``
+    de-identifies them (:mod:`mrct.io.anonymize`); the two descriptions, written here, are kept.
 
     Returns:
         The final paths of the written files, in k order.
@@ -344,6 +349,8 @@ def write_dicom_series(
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"MRCT_{_software_version()}"[:16]
     ds.file_meta = meta
+    if anonymizer is not None:  # before the loop: the per-slice SOP instance UIDs are new anyway
+        anonymizer.apply(ds, clean=("SeriesDescription", "DerivationDescription"))
 
     width_digits = max(4, len(str(n_k)))
     names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]

@@ -63,7 +63,7 @@ def short_hash(path: Path, series: str | None = None) -> str:
 def _series_scans(folder: Path, files: list[Path]) -> list[FoundScan]:
     """The DICOM series among ``files``, named after the folder that holds each."""
     by_folder: dict[Path, list[SeriesFiles]] = defaultdict(list)
-    for s in group_series(files):
+    for s in group_series(files, skip_damaged=True):  # one damaged file must not stop the search
         if s.n_frames < MIN_SERIES_FRAMES:
             log.warning("%s: skipping a %d-image DICOM stack (a localiser?)", folder, s.n_frames)
         else:

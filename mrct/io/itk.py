@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from mrct.errors import ReadError, WriteError
+from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
+from mrct.io.metaimage import check_metaimage
 from mrct.io.orientation import lps_to_ras, ras_to_lps
 from mrct.io.validate import check_affine, check_shape, check_values
 from mrct.volume import Modality, SourceInfo, Volume
@@ -16,16 +18,31 @@ from mrct.volume import Modality, SourceInfo, Volume
 def read_itk(path: Path, modality: Modality | None = None) -> Volume:
     import SimpleITK as sitk
 
+    name = _utf8_name(path, ReadError)
+    if path.name.lower().endswith((".mha", ".mhd")):
+        check_metaimage(path)  # MetaIO prints its complaints, and can hang on corrupt data
     try:
         reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+        reader.SetFileName(name)
         reader.ReadImageInformation()
-        check_shape(tuple(reader.GetSize()) + (1,) * reader.GetNumberOfComponents(), path)
         if reader.GetNumberOfComponents() != 1:
             raise ReadError("a single-channel image is needed", path)
+        itemsize = _ITEMSIZE.get(sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        if itemsize is None:
+            raise ReadError(
+                f"unsupported pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())}", path
+            )
+        spacing = reader.GetSpacing()
+        if not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise GeometryError(f"zero or negative voxel spacing ({', '.join(map(str, spacing))})", path)
+        check_shape(tuple(reader.GetSize()), path, itemsize)
         image = reader.Execute()
     except RuntimeError as err:
-        raise ReadError(f"not a readable image ({_first_line(err)})", path) from err
+        message = _first_line(err)
+        # teem (NRRD) names a short read this way; anything else is a format problem.
+        short = any(w in message for w in ("expected", "fread got only", "data not read"))
+        what = "truncated or corrupt image data" if short else "not a readable image"
+        raise ReadError(f"{what} ({message})", path) from err
     if image.GetDimension() != 3:
         raise ReadError(f"a 3D volume is needed, got a {image.GetDimension()}D image", path)
     lps = np.eye(4)
@@ -61,6 +78,7 @@ def sitk_geometry(
 def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
     import SimpleITK as sitk
 
+    _utf8_name(path, WriteError)
     try:
         spacing, direction, origin = sitk_geometry(volume.affine)
     except ValueError:
@@ -75,6 +93,24 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
         except RuntimeError as err:
             raise WriteError(f"cannot write ({_first_line(err)})", path) from err
     return path
+
+
+def _utf8_name(path: Path, error: type[MrctError]) -> str:
+    """ITK takes file names as UTF-8; one that is not (Linux allows any bytes) aborts the process."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise error("NRRD/MHA files need a file name in UTF-8; rename this one", path) from None
+    return str(path)
+
+
+# Bytes per voxel of the scalar pixel types SimpleITK names.
+_ITEMSIZE = {
+    f"{bits}-bit {kind}": bits // 8
+    for bits in (8, 16, 32, 64)
+    for kind in ("signed integer", "unsigned integer")
+}
+_ITEMSIZE |= {"32-bit float": 4, "64-bit float": 8}
 
 
 def _first_line(err: BaseException) -> str:

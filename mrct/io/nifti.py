@@ -1,16 +1,32 @@
-"""NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel. NIfTI is RAS, like mrct."""
+"""NIfTI-1/2 (``.nii``, ``.nii.gz``) through nibabel. NIfTI is RAS, like mrct.
+
+The raw header is checked before nibabel sees it: nibabel quietly "fixes" a
+zero or negative pixdim and logs to stderr, and would allocate whatever the
+dimensions claim. A gzip stream is read to its end once, so its CRC is checked
+(a corrupt stream can otherwise decode into plausible but wrong voxels) and its
+size is bounded (a gzip bomb stops at the size the header implies).
+"""
 
 from __future__ import annotations
 
+import gzip
+import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from mrct.errors import ReadError
+from mrct.errors import GeometryError, ReadError, TooLargeError
 from mrct.io.atomic import atomic_file
+from mrct.io.limits import format_size, max_memory
 from mrct.io.validate import check_affine, check_shape, check_values
 from mrct.volume import Modality, SourceInfo, Volume
+
+# NIfTI datatype codes mrct reads (bytes per voxel), and those it refuses by name.
+_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
+_NOT_SCALAR = {32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128", 2048: "complex256"}
+_NOT_SCALAR |= {2304: "RGBA32"}
+_CHUNK = 1 << 20
 
 
 def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
@@ -21,15 +37,17 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     """
     import nibabel as nib
 
+    compressed = path.name.lower().endswith(".gz")
+    end = check_header(path, compressed)
+    if compressed:
+        verify_gzip(path, end)
     try:
-        img = nib.load(str(path))
+        with nib.imageglobals.LoggingOutputSuppressor():  # header fixes are logged, not raised
+            img = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad headers
         raise ReadError(f"not a readable NIfTI file ({_short(err)})", path) from err
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ReadError("not a NIfTI image", path)
-    zooms = img.header.get_zooms()
-    if any(not np.isfinite(z) or z <= 0 for z in zooms[:3]):
-        raise ReadError(f"zero or negative voxel size (pixdim {tuple(zooms[:3])})", path)
     shape = check_shape(tuple(int(d) for d in img.shape), path)
     affine = np.asarray(img.affine, dtype=np.float64)
     check_affine(affine, path)
@@ -44,6 +62,87 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
         data = data.astype(np.float32)
     check_values(data, path)
     return Volume(data, affine, modality, SourceInfo(str(path), "nifti"))
+
+
+def raw_header(path: Path, compressed: bool) -> np.void:
+    """The header as a NIfTI-1 or NIfTI-2 structured record (fields read in the file's byte order)."""
+    import nibabel as nib
+
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as fh:
+            head = fh.read(540)
+    except (EOFError, zlib.error) as err:
+        raise ReadError(f"truncated or corrupt image data (gzip: {_short(err)})", path) from err
+    except gzip.BadGzipFile as err:
+        raise ReadError("not a NIfTI file (the name ends in .gz but the content is not gzip)", path) from err
+    for dtype in (nib.nifti1.header_dtype, nib.nifti2.header_dtype):
+        for order in (dtype, dtype.newbyteorder()):
+            if len(head) >= order.itemsize:
+                hdr: np.void = np.frombuffer(head[: order.itemsize], order)[0]
+                if int(hdr["sizeof_hdr"]) == order.itemsize:
+                    return hdr
+    if len(head) < 348:
+        raise ReadError(f"not a NIfTI file (truncated: {len(head)} bytes, a header needs 348)", path)
+    raise ReadError("not a NIfTI file (no NIfTI-1 or NIfTI-2 header)", path)
+
+
+def check_header(path: Path, compressed: bool) -> int:
+    """Check dimensions, data type, voxel size and data size; returns the byte where voxels end."""
+    hdr = raw_header(path, compressed)
+    dim = [int(d) for d in hdr["dim"]]
+    if not 1 <= dim[0] <= 7:
+        raise ReadError(f"impossible image dimensions: dim[0] = {dim[0]} (NIfTI allows 1 to 7)", path)
+    dims = tuple(dim[1 : dim[0] + 1])
+    if any(d < 1 for d in dims):
+        raise ReadError(f"impossible image dimensions {dims}", path)
+    code = int(hdr["datatype"])
+    if code in _NOT_SCALAR:
+        raise ReadError(f"a single-channel real image is needed; this one holds {_NOT_SCALAR[code]}", path)
+    if code not in _ITEMSIZE:
+        raise ReadError(f"unknown NIfTI data type code {code}", path)
+    check_shape(dims, path, _ITEMSIZE[code])
+    pixdim = [float(p) for p in hdr["pixdim"][1 : 1 + min(3, dim[0])]]
+    if not all(math.isfinite(p) and p > 0 for p in pixdim):
+        shown = ", ".join(f"{p:.6g}" for p in pixdim)
+        raise GeometryError(f"zero or negative voxel size in the header (pixdim {shown})", path)
+    size = hdr.dtype.itemsize
+    offset = float(hdr["vox_offset"])
+    if not math.isfinite(offset) or offset < 0:
+        raise ReadError(f"impossible voxel offset {offset} in the header", path)
+    offset = max(int(offset), size + 4)  # nibabel (and FSL) treat a too-small offset as the minimum
+    end = offset + math.prod(dims) * _ITEMSIZE[code]
+    if offset > max_memory():
+        raise TooLargeError(f"the header puts the voxels at byte offset {offset}, beyond any image", path)
+    if not compressed and path.stat().st_size < end:
+        raise ReadError(
+            f"truncated: the header needs {end} bytes (voxels from byte offset {offset}), "
+            f"the file has {path.stat().st_size}",
+            path,
+        )
+    return end
+
+
+def verify_gzip(path: Path, end: int) -> None:
+    """Decompress to the end (CRC checked), at most a little past ``end``, without keeping the data."""
+    cap = 2 * end + _CHUNK  # writers may pad; a bomb's trailing gigabytes are refused
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                total += len(chunk)
+                if total > cap:
+                    raise TooLargeError(
+                        f"the gzip stream expands beyond {format_size(cap)} although the header "
+                        f"needs {format_size(end)} (a gzip bomb?)",
+                        path,
+                    )
+    except EOFError as err:
+        message = "truncated or corrupt image data (the gzip stream ends before its end marker)"
+        raise ReadError(message, path) from err
+    except (zlib.error, gzip.BadGzipFile) as err:
+        raise ReadError(f"truncated or corrupt image data (gzip: {_short(err)})", path) from err
+    if total < end:
+        raise ReadError(f"truncated: the header needs {end} bytes, the gzip stream holds {total}", path)
 
 
 def write_nifti(volume: Volume, path: Path, overwrite: bool = False) -> Path:

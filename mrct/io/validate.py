@@ -8,13 +8,16 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.errors import GeometryError, ReadError
-
-# Guard against headers that claim absurd sizes before anything is allocated.
-MAX_VOXELS = 2048**3
+from mrct.io.limits import WORKING_ITEMSIZE, check_voxels
 
 
-def check_shape(shape: tuple[int, ...], path: str | Path) -> tuple[int, int, int]:
-    """Accept a 3D shape (trailing singleton dimensions dropped); reject the rest."""
+def check_shape(
+    shape: tuple[int, ...], path: str | Path, itemsize: int = WORKING_ITEMSIZE
+) -> tuple[int, int, int]:
+    """Accept a 3D shape (trailing singleton dimensions dropped) that fits the memory limit.
+
+    Called on header values, before the voxels are read (``itemsize``: bytes per stored voxel).
+    """
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
@@ -26,8 +29,7 @@ def check_shape(shape: tuple[int, ...], path: str | Path) -> tuple[int, int, int
         dims.append(1)
     if sum(d > 1 for d in dims) < 3:
         raise ReadError(f"a 3D volume is needed, got a 2D image of shape {tuple(shape)}", path)
-    if int(np.prod(dims, dtype=np.int64)) > MAX_VOXELS:
-        raise ReadError(f"image of {tuple(shape)} voxels is larger than mrct accepts", path)
+    check_voxels(dims, itemsize, path)
     return dims[0], dims[1], dims[2]
 
 
@@ -40,6 +42,22 @@ def check_affine(affine: npt.NDArray[np.float64], path: str | Path) -> None:
 
 
 def check_values(array: npt.NDArray, path: str | Path) -> None:
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        n_bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ReadError(f"{n_bad} voxels are NaN or infinite", path)
+    """Refuse NaN and infinite voxels, saying how many.
+
+    They are not replaced: NaN often marks "no data" (outside a resampled field of
+    view), but whether that is air, background or tissue is the user's call, and a
+    guessed value would flow silently into the synthetic image.
+    """
+    if not np.issubdtype(array.dtype, np.floating) or np.all(np.isfinite(array)):
+        return
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    n_inf = int(np.count_nonzero(np.isinf(array)))
+    if n_nan and n_inf:
+        what = f"are NaN or infinite ({n_nan} NaN, {n_inf} infinite)"
+    else:
+        what = f"are {'NaN' if n_nan else 'infinite'}"
+    raise ReadError(
+        f"{n_nan + n_inf} of {array.size} voxels {what}; mrct does not guess values for them "
+        "(replace them, e.g. with the background value, and retry)",
+        path,
+    )

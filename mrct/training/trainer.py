@@ -214,10 +214,21 @@ class Trainer:
             sampler=range(self.iteration, end),
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_one_thread if workers else None,
+            worker_init_fn=_worker_init if workers else None,
             prefetch_factor=2 if workers else None,
         )
-        yield from loader
+        # Workers start when the loader is iterated. Ctrl-C and SIGTERM (``timeout`` and batch
+        # schedulers signal the whole process group) must reach the main process only, whose
+        # _StopFlag saves a checkpoint: a worker killed by them makes the loader raise instead.
+        # Blocked while the workers fork, so none dies before _worker_init ignores them.
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals) if workers else None
+        try:
+            iterator = iter(loader)
+        finally:
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        yield from iterator
 
     def train(self, end: int, progress: bool = True) -> TrainResult:
         """Train until iteration ``end``; Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and stops."""
@@ -278,8 +289,12 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _one_thread(_: int) -> None:
+def _worker_init(_: int) -> None:
+    """In each data-loader worker: one thread, and stop signals left to the main process."""
     torch.set_num_threads(1)  # workers read and augment; the cores belong to the model
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _short(losses: dict[str, float]) -> str:

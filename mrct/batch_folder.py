@@ -1,0 +1,215 @@
+"""The output folder of ``mrct batch``: its lock, its manifest, and what killed runs left behind.
+
+**Lock.** A run holds ``fcntl.flock`` locks on files in ``OUT_DIR`` for as long as it runs: an
+unsharded run ``.mrct-batch.lock`` exclusively; a shard ``K/N`` that file shared (shards may run
+side by side) and ``.mrct-batch-shardKofN.lock`` exclusively. A second run that would write the
+same outputs or manifest is refused at once (:class:`~mrct.errors.OutputBusyError`, naming the
+holder's pid and host, which the holder writes into its lock file). The kernel releases a flock
+when its process dies, however it dies, so a killed run never blocks the next one; lock files
+are left in place (deleting one would let two runs lock different files of the same name).
+flock works on local file systems and, on Linux, on NFS; where it does not, a warning says so
+and the run goes on unlocked.
+
+**Leftovers.** Outputs and manifests are written under temporary names and renamed
+(:mod:`mrct.io.atomic`); a killed run leaves those behind. An unsharded run, alone in the folder
+by its lock, deletes every entry named like one (``.NAME.mrct-tmp-XXXXXXXX[.ext]``,
+``.NAME.mrct-old-XXXXXXXX``) under ``OUT_DIR``; a shard only those beside its own outputs and
+manifest, as other shards may be writing.
+
+**Manifest.** One row per input series, rewritten (JSON, then CSV) under a temporary name and
+renamed after every change, so a reader (or a killed run's successor) always finds a whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
+from mrct.io.atomic import atomic_file, compound_suffix
+
+if TYPE_CHECKING:
+    from mrct.batch_series import Series
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("id", "input", "series_uid", "modality", "output", "status", "seconds", "message")
+LOCK_NAME = ".mrct-batch.lock"
+# What mrct.io.atomic names its temporary files and folders (tempfile's 8 random characters).
+LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- lock
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock at ``path`` exclusively, from what it wrote there ("" if unknown)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, since {info['since']}"
+    return ""
+
+
+def _flock(path: Path, exclusive: bool) -> IO[str] | None:
+    """The open lock file, locked; None when another process holds a conflicting lock."""
+    import fcntl
+
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    except OSError as err:  # a file system without locks (some FUSE mounts): run, but say so
+        log.warning("%s: cannot lock (%s); a second mrct batch here would not be refused", path, err.strerror)
+        return fh
+    # Say who holds it exclusively, for the message of a refused run; a shared holder erases what
+    # an earlier, killed exclusive holder wrote.
+    fh.seek(0)
+    fh.truncate()
+    if exclusive:
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}) + "\n")
+    fh.flush()
+    return fh
+
+
+def _shard_holder(out: Path) -> str:
+    """The holder of a shard lock that is still held (probed without keeping it)."""
+    import fcntl
+
+    for path in sorted(out.glob(".mrct-batch-shard*.lock")):
+        with open(path, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return f"shard {path.stem.split('shard')[-1].replace('of', '/')}: {_holder(path)}"
+    return "shard runs"
+
+
+@contextlib.contextmanager
+def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
+    """Lock ``out`` for one batch run (see the module docstring); raise OutputBusyError if in use."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create the output folder: {err.strerror}", out) from err
+    held: list[IO[str]] = []
+    busy = "in use by another mrct batch ({}); wait for it to end or use another output folder"
+    try:
+        common = _flock(out / LOCK_NAME, exclusive=shard is None)
+        if common is None:
+            who = _holder(out / LOCK_NAME) or _shard_holder(out)  # shards leave it empty
+            raise OutputBusyError(busy.format(who), out)
+        held.append(common)
+        if shard is not None:
+            own = out / f".mrct-batch-shard{shard[0]}of{shard[1]}.lock"
+            mine = _flock(own, exclusive=True)
+            if mine is None:
+                raise OutputBusyError(busy.format(f"shard {shard[0]}/{shard[1]}: {_holder(own)}"), out)
+            held.append(mine)
+        yield
+    finally:
+        for fh in reversed(held):
+            with contextlib.suppress(OSError):
+                fh.truncate(0)  # a holder that has ended names nobody
+            fh.close()  # releases the lock
+
+
+# ---------------------------------------------------------------- leftovers of killed runs
+
+
+def sweep(out: Path, near: Iterable[Path] | None = None, exclude: Iterable[Path] = ()) -> int:
+    """Delete mrct's temporary files and folders under ``out`` (or only those beside the paths in
+    ``near``), never under ``exclude`` (an input folder inside ``out``). Returns how many."""
+    skip = {p.resolve() for p in exclude}
+    found: list[Path] = []
+    if near is None:
+        for folder, dirs, files in os.walk(out):
+            here = Path(folder)
+            dirs[:] = [d for d in dirs if (here / d).resolve() not in skip]
+            found += [here / n for n in (*dirs, *files) if LEFTOVER.match(n)]
+            dirs[:] = [d for d in dirs if not LEFTOVER.match(d)]
+    else:
+        prefixes: dict[Path, set[str]] = defaultdict(set)
+        for path in near:  # atomic_file drops the suffix, atomic_dir keeps the whole name
+            stem = path.name[: len(path.name) - len(compound_suffix(path))]
+            prefixes[path.parent] |= {f".{stem}.mrct-", f".{path.name}.mrct-"}
+        for parent, starts in prefixes.items():
+            with contextlib.suppress(OSError):  # a folder not made yet holds nothing
+                names = [n for n in os.listdir(parent) if n.startswith(tuple(starts)) and LEFTOVER.match(n)]
+                found += [parent / n for n in names]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """Rows by series id, rewritten (JSON and CSV, atomically) on every change.
+
+    Opening checks that an existing manifest is one this run may continue: the same ``to``
+    always, and unless ``overwrite`` (which redoes everything) the same model and ``anonymize``.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
+        self.path, self.header, self.root = path, header, f"{root}{os.sep}"  # messages: relative paths
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.previous: dict[str, dict[str, Any]] = {}
+        if not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            self.previous = {r["id"]: r for r in old["series"]}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ReadError(f"not a readable batch manifest ({err}); use a new output folder", path) from err
+        if old.get("to") != header["to"]:
+            raise OutputExistsError(f"holds a batch --to {old.get('to')}; use another output folder", path)
+        if overwrite:
+            return
+        if old.get("model", {}).get("checksum") != header["model"]["checksum"]:
+            raise OutputExistsError("made with another model; pass --overwrite or use a new folder", path)
+        if bool(old.get("anonymize")) != header["anonymize"]:
+            made = "with" if old.get("anonymize") else "without"
+            raise OutputExistsError(f"made {made} --anonymize; pass --overwrite or use a new folder", path)
+
+    def set(
+        self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""
+    ) -> None:
+        output = s.output if status in ("done", "pending") else ""
+        message = message.replace(self.root, "")
+        values = (s.id, s.input, s.uid, modality or s.modality, output, status, round(seconds, 2), message)
+        self.rows[s.id] = dict(zip(COLUMNS, values, strict=True))
+
+    def write(self) -> None:
+        rows = list(self.rows.values())
+        counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "skipped", "failed", "pending")}
+        content = {**self.header, "updated": _now(), "counts": counts, "series": rows}
+        with atomic_file(self.path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_file(self.path.with_suffix(".csv"), overwrite=True) as tmp:
+            tmp.write_text(text.getvalue(), encoding="utf-8")

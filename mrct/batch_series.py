@@ -1,0 +1,174 @@
+"""Finding and naming the series of ``mrct batch`` (see :mod:`mrct.batch` for the layout).
+
+``IN_DIR`` is searched recursively (hidden entries and ``OUT_DIR`` left out). NIfTI/NRRD/MHA
+files and zips are one series each; other files are read as DICOM headers and grouped by
+SeriesInstanceUID, split like dcm2niix/3D Slicer when size, orientation or echo differ, or when
+acquisitions repeat slice positions. Output names depend on the input tree only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mrct.errors import MrctError
+from mrct.io import OutputFormat
+from mrct.io.dicom_scan import SeriesFiles, check_deflated, header_int, iter_files
+from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, safe_name
+from mrct.translate import EXTENSIONS, input_format
+from mrct.volume import Modality
+
+Members = list[tuple[Path, Any]]  # DICOM files and their headers (pydicom Datasets)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One input series: a file for ``read_volume``, or a DICOM ``stack`` grouped here."""
+
+    id: str  # unique: ``input``, plus ``#<SeriesInstanceUID>[#<part>]`` for DICOM
+    input: str  # POSIX path relative to IN_DIR of the series' folder, or the file
+    path: Path
+    uid: str = ""
+    modality: str = ""  # from the DICOM header; empty for other formats
+    stack: SeriesFiles | None = None
+    number: int = 0
+    part: str = ""  # names one part of a split SeriesInstanceUID
+    skip: str | None = None  # decided from the headers alone
+    error: str | None = None
+    output: str = ""  # relative to OUT_DIR
+    fmt: OutputFormat = OutputFormat.NIFTI
+
+
+def _header(path: Path) -> tuple[Any, str | None, str | None]:
+    """(dataset, skip, error) from the header alone: non-DICOM files are skipped, broken ones fail."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        check_deflated(path)  # a deflated file is inflated whole by pydicom: bound it first
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except MrctError as err:
+        return None, None, err.message
+    except InvalidDicomError:
+        return None, "not an image file (DICOM, NIfTI, NRRD, MHA or zip)", None
+    except Exception as err:  # truncated or malformed: pydicom raises many kinds
+        return None, None, f"unreadable DICOM file ({type(err).__name__})"
+    if "Rows" not in ds or "SeriesInstanceUID" not in ds:
+        sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+        if "Image Storage" in getattr(sop_class, "name", ""):  # pydicom stops quietly at a cut
+            return None, None, "incomplete DICOM image file (truncated?)"
+        return None, f"no image in this DICOM file (modality {ds.get('Modality') or 'none'})", None
+    return ds, None, None
+
+
+def _orientation(ds: Any) -> tuple[Any, ...]:
+    """ImageOrientationPatient rounded for grouping; garbled values group as text, and reading
+    that series then fails with a message naming the file (a failed row, not a crashed batch)."""
+    value = ds.get("ImageOrientationPatient") or ()
+    try:
+        return tuple(round(float(v), 3) for v in value)
+    except Exception:  # pydicom parses lazily: damage raises many kinds
+        return ("unparsable", str(value))
+
+
+def split_series(members: Members) -> list[tuple[str, Members]]:
+    """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation and echo, then by
+    AcquisitionNumber where acquisitions repeat slice positions (not when each slice has its own).
+    Returns ``(part, members)``; ``part`` is empty when nothing was split."""
+    groups: dict[tuple[Any, ...], Members] = defaultdict(list)
+    for p, ds in members:
+        echo = str(ds.get("EchoNumbers", "") or ds.get("EchoTime", "") or "")
+        groups[(echo, header_int(ds, "Rows"), header_int(ds, "Columns"), _orientation(ds))].append((p, ds))
+    parts: list[tuple[tuple[str, str], Members]] = []
+    for key, group in groups.items():
+        by_acq: dict[str, Members] = defaultdict(list)
+        for p, ds in group:
+            by_acq[str(ds.get("AcquisitionNumber", "") or "")].append((p, ds))
+        positions = {tuple(ds.get("ImagePositionPatient") or ()) for _, ds in group}
+        split = len(by_acq) > 1 and len(positions) < len(group)
+        parts += [((key[0], a), g) for a, g in sorted(by_acq.items())] if split else [((key[0], ""), group)]
+    if len(parts) == 1:
+        return [("", parts[0][1])]
+    parts.sort(key=lambda p: (p[0], -len(p[1])))
+    echoes, acqs = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1))
+    labels = ["_".join([f"e{e}"] * echoes + [f"a{a}"] * bool(acqs and a)) for (e, a), _ in parts]
+    if len(set(labels)) < len(labels) or not all(labels):  # orientation or size differ: number them
+        labels = [f"{label}_{n}".lstrip("_") for n, label in enumerate(labels, start=1)]
+    labels = [safe_name(label) for label in labels]
+    return [(label, group) for label, (_, group) in zip(labels, parts, strict=True)]
+
+
+def _rel(path: Path, root: Path) -> str:
+    return PurePosixPath(*path.relative_to(root).parts).as_posix() if path != root else "."
+
+
+def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
+    found: list[Series] = []
+    images: dict[str, Members] = defaultdict(list)
+    for f in files:
+        ds, skip, error = _header(f)
+        if ds is None:
+            found.append(Series(_rel(f, root), _rel(f, root), f, skip=skip, error=error))
+        else:
+            images[str(ds.SeriesInstanceUID)].append((f, ds))
+    for uid, members in images.items():
+        for part, group in split_series(members):
+            first, paths = group[0][1], tuple(p for p, _ in group)
+            frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in group)
+            key, modality = f"{uid}#{part}" if part else uid, str(first.get("Modality", ""))
+            description = str(first.get("SeriesDescription", ""))
+            stack = SeriesFiles(key, uid, description, modality, paths, frames, tuple(d for _, d in group))
+            where, number = Path(os.path.commonpath(paths)), str(first.get("SeriesNumber", "") or "")
+            small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
+            n = int(number) if number.isdigit() else 0
+            rel = _rel(where, root)
+            found.append(Series(f"{rel}#{key}", rel, where, uid, modality, stack, n, part, skip=small))
+    return found
+
+
+def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
+    """Every series under ``in_dir`` (not under ``exclude``), sorted by input path, then SeriesNumber."""
+    excluded = [e.resolve() for e in exclude]
+
+    def wanted(f: Path) -> bool:
+        hidden = any(part.startswith(".") for part in f.relative_to(in_dir).parts)
+        return not hidden and not any(f.resolve().is_relative_to(e) for e in excluded)
+
+    files = [f for f in iter_files(in_dir) if wanted(f)]
+    scans = [f for f in files if f.name.lower().endswith(SCAN_SUFFIXES)]
+    series = [Series(_rel(f, in_dir), _rel(f, in_dir), f) for f in scans]
+    series += _dicom_series(in_dir, sorted(set(files) - set(scans)))
+    return sorted(series, key=lambda s: (s.input, s.number, s.id))
+
+
+def _stem(s: Series) -> str:
+    name = s.path.name if s.input != "." else s.path.resolve().name
+    suffix = next((x for x in SCAN_SUFFIXES if name.lower().endswith(x)), None)
+    return name[: -len(suffix)] if suffix else (Path(name).stem if s.path.is_file() else name)
+
+
+def name_outputs(series: list[Series], to: Modality, fmt: OutputFormat | None) -> list[Series]:
+    """Give each readable series its output (relative, file-safe, unique; see the module docstring).
+    Names depend on the input tree only, never on which series a run translates."""
+    readable = [s for s in series if s.skip is None and s.error is None]
+    per_folder: dict[str, int] = defaultdict(int)
+    for s in readable:
+        per_folder[s.input] += 1
+    taken, named = set(), {}
+    for s in readable:
+        base = safe_name(_stem(s))
+        if per_folder[s.input] > 1:
+            base += f"_s{s.number}" + (f"_{s.part}" if s.part else "")
+        parent = PurePosixPath(*(safe_name(p) for p in PurePosixPath(s.input).parent.parts if p != "."))
+        out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
+        ext = "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
+        n, name = 1, base
+        while (out := (parent / f"{name}_synthetic_{to.value.lower()}{ext}").as_posix()).lower() in taken:
+            n, name = n + 1, f"{base}_{n + 1}"
+        taken.add(out.lower())
+        named[s.id] = replace(s, output=out, fmt=out_fmt)
+    return [named.get(s.id, s) for s in series]

@@ -1,0 +1,110 @@
+"""Tell a file's format from its first bytes, to catch inputs whose name lies.
+
+mrct picks a reader from the file name; a NIfTI saved as ``.mha`` or a DICOM
+slice saved as ``.nii`` would otherwise fail deep inside a reader with a
+message about the wrong format. :func:`check_name` compares the name with the
+content and says which extension fits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+from mrct.errors import ReadError
+
+NIFTI_GZ = "gzip-compressed NIfTI"
+NIFTI = "uncompressed NIfTI"
+DICOM = "DICOM"
+NRRD = "NRRD"
+METAIMAGE = "MetaImage"
+ZIP = "zip"
+
+# The extension to suggest for each format mrct reads.
+_EXTENSION = {
+    NIFTI_GZ: ".nii.gz",
+    NIFTI: ".nii",
+    DICOM: ".dcm",
+    NRRD: ".nrrd",
+    METAIMAGE: ".mha",
+    ZIP: ".zip",
+}
+# Other common files people pass by mistake.
+_MAGIC = (
+    (b"\x89PNG", "a PNG picture"),
+    (b"\xff\xd8\xff", "a JPEG picture"),
+    (b"%PDF", "a PDF document"),
+    (b"II*\x00", "a TIFF picture"),
+    (b"MM\x00*", "a TIFF picture"),
+)
+
+
+def _nifti_magic(head: bytes) -> bool:
+    if len(head) < 348:
+        return False
+    for order in ("little", "big"):
+        size = int.from_bytes(head[:4], order)  # type: ignore[arg-type]
+        if size == 348 and head[344:347] in (b"n+1", b"ni1"):
+            return True
+        if size == 540 and head[4:7] in (b"n+2", b"ni2"):
+            return True
+    return False
+
+
+def sniff(path: Path) -> str | None:
+    """The format of ``path`` from its content, or None when it is not recognised."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as gz:
+                inner = gz.read(540)
+        except (OSError, EOFError, zlib.error):
+            return None  # a damaged stream: let the reader say what is wrong
+        return NIFTI_GZ if _nifti_magic(inner) else None
+    if _nifti_magic(head):
+        return NIFTI
+    if head[128:132] == b"DICM":
+        return DICOM
+    if head.startswith(b"NRRD"):
+        return NRRD
+    if head.lstrip().startswith((b"ObjectType", b"NDims")):
+        return METAIMAGE
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return ZIP
+    return next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+
+
+def expected_format(path: Path) -> str:
+    """The format the file name promises (anything unlisted is read as DICOM)."""
+    name = path.name.lower()
+    for fmt, suffixes in (
+        (NIFTI_GZ, (".nii.gz",)),
+        (NIFTI, (".nii",)),
+        (NRRD, (".nrrd", ".nhdr")),
+        (METAIMAGE, (".mha", ".mhd")),
+        (ZIP, (".zip",)),
+    ):
+        if name.endswith(suffixes):
+            return fmt
+    return DICOM
+
+
+def check_name(path: Path) -> None:
+    """Refuse a file whose content is recognisably not what its name says."""
+    found = sniff(path)
+    expected = expected_format(path)
+    if found is None or found == expected:
+        return
+    if found not in _EXTENSION:
+        raise ReadError(f"not a volume image: the content is {found}", path)
+    ext = _EXTENSION[found]
+    if expected == DICOM:  # any unlisted extension is read as DICOM
+        raise ReadError(f"the content is {found}, but the name does not end in {ext}; rename it", path)
+    raise ReadError(
+        f"the content is {found}, not {expected} as the name says; rename it to end in {ext}", path
+    )

@@ -1,0 +1,109 @@
+"""Compressed DICOM pixel data: JPEG (encoded by dcmtk, independent of mrct), JPEG 2000 and RLE.
+
+python-gdcm (a dependency) decodes JPEG baseline, JPEG lossless, JPEG-LS and
+JPEG 2000; pydicom decodes RLE itself. 12-bit JPEG Extended is beyond GDCM: the
+error names the transfer syntax (pylibjpeg-libjpeg, GPL, decodes it when installed).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+from mrct.errors import ReadError
+from mrct.io import read_volume
+from tests.dicom_factory import write_series
+from tests.external_tools import require
+
+
+@pytest.fixture
+def plain_series(tmp_path: Path) -> Path:
+    """An uncompressed oblique CT (stored unsigned 16-bit, intercept -1024)."""
+    return write_series(tmp_path / "plain", shape=(40, 48, 8), oblique_deg=(8.0, -5.0)).folder
+
+
+def _encode(src: Path, dst: Path, tool: str, *options: str) -> Path:
+    require(tool)
+    dst.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        res = subprocess.run([tool, *options, str(f), str(dst / f.name)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    return dst
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize(
+    ("tool", "options", "syntax"),
+    [
+        ("dcmcjpeg", (), "1.2.840.10008.1.2.4.70"),  # JPEG lossless, first-order prediction
+        ("dcmcjpls", (), "1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
+    ],
+)
+def test_lossless_jpeg_reads_exactly(
+    plain_series: Path, tmp_path: Path, tool: str, options: tuple[str, ...], syntax: str
+) -> None:
+    packed = _encode(plain_series, tmp_path / "packed", tool, *options)
+    assert str(pydicom.dcmread(next(packed.iterdir())).file_meta.TransferSyntaxUID) == syntax
+    plain, decoded = read_volume(plain_series), read_volume(packed)
+    np.testing.assert_array_equal(decoded.array, plain.array)
+    np.testing.assert_allclose(decoded.affine, plain.affine, atol=1e-6)
+
+
+@pytest.mark.tools
+def test_baseline_jpeg_reads_within_its_quantisation(plain_series: Path, tmp_path: Path) -> None:
+    # dcmcjpeg squeezes 16-bit values into 8 bits and records the RescaleSlope it used.
+    packed = _encode(plain_series, tmp_path / "packed", "dcmcjpeg", "+eb")
+    ds = pydicom.dcmread(next(packed.iterdir()))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50" and ds.BitsStored == 8
+    plain, decoded = read_volume(plain_series), read_volume(packed)
+    np.testing.assert_allclose(decoded.affine, plain.affine, atol=1e-6)
+    error = np.abs(decoded.array.astype(np.float64) - plain.array)
+    assert error.mean() < float(ds.RescaleSlope) and error.max() < 8 * float(ds.RescaleSlope)
+
+
+@pytest.mark.tools
+def test_12_bit_jpeg_extended_decodes_or_names_its_syntax(plain_series: Path, tmp_path: Path) -> None:
+    packed = _encode(plain_series, tmp_path / "packed", "dcmcjpeg", "+ee")
+    try:
+        decoded = read_volume(packed)
+    except ReadError as err:
+        assert "JPEG Extended" in str(err) and "1.2.840.10008.1.2.4.51" in str(err)
+    else:  # a decoder that handles 12 bits is installed
+        assert decoded.shape == read_volume(plain_series).shape
+
+
+def test_jpeg_2000_reads_exactly(plain_series: Path, tmp_path: Path) -> None:
+    import gdcm  # python-gdcm encodes it too; dcmtk has no JPEG 2000 codec
+
+    packed = tmp_path / "j2k"
+    packed.mkdir()
+    for f in plain_series.glob("*.dcm"):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(f))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEG2000Lossless))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(str(packed / f.name))
+        assert writer.Write()
+    assert pydicom.dcmread(next(packed.iterdir())).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    np.testing.assert_array_equal(read_volume(packed).array, read_volume(plain_series).array)
+
+
+def test_rle_reads_exactly(plain_series: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "rle"
+    packed.mkdir()
+    for f in plain_series.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.compress(RLELossless)
+        ds.save_as(packed / f.name)
+    np.testing.assert_array_equal(read_volume(packed).array, read_volume(plain_series).array)

@@ -1,0 +1,130 @@
+"""Resource limits: sizes are checked from headers before any voxel is read or unpacked."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import pydicom
+import pytest
+
+from mrct.errors import TooLargeError
+from mrct.io import limits, read_volume
+from mrct.io.limits import (
+    MIN_DEFAULT,
+    default_max_memory,
+    format_size,
+    max_memory,
+    memory_limit,
+    parse_size,
+    set_max_memory,
+)
+from tests.bad_dicom import dicom_absurd_size, dicom_deflate_bomb, dicom_over_limit
+from tests.bad_files import (
+    good_nifti,
+    mha_absurd_dims,
+    nifti_over_limit,
+    zip_declares_huge,
+    zip_high_ratio,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8G", 8 * 1024**3),
+        ("512M", 512 * 1024**2),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("2000", 2000),
+        ("4kb", 4096),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "8X"])
+def test_parse_size_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match=r"size|positive"):
+        parse_size(text)
+
+
+def test_format_size() -> None:
+    assert [format_size(n) for n in (512, 2048, 3 * 1024**3)] == ["512 B", "2.0 KiB", "3.0 GiB"]
+
+
+def test_the_default_is_a_quarter_of_memory_and_overrides_nest() -> None:
+    total = limits.system_memory()
+    assert total is None or default_max_memory() == max(MIN_DEFAULT, total // 4)
+    assert max_memory() == default_max_memory()
+    with memory_limit("1G"):
+        assert max_memory() == 1024**3
+        with memory_limit(None):  # None keeps what is in force
+            assert max_memory() == 1024**3
+    assert max_memory() == default_max_memory()
+    set_max_memory("2G")
+    try:
+        assert max_memory() == 2 * 1024**3
+    finally:
+        set_max_memory(None)
+    assert max_memory() == default_max_memory()
+
+
+def test_nifti_over_the_limit_is_refused_before_nibabel_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nibabel must not be asked to load it")
+
+    monkeypatch.setattr(nib, "load", no_load)
+    with memory_limit("1G"), pytest.raises(TooLargeError, match=r"1024 x 1024 x 512 voxels need 2\.0 GiB"):
+        read_volume(nifti_over_limit(tmp_path))
+
+
+@pytest.mark.parametrize("build", [dicom_absurd_size, dicom_over_limit])
+def test_dicom_size_is_checked_from_headers_before_pixel_data(
+    build: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = build(tmp_path)  # type: ignore[operator]
+    real = pydicom.dcmread
+
+    def headers_only(path: object, *args: object, **kwargs: object) -> object:
+        assert kwargs.get("stop_before_pixels"), "pixel data read before the size check"
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", headers_only)
+    with memory_limit("64M"), pytest.raises(TooLargeError):
+        read_volume(folder)
+
+
+def test_deflated_dicom_is_inflated_only_up_to_the_limit(tmp_path: Path) -> None:
+    bomb = dicom_deflate_bomb(tmp_path)  # 48 MiB once inflated
+    with memory_limit("16M"), pytest.raises(TooLargeError, match="deflated DICOM file expands beyond"):
+        read_volume(bomb)
+
+
+def test_metaimage_size_is_checked_before_itk(tmp_path: Path) -> None:
+    with pytest.raises(TooLargeError, match="100000 x 100000 x 10"):
+        read_volume(mha_absurd_dims(tmp_path))
+
+
+def test_zip_sizes_are_checked_before_unpacking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_extract(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing may be unpacked")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", no_extract)
+    with pytest.raises(TooLargeError, match="zip bomb"):
+        read_volume(zip_declares_huge(tmp_path))
+    with memory_limit("32M"), pytest.raises(TooLargeError, match=r"zip's content is 64\.0 MiB"):
+        read_volume(zip_high_ratio(tmp_path))
+
+
+def test_gzip_bomb_behind_a_small_nifti_is_cut_short(tmp_path: Path) -> None:
+    """A valid small NIfTI followed, inside its gzip stream, by 64 MiB of zeros."""
+    raw = gzip.decompress(good_nifti(tmp_path, "small.nii.gz").read_bytes())
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(raw + b"\0" * (64 * 1024**2), compresslevel=1))
+    with pytest.raises(TooLargeError, match="gzip stream expands beyond"):
+        read_volume(bomb)
