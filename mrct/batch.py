@@ -19,8 +19,9 @@ rewritten atomically after each series and outputs are renamed into place when c
 killed run leaves no partial output and a re-run resumes: series done (output present) or
 skipped are kept, failed ones retried; ``overwrite`` redoes all. A run locks ``OUT_DIR`` and
 first deletes the temporary files of killed runs (:mod:`mrct.batch_folder`). ``workers`` threads
-read and decode the next series while this thread preprocesses and translates the current one
-(one ``Translator``, loaded once), and as many threads write finished outputs.
+read, localise and preprocess the next series (``Translator.prepare``) while this thread runs the
+model on the current one (one ``Translator``, loaded once), and as many threads put finished
+outputs back on their input grids and write them (``Translator.finish``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class _Loaded:
     skip: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    prepared: Any = None  # localised and on the model grid (Translator.prepare), ready to run
 
 
 def _one_line(err: BaseException) -> str:
@@ -121,6 +123,28 @@ def _load(s: Series, to: Modality) -> _Loaded:
     except Exception as err:  # one unreadable series must not stop the batch
         log.debug("%s: not read", s.id, exc_info=not isinstance(err, MrctError))
         return _Loaded(error=_one_line(err), seconds=time.perf_counter() - start)
+
+
+def _load_and_prepare(s: Series, to: Modality, translator: Any, crop: CropRequest | None) -> _Loaded:
+    """Read, localise and preprocess a series in a worker thread, while the model runs on the
+    previous one (the CPU-bound parts around the forward pass overlap it). Never raises."""
+    loaded = _load(s, to)
+    if loaded.volume is None:
+        return loaded
+    start = time.perf_counter()
+    try:
+        loaded.prepared = translator.prepare(loaded.volume, to, crop)
+    except Exception as err:  # a slab that cannot be found fails this series only
+        loaded.error = _one_line(err)
+    loaded.volume, loaded.seconds = None, loaded.seconds + time.perf_counter() - start
+    return loaded
+
+
+def _finish_and_write(translator: Any, prepared: Any, outputs: Any, *args: Any) -> float:
+    """Invert onto the input grid and write (in a writer thread, overlapping the next forward)."""
+    start = time.perf_counter()
+    volume = translator.finish(prepared, outputs).volume
+    return time.perf_counter() - start + _write(volume, *args)
 
 
 def _write(
@@ -268,13 +292,13 @@ def _translate(
         try:
             while True:
                 while len(ahead) <= workers and (nxt := next(pending, None)):  # read ``workers`` ahead
-                    ahead.append((*nxt, reads.submit(_load, nxt[0], to)))
+                    ahead.append((*nxt, reads.submit(_load_and_prepare, nxt[0], to, translator, crop)))
                 if not ahead:
                     break
                 s, replace_it, future = ahead.popleft()
                 bar.set_postfix_str(s.input, refresh=False)
                 loaded = future.result()
-                if loaded.volume is None:
+                if loaded.prepared is None:
                     message = loaded.skip or loaded.error or ""
                     record(
                         s, "skipped" if loaded.skip else "failed", loaded.modality, loaded.seconds, message
@@ -282,13 +306,28 @@ def _translate(
                     continue
                 start = time.perf_counter()
                 try:
-                    result = translator.translate(loaded.volume, to, crop)
+                    outputs = translator.run(loaded.prepared)
                 except Exception as err:
                     record(s, "failed", loaded.modality, loaded.seconds, _one_line(err))
                     continue
-                took, loaded.volume = loaded.seconds + time.perf_counter() - start, None
+                took, prepared, loaded.prepared = (
+                    loaded.seconds + time.perf_counter() - start,
+                    loaded.prepared,
+                    None,
+                )
                 dst = out / s.output
-                job = writes.submit(_write, result.volume, dst, s.fmt, to, how, replace_it, anonymizer)
+                job = writes.submit(
+                    _finish_and_write,
+                    translator,
+                    prepared,
+                    outputs,
+                    dst,
+                    s.fmt,
+                    to,
+                    how,
+                    replace_it,
+                    anonymizer,
+                )
                 writing.append((s, loaded, took, job))
                 reap(keep=workers)
         finally:

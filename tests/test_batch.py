@@ -126,7 +126,7 @@ def test_an_interrupted_run_resumes(
 ) -> None:
     from mrct.inference import Translator
 
-    real, calls = Translator.translate, []
+    real, calls = Translator.run, []  # the model's forward, in batch's main thread
 
     def interrupted_on_the_second(self: Translator, *args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -135,7 +135,7 @@ def test_an_interrupted_run_resumes(
         return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
     out, options = tmp_path / "out", {"model": model, "crop_mm": "40,-40", "progress": False}
-    monkeypatch.setattr(Translator, "translate", interrupted_on_the_second)
+    monkeypatch.setattr(Translator, "run", interrupted_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
     status = {r["input"]: r["status"] for r in _manifest(out)[0]["series"]}  # readable, consistent
