@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
+from mrct.io.anonymize import Anonymizer
 from mrct.volume import Modality, guess_modality
 
 if TYPE_CHECKING:
@@ -109,8 +110,10 @@ def convert(
     modality: Modality | None = None,
     overwrite: bool = False,
     allow_gaps: bool = False,
+    anonymize: bool = False,
 ) -> Path:
-    """Convert between formats without translation. ``dst`` ending in ``/`` means DICOM."""
+    """Convert between formats without translation. ``dst`` ending in ``/`` means DICOM;
+    ``anonymize`` de-identifies it (:mod:`mrct.io.anonymize`)."""
     src_p, dst_p = Path(src), Path(str(dst).rstrip("/\\"))
     try:
         fmt = output_format_for(dst)
@@ -133,6 +136,7 @@ def convert(
         overwrite=overwrite,
         series_description=f"mrct convert ({vol.modality.value if vol.modality else 'image'})",
         derivation_description=f"Format conversion by mrct from {vol.source.format}",
+        anonymizer=Anonymizer() if anonymize else None,
     )
 
 
@@ -297,6 +301,7 @@ def translate(
     model: str | Path | None = None,
     *,
     device: str = "auto",
+    precision: str = "auto",
     crop_mm: str | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
@@ -307,7 +312,8 @@ def translate(
 
     Returns the synthetic volume on the input's grid: CT in HU (int16, -1024..3071), MR on
     an arbitrary 0..1000 scale. ``model`` is a package folder or a bundled model's name
-    (default: :data:`mrct.inference.DEFAULT_MODEL`).
+    (default: :data:`mrct.inference.DEFAULT_MODEL`). ``precision`` is the generator's arithmetic:
+    ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16`` (:mod:`mrct.runtime`).
     """
     from mrct.inference import Translator
     from mrct.preprocessing.crop import CropRequest
@@ -315,7 +321,7 @@ def translate(
 
     volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
-    translator = Translator.from_package(model, device)
+    translator = Translator.from_package(model, device, precision=precision)
     return translator.translate(volume, _target(to), crop, full_fov=full_fov, force=force).volume
 
 
@@ -327,6 +333,7 @@ def translate_file(
     model: str | Path | None = None,
     output_format: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
     crop_mm: str | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
@@ -336,6 +343,7 @@ def translate_file(
     preview: str | Path | None = None,
     overwrite: bool = False,
     force: bool = False,
+    anonymize: bool = False,
 ) -> TranslateSummary:
     """Translate the scan at ``src`` and write it to ``dst`` (default: beside the input, named
     ``<input>_synthetic_<to>``, in the input's format); see :func:`mrct.translate.translate_file`."""
@@ -351,6 +359,7 @@ def translate_file(
         model=model,
         fmt=fmt,
         device=device,
+        precision=precision,
         crop=crop,
         full_fov=full_fov,
         series=series,
@@ -358,6 +367,7 @@ def translate_file(
         preview=preview,
         overwrite=overwrite,
         force=force,
+        anonymize=anonymize,
     )
 
 
@@ -372,15 +382,19 @@ def batch(
     shard: str | None = None,
     model: str | Path | None = None,
     device: str = "auto",
+    precision: str = "auto",
     crop_mm: str | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
     progress: bool = True,
     search_dirs: Sequence[Path] | None = None,
+    anonymize: bool = False,
 ) -> BatchSummary:
     """Translate every MR (``to="ct"``) or CT (``to="mr"``) series under ``in_dir`` into ``out_dir``,
     mirroring its folders, with a manifest; resumable. See :mod:`mrct.batch` for the layout.
-    ``shard`` is ``"K/N"``: the K-th of N disjoint parts of the sorted series list."""
+    ``shard`` is ``"K/N"``: the K-th of N disjoint parts of the sorted series list;
+    ``anonymize`` de-identifies DICOM outputs (:mod:`mrct.io.anonymize`); ``precision`` as
+    for :func:`translate_file` (``auto``, ``fp32`` or ``bf16``)."""
     from mrct.batch import run_batch
     from mrct.preprocessing.crop import CropRequest
 
@@ -396,9 +410,11 @@ def batch(
         shard=shard,
         model=model,
         device=device,
+        precision=precision,
         crop=crop,
         progress=progress,
         search_dirs=search_dirs,
+        anonymize=anonymize,
     )
 
 

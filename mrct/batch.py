@@ -205,6 +205,7 @@ def run_batch(
     shard: tuple[int, int] | str | None = None,
     model: str | Path | None = None,
     device: str = "auto",
+    precision: str = "auto",
     crop: CropRequest | None = None,
     progress: bool = True,
     search_dirs: Sequence[Path] | None = None,
@@ -234,7 +235,9 @@ def run_batch(
     with hold(out, part):  # first: a second run on this folder is refused before any work
         from mrct.inference import REPO_MODELS, Translator  # torch: after the lock, refusals are quick
 
-        translator = Translator.from_package(model, device, tuple(search_dirs or (REPO_MODELS,)))
+        translator = Translator.from_package(
+            model, device, tuple(search_dirs or (REPO_MODELS,)), precision=precision
+        )
         package, suffix = translator.package, f"-shard{part[0]}of{part[1]}" if part else ""
         header = {"format": "mrct-batch", "version": 1, "mrct_version": __version__, "to": to.value}
         header["model"] = {"name": package.name, "checksum": package.checksum}

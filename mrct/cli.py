@@ -51,6 +51,14 @@ def _root(
         stream=sys.stderr,
         force=True,
     )
+    from mrct.log_privacy import redact_header_values
+
+    redact_header_values(logging.root.handlers)  # pydicom quotes header values it finds invalid
+    # Readers' notes on header oddities they tolerate (pydicom's value checks, nibabel's header
+    # fixes) are not errors, and would break the one-line error rule; --verbose shows them.
+    logging.captureWarnings(True)
+    for name in ("py.warnings", "pydicom", "nibabel"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def _fail(err: BaseException) -> NoReturn:
@@ -73,6 +81,26 @@ def _modality(choice: ModalityChoice | None):  # type: ignore[no-untyped-def]
     return None if choice is None else Modality(choice.value.upper())
 
 
+def _max_memory(value: str | None) -> str | None:
+    from mrct.io.limits import set_max_memory
+
+    try:
+        set_max_memory(value)  # process-wide, so reader threads see it; None restores the default
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
+MaxMemoryOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--max-memory",
+        envvar="MRCT_MAX_MEMORY",
+        callback=_max_memory,
+        help="Refuse inputs whose voxels need more memory than this, e.g. 8G "
+        "(default: a quarter of the machine's memory).",
+    ),
+]
 SeriesOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.11
     typer.Option("--series", help="SeriesInstanceUID to read when a folder holds several."),
@@ -84,6 +112,7 @@ def info(
     path: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
     series: SeriesOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Show modality, shape, spacing, orientation, value range, and the series in a folder."""
     from mrct import api
@@ -112,6 +141,16 @@ def info(
     typer.echo(f"range:       {lo:.6g} .. {hi:.6g}")
 
 
+AnonymizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--anonymize",
+        help="De-identify DICOM outputs (DICOM PS3.15 Basic Profile: no patient identity, new UIDs). "
+        "Without it, DICOM outputs keep the source's patient and study.",
+    ),
+]
+
+
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.")],
@@ -125,13 +164,21 @@ def convert(
     allow_gaps: Annotated[
         bool, typer.Option("--allow-gaps", help="Interpolate across missing DICOM slices.")
     ] = False,
+    anonymize: AnonymizeOpt = False,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Convert between NIfTI, NRRD, MHA and DICOM without translating."""
     from mrct import api
 
     try:
         out = api.convert(
-            src, dst, series=series, modality=_modality(modality), overwrite=overwrite, allow_gaps=allow_gaps
+            src,
+            dst,
+            series=series,
+            modality=_modality(modality),
+            overwrite=overwrite,
+            allow_gaps=allow_gaps,
+            anonymize=anonymize,
         )
     except Exception as err:
         _fail(err)
@@ -276,6 +323,21 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 
 
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="Generator arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 or bf16.",
+    ),
+]
+
+
 @app.command()
 def translate(
     scan: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
@@ -290,6 +352,7 @@ def translate(
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = PrecisionChoice.auto,
     series: SeriesOpt = None,
     crop_mm: CropMmOpt = None,
     crop_markups: CropMarkupsOpt = None,
@@ -309,6 +372,8 @@ def translate(
     force: Annotated[
         bool, typer.Option("--force", help="Translate even if the input already is the target modality.")
     ] = False,
+    anonymize: AnonymizeOpt = False,
+    max_memory: MaxMemoryOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """Translate a head scan MR -> CT (--to ct) or CT -> MR (--to mr) onto the scan's own grid.
@@ -325,6 +390,7 @@ def translate(
             model=model,
             output_format=None if output_format is None else output_format.value,
             device=device,
+            precision=precision.value,
             crop_mm=crop_mm,
             crop_markups=crop_markups,
             no_crop=no_crop,
@@ -334,6 +400,7 @@ def translate(
             preview=preview,
             overwrite=overwrite,
             force=force,
+            anonymize=anonymize,
         )
     except Exception as err:
         _fail(err)
@@ -478,9 +545,12 @@ def batch(
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = PrecisionChoice.auto,
     crop_mm: CropMmOpt = None,
     crop_markups: CropMarkupsOpt = None,
     no_crop: NoCropOpt = False,
+    anonymize: AnonymizeOpt = False,
+    max_memory: MaxMemoryOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Translate every MR (--to ct) or CT (--to mr) series under a folder; other series are skipped.
@@ -501,10 +571,12 @@ def batch(
             shard=shard,
             model=model,
             device=device,
+            precision=precision.value,
             crop_mm=crop_mm,
             crop_markups=crop_markups,
             no_crop=no_crop,
             progress=not quiet,
+            anonymize=anonymize,
         )
     except Exception as err:
         _fail(err)

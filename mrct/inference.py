@@ -6,6 +6,10 @@ the generator, then :func:`mrct.preprocessing.invert` back onto the input grid w
 *target* modality's intensity map. The output keeps the input's affine, shape and source
 (so a DICOM output shares the source's study and frame of reference).
 
+:class:`Translator` splits this into three stages a batch can overlap: ``prepare`` (CPU:
+localise, preprocess), ``run`` (the generator, through :mod:`mrct.runtime` on the CPU:
+precision, threads, kernels) and ``finish`` (CPU: back onto the input grid).
+
 Output values:
 
 - synthetic CT: HU, int16, clipped to [-1024, 3071]; -1024 HU (air) outside the slab and
@@ -26,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from mrct.errors import ConfigError, ModalityError
-from mrct.metrics import slab_voxels
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality, Volume, guess_modality
 
@@ -63,18 +66,20 @@ def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
     return Modality.MR if to is Modality.CT else Modality.CT
 
 
-class _TimedLocaliser:
-    """Wraps the localiser so that its share of preprocessing is timed separately."""
+@dataclass
+class Prepared:
+    """A scan made ready for the model by :meth:`Translator.prepare` (CPU work, no model).
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.seconds = inner, 0.0
+    ``slabs`` are :class:`mrct.preprocessing.chain.Preprocessed` model-grid images in [-1, 1]:
+    the brow-to-jaw slab first, then (``full_fov``) the tiles above and below it.
+    ``timings`` (seconds) collects each stage as it runs: ``localise`` and ``preprocess`` here,
+    ``forward`` in :meth:`Translator.run`, ``invert`` in :meth:`Translator.finish`.
+    """
 
-    def locate(self, work: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.inner.locate(work)
-        finally:
-            self.seconds += time.perf_counter() - start
+    volume: Volume
+    to: Modality
+    slabs: list[Any]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,10 +92,23 @@ class Translation:
 
 
 class Translator:
-    """A loaded model package on a device; :meth:`translate` is safe to call repeatedly."""
+    """A loaded model package on a device; safe to call repeatedly (generators load once).
 
-    def __init__(self, package: Any, device: str = "auto") -> None:
+    ``translate`` is three stages, callable separately so that a batch can overlap them:
+    :meth:`prepare` (localise and preprocess: CPU work, any thread), :meth:`run` (the
+    generator), :meth:`finish` (back onto the input grid, scanner units: CPU work, any thread).
+    The stages share no mutable state, so ``prepare`` of one scan may run in a worker thread
+    while ``run`` computes another; torch's intra-op thread count is per calling thread, so
+    such a worker can be limited with ``mrct.runtime.torch_threads(1)`` without slowing ``run``.
+
+    ``precision``: ``auto`` (bf16 on a CPU with native bf16, else fp32), ``fp32`` or ``bf16``;
+    see :mod:`mrct.runtime`.
+    """
+
+    def __init__(self, package: Any, device: str = "auto", precision: str = "auto") -> None:
         import torch
+
+        from mrct.runtime import inference_threads, resolve_precision
 
         self.package = package
         if device == "auto":
@@ -101,6 +119,12 @@ class Translator:
             raise ConfigError(f"--device: {err}") from err
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA device is available")
+        try:
+            self.precision = resolve_precision(precision, self.device)
+        except ValueError as err:
+            raise ConfigError(f"--precision: {err}") from err
+        # Intra-op threads of the forward pass (None: the user's OMP/MKL_NUM_THREADS rule).
+        self.threads = inference_threads() if self.device.type == "cpu" else None
         self._generators: dict[str, Any] = {}
         self._localiser: Any = None
 
@@ -110,25 +134,38 @@ class Translator:
         name_or_path: str | Path | None = None,
         device: str = "auto",
         search_dirs: Sequence[Path] = (REPO_MODELS,),
+        precision: str = "auto",
     ) -> Translator:
         """Load a package by folder path or by name (looked up in ``search_dirs``)."""
         from mrct.models import find_package, load_package
 
-        return cls(load_package(find_package(name_or_path or DEFAULT_MODEL, search_dirs)), device)
+        package = load_package(find_package(name_or_path or DEFAULT_MODEL, search_dirs))
+        return cls(package, device, precision)
 
     def generator(self, direction: str) -> Any:
+        """The generator for ``direction``, loaded once and set up for inference at this precision."""
         if direction not in self._generators:
-            self._generators[direction] = self.package.load_generator(direction, self.device)
+            from mrct.runtime import for_inference
+
+            module = self.package.load_generator(direction, self.device)
+            self._generators[direction] = for_inference(module, self.precision, self.device)
         return self._generators[direction]
 
     def forward(self, direction: str, image: np.ndarray) -> np.ndarray:
         """The generator on one model-grid volume (D, H, W) in [-1, 1]; a 2D (frame-wise)
         generator runs on the D slices as one batch, so 2D and 3D models translate alike."""
+        import contextlib
+
         import torch
+
+        from mrct.runtime import FastResnet, torch_threads
 
         generator = self.generator(direction)
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
+        autocast: Any = contextlib.nullcontext()
+        if self.precision == "bf16" and not isinstance(generator, FastResnet):
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+        with torch.inference_mode(), torch_threads(self.threads), autocast:
             if self.package.generator_config.spatial_dims == 2:
                 return generator(x[:, None]).float()[:, 0].cpu().numpy()
             return generator(x[None, None]).float()[0, 0].cpu().numpy()
@@ -158,88 +195,157 @@ class Translator:
             ModalityError: the input already is ``to`` (unless ``force``).
             CropError: the slab cannot be found or used (the message names the overrides).
         """
-        source = source_modality(volume, to, force)
-        crop = crop or CropRequest.auto()
-        timings = {"localise": 0.0, "preprocess": 0.0, "forward": 0.0, "invert": 0.0}
-        first = self._one_slab(volume, source, to, crop, timings)
-        if not full_fov:
-            return Translation(finish(first[0], volume, to), [first[1]], timings)
-        return self._full_fov(volume, source, to, first, timings)
+        prepared = self.prepare(volume, to, crop, full_fov=full_fov, force=force)
+        return self.finish(prepared, self.run(prepared))
 
-    def _one_slab(
+    def prepare(
         self,
         volume: Volume,
-        source: Modality,
         to: Modality,
-        crop: CropRequest,
-        timings: dict[str, float],
-        fill: Any = None,
-    ) -> tuple[Volume, dict[str, Any]]:
-        from mrct.preprocessing.chain import invert, preprocess
+        crop: CropRequest | None = None,
+        *,
+        full_fov: bool = False,
+        force: bool = False,
+    ) -> Prepared:
+        """Check the modality, find the slab and preprocess it (and, with ``full_fov``, the tiles
+        above and below it, each with its own levels via ``--crop-mm``). Raises as :meth:`translate`."""
+        from mrct.preprocessing.grid import world_extent
 
+        source = source_modality(volume, to, force)
+        timings = {"localise": 0.0, "preprocess": 0.0}
+        first = self._preprocess(volume, source, crop or CropRequest.auto(), timings)
+        slabs = [first]
+        if full_fov:
+            # Tile the scan's S extent with slabs of the first one's height, anchored on it.
+            sup, inf = first.record.slab.superior_mm, first.record.slab.inferior_mm
+            height = sup - inf
+            lo, hi = world_extent(volume.shape, volume.affine)
+            tops = [sup + height * n for n in range(1, int(np.ceil((hi[2] - sup) / height)) + 1)]
+            tops += [sup - height * n for n in range(1, int(np.ceil((inf - lo[2]) / height)) + 1)]
+            for top in tops:
+                tile = CropRequest.millimetres(top, top - height)
+                slabs.append(self._preprocess(volume, source, tile, timings))
+        return Prepared(volume, to, slabs, timings)
+
+    def run(self, prepared: Prepared) -> list[np.ndarray]:
+        """The generator on each prepared slab: model-grid arrays (D, H, W) in [-1, 1]."""
+        start = time.perf_counter()
+        outputs = [self.forward(DIRECTION[prepared.to], slab.image) for slab in prepared.slabs]
+        prepared.timings["forward"] = prepared.timings.get("forward", 0.0) + time.perf_counter() - start
+        return outputs
+
+    def finish(self, prepared: Prepared, outputs: Sequence[np.ndarray]) -> Translation:
+        """Put the generator's outputs back on the input grid in the target's units.
+
+        Only the input voxels the model grid can reach are resampled (a box around the slab);
+        the rest is background. A voxel takes its value from the first slab that contains it.
+        """
+        start = time.perf_counter()
+        volume, to = prepared.volume, prepared.to
         config = self.package.preprocessing
+        target_map = output_map(to, config.intensity.ct_map)
+        background = scanner_units(np.array([target_map.background], np.float32), to)[0]
+        out = np.full(volume.shape, background, dtype=background.dtype)
+        taken = np.zeros(volume.shape, dtype=bool) if len(prepared.slabs) > 1 else None
+        infos = []
+        for pre, y in zip(prepared.slabs, outputs, strict=True):
+            slab = pre.record.slab
+            if config.mask_background:
+                y = np.where(pre.mask, y, np.float32(-1.0))  # the head mask of the source: air stays air
+            box = _footprint(volume, pre.record)
+            if box is not None:
+                values = _resample_box(target_map.inverse(y), pre.record, volume, box, target_map.background)
+                # Interpolation reaches half a model slice beyond the slab; the slab's levels are the limit.
+                keep = _slab_in_box(volume, box, slab.superior_mm, slab.inferior_mm)
+                if taken is not None:
+                    keep &= ~taken[box]
+                    taken[box] |= keep
+                out[box][keep] = scanner_units(values[keep], to)
+            info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": slab.source}
+            if slab.confidence is not None:
+                info["confidence"] = slab.confidence
+            infos.append(info)
+        prepared.timings["invert"] = prepared.timings.get("invert", 0.0) + time.perf_counter() - start
+        result = Volume(out, volume.affine.copy(), to, volume.source)
+        return Translation(result, infos, dict(prepared.timings))
+
+    def _preprocess(
+        self, volume: Volume, source: Modality, crop: CropRequest, timings: dict[str, float]
+    ) -> Any:
+        from mrct.preprocessing.chain import preprocess
+
         timed = _TimedLocaliser(self.localiser()) if crop.mode == "auto" else None
         start = time.perf_counter()
-        prepared = preprocess(volume, config, crop, modality=source, localiser=timed)  # type: ignore[arg-type]
+        prepared = preprocess(volume, self.package.preprocessing, crop, modality=source, localiser=timed)  # type: ignore[arg-type]
         located = timed.seconds if timed else 0.0
         timings["localise"] += located
         timings["preprocess"] += time.perf_counter() - start - located
+        return prepared
+
+
+class _TimedLocaliser:
+    """Wraps the localiser so that its share of preprocessing is timed separately."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seconds = inner, 0.0
+
+    def locate(self, work: Any) -> Any:
         start = time.perf_counter()
-        y = self.forward(DIRECTION[to], prepared.image)
-        timings["forward"] += time.perf_counter() - start
-        start = time.perf_counter()
-        if config.mask_background:
-            y = np.where(prepared.mask, y, -1.0)  # the head mask of the source: air stays air
-        target_map = output_map(to, config.intensity.ct_map)
-        out = invert(prepared.record, y, intensity=target_map)
-        slab = prepared.record.slab
-        # Interpolation reaches half a model slice beyond the slab; the slab's levels are the limit.
-        outside = ~slab_voxels(volume, slab.superior_mm, slab.inferior_mm)
-        out.array[outside] = target_map.background
-        timings["invert"] += time.perf_counter() - start
-        info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": slab.source}
-        if slab.confidence is not None:
-            info["confidence"] = slab.confidence
-        return out, info
-
-    def _full_fov(
-        self,
-        volume: Volume,
-        source: Modality,
-        to: Modality,
-        first: tuple[Volume, dict[str, Any]],
-        timings: dict[str, float],
-    ) -> Translation:
-        """Tile the scan's S extent with slabs of the first one's height, anchored on it.
-
-        Each tile is preprocessed with its own levels (``--crop-mm``) and translated; a voxel
-        takes its value from the first tile that contains it.
-        """
-        from mrct.preprocessing.grid import world_extent
-
-        sup, inf = first[1]["superior_mm"], first[1]["inferior_mm"]
-        height = sup - inf
-        lo, hi = world_extent(volume.shape, volume.affine)
-        tops = [sup + height * n for n in range(1, int(np.ceil((hi[2] - sup) / height)) + 1)]
-        tops += [sup - height * n for n in range(1, int(np.ceil((inf - lo[2]) / height)) + 1)]
-        merged = np.array(first[0].array, dtype=np.float32)
-        inside = slab_voxels(volume, sup, inf)
-        slabs = [first[1]]
-        for top in tops:
-            tile = CropRequest.millimetres(top, top - height)
-            out, info = self._one_slab(volume, source, to, tile, timings)
-            fresh = slab_voxels(volume, top, top - height) & ~inside
-            merged[fresh] = out.array[fresh]
-            inside |= fresh
-            slabs.append(info)
-        return Translation(finish(first[0].replace(array=merged), volume, to), slabs, timings)
+        try:
+            return self.inner.locate(work)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
-def finish(out: Volume, source: Volume, to: Modality) -> Volume:
-    """Scanner units for the target, on the input's grid, carrying the input's source record."""
+def scanner_units(values: np.ndarray, to: Modality) -> np.ndarray:
+    """Values in the target's units -> what is written: CT HU rounded to int16 in
+    [-1024, 3071]; MR float32 in [0, 1000]. NaN becomes the background."""
     if to is Modality.CT:
-        values = np.clip(np.rint(np.nan_to_num(out.array, nan=CT_OUTPUT_RANGE_HU[0])), *CT_OUTPUT_RANGE_HU)
-        array: np.ndarray = values.astype(np.int16)
-    else:
-        array = np.clip(np.nan_to_num(out.array, nan=MR_OUTPUT_RANGE[0]), *MR_OUTPUT_RANGE).astype(np.float32)
-    return Volume(array, source.affine.copy(), to, source.source)
+        hu = np.clip(np.rint(np.nan_to_num(values, nan=CT_OUTPUT_RANGE_HU[0])), *CT_OUTPUT_RANGE_HU)
+        return hu.astype(np.int16)
+    return np.clip(np.nan_to_num(values, nan=MR_OUTPUT_RANGE[0]), *MR_OUTPUT_RANGE).astype(np.float32)
+
+
+Box = tuple[slice, slice, slice]
+
+
+def _footprint(volume: Volume, record: Any) -> Box | None:
+    """The input-grid index box that can receive values from the model grid, or None.
+
+    Trilinear sampling reaches one model voxel beyond the grid's outer voxel centres, so
+    the model grid's box [-1, n] (in its own indices) is mapped into the input's indices;
+    one voxel more on each side absorbs rounding.
+    """
+    to_input = np.linalg.inv(volume.affine) @ record.grid_affine_array
+    corners = np.array(
+        [
+            [a, b, c, 1.0]
+            for a in (-1, record.grid_shape[0])
+            for b in (-1, record.grid_shape[1])
+            for c in (-1, record.grid_shape[2])
+        ]
+    ).T
+    index = (to_input @ corners)[:3]
+    lo = np.maximum(np.floor(index.min(axis=1)) - 1, 0).astype(int)
+    hi = np.minimum(np.ceil(index.max(axis=1)) + 1, np.array(volume.shape) - 1).astype(int)
+    if (lo > hi).any():
+        return None
+    return (slice(lo[0], hi[0] + 1), slice(lo[1], hi[1] + 1), slice(lo[2], hi[2] + 1))
+
+
+def _resample_box(values: np.ndarray, record: Any, volume: Volume, box: Box, fill: float) -> np.ndarray:
+    """``values`` on the model grid, sampled at the input voxels of ``box`` (float32)."""
+    from mrct.preprocessing.grid import resample
+
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ np.array([b.start for b in box], float) + volume.affine[:3, 3]
+    shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    return resample(values, record.grid_affine_array, affine, shape, fill=fill)
+
+
+def _slab_in_box(volume: Volume, box: Box, superior_mm: float, inferior_mm: float) -> np.ndarray:
+    """:func:`mrct.metrics.slab_voxels` restricted to ``box`` (the same sums, so the same voxels)."""
+    i, j, k = (np.arange(b.start, b.stop, dtype=np.float64) for b in box)
+    a = volume.affine[2]
+    s = a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3]
+    return np.asarray((s >= inferior_mm) & (s <= superior_mm))

@@ -16,6 +16,7 @@ from typing import Any
 from mrct import __version__
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
+from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import atomic_file, compound_suffix
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -92,7 +93,9 @@ class TranslateSummary:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _write(volume: Any, dst: Path, fmt: OutputFormat, to: Modality, overwrite: bool, derivation: str) -> Path:
+def _write(
+    volume: Any, dst: Path, fmt: OutputFormat, to: Modality, overwrite: bool, derivation: str, anonymizer: Any
+) -> Path:
     from mrct.io import write_volume
 
     target = str(dst) + "/" if fmt is OutputFormat.DICOM else dst
@@ -102,6 +105,7 @@ def _write(volume: Any, dst: Path, fmt: OutputFormat, to: Modality, overwrite: b
         overwrite=overwrite,
         series_description=series_description(to),
         derivation_description=derivation,
+        anonymizer=anonymizer,
     )
 
 
@@ -114,6 +118,7 @@ def translate_file(
     model: str | Path | None = None,
     fmt: OutputFormat | None = None,
     device: str = "auto",
+    precision: str = "auto",
     crop: CropRequest | None = None,
     full_fov: bool = False,
     series: str | None = None,
@@ -121,12 +126,16 @@ def translate_file(
     preview: str | Path | None = None,
     overwrite: bool = False,
     force: bool = False,
+    anonymize: bool = False,
 ) -> TranslateSummary:
     """Read ``src``, translate it to ``to``, write the result (and optionally a report and a preview).
 
     Outputs are checked before any work (an existing one is refused without ``overwrite``)
     and written under a temporary name, then renamed. The report holds no patient names or
-    IDs: paths, checksums, the model, the device, the slab and the time each stage took.
+    IDs: paths, checksums, the model, the device and precision, the slab and the time each
+    stage took (``timings_s``: load_model, read, localise, preprocess, forward, invert, write,
+    preview, checksum, and ``other`` = total minus those, so the stages add up to ``total``).
+    ``anonymize`` de-identifies a DICOM output (:mod:`mrct.io.anonymize`).
     """
     from mrct.inference import Translator
     from mrct.io import read_volume
@@ -140,7 +149,7 @@ def translate_file(
             raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    translator = translator or Translator.from_package(model, device)
+    translator = translator or Translator.from_package(model, device, precision=precision)
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     volume = read_volume(src, series=series)
@@ -150,20 +159,29 @@ def translate_file(
     package = translator.package
     derivation = derivation_description(to, package)
     t = time.perf_counter()
-    written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation)
+    anonymizer = Anonymizer() if anonymize else None  # a new key: new UIDs for this run
+    written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation, anonymizer)
     timings["write"] = time.perf_counter() - t
     if preview is not None:
         t = time.perf_counter()
         write_preview(volume, result.volume, Path(preview), overwrite)
         timings["preview"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - started
+    t = time.perf_counter()
     files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    checksum = sha256_files(files)
+    timings["checksum"] = time.perf_counter() - t
+    stages = sum(timings.values())
+    timings["total"] = time.perf_counter() - started
+    timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
     content = {
         "mrct_version": __version__,
-        "input": {"path": str(src), "sha256": sha256_files(files), "files": len(files), "series": series},
+        "input": {"path": str(src), "sha256": checksum, "files": len(files), "series": series},
         "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
+        "anonymized": anonymize,
         "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
         "device": str(translator.device),
+        "precision": translator.precision,
+        "threads": translator.threads,
         "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
         "slabs": result.slabs,
         "full_fov": full_fov,
