@@ -18,6 +18,7 @@ that reader threads (``mrct batch``) see it too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -60,6 +61,7 @@ def format_size(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
+@functools.cache  # fixed for the process; asked for on every file read
 def system_memory() -> int | None:
     """Bytes of memory this process may use: physical memory, or a lower cgroup limit."""
     found: list[int] = []
