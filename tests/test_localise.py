@@ -53,11 +53,12 @@ def results(shared_data: Path) -> dict[str, dict]:
     return out
 
 
-# Regression guards at the measured accuracy. On 2026-11-22 (after discarding an affine
-# refinement that fits worse than its similarity start) the brow was within 10 mm on all 44
-# held-out heads (median 2.5 mm) and the jaw, found from the chin's edge, on 30 of 31
-# (median 2.0 mm); the miss is IXI079, +10.3 mm, whose chin touches the field of view's
-# bottom. Before that fix the Philips MPRAGE brow missed by 14 mm and IXI014's jaw by 19 mm.
+# Regression guards at the measured accuracy. On 2026-11-22 the brow was within 10 mm on all
+# 44 held-out heads (median 2.5 mm) and the jaw on all 31 annotated ones (median 2.8 mm).
+# Fixed on the way: an affine refinement that fits worse than its similarity start is
+# discarded (the Philips MPRAGE brow had missed by 14 mm, IXI014's jaw by 19 mm), and the
+# chin's bottom is judged against the outline of the 15 mm above it, not the whole window
+# (IXI079's protruding lower lip had put its jaw 10.3 mm too high).
 
 
 def _accuracy(results: dict[str, dict], key: str, label: str) -> tuple[np.ndarray, float, dict[str, float]]:
@@ -84,8 +85,8 @@ def test_brow_accuracy_on_held_out_heads(results: dict[str, dict]) -> None:
 @pytest.mark.realdata
 def test_jaw_accuracy_on_held_out_heads(results: dict[str, dict]) -> None:
     abs_err, within, worst = _accuracy(results, "inferior_mm", "jaw")
-    assert np.median(abs_err) <= 3.0
-    assert within >= 0.9, f"jaw within {TOLERANCE_MM} mm on only {within:.0%} of heads: {worst}"
+    assert np.median(abs_err) <= 3.5
+    assert within >= 0.95, f"jaw within {TOLERANCE_MM} mm on only {within:.0%} of heads: {worst}"
 
 
 # Annotated "chin reaches the FOV bottom; inferior border not seen": a little of the slab is missing.

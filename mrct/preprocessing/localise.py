@@ -247,12 +247,13 @@ BROW_REGION_MM = ((-60.0, 60.0), (-40.0, 30.0), (-25.0, 30.0))
 # artefacts, and the blend halves the worst errors on the annotated heads (see the issue notes).
 JAW_REGISTRATION_WEIGHT = 0.75
 # The chin edge search (:func:`chin_edge_s`): a midline band (R half-width), the window around
-# the registered menton where the chin's most anterior point (soft-tissue pogonion) is sought,
-# how far the outline must recede below it, and the part of the field of view's bottom where an
-# edge is not trusted (the scan's own edge, or a chin cut by it). All RAS mm.
+# the registered menton where the chin's bottom is sought, how far the outline must recede
+# behind its most anterior point within the look-back above, and the part of the field of
+# view's bottom where an edge is not trusted (the scan's own edge, or a chin cut by it). RAS mm.
 CHIN_BAND_MM = 10.0
 CHIN_WINDOW_MM = (-15.0, 15.0)
 CHIN_RECESSION_MM = 12.0
+CHIN_LOOKBACK_MM = 15.0
 FOV_EDGE_MARGIN_MM = 4.0
 
 
@@ -261,10 +262,13 @@ def chin_edge_s(work: WorkingImage, menton_ras: tuple[float, float, float]) -> f
 
     On a midline sagittal band around the registered menton, sampled at 1 mm from the
     working image, the head's anterior-most extent is traced per S level. Going down
-    from the chin's most anterior point (within :data:`CHIN_WINDOW_MM` of the registered
-    menton), the first level where the outline has receded by :data:`CHIN_RECESSION_MM`
-    is the bottom of the chin: the outline turns back to the neck there. The edge is the
-    skin's, so it lies a few mm below the bony menton (calibrated in the reference).
+    from the top of :data:`CHIN_WINDOW_MM` (around the registered menton), the first level
+    whose outline lies :data:`CHIN_RECESSION_MM` behind the most anterior outline of the
+    :data:`CHIN_LOOKBACK_MM` above it is the bottom of the chin: the outline turns back to the
+    neck there. The look-back is short so that a protruding lower lip at the window's top is
+    not taken for the chin (IXI079: its lip stood 8 mm ahead of the chin, and the chin's
+    bottom was placed 10 mm too high). The edge is the skin's, so it lies a few mm below the
+    bony menton (calibrated in the reference).
     """
     from scipy.ndimage import map_coordinates
 
@@ -286,11 +290,12 @@ def chin_edge_s(work: WorkingImage, menton_ras: tuple[float, float, float]) -> f
     window = usable & (s_levels <= s0 + CHIN_WINDOW_MM[1]) & (s_levels >= s0 + CHIN_WINDOW_MM[0])
     if not window.any():
         return None
-    top = int(np.flatnonzero(window)[np.argmax(extent[window])])
-    for i in range(top, len(s_levels)):
+    first = int(np.flatnonzero(window)[0])
+    look_back = int(round(CHIN_LOOKBACK_MM))  # levels are 1 mm apart
+    for i in range(first, len(s_levels)):
         if not usable[i]:
             return None  # the scan ends before the chin does
-        if extent[i] < extent[top] - CHIN_RECESSION_MM:
+        if extent[i] < np.nanmax(extent[max(first, i - look_back) : i + 1]) - CHIN_RECESSION_MM:
             return float(s_levels[i])
     return None
 
