@@ -291,7 +291,7 @@ def chin_edge_s(work: WorkingImage, menton_ras: tuple[float, float, float]) -> f
     if not window.any():
         return None
     first = int(np.flatnonzero(window)[0])
-    look_back = int(round(CHIN_LOOKBACK_MM))  # levels are 1 mm apart
+    look_back = round(CHIN_LOOKBACK_MM)  # levels are 1 mm apart
     for i in range(first, len(s_levels)):
         if not usable[i]:
             return None  # the scan ends before the chin does
