@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -183,6 +185,23 @@ def test_source_identity_copied(tmp_path: Path) -> None:
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_instance_uid
     assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
+
+
+@pytest.mark.parametrize("kind", ["ct", "mr_float"])
+def test_files_are_the_bytes_pydicom_writes(tmp_path: Path, kind: str) -> None:
+    """The shared part of a series is encoded once (mrct.io.dicom_encode); every file must still
+    be exactly what pydicom's dcmwrite makes of the same dataset (lengths, order, padding,
+    file meta group length), here with a non-ASCII name in UTF-8 and source references."""
+    source = _source(n_sop=5)
+    source = dataclasses.replace(source, patient={**source.patient, "PatientName": "Müller^Zoë"})
+    paths = write_dicom_series(_volume(kind, source=source), tmp_path / "s", series_description="sCT ü")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        assert buffer.getvalue() == path.read_bytes(), path.name
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert str(pydicom.dcmread(paths[0]).PatientName) == "Müller^Zoë"
 
 
 def test_placeholders_without_dicom_source(tmp_path: Path) -> None:

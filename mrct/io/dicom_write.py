@@ -30,6 +30,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from mrct.errors import WriteError
 from mrct.io.atomic import atomic_dir
+from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.orientation import ras_to_lps
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
 
@@ -68,6 +69,8 @@ ORTHOGONALITY_TOL = 1e-3
 it absorbs the rounding of DICOM-derived affines."""
 
 _INT16 = np.iinfo(np.int16)
+# What differs between the files of a series (the rest is encoded once: mrct.io.dicom_encode).
+VARYING = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "PixelData")
 # Type 2 patient/study attributes: written empty when the source lacks them.
 _TYPE2_PATIENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 _TYPE2_STUDY = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -356,17 +359,17 @@ def write_dicom_series(
     names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]
     with atomic_dir(out_dir, overwrite) as tmp:
         try:
+            encoder = SeriesEncoder(ds, VARYING)
             for k in range(n_k):
-                uid = generate_uid()
-                ds.SOPInstanceUID = uid
-                meta.MediaStorageSOPInstanceUID = uid
-                ds.InstanceNumber = k + 1
-                ds.ImagePositionPatient = [_ds(v) for v in geo.positions[k]]
                 # (row, col) <- array[col, J-1-row, k]: transpose and flip j.
                 plane = np.ascontiguousarray(stored[:, ::-1, k].T).astype("<i2")
-                ds.PixelData = plane.tobytes()
-                ds["PixelData"].VR = "OW"
-                ds.save_as(tmp / names[k], enforce_file_format=True)
+                values = {
+                    "SOPInstanceUID": generate_uid(),
+                    "InstanceNumber": k + 1,
+                    "ImagePositionPatient": [_ds(v) for v in geo.positions[k]],
+                    "PixelData": plane.tobytes(),
+                }
+                (tmp / names[k]).write_bytes(encoder.encode(values))
         except (OSError, ValueError, TypeError) as err:
             raise WriteError(f"cannot write DICOM file: {err}", out_dir) from err
     return [out_dir / name for name in names]
