@@ -17,7 +17,7 @@ from typing import Any
 
 from mrct.errors import MrctError
 from mrct.io import OutputFormat
-from mrct.io.dicom_scan import SeriesFiles, check_deflated, header_int, iter_files
+from mrct.io.dicom_scan import SeriesFiles, check_deflated, header_int, iter_files, read_header_dataset
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, safe_name
 from mrct.translate import EXTENSIONS, input_format
 from mrct.volume import Modality
@@ -45,12 +45,11 @@ class Series:
 
 def _header(path: Path) -> tuple[Any, str | None, str | None]:
     """(dataset, skip, error) from the header alone: non-DICOM files are skipped, broken ones fail."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         check_deflated(path)  # a deflated file is inflated whole by pydicom: bound it first
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_header_dataset(path)
     except MrctError as err:
         return None, None, err.message
     except InvalidDicomError:

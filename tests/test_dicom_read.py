@@ -359,3 +359,23 @@ def test_file_without_pixel_data_fails(make_series: Callable[..., SeriesInfo]) -
     ds.save_as(info.files[2])
     with pytest.raises(ReadError, match="no pixel data"):
         read_volume(info.folder)
+
+
+def test_each_file_is_parsed_once(
+    make_series: Callable[..., SeriesInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The headers read to group a folder into series also give the pixel data (deferred in the
+    file): no file is parsed twice. (The values are checked against dcm2niix above.)"""
+    info = make_series(shape=(40, 48, 6))
+    expected = read_volume(info.folder).array
+    calls: list[object] = []
+    real = pydicom.dcmread
+
+    def counting(path: object, *args: object, **kwargs: object) -> object:
+        calls.append(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    volume = read_volume(info.folder)
+    assert len(calls) == len(info.files) == len(set(map(str, calls)))
+    np.testing.assert_array_equal(volume.array, expected)

@@ -118,16 +118,25 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     import pydicom
 
     _check_headers(chosen, where)
-    datasets: list[Dataset] = []
-    for f in chosen.files:
-        check_deflated(f)
+    datasets: list[Dataset] = []  # whole datasets: the headers, or read again
+    with_pixels: list[Dataset] = []  # the pixel data and what decoding it needs
+    headers = chosen.headers if len(chosen.headers) == len(chosen.files) else (None,) * len(chosen.files)
+    for f, header in zip(chosen.files, headers, strict=True):
         try:
-            ds = pydicom.dcmread(f)
+            pixel_ds = _pixel_dataset(header) if header is not None else None
+            if header is not None and pixel_ds is not None:
+                ds = header
+            else:
+                check_deflated(f)
+                ds = pixel_ds = pydicom.dcmread(f)
+        except MrctError:
+            raise
         except Exception as err:  # pydicom raises many kinds for a damaged file
             raise ReadError(f"unreadable DICOM file ({type(err).__name__}: {_first_line(err)})", f) from err
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
+        if "PixelData" not in pixel_ds and "FloatPixelData" not in pixel_ds:
             raise ReadError("DICOM file has no pixel data (truncated, or not an image)", f)
         datasets.append(ds)
+        with_pixels.append(pixel_ds)
     first = datasets[0]
     _check_pixel_format(first, chosen.files[0])
     frames = [fr for i, ds in enumerate(datasets) for fr in _frames_of(ds, i, chosen.files[i])]
@@ -136,7 +145,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     check_shape((cols, rows, len(frames)), where)
     positions = np.array([f.position for f in frames], dtype=np.float64)
     plan = plan_stack(positions, geom, rows, cols, allow_gaps=allow_gaps, where=str(where))
-    pixels = _load_pixels(datasets, frames, chosen.files, rows, cols)
+    pixels = _load_pixels(with_pixels, frames, chosen.files, rows, cols)
     slopes = np.array([f.slope for f in frames])
     intercepts = np.array([f.intercept for f in frames])
     values = _rescale(pixels, slopes, intercepts)
@@ -300,6 +309,44 @@ def _common_geometry(frames: list[_Frame], where: Path) -> SliceGeometry:
     r, c = orientation_from_iop(ref, str(where))
     row_sp, col_sp = frames[0].pixel_spacing
     return SliceGeometry(r, c, row_sp, col_sp)
+
+
+# The Image Pixel module: what decoding pixel data needs besides the transfer syntax.
+_PIXEL_MODULE = (
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData", "FloatPixelData",
+)  # fmt: skip
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _pixel_dataset(header: Dataset) -> Dataset | None:
+    """The Image Pixel module of a header read with deferred values
+    (:func:`mrct.io.dicom_scan.read_header_dataset`), its pixel data loaded from the file, as
+    a new dataset: the header keeps its deferred element (a batch holds many headers). None
+    when the header cannot give it (read without pixel data, or from a deflated file, whose
+    offsets are those of the inflated stream)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset as PixelDataset
+    from pydicom.filereader import read_deferred_data_element
+
+    meta = getattr(header, "file_meta", None)
+    filename = getattr(header, "filename", None)
+    if meta is None or not isinstance(filename, str) or str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+        return None
+    if "PixelData" not in header and "FloatPixelData" not in header:
+        return None
+    out = PixelDataset()
+    for keyword in _PIXEL_MODULE:
+        element = header.get_item(keyword, keep_deferred=True) if keyword in header else None
+        if isinstance(element, RawDataElement) and element.value is None and element.length:
+            element = read_deferred_data_element(header.fileobj_type, filename, header.timestamp, element)
+        if element is not None:
+            out[element.tag] = element
+    out.file_meta = meta
+    implicit, little = header.original_encoding
+    out.set_original_encoding(implicit, little, header.original_character_set)
+    return out
 
 
 def _load_pixels(

@@ -136,10 +136,21 @@ def read_header(path: Path) -> Dataset | None:
         raise ReadError(f"unreadable DICOM file ({why})", path) from err
 
 
-def _image_header(path: Path) -> Dataset | None:
+# Header values longer than this are not loaded when a file's header is read, only located
+# (pydicom's deferred read): the pixel data above all. The reader loads the pixel data from
+# there (:func:`mrct.io.dicom_read.pixel_dataset`) instead of parsing every file a second time.
+DEFER_BYTES = 64 * 1024
+
+
+def read_header_dataset(path: Path) -> Dataset:
+    """``pydicom.dcmread`` of a file's header: every element parsed, long values left in the file."""
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+
+
+def _image_header(path: Path) -> Dataset | None:
+    ds = read_header_dataset(path)
     sop_class = str(ds.get("SOPClassUID", ""))
     meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
     if DICOMDIR_CLASS in (sop_class, str(meta_class)):

@@ -79,6 +79,30 @@ def anti_alias_sigmas(src_affine: FloatArray, dst_affine: FloatArray) -> tuple[f
     return sigmas[0], sigmas[1], sigmas[2]
 
 
+AA_TRUNCATE = 3.0  # the anti-aliasing Gaussian's reach, in sigmas
+
+
+def _source_box(
+    shape: tuple[int, ...],
+    src_affine: FloatArray,
+    dst_affine: FloatArray,
+    dst_shape: tuple[int, int, int],
+    radius: list[int],
+) -> tuple[list[int], list[int]]:
+    """[lo, hi) source indices holding every voxel that sampling the destination reads, with a
+    smoothing kernel of ``radius`` voxels around them (clipped to the array)."""
+    last = [n - 1 for n in dst_shape]
+    corners = np.array([[i, j, k, 1.0] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
+    ijk = (np.linalg.inv(src_affine) @ dst_affine @ corners.T)[:3]
+    # Trilinear interpolation reads the next voxel; a smoothed voxel reads `radius` around it.
+    reach = [r + 1 for r in radius]
+    lo = [int(np.clip(np.floor(ijk[a].min()) - reach[a], 0, shape[a])) for a in range(3)]
+    hi = [int(np.clip(np.ceil(ijk[a].max()) + reach[a] + 1, 0, shape[a])) for a in range(3)]
+    if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):  # the destination misses the source
+        return [0, 0, 0], [min(1, n) for n in shape[:3]]
+    return lo, hi
+
+
 def resample(
     array: npt.NDArray,
     src_affine: FloatArray,
@@ -99,11 +123,17 @@ def resample(
     from monai.transforms import SpatialResample
     from scipy.ndimage import gaussian_filter
 
-    data = np.asarray(array, dtype=np.float32)
-    if anti_alias:
-        sigmas = anti_alias_sigmas(src_affine, dst_affine)
-        if max(sigmas) > 0.25:
-            data = gaussian_filter(data, sigmas, mode="nearest", truncate=3.0)
+    sigmas = anti_alias_sigmas(src_affine, dst_affine) if anti_alias else (0.0, 0.0, 0.0)
+    smooth = max(sigmas) > 0.25
+    # Only the part of the source that the destination samples (plus the smoothing kernel's
+    # reach) is smoothed and resampled: the same values, for half the work on a slab.
+    radius = [int(AA_TRUNCATE * s + 0.5) if smooth else 0 for s in sigmas]
+    lo, hi = _source_box(array.shape, src_affine, dst_affine, dst_shape, radius)
+    data = np.asarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
+    src_affine = np.asarray(src_affine, dtype=np.float64).copy()
+    src_affine[:3, 3] += src_affine[:3, :3] @ np.asarray(lo, dtype=np.float64)
+    if smooth:
+        data = gaussian_filter(data, sigmas, mode="nearest", truncate=AA_TRUNCATE)
     # Sampling (value - fill) with zero padding and adding fill back puts `fill` outside.
     shifted = data - np.float32(fill) if fill else data
     image = MetaTensor(
