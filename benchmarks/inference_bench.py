@@ -83,6 +83,27 @@ def run_cli(args: list[str], workdir: Path) -> dict[str, Any]:
     return result
 
 
+def startup(work: Path, repeats: int) -> dict[str, list[float]]:
+    """Fresh-process wall times: ``mrct --help`` (must not import torch), and the floor that any
+    translate pays before its first voxel: importing torch and MONAI (the generator and the
+    preprocessing chain are built from them)."""
+    out = {"mrct --help": [], "python -c 'import torch, monai'": []}
+    for _ in range(repeats):
+        out["mrct --help"].append(run_cli(["--help"], work)["wall_s"])
+        out["python -c 'import torch, monai'"].append(run_python("import torch, monai", work)["wall_s"])
+    return out
+
+
+def run_python(code: str, workdir: Path) -> dict[str, Any]:
+    """``python -c CODE`` as a fresh process, measured like :func:`run_cli`."""
+    import json
+
+    out, err = workdir / "stdout.txt", workdir / "stderr.txt"
+    command = [sys.executable, "-c", _LAUNCHER, str(out), str(err), sys.executable, "-c", code]
+    launched = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(launched.stdout)  # type: ignore[no-any-return]
+
+
 def translate_end_to_end(package: Path, series: Path, work: Path, repeats: int) -> dict[str, Any]:
     """``mrct translate SERIES --to ct`` (DICOM in, DICOM out, automatic slab), ``repeats`` times;
     each run's ``--report`` gives the split across stages."""

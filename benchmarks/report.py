@@ -76,6 +76,9 @@ def _targets(result: dict[str, Any]) -> list[str]:
             f"p99 {hu['p99_head']:.0f}{extra}) "
             f"| 5 HU | {'info' if untrained else _verdict(hu['mae_head'] < 5)} |"
         )
+    if "startup" in result:
+        help_s = result["startup"]["mrct --help"]["median"]
+        rows.append(f"| `mrct --help` < 0.5 s | – | {help_s:.2f} s | 0.5 s | {_verdict(help_s < 0.5)} |")
     train = result.get("train", {})
     gpu = train if "skipped" in train else train.get("gpu", {})
     best = None
@@ -102,6 +105,14 @@ def _details(result: dict[str, Any]) -> list[str]:
             f"| {LABELS[name]} | {e2e['runs'][0].get('precision')} | {_cell(e2e['wall'])} | "
             f"{e2e['peak_rss_bytes'] / GB:.2f} GB |"
         )
+    if "startup" in result:
+        floor = result["startup"]["python -c 'import torch, monai'"]
+        lines += [
+            "",
+            f"Start-up floor (a fresh `python -c 'import torch, monai'`): {_cell(floor)}. Every translate "
+            "pays it before its first voxel (the generator and the preprocessing chain are built on "
+            "torch and MONAI); it is part of `load_model` below.",
+        ]
     lines += ["", "Where the time goes (the run report's `timings_s`, median seconds; % of total):", ""]
     names = [n for n, p in result["models"].items() if "stages" in p["translate"]]
     lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -187,6 +187,8 @@ def main() -> None:
     result["train"] = {"skipped": "--no-train"} if args.no_train else _train_part(args)
     with tempfile.TemporaryDirectory(prefix="mrct-bench-") as tmp:
         work = Path(tmp)
+        _log(f"start-up: mrct --help and import torch, monai, fresh processes x{max(3, args.repeats)} ...")
+        result["startup"] = {k: stats(v) for k, v in bench.startup(work, max(3, args.repeats)).items()}
         packages = {"bundled": bench.ROOT / "models" / bench.BUNDLED}
         if "paper" in args.models:
             packages["paper"] = bench.build_paper_package(work)
