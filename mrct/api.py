@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
+from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
     from mrct.batch import BatchSummary
     from mrct.evaluate import Evaluation
-    from mrct.models import PackageSummary
     from mrct.prepare import PrepareSummary
     from mrct.preprocessing.config import PreprocessConfig
     from mrct.preprocessing.localise import Localisation
@@ -415,66 +415,4 @@ def batch(
         progress=progress,
         search_dirs=search_dirs,
         anonymize=anonymize,
-    )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What ``mrct models info`` reports about a package whose checksums all matched."""
-
-    path: str
-    name: str
-    description: str
-    license: str
-    mrct_version: str
-    created: str
-    directions: tuple[str, ...]
-    parameters: int
-    grid: dict[str, object]
-    checksum: str  # sha256 over model.json and every weight file's sha256
-    files_verified: int
-    version_note: str | None = None  # set when another mrct release line made the package
-
-
-def _release_line(version: str) -> tuple[int, ...]:
-    """The major version, or ``(0, minor)`` before 1.0 (where minor releases may break)."""
-    import re
-
-    numbers = [int(n) for n in re.findall(r"\d+", version)[:2]] or [-1]
-    return tuple(numbers[:2]) if numbers[0] == 0 else tuple(numbers[:1])
-
-
-def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[PackageSummary]:
-    """The model packages in ``search_dirs`` (default: the repository's ``models/``), unverified."""
-    from mrct.inference import REPO_MODELS
-    from mrct.models import list_packages
-
-    return list_packages(list(search_dirs or [REPO_MODELS]))
-
-
-def model_info(name_or_path: str | Path, search_dirs: Sequence[str | Path] | None = None) -> ModelInfo:
-    """Load a package by folder or name and verify every checksum (``ModelError`` otherwise)."""
-    from mrct import __version__
-    from mrct.inference import REPO_MODELS
-    from mrct.models import find_package, load_package
-
-    package = load_package(find_package(name_or_path, list(search_dirs or [REPO_MODELS])))
-    m = package.manifest
-    made = str(m["mrct_version"])
-    note = None
-    if _release_line(made) != _release_line(__version__):
-        note = f"made by mrct {made}, another release line than this mrct {__version__}; results may differ"
-    return ModelInfo(
-        path=str(package.path),
-        name=package.name,
-        description=str(m["description"]),
-        license=str(m["license"]),
-        mrct_version=made,
-        created=str(m["created"]),
-        directions=package.directions,
-        parameters=int(m["architecture"].get("parameters", 0)),
-        grid=dict(m["preprocessing"].get("grid", {})),
-        checksum=package.checksum,
-        files_verified=len(m["files"]),
-        version_note=note,
     )

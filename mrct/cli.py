@@ -1,7 +1,9 @@
 """Command line: parse arguments, call one function of :mod:`mrct.api`, map errors.
 
 Heavy libraries are imported inside the commands, so ``mrct --help`` and
-``mrct --version`` start fast and never import torch.
+``mrct --version`` start fast and never import torch. The scan commands are here; the model
+development ones (train, export, evaluate, models) in :mod:`mrct.cli_models`; shared option
+types in :mod:`mrct.cli_options`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,29 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from mrct import __version__
+from mrct.cli_models import register as register_model_commands
+from mrct.cli_options import (
+    AnonymizeOpt,
+    CropMarkupsOpt,
+    CropMmOpt,
+    DeviceOpt,
+    FormatChoice,
+    MaxMemoryOpt,
+    ModalityChoice,
+    ModelOpt,
+    NoCropOpt,
+    PrecisionChoice,
+    PrecisionOpt,
+    SeriesOpt,
+    fail,
+    modality_of,
+)
 
 app = typer.Typer(
     name="mrct",
@@ -25,11 +43,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-class ModalityChoice(str, Enum):
-    ct = "ct"
-    mr = "mr"
 
 
 def _version(value: bool) -> None:
@@ -61,52 +74,6 @@ def _root(
         logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
-def _fail(err: BaseException) -> NoReturn:
-    """One line on stderr, no traceback, and the error's exit code."""
-    from mrct.errors import MrctError
-
-    if isinstance(err, MrctError):
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(err.exit_code)
-    if isinstance(err, KeyboardInterrupt):
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130)
-    typer.echo(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], err=True)
-    raise typer.Exit(70)
-
-
-def _modality(choice: ModalityChoice | None):  # type: ignore[no-untyped-def]
-    from mrct.volume import Modality
-
-    return None if choice is None else Modality(choice.value.upper())
-
-
-def _max_memory(value: str | None) -> str | None:
-    from mrct.io.limits import set_max_memory
-
-    try:
-        set_max_memory(value)  # process-wide, so reader threads see it; None restores the default
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    return value
-
-
-MaxMemoryOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--max-memory",
-        envvar="MRCT_MAX_MEMORY",
-        callback=_max_memory,
-        help="Refuse inputs whose voxels need more memory than this, e.g. 8G "
-        "(default: a quarter of the machine's memory).",
-    ),
-]
-SeriesOpt = Annotated[
-    Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.11
-    typer.Option("--series", help="SeriesInstanceUID to read when a folder holds several."),
-]
-
-
 @app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
@@ -120,7 +87,7 @@ def info(
     try:
         result = api.info(path, series=series)
     except Exception as err:
-        _fail(err)
+        fail(err)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
@@ -139,16 +106,6 @@ def info(
     typer.echo(f"orientation: {result.orientation} (RAS axis codes)")
     lo, hi = result.value_range or (0.0, 0.0)
     typer.echo(f"range:       {lo:.6g} .. {hi:.6g}")
-
-
-AnonymizeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--anonymize",
-        help="De-identify DICOM outputs (DICOM PS3.15 Basic Profile: no patient identity, new UIDs). "
-        "Without it, DICOM outputs keep the source's patient and study.",
-    ),
-]
 
 
 @app.command()
@@ -175,13 +132,13 @@ def convert(
             src,
             dst,
             series=series,
-            modality=_modality(modality),
+            modality=modality_of(modality),
             overwrite=overwrite,
             allow_gaps=allow_gaps,
             anonymize=anonymize,
         )
     except Exception as err:
-        _fail(err)
+        fail(err)
     typer.echo(f"wrote {out}")
 
 
@@ -198,7 +155,7 @@ def preview(
     try:
         out = api.preview(scan, output, series=series, overwrite=overwrite)
     except Exception as err:
-        _fail(err)
+        fail(err)
     typer.echo(f"wrote {out}")
 
 
@@ -216,9 +173,9 @@ def locate(
     from mrct import api
 
     try:
-        result = api.locate(scan, series=series, modality=_modality(modality))
+        result = api.locate(scan, series=series, modality=modality_of(modality))
     except Exception as err:
-        _fail(err)
+        fail(err)
     slab = result.slab
     if as_json:
         typer.echo(
@@ -285,7 +242,7 @@ def prepare(
             progress=not quiet,
         )
     except Exception as err:
-        _fail(err)
+        fail(err)
     counts = result.counts
     earlier = f"; {result.skipped} from an earlier run" if result.skipped else ""
     typer.echo(
@@ -298,44 +255,6 @@ def prepare(
             err=True,
         )
         raise typer.Exit(1)
-
-
-class FormatChoice(str, Enum):
-    nifti = "nifti"
-    dicom = "dicom"
-    nrrd = "nrrd"
-    mha = "mha"
-
-
-CropMmOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S, instead of the automatic slab."),
-]
-CropMarkupsOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
-]
-NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
-ModelOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--model", help="Model package folder or bundled model name (default: the bundled one)."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-
-
-class PrecisionChoice(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-PrecisionOpt = Annotated[
-    PrecisionChoice,
-    typer.Option(
-        "--precision",
-        help="Generator arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 or bf16.",
-    ),
-]
 
 
 @app.command()
@@ -403,127 +322,10 @@ def translate(
             anonymize=anonymize,
         )
     except Exception as err:
-        _fail(err)
+        fail(err)
     if not quiet:
         took = result.report["timings_s"]["total"]
         typer.echo(f"wrote {result.output} ({took:.1f} s)")
-
-
-@app.command()
-def train(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", help="Training config (YAML), e.g. configs/cpu_small.yaml.")
-    ],
-    data: Annotated[Path, typer.Option("--data", help="A training set built by mrct prepare.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.")],
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from the newest checkpoint (a new run if there is none)."),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Discard a run already in the folder.")
-    ] = False,
-    device: DeviceOpt = "auto",
-    until: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--until", min=1, help="Stop at this iteration (the schedule stays the config's)."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-) -> None:
-    """Train the 3D CycleGAN (or a 2D baseline). Under torchrun, one process per GPU.
-
-    Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
-    """
-    from mrct import api
-
-    try:
-        result = api.train(
-            config,
-            data,
-            output,
-            resume=resume,
-            overwrite=overwrite,
-            device=device,
-            until=until,
-            progress=not quiet,
-        )
-    except Exception as err:
-        _fail(err)
-    if not result.main:
-        return  # under torchrun, the main process reports
-    where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
-    if result.interrupted:
-        typer.echo(
-            f"error: interrupted at iteration {result.iteration}{where}; continue with --resume", err=True
-        )
-        raise typer.Exit(130)
-    typer.echo(f"trained to iteration {result.iteration}{where}")
-
-
-@app.command()
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by mrct train.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.")],
-    name: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--name", help="Model name (default: the output folder's name)."),
-    ] = None,
-    checkpoint: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--checkpoint", help="A checkpoint folder name, e.g. iter_0002000 (default: the newest)."
-        ),
-    ] = None,
-    license: Annotated[
-        str, typer.Option("--license", help="Licence of the weights, for the model card.")
-    ] = "unspecified",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
-) -> None:
-    """Package a run's generators (safetensors + model.json + model card) for mrct translate."""
-    from mrct import api
-
-    try:
-        out = api.export(
-            run_dir, output, name=name, checkpoint=checkpoint, license=license, overwrite=overwrite
-        )
-    except Exception as err:
-        _fail(err)
-    typer.echo(f"wrote {out}")
-
-
-class MetricChoice(str, Enum):
-    ct = "ct"
-    mnist_l2 = "mnist-l2"
-
-
-@app.command()
-def evaluate(
-    pred: Annotated[Path, typer.Argument(help="Predicted volume, or a folder (matched by file name).")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth volume, or a folder of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Per-case results (CSV).")],
-    mask: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--mask", help="Mask volume for every case, or a folder of them (voxels > 0 count)."),
-    ] = None,
-    metric: Annotated[
-        MetricChoice,
-        typer.Option(
-            "--metric",
-            help="ct: SynthRAD2023 MAE/PSNR/SSIM in HU; mnist-l2: Volumetric MNIST L2 ([-1, 1] .npy). "
-            "Both add slice flicker.",
-        ),
-    ] = MetricChoice.ct,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
-) -> None:
-    """Compare translations with ground truth: a CSV row per case, and a summary table."""
-    from mrct import api
-
-    try:
-        result = api.evaluate(pred, gt, output, mask=mask, metric=metric.value, overwrite=overwrite)
-    except Exception as err:
-        _fail(err)
-    typer.echo(result.table())
-    typer.echo(f"wrote {result.csv} ({len(result.rows)} cases)")
 
 
 @app.command()
@@ -579,7 +381,7 @@ def batch(
             anonymize=anonymize,
         )
     except Exception as err:
-        _fail(err)
+        fail(err)
     done, skipped, failed = (result.count(s) for s in ("done", "skipped", "failed"))
     lead = "nothing left to do: " if not result.attempted else ""
     earlier = f" ({result.earlier} by an earlier run)" if result.earlier else ""
@@ -589,76 +391,7 @@ def batch(
         raise typer.Exit(1)
 
 
-models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-ModelsDirOpt = Annotated[
-    Optional[list[Path]],  # noqa: UP045
-    typer.Option("--dir", help="Folder of model packages (default: the repository's models/); repeatable."),
-]
-
-
-@models_app.command("list")
-def models_list(
-    search_dir: ModelsDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Name, directions, license, mrct version and path of every package (checksums not verified)."""
-    from mrct import api
-
-    try:
-        found = api.list_models(search_dir)
-    except Exception as err:
-        _fail(err)
-    if as_json:
-        typer.echo(json.dumps([{**asdict(p), "path": str(p.path)} for p in found], indent=2))
-        return
-    if not found:
-        from mrct.inference import REPO_MODELS
-
-        typer.echo(f"no model packages in {', '.join(map(str, search_dir or [REPO_MODELS]))}")
-        return
-    rows = [("name", "directions", "license", "mrct", "path")]
-    for p in found:
-        directions = ",".join(d.replace("_to_", "->") for d in p.directions) or "-"
-        first = (p.name, directions, p.license or "-", p.mrct_version or "-")
-        rows.append((*first, f"{p.path}" + (f"  (unreadable: {p.problem})" if p.problem else "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        typer.echo("  ".join([*(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)), r[4]]))
-
-
-@models_app.command("info")
-def models_info(
-    name_or_dir: Annotated[str, typer.Argument(help="Package folder, or a package name in models/.")],
-    search_dir: ModelsDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Show a package's manifest summary and verify every checksum (exit code 7 if any fails)."""
-    from mrct import api
-
-    try:
-        info = api.model_info(name_or_dir, search_dir)
-    except Exception as err:
-        _fail(err)
-    if as_json:
-        typer.echo(json.dumps(asdict(info), indent=2))
-        return
-    grid = info.grid
-    typer.echo(f"name:         {info.name}")
-    typer.echo(f"description:  {' '.join(info.description.split())}")
-    typer.echo(f"path:         {info.path}")
-    typer.echo(f"directions:   {', '.join(d.replace('_to_', ' -> ').upper() for d in info.directions)}")
-    typer.echo(f"license:      {info.license}")
-    note = f" (note: {info.version_note})" if info.version_note else ""
-    typer.echo(f"mrct version: {info.mrct_version}{note}")
-    typer.echo(f"created:      {info.created}")
-    typer.echo(f"parameters:   {info.parameters:,} per generator")
-    typer.echo(
-        f"grid:         {grid.get('depth')} x {grid.get('height')} x {grid.get('width')}"
-        f" at {grid.get('inplane_mm')} mm in plane"
-    )
-    typer.echo(f"checksum:     {info.checksum}")
-    typer.echo(f"verified:     ok, {info.files_verified} weight files match model.json (size and sha256)")
+register_model_commands(app)
 
 
 # Options of `prepare` that take several paths: click options take one value each.

@@ -1,0 +1,111 @@
+"""What the command modules share: choices, option types, and the one-line error exit.
+
+Nothing here imports torch (``mrct --help`` must start fast).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+
+class ModalityChoice(str, Enum):
+    ct = "ct"
+    mr = "mr"
+
+
+def fail(err: BaseException) -> NoReturn:
+    """One line on stderr, no traceback, and the error's exit code."""
+    from mrct.errors import MrctError
+
+    if isinstance(err, MrctError):
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code)
+    if isinstance(err, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], err=True)
+    raise typer.Exit(70)
+
+
+def modality_of(choice: ModalityChoice | None):  # type: ignore[no-untyped-def]
+    from mrct.volume import Modality
+
+    return None if choice is None else Modality(choice.value.upper())
+
+
+def _max_memory(value: str | None) -> str | None:
+    from mrct.io.limits import set_max_memory
+
+    try:
+        set_max_memory(value)  # process-wide, so reader threads see it; None restores the default
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
+MaxMemoryOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--max-memory",
+        envvar="MRCT_MAX_MEMORY",
+        callback=_max_memory,
+        help="Refuse inputs whose voxels need more memory than this, e.g. 8G "
+        "(default: a quarter of the machine's memory).",
+    ),
+]
+SeriesOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.11
+    typer.Option("--series", help="SeriesInstanceUID to read when a folder holds several."),
+]
+
+
+AnonymizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--anonymize",
+        help="De-identify DICOM outputs (DICOM PS3.15 Basic Profile: no patient identity, new UIDs). "
+        "Without it, DICOM outputs keep the source's patient and study.",
+    ),
+]
+
+
+class FormatChoice(str, Enum):
+    nifti = "nifti"
+    dicom = "dicom"
+    nrrd = "nrrd"
+    mha = "mha"
+
+
+CropMmOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S, instead of the automatic slab."),
+]
+CropMarkupsOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+]
+NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--model", help="Model package folder or bundled model name (default: the bundled one)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="Generator arithmetic: auto (bf16 on CPUs with native bf16, else fp32), fp32 or bf16.",
+    ),
+]
