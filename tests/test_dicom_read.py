@@ -379,3 +379,41 @@ def test_each_file_is_parsed_once(
     volume = read_volume(info.folder)
     assert len(calls) == len(info.files) == len(set(map(str, calls)))
     np.testing.assert_array_equal(volume.array, expected)
+
+
+def test_headers_hold_no_pixel_data(make_series: Callable[..., SeriesInfo]) -> None:
+    """A batch keeps the headers of every file it found: even a small image's pixel data (under
+    pydicom's deferral size) stays in the file until the series is read."""
+    from pydicom.dataelem import RawDataElement
+
+    from mrct.io.dicom_scan import find_series
+
+    info = make_series(shape=(40, 48, 4))
+    (series,) = find_series(info.folder)
+    for header in series.headers:
+        element = header.get_item("PixelData", keep_deferred=True)
+        assert isinstance(element, RawDataElement) and element.value is None and element.length > 0
+    read_volume(info.folder)
+    assert all(h.get_item("PixelData", keep_deferred=True).value is None for h in series.headers)
+
+
+def test_a_file_rewritten_after_its_header_was_read_is_read_again(
+    make_series: Callable[..., SeriesInfo],
+) -> None:
+    import os
+
+    from mrct.io.dicom_read import read_series_files
+    from mrct.io.dicom_scan import find_series
+
+    info = make_series(shape=(40, 48, 4))
+    (series,) = find_series(info.folder)
+    before = read_series_files(series, info.folder, None, False).array
+    ds = pydicom.dcmread(info.files[0])
+    ds.PixelData = (ds.pixel_array * 0 + 7).astype(ds.pixel_array.dtype).tobytes()
+    ds.ImageComments = "re-exported " * 20  # moves the pixel data: the old offset is stale
+    ds.save_as(info.files[0])
+    stat = os.stat(info.files[0])
+    os.utime(info.files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = read_series_files(series, info.folder, None, False).array
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, read_volume(info.folder).array)  # as a fresh search reads it

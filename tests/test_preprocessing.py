@@ -164,3 +164,41 @@ def test_config_loads_from_yaml_and_names_bad_keys(tmp_path) -> None:
     bad.write_text("preprocessing:\n  intensity: {ct_map: log}\n")
     with pytest.raises(ConfigError, match="ct_map: 'log' is not one of linear, soft_tissue"):
         load_yaml(PreprocessConfig, bad, "preprocessing")
+
+
+@pytest.mark.parametrize("fill", [0.0, -1000.0])
+def test_resample_of_a_sub_box_matches_smoothing_the_whole_source(fill: float) -> None:
+    """resample() smooths and samples only the part of the source the destination reads; the
+    result must be that of smoothing the whole source (scipy, independently of MONAI)."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    from mrct.preprocessing.grid import AA_TRUNCATE, anti_alias_sigmas, resample
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(60, 50, 40)).astype(np.float32)
+    src_affine = oblique_affine((0.9, 1.1, 1.3), (10.0, -5.0, 20.0), (-20.0, 30.0, -15.0))
+    # A coarser, rotated grid well inside the source: strong smoothing, partial coverage.
+    voxel = np.diag([2.7, 3.1, 3.6, 1.0])
+    rotation = oblique_affine((1.0, 1.0, 1.0), (25.0, 10.0, -30.0), (0.0, 0.0, 0.0))
+    dst_affine = (
+        src_affine @ np.array([[1, 0, 0, 22], [0, 1, 0, 18], [0, 0, 1, 14], [0, 0, 0, 1]]) @ rotation @ voxel
+    )
+    dst_shape = (5, 4, 3)
+    out = resample(source, src_affine, dst_affine, dst_shape, fill=fill, anti_alias=True)
+    sigmas = anti_alias_sigmas(src_affine, dst_affine)
+    assert max(sigmas) > 0.25
+    smooth = gaussian_filter(source, sigmas, mode="nearest", truncate=AA_TRUNCATE)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in dst_shape], indexing="ij"), -1).reshape(-1, 3)
+    points = (np.linalg.inv(src_affine) @ dst_affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3]
+    assert points.min() > 0 and (points.max(axis=1) < np.array(source.shape) - 1).all()
+    expected = map_coordinates(smooth, points, order=1).reshape(dst_shape)
+    # float32 rounding only: sampling runs on (value - fill), a few ulps of |fill| apart
+    np.testing.assert_allclose(out, expected, atol=1e-4 + 4 * np.spacing(np.float32(abs(fill))))
+    outside = resample(source, src_affine, src_affine @ _shift(500.0), dst_shape, fill=fill, anti_alias=True)
+    np.testing.assert_array_equal(outside, np.full(dst_shape, fill, dtype=np.float32))
+
+
+def _shift(voxels: float) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = voxels
+    return out

@@ -11,14 +11,17 @@ are written in ascending tag order), and each file is those runs with the few va
 elements encoded in between: the bytes pydicom's ``dcmwrite`` gives
 (``tests/test_dicom_write.py`` checks it).
 
-Only explicit VR little endian, uncompressed: what :mod:`mrct.io.dicom_write` writes.
+Only explicit VR little endian, uncompressed, 16-bit pixel data (OW), no element whose VR
+depends on another one (US or SS), and the file meta's MediaStorageSOPClassUID set by the
+caller: what :mod:`mrct.io.dicom_write` writes. Other templates may differ from ``dcmwrite``.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
@@ -65,7 +68,7 @@ class SeriesEncoder:
     def encode(self, values: dict[str, Any]) -> bytes:
         """One file's bytes (preamble, file meta, dataset) for the varying keywords' ``values``;
         the file meta's MediaStorageSOPInstanceUID is ``values["SOPInstanceUID"]``."""
-        meta = FileMetaDataset(self._meta)
+        meta = copy.deepcopy(self._meta)  # FileMetaDataset(meta) would share its elements
         meta.MediaStorageSOPInstanceUID = values["SOPInstanceUID"]
         head = _buffer()
         write_file_meta_info(head, meta, enforce_standard=True)

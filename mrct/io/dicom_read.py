@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -335,6 +336,14 @@ def _pixel_dataset(header: Dataset) -> Dataset | None:
     if meta is None or not isinstance(filename, str) or str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
         return None
     if "PixelData" not in header and "FloatPixelData" not in header:
+        return None
+    # A file rewritten since its header was read (a batch reads hours after it searched):
+    # read it whole again, so that header and pixels come from the same file.
+    try:
+        stat = os.stat(filename)
+    except OSError:
+        return None
+    if header.timestamp is None or stat.st_mtime != header.timestamp:
         return None
     out = PixelDataset()
     for keyword in _PIXEL_MODULE:

@@ -137,16 +137,24 @@ def read_header(path: Path) -> Dataset | None:
 
 
 # Header values longer than this are not loaded when a file's header is read, only located
-# (pydicom's deferred read): the pixel data above all. The reader loads the pixel data from
-# there (:func:`mrct.io.dicom_read.pixel_dataset`) instead of parsing every file a second time.
+# (pydicom's deferred read). The reader loads the pixel data from there
+# (:func:`mrct.io.dicom_read._pixel_dataset`) instead of parsing every file a second time.
 DEFER_BYTES = 64 * 1024
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
 def read_header_dataset(path: Path) -> Dataset:
-    """``pydicom.dcmread`` of a file's header: every element parsed, long values left in the file."""
+    """``pydicom.dcmread`` of a file's header: every element parsed, long values and the pixel
+    data left in the file (a batch holds the headers of every file it found)."""
     import pydicom
+    from pydicom.dataelem import RawDataElement
 
-    return pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    for tag in PIXEL_TAGS:  # small images' pixel data is under DEFER_BYTES: defer it too
+        element = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+        if isinstance(element, RawDataElement) and element.value is not None and element.length:
+            ds[tag] = element._replace(value=None)
+    return ds
 
 
 def _image_header(path: Path) -> Dataset | None:
