@@ -8,10 +8,13 @@ training); CT -> synthetic MR on the CTs given with ``--ct`` (say in the card wh
 were in training). Every scan is translated from its original file with the automatic
 slab, exactly as ``mrct translate`` does. The checks (``mrct/metrics.py``), inside the slab:
 
-- sCT: Dice(sCT > -500 HU, MR head mask) >= 0.95; median air HU <= -950; median head HU
-  in [0, 100]; 5-35 % of head voxels above 300 HU;
-- sMR: Dice(sMR head, CT head mask) >= 0.95 and a dark background (median outside the
-  head <= 5 % of the median inside).
+- sCT: Dice(sCT head outline above -500 HU, MR head mask) >= 0.95; median air HU <= -950;
+  median head HU in [0, 100]; 5-35 % of head voxels above 300 HU;
+- sMR: Dice(sMR head outline, CT head mask) >= 0.95 and a dark background (median outside
+  the head <= 5 % of the median inside).
+
+A head is an outline (largest body above the threshold, holes filled), the same rule for
+the synthetic image as for the source, so air cavities and dark MR bone count as head.
 
 Writes JSON (one entry per scan, and the summary) and prints a markdown table. Previews
 of the first scans go next to the JSON file with ``--previews N``.
