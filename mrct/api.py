@@ -196,13 +196,15 @@ def prepare(
     no_crop: bool = False,
     workers: int = 1,
     seed: int = 0,
+    hold_out_from: str | None = None,
     progress: bool = True,
 ) -> PrepareSummary:
     """Build a training set in ``out`` from MR and CT scans (files, DICOM folders, folders of scans).
 
     ``config`` is a YAML file (its ``preprocessing:`` section) or a config;
     ``crop_mm`` (``"SUP,INF"``, RAS mm), ``crop_markups`` or ``no_crop`` replace the
-    automatic brow-to-jaw slab. See :func:`mrct.prepare.prepare_dataset` for the layout.
+    automatic brow-to-jaw slab. ``hold_out_from`` (a shell pattern on scan ids) limits the
+    test split to matching scans. See :func:`mrct.prepare.prepare_dataset` for the layout.
     """
     from mrct.config import load_yaml
     from mrct.prepare import prepare_dataset
@@ -215,7 +217,15 @@ def prepare(
         config = load_yaml(PreprocessConfig, config, "preprocessing")
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     return prepare_dataset(
-        list(mr), list(ct), out, config=config, crop=crop, workers=workers, seed=seed, progress=progress
+        list(mr),
+        list(ct),
+        out,
+        config=config,
+        crop=crop,
+        workers=workers,
+        seed=seed,
+        hold_out_from=hold_out_from,
+        progress=progress,
     )
 
 

@@ -207,6 +207,14 @@ def prepare(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Scans prepared in parallel.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the 70/30 train/test split.")] = 0,
+    hold_out_from: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--hold-out-from",
+            help="Draw the test split only from scan ids matching this pattern (e.g. 'IXI*'); "
+            "the others always train.",
+        ),
+    ] = None,
     config: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--config", help="YAML config; its preprocessing: section is used."),
@@ -239,6 +247,7 @@ def prepare(
             no_crop=no_crop,
             workers=workers,
             seed=seed,
+            hold_out_from=hold_out_from,
             progress=not quiet,
         )
     except Exception as err:

@@ -40,6 +40,7 @@ from mrct.config import to_dict
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError, ReadError
 from mrct.io.atomic import atomic_file
 from mrct.io.discover import find_scans, sha256_files, short_hash
+from mrct.prepare_split import split_ids
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 DOMAINS: dict[str, Modality] = {"mr": Modality.MR, "ct": Modality.CT}
-TRAIN_TENTHS = 7  # 70 % train, 30 % test, per domain
 
 
 @dataclass(frozen=True)
@@ -109,21 +109,6 @@ def collect_scans(mr: Iterable[str | Path], ct: Iterable[str | Path]) -> list[Sc
         name = f.name if clashes[(d, f.name.lower())] == 1 else f"{f.name}-{short_hash(f.path, f.series)}"
         scans.append(ScanInput(d, f.path, f.series, f.files, name))
     return scans
-
-
-def split_ids(ids: Iterable[str], seed: int) -> dict[str, list[str]]:
-    """A seeded 70/30 train/test split: sort ids, permute with ``default_rng(seed)``, take the
-    first 70 % (rounded half up) for training, keeping at least one test id when there are two."""
-    ordered = sorted(ids)
-    n = len(ordered)
-    n_train = (TRAIN_TENTHS * n + 5) // 10
-    if n >= 2:
-        n_train = min(max(n_train, 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return {
-        "train": sorted(ordered[i] for i in perm[:n_train]),
-        "test": sorted(ordered[i] for i in perm[n_train:]),
-    }
 
 
 # ---------------------------------------------------------------- one scan (in a worker)
@@ -355,7 +340,12 @@ def _now() -> str:
 
 
 def _write_manifest(
-    path: Path, created: str, seed: int, config: dict[str, Any], entries: dict[Any, Any]
+    path: Path,
+    created: str,
+    seed: int,
+    config: dict[str, Any],
+    entries: dict[Any, Any],
+    hold_out_from: str | None = None,
 ) -> None:
     scans = [entries[k] for k in sorted(entries)]
     ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
@@ -366,8 +356,9 @@ def _write_manifest(
         "created": created,
         "updated": _now(),
         "seed": seed,
+        "hold_out_from": hold_out_from,
         "config": config,
-        "split": {d: split_ids(ids, seed) for d, ids in ok.items()},
+        "split": {d: split_ids(ids, seed, hold_out_from) for d, ids in ok.items()},
         "scans": scans,
     }
     _write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -382,9 +373,12 @@ def prepare_dataset(
     crop: CropRequest = CropRequest.auto(),  # noqa: B008 - frozen, so a safe default
     workers: int = 1,
     seed: int = 0,
+    hold_out_from: str | None = None,
     progress: bool = True,
 ) -> PrepareSummary:
     """Preprocess every scan under ``mr`` and ``ct`` into ``out`` (layout in the module docstring).
+
+    The train/test split is :func:`split_ids` with ``seed`` and ``hold_out_from``.
 
     Inputs given with ``mr`` are MR, with ``ct`` CT; a scan whose header (or,
     without a modality in the header, whose intensities) says otherwise fails.
@@ -416,7 +410,7 @@ def prepare_dataset(
     log.info("%d scans found, %d already prepared", len(scans), len(scans) - len(todo))
     current = {(s.domain, s.id) for s in scans}  # failures of inputs not given again are forgotten
     entries = {k: e for k, e in entries.items() if e.get("status") == "ok" or k in current}
-    _write_manifest(path, created, seed, config_dict, entries)
+    _write_manifest(path, created, seed, config_dict, entries, hold_out_from)
     for outcome in _outcomes(todo, config, crop, workers, progress):
         s = outcome.scan
         entry = _write_outcome(out, outcome)
@@ -427,5 +421,5 @@ def prepare_dataset(
         else:
             counts.failed += 1
             log.warning("%s/%s failed: %s", s.domain, s.id, entry["error"])
-        _write_manifest(path, created, seed, config_dict, entries)
+        _write_manifest(path, created, seed, config_dict, entries, hold_out_from)
     return summary

@@ -126,6 +126,14 @@ def test_split_is_70_30_and_seeded(n: int, n_train: int) -> None:
         assert split_ids(ids, seed=8) != split
 
 
+def test_hold_out_from_draws_the_test_split_from_matching_ids_only() -> None:
+    ids = [f"IXI{k:03d}" for k in range(10)] + ["mr_philips_mprage", "mr_siemens_flash"]
+    split = split_ids(ids, seed=7, hold_out_from="IXI*")
+    assert split["test"] == split_ids(ids[:10], seed=7)["test"]
+    assert {"mr_philips_mprage", "mr_siemens_flash"} <= set(split["train"])
+    assert sorted(split["train"] + split["test"]) == sorted(ids) and len(split["test"]) == 3
+
+
 def test_resume_skips_finished_and_retries_failed(
     data: Path, config: PreprocessConfig, tmp_path: Path
 ) -> None:
