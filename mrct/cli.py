@@ -32,6 +32,7 @@ from mrct.cli_options import (
     PrecisionChoice,
     PrecisionOpt,
     SeriesOpt,
+    expand_prepare_args,
     fail,
     modality_of,
 )
@@ -401,37 +402,6 @@ def batch(
 
 
 register_model_commands(app)
-
-
-# Options of `prepare` that take several paths: click options take one value each.
-MULTI_PATH_OPTIONS = ("--mr", "--ct")
-
-
-def expand_prepare_args(args: list[str]) -> list[str]:
-    """For ``prepare`` only, give each path after ``--mr``/``--ct`` its own flag.
-
-    ``prepare --mr a b --ct c`` -> ``prepare --mr a --mr b --ct c``: the paths run
-    up to the next token starting with ``-``. Other commands are left alone.
-    """
-    command = next((n for n, a in enumerate(args) if not a.startswith("-")), None)
-    if command is None or args[command] != "prepare":
-        return list(args)
-    out, flag, taken = list(args[: command + 1]), None, 0
-    for token in args[command + 1 :]:
-        if token.startswith("-"):
-            if flag is not None and not taken:
-                out.append(flag)  # no value: let click report it
-            flag, taken = (token, 0) if token in MULTI_PATH_OPTIONS else (None, 0)
-            if flag is None:
-                out.append(token)
-        elif flag is not None:
-            out += [flag, token]
-            taken += 1
-        else:
-            out.append(token)
-    if flag is not None and not taken:
-        out.append(flag)
-    return out
 
 
 def main() -> None:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mrct import __version__
@@ -28,6 +27,17 @@ from mrct.config import from_mapping, to_dict
 from mrct.errors import ConfigError, ModelError
 from mrct.io.atomic import atomic_dir, check_output
 from mrct.model_card import render_card
+from mrct.model_manifest import (
+    DIRECTIONS,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NAME_PATTERN,
+    check_bytes,
+    package_checksum,
+    read_manifest,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -40,23 +50,9 @@ __all__ = [
     "render_card", "write_package",
 ]  # fmt: skip
 
-FORMAT = "mrct-model"
-FORMAT_VERSION = 1
-MANIFEST = "model.json"
 CARD = "README.md"
-DIRECTIONS = ("mr_to_ct", "ct_to_mr")
-# model.json's top-level keys and their JSON types; all are required.
-SCHEMA: dict[str, type] = {
-    "format": str, "format_version": int, "name": str, "description": str, "mrct_version": str,
-    "created": str, "license": str, "architecture": dict, "preprocessing": dict, "intensity": dict,
-    "training": dict, "metrics": dict, "files": dict, "directions": dict,
-}  # fmt: skip
-# Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
-# arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz", ".joblib", ".tar")
 T = TypeVar("T")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def weight_file(direction: str) -> str:
@@ -95,7 +91,7 @@ def write_package(
     from mrct.networks.config import GeneratorConfig
     from mrct.preprocessing.config import PreprocessConfig
 
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ModelError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     unknown = sorted(set(generators) - set(DIRECTIONS))
     if unknown or not generators:
@@ -132,7 +128,7 @@ def write_package(
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
             safetensors.torch.save_file(state, str(target), metadata={"mrct_direction": direction})
-            manifest["files"][target.name] = {"sha256": _sha256_file(target), "bytes": target.stat().st_size}
+            manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         (tmp / CARD).write_text(render_card(manifest), encoding="utf-8")
@@ -192,7 +188,7 @@ class ModelPackage:
             data = file.read_bytes()
         except OSError as err:
             raise ModelError(f"cannot read ({err.strerror})", file) from err
-        _check_bytes(file, len(data), hashlib.sha256(data).hexdigest(), self.manifest["files"][file.name])
+        check_bytes(file, len(data), hashlib.sha256(data).hexdigest(), self.manifest["files"][file.name])
         try:
             state = safetensors.torch.load(data)
         except Exception as err:  # safetensors raises its own SafetensorError on bad headers
@@ -225,7 +221,7 @@ def load_package(path: str | Path) -> ModelPackage:
 
 
 def _load_package(folder: Path) -> ModelPackage:
-    manifest, raw = _read_manifest(folder)
+    manifest, raw = read_manifest(folder)
     files: dict[str, Any] = manifest["files"]
     root = Path(os.path.realpath(folder))
     present: set[str] = set()
@@ -247,9 +243,9 @@ def _load_package(folder: Path) -> ModelPackage:
         if file_name not in present:
             raise ModelError("weight file listed in model.json is missing", file)
         size = file.stat().st_size  # cheap check first: a truncated file is not hashed
-        _check_bytes(file, size, _sha256_file(file) if size == expected["bytes"] else "", expected)
+        check_bytes(file, size, sha256_file(file) if size == expected["bytes"] else "", expected)
     # Fail now, not at inference time, when the configs no longer parse.
-    package = ModelPackage(folder, manifest, _package_checksum(raw, files))
+    package = ModelPackage(folder, manifest, package_checksum(raw, files))
     _ = package.generator_config, package.preprocessing
     return package
 
@@ -261,7 +257,7 @@ def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) ->
     if given.is_dir():
         return given
     name = str(name_or_path)
-    if _NAME.fullmatch(name):
+    if NAME_PATTERN.fullmatch(name):
         for directory in search_dirs:
             if (Path(directory) / name / MANIFEST).is_file():
                 return Path(directory) / name
@@ -280,7 +276,7 @@ def list_packages(search_dirs: Sequence[str | Path]) -> list[PackageSummary]:
             continue
         for folder in sorted(p for p in Path(directory).iterdir() if (p / MANIFEST).is_file()):
             try:
-                m, _ = _read_manifest(folder)
+                m, _ = read_manifest(folder)
             except ModelError as err:
                 found.append(PackageSummary(folder, folder.name, problem=str(err)))
                 continue
@@ -291,91 +287,6 @@ def list_packages(search_dirs: Sequence[str | Path]) -> list[PackageSummary]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
-    """Parse ``model.json`` and check its shape (not the weight files)."""
-    file = folder / MANIFEST
-    if not folder.is_dir():
-        raise ModelError("not a model folder (no such directory)", folder)
-    if not file.is_file():
-        raise ModelError("model.json is missing; not a model package", file)
-    raw = file.read_bytes()
-    try:
-        manifest = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ModelError(f"not valid JSON ({str(err).splitlines()[0]})", file) from err
-    if not isinstance(manifest, dict):
-        raise ModelError("must hold a JSON object", file)
-    missing = [k for k in SCHEMA if k not in manifest]
-    if missing:
-        raise ModelError(f"missing keys: {', '.join(missing)}", file)
-    if manifest["format"] != FORMAT:
-        raise ModelError(f"format is {manifest['format']!r}, expected {FORMAT!r}", file)
-    version = manifest["format_version"]
-    if type(version) is not int or version != FORMAT_VERSION:
-        hint = "; upgrade mrct" if type(version) is int and version > FORMAT_VERSION else ""
-        supported = f"this mrct reads format_version {FORMAT_VERSION}"
-        raise ModelError(f"format_version {version!r} is not supported ({supported}){hint}", file)
-    for key, kind in SCHEMA.items():
-        if not isinstance(manifest[key], kind):
-            raise ModelError(f"{key} must be a JSON {'string' if kind is str else 'object'}", file)
-    for file_name, entry in manifest["files"].items():
-        _check_file_name(file_name, file)
-        size, sha256 = (entry.get("bytes"), entry.get("sha256")) if isinstance(entry, dict) else (0, 0)
-        if not (type(size) is int and size >= 0 and isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
-            raise ModelError(f"files.{file_name}: needs sha256 (64 hex digits) and bytes (an integer)", file)
-    for direction, file_name in manifest["directions"].items():
-        if direction not in DIRECTIONS:
-            raise ModelError(f"unknown direction {direction!r} (expected {', '.join(DIRECTIONS)})", file)
-        if file_name not in manifest["files"]:
-            raise ModelError(f"directions.{direction}: {file_name!r} is not listed in files", file)
-    return manifest, raw
-
-
-def _check_file_name(file_name: str, manifest_file: Path) -> None:
-    """Manifest names are plain file names inside the folder: no path can escape it."""
-    parts = (*PurePosixPath(file_name).parts, *PureWindowsPath(file_name).parts)
-    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute() or ".." in parts:
-        raise ModelError(f"files: {file_name!r} escapes the model folder", manifest_file)
-    if not _NAME.fullmatch(file_name):  # no slashes or backslashes: no sub-folders
-        raise ModelError(f"files: {file_name!r} is not a plain file name", manifest_file)
-    if not file_name.endswith(".safetensors"):
-        raise ModelError(f"files: {file_name!r} is not .safetensors (the only weight format)", manifest_file)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of duplicate keys silently; a doubled "sha256" could hide an edit.
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise ValueError(f"duplicate keys: {', '.join(dupes)}")
-    return dict(pairs)
-
-
-def _check_bytes(file: Path, size: int, sha256: str, expected: Mapping[str, Any]) -> None:
-    if size != expected["bytes"]:
-        raise ModelError(
-            f"size is {size} bytes, model.json says {expected['bytes']}; the file was changed", file
-        )
-    if sha256 != expected["sha256"]:
-        got = f"model.json {expected['sha256'][:12]}…, file {sha256[:12]}…"
-        raise ModelError(f"sha256 mismatch ({got}); the file was changed or is corrupt", file)
-
-
-def _sha256_file(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _package_checksum(manifest_bytes: bytes, files: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(manifest_bytes)
-    for file_name in sorted(files):
-        digest.update(f"\0{file_name}\0{files[file_name]['sha256']}".encode())
-    return digest.hexdigest()
 
 
 def _as_dict(config: Any) -> Any:
