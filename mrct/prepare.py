@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -28,19 +27,16 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from mrct import __version__
 from mrct.config import to_dict
-from mrct.errors import InputNotFoundError, MrctError, OutputExistsError, ReadError
-from mrct.io.atomic import atomic_file
+from mrct.errors import InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
-from mrct.prepare_split import split_ids
+from mrct.prepare_manifest import load_manifest, now, write_bytes, write_manifest
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -48,7 +44,6 @@ from mrct.volume import Modality
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 DOMAINS: dict[str, Modality] = {"mr": Modality.MR, "ct": Modality.CT}
 
 
@@ -256,13 +251,6 @@ def _relpaths(domain: str, scan_id: str) -> dict[str, str]:
     }
 
 
-def _write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` atomically; returns its SHA-256."""
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
 def _npy_bytes(array: npt.NDArray[Any]) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
@@ -284,9 +272,9 @@ def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
             qc.write_png(o.qc, out / rel["qc"], overwrite=True)
             failed["files"] = {"qc": rel["qc"]}
         return failed
-    checksum = _write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
-    mask_checksum = _write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
-    _write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
+    checksum = write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
+    mask_checksum = write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
+    write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
     qc.write_png(o.qc, out / rel["qc"], overwrite=True)
     return {
         **entry,
@@ -317,51 +305,6 @@ def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None) -> bo
         )
     except OSError:
         return False
-
-
-def _load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("scans", []), list):
-            raise ValueError("not a manifest")
-    except (OSError, ValueError) as err:
-        raise ReadError(f"not a readable manifest ({err}); use a new output folder", path) from err
-    if manifest.get("config") != config:
-        raise OutputExistsError(
-            "this folder was prepared with another preprocessing config; use a new output folder", path
-        )
-    return manifest
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_manifest(
-    path: Path,
-    created: str,
-    seed: int,
-    config: dict[str, Any],
-    entries: dict[Any, Any],
-    hold_out_from: str | None = None,
-) -> None:
-    scans = [entries[k] for k in sorted(entries)]
-    ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
-    manifest = {
-        "format": "mrct-prepared-dataset",
-        "version": MANIFEST_VERSION,
-        "mrct_version": __version__,
-        "created": created,
-        "updated": _now(),
-        "seed": seed,
-        "hold_out_from": hold_out_from,
-        "config": config,
-        "split": {d: split_ids(ids, seed, hold_out_from) for d, ids in ok.items()},
-        "scans": scans,
-    }
-    _write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def prepare_dataset(
@@ -395,8 +338,8 @@ def prepare_dataset(
     out = Path(out)
     path = out / MANIFEST
     config_dict = to_dict(config)
-    manifest = _load_manifest(path, config_dict)
-    created = str(manifest.get("created") or _now())
+    manifest = load_manifest(path, config_dict)
+    created = str(manifest.get("created") or now())
     entries = {(e["domain"], e["id"]): e for e in manifest.get("scans", [])}
     summary = PrepareSummary(path)
     todo = []
@@ -410,7 +353,7 @@ def prepare_dataset(
     log.info("%d scans found, %d already prepared", len(scans), len(scans) - len(todo))
     current = {(s.domain, s.id) for s in scans}  # failures of inputs not given again are forgotten
     entries = {k: e for k, e in entries.items() if e.get("status") == "ok" or k in current}
-    _write_manifest(path, created, seed, config_dict, entries, hold_out_from)
+    write_manifest(path, created, seed, config_dict, entries, hold_out_from)
     for outcome in _outcomes(todo, config, crop, workers, progress):
         s = outcome.scan
         entry = _write_outcome(out, outcome)
@@ -421,5 +364,5 @@ def prepare_dataset(
         else:
             counts.failed += 1
             log.warning("%s/%s failed: %s", s.domain, s.id, entry["error"])
-        _write_manifest(path, created, seed, config_dict, entries, hold_out_from)
+        write_manifest(path, created, seed, config_dict, entries, hold_out_from)
     return summary

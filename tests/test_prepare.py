@@ -18,7 +18,8 @@ from mrct.cli import app, expand_prepare_args, main
 from mrct.config import load_yaml
 from mrct.errors import InputNotFoundError, OutputExistsError
 from mrct.io.discover import find_scans
-from mrct.prepare import collect_scans, prepare_dataset, split_ids
+from mrct.prepare import collect_scans, prepare_dataset
+from mrct.prepare_manifest import split_ids
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.preprocessing.record import PreprocessRecord

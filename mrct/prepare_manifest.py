@@ -1,0 +1,98 @@
+"""The manifest of a prepared set: its seeded train/test split (independent of input order,
+per domain), and how it is read and written (atomically, checksummed)."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrct import __version__
+from mrct.errors import OutputExistsError, ReadError
+from mrct.io.atomic import atomic_file
+
+MANIFEST_VERSION = 1
+DOMAINS = ("mr", "ct")
+TRAIN_TENTHS = 7  # 70 % train, 30 % test, per domain
+
+
+def split_ids(ids: Iterable[str], seed: int, hold_out_from: str | None = None) -> dict[str, list[str]]:
+    """A seeded 70/30 train/test split: sort ids, permute with ``default_rng(seed)``, take the
+    first 70 % (rounded half up) for training, keeping at least one test id when there are two.
+
+    With ``hold_out_from`` (a shell pattern on ids, e.g. ``IXI*``), only matching ids are
+    split; the others always train (say, the few scans of a rarer scanner or format).
+    """
+    ids = list(ids)
+    if hold_out_from is not None:
+        always = sorted(i for i in ids if not fnmatch.fnmatchcase(i, hold_out_from))
+        split = split_ids([i for i in ids if fnmatch.fnmatchcase(i, hold_out_from)], seed)
+        return {"train": sorted(split["train"] + always), "test": split["test"]}
+    ordered = sorted(ids)
+    n = len(ordered)
+    n_train = (TRAIN_TENTHS * n + 5) // 10
+    if n >= 2:
+        n_train = min(max(n_train, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return {
+        "train": sorted(ordered[i] for i in perm[:n_train]),
+        "test": sorted(ordered[i] for i in perm[n_train:]),
+    }
+
+
+def write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` atomically; returns its SHA-256."""
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("scans", []), list):
+            raise ValueError("not a manifest")
+    except (OSError, ValueError) as err:
+        raise ReadError(f"not a readable manifest ({err}); use a new output folder", path) from err
+    if manifest.get("config") != config:
+        raise OutputExistsError(
+            "this folder was prepared with another preprocessing config; use a new output folder", path
+        )
+    return manifest
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(
+    path: Path,
+    created: str,
+    seed: int,
+    config: dict[str, Any],
+    entries: dict[Any, Any],
+    hold_out_from: str | None = None,
+) -> None:
+    scans = [entries[k] for k in sorted(entries)]
+    ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
+    manifest = {
+        "format": "mrct-prepared-dataset",
+        "version": MANIFEST_VERSION,
+        "mrct_version": __version__,
+        "created": created,
+        "updated": now(),
+        "seed": seed,
+        "hold_out_from": hold_out_from,
+        "config": config,
+        "split": {d: split_ids(ids, seed, hold_out_from) for d, ids in ok.items()},
+        "scans": scans,
+    }
+    write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
