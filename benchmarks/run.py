@@ -96,6 +96,8 @@ def _model_part(
     else:
         _log(f"  failed: {batch['runs'][0].get('error')}")
     part["batch"] = batch
+    if args.overlap_repeats < 1:  # --overlap-repeats 0: no stage-API rows
+        return part
     overlap: dict[str, Any] = {"series": copies, "runs": args.overlap_repeats}
     for label, threads in (("worker 1 thread", 1), ("worker all threads", None)):
         _log(f"{name}: stage API overlapped ({label}) over {copies} series x{args.overlap_repeats} ...")
