@@ -155,6 +155,8 @@ def _details(result: dict[str, Any]) -> list[str]:
             f"| {name} | {b['series']} | {_cell(b['wall'], digits=1)} | {rate:.1f} | {bound:.1f} | "
             f"{rate / bound:.2f} × | {b['peak_rss_bytes'] / GB:.2f} GB |"
         )
+    if not any(part.get("overlap") for part in result["models"].values()):
+        return lines + _train_lines(result.get("train", {}))
     lines += [
         "",
         "The same series through the stage API, overlapped (`benchmarks/inference_bench.py`: "

@@ -23,8 +23,6 @@ SCHEMA: dict[str, type] = {
     "created": str, "license": str, "architecture": dict, "preprocessing": dict, "intensity": dict,
     "training": dict, "metrics": dict, "files": dict, "directions": dict,
 }  # fmt: skip
-# Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
-# arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
 DIRECTIONS = ("mr_to_ct", "ct_to_mr")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -51,6 +51,8 @@ __all__ = [
 ]  # fmt: skip
 
 CARD = "README.md"
+# Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
+# arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz", ".joblib", ".tar")
 T = TypeVar("T")
 

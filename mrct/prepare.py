@@ -321,7 +321,7 @@ def prepare_dataset(
 ) -> PrepareSummary:
     """Preprocess every scan under ``mr`` and ``ct`` into ``out`` (layout in the module docstring).
 
-    The train/test split is :func:`split_ids` with ``seed`` and ``hold_out_from``.
+    The train/test split is :func:`mrct.prepare_manifest.split_ids` with ``seed`` and ``hold_out_from``.
 
     Inputs given with ``mr`` are MR, with ``ct`` CT; a scan whose header (or,
     without a modality in the header, whose intensities) says otherwise fails.
