@@ -36,6 +36,7 @@ import numpy.typing as npt
 from mrct.config import to_dict
 from mrct.errors import InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
+from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
 from mrct.prepare_manifest import load_manifest, now, write_bytes, write_manifest
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
@@ -44,7 +45,7 @@ from mrct.volume import Modality
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-DOMAINS: dict[str, Modality] = {"mr": Modality.MR, "ct": Modality.CT}
+DOMAINS: dict[str, Modality] = {d: Modality[d.upper()] for d in DOMAIN_NAMES}
 
 
 @dataclass(frozen=True)

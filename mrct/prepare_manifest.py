@@ -18,7 +18,7 @@ from mrct.errors import OutputExistsError, ReadError
 from mrct.io.atomic import atomic_file
 
 MANIFEST_VERSION = 1
-DOMAINS = ("mr", "ct")  # the keys of mrct.prepare.DOMAINS, in its order
+DOMAINS = ("mr", "ct")  # a prepared set's folders and split keys, in manifest order
 TRAIN_TENTHS = 7  # 70 % train, 30 % test, per domain
 
 
