@@ -208,6 +208,9 @@ def test_dict_and_batch_share_one_spatial_transform() -> None:
         ("bias_order", 2.5),
         ("bias_max_coefficient", -0.3),
         ("enabled", "yes"),
+        ("remap_probability", 1.5),
+        ("remap_knots", 0),
+        ("remap_max_shift", 0.6),
     ],
 )
 def test_config_rejects_nonsense_naming_the_field(field: str, value: object) -> None:
@@ -223,3 +226,45 @@ def test_config_accepts_lists_from_yaml_and_rejects_bad_calls() -> None:
         sample_augmentation(config, rng, modality="PET", shape=SHAPE, spacing_mm=ISO)
     with pytest.raises(ValueError, match="spacing_mm"):
         sample_augmentation(config, rng, modality="CT", shape=SHAPE, spacing_mm=(0.0, 1.0, 1.0))
+
+
+REMAP = replace(ALWAYS, affine_probability=0, elastic_probability=0, gamma_probability=0, bias_probability=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_contrast_remap_is_monotone_and_keeps_background(seed: int) -> None:
+    params = sample(seed, config=replace(REMAP, remap_probability=1.0, remap_max_shift=0.2))
+    assert params.remap_knots is not None and len(params.remap_knots) == 4
+    assert params.gamma is None and params.is_spatial_identity
+    img = head()
+    out = apply_augmentation(params, img, spacing_mm=ISO)
+    background = img == -1.0
+    np.testing.assert_array_equal(out[background], -1.0)
+    order = np.argsort(img[~background], kind="stable")
+    assert (np.diff(out[~background][order]) >= -1e-6).all()  # tissue order is kept
+    assert not np.allclose(out[~background], img[~background], atol=1e-3)
+
+
+def test_contrast_remap_follows_its_knots() -> None:
+    img = head()
+    fg = img > -1
+    same = apply_augmentation(AugmentParams(remap_knots=(0.25, 0.5, 0.75)), img, spacing_mm=ISO)
+    np.testing.assert_allclose(same, img, atol=1e-6)  # knots on the diagonal: the identity
+    out = apply_augmentation(AugmentParams(remap_knots=(0.7,)), img, spacing_mm=ISO)
+    u = (img[fg] + 1) / 2  # [0, 0.5] -> [0, 0.7] and [0.5, 1] -> [0.7, 1]
+    expected = np.where(u < 0.5, 1.4 * u, 0.7 + 0.6 * (u - 0.5))
+    np.testing.assert_allclose(out[fg], 2 * expected - 1, atol=1e-5)
+    with pytest.raises(ValueError, match="remap_knots"):
+        AugmentParams(remap_knots=(0.6, 0.4))
+
+
+def test_remap_off_draws_nothing_so_older_runs_replay() -> None:
+    def next_draw(config: AugmentConfig) -> float:
+        rng = np.random.default_rng(5)
+        sample_augmentation(config, rng, modality="MR", shape=SHAPE, spacing_mm=ISO)
+        return float(rng.random())
+
+    off = next_draw(ALWAYS)
+    assert next_draw(replace(ALWAYS, remap_knots=9, remap_max_shift=0.3)) == off
+    assert next_draw(replace(ALWAYS, remap_probability=0.5)) != off
+    assert sample(3, "CT", replace(ALWAYS, remap_probability=1.0)).remap_knots is None

@@ -72,6 +72,10 @@ class AugmentConfig:
     in [-elastic_max_mm, elastic_max_mm]. MR only: gamma (log-uniform in ``gamma_range``) on
     intensities shifted to [0, 1]; a multiplicative bias field exp(polynomial of degree
     ``bias_order``) with coefficients in [-bias_max_coefficient, bias_max_coefficient].
+    MR only, off by default: a random monotone contrast remap (MONAI's RandHistogramShift idea),
+    piecewise linear through (0, 0), ``remap_knots`` interior knots and (1, 1), each knot's output
+    moved by up to ``remap_max_shift``. Gamma is one smooth curve; this one bends the tissue
+    contrasts independently, as another T1 sequence (MPRAGE, 2D FLASH) does.
     """
 
     enabled: bool = True
@@ -87,6 +91,9 @@ class AugmentConfig:
     bias_probability: float = 0.5
     bias_order: int = 3
     bias_max_coefficient: float = 0.3
+    remap_probability: float = 0.0
+    remap_knots: int = 4
+    remap_max_shift: float = 0.1
 
     def __post_init__(self) -> None:
         def fix(name: str, value: object) -> None:  # lists from YAML become tuples
@@ -94,7 +101,7 @@ class AugmentConfig:
 
         if not isinstance(self.enabled, bool):
             raise ValueError(f"AugmentConfig.enabled must be true or false, got {self.enabled!r}")
-        for name in ("affine", "elastic", "gamma", "bias"):
+        for name in ("affine", "elastic", "gamma", "bias", "remap"):
             field = f"{name}_probability"
             (p,) = _floats(f"AugmentConfig.{field}", [getattr(self, field)], 1)
             if not 0.0 <= p <= 1.0:
@@ -117,6 +124,13 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.bias_order must be an integer in [0, 5], got {order!r}")
         coef = _floats("AugmentConfig.bias_max_coefficient", [self.bias_max_coefficient], 1, low=0.0)[0]
         fix("bias_max_coefficient", coef)
+        knots = self.remap_knots
+        if not isinstance(knots, int) or isinstance(knots, bool) or not 1 <= knots <= 16:
+            raise ValueError(f"AugmentConfig.remap_knots must be an integer in [1, 16], got {knots!r}")
+        shift = _floats("AugmentConfig.remap_max_shift", [self.remap_max_shift], 1, low=0.0)[0]
+        if shift >= 0.5:
+            raise ValueError(f"AugmentConfig.remap_max_shift must be below 0.5, got {shift}")
+        fix("remap_max_shift", shift)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +144,8 @@ class AugmentParams:
     a control grid spanning the volume; d is their convex combination, so each component of d
     stays within its coefficients' range. ``gamma`` applies to intensities shifted to [0, 1];
     ``bias_coefficients`` are the log-bias polynomial's, in :func:`_monomials` order (their
-    count fixes the degree).
+    count fixes the degree). ``remap_knots`` are the contrast remap's outputs at the evenly spaced
+    interior inputs 1/(n+1) ... n/(n+1) of [0, 1], non-decreasing in [0, 1]; applied first.
     """
 
     rotation_deg: tuple[float, float, float] | None = None
@@ -139,6 +154,7 @@ class AugmentParams:
     elastic_mm: FloatArray | None = None
     gamma: float | None = None
     bias_coefficients: tuple[float, ...] | None = None
+    remap_knots: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         def fix(name: str, value: object) -> None:
@@ -162,11 +178,20 @@ class AugmentParams:
             if len(coef) not in {len(_monomials(k)) for k in range(6)}:
                 raise ValueError(f"AugmentParams.bias_coefficients: {len(coef)} is no polynomial's count")
             fix("bias_coefficients", coef)
+        if self.remap_knots is not None:
+            knots = _floats("AugmentParams.remap_knots", (k := self.remap_knots), len(k))
+            if not knots or min(knots) < 0 or max(knots) > 1 or any(np.diff(knots) < 0):
+                raise ValueError(f"AugmentParams.remap_knots must be non-decreasing in [0, 1], got {k!r}")
+            fix("remap_knots", knots)
 
     @property
     def is_spatial_identity(self) -> bool:
         spatial = (self.rotation_deg, self.scale, self.translation_mm, self.elastic_mm)
         return all(v is None for v in spatial)
+
+    @property
+    def changes_intensity(self) -> bool:
+        return any(v is not None for v in (self.gamma, self.bias_coefficients, self.remap_knots))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists, floats, None) for logs; :meth:`from_dict` reverses it."""
@@ -202,10 +227,11 @@ def sample_augmentation(
 ) -> AugmentParams:
     """Draw one :class:`AugmentParams` from ``rng``; ``modality`` is "CT" or "MR".
 
-    CT never gets gamma or bias. ``shape`` (D, H, W) and ``spacing_mm`` are validated; the
+    CT never gets gamma, bias or remap. ``shape`` (D, H, W) and ``spacing_mm`` are validated; the
     values drawn are in mm and degrees and do not depend on them. Every call draws the same
     numbers in the same order whatever the outcomes, so changing one probability (or the
-    modality) never changes the values drawn for the others.
+    modality) never changes the values drawn for the others; only a remap probability of 0 draws
+    no remap numbers, so runs from before the remap existed replay exactly.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -220,7 +246,7 @@ def sample_augmentation(
     translation = rng.uniform(-1.0, 1.0, 3) * np.array(config.translation_mm)
     elastic = rng.random() < config.elastic_probability
     control = rng.uniform(-config.elastic_max_mm, config.elastic_max_mm, (3, *config.elastic_grid))
-    gamma = bias = None
+    gamma = bias = remap = None
     if modality == "MR":
         apply_gamma = rng.random() < config.gamma_probability
         log_gamma = rng.uniform(*np.log(config.gamma_range))
@@ -229,6 +255,12 @@ def sample_augmentation(
         coef = rng.uniform(-config.bias_max_coefficient, config.bias_max_coefficient, n_coef)
         gamma = math.exp(log_gamma) if apply_gamma else None
         bias = tuple(coef.tolist()) if apply_bias else None
+        # Drawn last, and not at all when off: runs from before the remap existed replay exactly.
+        if config.remap_probability > 0:
+            apply_remap = rng.random() < config.remap_probability
+            inputs = np.arange(1, config.remap_knots + 1) / (config.remap_knots + 1)
+            moved = inputs + rng.uniform(-config.remap_max_shift, config.remap_max_shift, config.remap_knots)
+            remap = tuple(np.sort(np.clip(moved, 0.0, 1.0)).tolist()) if apply_remap else None
     return AugmentParams(
         rotation_deg=tuple(rotation.tolist()) if affine else None,  # type: ignore[arg-type]
         scale=float(scale) if affine else None,
@@ -236,6 +268,7 @@ def sample_augmentation(
         elastic_mm=control if elastic else None,
         gamma=gamma,
         bias_coefficients=bias,
+        remap_knots=remap,
     )
 
 
@@ -300,11 +333,19 @@ def _bias_field(coefficients: Sequence[float], shape: tuple[int, ...], spacing: 
     return np.exp(np.einsum("ijk,id,jh,kw->dhw", dense, *powers, optimize=True))
 
 
+def _remap(u: Any, knots: Sequence[float]) -> Any:
+    """The piecewise-linear monotone map through (0, 0), the evenly spaced ``knots`` and (1, 1)."""
+    inputs = np.linspace(0.0, 1.0, len(knots) + 2)
+    return np.interp(u, inputs, [0.0, *knots, 1.0])
+
+
 def _intensity(params: AugmentParams, array: Any, spacing: FloatArray, fill: float) -> Any:
-    """Gamma, then bias, on the head voxels of ``array`` in [-1, 1]; other voxels are kept."""
-    if params.gamma is None and params.bias_coefficients is None:
+    """Remap, gamma, then bias, on the head voxels of ``array`` in [-1, 1]; other voxels are kept."""
+    if not params.changes_intensity:
         return array
     u = np.clip((array.astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
+    if params.remap_knots is not None:
+        u = _remap(u, params.remap_knots)
     if params.gamma is not None:
         u = u**params.gamma
     if params.bias_coefficients is not None:

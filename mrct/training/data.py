@@ -133,7 +133,7 @@ class UnpairedBatches:
         params = sample_augmentation(
             self.config.augment, rng, modality=domain.upper(), shape=volume.shape, spacing_mm=scan.spacing_mm
         )
-        if params.is_spatial_identity and params.gamma is None and params.bias_coefficients is None:
+        if params.is_spatial_identity and not params.changes_intensity:
             return np.array(volume, dtype=np.float32)
         return apply_augmentation(params, volume, spacing_mm=scan.spacing_mm)
 
