@@ -1,0 +1,121 @@
+"""pipelines/pack_prepared.py and pipelines/train_within_budget.py: the pieces of a training
+session on a lent GPU, on tiny files (the trainings they launch are tests/test_training.py's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from mrct.training.config import load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prepared(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A prepared-set folder: MR a (train), MR b (test), CT c (train), CT d (failed)."""
+    volumes = {}
+    scans = []
+    for domain, scan_id, status in (
+        ("mr", "a", "ok"),
+        ("mr", "b", "ok"),
+        ("ct", "c", "ok"),
+        ("ct", "d", "failed"),
+    ):
+        rel = f"{domain}/{scan_id}.npy"
+        scans.append({"domain": domain, "id": scan_id, "status": status, "files": {"image": rel}})
+        if status == "ok":
+            volume = np.where(rng.random((4, 8, 8)) < 0.3, -1.0, rng.uniform(-1, 1, (4, 8, 8))).astype(
+                np.float32
+            )
+            (root / domain).mkdir(parents=True, exist_ok=True)
+            np.save(root / rel, volume)
+            volumes[rel] = volume
+    split = {"mr": {"train": ["a"], "test": ["b"]}, "ct": {"train": ["c", "d"], "test": []}}
+    manifest = {"format": "mrct-prepared-dataset", "scans": scans, "split": split}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return volumes
+
+
+def test_packed_training_split_unpacks_within_a_12_bit_step(tmp_path: Path) -> None:
+    packer = _load("pack_prepared")
+    volumes = _prepared(tmp_path / "prepared", np.random.default_rng(0))
+    packer.pack(tmp_path / "prepared", tmp_path / "packed")
+    packed = sorted(
+        p.relative_to(tmp_path / "packed").as_posix() for p in (tmp_path / "packed").rglob("*.xz")
+    )
+    assert packed == ["ct/c.npy.u12.xz", "mr/a.npy.u12.xz"]  # the test split and failures stay here
+    packer.unpack(tmp_path / "packed", tmp_path / "unpacked")
+    for rel in ("mr/a.npy", "ct/c.npy"):
+        back = np.load(tmp_path / "unpacked" / rel)
+        assert back.dtype == np.float32 and back.shape == volumes[rel].shape
+        assert np.abs(back - volumes[rel]).max() <= 1 / 4095 + 1e-6
+        np.testing.assert_array_equal(back[volumes[rel] == -1], -1.0)  # background stays exact
+    assert not (tmp_path / "unpacked" / "mr" / "b.npy").exists()
+
+
+def test_budget_schedule_keeps_the_config_and_halves_into_decay(tmp_path: Path) -> None:
+    budget = _load("train_within_budget")
+    target = budget._scheduled(ROOT / "configs" / "head_small_crop.yaml", 4800, tmp_path / "run.yaml")
+    scheduled, original = (
+        load_train_config(target),
+        load_train_config(ROOT / "configs" / "head_small_crop.yaml"),
+    )
+    assert (scheduled.optim.iterations, scheduled.optim.decay_iterations) == (4800, 2400)
+    assert scheduled.logging.checkpoint_every == 600
+    assert (scheduled.model, scheduled.data, scheduled.preprocessing) == (
+        original.model,
+        original.data,
+        original.preprocessing,
+    )
+
+
+def test_pack_returns_generators_only_newest_first_within_file_limits(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    budget = _load("train_within_budget")
+    run = tmp_path / "runs" / "small"
+    for it in (100, 200, 300):
+        ckpt = run / "checkpoints" / f"iter_{it:07d}"
+        ckpt.mkdir(parents=True)
+        weights = {
+            "generators.mr_to_ct.w": np.full(4, it, np.float32),
+            "discriminators.d_ct.w": np.ones(4, np.float32),
+        }
+        save_file(weights, str(ckpt / "networks.safetensors"))
+        (ckpt / "state.json").write_text(json.dumps({"iteration": it}))
+    (run / "config.json").write_text("{}")
+    (run / "log.jsonl").write_text('{"iteration": 300}\n')
+    budget.pack([run], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints-0.tar", "logs.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
+        assert {"small/config.json", "small/log.jsonl"} <= set(tar.getnames())
+    with tarfile.open(tmp_path / "out" / "checkpoints-0.tar") as tar:
+        tar.extractall(tmp_path / "back", filter="data")
+    back = load_file(
+        str(tmp_path / "back" / "small" / "checkpoints" / "iter_0000300" / "networks.safetensors")
+    )
+    assert list(back) == ["generators.mr_to_ct.w"] and back["generators.mr_to_ct.w"][0] == 300
+
+
+@pytest.mark.parametrize("name", ["head_small_crop", "head_small_full", "head_medium_full"])
+def test_head_gpu_configs_remap_mr_contrast_on_the_bundled_grid(name: str) -> None:
+    config = load_train_config(ROOT / "configs" / f"{name}.yaml")
+    small = load_train_config(ROOT / "configs" / "cpu_small.yaml")
+    assert config.data.augment.enabled and config.data.augment.remap_probability > 0
+    assert config.preprocessing == small.preprocessing  # one prepared set serves them all
