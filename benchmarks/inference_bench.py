@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = "dicom/mr_philips_elition_t1_mprage_sag3d"
-BUNDLED = "mrct-head-cpu-small"
+BUNDLED = "mrct-head-medium"
 PAPER_PACKAGE = "paper-3d-untrained"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 GB = 1e9
 STAGES = ("load_model", "read", "localise", "preprocess", "forward", "invert", "write", "checksum", "other")
 LABELS = {
-    "bundled": "bundled mrct-head-cpu-small (ngf 8, 3 blocks)",
+    "bundled": "bundled mrct-head-medium (ngf 16, 6 blocks)",
     "paper": "paper-size (ngf 64, 9 blocks)",
 }
 

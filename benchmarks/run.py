@@ -6,7 +6,7 @@
 Writes ``performance.json`` and ``performance.md`` (a table of targets, measured values and
 pass/fail, then the details). Input: the real 256x256x170 Philips MPRAGE series in
 ``../shared/data`` (the run stops with a message when it is absent). Models: the bundled
-``mrct-head-cpu-small`` and the paper-size generator (ngf 64, 9 residual blocks, 30x256x256),
+``mrct-head-medium`` and the paper-size generator (ngf 64, 9 residual blocks, 30x256x256),
 an untrained package built here with mrct's package writer (weights do not change timing).
 
 (a) ``mrct translate`` end to end: a fresh process per run (DICOM in, DICOM out, automatic

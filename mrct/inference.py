@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 """The repository's ``models/`` folder: where bundled model packages live."""
-DEFAULT_MODEL = "mrct-head-cpu-small"
+DEFAULT_MODEL = "mrct-head-medium"
 CT_OUTPUT_RANGE_HU = (-1024, 3071)
 MR_OUTPUT_RANGE = (0.0, 1000.0)
 DIRECTION = {Modality.CT: "mr_to_ct", Modality.MR: "ct_to_mr"}

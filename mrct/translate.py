@@ -164,7 +164,7 @@ def translate_file(
     timings["write"] = time.perf_counter() - t
     if preview is not None:
         t = time.perf_counter()
-        write_preview(volume, result.volume, Path(preview), overwrite)
+        write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
         timings["preview"] = time.perf_counter() - t
     t = time.perf_counter()
     files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
@@ -194,13 +194,22 @@ def translate_file(
     return TranslateSummary(written, content)
 
 
-def write_preview(source: Any, translated: Any, path: Path, overwrite: bool) -> Path:
-    """The input's and the output's three planes, one above the other, through the same point."""
+def write_preview(
+    source: Any, translated: Any, path: Path, overwrite: bool, slabs: list[dict[str, Any]] | None = None
+) -> Path:
+    """The input's and the output's three planes, one above the other, through the same point.
+
+    The point is the centre of the source's bounding box, moved to the middle of the first
+    translated slab along S (``slabs`` from the translation), so the axial plane shows the
+    translation: the bounding-box centre of a head MR often lies above the brow-to-jaw slab.
+    """
     import numpy as np
 
     from mrct import qc
 
     centre = qc.world_centre(source)
+    if slabs:
+        centre[2] = (float(slabs[0]["superior_mm"]) + float(slabs[0]["inferior_mm"])) / 2
     px = qc.default_pixel_mm(source)
     top = qc.three_plane_mosaic(source, centre, px)
     bottom = qc.three_plane_mosaic(translated, centre, px)

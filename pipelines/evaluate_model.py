@@ -1,7 +1,7 @@
 """Check a model package on held-out scans: the quality bar of a bundled model.
 
-    python pipelines/evaluate_model.py --model models/mrct-head-cpu-small \\
-        --prepared prepared/ -o models/mrct-head-cpu-small/evaluation.json
+    python pipelines/evaluate_model.py --model models/mrct-head-medium \\
+        --prepared prepared/ -o models/mrct-head-medium/evaluation.json
 
 MR -> synthetic CT is checked on the MRs of the prepared set's *test* split (never seen in
 training); CT -> synthetic MR on the CTs given with ``--ct`` (say in the card whether they
@@ -63,7 +63,7 @@ def evaluate(
             row.update(checks.to_dict(), slab=slab)
             if n < previews:
                 preview = out_dir / f"preview_{to.value.lower()}_{scan_id}.png"
-                write_preview(volume, result.volume, preview, overwrite=True)
+                write_preview(volume, result.volume, preview, overwrite=True, slabs=result.slabs)
                 row["preview"] = preview.name
         except Exception as err:  # one scan's failure is a result, not the end of the evaluation
             row.update(passes=False, error=f"{type(err).__name__}: {err}".splitlines()[0])
