@@ -15,19 +15,21 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 
-def _rate(items: object, step: object, n: int, sync: object) -> float:
+def _rate(items: Iterable[Any], step: Callable[[Any], object], n: int, sync: Callable[[], None]) -> float:
     """Iterations per second over ``n`` items after one warm-up."""
-    iterator = iter(items)  # type: ignore[call-overload]
-    step(next(iterator))  # type: ignore[operator]
-    sync()  # type: ignore[operator]
+    iterator = iter(items)
+    step(next(iterator))
+    sync()
     start = time.perf_counter()
     for _ in range(n):
-        step(next(iterator))  # type: ignore[operator]
-    sync()  # type: ignore[operator]
+        step(next(iterator))
+    sync()
     return n / (time.perf_counter() - start)
 
 

@@ -1,12 +1,13 @@
 """Check a model package on held-out scans: the quality bar of a bundled model.
 
     python pipelines/evaluate_model.py --model models/mrct-head-medium \\
-        --prepared prepared/ -o models/mrct-head-medium/evaluation.json
+        --prepared prepared/ -o work/evaluation.json
 
 MR -> synthetic CT is checked on the MRs of the prepared set's *test* split (never seen in
-training); CT -> synthetic MR on the CTs given with ``--ct`` (say in the card whether they
-were in training). Every scan is translated from its original file with the automatic
-slab, exactly as ``mrct translate`` does. The checks (``mrct/metrics.py``), inside the slab:
+training) and on the MRs given with ``--mr``; CT -> synthetic MR on the CTs given with
+``--ct``. Say in the card whether the ``--mr`` and ``--ct`` scans were in training. Every scan
+is translated from its original file with the automatic slab, exactly as ``mrct translate``
+does. The checks (``mrct/metrics.py``), inside the slab:
 
 - sCT: Dice(sCT head outline above -500 HU, MR head mask) >= 0.95; median air HU <= -950;
   median head HU in [0, 100]; 5-35 % of head voxels above 300 HU;
@@ -105,7 +106,13 @@ def main() -> None:
     )
     parser.add_argument("--model", required=True, help="model package folder or bundled name")
     parser.add_argument("--prepared", type=Path, help="prepared set whose MR test split is evaluated")
-    parser.add_argument("--mr", type=Path, nargs="*", default=[], help="more held-out MR scans")
+    parser.add_argument(
+        "--mr",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more MR scans (say in the card whether they were trained on)",
+    )
     parser.add_argument("--ct", type=Path, nargs="*", default=[], help="CT scans for CT -> synthetic MR")
     parser.add_argument(
         "--previews", type=int, default=2, help="PNG previews of the first N scans per direction"

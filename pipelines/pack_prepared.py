@@ -39,10 +39,13 @@ def _train_images(manifest: dict) -> list[str]:
 
 def pack(prepared: Path, packed: Path) -> None:
     manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
-    packed.mkdir(parents=True, exist_ok=False)
+    if packed.exists():
+        raise SystemExit(f"{packed}: already exists; pack into a new folder")
+    packed.mkdir(parents=True)
     shutil.copy2(prepared / "manifest.json", packed / "manifest.json")
+    images = _train_images(manifest)
     total = 0
-    for rel in _train_images(manifest):
+    for rel in images:
         volume = np.load(prepared / rel, allow_pickle=False)
         if volume.min() < -1 or volume.max() > 1:
             raise SystemExit(f"{prepared / rel}: values outside [-1, 1]; not a prepared volume")
@@ -53,21 +56,22 @@ def pack(prepared: Path, packed: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lzma.compress(buffer.getvalue(), preset=6))
         total += target.stat().st_size
-    print(f"packed {len(_train_images(manifest))} training volumes into {packed}: {total / 1e6:.1f} MB")
+    print(f"packed {len(images)} training volumes into {packed}: {total / 1e6:.1f} MB")
 
 
 def unpack(packed: Path, prepared: Path) -> None:
     manifest = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))
     prepared.mkdir(parents=True, exist_ok=True)
     shutil.copy2(packed / "manifest.json", prepared / "manifest.json")
-    for rel in _train_images(manifest):
+    images = _train_images(manifest)
+    for rel in images:
         levels = np.load(
             io.BytesIO(lzma.decompress((packed / (rel + SUFFIX)).read_bytes())), allow_pickle=False
         )
         target = prepared / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, (levels.astype(np.float32) * np.float32(2 / LEVELS) - 1.0).astype(np.float32))
-    print(f"unpacked {len(_train_images(manifest))} training volumes into {prepared}")
+    print(f"unpacked {len(images)} training volumes into {prepared}")
 
 
 def main() -> None:

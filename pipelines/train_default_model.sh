@@ -9,8 +9,9 @@
 # The package is iteration 250 of the 400 that configs/head_medium_full.yaml schedules, chosen
 # on training MRs (its card's metrics.checkpoint_choice). It needs a GPU. It was trained on one lent
 # for minutes, through train_default_model_gpu.sh; on a GPU of your own this does the same.
-# Its card's description and metrics were then written from the evaluation (export writes a
-# generic description and no metrics).
+# It exports to $WORK/model; the committed package is that export with a description and the
+# evaluation's metrics written into its model.json (export writes a generic description and no
+# metrics). Copy it into models/ by hand only after checking the evaluation.
 # Usage: bash pipelines/train_default_model.sh   (resumable: run it again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,6 @@ DICOM_MRS=("$DATA/dicom/mr_philips_elition_t1_mprage_sag3d" "$DATA/dicom/mr_siem
 mrct prepare --mr "$DATA/mr" "${DICOM_MRS[@]}" --ct "$DATA/ct" "$DATA/dicom/ct_ge_hispeed_head_tilt" \
   -o "$WORK/prepared" --workers 2 --seed 0 --hold-out-from 'IXI*' || true  # failures are listed
 mrct train --config configs/head_medium_full.yaml --data "$WORK/prepared" -o "$WORK/run" --resume --until 250
-mrct export "$WORK/run" --checkpoint iter_0000250 -o models/mrct-head-medium --license CC-BY-SA-3.0 --overwrite
-python pipelines/evaluate_model.py --model models/mrct-head-medium --prepared "$WORK/prepared" --mr "${DICOM_MRS[@]}" \
+mrct export "$WORK/run" --checkpoint iter_0000250 -o "$WORK/model" --name mrct-head-medium --license CC-BY-SA-3.0 --overwrite
+python3 pipelines/evaluate_model.py --model "$WORK/model" --prepared "$WORK/prepared" --mr "${DICOM_MRS[@]}" \
   --ct "$DATA/ct/unc_cthead_cadaver_hu.nii.gz" -o "$WORK/evaluation.json" --previews 2

@@ -2,19 +2,20 @@
 
 A lent GPU comes for minutes, not days, so the number of iterations is set by the clock:
 
-1. Probe: each config trains ``--probe`` iterations, all at once (as they will run), and its
-   steady rate is read from its ``log.jsonl``.
+1. Probe: all configs train at once (as they will run) for ``--probe-seconds``, then are
+   stopped; each one's steady rate is the median of its logged rates after the first interval
+   (start-up).
 2. Train: each config's ``optim.iterations`` becomes what its rate fits in the time left, with
    the learning rate decaying linearly over the second half (CycleGAN's schedule, shortened)
-   and checkpoints every eighth. ``timeout`` sends SIGTERM at the deadline, on which the
-   trainer saves a checkpoint and stops.
+   and checkpoints every eighth. Runs still going ``PACK_RESERVE_S`` before the deadline all get
+   SIGTERM at once; the trainer then saves a checkpoint and stops (exit 130).
 3. Pack: into ``--pack``, the runs' logs and configs in ``logs.tar.gz``, and the generators of
    the newest checkpoints (those fitting a few files of at most 15 MiB) as checkpoint folders
    ``mrct export RUN --checkpoint iter_N`` takes: ``<run>/checkpoints/iter_N/{networks.safetensors,
    state.json}`` beside ``<run>/config.json``.
 
     python pipelines/train_within_budget.py --data PREPARED --configs A.yaml B.yaml \\
-        --runs RUNS --seconds 480 --pack OUT
+        --runs RUNS --seconds 480 --pack OUT [--probe-seconds 45] [--device cuda]
 
 Every process is ``python -m mrct train``, so what runs is exactly the CLI a user has.
 """
@@ -34,33 +35,57 @@ from pathlib import Path
 import yaml
 
 MIB = 2**20
-PACK_RESERVE_S = 25  # packing and the last checkpoint's write
+PACK_RESERVE_S = 25  # the last checkpoints' writes, then packing
+START_S = 20  # a training process's start: imports, CUDA, data-loader workers
+KEEP = 9  # checkpoints kept per run, and the most packed back
+STOPPED = {0, 130, -15}  # done; stopped by SIGTERM after a checkpoint; killed before the handler
 FILE_LIMIT, FILES, TOTAL_LIMIT = 15 * MIB, 8, 60 * MIB
 
 
-def _train(
-    config: Path, data: Path, run: Path, until: int | None, device: str, log: Path
-) -> subprocess.Popen:
+def _train(config: Path, data: Path, run: Path, until: int | None, device: str) -> subprocess.Popen:
+    """``mrct train`` in the background, its output in ``run/train.log``."""
+    run.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mrct", "train", "-c", str(config), "--data", str(data)]
     command += ["-o", str(run), "--overwrite", "--quiet", "--device", device]
     if until is not None:
         command += ["--until", str(until)]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with (run / "train.log").open("w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _rate(run: Path, skip: int) -> float:
-    """Median logged iterations per second after the first ``skip`` iterations (start-up)."""
+def _rate(run: Path) -> float:
+    """Median logged iterations per second, leaving out the first interval (start-up)."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    rates = [r["speed/iterations_per_s"] for r in rows if r["iteration"] > skip]
-    return statistics.median(rates)
+    return statistics.median(r["speed/iterations_per_s"] for r in rows[1:])
+
+
+def _stop_all(processes: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM to every process still running, at once; SIGKILL to those left after ``grace_s``."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    end = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(end - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_all(processes: list[subprocess.Popen], until: float) -> None:
+    """Wait until every process has ended or the monotonic clock reaches ``until``."""
+    while time.monotonic() < until and any(p.poll() is None for p in processes):
+        time.sleep(1.0)
 
 
 def _scheduled(source: Path, iterations: int, target: Path) -> Path:
     raw = yaml.safe_load(source.read_text())
     raw["optim"]["iterations"] = iterations
     raw["optim"]["decay_iterations"] = iterations // 2
-    raw["logging"]["checkpoint_every"] = max(10, iterations // 8)
-    raw["logging"]["keep_checkpoints"] = 9
+    logging = raw.setdefault("logging", {})
+    logging["checkpoint_every"] = max(10, iterations // 8)
+    logging["keep_checkpoints"] = KEEP
     target.write_text(yaml.safe_dump(raw, sort_keys=False))
     return target
 
@@ -88,7 +113,7 @@ def pack(runs: list[Path], out: Path) -> None:
             for preview in sorted((run / "previews").glob("*.png"))[-2:]:
                 tar.add(preview, f"{run.name}/previews/{preview.name}")
     newest = {run: sorted((run / "checkpoints").glob("iter_*"), reverse=True) for run in runs}
-    order = [(run, ckpts[k]) for k in range(9) for run, ckpts in newest.items() if k < len(ckpts)]
+    order = [(run, ckpts[k]) for k in range(KEEP) for run, ckpts in newest.items() if k < len(ckpts)]
     bins: list[list[tuple[str, bytes]]] = []
     total = (out / "logs.tar.gz").stat().st_size
     for run, ckpt in order:
@@ -124,56 +149,50 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, required=True, help="the whole budget, probe and packing included"
     )
-    parser.add_argument("--probe", type=int, default=60, help="probe iterations (rates after the first 20)")
+    parser.add_argument("--probe-seconds", type=float, default=45.0, help="the probe's wall time")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--pack", type=Path, required=True)
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     args.runs.mkdir(parents=True, exist_ok=True)
 
-    probes = {}
-    for config in args.configs:
-        run = args.runs / f"probe-{config.stem}"
-        run.mkdir(parents=True, exist_ok=True)
-        probes[config] = (run, _train(config, args.data, run, args.probe, args.device, run / "train.log"))
+    # The probe stops every config at the same moment, so each rate is measured while all run.
+    probe_runs = {config: args.runs / f"probe-{config.stem}" for config in args.configs}
+    probes = [_train(config, args.data, run, 10**6, args.device) for config, run in probe_runs.items()]
+    _wait_all(probes, time.monotonic() + args.probe_seconds)
+    for process in probes:
+        process.kill()  # a probe's checkpoint is not wanted
+        process.wait()
     rates = {}
-    for config, (run, process) in probes.items():
-        if process.wait() != 0:
-            print(f"{config.stem}: the probe failed:\n{(run / 'train.log').read_text()[-3000:]}")
-            continue
+    for config, run in probe_runs.items():
         try:
-            rates[config] = _rate(run, skip=20)
+            rates[config] = _rate(run)
         except (OSError, ValueError, KeyError, statistics.StatisticsError) as err:
-            print(f"{config.stem}: no rate in the probe's log ({err!r})")
-    started = {}
+            print(
+                f"{config.stem}: no rate from the probe ({err!r}):\n{(run / 'train.log').read_text()[-3000:]}"
+            )
+
+    runs: dict[Path, subprocess.Popen] = {}
     seconds = deadline - time.monotonic() - PACK_RESERVE_S
     for config, rate in rates.items():
-        iterations = max(100, int(rate * (seconds - 20) * 0.92) // 100 * 100)  # 20 s to start
+        iterations = max(100, int(rate * (seconds - START_S) * 0.92) // 100 * 100)
         print(f"{config.stem}: {rate:.2f} it/s in the probe -> {iterations} iterations in {seconds:.0f} s")
-        run = args.runs / config.stem
-        run.mkdir(parents=True, exist_ok=True)
         scheduled = _scheduled(config, iterations, args.runs / f"{config.stem}.yaml")
-        started[run] = _train(scheduled, args.data, run, None, args.device, run / "train.log")
-    for run, process in started.items():
-        left = deadline - time.monotonic() - PACK_RESERVE_S
-        try:
-            process.wait(timeout=max(left, 1))
-        except subprocess.TimeoutExpired:
-            process.terminate()  # the trainer saves a checkpoint after this iteration
-            try:
-                process.wait(timeout=PACK_RESERVE_S - 5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        runs[args.runs / config.stem] = _train(
+            scheduled, args.data, args.runs / config.stem, None, args.device
+        )
+    _wait_all(list(runs.values()), deadline - PACK_RESERVE_S)
+    _stop_all(list(runs.values()), grace_s=PACK_RESERVE_S - 5)
+    for run, process in runs.items():
         rows = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
         last = json.loads(rows[-1]) if rows else {}
         print(
             f"{run.name}: exit {process.returncode}, logged up to iteration {last.get('iteration')}, "
             f"{last.get('speed/iterations_per_s', 0):.2f} it/s, G {last.get('loss/generator/total')}"
         )
-        if process.returncode not in (0, -15):
+        if process.returncode not in STOPPED:
             print((run / "train.log").read_text()[-3000:])
-    pack(list(started), args.pack)
+    pack(list(runs), args.pack)
 
 
 if __name__ == "__main__":

@@ -268,3 +268,6 @@ def test_remap_off_draws_nothing_so_older_runs_replay() -> None:
     assert next_draw(replace(ALWAYS, remap_knots=9, remap_max_shift=0.3)) == off
     assert next_draw(replace(ALWAYS, remap_probability=0.5)) != off
     assert sample(3, "CT", replace(ALWAYS, remap_probability=1.0)).remap_knots is None
+    on, before = sample(5, config=replace(ALWAYS, remap_probability=1.0)), sample(5)
+    assert on.remap_knots is not None  # drawn last: the other values are those drawn without it
+    assert on == AugmentParams(**{**before.to_dict(), "remap_knots": on.remap_knots})

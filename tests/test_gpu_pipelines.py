@@ -77,7 +77,7 @@ def test_budget_schedule_keeps_the_config_and_halves_into_decay(tmp_path: Path) 
         load_train_config(ROOT / "configs" / "head_small_crop.yaml"),
     )
     assert (scheduled.optim.iterations, scheduled.optim.decay_iterations) == (4800, 2400)
-    assert scheduled.logging.checkpoint_every == 600
+    assert (scheduled.logging.checkpoint_every, scheduled.logging.keep_checkpoints) == (600, budget.KEEP)
     assert (scheduled.model, scheduled.data, scheduled.preprocessing) == (
         original.model,
         original.data,
@@ -85,32 +85,58 @@ def test_budget_schedule_keeps_the_config_and_halves_into_decay(tmp_path: Path) 
     )
 
 
-def test_pack_returns_generators_only_newest_first_within_file_limits(tmp_path: Path) -> None:
+def test_pack_returns_generators_only_newest_first_within_file_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safetensors.numpy import load_file, save_file
 
     budget = _load("train_within_budget")
-    run = tmp_path / "runs" / "small"
-    for it in (100, 200, 300):
-        ckpt = run / "checkpoints" / f"iter_{it:07d}"
-        ckpt.mkdir(parents=True)
-        weights = {
-            "generators.mr_to_ct.w": np.full(4, it, np.float32),
-            "discriminators.d_ct.w": np.ones(4, np.float32),
-        }
-        save_file(weights, str(ckpt / "networks.safetensors"))
-        (ckpt / "state.json").write_text(json.dumps({"iteration": it}))
-    (run / "config.json").write_text("{}")
-    (run / "log.jsonl").write_text('{"iteration": 300}\n')
-    budget.pack([run], tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints-0.tar", "logs.tar.gz"]
+    runs = []
+    for name, size in (("small", 1000), ("large", 25_000)):
+        run = tmp_path / "runs" / name
+        for it in (100, 200, 300):
+            ckpt = run / "checkpoints" / f"iter_{it:07d}"
+            ckpt.mkdir(parents=True)
+            weights = {
+                "generators.mr_to_ct.w": np.full(size, it, np.float32),
+                "discriminators.d_ct.w": np.ones(size, np.float32),
+            }
+            save_file(weights, str(ckpt / "networks.safetensors"))
+            (ckpt / "state.json").write_text(json.dumps({"iteration": it}))
+        (run / "config.json").write_text("{}")
+        (run / "log.jsonl").write_text('{"iteration": 300}\n')
+        runs.append(run)
+    # A file holds one large checkpoint (or a dozen small ones); the total, about three large.
+    one = len(budget._generators_only(runs[1] / "checkpoints" / "iter_0000300")) + 4096 + 100
+    monkeypatch.setattr(budget, "FILE_LIMIT", one)
+    monkeypatch.setattr(budget, "TOTAL_LIMIT", 3 * one)
+    budget.pack(runs, tmp_path / "out")
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
-        assert {"small/config.json", "small/log.jsonl"} <= set(tar.getnames())
-    with tarfile.open(tmp_path / "out" / "checkpoints-0.tar") as tar:
-        tar.extractall(tmp_path / "back", filter="data")
-    back = load_file(
-        str(tmp_path / "back" / "small" / "checkpoints" / "iter_0000300" / "networks.safetensors")
-    )
-    assert list(back) == ["generators.mr_to_ct.w"] and back["generators.mr_to_ct.w"][0] == 300
+        assert {"small/config.json", "small/log.jsonl", "large/config.json"} <= set(tar.getnames())
+    archives = sorted((tmp_path / "out").glob("checkpoints-*.tar"))
+    assert len(archives) == 3 and all(a.stat().st_size <= one + 10_240 for a in archives)
+    names: list[str] = []
+    for archive in archives:
+        with tarfile.open(archive) as tar:
+            names += tar.getnames()
+            tar.extractall(tmp_path / "back", filter="data")
+    packed = sorted(n.rsplit("/", 1)[0] for n in names if n.endswith("state.json"))
+    # newest first, taking turns: every small one, and the large ones until the total is full
+    assert packed == [f"large/checkpoints/iter_{i:07d}" for i in (200, 300)] + [
+        f"small/checkpoints/iter_{i:07d}" for i in (100, 200, 300)
+    ]
+    for name in packed:
+        back = load_file(str(tmp_path / "back" / name / "networks.safetensors"))
+        assert list(back) == ["generators.mr_to_ct.w"]  # no discriminators
+        assert back["generators.mr_to_ct.w"][0] == int(name[-7:])
+
+
+def test_budget_rate_leaves_out_the_start_up_interval(tmp_path: Path) -> None:
+    budget = _load("train_within_budget")
+    rows = [{"iteration": 10, "speed/iterations_per_s": 0.2}]
+    rows += [{"iteration": 10 * k, "speed/iterations_per_s": r} for k, r in ((2, 3.0), (3, 5.0), (4, 4.0))]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert budget._rate(tmp_path) == 4.0
 
 
 @pytest.mark.parametrize("name", ["head_small_crop", "head_small_full", "head_medium_full"])

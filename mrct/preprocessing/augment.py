@@ -72,10 +72,9 @@ class AugmentConfig:
     in [-elastic_max_mm, elastic_max_mm]. MR only: gamma (log-uniform in ``gamma_range``) on
     intensities shifted to [0, 1]; a multiplicative bias field exp(polynomial of degree
     ``bias_order``) with coefficients in [-bias_max_coefficient, bias_max_coefficient].
-    MR only, off by default: a random monotone contrast remap (MONAI's RandHistogramShift idea),
-    piecewise linear through (0, 0), ``remap_knots`` interior knots and (1, 1), each knot's output
-    moved by up to ``remap_max_shift``. Gamma is one smooth curve; this one bends the tissue
-    contrasts independently, as another T1 sequence (MPRAGE, 2D FLASH) does.
+    MR only, off by default: a monotone contrast remap (MONAI's RandHistogramShift idea) through
+    (0, 0), ``remap_knots`` knots each moved by up to ``remap_max_shift``, and (1, 1): unlike
+    gamma's one curve, it bends tissue contrasts independently, as another T1 sequence does.
     """
 
     enabled: bool = True
@@ -128,7 +127,7 @@ class AugmentConfig:
         if not isinstance(knots, int) or isinstance(knots, bool) or not 1 <= knots <= 16:
             raise ValueError(f"AugmentConfig.remap_knots must be an integer in [1, 16], got {knots!r}")
         shift = _floats("AugmentConfig.remap_max_shift", [self.remap_max_shift], 1, low=0.0)[0]
-        if shift >= 0.5:
+        if shift >= 0.5:  # knots moved half the range pile up at 0 or 1 and flatten whole tissues
             raise ValueError(f"AugmentConfig.remap_max_shift must be below 0.5, got {shift}")
         fix("remap_max_shift", shift)
 
@@ -144,8 +143,7 @@ class AugmentParams:
     a control grid spanning the volume; d is their convex combination, so each component of d
     stays within its coefficients' range. ``gamma`` applies to intensities shifted to [0, 1];
     ``bias_coefficients`` are the log-bias polynomial's, in :func:`_monomials` order (their
-    count fixes the degree). ``remap_knots`` are the contrast remap's outputs at the evenly spaced
-    interior inputs 1/(n+1) ... n/(n+1) of [0, 1], non-decreasing in [0, 1]; applied first.
+    count fixes the degree). ``remap_knots``: the remap's outputs at inputs 1/(n+1) ... n/(n+1).
     """
 
     rotation_deg: tuple[float, float, float] | None = None
@@ -179,9 +177,10 @@ class AugmentParams:
                 raise ValueError(f"AugmentParams.bias_coefficients: {len(coef)} is no polynomial's count")
             fix("bias_coefficients", coef)
         if self.remap_knots is not None:
-            knots = _floats("AugmentParams.remap_knots", (k := self.remap_knots), len(k))
+            given = self.remap_knots
+            knots = _floats("AugmentParams.remap_knots", given, len(given))
             if not knots or min(knots) < 0 or max(knots) > 1 or any(np.diff(knots) < 0):
-                raise ValueError(f"AugmentParams.remap_knots must be non-decreasing in [0, 1], got {k!r}")
+                raise ValueError(f"AugmentParams.remap_knots must be non-decreasing in [0, 1], got {given!r}")
             fix("remap_knots", knots)
 
     @property
@@ -230,8 +229,7 @@ def sample_augmentation(
     CT never gets gamma, bias or remap. ``shape`` (D, H, W) and ``spacing_mm`` are validated; the
     values drawn are in mm and degrees and do not depend on them. Every call draws the same
     numbers in the same order whatever the outcomes, so changing one probability (or the
-    modality) never changes the values drawn for the others; only a remap probability of 0 draws
-    no remap numbers, so runs from before the remap existed replay exactly.
+    modality) never changes the values drawn for the others; a remap probability of 0 draws none.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -333,19 +331,14 @@ def _bias_field(coefficients: Sequence[float], shape: tuple[int, ...], spacing: 
     return np.exp(np.einsum("ijk,id,jh,kw->dhw", dense, *powers, optimize=True))
 
 
-def _remap(u: Any, knots: Sequence[float]) -> Any:
-    """The piecewise-linear monotone map through (0, 0), the evenly spaced ``knots`` and (1, 1)."""
-    inputs = np.linspace(0.0, 1.0, len(knots) + 2)
-    return np.interp(u, inputs, [0.0, *knots, 1.0])
-
-
 def _intensity(params: AugmentParams, array: Any, spacing: FloatArray, fill: float) -> Any:
     """Remap, gamma, then bias, on the head voxels of ``array`` in [-1, 1]; other voxels are kept."""
     if not params.changes_intensity:
         return array
     u = np.clip((array.astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
-    if params.remap_knots is not None:
-        u = _remap(u, params.remap_knots)
+    if params.remap_knots is not None:  # piecewise linear through (0, 0), the knots and (1, 1)
+        knots = params.remap_knots
+        u = np.interp(u, np.linspace(0.0, 1.0, len(knots) + 2), [0.0, *knots, 1.0])
     if params.gamma is not None:
         u = u**params.gamma
     if params.bias_coefficients is not None:
