@@ -15,35 +15,30 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import lzma
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from mrct.training.data import PreparedSet
+
 LEVELS = 4095  # 12 bits
 SUFFIX = ".u12.xz"
 
 
-def _train_images(manifest: dict) -> list[str]:
-    """Relative paths of the ok images in each domain's training split."""
-    entries = {(e["domain"], e["id"]): e for e in manifest["scans"] if e.get("status") == "ok"}
-    files = []
-    for domain, split in manifest["split"].items():
-        for scan_id in split["train"]:
-            if (domain, scan_id) in entries:
-                files.append(entries[(domain, scan_id)]["files"]["image"])
-    return files
+def _train_images(root: Path) -> list[Path]:
+    """The training split's images, relative to ``root``, as ``mrct train`` reads them."""
+    scans = PreparedSet.open(root).scans.values()
+    return [scan.image.relative_to(root) for domain in scans for scan in domain]
 
 
 def pack(prepared: Path, packed: Path) -> None:
-    manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
+    images = _train_images(prepared)
     if packed.exists():
         raise SystemExit(f"{packed}: already exists; pack into a new folder")
     packed.mkdir(parents=True)
     shutil.copy2(prepared / "manifest.json", packed / "manifest.json")
-    images = _train_images(manifest)
     total = 0
     for rel in images:
         volume = np.load(prepared / rel, allow_pickle=False)
@@ -52,7 +47,7 @@ def pack(prepared: Path, packed: Path) -> None:
         levels = np.round((volume.astype(np.float64) + 1.0) * (LEVELS / 2)).astype(np.uint16)
         buffer = io.BytesIO()
         np.save(buffer, levels, allow_pickle=False)
-        target = packed / (rel + SUFFIX)
+        target = packed / f"{rel}{SUFFIX}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lzma.compress(buffer.getvalue(), preset=6))
         total += target.stat().st_size
@@ -60,13 +55,12 @@ def pack(prepared: Path, packed: Path) -> None:
 
 
 def unpack(packed: Path, prepared: Path) -> None:
-    manifest = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))
+    images = _train_images(packed)
     prepared.mkdir(parents=True, exist_ok=True)
     shutil.copy2(packed / "manifest.json", prepared / "manifest.json")
-    images = _train_images(manifest)
     for rel in images:
         levels = np.load(
-            io.BytesIO(lzma.decompress((packed / (rel + SUFFIX)).read_bytes())), allow_pickle=False
+            io.BytesIO(lzma.decompress((packed / f"{rel}{SUFFIX}").read_bytes())), allow_pickle=False
         )
         target = prepared / rel
         target.parent.mkdir(parents=True, exist_ok=True)

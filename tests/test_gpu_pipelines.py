@@ -38,7 +38,10 @@ def _prepared(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
         ("ct", "d", "failed"),
     ):
         rel = f"{domain}/{scan_id}.npy"
-        scans.append({"domain": domain, "id": scan_id, "status": status, "files": {"image": rel}})
+        crop = {"superior_mm": 40.0, "inferior_mm": -40.0}
+        scans.append(
+            {"domain": domain, "id": scan_id, "status": status, "files": {"image": rel}, "crop": crop}
+        )
         if status == "ok":
             volume = np.where(rng.random((4, 8, 8)) < 0.3, -1.0, rng.uniform(-1, 1, (4, 8, 8))).astype(
                 np.float32
@@ -47,7 +50,8 @@ def _prepared(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
             np.save(root / rel, volume)
             volumes[rel] = volume
     split = {"mr": {"train": ["a"], "test": ["b"]}, "ct": {"train": ["c", "d"], "test": []}}
-    manifest = {"format": "mrct-prepared-dataset", "scans": scans, "split": split}
+    config = {"grid": {"depth": 4, "height": 8, "width": 8, "inplane_mm": 1.0}}
+    manifest = {"format": "mrct-prepared-dataset", "config": config, "scans": scans, "split": split}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return volumes
 
