@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from mrct.errors import GeometryError, MrctError, ReadError
 from mrct.io.dicom_geometry import (
@@ -27,6 +25,7 @@ from mrct.io.dicom_geometry import (
     plan_stack,
     resample_stack,
 )
+from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_syntax_name
 from mrct.io.dicom_scan import (
     SeriesFiles,
     check_deflated,
@@ -124,7 +123,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     headers = chosen.headers if len(chosen.headers) == len(chosen.files) else (None,) * len(chosen.files)
     for f, header in zip(chosen.files, headers, strict=True):
         try:
-            pixel_ds = _pixel_dataset(header) if header is not None else None
+            pixel_ds = pixel_dataset(header) if header is not None else None
             if header is not None and pixel_ds is not None:
                 ds = header
             else:
@@ -146,10 +145,10 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     check_shape((cols, rows, len(frames)), where)
     positions = np.array([f.position for f in frames], dtype=np.float64)
     plan = plan_stack(positions, geom, rows, cols, allow_gaps=allow_gaps, where=str(where))
-    pixels = _load_pixels(with_pixels, frames, chosen.files, rows, cols)
+    pixels = load_pixels(with_pixels, frames, chosen.files, rows, cols)
     slopes = np.array([f.slope for f in frames])
     intercepts = np.array([f.intercept for f in frames])
-    values = _rescale(pixels, slopes, intercepts)
+    values = rescale(pixels, slopes, intercepts)
     if plan.resample:
         log.warning(
             "%s: %s; resampled onto a rectilinear grid of %.3f mm slices (as dcm2niix's _Tilt/_Eq output)",
@@ -199,13 +198,8 @@ def _check_headers(chosen: SeriesFiles, where: Path) -> None:
         except NotImplementedError:
             available = False
         if not available:
-            raise ReadError(f"transfer syntax {_syntax(uid)} is not supported (no decoder for it)", where)
-
-
-def _syntax(uid: object) -> str:
-    """``JPEG Baseline (Process 1) (1.2.840.10008.1.2.4.50)``; the bare UID when unnamed."""
-    name = getattr(uid, "name", str(uid))
-    return f"{name} ({uid})" if name != str(uid) else str(uid)
+            name = transfer_syntax_name(uid)
+            raise ReadError(f"transfer syntax {name} is not supported (no decoder for it)", where)
 
 
 def _first_line(err: BaseException) -> str:
@@ -310,124 +304,6 @@ def _common_geometry(frames: list[_Frame], where: Path) -> SliceGeometry:
     r, c = orientation_from_iop(ref, str(where))
     row_sp, col_sp = frames[0].pixel_spacing
     return SliceGeometry(r, c, row_sp, col_sp)
-
-
-# The Image Pixel module: what decoding pixel data needs besides the transfer syntax.
-_PIXEL_MODULE = (
-    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
-    "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames",
-    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData", "FloatPixelData",
-)  # fmt: skip
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-def _pixel_dataset(header: Dataset) -> Dataset | None:
-    """The Image Pixel module of a header read with deferred values
-    (:func:`mrct.io.dicom_scan.read_header_dataset`), its pixel data loaded from the file, as
-    a new dataset: the header keeps its deferred element (a batch holds many headers). None
-    when the header cannot give it (read without pixel data, or from a deflated file, whose
-    offsets are those of the inflated stream)."""
-    from pydicom.dataelem import RawDataElement
-    from pydicom.dataset import Dataset as PixelDataset
-    from pydicom.filereader import read_deferred_data_element
-
-    meta = getattr(header, "file_meta", None)
-    filename = getattr(header, "filename", None)
-    if meta is None or not isinstance(filename, str) or str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
-        return None
-    if "PixelData" not in header and "FloatPixelData" not in header:
-        return None
-    # A file rewritten since its header was read (a batch reads hours after it searched):
-    # read it whole again, so that header and pixels come from the same file.
-    try:
-        stat = os.stat(filename)
-    except OSError:
-        return None
-    if header.timestamp is None or stat.st_mtime != header.timestamp:
-        return None
-    out = PixelDataset()
-    for keyword in _PIXEL_MODULE:
-        element = header.get_item(keyword, keep_deferred=True) if keyword in header else None
-        if isinstance(element, RawDataElement) and element.value is None and element.length:
-            element = read_deferred_data_element(header.fileobj_type, filename, header.timestamp, element)
-        if element is not None:
-            out[element.tag] = element
-    out.file_meta = meta
-    implicit, little = header.original_encoding
-    out.set_original_encoding(implicit, little, header.original_character_set)
-    return out
-
-
-def _load_pixels(
-    datasets: list[Dataset], frames: list[_Frame], files: tuple[Path, ...], rows: int, cols: int
-) -> npt.NDArray:
-    """Stored pixel values as [frame, row, col], in input frame order."""
-    out: npt.NDArray | None = None
-    decoded: dict[int, npt.NDArray] = {}
-    for n, f in enumerate(frames):
-        if f.file_index not in decoded:
-            ds = datasets[f.file_index]
-            if header_int(ds, "Rows") != rows or header_int(ds, "Columns") != cols:
-                raise GeometryError("slices of different sizes in one series", files[f.file_index])
-            arr = _decode(ds, files[f.file_index])
-            try:
-                decoded = {f.file_index: arr.reshape((-1, rows, cols))}
-            except ValueError as err:
-                raise ReadError(
-                    "the decoded pixel data do not fit Rows x Columns", files[f.file_index]
-                ) from err
-        plane = decoded[f.file_index][0 if f.frame_index is None else f.frame_index]
-        if out is None:
-            out = np.empty((len(frames), rows, cols), dtype=plane.dtype)
-        out[n] = plane
-    assert out is not None
-    return out
-
-
-def _decode(ds: Dataset, path: Path) -> npt.NDArray:
-    """``ds.pixel_array``, with a message that says what is wrong when it cannot be decoded."""
-    from pydicom.uid import UID
-
-    meta = ds.file_meta if hasattr(ds, "file_meta") else None
-    if meta is not None and "TransferSyntaxUID" not in meta:
-        # No transfer syntax (old files): the encoding pydicom read the file with says it.
-        implicit, little = ds.original_encoding
-        meta.TransferSyntaxUID = UID(
-            "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
-        )
-    uid = getattr(meta, "TransferSyntaxUID", None)
-    try:
-        return ds.pixel_array  # type: ignore[no-any-return]
-    except Exception as err:  # decoders raise many kinds
-        syntax = _syntax(uid)
-        native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
-        if native and "PixelData" in ds:
-            frames = max(1, header_int(ds, "NumberOfFrames", 1))
-            need = header_int(ds, "Rows") * header_int(ds, "Columns") * frames
-            need *= max(1, header_int(ds, "BitsAllocated", 16) // 8)
-            have = len(ds.PixelData)
-            if have < need:
-                message = f"truncated or corrupt pixel data: {have} bytes where Rows x Columns need {need}"
-                raise ReadError(message, path) from err
-        if isinstance(err, NotImplementedError):
-            raise ReadError(f"transfer syntax {syntax} is not supported (no decoder for it)", path) from err
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        why = lines[-1][:200] if lines else type(err).__name__
-        raise ReadError(f"cannot decode the pixel data (transfer syntax {syntax}): {why}", path) from err
-
-
-def _rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:
-    """Apply RescaleSlope/Intercept per frame; keep integers when the result is integral."""
-    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
-        lo = float(pixels.min()) + float(intercepts.min())
-        hi = float(pixels.max()) + float(intercepts.max())
-        dtype = np.int16 if lo >= -(2**15) and hi < 2**15 else np.int32
-        out: npt.NDArray[np.signedinteger[Any]] = pixels.astype(dtype)
-        if np.any(intercepts):
-            out = np.add(out, intercepts.astype(dtype)[:, None, None], dtype=dtype)
-        return out
-    scaled = pixels.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]
-    return scaled.astype(np.float32)
 
 
 def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:

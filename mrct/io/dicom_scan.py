@@ -138,7 +138,7 @@ def read_header(path: Path) -> Dataset | None:
 
 # Header values longer than this are not loaded when a file's header is read, only located
 # (pydicom's deferred read). The reader loads the pixel data from there
-# (:func:`mrct.io.dicom_read._pixel_dataset`) instead of parsing every file a second time.
+# (:func:`mrct.io.dicom_pixels.pixel_dataset`) instead of parsing every file a second time.
 DEFER_BYTES = 64 * 1024
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
