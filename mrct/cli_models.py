@@ -1,4 +1,4 @@
-"""Model development commands: ``train``, ``export``, ``evaluate``, ``models list|info``.
+"""Model development commands: ``prepare``, ``train``, ``export``, ``evaluate``, ``models list|info``.
 
 Registered on the main app by :func:`register` (called from :mod:`mrct.cli`); like every
 command, they import heavy libraries inside, so ``mrct --help`` never imports torch.
@@ -15,6 +15,77 @@ from typing import Annotated, Optional
 import typer
 
 from mrct.cli_options import DeviceOpt, fail
+
+
+def prepare(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the prepared training set.")],
+    mr: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--mr", help="MR scans: files, DICOM folders, or folders of scans (several allowed)."),
+    ] = None,
+    ct: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--ct", help="CT scans: files, DICOM folders, or folders of scans (several allowed)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Scans prepared in parallel.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the 70/30 train/test split.")] = 0,
+    hold_out_from: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--hold-out-from",
+            help="Draw the test split only from scan ids matching this pattern (e.g. 'IXI*'); "
+            "the others always train.",
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="YAML config; its preprocessing: section is used."),
+    ] = None,
+    crop_mm: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S for every scan."),
+    ] = None,
+    crop_markups: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+    ] = None,
+    no_crop: Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Preprocess MR and CT scans into a training set (arrays, records, QC pictures, manifest).
+
+    Re-running with the same output resumes: finished scans are skipped, failed ones retried.
+    """
+    from mrct import api
+
+    try:
+        result = api.prepare(
+            mr or [],
+            ct or [],
+            output,
+            config=config,
+            crop_mm=crop_mm,
+            crop_markups=crop_markups,
+            no_crop=no_crop,
+            workers=workers,
+            seed=seed,
+            hold_out_from=hold_out_from,
+            progress=not quiet,
+        )
+    except Exception as err:
+        fail(err)
+    counts = result.counts
+    earlier = f"; {result.skipped} from an earlier run" if result.skipped else ""
+    typer.echo(
+        f"prepared {result.ready} scans (mr {counts['mr'].ready}, ct {counts['ct'].ready}{earlier}), "
+        f"{result.failed} failed; manifest {result.manifest}"
+    )
+    if result.failed:
+        typer.echo(
+            f'error: {result.failed} scans failed; their errors are in {result.manifest} (status "failed")',
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def train(
@@ -204,6 +275,6 @@ def models_info(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to ``app``."""
-    for command in (train, export, evaluate):
+    for command in (prepare, train, export, evaluate):
         app.command()(command)
     app.add_typer(models_app, name="models")
