@@ -159,13 +159,13 @@ def batch_throughput(package: Path, tree: Path, work: Path, repeats: int) -> dic
 
 
 def plain_reference(generator: Any) -> Any:
-    """The plain-PyTorch generator of ``benchmarks/train.py`` with ``generator``'s weights
+    """The plain-PyTorch generator of ``benchmarks/plain_generator.py`` with ``generator``'s weights
     (the parameters are in the same order), so both compute the same function."""
     import torch
-    from train import _plain_generator  # benchmarks/ is on sys.path when run.py runs
+    from plain_generator import plain_generator  # benchmarks/ is on sys.path when run.py runs
 
     cfg = generator.config
-    plain = _plain_generator(cfg.ngf, cfg.n_residual_blocks)
+    plain = plain_generator(cfg.ngf, cfg.n_residual_blocks)
     ours, theirs = list(generator.parameters()), list(plain.parameters())
     if [p.shape for p in ours] != [p.shape for p in theirs]:
         raise RuntimeError("the plain reference is not the same architecture")

@@ -58,12 +58,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plain_generator import plain_generator  # benchmarks/ is on sys.path: run as a script
+from train_report import FULL, GB, REFERENCE_SIZE, size_text, train_markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-FULL = (30, 256, 256)  # the paper's model grid (D, H, W)
-GB = 1e9  # memory is reported in GB (10^9 bytes), the unit of "an 80 GB GPU"
-GPU_LIMIT_GB = 80.0
-REFERENCE_SIZE = (30, 64, 64)
 RESULT = "mrct-benchmark-result: "  # prefixes a worker's JSON line on stdout
 PAPER = "paper_3d"  # the config whose rows feed the memory fit and the iteration ratio
 
@@ -96,13 +95,6 @@ def _stats(values: list[float]) -> dict[str, float]:
         "max_s": max(values),
         "runs": len(values),
     }
-
-
-def _size(size: Any) -> str:
-    return "×".join(str(n) for n in size)
-
-
-# ----------------------------------------------------------------------------- worker side
 
 
 def _sync(device: Any) -> None:
@@ -174,72 +166,6 @@ def _iteration_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plain_generator(ngf: int, n_blocks: int) -> Any:
-    """CycleGAN's ResnetGenerator in 3D, written out in plain PyTorch (the reference).
-
-    Reflection padding, instance norm without affine, convs with biases, isotropic stride 2:
-    the paper's architecture, as mrct.networks.ResnetGenerator builds it from MONAI blocks.
-    """
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    def norm_relu(channels: int) -> list[nn.Module]:
-        return [nn.InstanceNorm3d(channels), nn.ReLU(inplace=True)]
-
-    class Block(nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.ReflectionPad3d(1),
-                nn.Conv3d(c, c, 3),
-                *norm_relu(c),
-                nn.ReflectionPad3d(1),
-                nn.Conv3d(c, c, 3),
-                nn.InstanceNorm3d(c),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.body(x)
-
-    class Generator(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            up = {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}
-            self.net = nn.Sequential(
-                nn.ReflectionPad3d(3),
-                nn.Conv3d(1, ngf, 7),
-                *norm_relu(ngf),
-                nn.Conv3d(ngf, 2 * ngf, 3, stride=2, padding=1),
-                *norm_relu(2 * ngf),
-                nn.Conv3d(2 * ngf, 4 * ngf, 3, stride=2, padding=1),
-                *norm_relu(4 * ngf),
-                *(Block(4 * ngf) for _ in range(n_blocks)),
-                nn.ConvTranspose3d(4 * ngf, 2 * ngf, **up),
-                *norm_relu(2 * ngf),
-                nn.ConvTranspose3d(2 * ngf, ngf, **up),
-                *norm_relu(ngf),
-                nn.ReflectionPad3d(3),
-                nn.Conv3d(ngf, 1, 7),
-                nn.Tanh(),
-            )
-            for m in self.modules():
-                if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-                    nn.init.normal_(m.weight, 0.0, 0.02)
-                    nn.init.zeros_(m.bias)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            # Pad every axis to a multiple of 4 (30 -> 32 slices) and crop back, as mrct does.
-            size = x.shape[2:]
-            widths = [((-n % 4) // 2, -n % 4 - (-n % 4) // 2) for n in size]
-            flat = [v for pair in reversed(widths) for v in pair]
-            y = self.net(F.pad(x, flat, mode="reflect"))
-            crop = (slice(b, b + n) for (b, _), n in zip(widths, size, strict=True))
-            return y[(slice(None), slice(None), *crop)]
-
-    return Generator()
-
-
 def _generator_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Forward + backward of the plain reference generator and of mrct's, interleaved."""
     import torch
@@ -251,7 +177,7 @@ def _generator_worker(spec: dict[str, Any]) -> dict[str, Any]:
     gen_cfg = load_train_config(CONFIGS / "paper_3d.yaml").model.generator
     torch.manual_seed(0)
     models = {
-        "plain": _plain_generator(gen_cfg.ngf, gen_cfg.n_residual_blocks).to(device),
+        "plain": plain_generator(gen_cfg.ngf, gen_cfg.n_residual_blocks).to(device),
         "mrct": ResnetGenerator(gen_cfg).to(device),
     }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
@@ -352,7 +278,7 @@ def _cpu_part(repeats: int, log: Any) -> dict[str, Any]:
             "warmup": 1,
             "repeats": repeats if timed == "repeats" else 1,
         }
-        log(f"cpu: {label} {_size(size)} {'fp32' if amp == 'none' else amp} ...")
+        log(f"cpu: {label} {size_text(size)} {'fp32' if amp == 'none' else amp} ...")
         out = _run_worker(spec)
         row = {"label": label, "config": config, "size": list(size), "amp": amp, **out}
         if "times_s" in out:
@@ -364,7 +290,7 @@ def _cpu_part(repeats: int, log: Any) -> dict[str, Any]:
         else:
             log(f"  failed: {out['error']}")
         rows.append(row)
-    log(f"cpu: reference generators {_size(REFERENCE_SIZE)} ...")
+    log(f"cpu: reference generators {size_text(REFERENCE_SIZE)} ...")
     ref = _run_worker(
         {"kind": "generator", "device": "cpu", "size": list(REFERENCE_SIZE), "repeats": repeats}
     )
@@ -420,7 +346,7 @@ def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
             "warmup": warmup,
             "repeats": repeats,
         }
-        log(f"gpu: paper_3d {_size(FULL)} {label} ...")
+        log(f"gpu: paper_3d {size_text(FULL)} {label} ...")
         out = _run_worker(spec)
         row = {"label": label, "amp": amp, "channels_last": channels_last, "compile": compiled, **out}
         if "times_s" in out:
@@ -436,7 +362,7 @@ def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
     for row in rows:
         if base and "time" in row:
             row["speed_vs_fp32_eager"] = base["median_s"] / row["time"]["median_s"]
-    log(f"gpu: reference generators {_size(FULL)} ...")
+    log(f"gpu: reference generators {size_text(FULL)} ...")
     ref = _run_worker({"kind": "generator", "device": "cuda", "size": list(FULL), "repeats": repeats})
     part: dict[str, Any] = {
         "device": props.name,
@@ -477,177 +403,6 @@ def _machine() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _cell(t: dict[str, float]) -> str:
-    if t["runs"] == 1:
-        return f"{t['median_s']:.2f} (1 run)"
-    return f"{t['median_s']:.2f} ({t['min_s']:.2f}–{t['max_s']:.2f})"
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    load = result["load_average"]
-    lines = [
-        "# One training iteration of the 3D CycleGAN (`Trainer.step`)",
-        "",
-        f"{result['date']}. {m['cpu_model']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
-        f"torch {m['torch']}, Python {m['python']}; GPU: {m['cuda'] or 'none'}. "
-        f"Load average before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f}. "
-        f"Benchmark wall time {result['wall_s'] / 60:.1f} min.",
-        "",
-        "One iteration = both generators forward and backward, both discriminators, two Adam "
-        "steps. Inputs are random tensors fed to `Trainer.step`; the data loader is not measured. "
-        "Each configuration runs in a fresh process: 1 warm-up iteration, then timed ones; "
-        "median (min–max). Memory in GB (10^9 bytes).",
-    ]
-    cpu = result.get("cpu")
-    if cpu:
-        lines += [
-            "",
-            "## CPU",
-            "",
-            "| configuration | D×H×W | precision | s/iteration, median (min–max) | iterations/s | "
-            "peak RSS increase (GB) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in cpu["rows"]:
-            prec = "fp32" if r["amp"] == "none" else "bf16 autocast"
-            if "time" not in r:
-                lines.append(f"| {r['label']} | {_size(r['size'])} | {prec} | failed: {r['error']} | | |")
-                continue
-            t = r["time"]
-            lines.append(
-                f"| {r['label']} | {_size(r['size'])} | {prec} | {_cell(t)} | {1 / t['median_s']:.3f} "
-                f"| {r['peak_rss_increase_bytes'] / GB:.2f} |"
-            )
-        ref = cpu["reference"]
-        if "time" in ref:
-            for k, name in (
-                ("plain", "reference: plain-PyTorch generator"),
-                ("mrct", "mrct ResnetGenerator"),
-            ):
-                lines.append(
-                    f"| {name}, forward + backward | {_size(REFERENCE_SIZE)} | fp32 "
-                    f"| {_cell(ref['time'][k])} | {1 / ref['time'][k]['median_s']:.3f} | |"
-                )
-            ratios = cpu["ratios"]
-            lines += [
-                "",
-                "paper_3d networks: ngf 64, 9 residual blocks, ndf 64 "
-                f"({ref['parameters'] / 1e6:.1f} M parameters per generator). "
-                "Rows with 1 run (the whole grid, the memory-fit points) are timed once after the "
-                "warm-up, to bound the run time on a small CPU.",
-                "",
-                f"- generator ratio, mrct / plain PyTorch, forward + backward at {_size(REFERENCE_SIZE)}: "
-                f"**{ratios['generator_mrct_to_plain']:.2f}×** "
-                "(MONAI blocks and mrct's padding; 1 = no overhead).",
-            ]
-            if "iteration_to_4_plain_generators" in ratios:
-                lines.append(
-                    f"- iteration ratio, mrct iteration / (4 × plain generator forward + backward) at "
-                    f"{_size(REFERENCE_SIZE)}: **{ratios['iteration_to_4_plain_generators']:.2f}×**. "
-                    "An iteration makes four generator passes (F(x), G(y), G(F(x)), F(G(y))); the excess "
-                    "over 1 is the discriminators (6 forward passes, 2 backward), two Adam steps over all "
-                    "four networks and the history pool. (Two processes run one after the other: "
-                    "load from other jobs moves this ratio more than the generator ratio, which is "
-                    "interleaved in one process.)"
-                )
-        else:
-            lines.append(f"\nReference failed: {ref.get('error')}")
-    mem = result.get("memory_estimate")
-    if mem:
-        p = mem["parameters"]
-        fits = mem["fits"]
-        lines += [
-            "",
-            f"## Memory of paper_3d at {_size(FULL)}, batch 1 — extrapolated from the CPU rows above",
-            "",
-            "| | fp32 | bf16 autocast |",
-            "|---|---|---|",
-            f"| weights + gradients + Adam moments, exact ({p['parameters_total'] / 1e6:.1f} M parameters: "
-            f"2 × {p['parameters_per_generator'] / 1e6:.2f} M generators, 2 × "
-            f"{p['parameters_per_discriminator'] / 1e6:.2f} M discriminators; × 4 B × 4) "
-            f"| {p['bytes'] / GB:.2f} | {p['bytes'] / GB:.2f} (fp32 master weights) |",
-        ]
-        f32, b16 = fits.get("fp32"), fits.get("bf16")
-
-        def col(f: dict[str, Any] | None, key: str, scale: float, fmt: str) -> str:
-            return "n/a" if f is None else format(f[key] / scale, fmt)
-
-        def pts(f: dict[str, Any] | None) -> str:
-            if f is None:
-                return "n/a"
-            return ", ".join(_size(q["size"]) for q in f["points"])
-
-        lines += [
-            f"| fit points (peak RSS increase vs voxels) | {pts(f32)} | {pts(b16)} |",
-            f"| intercept a (GB) | {col(f32, 'intercept_bytes', GB, '.2f')} | "
-            f"{col(b16, 'intercept_bytes', GB, '.2f')} |",
-            f"| slope b (kB per input voxel) | {col(f32, 'bytes_per_voxel', 1e3, '.1f')} | "
-            f"{col(b16, 'bytes_per_voxel', 1e3, '.1f')} |",
-            f"| largest relative residual of the fit | {col(f32, 'max_relative_residual', 0.01, '.1f')} % | "
-            f"{col(b16, 'max_relative_residual', 0.01, '.1f')} % |",
-            f"| **predicted peak at {_size(FULL)} (GB)** "
-            f"| **{col(f32, 'predicted_full_bytes', GB, '.1f')}** "
-            f"| **{col(b16, 'predicted_full_bytes', GB, '.1f')}** |",
-        ]
-        if "bf16_halved_activations_bytes" in fits:
-            lines.append(
-                "| cross-check: fp32 intercept + half the fp32 slope (GB) | | "
-                f"{fits['bf16_halved_activations_bytes'] / GB:.1f} |"
-            )
-        if f32 is not None:
-            worst = max(f32["predicted_full_bytes"], (b16 or f32)["predicted_full_bytes"])
-            verdict = "fits" if worst < GPU_LIMIT_GB * GB else "does NOT fit"
-            lines += [
-                "",
-                f"An extrapolation from CPU peak RSS, not a GPU measurement: paper_3d at {_size(FULL)}, "
-                f"batch 1, {verdict} a single 80 GB GPU (fp32 needs about "
-                f"{f32['predicted_full_bytes'] / GB:.0f} GB). A GPU adds its CUDA context (~0.5 GB), "
-                "cuDNN workspaces and caching-allocator slack; the GPU section, when present, measures it.",
-            ]
-    gpu = result.get("gpu")
-    lines += ["", "## GPU", ""]
-    if not gpu or "skipped" in gpu:
-        lines.append(f"Skipped: {gpu['skipped'] if gpu else 'not requested'}.")
-    else:
-        lines += [
-            f"{gpu['device']} ({gpu['memory_bytes'] / GB:.0f} GB), paper_3d at {_size(FULL)}, batch 1. "
-            "fp32 eager uses PyTorch's default conv precision "
-            f"(cudnn.allow_tf32 = {gpu['cudnn_allow_tf32']}).",
-            "",
-            "| configuration | s/iteration, median (min–max) | iterations/s | vs fp32 eager "
-            "| max allocated (GB) | max reserved (GB) | fits 80 GB |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in gpu["rows"]:
-            if "time" not in r:
-                lines.append(f"| {r['label']} | failed: {r['error']} | | | | | |")
-                continue
-            t = r["time"]
-            speed = r.get("speed_vs_fp32_eager")
-            fits_80 = "yes" if r["max_reserved_bytes"] < GPU_LIMIT_GB * GB else "no"
-            lines.append(
-                f"| {r['label']} | {_cell(t)} | {1 / t['median_s']:.2f} | "
-                f"{'' if speed is None else f'{speed:.2f}×'} | {r['max_allocated_bytes'] / GB:.1f} | "
-                f"{r['max_reserved_bytes'] / GB:.1f} | {fits_80} |"
-            )
-        ref = gpu["reference"]
-        if "time" in ref:
-            lines.append(
-                "| reference: plain-PyTorch generator, forward + backward, fp32 "
-                f"| {_cell(ref['time']['plain'])} "
-                f"| {1 / ref['time']['plain']['median_s']:.2f} | | | | |"
-            )
-            lines.append("")
-            for key, text in (
-                ("generator_mrct_to_plain", "generator ratio, mrct / plain PyTorch"),
-                ("fp32_iteration_to_4_plain_generators", "fp32 iteration / (4 × plain generator)"),
-            ):
-                if key in gpu.get("ratios", {}):
-                    lines.append(f"- {text}: **{gpu['ratios'][key]:.2f}×**")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -711,7 +466,7 @@ def main() -> None:
 
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "train.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = _markdown(result)
+    text = train_markdown(result)
     (args.output / "train.md").write_text(text)
     print(text)
 
