@@ -178,7 +178,8 @@ def _plan(
     for s in series:
         old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
-        skip = s.skip or (_why_not(s.modality, to, "header") if s.stack else None)
+        # A damaged file fails whatever its modality: the user should hear of it.
+        skip = None if s.error else s.skip or (_why_not(s.modality, to, "header") if s.stack else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
         elif not overwrite and (

@@ -64,6 +64,23 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
     return ds, None, None
 
 
+def _first_cut(members: Members, root: Path) -> str | None:
+    """The error for the first file whose pixel data end past the end of the file (a copy cut
+    short, as dcm2niix's "File not large enough to store image data"), judged from the deferred
+    element's offset and length; None when all are whole or it cannot be told."""
+    from pydicom.dataelem import RawDataElement
+
+    for path, ds in members:
+        element = ds.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in ds else None
+        if not isinstance(element, RawDataElement) or element.length in (0, 0xFFFFFFFF):
+            continue  # none, or encapsulated (undefined length): the reader judges those
+        end, size = element.value_tell + element.length, path.stat().st_size
+        if end > size:
+            name = _rel(path, root)
+            return f"{name}: truncated DICOM image file ({size} bytes; its pixel data end at byte {end})"
+    return None
+
+
 def _orientation(ds: Any) -> tuple[Any, ...]:
     """ImageOrientationPatient rounded for grouping; garbled values group as text, and reading
     that series then fails with a message naming the file (a failed row, not a crashed batch)."""
@@ -123,9 +140,12 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             stack = SeriesFiles(key, uid, description, modality, paths, frames, tuple(d for _, d in group))
             where, number = Path(os.path.commonpath(paths)), str(first.get("SeriesNumber", "") or "")
             small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
+            # A larger stack with a cut file fails when read, naming it; a small one is never read.
+            cut = _first_cut(group, root) if small else None
             n = int(number) if number.isdigit() else 0
             rel = _rel(where, root)
-            found.append(Series(f"{rel}#{key}", rel, where, uid, modality, stack, n, part, skip=small))
+            fields = {"skip": small} if cut is None else {"error": cut}
+            found.append(Series(f"{rel}#{key}", rel, where, uid, modality, stack, n, part, **fields))
     return found
 
 

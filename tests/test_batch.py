@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from mrct.errors import MrctError
 from mrct.io import OutputFormat, read_volume
 from mrct.volume import Modality
 from tests.dicom_factory import write_series
+from tests.external_tools import require
 from tests.model_fixtures import write_tiny_model
 from tests.test_prepare import write_head
 
@@ -208,3 +210,35 @@ def test_one_uid_is_split_like_dcm2niix(tmp_path: Path) -> None:
     assert [s.skip for s in found if s.input == "empty.dcm"] == [
         "not an image file (DICOM, NIfTI, NRRD, MHA or zip)"
     ]
+
+
+def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:
+    """A file cut inside its pixel data is a failed row, as dcm2niix reports it ("File not large
+    enough to store image data", a non-zero exit); random bytes stay a skipped non-image, as
+    dcm2niix ignores them. A one-slice stack is never read, so the headers must tell."""
+    src = write_series(tmp_path / "src", modality="CT", shape=(8, 8, 6))
+    tree = tmp_path / "in"
+    (tree / "lone").mkdir(parents=True)
+    whole = src.files[0].read_bytes()
+    (tree / "lone" / "cut.dcm").write_bytes(whole[:-50])
+    (tree / "lone" / "noise.dcm").write_bytes(np.random.default_rng(0).bytes(3000))
+    write_series(tree / "mr", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+
+    out = tmp_path / "out"
+    result = _batch(tree, out, model)
+    assert result.exit_code == 1, result.output
+    rows = {r["input"]: r for r in _manifest(out)[1]}
+    assert rows["mr"]["status"] == "done"
+    assert rows["lone/noise.dcm"]["status"] == "skipped"
+    cut = rows["lone/cut.dcm"]  # a CT under --to ct, but damaged: failed, not "already CT"
+    assert cut["status"] == "failed"
+    assert cut["message"] == (
+        f"lone/cut.dcm: truncated DICOM image file ({len(whole) - 50} bytes; its pixel data end at byte "
+        f"{len(whole)})"
+    )
+
+    require("dcm2niix")
+    conv = tmp_path / "dcm2niix"
+    conv.mkdir()
+    proc = subprocess.run(["dcm2niix", "-o", str(conv), str(tree / "lone")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "cut.dcm" in proc.stdout + proc.stderr
