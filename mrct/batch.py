@@ -14,7 +14,8 @@ a split one); names that still clash get ``_2``, ``_3``. The format is the input
 
 Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``output``
 (relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running),
-``seconds``, ``message`` (why skipped or failed); no patient names or IDs. Both files are
+``seconds``, ``message`` (why skipped or failed; for a done row, how much of the slab lay
+outside the scan, if any); no patient names or IDs. Both files are
 rewritten atomically after each series and outputs are renamed into place when complete, so a
 killed run leaves no partial output and a re-run resumes: series done (output present) or
 skipped are kept, failed ones retried; ``overwrite`` redoes all. A run locks ``OUT_DIR`` and
@@ -140,11 +141,15 @@ def _load_and_prepare(s: Series, to: Modality, translator: Any, crop: CropReques
     return loaded
 
 
-def _finish_and_write(translator: Any, prepared: Any, outputs: Any, *args: Any) -> float:
-    """Invert onto the input grid and write (in a writer thread, overlapping the next forward)."""
+def _finish_and_write(translator: Any, prepared: Any, outputs: Any, *args: Any) -> tuple[float, str]:
+    """Invert onto the input grid and write (in a writer thread, overlapping the next forward).
+    Returns the seconds taken and the manifest's note for a done row (the slab's part outside
+    the scan, which ``mrct translate`` warns about)."""
     start = time.perf_counter()
-    volume = translator.finish(prepared, outputs).volume
-    return time.perf_counter() - start + _write(volume, *args)
+    result = translator.finish(prepared, outputs)
+    missing = float(result.slabs[0].get("outside_fov_mm", 0.0))
+    note = f"{missing:.1f} mm of the brow-to-jaw slab lies outside the scan" if missing > 0 else ""
+    return time.perf_counter() - start + _write(result.volume, *args), note
 
 
 def _write(
@@ -279,14 +284,15 @@ def _translate(
         manifest.write()
         bar.update()
 
-    writing: deque[tuple[Series, _Loaded, float, Future[float]]] = deque()
+    writing: deque[tuple[Series, _Loaded, float, Future[tuple[float, str]]]] = deque()
 
     def reap(keep: int) -> None:
         """Record finished writes in order, waiting until at most ``keep`` are under way."""
         while writing and (len(writing) > keep or writing[0][3].done()):
             s, loaded, took, job = writing.popleft()
             try:
-                record(s, "done", loaded.modality, took + job.result())
+                seconds, note = job.result()
+                record(s, "done", loaded.modality, took + seconds, note)
             except Exception as err:
                 record(s, "failed", loaded.modality, took, _one_line(err))
 

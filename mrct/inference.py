@@ -264,6 +264,7 @@ class Translator:
             info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": slab.source}
             if slab.confidence is not None:
                 info["confidence"] = slab.confidence
+            info["outside_fov_mm"] = round(outside_fov_mm(volume, slab.superior_mm, slab.inferior_mm), 1)
             infos.append(info)
         prepared.timings["invert"] = prepared.timings.get("invert", 0.0) + time.perf_counter() - start
         result = Volume(out, volume.affine.copy(), to, volume.source)
@@ -295,6 +296,15 @@ class _TimedLocaliser:
             return self.inner.locate(work)
         finally:
             self.seconds += time.perf_counter() - start
+
+
+def outside_fov_mm(volume: Volume, superior_mm: float, inferior_mm: float) -> float:
+    """How much of a slab (mm along S, both ends together) lies outside the scan's field of
+    view; the model saw background there, so the output near that end is less reliable."""
+    from mrct.preprocessing.grid import world_extent
+
+    lo, hi = world_extent(volume.shape, volume.affine)
+    return max(0.0, superior_mm - float(hi[2])) + max(0.0, float(lo[2]) - inferior_mm)
 
 
 def scanner_units(values: np.ndarray, to: Modality) -> np.ndarray:

@@ -7,6 +7,7 @@ This is what ``mrct translate`` (and each series of ``mrct batch``) runs. The ma
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from mrct.volume import Modality
 
 EXTENSIONS = {OutputFormat.NIFTI: ".nii.gz", OutputFormat.NRRD: ".nrrd", OutputFormat.MHA: ".mha"}
 NOT_FOR_DIAGNOSIS = "not for diagnosis"
+
+log = logging.getLogger(__name__)
 
 
 def series_description(to: Modality) -> str:
@@ -156,6 +159,7 @@ def translate_file(
     timings["read"] = time.perf_counter() - t
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
+    warn_outside_fov(src, result.slabs[0], to)
     package = translator.package
     derivation = derivation_description(to, package)
     t = time.perf_counter()
@@ -192,6 +196,20 @@ def translate_file(
         with atomic_file(Path(report), overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return TranslateSummary(written, content)
+
+
+def warn_outside_fov(src: Path, slab: dict[str, Any], to: Modality) -> None:
+    """Say when part of the brow-to-jaw slab lies outside the scan (up to 20 mm is accepted):
+    the model saw background there, so the synthetic image near that end is less reliable."""
+    missing = float(slab.get("outside_fov_mm", 0.0))
+    if missing > 0:
+        log.warning(
+            "%s: %.1f mm of the brow-to-jaw slab lies outside the scan; the synthetic %s near its "
+            "edge is less reliable (see outside_fov_mm in the report)",
+            src,
+            missing,
+            to.value,
+        )
 
 
 def write_preview(

@@ -86,6 +86,7 @@ def test_batch_translates_skips_and_records(tmp_path: Path, tree: Path, model: P
     assert by_input["p03/broken.nii.gz"]["message"].startswith("p03/broken.nii.gz: ")  # relative paths
     assert by_input["p01/study/t1"]["series_uid"] and by_input["p01/study/t1"]["modality"] == "MR"
     assert content["counts"] == {"done": 2, "skipped": 2, "failed": 1, "pending": 0}
+    assert by_input["p02/head.nii.gz"]["message"] == ""  # the slab lies inside the scan
 
     # The output tree mirrors the input's; DICOM stays DICOM, NIfTI stays NIfTI, on the input grid.
     assert by_input["p01/study/t1"]["output"] == "p01/study/t1_synthetic_ct"
@@ -242,3 +243,20 @@ def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, mode
     conv.mkdir()
     proc = subprocess.run(["dcm2niix", "-o", str(conv), str(tree / "lone")], capture_output=True, text=True)
     assert proc.returncode != 0 and "cut.dcm" in proc.stdout + proc.stderr
+
+
+def test_a_done_row_notes_a_slab_partly_outside_the_scan(tmp_path: Path, model: Path) -> None:
+    """What mrct translate warns about is kept in the manifest for a batch run overnight."""
+    from mrct.preprocessing.grid import world_extent
+
+    head = write_head(tmp_path / "in" / "head.nii.gz", "mr", seed=1)
+    volume = read_volume(head)
+    top = float(world_extent(volume.shape, volume.affine)[1][2])
+    out = tmp_path / "out"
+    levels = f"{top + 8:g},{top - 60:g}"
+    args = ["batch", str(tmp_path / "in"), "-o", str(out), "--to", "ct", "--model", str(model), "-q"]
+    result = runner.invoke(app, [*args, "--crop-mm", levels])
+    assert result.exit_code == 0, result.output
+    (row,) = _manifest(out)[0]["series"]
+    assert row["status"] == "done"
+    assert row["message"] == "8.0 mm of the brow-to-jaw slab lies outside the scan"

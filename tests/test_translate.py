@@ -182,13 +182,39 @@ def test_report_and_preview(tmp_path: Path, heads: Path, tiny_model: Path) -> No
     assert result.exit_code == 0 and result.stdout == ""
     content = json.loads(report.read_text())
     assert content["model"]["name"] == "tiny" and len(content["model"]["checksum"]) == 64
-    assert content["slabs"][0] == {"superior_mm": 40.0, "inferior_mm": -40.0, "source": "crop-mm"}
+    assert content["slabs"][0] == {
+        "superior_mm": 40.0,
+        "inferior_mm": -40.0,
+        "source": "crop-mm",
+        "outside_fov_mm": 0.0,
+    }
     assert {"read", "preprocess", "forward", "invert", "write", "total"} <= set(content["timings_s"])
     assert len(content["input"]["sha256"]) == 64 and content["device"] == "cpu"
     assert content["output"]["format"] == "nrrd" and (tmp_path / "o.nrrd").is_file()
     from PIL import Image
 
     assert Image.open(preview).size[0] > 100
+
+
+def test_a_slab_partly_outside_the_scan_is_warned_about_and_reported(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """As with a chin below the field of view: the part outside is background to the model,
+    so the user is told how much, on stderr and in the report (and not told when none is)."""
+    from mrct.preprocessing.grid import world_extent
+
+    volume = read_volume(heads / "mr.nii.gz")
+    top = float(world_extent(volume.shape, volume.affine)[1][2])
+    report = tmp_path / "run.json"
+    levels = f"{top + 12:g},{top - 60:g}"
+    out = tmp_path / "o.nii.gz"
+    args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), "-o", str(out)]
+    result = _translate(*args, "--crop-mm", levels, "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert "12.0 mm of the brow-to-jaw slab lies outside the scan" in result.stderr
+    assert json.loads(report.read_text())["slabs"][0]["outside_fov_mm"] == 12.0
+    inside = _translate(*args, *CROP, "--overwrite")
+    assert inside.exit_code == 0 and "outside the scan" not in inside.stderr
 
 
 def test_preview_planes_pass_through_the_translated_slab(
