@@ -1,5 +1,10 @@
 """bf16 inference must agree with fp32 on real heads: it is what ``--precision auto`` picks on
-CPUs with native bf16 (mrct.runtime), so its error is checked here, in HU, on held-out IXI MRs."""
+CPUs with native bf16 (mrct.runtime), so its error is checked here, in HU, on held-out IXI MRs.
+
+Where the CPU lacks native bf16, oneDNN emulates it: one head then takes about 9 minutes with the
+bundled model (against seconds with AMX), and ``auto`` never picks bf16 there, so the check runs
+only where it describes what users get. The arithmetic itself is checked on every machine with a
+tiny package in test_inference.py."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pytest
 from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.metrics import mr_head_mask, slab_voxels
+from mrct.runtime import cpu_has_native_bf16
 from mrct.volume import Modality
 
 MAX_MAE_HU = 5.0
@@ -18,6 +24,8 @@ HEADS = ("IXI034", "IXI012")  # IXI034 is held out from the bundled model; IXI01
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU emulates bf16 (no AMX or AVX-512-BF16)")
 @pytest.mark.parametrize("head", HEADS)
 def test_bf16_matches_fp32_within_5_hu_on_real_heads(shared_data: Path, head: str) -> None:
     src = next((shared_data / "mr" / "ixi_t1_2mm").glob(f"{head}*.nii.gz"))
