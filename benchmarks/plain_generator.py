@@ -1,5 +1,5 @@
 """The reference the benchmarks measure mrct's generator against: CycleGAN's ResnetGenerator in
-3D, written out in plain PyTorch (``benchmarks/train.py``, ``benchmarks/inference_bench.py``)."""
+3D, written out in plain PyTorch (``benchmarks/train_workers.py``, ``benchmarks/inference_bench.py``)."""
 
 from __future__ import annotations
 

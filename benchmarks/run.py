@@ -19,7 +19,7 @@ an untrained package built here with mrct's package writer (weights do not chang
     model-bound limit 60 / forward time (b); and the same series through the Translator's stage
     API overlapped (a worker thread reads, prepares, finishes and writes while this thread runs
     the model), with the worker limited to 1 thread or not (``--overlap-repeats``, default 1).
-(e) One training iteration of ``cpu_small`` on the CPU (``benchmarks/train.py``'s worker) and,
+(e) One training iteration of ``cpu_small`` on the CPU (``benchmarks/train_workers.py``) and,
     with a GPU, ``paper_3d`` fp32 eager vs bf16 / channels_last_3d / torch.compile.
 Every figure is the median of ``--repeats`` runs with min..max. ``--quick`` (development):
 1 repeat, no batch or layout variants for the paper-size model, 3 batch series.
@@ -127,12 +127,12 @@ def _train_part(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
     }
     _log(f"train: cpu_small 30x128x128 on the CPU, 1 warm-up + {args.repeats} iterations ...")
-    cpu = train_bench._run_worker(spec)
+    cpu = train_bench.run_worker(spec)
     if "times_s" in cpu:
         cpu["time"] = stats(cpu["times_s"])
     part: dict[str, Any] = {"cpu_small": {**spec, **cpu}}
     if torch.cuda.is_available():
-        gpu = train_bench._gpu_part(args.gpu_repeats, _log)
+        gpu = train_bench.gpu_part(args.gpu_repeats, _log)
         for row in gpu["rows"]:
             if "time" in row:
                 row["time"] = {
@@ -178,7 +178,7 @@ def main() -> None:
         "quick": args.quick,
         "repeats": args.repeats,
         "series": bench.SERIES,
-        "machine": train_bench._machine(),
+        "machine": train_bench.machine_info(),
         "models": {},
     }
     from mrct.runtime import cpu_has_native_bf16, physical_cores

@@ -7,9 +7,9 @@ Writes ``train.json`` and ``train.md``. One iteration is ``Trainer.step``: both 
 forward (F(x), G(y), G(F(x)), F(G(y))) and backward, the generators' Adam step, both
 discriminators on real and pooled translations, their backward and Adam step. The data
 loader is not measured: each step gets the same random (1, 1, D, H, W) MR and CT tensors in
-[-1, 1], so no prepared set is needed. Every configuration runs in a fresh process (so peak
-memory is its own): one warm-up iteration, then ``--repeats`` timed ones (one for the
-expensive CPU rows); figures are the median with min..max.
+[-1, 1], so no prepared set is needed. Every configuration runs in a fresh process
+(``train_workers.py``), so peak memory is its own: one warm-up iteration, then ``--repeats``
+timed ones (one for the expensive CPU rows); figures are the median with min..max.
 
 CPU (always, unless ``--device cuda``):
 
@@ -52,18 +52,14 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from plain_generator import plain_generator  # benchmarks/ is on sys.path: run as a script
 from train_report import FULL, GB, REFERENCE_SIZE, size_text, train_markdown
+from train_workers import CONFIGS, run_worker  # benchmarks/ is on sys.path: run as a script
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-RESULT = "mrct-benchmark-result: "  # prefixes a worker's JSON line on stdout
 PAPER = "paper_3d"  # the config whose rows feed the memory fit and the iteration ratio
 
 # CPU configurations: (label, config, size, amp, timed iterations). "repeats" rows run
@@ -95,132 +91,6 @@ def _stats(values: list[float]) -> dict[str, float]:
         "max_s": max(values),
         "runs": len(values),
     }
-
-
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def _inputs(size: Any, device: Any, batch: int = 1) -> tuple[Any, Any]:
-    """Random MR and CT volumes in [-1, 1], (N, 1, D, H, W), from a fixed seed."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    shape = (batch, 1, *size)
-    mr = (torch.rand(shape, generator=g) * 2 - 1).to(device)
-    ct = (torch.rand(shape, generator=g) * 2 - 1).to(device)
-    return mr, ct
-
-
-def _iteration_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``Trainer.step`` for one configuration; memory from this fresh process."""
-    import tempfile
-    from dataclasses import replace
-
-    import torch
-
-    from mrct.training.config import load_train_config
-    from mrct.training.distributed import DistContext
-    from mrct.training.trainer import Trainer
-
-    device = torch.device(spec["device"])
-    config = load_train_config(CONFIGS / f"{spec['config']}.yaml")
-    runtime = replace(
-        config.runtime, amp=spec["amp"], channels_last=spec["channels_last"], compile=spec["compile"]
-    )
-    config = replace(config, runtime=runtime)
-    mr, ct = _inputs(spec["size"], device, config.data.batch_size)
-    _sync(device)
-    rss_before = _peak_rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        allocated_before = torch.cuda.memory_allocated(device)
-    times: list[float] = []
-    with tempfile.TemporaryDirectory() as run_dir:
-        # No PreparedSet: step() is fed tensors directly, the loader is not what is measured.
-        trainer = Trainer(config, None, Path(run_dir), device, DistContext())  # type: ignore[arg-type]
-        for i in range(spec["warmup"] + spec["repeats"]):
-            _sync(device)
-            t0 = time.perf_counter()
-            losses = trainer.step(mr, ct)
-            _sync(device)
-            if i >= spec["warmup"]:
-                times.append(time.perf_counter() - t0)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise RuntimeError(f"non-finite losses: {losses}")
-    out: dict[str, Any] = {"times_s": times, "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        out["max_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - allocated_before
-        out["max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-    else:
-        out["peak_rss_increase_bytes"] = _peak_rss_bytes() - rss_before
-    return out
-
-
-def _generator_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Forward + backward of the plain reference generator and of mrct's, interleaved."""
-    import torch
-
-    from mrct.networks import ResnetGenerator
-    from mrct.training.config import load_train_config
-
-    device = torch.device(spec["device"])
-    gen_cfg = load_train_config(CONFIGS / "paper_3d.yaml").model.generator
-    torch.manual_seed(0)
-    models = {
-        "plain": plain_generator(gen_cfg.ngf, gen_cfg.n_residual_blocks).to(device),
-        "mrct": ResnetGenerator(gen_cfg).to(device),
-    }
-    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-    if counts["plain"] != counts["mrct"]:
-        raise RuntimeError(f"the reference is not the same architecture: parameters {counts}")
-    x, _ = _inputs(spec["size"], device)
-
-    def fwd_bwd(model: Any) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        model(x).abs().mean().backward()
-        _sync(device)
-        dt = time.perf_counter() - t0
-        model.zero_grad(set_to_none=True)
-        return dt
-
-    for model in models.values():  # warm-up
-        fwd_bwd(model)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(spec["repeats"]):
-        for k, model in models.items():
-            times[k].append(fwd_bwd(model))
-    return {"times_s": times, "parameters": counts["mrct"], "threads": torch.get_num_threads()}
-
-
-# ----------------------------------------------------------------------------- parent side
-
-
-def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one configuration in a fresh Python process; its last stdout line is the JSON result."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
-        return {"error": f"exit {proc.returncode}: {tail[0]}", "wall_s": wall}
-    line = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)][-1]
-    return {**json.loads(line[len(RESULT) :]), "wall_s": wall}
 
 
 def _parameter_memory() -> dict[str, Any]:
@@ -279,7 +149,7 @@ def _cpu_part(repeats: int, log: Any) -> dict[str, Any]:
             "repeats": repeats if timed == "repeats" else 1,
         }
         log(f"cpu: {label} {size_text(size)} {'fp32' if amp == 'none' else amp} ...")
-        out = _run_worker(spec)
+        out = run_worker(spec)
         row = {"label": label, "config": config, "size": list(size), "amp": amp, **out}
         if "times_s" in out:
             row["time"] = _stats(out["times_s"])
@@ -291,9 +161,7 @@ def _cpu_part(repeats: int, log: Any) -> dict[str, Any]:
             log(f"  failed: {out['error']}")
         rows.append(row)
     log(f"cpu: reference generators {size_text(REFERENCE_SIZE)} ...")
-    ref = _run_worker(
-        {"kind": "generator", "device": "cpu", "size": list(REFERENCE_SIZE), "repeats": repeats}
-    )
+    ref = run_worker({"kind": "generator", "device": "cpu", "size": list(REFERENCE_SIZE), "repeats": repeats})
     part: dict[str, Any] = {"rows": rows, "reference": ref}
     if "times_s" in ref:
         ref["time"] = {k: _stats(v) for k, v in ref["times_s"].items()}
@@ -329,7 +197,7 @@ def _memory_estimate(cpu: dict[str, Any]) -> dict[str, Any]:
     return {"size": list(FULL), "batch": 1, "parameters": params, "fits": fits}
 
 
-def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
+def gpu_part(repeats: int, log: Any) -> dict[str, Any]:
     import torch
 
     props = torch.cuda.get_device_properties(0)
@@ -347,7 +215,7 @@ def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
             "repeats": repeats,
         }
         log(f"gpu: paper_3d {size_text(FULL)} {label} ...")
-        out = _run_worker(spec)
+        out = run_worker(spec)
         row = {"label": label, "amp": amp, "channels_last": channels_last, "compile": compiled, **out}
         if "times_s" in out:
             row["time"] = _stats(out["times_s"])
@@ -363,7 +231,7 @@ def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
         if base and "time" in row:
             row["speed_vs_fp32_eager"] = base["median_s"] / row["time"]["median_s"]
     log(f"gpu: reference generators {size_text(FULL)} ...")
-    ref = _run_worker({"kind": "generator", "device": "cuda", "size": list(FULL), "repeats": repeats})
+    ref = run_worker({"kind": "generator", "device": "cuda", "size": list(FULL), "repeats": repeats})
     part: dict[str, Any] = {
         "device": props.name,
         "memory_bytes": props.total_memory,
@@ -380,7 +248,7 @@ def _gpu_part(repeats: int, log: Any) -> dict[str, Any]:
     return part
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     import torch
 
     cpu_model = platform.processor()
@@ -425,14 +293,7 @@ def main() -> None:
         type=Path,
         default=Path(__file__).resolve().parent / "results",
     )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.worker:  # one configuration, in its own process
-        spec = json.loads(args.worker)
-        worker = _iteration_worker if spec["kind"] == "iteration" else _generator_worker
-        print(RESULT + json.dumps(worker(spec)))
-        return
 
     import torch
 
@@ -448,7 +309,7 @@ def main() -> None:
         "benchmark": "train",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": _machine(),
+        "machine": machine_info(),
         "repeats": {"cpu": args.repeats, "gpu": args.gpu_repeats},
     }
     if args.device in ("auto", "cpu"):
@@ -457,7 +318,7 @@ def main() -> None:
     if args.device == "cpu":
         result["gpu"] = {"skipped": "--device cpu"}
     elif torch.cuda.is_available():
-        result["gpu"] = _gpu_part(args.gpu_repeats, log)
+        result["gpu"] = gpu_part(args.gpu_repeats, log)
     else:
         result["gpu"] = {"skipped": "no CUDA device on this machine (torch.cuda.is_available() is False)"}
         log("gpu: skipped, no CUDA device on this machine")
