@@ -74,13 +74,17 @@ def info(path: str | Path, series: str | None = None) -> VolumeInfo:
     p = Path(path)
     summaries: list[SeriesSummary] = []
     if p.is_dir():
-        from mrct.io.dicom_scan import find_series
+        from mrct.io.dicom_read import read_series_files
+        from mrct.io.dicom_scan import find_series, select_series
 
         found = find_series(p)
         summaries = [SeriesSummary(s.key, s.description, s.modality, s.n_frames) for s in found]
         if len(found) > 1 and series is None:
             return VolumeInfo(str(p), "dicom", summaries)
-    vol = read_volume(p, series=series)
+        # The series found above, not a second search of the folder (what read_volume does).
+        vol = read_series_files(select_series(found, series, p), p, None, allow_gaps=False)
+    else:
+        vol = read_volume(p, series=series)
     modality, source = vol.modality, "header"
     if modality is None:
         modality, source = guess_modality(vol), "intensities"

@@ -17,12 +17,19 @@ from typing import Any
 
 from mrct.errors import MrctError
 from mrct.io import OutputFormat
-from mrct.io.dicom_scan import SeriesFiles, check_deflated, header_int, iter_files, read_header_dataset
+from mrct.io.dicom_scan import (
+    Members,
+    SeriesFiles,
+    check_deflated,
+    header_int,
+    incomplete_image,
+    iter_files,
+    read_header_dataset,
+    unique_instances,
+)
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, safe_name
 from mrct.translate import EXTENSIONS, input_format
 from mrct.volume import Modality
-
-Members = list[tuple[Path, Any]]  # DICOM files and their headers (pydicom Datasets)
 
 
 @dataclass(frozen=True)
@@ -66,18 +73,12 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
 
 def _first_cut(members: Members, root: Path) -> str | None:
     """The error for the first file whose pixel data end past the end of the file (a copy cut
-    short, as dcm2niix's "File not large enough to store image data"), judged from the deferred
-    element's offset and length; None when all are whole or it cannot be told."""
-    from pydicom.dataelem import RawDataElement
-
+    short, as dcm2niix's "File not large enough to store image data"); a file with no pixel
+    data at all is left to the skip of its small stack."""
     for path, ds in members:
-        element = ds.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in ds else None
-        if not isinstance(element, RawDataElement) or element.length in (0, 0xFFFFFFFF):
-            continue  # none, or encapsulated (undefined length): the reader judges those
-        end, size = element.value_tell + element.length, path.stat().st_size
-        if end > size:
-            name = _rel(path, root)
-            return f"{name}: truncated DICOM image file ({size} bytes; its pixel data end at byte {end})"
+        why = incomplete_image(path, ds)
+        if why is not None and why.startswith("truncated"):
+            return f"{_rel(path, root)}: {why}"
     return None
 
 
@@ -131,7 +132,12 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             found.append(Series(_rel(f, root), _rel(f, root), f, skip=skip, error=error))
         else:
             images[str(ds.SeriesInstanceUID)].append((f, ds))
-    for uid, members in images.items():
+    for uid, copies in images.items():
+        members, damaged = unique_instances(copies)
+        for path, why in damaged:  # a failed row of its own: its series reads the whole copy
+            rel = _rel(path, root)
+            error = f"{rel}: {why}; its series was read from a whole copy of this image"
+            found.append(Series(rel, rel, path, error=error))
         for part, group in split_series(members):
             first, paths = group[0][1], tuple(p for p, _ in group)
             frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in group)

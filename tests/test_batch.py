@@ -245,6 +245,44 @@ def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, mode
     assert proc.returncode != 0 and "cut.dcm" in proc.stdout + proc.stderr
 
 
+def test_copies_of_a_series_count_once_and_a_cut_copy_fails_alone(tmp_path: Path, model: Path) -> None:
+    """A series copied twice into a tree is one series, as dcm2niix removes duplicate images
+    (same SOPInstanceUID: "DUPLICATES REMOVED"); a copy of one of its files cut short is a failed
+    row of its own, and the series is still read, from the whole copies."""
+    tree = tmp_path / "in"
+    src = write_series(tree / "a" / "mr", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    shutil.copytree(tree / "a" / "mr", tree / "b" / "mr")
+    whole = src.files[3].read_bytes()
+    (tree / "cut.dcm").write_bytes(whole[:-50])
+
+    out = tmp_path / "out"
+    result = _batch(tree, out, model)
+    assert result.exit_code == 1, result.output  # the cut file failed
+    rows = _manifest(out)[1]
+    assert [(r["input"], r["status"]) for r in rows] == [("a/mr", "done"), ("cut.dcm", "failed")]
+    assert rows[1]["message"] == (
+        f"cut.dcm: truncated DICOM image file ({len(whole) - 50} bytes; its pixel data end at byte "
+        f"{len(whole)}); its series was read from a whole copy of this image"
+    )
+    alone = read_volume(tree / "a" / "mr")
+    assert read_volume(tree).shape == alone.shape  # read_volume counts each image once too
+    translated = read_volume(out / rows[0]["output"])
+    assert translated.shape == alone.shape
+    np.testing.assert_allclose(translated.affine, alone.affine, atol=1e-4)
+
+    require("dcm2niix")
+    conv = tmp_path / "dcm2niix"
+    conv.mkdir()
+    shutil.copytree(tree / "a", tmp_path / "copies" / "a")
+    shutil.copytree(tree / "b", tmp_path / "copies" / "b")
+    proc = subprocess.run(
+        ["dcm2niix", "-o", str(conv), str(tmp_path / "copies")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "DUPLICATES REMOVED" in proc.stdout, proc.stdout
+    converted = [read_volume(f) for f in conv.glob("*.nii")]
+    assert [v.shape for v in converted] == [alone.shape]
+
+
 def test_a_done_row_notes_a_slab_partly_outside_the_scan(tmp_path: Path, model: Path) -> None:
     """What mrct translate warns about is kept in the manifest for a batch run overnight."""
     from mrct.preprocessing.grid import world_extent

@@ -173,6 +173,70 @@ def _image_header(path: Path) -> Dataset | None:
     return ds
 
 
+def incomplete_image(path: Path, header: Dataset) -> str | None:
+    """Why a file's image is incomplete, judged from its header (read with deferred pixel data):
+    no pixel data, or pixel data that end past the end of the file (a copy cut short: dcm2niix's
+    "File not large enough to store image data"). None when whole, or when it cannot be told
+    (encapsulated pixel data have no length to check)."""
+    from pydicom.dataelem import RawDataElement
+
+    present = [tag for tag in PIXEL_TAGS if tag in header]
+    if not present:
+        return "DICOM file has no pixel data (truncated, or not an image)"
+    element = header.get_item(present[0], keep_deferred=True)
+    if not isinstance(element, RawDataElement) or element.length in (0, 0xFFFFFFFF):
+        return None
+    end = element.value_tell + element.length
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None  # reading it says why
+    if end > size:
+        return f"truncated DICOM image file ({size} bytes; its pixel data end at byte {end})"
+    return None
+
+
+Members = list[tuple[Path, "Dataset"]]  # image files and their headers
+
+
+def unique_instances(members: Members) -> tuple[Members, list[tuple[Path, str]]]:
+    """One file per SOPInstanceUID, as dcm2niix removes duplicate images: a series copied twice
+    into a tree would otherwise read as slices that share positions. Of an instance's copies
+    the first whole one is kept (see :func:`incomplete_image`).
+
+    Returns the files kept, in their order, and each damaged copy left out with why it is
+    damaged; whole copies left out are only logged. Files without a SOPInstanceUID are kept.
+    """
+    copies: dict[str, Members] = defaultdict(list)
+    for path, ds in members:
+        copies[str(ds.get("SOPInstanceUID", "") or "") or f"no-uid:{path}"].append((path, ds))
+    chosen: set[Path] = set()
+    damaged: list[tuple[Path, str]] = []
+    n_whole_copies = 0
+    for group in copies.values():
+        if len(group) == 1:
+            chosen.add(group[0][0])
+            continue
+        why = {path: incomplete_image(path, ds) for path, ds in group}
+        keep = next((path for path, _ in group if why[path] is None), group[0][0])
+        chosen.add(keep)
+        for path, _ in group:
+            reason = why[path]
+            if path == keep:
+                continue
+            if reason is None:
+                n_whole_copies += 1
+            else:
+                damaged.append((path, reason))
+    if n_whole_copies:
+        log.warning(
+            "%s: %d duplicate file(s) of images already found (same SOPInstanceUID) left out",
+            os.path.commonpath([str(p) for p, _ in members]),
+            n_whole_copies,
+        )
+    return [(p, ds) for p, ds in members if p in chosen], damaged
+
+
 def header_int(ds: Dataset, key: str, default: int = 0) -> int:
     """An integer header value; ``default`` when it is absent, empty or not a number."""
     try:
@@ -195,7 +259,8 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
     """Group DICOM image files into series, sorted by series number then UID.
 
     A damaged DICOM file raises ReadError, or with ``skip_damaged`` (searching many
-    folders for scans) is left out with a warning; reading its series then fails.
+    folders for scans) is left out with a warning; reading its series then fails. Copies of
+    one image (same SOPInstanceUID) count once (:func:`unique_instances`).
     """
     by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for p in paths:
@@ -209,7 +274,10 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
         if ds is not None:
             by_uid[str(ds.get("SeriesInstanceUID", ""))].append((p, ds))
     series: list[SeriesFiles] = []
-    for uid, members in by_uid.items():
+    for uid, found in by_uid.items():
+        members, damaged = unique_instances(found)
+        for path, why in damaged:
+            log.warning("%s: %s; a whole copy of this image is read instead", path, why)
         stacks: dict[tuple[object, ...], list[tuple[Path, Dataset]]] = defaultdict(list)
         for p, ds in members:
             stacks[_stack_key(ds)].append((p, ds))
