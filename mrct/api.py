@@ -157,7 +157,10 @@ def locate(
     from mrct.preprocessing.localise import check_slab_in_scan, locate_volume
 
     vol = read_volume(path, series=series, modality=modality)
-    loc = locate_volume(vol)
+    try:
+        loc = locate_volume(vol)
+    except MrctError as err:
+        raise err.naming(path) from None
     if check:
         check_slab_in_scan(loc, str(path))
     return loc

@@ -19,6 +19,14 @@ class MrctError(Exception):
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def naming(self, path: str | Path | None) -> MrctError:
+        """This error, naming ``path`` if it names no file yet: errors raised on a volume in
+        memory (a slab that cannot be found) learn the input's path on their way to the user."""
+        if self.path is None and path:
+            self.path = str(path)
+            self.args = (f"{self.path}: {self.message}",)
+        return self
+
 
 class InputNotFoundError(MrctError):
     """The input path does not exist, or holds nothing readable."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mrct.errors import ConfigError, ModalityError
+from mrct.errors import ConfigError, ModalityError, MrctError
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality, Volume, guess_modality
 
@@ -277,7 +277,10 @@ class Translator:
 
         timed = _TimedLocaliser(self.localiser()) if crop.mode == "auto" else None
         start = time.perf_counter()
-        prepared = preprocess(volume, self.package.preprocessing, crop, modality=source, localiser=timed)  # type: ignore[arg-type]
+        try:
+            prepared = preprocess(volume, self.package.preprocessing, crop, modality=source, localiser=timed)  # type: ignore[arg-type]
+        except MrctError as err:  # found on the volume in memory: name the file it came from
+            raise err.naming(volume.source.path) from None
         located = timed.seconds if timed else 0.0
         timings["localise"] += located
         timings["preprocess"] += time.perf_counter() - start - located

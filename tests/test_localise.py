@@ -178,3 +178,35 @@ def test_a_scan_without_a_head_is_refused() -> None:
     vol = Volume(arr, np.diag([2.0, 2.0, 2.0, 1.0]), Modality.CT)
     with pytest.raises(CropError, match="no head found"):
         locate_volume(vol, Localiser(load_reference()))
+
+
+@pytest.mark.parametrize("modality", [Modality.MR, Modality.CT])
+def test_a_uniform_phantom_the_size_of_a_head_is_refused(modality: Modality) -> None:
+    """A water cylinder 200 mm across and 180 mm tall, with noise: the registration finds a
+    "slab" in it with full confidence, but nothing inside it varies as a head's tissues do."""
+    x, y, _z = np.indices((110, 110, 90)).astype(np.float32)
+    cylinder = (x - 55) ** 2 + (y - 55) ** 2 <= 50**2
+    noise = np.random.default_rng(0).normal(0, 15, cylinder.shape)
+    inside, outside = (600.0, 0.0) if modality is Modality.MR else (0.0, -1000.0)
+    arr = np.where(cylinder, inside + noise, outside + noise).astype(np.float32)
+    vol = Volume(arr, np.diag([2.0, 2.0, 2.0, 1.0]), modality)
+    with pytest.raises(CropError, match=r"nearly uniform inside .*: a phantom, not a head\?"):
+        locate_volume(vol, Localiser(load_reference()))
+
+
+def test_the_cli_names_the_file_that_is_no_head(tmp_path: Path) -> None:
+    """The slab is looked for on the volume in memory; its error still names the input."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from mrct.cli import app
+
+    x, y, _z = np.indices((110, 110, 90)).astype(np.float32)
+    arr = np.where((x - 55) ** 2 + (y - 55) ** 2 <= 50**2, 600.0, 0.0).astype(np.float32)
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    for args in (["locate", str(path)], ["translate", str(path), "--to", "ct"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 6, result.output
+        lines = result.output.strip().splitlines()
+        assert lines[-1].startswith(f"error: {path}: the object in the scan is nearly uniform"), lines

@@ -32,7 +32,7 @@ from mrct.errors import CropError
 from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
-from mrct.preprocessing.mask import WorkingImage, working_image
+from mrct.preprocessing.mask import MIN_INTERIOR_SPREAD, WorkingImage, working_image
 from mrct.volume import Modality
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,11 @@ class Localiser:
 
         if work.mask.sum() < 1000:
             raise CropError(f"no head found in the scan (head mask {work.mask_ml:.0f} mL); {OVERRIDES_HINT}")
+        if (spread := work.interior_spread()) < MIN_INTERIOR_SPREAD:
+            raise CropError(
+                f"the object in the scan is nearly uniform inside (intensity spread {spread:.2f} of its "
+                f"contrast; heads are above 0.4): a phantom, not a head? {OVERRIDES_HINT}"
+            )
         fixed, fixed_mask = self._fixed, self._fixed_mask
         moving = _sitk_image(work.array, work.affine)
         ref_anchor, scan_anchor = _anchor_lps(self.reference.work), _anchor_lps(work)
@@ -373,7 +378,8 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
         )
     if slab.confidence is not None and slab.confidence < MIN_CONFIDENCE:
         raise SlabRefusedError(
-            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}); {OVERRIDES_HINT}",
+            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}; is this a head "
+            f"scan?); {OVERRIDES_HINT}",
             loc,
             path,
         )
