@@ -18,6 +18,7 @@ from typing import Any
 from mrct.errors import MrctError
 from mrct.io import OutputFormat
 from mrct.io.dicom_scan import (
+    PIXEL_TAGS,
     Members,
     SeriesFiles,
     check_deflated,
@@ -76,8 +77,10 @@ def _first_cut(members: Members, root: Path) -> str | None:
     short, as dcm2niix's "File not large enough to store image data"); a file with no pixel
     data at all is left to the skip of its small stack."""
     for path, ds in members:
+        if not any(tag in ds for tag in PIXEL_TAGS):
+            continue
         why = incomplete_image(path, ds)
-        if why is not None and why.startswith("truncated"):
+        if why is not None:
             return f"{_rel(path, root)}: {why}"
     return None
 
