@@ -29,6 +29,7 @@ from tests.bad_files import (
     zip_declares_huge,
     zip_high_ratio,
 )
+from tests.dicom_factory import write_series
 
 
 @pytest.mark.parametrize(
@@ -130,3 +131,11 @@ def test_gzip_bomb_behind_a_small_nifti_is_cut_short(tmp_path: Path) -> None:
     bomb.write_bytes(gzip.compress(raw + b"\0" * (64 * 1024**2), compresslevel=1))
     with pytest.raises(TooLargeError, match="gzip stream expands beyond"):
         read_volume(bomb)
+
+
+def test_a_text_file_quoting_the_deflated_uid_is_not_taken_for_dicom(tmp_path: Path) -> None:
+    """A README beside the slices that names the deflated transfer syntax must not stop the read."""
+    series = tmp_path / "series"
+    write_series(series, modality="MR")
+    (series / "README.txt").write_text("Sent as Deflated Explicit VR Little Endian, 1.2.840.10008.1.2.1.99\n")
+    assert read_volume(series).array.shape == (48, 40, 12)

@@ -83,8 +83,10 @@ def check_deflated(path: Path) -> None:
     Raises TooLargeError past the memory limit, ReadError for a corrupt stream.
     """
     with open(path, "rb") as fh:
-        if DEFLATED not in fh.read(4096):  # the file meta group, where the transfer syntax is
-            return
+        head = fh.read(4096)  # the file meta group, where the transfer syntax is
+    # Only a file with a meta group can be deflated; a notes file quoting the UID is not DICOM.
+    if head[128:132] != b"DICM" or DEFLATED not in head:
+        return
     import pydicom
 
     try:
