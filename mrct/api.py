@@ -11,6 +11,7 @@ from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
+from mrct.io.atomic import check_apart
 from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
@@ -122,8 +123,7 @@ def convert(
         raise MrctError(str(err).split(": ", 1)[1], dst_p) from err
     if dst_p.exists() and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
-    if src_p.exists() and dst_p.exists() and src_p.resolve() == dst_p.resolve():
-        raise MrctError("output would replace the input; choose another output path", dst_p)
+    check_apart(src_p, dst_p)
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
     if fmt is OutputFormat.DICOM and vol.modality is None:
         guessed = guess_modality(vol)

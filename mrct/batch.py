@@ -237,6 +237,13 @@ def run_batch(
         raise InputNotFoundError("not a folder", src)
     if workers < 1:
         raise MrctError(f"--workers must be at least 1, got {workers}")
+    if out.resolve() == src.resolve():
+        raise MrctError(
+            "the output folder is the input folder; choose another (outputs would be read back as inputs)",
+            out,
+        )
+    # An output folder inside the input is left out of the walk; one holding the input cannot be.
+    skip = [] if src.resolve().is_relative_to(out.resolve()) else [out]
     part = parse_shard(shard)
     with hold(out, part):  # first: a second run on this folder is refused before any work
         from mrct.inference import REPO_MODELS, Translator  # torch: after the lock, refusals are quick
@@ -249,7 +256,7 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
-        series = name_outputs(discover(src, exclude=[out]), to, fmt)
+        series = name_outputs(discover(src, exclude=skip), to, fmt)
         series = [s for n, s in enumerate(series) if not part or n % part[1] == part[0] - 1]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):

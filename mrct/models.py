@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,6 +52,8 @@ __all__ = [
 ]  # fmt: skip
 
 CARD = "README.md"
+# What export writes into a package folder: --overwrite replaces a folder holding only these.
+PACKAGE_FILES = re.compile(r"model\.json|README\.md|generator_[a-z_]+\.safetensors")
 # Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
 # arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz", ".joblib", ".tar")
@@ -98,7 +101,7 @@ def write_package(
     unknown = sorted(set(generators) - set(DIRECTIONS))
     if unknown or not generators:
         raise ModelError(f"generators: unknown or no directions {unknown} (expected {', '.join(DIRECTIONS)})")
-    check_output(Path(out), overwrite)  # before the slow part; atomic_dir checks again at the end
+    check_output(Path(out), overwrite, PACKAGE_FILES)  # before the slow part; atomic_dir checks again
     free = {"intensity": intensity, "training": training, "metrics": metrics}
     free = {key: _json_object(value, key) for key, value in free.items()}
     gen_cfg = _config(GeneratorConfig, _as_dict(generator_config), "generator_config")
@@ -126,7 +129,7 @@ def write_package(
         "files": {},
         "directions": {d: weight_file(d) for d in tensors},
     }
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), PACKAGE_FILES, overwrite=overwrite) as tmp:
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
             safetensors.torch.save_file(state, str(target), metadata={"mrct_direction": direction})

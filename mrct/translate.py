@@ -18,7 +18,7 @@ from mrct import __version__
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import atomic_file, compound_suffix
+from mrct.io.atomic import atomic_file, check_apart, check_replaceable, compound_suffix
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
 
@@ -148,8 +148,14 @@ def translate_file(
     started = time.perf_counter()
     out_path, out_fmt = resolve_output(src, dst, to, fmt)
     for path in (out_path, report, preview):
-        if path is not None and Path(path).exists() and not overwrite:
-            raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+        if path is not None:
+            check_apart(src, Path(path))
+            if Path(path).exists() and not overwrite:
+                raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+    if out_fmt is OutputFormat.DICOM:
+        from mrct.io.dicom_write import SERIES_FILES
+
+        check_replaceable(out_path, SERIES_FILES)  # before the slow part; the writer checks again
     timings: dict[str, float] = {}
     t = time.perf_counter()
     translator = translator or Translator.from_package(model, device, precision=precision)

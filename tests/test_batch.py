@@ -298,3 +298,23 @@ def test_a_done_row_notes_a_slab_partly_outside_the_scan(tmp_path: Path, model: 
     (row,) = _manifest(out)[0]["series"]
     assert row["status"] == "done"
     assert row["message"] == "8.0 mm of the brow-to-jaw slab lies outside the scan"
+
+
+def test_the_output_folder_may_hold_the_input_but_not_be_it(tmp_path: Path, model: Path) -> None:
+    """``-o`` the parent of IN translates IN's series (it was walked, not left out as output);
+    ``-o IN`` is refused before anything is written into IN."""
+    src = tmp_path / "in"
+    write_series(src / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    before = sorted(src.rglob("*"))
+    same = _batch(src, src, model)
+    assert same.exit_code == 1 and "is the input folder" in same.stderr and same.stderr.count("\n") == 1
+    assert sorted(src.rglob("*")) == before
+
+    outer = _batch(src, tmp_path, model)
+    assert outer.exit_code == 0, outer.output
+    assert outer.stdout.startswith("1 done, 0 skipped, 0 failed")
+    assert (tmp_path / "t1_synthetic_ct" / "IM_0001.dcm").exists() and sorted(src.rglob("*")) == before
+    again = _batch(src, tmp_path, model)
+    assert again.exit_code == 0 and again.stdout.startswith(
+        "nothing left to do: 1 done (1 by an earlier run)"
+    )

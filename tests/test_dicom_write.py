@@ -248,3 +248,17 @@ def test_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="modality"):
         write_dicom_series(Volume(_values("ct"), _affine()), tmp_path / "b", series_description="t")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_keeps_a_folder_holding_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    write_dicom_series(_volume("ct"), out, series_description="old")
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match=r"'notes\.txt'"):
+        write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
+    (out / "notes.txt").unlink()
+    (out / "sub").mkdir()
+    with pytest.raises(OutputExistsError, match="'sub'"):
+        write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
+    assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temp folder left

@@ -289,6 +289,13 @@ def test_existing_output_and_overwrite(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_package(out).checksum != first
     assert leftovers(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
+    # A folder holding anything export does not write (a mistaken -o ~/models) is never replaced.
+    (out / "train.log").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match=r"'train\.log'"):
+        write(out, tiny_states(seed=2), overwrite=True)
+    assert (out / "train.log").exists()
+    (out / "train.log").unlink()
+
     # A failure half-way through leaves the previous package intact and no temp folder.
     second = load_package(out).checksum
 

@@ -395,3 +395,45 @@ def test_the_bundled_model_in_other_patient_positions(
     slab = json.loads(report.read_text())["slabs"][0]
     checks = synthetic_ct_checks(read_volume(src), read_volume(out), slab["superior_mm"], slab["inferior_mm"])
     assert checks.passes(), checks.to_dict()
+
+
+def test_overwrite_never_deletes_the_input_or_a_users_folder(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """--overwrite replaces an earlier output only: not the input, a folder holding it, or a folder
+    of other files (a mistaken ``-o ~/data``). Each is refused before any work, with exit code 4."""
+    series = tmp_path / "study" / "t1"
+    write_series(series, modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    nifti = tmp_path / "mr.nii.gz"
+    nifti.write_bytes((heads / "mr.nii.gz").read_bytes())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "precious.txt").write_text("years of work\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [
+        (nifti, nifti, "would replace the input"),
+        (series, series, "would replace the input"),
+        (series, tmp_path / "study", "holds the input"),
+        (nifti, tmp_path, "holds the input"),
+        (nifti, data, "'precious.txt'"),
+    ]
+    for src, dst, message in cases:
+        args = [str(src), "--to", "ct", "--model", str(tiny_model), *CROP, "-o", str(dst), "--overwrite"]
+        result = _translate(*args)
+        assert result.exit_code == 4 and message in result.stderr, (src, dst, result.output)
+        assert result.stderr.count("\n") == 1 and str(dst) in result.stderr
+    report = _translate(
+        str(nifti), "--to", "ct", "--model", str(tiny_model), *CROP, "--report", str(nifti), "--overwrite"
+    )
+    assert report.exit_code == 4 and "would replace the input" in report.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+    # An earlier mrct series (IM_0001.dcm ...) is replaced, and so is an empty folder.
+    out = tmp_path / "sct"
+    args = [str(series), "--to", "ct", "--model", str(tiny_model), *CROP, "-o", str(out)]
+    assert _translate(*args).exit_code == 0
+    first = pydicom.dcmread(out / "IM_0001.dcm").SOPInstanceUID
+    assert _translate(*args, "--overwrite").exit_code == 0
+    assert pydicom.dcmread(out / "IM_0001.dcm").SOPInstanceUID != first
+    (tmp_path / "empty").mkdir()
+    assert _translate(*args[:-1], str(tmp_path / "empty"), "--overwrite").exit_code == 0

@@ -2,13 +2,16 @@
 
 Files are written to a hidden temporary name in the destination folder (same
 file system, so the final ``os.replace`` is atomic) and renamed at the end.
-An existing output is replaced only with ``overwrite=True``.
+An existing output is replaced only with ``overwrite=True``, and an existing folder only
+when it holds nothing but what mrct writes there (``owned``): ``-o ~/data --overwrite``
+must never delete a user's folder. No output may replace its input (:func:`check_apart`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,10 +42,16 @@ def compound_suffix(path: Path) -> str:
     return path.suffix
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Fail early when ``path`` exists and must not be replaced, or cannot be created."""
+def check_output(path: Path, overwrite: bool, owned: re.Pattern[str] | None = None) -> None:
+    """Fail early when ``path`` exists and must not be replaced, or cannot be created.
+
+    ``owned``: the names of the files an output folder holds; an existing folder is replaced
+    only when each of its entries is a file with such a name (see :func:`check_replaceable`).
+    """
     if path.exists() and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+    if owned is not None:
+        check_replaceable(path, owned)
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +59,38 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise WriteError(f"cannot create output folder: {err.strerror}", parent) from err
     if not os.access(parent, os.W_OK):
         raise WriteError("output folder is not writable", parent)
+
+
+def check_replaceable(path: Path, owned: re.Pattern[str]) -> None:
+    """Refuse to replace a folder that holds anything but files named like ``owned``.
+
+    ``--overwrite`` means "replace the output of an earlier run", not "empty this folder": a
+    wrong ``-o`` (a data folder, a home folder) must fail instead of deleting what is there.
+    """
+    if not path.is_dir():
+        return
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as err:
+        raise WriteError(f"cannot list the output folder: {err.strerror}", path) from err
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_file() or not owned.fullmatch(entry.name):
+            raise OutputExistsError(
+                f"is a folder holding {entry.name!r}, which mrct does not write there; "
+                "--overwrite replaces only an earlier mrct output (choose another output path)",
+                path,
+            )
+
+
+def check_apart(src: Path, dst: Path) -> None:
+    """Refuse an output that is the input or a folder holding it: writing it would delete the input."""
+    if not (src.exists() and dst.exists()):
+        return
+    source, target = src.resolve(), dst.resolve()
+    if source == target:
+        raise OutputExistsError("output would replace the input; choose another output path", dst)
+    if target.is_dir() and source.is_relative_to(target):
+        raise OutputExistsError(f"output folder holds the input {src}; choose another output path", dst)
 
 
 @contextlib.contextmanager
@@ -77,14 +118,15 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: Path, owned: re.Pattern[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; move it onto ``path`` on success.
 
     With ``overwrite``, an existing folder is moved aside first and deleted only
-    after the new one is in place, so an interruption never loses both.
+    after the new one is in place, so an interruption never loses both. It must hold only
+    files named like ``owned`` (what the caller writes there), or nothing is replaced.
     """
     path = Path(path)
-    check_output(path, overwrite)
+    check_output(path, overwrite, owned)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     try:
         yield tmp
@@ -92,6 +134,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
         if path.exists():
             if not overwrite:
                 raise OutputExistsError("output appeared while writing; not replaced", path)
+            check_replaceable(path, owned)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
             old.rmdir()
             os.replace(path, old)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -37,7 +38,10 @@ from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
 if TYPE_CHECKING:
     from mrct.io.anonymize import Anonymizer
 
-__all__ = ["write_dicom_series"]
+__all__ = ["SERIES_FILES", "write_dicom_series"]
+
+# The names write_dicom_series gives its files: --overwrite replaces a folder holding only these.
+SERIES_FILES = re.compile(r"IM_\d{4,}\.dcm")
 
 PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
 """PatientName written when the volume did not come from DICOM."""
@@ -357,7 +361,7 @@ def write_dicom_series(
 
     width_digits = max(4, len(str(n_k)))
     names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]
-    with atomic_dir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, SERIES_FILES, overwrite) as tmp:
         try:
             encoder = SeriesEncoder(ds, VARYING)
             for k in range(n_k):
