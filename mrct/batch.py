@@ -41,9 +41,10 @@ from typing import Any
 from mrct import __version__
 from mrct.batch_folder import Manifest, hold, sweep
 from mrct.batch_series import Series, discover, name_outputs
-from mrct.errors import InputNotFoundError, MrctError
+from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
+from mrct.io.atomic import check_replaceable
 from mrct.preprocessing.crop import CropRequest
 from mrct.translate import derivation_description, series_description
 from mrct.volume import Modality, guess_modality
@@ -174,8 +175,23 @@ def _write(
 # ---------------------------------------------------------------- the batch
 
 
+def _unsafe_output(src: Path, target: Path) -> str | None:
+    """Why writing ``target`` could harm an input or a user's folder (OUT holding IN can put an
+    output inside IN), before any work; None when it is safe."""
+    from mrct.io.dicom_write import SERIES_FILES
+
+    if target.resolve().is_relative_to(src.resolve()):
+        return f"{target.name} would lie inside the input folder; choose an output folder outside it"
+    if target.is_dir():  # a DICOM output of an earlier run, or a folder of the user's
+        try:
+            check_replaceable(target, SERIES_FILES)
+        except MrctError as err:
+            return _one_line(err)
+    return None
+
+
 def _plan(
-    series: list[Series], manifest: Manifest, out: Path, to: Modality, overwrite: bool
+    series: list[Series], manifest: Manifest, src: Path, out: Path, to: Modality, overwrite: bool
 ) -> tuple[list[tuple[Series, bool]], int]:
     """Record what is skipped, failed from the headers, or done by an earlier run; return the
     series to translate (with whether their output may be replaced) and how many were done."""
@@ -194,6 +210,8 @@ def _plan(
             manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
+        elif problem := _unsafe_output(src, out / s.output):
+            manifest.set(s, "failed", message=problem)
         else:
             manifest.set(s, "pending")
             todo.append((s, overwrite or ours))
@@ -238,7 +256,7 @@ def run_batch(
     if workers < 1:
         raise MrctError(f"--workers must be at least 1, got {workers}")
     if out.resolve() == src.resolve():
-        raise MrctError(
+        raise OutputExistsError(
             "the output folder is the input folder; choose another (outputs would be read back as inputs)",
             out,
         )
@@ -261,7 +279,7 @@ def run_batch(
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
-        todo, earlier = _plan(series, manifest, out, to, overwrite)
+        todo, earlier = _plan(series, manifest, src, out, to, overwrite)
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
         _translate(todo, translator, manifest, out, to, crop, workers, progress, anonymizer)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mrct import __version__
 from mrct.config import from_mapping, to_dict
 from mrct.errors import ConfigError, ModelError
-from mrct.io.atomic import atomic_dir, check_output
+from mrct.io.atomic import Owned, atomic_dir, check_output
 from mrct.model_card import render_card
 from mrct.model_manifest import (
     DIRECTIONS,
@@ -53,7 +53,7 @@ __all__ = [
 
 CARD = "README.md"
 # What export writes into a package folder: --overwrite replaces a folder holding only these.
-PACKAGE_FILES = re.compile(r"model\.json|README\.md|generator_[a-z_]+\.safetensors")
+PACKAGE_FILES = Owned(re.compile(r"model\.json|README\.md|generator_[a-z_]+\.safetensors"), marker=MANIFEST)
 # Formats that can run code when loaded (pickle inside torch.save, joblib, numpy object
 # arrays): named explicitly in the refusal so nobody "fixes" it by renaming a checkpoint.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz", ".joblib", ".tar")

@@ -156,6 +156,10 @@ def translate_file(
         from mrct.io.dicom_write import SERIES_FILES
 
         check_replaceable(out_path, SERIES_FILES)  # before the slow part; the writer checks again
+        for option, path in (("--report", report), ("--preview", preview)):
+            # A series folder holds the series alone (what PACS import and --overwrite expect).
+            if path is not None and Path(path).resolve().is_relative_to(out_path.resolve()):
+                raise MrctError(f"{option} inside the DICOM output folder; write it beside the folder", path)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     translator = translator or Translator.from_package(model, device, precision=precision)

@@ -307,7 +307,7 @@ def test_the_output_folder_may_hold_the_input_but_not_be_it(tmp_path: Path, mode
     write_series(src / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
     before = sorted(src.rglob("*"))
     same = _batch(src, src, model)
-    assert same.exit_code == 1 and "is the input folder" in same.stderr and same.stderr.count("\n") == 1
+    assert same.exit_code == 4 and "is the input folder" in same.stderr and same.stderr.count("\n") == 1
     assert sorted(src.rglob("*")) == before
 
     outer = _batch(src, tmp_path, model)
@@ -318,3 +318,24 @@ def test_the_output_folder_may_hold_the_input_but_not_be_it(tmp_path: Path, mode
     assert again.exit_code == 0 and again.stdout.startswith(
         "nothing left to do: 1 done (1 by an earlier run)"
     )
+
+
+def test_a_batch_never_writes_into_its_input_or_replaces_a_users_folder(tmp_path: Path, model: Path) -> None:
+    """OUT holding IN could mirror a series into IN (IN = OUT/in with a folder in/in); an output
+    folder holding the user's files is kept even with --overwrite. Both are failed rows, found
+    before any translation, and nothing under IN changes."""
+    src = tmp_path / "in"
+    write_series(src / "in" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    write_series(src / "t2", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    mine = tmp_path / "t2_synthetic_ct"
+    mine.mkdir()
+    (mine / "plan.txt").write_text("mine\n")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    result = _batch(src, tmp_path, model, "--overwrite")
+    assert result.exit_code == 1 and "0 done, 0 skipped, 2 failed" in result.stdout, result.output
+    rows = {r["input"]: r for r in _manifest(tmp_path)[0]["series"]}
+    assert rows["in/t1"]["status"] == "failed" and "inside the input folder" in rows["in/t1"]["message"]
+    assert rows["t2"]["status"] == "failed" and "'plan.txt'" in rows["t2"]["message"]
+    assert rows["t2"]["seconds"] == 0.0  # refused before the model ran
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    assert [p.name for p in mine.iterdir()] == ["plan.txt"]

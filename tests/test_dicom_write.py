@@ -262,3 +262,21 @@ def test_overwrite_keeps_a_folder_holding_other_files(tmp_path: Path) -> None:
         write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
     assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temp folder left
+    (out / "sub").rmdir()
+    (out / ".DS_Store").write_bytes(b"\0")  # the desktop's litter does not make a folder the user's
+    write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
+    assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "new"
+
+    # A file where the series folder goes is not replaced either; a link to an earlier
+    # series folder is replaced by the new folder, leaving the linked folder as it was.
+    notes = tmp_path / "notes"
+    notes.write_text("mine\n")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        write_dicom_series(_volume("ct"), notes, series_description="new", overwrite=True)
+    assert notes.read_text() == "mine\n"
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    write_dicom_series(_volume("ct"), link, series_description="newer", overwrite=True)
+    assert not link.is_symlink() and pydicom.dcmread(link / "IM_0001.dcm").SeriesDescription == "newer"
+    assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "notes", "s"]

@@ -295,6 +295,13 @@ def test_existing_output_and_overwrite(tmp_path: Path, monkeypatch: pytest.Monke
         write(out, tiny_states(seed=2), overwrite=True)
     assert (out / "train.log").exists()
     (out / "train.log").unlink()
+    readme = tmp_path / "notes"  # a folder holding only a README of the user's: not a package
+    readme.mkdir()
+    (readme / "README.md").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match=r"without model\.json"):
+        write(readme, overwrite=True)
+    assert (readme / "README.md").read_text() == "mine\n"
+    shutil.rmtree(readme)
 
     # A failure half-way through leaves the previous package intact and no temp folder.
     second = load_package(out).checksum

@@ -437,3 +437,8 @@ def test_overwrite_never_deletes_the_input_or_a_users_folder(
     assert pydicom.dcmread(out / "IM_0001.dcm").SOPInstanceUID != first
     (tmp_path / "empty").mkdir()
     assert _translate(*args[:-1], str(tmp_path / "empty"), "--overwrite").exit_code == 0
+
+    # A series folder holds the series alone, so a report or preview goes beside it.
+    inside = _translate(*args, "--overwrite", "--report", str(out / "run.json"))
+    assert inside.exit_code == 1 and "--report inside the DICOM output folder" in inside.stderr
+    assert not (out / "run.json").exists()

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mrct.errors import OutputExistsError, WriteError
@@ -42,11 +43,24 @@ def compound_suffix(path: Path) -> str:
     return path.suffix
 
 
-def check_output(path: Path, overwrite: bool, owned: re.Pattern[str] | None = None) -> None:
+@dataclass(frozen=True)
+class Owned:
+    """What mrct writes into an output folder: files named like ``names``, and ``marker`` among
+    them when set. ``--overwrite`` replaces a folder only when it holds nothing else."""
+
+    names: re.Pattern[str]
+    marker: str | None = None
+
+
+# Files the desktop drops into any folder it shows; they do not make a folder the user's.
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> None:
     """Fail early when ``path`` exists and must not be replaced, or cannot be created.
 
-    ``owned``: the names of the files an output folder holds; an existing folder is replaced
-    only when each of its entries is a file with such a name (see :func:`check_replaceable`).
+    ``owned``: ``path`` is an output folder; an existing one is replaced only when it holds
+    nothing but what mrct writes there (see :func:`check_replaceable`).
     """
     if path.exists() and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
@@ -61,25 +75,34 @@ def check_output(path: Path, overwrite: bool, owned: re.Pattern[str] | None = No
         raise WriteError("output folder is not writable", parent)
 
 
-def check_replaceable(path: Path, owned: re.Pattern[str]) -> None:
-    """Refuse to replace a folder that holds anything but files named like ``owned``.
+def check_replaceable(path: Path, owned: Owned) -> None:
+    """Refuse to replace a file, or a folder holding anything but what ``owned`` describes.
 
     ``--overwrite`` means "replace the output of an earlier run", not "empty this folder": a
-    wrong ``-o`` (a data folder, a home folder) must fail instead of deleting what is there.
+    wrong ``-o`` (a data folder, a home folder, a file) must fail instead of deleting what is there.
     """
-    if not path.is_dir():
+    if not path.exists() and not path.is_symlink():
         return
+    if not path.is_dir():
+        raise OutputExistsError("is a file, and mrct writes a folder here; choose another output path", path)
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as err:
         raise WriteError(f"cannot list the output folder: {err.strerror}", path) from err
-    for entry in entries:
-        if entry.is_symlink() or not entry.is_file() or not owned.fullmatch(entry.name):
+    names = [e.name for e in entries if e.name not in OS_LITTER]
+    for entry in (e for e in entries if e.name in names):
+        if entry.is_symlink() or not entry.is_file() or not owned.names.fullmatch(entry.name):
             raise OutputExistsError(
                 f"is a folder holding {entry.name!r}, which mrct does not write there; "
                 "--overwrite replaces only an earlier mrct output (choose another output path)",
                 path,
             )
+    if names and owned.marker is not None and owned.marker not in names:
+        raise OutputExistsError(
+            f"is a folder without {owned.marker}, so not an earlier mrct output; "
+            "--overwrite does not replace it (choose another output path)",
+            path,
+        )
 
 
 def check_apart(src: Path, dst: Path) -> None:
@@ -118,12 +141,12 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, owned: re.Pattern[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; move it onto ``path`` on success.
 
     With ``overwrite``, an existing folder is moved aside first and deleted only
     after the new one is in place, so an interruption never loses both. It must hold only
-    files named like ``owned`` (what the caller writes there), or nothing is replaced.
+    what ``owned`` describes (what the caller writes there), or nothing is replaced.
     """
     path = Path(path)
     check_output(path, overwrite, owned)
@@ -141,7 +164,7 @@ def atomic_dir(path: Path, owned: re.Pattern[str], overwrite: bool = False) -> I
         _publish_mode(tmp, directory=True)
         os.replace(tmp, path)
         if old is not None:
-            if old.is_dir():
+            if old.is_dir() and not old.is_symlink():  # a link to a folder: drop the link only
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)

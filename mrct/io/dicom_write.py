@@ -30,7 +30,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from mrct.errors import WriteError
-from mrct.io.atomic import atomic_dir
+from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.orientation import ras_to_lps
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SERIES_FILES", "write_dicom_series"]
 
 # The names write_dicom_series gives its files: --overwrite replaces a folder holding only these.
-SERIES_FILES = re.compile(r"IM_\d{4,}\.dcm")
+SERIES_FILES = Owned(re.compile(r"IM_\d{4,}\.dcm"))
 
 PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
 """PatientName written when the volume did not come from DICOM."""
