@@ -117,6 +117,8 @@ def convert(
     """Convert between formats without translation. ``dst`` ending in ``/`` means DICOM;
     ``anonymize`` de-identifies it (:mod:`mrct.io.anonymize`)."""
     src_p, dst_p = Path(src), Path(str(dst).rstrip("/\\"))
+    if str(dst) == "-":
+        raise MrctError("mrct writes files, not standard output; give a file or folder name", dst_p)
     try:
         fmt = output_format_for(dst)
     except ValueError as err:

@@ -70,12 +70,14 @@ def resolve_output(
     if dst is None:
         chosen = fmt or input_format(src)
         return default_output(src, to, chosen), chosen
+    if str(dst) == "-":
+        raise MrctError("mrct writes files, not standard output; give a file or folder name", dst)
     implied = None
     try:
         implied = output_format_for(dst)
-    except ValueError:
-        if fmt is None:
-            raise
+    except ValueError as err:
+        if fmt is not OutputFormat.DICOM:  # a DICOM series folder may have any name
+            raise MrctError(str(err).split(": ", 1)[1], dst) from None
     if (
         fmt is not None
         and implied is not None
@@ -147,6 +149,8 @@ def translate_file(
     src = Path(src)
     started = time.perf_counter()
     out_path, out_fmt = resolve_output(src, dst, to, fmt)
+    if preview is not None and Path(preview).suffix.lower() != ".png":
+        raise MrctError("a preview is written as PNG; give --preview a name ending in .png", preview)
     for path in (out_path, report, preview):
         if path is not None:
             check_apart(src, Path(path))

@@ -23,9 +23,9 @@ from tests.phantoms import phantom
 runner = CliRunner()
 
 
-def run_mrct(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run_mrct(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mrct", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mrct", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
     )
 
 
@@ -202,4 +202,6 @@ def test_unknown_output_extension(tmp_path: Path) -> None:
     assert res.returncode != 0 and "unknown output format" in res.stderr
     res = run_mrct("convert", src, tmp_path / "out.mhd")
     assert res.returncode != 0 and "single-file" in res.stderr
+    res = run_mrct("convert", src, "-", cwd=tmp_path)  # not a DICOM folder named "-"
+    assert res.returncode == 1 and "not standard output" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]

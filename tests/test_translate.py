@@ -442,3 +442,36 @@ def test_overwrite_never_deletes_the_input_or_a_users_folder(
     inside = _translate(*args, "--overwrite", "--report", str(out / "run.json"))
     assert inside.exit_code == 1 and "--report inside the DICOM output folder" in inside.stderr
     assert not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-o", "out.txt"], "unknown output format"),
+        (["-o", "out.txt", "--format", "nifti"], "unknown output format"),
+        (["-o", "out.mhd"], "single-file .nrrd or .mha"),
+        (["-o", "-"], "not standard output"),
+        (["--preview", "p.jpg"], "ending in .png"),
+    ],
+)
+def test_a_bad_output_name_is_a_usage_error_before_any_work(
+    tmp_path: Path,
+    heads: Path,
+    tiny_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    message: str,
+) -> None:
+    """Not an internal error (exit 70) after the model ran: exit 1, one line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    result = _translate(str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, *extra)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert result.stderr.count("\n") == 1 and "unexpected" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dicom_folder_may_have_a_dotted_name(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    out = tmp_path / "sct.v2"
+    args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP]
+    assert _translate(*args, "-o", str(out), "--format", "dicom").exit_code == 0
+    assert read_volume(out).modality is Modality.CT
