@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
-from mrct.io.atomic import atomic_file, compound_suffix
+from mrct.io.atomic import atomic_file, compound_suffix, utf8_bytes
 
 if TYPE_CHECKING:
     from mrct.batch_series import Series
@@ -212,4 +212,4 @@ class Manifest:
         writer.writeheader()
         writer.writerows(rows)
         with atomic_file(self.path.with_suffix(".csv"), overwrite=True) as tmp:
-            tmp.write_text(text.getvalue(), encoding="utf-8")
+            tmp.write_bytes(utf8_bytes(text.getvalue()))

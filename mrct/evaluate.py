@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from mrct import metrics
 from mrct.errors import InputNotFoundError, MrctError, ReadError
-from mrct.io.atomic import atomic_file, check_output
+from mrct.io.atomic import atomic_file, check_output, utf8_bytes
 
 log = logging.getLogger(__name__)
 
@@ -273,5 +273,5 @@ def evaluate_volumes(
         log.info("evaluating %s", case.name)
         rows.append(evaluate_case(case, chosen))
     with atomic_file(out_csv, overwrite=overwrite) as tmp:
-        tmp.write_text(_csv_text(rows, COLUMNS[chosen]), encoding="utf-8")
+        tmp.write_bytes(utf8_bytes(_csv_text(rows, COLUMNS[chosen])))
     return Evaluation(chosen, tuple(rows), out_csv)

@@ -339,3 +339,24 @@ def test_a_batch_never_writes_into_its_input_or_replaces_a_users_folder(tmp_path
     assert rows["t2"]["seconds"] == 0.0  # refused before the model ran
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
     assert [p.name for p in mine.iterdir()] == ["plan.txt"]
+
+
+def test_a_folder_name_that_is_not_utf8_is_translated_and_recorded(tmp_path: Path, model: Path) -> None:
+    """Old CDs and archives carry Latin-1 names; the CSV manifest once failed to encode them (exit 70)."""
+    import os
+
+    src = tmp_path / "in"
+    name = os.fsdecode(b"pat\xe9ient")  # not UTF-8: Python names the byte with a surrogate
+    try:
+        write_series(src / name / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    result = _batch(src, out, model)
+    assert result.exit_code == 0 and result.stdout.startswith("1 done"), result.output
+    csv_text = (out / "manifest.csv").read_bytes().decode("utf-8")  # valid UTF-8
+    assert "pat\\xe9ient/t1" in csv_text
+    assert _manifest(out)[0]["series"][0]["input"] == f"{name}/t1"  # the JSON keeps the exact name
+    assert read_volume(out / _manifest(out)[0]["series"][0]["output"]).modality is Modality.CT
+    again = _batch(src, out, model)
+    assert again.exit_code == 0 and "1 done (1 by an earlier run)" in again.stdout

@@ -199,3 +199,22 @@ def test_cli_subprocess(ct_cases: tuple[Path, Path, Path], tmp_path: Path) -> No
     )
     assert run.returncode == 0, run.stderr
     assert "| ssim | 2 |" in run.stdout and len(_rows(out)) == 2
+
+
+def test_a_case_name_that_is_not_utf8_is_written_to_the_csv(tmp_path: Path) -> None:
+    """A Latin-1 file name once stopped the CSV with an UnicodeEncodeError (exit 70)."""
+    import os
+
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    name = os.fsdecode(b"cas\xe9")
+    try:
+        _nifti(gt / f"{name}.nii.gz", _ct(0))
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    _nifti(pred / f"{name}.nii.gz", _ct(0))
+    result = runner.invoke(app, ["evaluate", str(pred), str(gt), "-o", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.csv").read_bytes().decode("utf-8")  # valid UTF-8 for pandas
+    assert text.splitlines()[1].startswith("cas\\xe9,0,")

@@ -116,6 +116,14 @@ def check_apart(src: Path, dst: Path) -> None:
         raise OutputExistsError(f"output folder holds the input {src}; choose another output path", dst)
 
 
+def utf8_bytes(text: str) -> bytes:
+    """UTF-8 for a text file (a CSV) whose paths may hold bytes that are not UTF-8: a Latin-1
+    folder name from an old CD, which Python names with surrogates. Those bytes are written as
+    ``\\xNN``, as Python shows them, so the file stays valid UTF-8 for spreadsheets and pandas.
+    (``json.dumps`` escapes such names itself.)"""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
