@@ -210,3 +210,22 @@ def test_the_cli_names_the_file_that_is_no_head(tmp_path: Path) -> None:
         assert result.exit_code == 6, result.output
         lines = result.output.strip().splitlines()
         assert lines[-1].startswith(f"error: {path}: the object in the scan is nearly uniform"), lines
+
+
+@pytest.mark.realdata
+def test_locate_reports_the_slab_translate_uses_on_the_tilted_ct(shared_data: Path) -> None:
+    """The GE scan's jaw lies far below its field of view, so its extrapolated level is sensitive
+    to rounding: `mrct locate` (on the scan as read) once said S=-119 mm where the preprocessing
+    chain (on the scan reoriented to RAS) found S=-126 mm. Both now localise the same image."""
+    from mrct import api
+    from mrct.preprocessing.chain import preprocess
+    from mrct.preprocessing.crop import CropRequest
+    from mrct.preprocessing.localise import SlabRefusedError
+
+    scan = shared_data / "dicom" / "ct_ge_hispeed_head_tilt"
+    located = api.locate(scan, check=False).slab
+    with pytest.raises(SlabRefusedError) as refused:
+        preprocess(read_volume(scan), crop=CropRequest.auto())
+    used = refused.value.localisation.slab
+    assert abs(located.inferior_mm - used.inferior_mm) < 0.5
+    assert abs(located.superior_mm - used.superior_mm) < 0.5

@@ -386,8 +386,17 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
 
 
 def locate_volume(volume, localiser: Localiser | None = None) -> Localisation:  # type: ignore[no-untyped-def]
-    """Localise the slab in a :class:`~mrct.volume.Volume` (modality from the header or intensities)."""
+    """Localise the slab in a :class:`~mrct.volume.Volume` (modality from the header or intensities).
+
+    The volume is first reoriented to RAS, as the preprocessing chain does before it localises:
+    the working images then agree to rounding, and so do ``mrct locate`` and ``mrct translate``
+    (where the jaw lies far outside the field of view, the extrapolated level is sensitive even
+    to rounding).
+    """
+    from mrct.io.orientation import closest_canonical
     from mrct.volume import guess_modality
 
     modality = volume.modality or guess_modality(volume) or Modality.MR
-    return (localiser or Localiser()).locate(working_image(volume, modality))
+    array, affine = closest_canonical(volume.array, volume.affine)
+    work = working_image(volume.replace(array=array, affine=affine), modality)
+    return (localiser or Localiser()).locate(work)
