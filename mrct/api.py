@@ -122,7 +122,7 @@ def convert(
     try:
         fmt = output_format_for(dst)
     except ValueError as err:
-        raise MrctError(str(err).split(": ", 1)[1], dst_p) from err
+        raise MrctError(str(err).removeprefix(f"{dst}: "), dst_p) from err
     if dst_p.exists() and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_apart(src_p, dst_p)

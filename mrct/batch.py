@@ -175,12 +175,14 @@ def _write(
 # ---------------------------------------------------------------- the batch
 
 
-def _unsafe_output(src: Path, target: Path) -> str | None:
+def _unsafe_output(src: Path, out: Path, target: Path) -> str | None:
     """Why writing ``target`` could harm an input or a user's folder (OUT holding IN can put an
-    output inside IN), before any work; None when it is safe."""
+    output inside IN; OUT inside IN is left out of the walk, so is safe), before any work; None
+    when it is safe."""
     from mrct.io.dicom_write import SERIES_FILES
 
-    if target.resolve().is_relative_to(src.resolve()):
+    inside = out.resolve().is_relative_to(src.resolve())
+    if not inside and target.resolve().is_relative_to(src.resolve()):
         return f"{target.name} would lie inside the input folder; choose an output folder outside it"
     if target.is_dir():  # a DICOM output of an earlier run, or a folder of the user's
         try:
@@ -210,7 +212,7 @@ def _plan(
             manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
-        elif problem := _unsafe_output(src, out / s.output):
+        elif problem := _unsafe_output(src, out, out / s.output):
             manifest.set(s, "failed", message=problem)
         else:
             manifest.set(s, "pending")

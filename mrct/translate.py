@@ -77,7 +77,7 @@ def resolve_output(
         implied = output_format_for(dst)
     except ValueError as err:
         if fmt is not OutputFormat.DICOM:  # a DICOM series folder may have any name
-            raise MrctError(str(err).split(": ", 1)[1], dst) from None
+            raise MrctError(str(err).removeprefix(f"{dst}: "), dst) from None
     if (
         fmt is not None
         and implied is not None

@@ -319,6 +319,13 @@ def test_the_output_folder_may_hold_the_input_but_not_be_it(tmp_path: Path, mode
         "nothing left to do: 1 done (1 by an earlier run)"
     )
 
+    # OUT inside IN is left out of the walk: its outputs are not taken for outputs inside IN.
+    inner = _batch(src, src / "out", model)
+    assert inner.exit_code == 0 and inner.stdout.startswith("1 done, 0 skipped, 0 failed"), inner.output
+    assert (src / "out" / "t1_synthetic_ct" / "IM_0001.dcm").exists()
+    again = _batch(src, src / "out", model)
+    assert again.exit_code == 0 and "1 done (1 by an earlier run)" in again.stdout
+
 
 def test_a_batch_never_writes_into_its_input_or_replaces_a_users_folder(tmp_path: Path, model: Path) -> None:
     """OUT holding IN could mirror a series into IN (IN = OUT/in with a folder in/in); an output

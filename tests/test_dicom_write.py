@@ -263,6 +263,11 @@ def test_overwrite_keeps_a_folder_holding_other_files(tmp_path: Path) -> None:
     assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temp folder left
     (out / "sub").rmdir()
+    (out / "Thumbs.db").mkdir()  # a folder under a litter name is the user's
+    (out / "Thumbs.db" / "plan.txt").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match=r"'Thumbs\.db'"):
+        write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
+    shutil.rmtree(out / "Thumbs.db")
     (out / ".DS_Store").write_bytes(b"\0")  # the desktop's litter does not make a folder the user's
     write_dicom_series(_volume("ct"), out, series_description="new", overwrite=True)
     assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "new"
@@ -271,7 +276,7 @@ def test_overwrite_keeps_a_folder_holding_other_files(tmp_path: Path) -> None:
     # series folder is replaced by the new folder, leaving the linked folder as it was.
     notes = tmp_path / "notes"
     notes.write_text("mine\n")
-    with pytest.raises(OutputExistsError, match="is a file"):
+    with pytest.raises(OutputExistsError, match="is not a folder"):
         write_dicom_series(_volume("ct"), notes, series_description="new", overwrite=True)
     assert notes.read_text() == "mine\n"
     link = tmp_path / "link"

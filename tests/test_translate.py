@@ -448,6 +448,7 @@ def test_overwrite_never_deletes_the_input_or_a_users_folder(
     ("extra", "message"),
     [
         (["-o", "out.txt"], "unknown output format"),
+        (["-o", "a: b.xyz"], "a: b.xyz: unknown output format"),  # the message keeps the path whole
         (["-o", "out.txt", "--format", "nifti"], "unknown output format"),
         (["-o", "out.mhd"], "single-file .nrrd or .mha"),
         (["-o", "-"], "not standard output"),

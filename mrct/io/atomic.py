@@ -84,12 +84,16 @@ def check_replaceable(path: Path, owned: Owned) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_dir():
-        raise OutputExistsError("is a file, and mrct writes a folder here; choose another output path", path)
+        raise OutputExistsError(
+            "is not a folder (a file or a link), and mrct writes a folder here; choose another output path",
+            path,
+        )
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as err:
         raise WriteError(f"cannot list the output folder: {err.strerror}", path) from err
-    names = [e.name for e in entries if e.name not in OS_LITTER]
+    litter = {e.name for e in entries if e.name in OS_LITTER and e.is_file() and not e.is_symlink()}
+    names = [e.name for e in entries if e.name not in litter]
     for entry in (e for e in entries if e.name in names):
         if entry.is_symlink() or not entry.is_file() or not owned.names.fullmatch(entry.name):
             raise OutputExistsError(
