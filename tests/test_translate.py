@@ -476,3 +476,20 @@ def test_a_dicom_folder_may_have_a_dotted_name(tmp_path: Path, heads: Path, tiny
     args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP]
     assert _translate(*args, "-o", str(out), "--format", "dicom").exit_code == 0
     assert read_volume(out).modality is Modality.CT
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_every_format_labels_the_output_synthetic(
+    tmp_path: Path, heads: Path, tiny_model: Path, suffix: str
+) -> None:
+    """Not only DICOM: NIfTI's descrip and NRRD/MHA's Description say what the image is."""
+    import SimpleITK as sitk
+
+    out = tmp_path / f"sct{suffix}"
+    args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, "-o", str(out)]
+    assert _translate(*args).exit_code == 0
+    if suffix == ".nii.gz":
+        label = nib.load(out).header["descrip"].tobytes().rstrip(b"\0").decode("ascii")
+    else:
+        label = sitk.ReadImage(str(out)).GetMetaData("Description")
+    assert label == "mrct synthetic CT - not for diagnosis"

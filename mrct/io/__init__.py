@@ -121,30 +121,32 @@ def write_volume(
     path: str | Path,
     *,
     overwrite: bool = False,
-    series_description: str = "mrct output",
+    series_description: str | None = None,
     derivation_description: str = "Converted by mrct",
     anonymizer: Anonymizer | None = None,
 ) -> Path:
     """Write ``volume`` in the format ``path`` implies; returns the path written.
 
-    ``anonymizer`` de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
+    ``series_description`` also labels NIfTI (``descrip``), NRRD and MHA (``Description``) outputs,
+    so a synthetic image says so in every format. ``anonymizer`` de-identifies DICOM output;
+    NIfTI, NRRD and MHA outputs hold no patient data.
     """
     p = Path(str(path).rstrip("/\\"))
     fmt = output_format_for(path)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti
 
-        return write_nifti(volume, p, overwrite)
+        return write_nifti(volume, p, overwrite, description=series_description)
     if fmt in (OutputFormat.NRRD, OutputFormat.MHA):
         from mrct.io.itk import write_itk
 
-        return write_itk(volume, p, overwrite)
+        return write_itk(volume, p, overwrite, description=series_description)
     from mrct.io.dicom_write import write_dicom_series
 
     write_dicom_series(
         volume,
         p,
-        series_description=series_description,
+        series_description=series_description or "mrct output",
         derivation_description=derivation_description,
         overwrite=overwrite,
         anonymizer=anonymizer,

@@ -75,7 +75,8 @@ def sitk_geometry(
     return spacing.tolist(), direction.flatten().tolist(), lps[:3, 3].tolist()
 
 
-def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
+def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: str | None = None) -> Path:
+    """Write NRRD or MHA (by suffix), compressed; ``description`` becomes the ``Description`` field."""
     import SimpleITK as sitk
 
     _utf8_name(path, WriteError)
@@ -87,6 +88,8 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False) -> Path:
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
+    if description:  # NRRD writes it as "Description:=...", MHA as "Description = ..."
+        image.SetMetaData("Description", description.replace("\u2013", "-"))
     with atomic_file(path, overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)

@@ -145,8 +145,9 @@ def verify_gzip(path: Path, end: int) -> None:
         raise ReadError(f"truncated: the header needs {end} bytes, the gzip stream holds {total}", path)
 
 
-def write_nifti(volume: Volume, path: Path, overwrite: bool = False) -> Path:
-    """Write with qform and sform both set to the volume's affine, units mm."""
+def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description: str | None = None) -> Path:
+    """Write with qform and sform both set to the volume's affine, units mm; ``description``
+    (else "mrct CT" or "mrct MR") goes into ``descrip``, which holds 80 ASCII bytes."""
     import nibabel as nib
 
     img = nib.Nifti1Image(volume.array, volume.affine)
@@ -154,8 +155,10 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False) -> Path:
     img.set_qform(volume.affine, code=1)
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
-    if volume.modality is not None:
-        img.header["descrip"] = f"mrct {volume.modality.value}".encode()
+    if description is None and volume.modality is not None:
+        description = f"mrct {volume.modality.value}"
+    if description:
+        img.header["descrip"] = description.replace("\u2013", "-").encode("ascii", "replace")[:80]
     with atomic_file(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
