@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -332,7 +333,15 @@ def batch(
 register_model_commands(app)
 
 
+def _unwind_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) by default ends Python at once, leaving
+    a half-written output's hidden temporary files behind; unwind like Ctrl-C instead, so they
+    are removed, and exit with the shell's code for it (143)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _unwind_on_sigterm)  # mrct train's stop flag takes it over while it runs
     app(args=expand_prepare_args(sys.argv[1:]))
 
 

@@ -493,3 +493,33 @@ def test_every_format_labels_the_output_synthetic(
     else:
         label = sitk.ReadImage(str(out)).GetMetaData("Description")
     assert label == "mrct synthetic CT - not for diagnosis"
+
+
+def test_sigterm_while_writing_leaves_no_temporary_files(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """``kill``/``timeout``/a scheduler's SIGTERM half-way through a DICOM series: exit 143, and the
+    hidden temporary folder is removed (Python's default would end the process on the spot)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out" / "sct"
+    script = f"""
+import os, signal, sys
+from mrct.io import dicom_encode
+from mrct import cli
+encode, calls = dicom_encode.SeriesEncoder.encode, []
+def dying(self, values):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return encode(self, values)
+dicom_encode.SeriesEncoder.encode = dying
+sys.argv = ["mrct", "translate", {str(heads / "mr.nii.gz")!r}, "--to", "ct", "--model", {str(tiny_model)!r},
+            "--crop-mm", "40,-40", "-o", {str(out)!r}, "--format", "dicom"]
+cli.main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # neither the series nor its temporary folder
