@@ -229,3 +229,16 @@ def test_locate_reports_the_slab_translate_uses_on_the_tilted_ct(shared_data: Pa
     used = refused.value.localisation.slab
     assert abs(located.inferior_mm - used.inferior_mm) < 0.5
     assert abs(located.superior_mm - used.superior_mm) < 0.5
+
+
+@pytest.mark.realdata
+def test_the_same_scan_gives_the_same_slab_every_time(shared_data: Path) -> None:
+    """ITK's multi-threaded metric made repeated localisations of one CT differ (the GE scan's
+    extrapolated jaw between S=-119 and -128 mm); localisation now runs ITK on one thread."""
+    import SimpleITK as sitk
+
+    volume = read_volume(shared_data / "dicom" / "ct_ge_hispeed_head_tilt")
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    slabs = {(s.superior_mm, s.inferior_mm) for s in (locate_volume(volume).slab for _ in range(3))}
+    assert len(slabs) == 1
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # restored for the rest
