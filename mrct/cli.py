@@ -341,7 +341,10 @@ def _unwind_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _unwind_on_sigterm)  # mrct train's stop flag takes it over while it runs
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # keep an ignore the caller asked for
+        signal.signal(
+            signal.SIGTERM, _unwind_on_sigterm
+        )  # mrct train's stop flag takes it over while it runs
     app(args=expand_prepare_args(sys.argv[1:]))
 
 

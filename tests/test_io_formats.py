@@ -96,3 +96,18 @@ def test_modality_override(tmp_path: Path) -> None:
     write_volume(phantom(), tmp_path / "v.nii.gz")
     assert read_volume(tmp_path / "v.nii.gz", modality=Modality.MR).modality is Modality.MR
     assert not any(TMP_MARK in p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_a_description_is_one_line_of_ascii_in_every_header(tmp_path: Path, suffix: str) -> None:
+    """A newline in an API caller's description once became a header field of its own in MHA
+    (a file mrct's reader then refused); non-ASCII went in raw."""
+    out = write_volume(
+        phantom(), tmp_path / f"o{suffix}", series_description="café\r\nElementType = MET_UCHAR – x"
+    )
+    expected = "caf?  ElementType = MET_UCHAR - x"
+    if suffix == ".nii.gz":
+        assert nib.load(out).header["descrip"].tobytes().rstrip(b"\0").decode("ascii") == expected
+    else:
+        assert sitk.ReadImage(str(out)).GetMetaData("Description") == expected
+    assert np.array_equal(read_volume(out).array, phantom().array)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # mrct.volume imports mrct.io.orientation; avoid the cycle at
     from mrct.io.anonymize import Anonymizer
     from mrct.volume import Modality, Volume
 
-__all__ = ["OutputFormat", "output_format_for", "read_volume", "write_volume"]
+__all__ = ["OutputFormat", "header_label", "output_format_for", "read_volume", "write_volume"]
 
 
 class OutputFormat(str, Enum):
@@ -116,6 +116,15 @@ def output_format_for(path: str | Path) -> OutputFormat:
     raise ValueError(f"{path}: unknown output format; use .nii.gz, .nii, .nrrd, .mha, or a folder/ for DICOM")
 
 
+def header_label(text: str) -> str:
+    """A description fit for a NIfTI ``descrip`` (80 ASCII bytes) or a NRRD/MHA header line:
+    dashes made ASCII, other non-ASCII as "?", control characters (a newline would start a
+    header field of its own) as spaces."""
+    text = text.replace("\u2013", "-").replace("\u2014", "-")
+    text = text.encode("ascii", "replace").decode("ascii")
+    return "".join(c if " " <= c < "\x7f" else " " for c in text).strip()[:80]
+
+
 def write_volume(
     volume: Volume,
     path: str | Path,
@@ -133,14 +142,15 @@ def write_volume(
     """
     p = Path(str(path).rstrip("/\\"))
     fmt = output_format_for(path)
+    label = None if series_description is None else header_label(series_description)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti
 
-        return write_nifti(volume, p, overwrite, description=series_description)
+        return write_nifti(volume, p, overwrite, description=label)
     if fmt in (OutputFormat.NRRD, OutputFormat.MHA):
         from mrct.io.itk import write_itk
 
-        return write_itk(volume, p, overwrite, description=series_description)
+        return write_itk(volume, p, overwrite, description=label)
     from mrct.io.dicom_write import write_dicom_series
 
     write_dicom_series(

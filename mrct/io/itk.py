@@ -76,7 +76,8 @@ def sitk_geometry(
 
 
 def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: str | None = None) -> Path:
-    """Write NRRD or MHA (by suffix), compressed; ``description`` becomes the ``Description`` field."""
+    """Write NRRD or MHA (by suffix), compressed; ``description`` (one line of ASCII: see
+    :func:`mrct.io.header_label`) becomes the ``Description`` field."""
     import SimpleITK as sitk
 
     _utf8_name(path, WriteError)
@@ -89,7 +90,7 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: 
     image.SetOrigin(origin)
     image.SetDirection(direction)
     if description:  # NRRD writes it as "Description:=...", MHA as "Description = ..."
-        image.SetMetaData("Description", description.replace("\u2013", "-"))
+        image.SetMetaData("Description", description)
     with atomic_file(path, overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)

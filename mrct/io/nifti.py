@@ -147,7 +147,7 @@ def verify_gzip(path: Path, end: int) -> None:
 
 def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description: str | None = None) -> Path:
     """Write with qform and sform both set to the volume's affine, units mm; ``description``
-    (else "mrct CT" or "mrct MR") goes into ``descrip``, which holds 80 ASCII bytes."""
+    (else "mrct CT" or "mrct MR"; see :func:`mrct.io.header_label`) goes into ``descrip``."""
     import nibabel as nib
 
     img = nib.Nifti1Image(volume.array, volume.affine)
@@ -158,7 +158,7 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     if description is None and volume.modality is not None:
         description = f"mrct {volume.modality.value}"
     if description:
-        img.header["descrip"] = description.replace("\u2013", "-").encode("ascii", "replace")[:80]
+        img.header["descrip"] = description.encode("ascii", "replace")[:80]
     with atomic_file(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
