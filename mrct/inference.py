@@ -108,7 +108,7 @@ class Translator:
     def __init__(self, package: Any, device: str = "auto", precision: str = "auto") -> None:
         import torch
 
-        from mrct.runtime import inference_threads, resolve_precision
+        from mrct.runtime import check_device, inference_threads, resolve_precision
 
         self.package = package
         if device == "auto":
@@ -117,8 +117,7 @@ class Translator:
             self.device = torch.device(device)
         except RuntimeError as err:
             raise ConfigError(f"--device: {err}") from err
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA device is available")
+        check_device(self.device, device)
         try:
             self.precision = resolve_precision(precision, self.device)
         except ValueError as err:

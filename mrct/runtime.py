@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mrct.errors import ConfigError
 from mrct.networks.generator import ResnetGenerator, pad_spatial
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -59,6 +60,28 @@ def cpu_has_native_bf16() -> bool:
         return False
     native = " amx_bf16" in flags or " avx512_bf16" in flags
     return native and bool(torch.backends.mkldnn.is_available())
+
+
+def check_device(device: torch.device, name: str) -> None:
+    """Raise ConfigError (one line naming ``--device name``) unless ``device`` is usable here:
+    otherwise a missing GPU ordinal or an MPS/XPU build that lacks the backend surfaces later as
+    an "unexpected RuntimeError" from the first tensor moved there."""
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+        return
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
+        raise ConfigError(f"--device {name}: not available on this machine ({reason})") from None
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

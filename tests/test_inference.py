@@ -196,3 +196,18 @@ def test_threads_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_gpu_ordinal_the_machine_lacks_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:5 on a one-GPU machine once failed at the first tensor moved there (exit 70)."""
+    from mrct.errors import ConfigError
+    from mrct.runtime import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ConfigError, match=r"--device cuda:5: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"
+    ):
+        check_device(torch.device("cuda:5"), "cuda:5")
+    check_device(torch.device("cuda:0"), "cuda:0")
+    check_device(torch.device("cpu"), "cpu")

@@ -23,6 +23,8 @@ def resolve_device(name: str, dist: DistContext) -> object:
     """``auto``: this process's GPU when there is one, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
     import torch
 
+    from mrct.runtime import check_device
+
     if name == "auto":
         name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
     elif name == "cuda":
@@ -31,8 +33,7 @@ def resolve_device(name: str, dist: DistContext) -> object:
         device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"--device: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available")
+    check_device(device, name)
     return device
 
 
