@@ -341,10 +341,9 @@ def _unwind_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # keep an ignore the caller asked for
-        signal.signal(
-            signal.SIGTERM, _unwind_on_sigterm
-        )  # mrct train's stop flag takes it over while it runs
+    # An ignore the caller asked for is kept; mrct train's stop flag takes SIGTERM over while it runs.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     app(args=expand_prepare_args(sys.argv[1:]))
 
 

@@ -92,16 +92,15 @@ def check_replaceable(path: Path, owned: Owned) -> None:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as err:
         raise WriteError(f"cannot list the output folder: {err.strerror}", path) from err
-    litter = {e.name for e in entries if e.name in OS_LITTER and e.is_file() and not e.is_symlink()}
-    names = [e.name for e in entries if e.name not in litter]
-    for entry in (e for e in entries if e.name in names):
+    kept = [e for e in entries if not (e.name in OS_LITTER and e.is_file() and not e.is_symlink())]
+    for entry in kept:
         if entry.is_symlink() or not entry.is_file() or not owned.names.fullmatch(entry.name):
             raise OutputExistsError(
                 f"is a folder holding {entry.name!r}, which mrct does not write there; "
                 "--overwrite replaces only an earlier mrct output (choose another output path)",
                 path,
             )
-    if names and owned.marker is not None and owned.marker not in names:
+    if kept and owned.marker is not None and owned.marker not in {e.name for e in kept}:
         raise OutputExistsError(
             f"is a folder without {owned.marker}, so not an earlier mrct output; "
             "--overwrite does not replace it (choose another output path)",

@@ -287,7 +287,6 @@ class Localiser:
         self._brow_centre = centre
 
     def locate(self, work: WorkingImage) -> Localisation:
-
         if work.mask.sum() < 1000:
             raise CropError(f"no head found in the scan (head mask {work.mask_ml:.0f} mL); {OVERRIDES_HINT}")
         if (spread := work.interior_spread()) < MIN_INTERIOR_SPREAD:
