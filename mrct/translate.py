@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,21 +56,27 @@ def input_format(src: Path) -> OutputFormat:
     return OutputFormat.DICOM
 
 
-def default_output(src: Path, to: Modality, fmt: OutputFormat) -> Path:
-    """``scan.nii.gz`` -> ``scan_synthetic_ct.nii.gz``; a DICOM folder -> a sibling folder."""
+def default_output(src: Path, to: Modality, fmt: OutputFormat, series: str | None = None) -> Path:
+    """``scan.nii.gz`` -> ``scan_synthetic_ct.nii.gz``; a DICOM folder -> a sibling folder.
+
+    With ``series`` the name carries it (``study_<UID>_synthetic_ct``), so translating a
+    second series of the same folder does not collide with the first.
+    """
     src = Path(str(src).rstrip("/\\"))
     stem = src.name[: len(src.name) - len(compound_suffix(src))] if src.is_file() else src.name
+    if series:
+        stem += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", series)
     base = src.parent / f"{stem}_synthetic_{to.value.lower()}"
     return base if fmt is OutputFormat.DICOM else base.with_name(base.name + EXTENSIONS[fmt])
 
 
 def resolve_output(
-    src: Path, dst: str | Path | None, to: Modality, fmt: OutputFormat | None
+    src: Path, dst: str | Path | None, to: Modality, fmt: OutputFormat | None, series: str | None = None
 ) -> tuple[Path, OutputFormat]:
     """The output path and format from ``-o`` and ``--format`` (either, both, or neither)."""
     if dst is None:
         chosen = fmt or input_format(src)
-        return default_output(src, to, chosen), chosen
+        return default_output(src, to, chosen, series), chosen
     if str(dst) == "-":
         raise MrctError("mrct writes files, not standard output; give a file or folder name", dst)
     implied = None
@@ -148,7 +155,7 @@ def translate_file(
 
     src = Path(src)
     started = time.perf_counter()
-    out_path, out_fmt = resolve_output(src, dst, to, fmt)
+    out_path, out_fmt = resolve_output(src, dst, to, fmt, series)
     if preview is not None and Path(preview).suffix.lower() != ".png":
         raise MrctError("a preview is written as PNG; give --preview a name ending in .png", preview)
     for path in (out_path, report, preview):

@@ -526,3 +526,29 @@ cli.main()
     assert done.returncode == 143, done.stderr
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "out").iterdir()) == []  # neither the series nor its temporary folder
+
+
+def test_each_chosen_series_gets_its_own_default_output(tmp_path: Path, tiny_model: Path) -> None:
+    # Before, the default name ignored --series: the second series of a folder hit "output exists".
+    study = tmp_path / "study"
+    uids = ("1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102")
+    for number, uid in enumerate(uids, start=1):
+        write_series(
+            study, modality="MR", shape=(48, 48, 24), pixel_spacing=(3.0, 3.0), slice_spacing=3.0,
+            centre=(0.0, 0.0, 10.0), series_uid=uid, series_number=number,
+        )  # fmt: skip
+    for uid in uids:
+        result = _translate(
+            str(study), "--to", "ct", "--series", uid, "--model", str(tiny_model), "--crop-mm", "30,-20"
+        )
+        assert result.exit_code == 0, result.output
+    for uid in uids:
+        out = tmp_path / f"study_{uid}_synthetic_ct"
+        series = {pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in out.glob("*.dcm")}
+        assert len(series) == 1 and len(list(out.glob("*.dcm"))) == 24
+    # A split series' key ("UID#2") becomes a filesystem-safe name.
+    from mrct.io import OutputFormat
+    from mrct.translate import default_output
+
+    named = default_output(study, Modality.CT, OutputFormat.NIFTI, series="1.2.3#2")
+    assert named == tmp_path / "study_1.2.3_2_synthetic_ct.nii.gz"
