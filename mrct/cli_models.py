@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrct.cli_options import DeviceOpt, fail
+from mrct.cli_options import DeviceOpt, count, fail
 
 
 def prepare(
@@ -77,12 +77,13 @@ def prepare(
     counts = result.counts
     earlier = f"; {result.skipped} from an earlier run" if result.skipped else ""
     typer.echo(
-        f"prepared {result.ready} scans (mr {counts['mr'].ready}, ct {counts['ct'].ready}{earlier}), "
-        f"{result.failed} failed; manifest {result.manifest}"
+        f"prepared {count(result.ready, 'scan')} (mr {counts['mr'].ready}, ct {counts['ct'].ready}"
+        f"{earlier}), {result.failed} failed; manifest {result.manifest}"
     )
     if result.failed:
         typer.echo(
-            f'error: {result.failed} scans failed; their errors are in {result.manifest} (status "failed")',
+            f"error: {count(result.failed, 'scan')} failed; "
+            f'their errors are in {result.manifest} (status "failed")',
             err=True,
         )
         raise typer.Exit(1)
@@ -199,7 +200,7 @@ def evaluate(
     except Exception as err:
         fail(err)
     typer.echo(result.table())
-    typer.echo(f"wrote {result.csv} ({len(result.rows)} cases)")
+    typer.echo(f"wrote {result.csv} ({count(len(result.rows), 'case')})")
 
 
 models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True)

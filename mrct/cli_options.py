@@ -32,6 +32,11 @@ def fail(err: BaseException) -> NoReturn:
     raise typer.Exit(70)
 
 
+def count(n: int, noun: str) -> str:
+    """``count(1, "scan")`` -> "1 scan", ``count(3, "scan")`` -> "3 scans" (regular plurals only)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def modality_of(choice: ModalityChoice | None):  # type: ignore[no-untyped-def]
     from mrct.volume import Modality
 

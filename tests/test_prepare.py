@@ -176,7 +176,7 @@ def test_cli_corrupt_input_fails_alone(data: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, expand_prepare_args(args))
     assert result.exit_code == 1, result.output
     assert "prepared 3 scans (mr 1, ct 2), 1 failed" in result.stdout
-    assert "manifest" in result.stderr and "failed" in result.stderr
+    assert "error: 1 scan failed;" in result.stderr  # singular, not "1 scans"
     status = {e["id"]: e["status"] for e in manifest(out)["scans"]}
     assert status == {"sub-02_T1w": "ok", "bad": "failed", "ct-a": "ok", "ct-b": "ok"}
 
