@@ -56,11 +56,12 @@ def _register_to(fixed: Volume, moving: Volume, *, affine: bool) -> np.ndarray:
     """Warp ``moving`` onto ``fixed``'s grid (correlation; similarity then optionally affine)."""
     import SimpleITK as sitk
 
-    from mrct.preprocessing.localise import _anchor_lps, _sitk_image
+    from mrct.preprocessing.localise import _anchor_lps
+    from mrct.preprocessing.registration import sitk_image
 
     f_work = working_image(fixed, Modality.MR, step_mm=4.0)
     m_work = working_image(moving, Modality.MR, step_mm=4.0)
-    f_img, m_img = _sitk_image(fixed.array, fixed.affine), _sitk_image(moving.array, moving.affine)
+    f_img, m_img = sitk_image(fixed.array, fixed.affine), sitk_image(moving.array, moving.affine)
     start = sitk.Similarity3DTransform()
     start.SetCenter(_anchor_lps(f_work).tolist())
     start.SetTranslation((_anchor_lps(m_work) - _anchor_lps(f_work)).tolist())

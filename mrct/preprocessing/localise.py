@@ -19,11 +19,8 @@ apart); levels outside the scan are checked separately (:func:`check_slab_in_sca
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -36,6 +33,7 @@ from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
 from mrct.preprocessing.mask import MIN_INTERIOR_SPREAD, WorkingImage, working_image
+from mrct.preprocessing.registration import map_point, one_itk_thread, register, sitk_image, uint8_image
 from mrct.volume import Modality
 
 log = logging.getLogger(__name__)
@@ -133,22 +131,6 @@ def load_reference() -> Reference:
     )
 
 
-def _sitk_image(array: npt.NDArray, affine: npt.NDArray[np.float64]):  # type: ignore[no-untyped-def]
-    """A SimpleITK image (LPS) of a RAS-aligned working array indexed [x, y, z]."""
-    import SimpleITK as sitk
-
-    from mrct.io.itk import sitk_geometry
-
-    image = sitk.GetImageFromArray(
-        np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0))
-    )
-    spacing, direction, origin = sitk_geometry(affine)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    image.SetOrigin(origin)
-    return image
-
-
 def _anchor_lps(work: WorkingImage) -> npt.NDArray[np.float64]:
     """A point 50 mm below the vertex, at the centre of the head's upper part (LPS mm)."""
     pts = work.mask_points()
@@ -158,101 +140,10 @@ def _anchor_lps(work: WorkingImage) -> npt.NDArray[np.float64]:
     return np.array([-centre[0], -centre[1], top - 50.0])
 
 
-@dataclass(frozen=True)
-class _Registered:
-    transform: Any
-    metric: float
-
-
-# ITK's thread count is process-wide: one localisation at a time sets it (see _one_itk_thread).
-_ITK_THREADS = threading.Lock()
-
-
-@contextlib.contextmanager
-def _one_itk_thread() -> Iterator[None]:
-    """Run ITK single-threaded: its registration metric adds up per-thread partial sums in an
-    order that varies from run to run, so with several threads the same scan gave slightly
-    different slabs (by up to 7 mm where the jaw is extrapolated below the field of view).
-    SimpleITK's documentation gives one thread as the way to reproducible registration; it
-    costs about 0.4 s per scan on two cores."""
-    import SimpleITK as sitk
-
-    with _ITK_THREADS:
-        before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        try:
-            yield
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
-
-
-def _register(  # type: ignore[no-untyped-def]
-    fixed,
-    fixed_mask,
-    moving,
-    initial,
-    *,
-    shrink: tuple[int, ...],
-    iterations: int,
-    affine: bool = False,
-    outer=None,
-) -> _Registered:
-    """Mattes MI registration of the scan (moving) to the reference (fixed), LPS.
-
-    ``initial`` is a similarity transform (optimised in place when ``outer`` is
-    given: then ``outer`` is held fixed and applied after it, for local refinement).
-    """
-    import SimpleITK as sitk
-
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.3, 17)  # fixed seed and one thread: the same slab every time
-    method.SetMetricFixedMask(fixed_mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=0.5 if outer is not None else 1.0,
-        minStep=1e-3,
-        numberOfIterations=iterations,
-        relaxationFactor=0.6,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink))
-    method.SetSmoothingSigmasPerLevel([float(s) for s in shrink])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    if outer is not None:
-        method.SetMovingInitialTransform(outer)
-        transform = initial
-    elif affine:
-        transform = sitk.AffineTransform(3)
-        transform.SetCenter(initial.GetCenter())
-        transform.SetMatrix(initial.GetMatrix())
-        transform.SetTranslation(initial.GetTranslation())
-    else:
-        transform = sitk.Similarity3DTransform(initial)
-    method.SetInitialTransform(transform, inPlace=True)
-    method.Execute(fixed, moving)
-    return _Registered(transform, float(method.GetMetricValue()))
-
-
-def _map_point(ras: tuple[float, float, float], *transforms) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
-    """Map a reference point (RAS) through transforms applied in order (ITK works in LPS)."""
-    point = (-ras[0], -ras[1], ras[2])
-    for t in transforms:
-        point = t.TransformPoint(point)
-    return (-float(point[0]), -float(point[1]), float(point[2]))
-
-
 def ndi_dilate(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     from scipy import ndimage as ndi
 
     return np.asarray(ndi.binary_dilation(mask, iterations=2), dtype=bool)
-
-
-def _uint8_image(mask: npt.NDArray[np.bool_], affine: npt.NDArray[np.float64]):  # type: ignore[no-untyped-def]
-    import SimpleITK as sitk
-
-    return sitk.Cast(_sitk_image(mask.astype(np.float32), affine), sitk.sitkUInt8)
 
 
 def _box(work: WorkingImage, centre: npt.NDArray[np.float64], extent) -> npt.NDArray[np.bool_]:  # type: ignore[no-untyped-def]
@@ -280,10 +171,10 @@ class Localiser:
     def __init__(self, reference: Reference | None = None) -> None:
         self.reference = reference or load_reference()
         ref = self.reference.work
-        self._fixed = _sitk_image(ref.array, ref.affine)
-        self._fixed_mask = _uint8_image(ndi_dilate(ref.mask), ref.affine)
+        self._fixed = sitk_image(ref.array, ref.affine)
+        self._fixed_mask = uint8_image(ndi_dilate(ref.mask), ref.affine)
         centre = np.mean([self.reference.landmarks_ras[k] for k in BROW_KEYS], axis=0)
-        self._brow_mask = _uint8_image(_box(ref, centre, BROW_REGION_MM) & ndi_dilate(ref.mask), ref.affine)
+        self._brow_mask = uint8_image(_box(ref, centre, BROW_REGION_MM) & ndi_dilate(ref.mask), ref.affine)
         self._brow_centre = centre
 
     def locate(self, work: WorkingImage) -> Localisation:
@@ -294,25 +185,25 @@ class Localiser:
                 f"the object in the scan is nearly uniform inside (intensity spread {spread:.2f} of its "
                 f"contrast; heads are above 0.4): a phantom, not a head? {OVERRIDES_HINT}"
             )
-        with _one_itk_thread():
+        with one_itk_thread():
             return self._register_reference(work)
 
     def _register_reference(self, work: WorkingImage) -> Localisation:
         import SimpleITK as sitk
 
         fixed, fixed_mask = self._fixed, self._fixed_mask
-        moving = _sitk_image(work.array, work.affine)
+        moving = sitk_image(work.array, work.affine)
         ref_anchor, scan_anchor = _anchor_lps(self.reference.work), _anchor_lps(work)
         results = []
         for shift in START_SHIFTS_MM:
             start = sitk.Similarity3DTransform()
             start.SetCenter(ref_anchor.tolist())
             start.SetTranslation((scan_anchor - ref_anchor + np.array([0.0, 0.0, shift])).tolist())
-            results.append(_register(fixed, fixed_mask, moving, start, shrink=(2,), iterations=60))
+            results.append(register(fixed, fixed_mask, moving, start, shrink=(2,), iterations=60))
         scored = sorted(results, key=lambda t: t.metric)
         landmarks_by_start = [self._map_landmarks(t.transform) for t in scored]
-        similarity = _register(fixed, fixed_mask, moving, scored[0].transform, shrink=(1,), iterations=80)
-        final = _register(
+        similarity = register(fixed, fixed_mask, moving, scored[0].transform, shrink=(1,), iterations=80)
+        final = register(
             fixed, fixed_mask, moving, similarity.transform, shrink=(1,), iterations=60, affine=True
         )
         if final.metric > similarity.metric:
@@ -323,16 +214,16 @@ class Localiser:
         # Local refinement of the brow: a similarity transform on the orbits, composed after the affine.
         brow = sitk.Similarity3DTransform()
         brow.SetCenter((-self._brow_centre[0], -self._brow_centre[1], float(self._brow_centre[2])))
-        _register(fixed, self._brow_mask, moving, brow, shrink=(1,), iterations=60, outer=final.transform)
+        register(fixed, self._brow_mask, moving, brow, shrink=(1,), iterations=60, outer=final.transform)
         for key in BROW_KEYS:
-            landmarks[key] = _map_point(self.reference.landmarks_ras[key], brow, final.transform)
+            landmarks[key] = map_point(self.reference.landmarks_ras[key], brow, final.transform)
         spread = _spread(landmarks_by_start, [t.metric for t in scored])
         return self._localisation(
             work, landmarks, final.metric, spread, chin_edge_s(work, landmarks["menton"])
         )
 
     def _map_landmarks(self, transform) -> dict[str, tuple[float, float, float]]:  # type: ignore[no-untyped-def]
-        return {name: _map_point(p, transform) for name, p in self.reference.landmarks_ras.items()}
+        return {name: map_point(p, transform) for name, p in self.reference.landmarks_ras.items()}
 
     def _localisation(
         self,
