@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from mrct.cli import app
 from mrct.config import from_mapping
 from mrct.cyclegan import ImagePool, adversarial_loss, const_loss, cycle_loss
-from mrct.errors import ConfigError, OutputExistsError
+from mrct.errors import ConfigError, OutputExistsError, ReadError
 from mrct.prepare import prepare_dataset
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.training.config import TrainConfig, load_train_config
@@ -243,6 +244,43 @@ def test_resume_equals_the_uninterrupted_run(tmp_path: Path, prepared: Path) -> 
         json.loads(line)["iteration"] for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
     ]
     assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_survives_a_lost_pointer_a_deleted_checkpoint_and_a_torn_log(
+    tmp_path: Path, prepared: Path
+) -> None:
+    # Before, a missing newest checkpoint (or a dangling "latest") made --resume wipe the run
+    # and start at iteration 0, and a log line cut short by a hard kill stopped it (exit 70).
+    config = tiny()
+    run = tmp_path / "run"
+    train_run(config, prepared, run, progress=False)  # checkpoints at 3 and 6
+    shutil.rmtree(run / "checkpoints" / "iter_0000006")
+    with (run / "log.jsonl").open("a") as f:
+        f.write('{"iteration": 7, "los')
+    again = train_run(config, prepared, run, resume=True, progress=False)
+    assert again.iteration == 6 and len(again.losses) == 3  # iterations 4-6: resumed from 3
+    assert (run / "checkpoints" / "iter_0000006").is_dir()
+    logged = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]
+    (run / "checkpoints" / "latest").unlink()
+    done = train_run(config, prepared, run, resume=True, progress=False)
+    assert (done.iteration, done.losses) == (6, [])  # found iter_0000006 without the pointer
+
+
+def test_a_damaged_checkpoint_is_a_read_error(tmp_path: Path, prepared: Path) -> None:
+    config = tiny(optim={"iterations": 3, "decay_iterations": 0})
+    run = tmp_path / "run"
+    train_run(config, prepared, run, progress=False)
+    state_file = run / "checkpoints" / "iter_0000003" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["schedulers"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ReadError, match="not a readable checkpoint"):
+        train_run(config, prepared, run, resume=True, progress=False)
+    networks = run / "checkpoints" / "iter_0000003" / "networks.safetensors"
+    networks.write_bytes(b"\xff" * 8 + networks.read_bytes()[8:])  # a header length far too large
+    with pytest.raises(ReadError, match="not a readable checkpoint"):
+        train_run(config, prepared, run, resume=True, progress=False)
 
 
 def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared: Path) -> None:

@@ -15,16 +15,21 @@ so an interrupted save never leaves a half checkpoint that ``--resume`` would pi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mrct.errors import ReadError
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest"
 
@@ -124,13 +129,47 @@ def _prune(folder: Path, keep: int, newest: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The entries of a run's ``log.jsonl``; a line cut short by a hard kill (or otherwise not a
+    JSON object with an iteration) is left out rather than stopping a resume or an export."""
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("iteration"), int):
+            entries.append(entry)
+    return entries
+
+
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = run_dir / "checkpoints" / LATEST
-    if not pointer.is_file():
+    """The newest complete checkpoint of a run, or None.
+
+    That is the one ``latest`` points at; when the pointer is missing, unreadable or names a
+    folder that is gone or incomplete (deleted by hand, a damaged disk), the newest complete
+    ``iter_*`` folder, with a warning, so that ``--resume`` never starts a long run afresh
+    while a checkpoint of it remains.
+    """
+    folder = run_dir / "checkpoints"
+    pointer = folder / LATEST
+    named = None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        named = pointer.read_text(encoding="utf-8").strip()
+    if named and _complete(folder / named):
+        return folder / named
+    complete = sorted(p for p in folder.glob("iter_*") if _complete(p)) if folder.is_dir() else []
+    if not complete:
         return None
-    path = run_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / "state.json").is_file() else None
+    why = f"points at {named}, which is missing or incomplete" if named else "is missing"
+    log.warning("%s: the latest pointer %s; using %s", folder, why, complete[-1].name)
+    return complete[-1]
+
+
+def _complete(path: Path) -> bool:
+    return all(
+        (path / name).is_file() for name in ("state.json", "networks.safetensors", "optimizers.safetensors")
+    )
 
 
 def load(
@@ -152,5 +191,5 @@ def load(
             state,
             load_file(str(rank_file)),
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise ReadError(f"not a readable checkpoint ({err})", path) from err

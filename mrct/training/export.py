@@ -31,9 +31,8 @@ def _final_losses(run_dir: Path, iteration: int) -> dict[str, float]:
     path = run_dir / "log.jsonl"
     if not path.is_file():
         return {}
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
-        entry = json.loads(line)
-        if entry.get("iteration", 0) <= iteration:
+    for entry in reversed(checkpoint.read_log(path)):
+        if entry["iteration"] <= iteration:
             return {k: v for k, v in entry.items() if k.startswith("loss/")}
     return {}
 

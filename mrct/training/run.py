@@ -46,6 +46,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
         if saved != to_dict(config):
             raise ConfigError("this run was started with another config; resume it with that config", run_dir)
         return found
+    if resume and started and not overwrite:
+        log.warning("%s: no complete checkpoint to resume from; starting again from iteration 0", run_dir)
     if started and not resume and not overwrite:
         raise OutputExistsError(
             "holds a training run; pass --resume to continue it or --overwrite to start again", run_dir

@@ -35,7 +35,7 @@ from mrct.cyclegan import (
     set_requires_grad,
     unwrap,
 )
-from mrct.errors import ConfigError
+from mrct.errors import ConfigError, ReadError
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
@@ -182,6 +182,19 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         networks, optim, state, rank = checkpoint.load(path, self.dist.rank)
+        try:
+            self._restore(networks, optim, state, rank)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            # A checkpoint edited by hand, or from another architecture: say so, not "unexpected".
+            raise ReadError(f"not a readable checkpoint ({type(err).__name__}: {err})", path) from err
+
+    def _restore(
+        self,
+        networks: dict[str, torch.Tensor],
+        optim: dict[str, torch.Tensor],
+        state: dict[str, Any],
+        rank: dict[str, torch.Tensor],
+    ) -> None:
         if state.get("world_size", 1) != self.dist.world_size:
             log.warning(
                 "resuming %d processes from a %d-process run: not exact",
@@ -369,9 +382,5 @@ def _truncate_log(path: Path, start: int) -> None:
     """On resume, drop entries logged after the checkpoint (they will be logged again)."""
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if json.loads(line)["iteration"] <= start
-    ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    keep = [entry for entry in checkpoint.read_log(path) if entry["iteration"] <= start]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")
