@@ -283,6 +283,39 @@ def test_a_damaged_checkpoint_is_a_read_error(tmp_path: Path, prepared: Path) ->
         train_run(config, prepared, run, resume=True, progress=False)
 
 
+def test_an_error_in_a_loader_worker_stops_the_workers(
+    tmp_path: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the workers outlived the error and the exiting process waited on them forever.
+    import multiprocessing
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a disk went away")
+
+    monkeypatch.setattr(UnpairedBatches, "_sample", broken)  # the forked worker inherits it
+    with pytest.raises(RuntimeError, match="a disk went away"):
+        train_run(tiny(data={"workers": 1}), prepared, tmp_path / "run", progress=False)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_patch_or_array_the_run_cannot_use_is_refused_before_the_folder_is_touched(
+    tmp_path: Path, prepared: Path
+) -> None:
+    for data, message in (
+        ({"patch": [3, 5, 7]}, "too small for the discriminator"),
+        ({"patch": [8, 96, 48]}, "larger than the prepared grid"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_run(tiny(data=data), prepared, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(prepared, damaged)
+    first = sorted((damaged / "mr").glob("*.npy"))[0]
+    np.save(first, np.zeros((4, 48, 48), np.float32))
+    with pytest.raises(ReadError, match="not float32 \\[8, 48, 48\\]"):
+        train_run(tiny(), damaged, tmp_path / "run", progress=False)
+
+
 def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared: Path) -> None:
     config = tiny(optim={"iterations": 1, "decay_iterations": 0})
     train_run(config, prepared, tmp_path / "run", progress=False)

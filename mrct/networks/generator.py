@@ -188,6 +188,11 @@ class ResnetGenerator(nn.Module):
         )
         init_weights(self)
 
+    def bottleneck_shape(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """The spatial shape between the resampling steps for an input of ``spatial_size`` voxels
+        (each axis padded up to a multiple of its total stride)."""
+        return tuple(-(-n // m) for n, m in zip(spatial_size, self.size_multiple, strict=True))
+
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
         if x.ndim != cfg.spatial_dims + 2 or x.shape[1] != cfg.in_channels:
@@ -200,7 +205,7 @@ class ResnetGenerator(nn.Module):
         for n, m in zip(size, self.size_multiple, strict=True):
             extra = -n % m
             widths.append((extra // 2, extra - extra // 2))
-        bottleneck = [(n + sum(w)) // m for n, w, m in zip(size, widths, self.size_multiple, strict=True)]
+        bottleneck = self.bottleneck_shape(size)
         if math.prod(bottleneck) < 2:
             # Instance norm needs more than one voxel to normalise over.
             raise ValueError(f"input of spatial size {size} is too small: bottleneck {tuple(bottleneck)}")

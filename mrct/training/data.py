@@ -73,7 +73,9 @@ class PreparedSet:
                 crop = entry["crop"]
                 depth_mm = (crop["superior_mm"] - crop["inferior_mm"]) / grid["depth"]
                 spacing = (float(depth_mm), float(grid["inplane_mm"]), float(grid["inplane_mm"]))
-                found.append(PreparedScan(scan_id, root / entry["files"]["image"], spacing))
+                image = root / entry["files"]["image"]
+                _check_array(image, (int(grid["depth"]), int(grid["height"]), int(grid["width"])))
+                found.append(PreparedScan(scan_id, image, spacing))
             if not found:
                 raise ReadError(f"no prepared {domain.upper()} scan in the {split} split", path)
             scans[domain] = tuple(found)
@@ -95,6 +97,21 @@ class PreparedSet:
             "manifest_sha256": self.manifest_sha256,
             "train_scans": {d: len(s) for d, s in self.scans.items()},
         }
+
+
+def _check_array(path: Path, shape: tuple[int, ...]) -> None:
+    """A prepared array is there, readable and on the set's grid: checked when a run starts
+    (reading its header only), so a damaged set is one clear error, not a failure in a worker."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ReadError(f"not a readable prepared array ({err}); prepare the set again", path) from err
+    if array.shape != shape or array.dtype != np.float32:
+        raise ReadError(
+            f"prepared array is {array.dtype} {list(array.shape)}, not float32 {list(shape)} as the set's "
+            "grid says; prepare the set again",
+            path,
+        )
 
 
 class UnpairedBatches:

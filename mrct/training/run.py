@@ -86,12 +86,13 @@ def train_run(
     dist.start(torch_device.type)  # type: ignore[attr-defined]
     try:
         start_from = _prepare_run_dir(run_dir, config, resume, overwrite)
+        # Built first: a patch the networks cannot take is refused before the folder is touched.
+        trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
         dist.barrier()  # every process has checked the folder before the main one changes it
         if dist.is_main and start_from is None:
             _start_new_run(run_dir, config, data)
         dist.barrier()
         end = config.optim.iterations if until is None else min(until, config.optim.iterations)
-        trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
         if start_from is not None:
             trainer.restore(start_from)
             log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)

@@ -9,14 +9,13 @@ A run folder holds ``config.json`` (the frozen config it was started with), ``da
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
+from mrct.training.logs import RunLogs
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Trainer:
             self._memory_format = torch.channels_last_3d if three_d else torch.channels_last
             gens = gens.to(memory_format=self._memory_format)  # type: ignore[call-overload]
             discs = discs.to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        _check_input_size(config, data, gens, discs)
         self.generators: Any = dist.wrap(gens, device)
         self.discriminators: Any = dist.wrap(discs, device)
         if runtime.compile:
@@ -215,7 +216,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def batches(self, end: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, end: int) -> Generator[dict[str, torch.Tensor], None, None]:
         """Iteration ``i``'s batch for i in [self.iteration, end), prefetched by workers."""
         from torch.utils.data import DataLoader
 
@@ -241,13 +242,21 @@ class Trainer:
         finally:
             if old_mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        yield from iterator
+        try:
+            yield from iterator
+        finally:
+            # After an error (in a worker or in the loop) the workers must be told to stop now:
+            # left to the garbage collector, they wait for work while the exiting main process
+            # waits for them, and mrct hangs after printing its error.
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def train(self, end: int, progress: bool = True) -> TrainResult:
         """Train until iteration ``end``; Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and stops."""
         from tqdm import tqdm
 
-        logs = _Logs(self.run_dir, self.config, self.dist.is_main, self.iteration)
+        logs = RunLogs(self.run_dir, self.config, self.dist.is_main, self.iteration)
         result = TrainResult(
             self.run_dir, self.iteration, checkpoint.latest(self.run_dir), main=self.dist.is_main
         )
@@ -262,8 +271,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         tick, tick_iteration = time.perf_counter(), self.iteration
-        with stop, bar, logs:
-            for batch in self.batches(end):
+        with stop, bar, logs, contextlib.closing(self.batches(end)) as batches:
+            for batch in batches:
                 losses = self.step(batch["mr"], batch["ct"])
                 result.losses.append({"iteration": self.iteration, **losses})
                 bar.update()
@@ -291,6 +300,28 @@ class Trainer:
         if self.device.type == "cuda":
             return {"memory/cuda_max_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
         return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _check_input_size(
+    config: TrainConfig, data: PreparedSet, gens: Generators, discs: Discriminators
+) -> None:
+    """Refuse, before any worker starts, a patch the prepared grid cannot give or the networks
+    cannot take (too small for the discriminator's strides or the generator's bottleneck)."""
+    grid = data.preprocessing["grid"]
+    shape = (int(grid["depth"]), int(grid["height"]), int(grid["width"]))
+    patch = config.data.patch
+    if patch is not None and any(p > s for p, s in zip(patch, shape, strict=True)):
+        raise ConfigError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
+    size = tuple(patch or shape)[3 - config.model.generator.spatial_dims :]
+    what = f"data.patch {list(patch)}" if patch is not None else f"the prepared grid {list(shape)}"
+    logits = discs.d_ct.output_shape(size)
+    if min(logits) < 1:
+        raise ConfigError(
+            f"{what} is too small for the discriminator (n_layers "
+            f"{config.model.discriminator.n_layers}): its patch grid would be {logits}"
+        )
+    if math.prod(gens.mr_to_ct.bottleneck_shape(size)) < 2:
+        raise ConfigError(f"{what} is too small for the generator's two downsampling steps")
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -338,49 +369,3 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-class _Logs:
-    """log.jsonl, TensorBoard and previews, written by the main process only."""
-
-    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, start: int) -> None:
-        self.run_dir, self.config, self.enabled = run_dir, config, enabled
-        self.writer: Any = None
-        if enabled:
-            _truncate_log(run_dir / "log.jsonl", start)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1)
-
-    def __enter__(self) -> _Logs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-    def scalars(
-        self, it: int, losses: dict[str, float], lr: float, rate: float, memory: dict[str, float]
-    ) -> None:
-        if not self.enabled:
-            return
-        values = {**losses, "lr": lr, "speed/iterations_per_s": rate, **memory}
-        for key, value in values.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(key, value, it)
-        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": it, **values}) + "\n")
-
-    def preview(self, it: int, images: dict[str, torch.Tensor]) -> None:
-        from mrct.training.previews import write_preview
-
-        picture = write_preview(images, self.run_dir / "previews" / f"iter_{it:07d}.png")
-        self.writer.add_image("preview", picture, it, dataformats="HW")
-
-
-def _truncate_log(path: Path, start: int) -> None:
-    """On resume, drop entries logged after the checkpoint (they will be logged again)."""
-    if not path.exists():
-        return
-    keep = [entry for entry in checkpoint.read_log(path) if entry["iteration"] <= start]
-    path.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")

@@ -1,0 +1,60 @@
+"""What a training run writes as it goes, besides checkpoints: ``log.jsonl`` (one line per
+logged iteration), TensorBoard scalars and preview pictures. Main process only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrct.training import checkpoint
+from mrct.training.config import TrainConfig
+
+
+class RunLogs:
+    """log.jsonl, TensorBoard and previews, written by the main process only."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, start: int) -> None:
+        self.run_dir, self.config, self.enabled = run_dir, config, enabled
+        self.writer: Any = None
+        if enabled:
+            truncate_log(run_dir / "log.jsonl", start)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1)
+
+    def __enter__(self) -> RunLogs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def scalars(
+        self, it: int, losses: dict[str, float], lr: float, rate: float, memory: dict[str, float]
+    ) -> None:
+        if not self.enabled:
+            return
+        values = {**losses, "lr": lr, "speed/iterations_per_s": rate, **memory}
+        for key, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, it)
+        with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"iteration": it, **values}) + "\n")
+
+    def preview(self, it: int, images: dict[str, torch.Tensor]) -> None:
+        from mrct.training.previews import write_preview
+
+        picture = write_preview(images, self.run_dir / "previews" / f"iter_{it:07d}.png")
+        self.writer.add_image("preview", picture, it, dataformats="HW")
+
+
+def truncate_log(path: Path, start: int) -> None:
+    """On resume, drop entries logged after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [entry for entry in checkpoint.read_log(path) if entry["iteration"] <= start]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")
