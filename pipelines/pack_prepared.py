@@ -27,9 +27,9 @@ LEVELS = 4095  # 12 bits
 SUFFIX = ".u12.xz"
 
 
-def _train_images(root: Path) -> list[Path]:
+def _train_images(root: Path, packed: bool = False) -> list[Path]:
     """The training split's images, relative to ``root``, as ``mrct train`` reads them."""
-    scans = PreparedSet.open(root).scans.values()
+    scans = PreparedSet.open(root, check_arrays=not packed).scans.values()
     return [scan.image.relative_to(root) for domain in scans for scan in domain]
 
 
@@ -55,7 +55,7 @@ def pack(prepared: Path, packed: Path) -> None:
 
 
 def unpack(packed: Path, prepared: Path) -> None:
-    images = _train_images(packed)
+    images = _train_images(packed, packed=True)
     prepared.mkdir(parents=True, exist_ok=True)
     shutil.copy2(packed / "manifest.json", prepared / "manifest.json")
     for rel in images:

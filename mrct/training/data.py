@@ -45,8 +45,11 @@ class PreparedSet:
     manifest_sha256: str
 
     @classmethod
-    def open(cls, root: str | Path, split: str = "train") -> PreparedSet:
-        """Read ``root/manifest.json``; both domains need at least one usable scan in ``split``."""
+    def open(cls, root: str | Path, split: str = "train", check_arrays: bool = True) -> PreparedSet:
+        """Read ``root/manifest.json``; both domains need at least one usable scan in ``split``.
+
+        ``check_arrays=False`` lists the scans without opening their arrays (a packed copy of
+        the set, whose arrays are stored compressed under other names)."""
         import hashlib
 
         root = Path(root)
@@ -74,7 +77,8 @@ class PreparedSet:
                 depth_mm = (crop["superior_mm"] - crop["inferior_mm"]) / grid["depth"]
                 spacing = (float(depth_mm), float(grid["inplane_mm"]), float(grid["inplane_mm"]))
                 image = root / entry["files"]["image"]
-                _check_array(image, (int(grid["depth"]), int(grid["height"]), int(grid["width"])))
+                if check_arrays:
+                    _check_array(image, (int(grid["depth"]), int(grid["height"]), int(grid["width"])))
                 found.append(PreparedScan(scan_id, image, spacing))
             if not found:
                 raise ReadError(f"no prepared {domain.upper()} scan in the {split} split", path)
