@@ -75,6 +75,40 @@ def _accuracy(results: dict[str, dict], key: str, label: str) -> tuple[np.ndarra
     return abs_err, within, worst
 
 
+@pytest.mark.parametrize("kind", ["zeros", "noise"])
+def test_a_volume_with_no_object_is_a_crop_error_naming_the_file(tmp_path: Path, kind: str) -> None:
+    """An empty or pure-noise volume used to reach ITK and come back as an internal error
+    (exit 70); it is a one-line crop error (exit 6) naming the file, for locate and translate."""
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from mrct.cli import app
+
+    shape = (96, 96, 80)
+    rng = np.random.default_rng(1)
+    arr = np.zeros(shape, np.float32) if kind == "zeros" else rng.uniform(0, 1000, shape).astype(np.float32)
+    path = tmp_path / f"{kind}.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    for args in (["locate", str(path)], ["translate", str(path), "--to", "ct", "--force"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 6, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines[-1]) < 400 and lines[-1].startswith(f"error: {path}: "), lines
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.realdata
+def test_the_top_of_a_skull_alone_is_a_crop_error_not_an_itk_failure(shared_data: Path) -> None:
+    """The top 25 slices of a real CT (vertex only): ITK cannot lay the template on them.
+    That is a crop error with ITK's reason in a few words, not an internal error."""
+    ct = read_volume(shared_data / "ct" / "unc_cthead_cadaver_hu.nii.gz")
+    assert ct.affine[2, 2] < 0  # slice 0 is the top of the head
+    vertex = Volume(ct.array[:, :, :25].copy(), ct.affine.copy(), Modality.CT)
+    with pytest.raises(CropError, match=r"template could not be registered to the scan \(All samples") as err:
+        locate_volume(vertex, Localiser(load_reference()))
+    assert len(str(err.value)) < 300 and "ITK" not in str(err.value)
+
+
 @pytest.mark.realdata
 def test_brow_accuracy_on_held_out_heads(results: dict[str, dict]) -> None:
     abs_err, within, worst = _accuracy(results, "superior_mm", "brow")

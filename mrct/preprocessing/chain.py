@@ -26,7 +26,7 @@ from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
 from mrct.preprocessing.grid import model_grid_affine, resample, world_extent
 from mrct.preprocessing.intensity import IntensityMap, ct_map, mr_map
 from mrct.preprocessing.localise import Localiser, check_slab_in_scan
-from mrct.preprocessing.mask import WorkingImage, working_image
+from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, working_image
 from mrct.preprocessing.record import PreprocessRecord, _matrix
 from mrct.volume import Modality, Volume
 
@@ -60,7 +60,7 @@ class HeadMaskd(MapTransform):
         d = dict(data)
         array, affine = _numpy(d["image"])
         work = working_image(Volume(array, affine, self.modality), self.modality)
-        if work.mask_ml < 300:  # an adult head is 3-5 L; a tenth of that is not a head
+        if work.mask_ml < MIN_HEAD_ML:
             raise CropError(f"no head found (head mask {work.mask_ml:.0f} mL); is this a head scan?")
         d["work"] = work
         d["record"]["mask"] = {

@@ -32,7 +32,7 @@ from mrct.errors import CropError
 from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
-from mrct.preprocessing.mask import MIN_INTERIOR_SPREAD, WorkingImage, working_image
+from mrct.preprocessing.mask import MIN_HEAD_ML, MIN_INTERIOR_SPREAD, WorkingImage, working_image
 from mrct.preprocessing.registration import map_point, one_itk_thread, register, sitk_image, uint8_image
 from mrct.volume import Modality
 
@@ -178,7 +178,10 @@ class Localiser:
         self._brow_centre = centre
 
     def locate(self, work: WorkingImage) -> Localisation:
-        if work.mask.sum() < 1000:
+        if float(np.ptp(work.array)) == 0.0:
+            value = float(work.array.flat[0])
+            raise CropError(f"the scan holds one value everywhere ({value:g}); no head to find")
+        if work.mask_ml < MIN_HEAD_ML:
             raise CropError(f"no head found in the scan (head mask {work.mask_ml:.0f} mL); {OVERRIDES_HINT}")
         if (spread := work.interior_spread()) < MIN_INTERIOR_SPREAD:
             raise CropError(
@@ -186,7 +189,15 @@ class Localiser:
                 f"contrast; heads are above 0.4): a phantom, not a head? {OVERRIDES_HINT}"
             )
         with one_itk_thread():
-            return self._register_reference(work)
+            try:
+                return self._register_reference(work)
+            except RuntimeError as err:
+                # ITK gives up when the template cannot be laid on the scan at all: noise, a few
+                # slices of the vertex, an object that is no head. Say so, not ITK's internals.
+                raise CropError(
+                    f"the head template could not be registered to the scan ({_itk_reason(err)}); is "
+                    f"this a head scan that covers brow to jaw? {OVERRIDES_HINT}"
+                ) from None
 
     def _register_reference(self, work: WorkingImage) -> Localisation:
         import SimpleITK as sitk
@@ -257,6 +268,19 @@ class Localiser:
             "jaw_from": "registration" if chin_edge is None else "chin_edge",
         }
         return Localisation(slab, landmarks, metric, spread, (float(lo[2]), float(hi[2])), details)
+
+
+def _itk_reason(err: RuntimeError) -> str:
+    """The gist of an ITK exception: the first sentence after 'ITK ERROR: Object(0x...):', on
+    one line and at most about 100 characters, cut at a word boundary."""
+    text = " ".join(str(err).split())
+    _, sep, rest = text.partition("ITK ERROR:")
+    if sep:
+        text = rest.split("):", 1)[-1] if "):" in rest else rest
+    text = text.strip().split(". ", 1)[0].rstrip(".")
+    if len(text) > 100:
+        text = text[:100].rsplit(" ", 1)[0] + "..."
+    return text
 
 
 def _spread(landmarks_by_start: list[dict[str, tuple[float, float, float]]], metrics: list[float]) -> float:

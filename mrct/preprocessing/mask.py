@@ -23,6 +23,8 @@ CT_BODY_HU = -500.0
 # uniform fill. ``interior_spread`` was 0.40-1.4 on the 53 real heads in ../shared/data (the
 # lowest a tilted GE CT cut at the jaw) and 0.03 on a noisy uniform cylinder and sphere.
 MIN_INTERIOR_SPREAD = 0.1
+# An adult head is 3-5 L; a tenth of that is not a head (a slice or two, a finger, a phantom).
+MIN_HEAD_ML = 300.0
 
 
 @dataclass(frozen=True, eq=False)
