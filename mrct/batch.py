@@ -105,9 +105,19 @@ class _Loaded:
     prepared: Any = None  # localised and on the model grid (Translator.prepare), ready to run
 
 
+# Options that ``mrct translate`` has and batch has not: a message suggesting one points there.
+_TRANSLATE_ONLY = {
+    "pass --allow-gaps": "translate it alone with mrct translate --allow-gaps",
+    "with --series UID": "with mrct translate --series UID",
+}
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, MrctError) else f"unexpected {type(err).__name__}: {err}"
-    return (text.splitlines() or [type(err).__name__])[0]
+    line = (text.splitlines() or [type(err).__name__])[0]
+    for option, instead in _TRANSLATE_ONLY.items():
+        line = line.replace(option, instead)
+    return line
 
 
 def _load(s: Series, to: Modality) -> _Loaded:

@@ -181,7 +181,9 @@ class Manifest:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
             self.previous = {r["id"]: r for r in old["series"]}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            if not isinstance(old.get("model"), dict) and not overwrite:
+                raise ValueError("no model recorded")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ReadError(f"not a readable batch manifest ({err}); use a new output folder", path) from err
         if old.get("to") != header["to"]:
             raise OutputExistsError(f"holds a batch --to {old.get('to')}; use another output folder", path)

@@ -28,9 +28,14 @@ from mrct.io.dicom_scan import (
     read_header_dataset,
     unique_instances,
 )
-from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, safe_name
+from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name
 from mrct.translate import EXTENSIONS, input_format
 from mrct.volume import Modality
+
+# An earlier batch's outputs left inside IN_DIR (or OUT_DIR holding IN_DIR) are not inputs:
+# DICOM ones carry this SeriesDescription (mrct.translate.series_description), files this name.
+SYNTHETIC_LABEL = "mrct synthetic "
+EARLIER_OUTPUT = "an mrct synthetic image (an earlier output); not translated again"
 
 
 @dataclass(frozen=True)
@@ -65,19 +70,25 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
     except Exception as err:  # truncated or malformed: pydicom raises many kinds
         return None, None, f"unreadable DICOM file ({type(err).__name__})"
     if "Rows" not in ds or "SeriesInstanceUID" not in ds:
-        sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-        if "Image Storage" in getattr(sop_class, "name", ""):  # pydicom stops quietly at a cut
+        if _image_storage(ds):  # pydicom stops quietly at a cut
             return None, None, "incomplete DICOM image file (truncated?)"
         return None, f"no image in this DICOM file (modality {ds.get('Modality') or 'none'})", None
     return ds, None, None
 
 
+def _image_storage(ds: Any) -> bool:
+    """Whether the file says it is an image (its storage class), whatever it holds."""
+    sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return "Image Storage" in getattr(sop_class, "name", "")
+
+
 def _first_cut(members: Members, root: Path) -> str | None:
-    """The error for the first file whose pixel data end past the end of the file (a copy cut
-    short, as dcm2niix's "File not large enough to store image data"); a file with no pixel
-    data at all is left to the skip of its small stack."""
+    """The error for the first file whose pixel data end past the end of the file, or that is an
+    image file cut before its pixel data (a copy cut short, as dcm2niix's "File not large enough
+    to store image data"); a file of another class without pixel data is left to the skip of its
+    small stack."""
     for path, ds in members:
-        if not any(tag in ds for tag in PIXEL_TAGS):
+        if not any(tag in ds for tag in PIXEL_TAGS) and not _image_storage(ds):
             continue
         why = incomplete_image(path, ds)
         if why is not None:
@@ -149,6 +160,7 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             stack = SeriesFiles(key, uid, description, modality, paths, frames, tuple(d for _, d in group))
             where, number = Path(os.path.commonpath(paths)), str(first.get("SeriesNumber", "") or "")
             small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
+            small = EARLIER_OUTPUT if description.startswith(SYNTHETIC_LABEL) else small
             # A larger stack with a cut file fails when read, naming it; a small one is never read.
             cut = _first_cut(group, root) if small else None
             n = int(number) if number.isdigit() else 0
@@ -168,9 +180,19 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
 
     files = [f for f in iter_files(in_dir) if wanted(f)]
     scans = [f for f in files if f.name.lower().endswith(SCAN_SUFFIXES)]
-    series = [Series(_rel(f, in_dir), _rel(f, in_dir), f) for f in scans]
+    series = [
+        Series(_rel(f, in_dir), _rel(f, in_dir), f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)
+        for f in scans
+    ]
     series += _dicom_series(in_dir, sorted(set(files) - set(scans)))
     return sorted(series, key=lambda s: (s.input, s.number, s.id))
+
+
+def _is_output_name(path: Path) -> bool:
+    """Named as mrct names its outputs (``<name>_synthetic_ct.nii.gz``)."""
+    name = path.name.lower()
+    suffix = next((x for x in SCAN_SUFFIXES if name.endswith(x)), "")
+    return name[: len(name) - len(suffix)].endswith(("_synthetic_ct", "_synthetic_mr"))
 
 
 def _stem(s: Series) -> str:
@@ -188,7 +210,7 @@ def name_outputs(series: list[Series], to: Modality, fmt: OutputFormat | None) -
         per_folder[s.input] += 1
     taken, named = set(), {}
     for s in readable:
-        base = safe_name(_stem(s))
+        base = fit_name(safe_name(_stem(s)))
         if per_folder[s.input] > 1:
             base += f"_s{s.number}" + (f"_{s.part}" if s.part else "")
         parent = PurePosixPath(*(safe_name(p) for p in PurePosixPath(s.input).parent.parts if p != "."))

@@ -88,7 +88,7 @@ def info(
 
     try:
         result = api.info(path, series=series)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
@@ -139,7 +139,7 @@ def convert(
             allow_gaps=allow_gaps,
             anonymize=anonymize,
         )
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     typer.echo(f"wrote {out}")
 
@@ -156,7 +156,7 @@ def preview(
 
     try:
         out = api.preview(scan, output, series=series, overwrite=overwrite)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     typer.echo(f"wrote {out}")
 
@@ -176,7 +176,7 @@ def locate(
 
     try:
         result = api.locate(scan, series=series, modality=modality_of(modality))
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     slab = result.slab
     if as_json:
@@ -260,7 +260,7 @@ def translate(
             force=force,
             anonymize=anonymize,
         )
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if not quiet:
         took = result.report["timings_s"]["total"]
@@ -319,6 +319,13 @@ def batch(
             progress=not quiet,
             anonymize=anonymize,
         )
+    except KeyboardInterrupt:
+        typer.echo(
+            f"error: {output}: interrupted; finished series are kept and listed in its manifest, "
+            "run the same command again to resume",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     except Exception as err:
         fail(err)
     done, skipped, failed = (result.count(s) for s in ("done", "skipped", "failed"))

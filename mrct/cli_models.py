@@ -72,7 +72,7 @@ def prepare(
             hold_out_from=hold_out_from,
             progress=not quiet,
         )
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     counts = result.counts
     earlier = f"; {result.skipped} from an earlier run" if result.skipped else ""
@@ -126,7 +126,7 @@ def train(
             until=until,
             progress=not quiet,
         )
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if not result.main:
         return  # under torchrun, the main process reports
@@ -164,7 +164,7 @@ def export(
         out = api.export(
             run_dir, output, name=name, checkpoint=checkpoint, license=license, overwrite=overwrite
         )
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     typer.echo(f"wrote {out}")
 
@@ -197,7 +197,7 @@ def evaluate(
 
     try:
         result = api.evaluate(pred, gt, output, mask=mask, metric=metric.value, overwrite=overwrite)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     typer.echo(result.table())
     typer.echo(f"wrote {result.csv} ({count(len(result.rows), 'case')})")
@@ -220,7 +220,7 @@ def models_list(
 
     try:
         found = api.list_models(search_dir)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if as_json:
         typer.echo(json.dumps([{**asdict(p), "path": str(p.path)} for p in found], indent=2))
@@ -251,7 +251,7 @@ def models_info(
 
     try:
         info = api.model_info(name_or_dir, search_dir)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if as_json:
         typer.echo(json.dumps(asdict(info), indent=2))

@@ -20,6 +20,7 @@ from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import atomic_file, check_apart, check_replaceable, compound_suffix
+from mrct.io.discover import fit_name
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
 
@@ -66,7 +67,7 @@ def default_output(src: Path, to: Modality, fmt: OutputFormat, series: str | Non
     stem = src.name[: len(src.name) - len(compound_suffix(src))] if src.is_file() else src.name
     if series:
         stem += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", series)
-    base = src.parent / f"{stem}_synthetic_{to.value.lower()}"
+    base = src.parent / f"{fit_name(stem)}_synthetic_{to.value.lower()}"
     return base if fmt is OutputFormat.DICOM else base.with_name(base.name + EXTENSIONS[fmt])
 
 

@@ -245,6 +245,50 @@ def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, mode
     assert proc.returncode != 0 and "cut.dcm" in proc.stdout + proc.stderr
 
 
+def test_an_image_cut_before_its_pixel_data_fails(tmp_path: Path, model: Path) -> None:
+    """A CT image file whose copy stopped just before its pixel data: the header is whole, so
+    it groups as a one-image stack, but it is damaged, not a localiser: a failed row."""
+    src = write_series(tmp_path / "src", modality="CT", shape=(8, 8, 6))
+    pixels = pydicom.dcmread(src.files[0], defer_size=10).get_item(0x7FE00010, keep_deferred=True)
+    tree = tmp_path / "in"
+    (tree / "lone").mkdir(parents=True)
+    (tree / "lone" / "headonly.dcm").write_bytes(src.files[0].read_bytes()[: pixels.value_tell - 12])
+    write_series(tree / "mr", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    out = tmp_path / "out"
+    result = _batch(tree, out, model)
+    assert result.exit_code == 1, result.output
+    rows = {r["input"]: r for r in _manifest(out)[1]}
+    assert rows["mr"]["status"] == "done"
+    row = next(r for k, r in rows.items() if k.startswith("lone"))
+    assert row["status"] == "failed"
+    assert row["message"] == "lone/headonly.dcm: DICOM file has no pixel data (truncated, or not an image)"
+
+
+def test_a_manifest_without_a_model_is_a_one_line_error(tmp_path: Path, tree: Path, model: Path) -> None:
+    """A hand-edited manifest with ``"model": null`` is refused as unreadable, not a crash."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(
+        json.dumps({"format": "mrct-batch", "to": "CT", "model": None, "series": []})
+    )
+    result = _batch(tree, out, model)
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {out / 'manifest.json'}: not a readable batch manifest (no model recorded); "
+        "use a new output folder"
+    )
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "batch", interrupted)
+    result = runner.invoke(app, ["batch", str(tree), "-o", str(tmp_path / "out"), "--to", "ct"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "run the same command again to resume" in result.output
+
+
 def test_copies_of_a_series_count_once_and_a_cut_copy_fails_alone(tmp_path: Path, model: Path) -> None:
     """A series copied twice into a tree is one series, as dcm2niix removes duplicate images
     (same SOPInstanceUID: "DUPLICATES REMOVED"); a copy of one of its files cut short is a failed
@@ -367,3 +411,28 @@ def test_a_folder_name_that_is_not_utf8_is_translated_and_recorded(tmp_path: Pat
     assert read_volume(out / _manifest(out)[0]["series"][0]["output"]).modality is Modality.CT
     again = _batch(src, out, model)
     assert again.exit_code == 0 and "1 done (1 by an earlier run)" in again.stdout
+
+
+def test_long_names_and_earlier_outputs_in_the_input(tmp_path: Path, tree: Path, model: Path) -> None:
+    """A 247-byte file name gets an output name that fits (it used to abort the whole batch);
+    an earlier run's outputs copied into the input tree, NIfTI by name and DICOM by their
+    "mrct synthetic" SeriesDescription, are skipped, not translated again."""
+    first = tmp_path / "first"
+    assert _batch(tree, first, model).exit_code == 1  # the tree holds a broken file
+    src = tmp_path / "in"
+    shutil.copytree(tree / "p01", src / "p01")
+    shutil.copy(tree / "p02" / "head.nii.gz", src / ("a" * 240 + ".nii.gz"))
+    shutil.copytree(first / "p02", src / "earlier" / "p02")  # head_synthetic_ct.nii.gz
+    shutil.copytree(first / "p01" / "study" / "t1_synthetic_ct", src / "earlier" / "t1_synthetic_ct")
+
+    out = tmp_path / "out"
+    result = _batch(src, out, model)
+    assert result.exit_code == 0, result.output
+    rows = {r["input"]: r for r in _manifest(out)[1]}
+    long_row = rows["a" * 240 + ".nii.gz"]
+    assert long_row["status"] == "done" and len(long_row["output"].encode()) <= 200
+    assert read_volume(out / long_row["output"]).array.dtype == np.int16  # HU
+    for earlier in ("earlier/p02/head_synthetic_ct.nii.gz", "earlier/t1_synthetic_ct"):
+        assert rows[earlier]["status"] == "skipped", rows[earlier]
+        assert rows[earlier]["message"].startswith("an mrct synthetic image (an earlier output)")
+    assert not (out / "earlier").exists()

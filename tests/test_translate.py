@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -552,3 +553,18 @@ def test_each_chosen_series_gets_its_own_default_output(tmp_path: Path, tiny_mod
 
     named = default_output(study, Modality.CT, OutputFormat.NIFTI, series="1.2.3#2")
     assert named == tmp_path / "study_1.2.3_2_synthetic_ct.nii.gz"
+
+
+def test_a_long_input_name_gets_an_output_name_the_file_system_takes(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """A 247-byte file name (the limit is 255) plus "_synthetic_ct" and a temporary prefix would
+    not fit: the default output keeps the name's start and adds a short hash of the whole."""
+    src = tmp_path / ("é" * 120 + ".nii.gz")
+    shutil.copy(heads / "mr.nii.gz", src)
+    result = _translate(str(src), "--to", "ct", "--model", str(tiny_model), *CROP, "-q")
+    assert result.exit_code == 0, result.output
+    (out,) = [p for p in tmp_path.iterdir() if p != src]
+    assert out.name.startswith("é" * 70) and out.name.endswith("_synthetic_ct.nii.gz")
+    assert len(out.name.encode()) <= 200
+    assert read_volume(out).array.dtype == np.int16  # HU

@@ -47,6 +47,21 @@ def safe_name(text: str) -> str:
     return s[:-5] + "-mask" if s.lower().endswith("_mask") else s  # would clash with <name>_mask.npy
 
 
+# File names are at most 255 bytes, and a temporary name adds about 30 to an output's
+# (``.NAME.mrct-tmp-XXXXXXXX``); keep the stem an output name is built on well under that.
+MAX_STEM_BYTES = 150
+
+
+def fit_name(stem: str, max_bytes: int = MAX_STEM_BYTES) -> str:
+    """``stem`` when short enough; else its first bytes and 8 hex digits of its SHA-1, so two
+    long names that share a start still get different outputs."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) <= max_bytes:
+        return stem
+    head = raw[: max_bytes - 9].decode("utf-8", "ignore").rstrip("._- ")
+    return f"{head}_{hashlib.sha1(raw).hexdigest()[:8]}"
+
+
 def _stem(path: Path) -> str:
     name = path.name or path.absolute().name
     for suffix in SCAN_SUFFIXES:
