@@ -9,7 +9,8 @@ Series are found and named by :mod:`mrct.batch_series`; outputs mirror the input
     OUT_DIR/manifest.json, manifest.csv      one row per input series
 
 Series sharing a folder get ``_s<SeriesNumber>`` (``_e<echo>``/``_a<acquisition>`` for parts of
-a split one); names that still clash get ``_2``, ``_3``. The format is the input's unless
+a split one); names that still clash get ``_2``, ``_3``; a resumed run keeps the names its manifest
+records, and an earlier run's outputs found in ``IN_DIR`` are skipped. The format is the input's unless
 ``fmt`` is given. A shard ``K/N`` writes ``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
 
 Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``output``
@@ -286,7 +287,9 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
-        series = name_outputs(discover(src, exclude=skip), to, fmt)
+        # A resumed run keeps the names it wrote (shards do not: each sees its own manifest only).
+        done = {k: r["output"] for k, r in manifest.previous.items() if r.get("status") == "done"}
+        series = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
         series = [s for n, s in enumerate(series) if not part or n % part[1] == part[0] - 1]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):

@@ -201,15 +201,28 @@ def _stem(s: Series) -> str:
     return name[: -len(suffix)] if suffix else (Path(name).stem if s.path.is_file() else name)
 
 
-def name_outputs(series: list[Series], to: Modality, fmt: OutputFormat | None) -> list[Series]:
+def name_outputs(
+    series: list[Series], to: Modality, fmt: OutputFormat | None, keep: dict[str, str] | None = None
+) -> list[Series]:
     """Give each readable series its output (relative, file-safe, unique; see the module docstring).
-    Names depend on the input tree only, never on which series a run translates."""
+    Names depend on the input tree only, never on which series a run translates. ``keep`` (series
+    id -> output, from a resumed run's manifest) keeps those names, so a series added to the tree
+    since does not rename outputs already written."""
     readable = [s for s in series if s.skip is None and s.error is None]
     per_folder: dict[str, int] = defaultdict(int)
     for s in readable:
         per_folder[s.input] += 1
-    taken, named = set(), {}
+    taken: set[str] = set()
+    named: dict[str, Series] = {}
     for s in readable:
+        out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
+        ext = "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
+        old = (keep or {}).get(s.id, "")
+        safe = not PurePosixPath(old).is_absolute() and ".." not in PurePosixPath(old).parts
+        if old and safe and old.endswith(f"_synthetic_{to.value.lower()}{ext}") and old.lower() not in taken:
+            taken.add(old.lower())
+            named[s.id] = replace(s, output=old, fmt=out_fmt)
+    for s in (s for s in readable if s.id not in named):
         base = fit_name(safe_name(_stem(s)))
         if per_folder[s.input] > 1:
             base += f"_s{s.number}" + (f"_{s.part}" if s.part else "")

@@ -436,3 +436,22 @@ def test_long_names_and_earlier_outputs_in_the_input(tmp_path: Path, tree: Path,
         assert rows[earlier]["status"] == "skipped", rows[earlier]
         assert rows[earlier]["message"].startswith("an mrct synthetic image (an earlier output)")
     assert not (out / "earlier").exists()
+
+
+def test_a_series_added_before_a_resume_does_not_rename_earlier_outputs(tmp_path: Path, model: Path) -> None:
+    """A folder with one series names its output after the folder; once a second series is
+    added, fresh names would carry _s<N>. The series done by the first run keeps its output."""
+    src = tmp_path / "in"
+    write_series(src / "study", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0), series_number=3)
+    out = tmp_path / "out"
+    assert _batch(src, out, model).exit_code == 0
+    assert [r["output"] for r in _manifest(out)[1]] == ["study_synthetic_ct"]
+    write_series(src / "study", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0), series_number=5)
+    result = _batch(src, out, model)
+    assert result.exit_code == 0, result.output
+    rows = _manifest(out)[1]
+    assert sorted(r["output"] for r in rows) == ["study_s5_synthetic_ct", "study_synthetic_ct"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("manifest", "."))) == [
+        "study_s5_synthetic_ct",
+        "study_synthetic_ct",
+    ]
