@@ -312,8 +312,11 @@ def write_dicom_series(
     n_i, n_j, n_k = volume.shape
     if min(n_i, n_j, n_k) < 1 or max(n_i, n_j) > 65535:
         raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)
-    geo = _geometry(volume.affine, volume.shape)
-    stored, slope, intercept = _quantize(volume.array, modality)
+    try:
+        geo = _geometry(volume.affine, volume.shape)
+        stored, slope, intercept = _quantize(volume.array, modality)
+    except WriteError as err:  # raised on the volume in memory: name the output
+        raise err.naming(out_dir) from None
     center, width = _window(volume.array, modality)
     now = _dt.datetime.now()
     sop_class = CTImageStorage if modality is Modality.CT else MRImageStorage

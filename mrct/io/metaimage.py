@@ -49,6 +49,10 @@ _ARRAYS = {
 _BOOLEANS = ("binarydata", "binarydatabyteordermsb", "elementbyteordermsb", "compresseddata")
 _HEADER_BYTES = 1 << 16
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# A field name: printable ASCII. Besides MetaIO's own fields, ITK writes an image's metadata
+# dictionary as fields of its own, under names such as "dim[0]", "ITK_original_spacing",
+# "0008|0060" (DICOM tags) or ones with spaces; MetaIO reads and ignores them all.
+_KEY = re.compile(r"[!-~]([ -~]*[!-~])?")
 
 
 def _header(path: Path) -> tuple[dict[str, str], list[str], int]:
@@ -66,7 +70,7 @@ def _header(path: Path) -> tuple[dict[str, str], list[str], int]:
         key, sep, value = line.partition("=")
         key = key.strip(" \t")  # MetaIO's white space; str.strip() would also take e.g. U+00A0
         control = any(ch < " " and ch != "\t" for ch in line)
-        if not sep or control or not key.replace("_", "").isalnum() or not key.isascii():
+        if not sep or control or not _KEY.fullmatch(key):
             raise ReadError(f"malformed MetaImage header (line {number}: {line[:40]!r})", path)
         fields[key.lower()] = value.strip(" \t")
         order.append(key.lower())

@@ -10,11 +10,14 @@ size is bounded (a gzip bomb stops at the size the header implies).
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from mrct.errors import GeometryError, ReadError, TooLargeError
 from mrct.io.atomic import atomic_file
@@ -22,18 +25,28 @@ from mrct.io.limits import format_size, max_memory
 from mrct.io.validate import check_affine, check_shape, check_values
 from mrct.volume import Modality, SourceInfo, Volume
 
+if TYPE_CHECKING:
+    from nibabel import Nifti1Image, Nifti2Image
+
 # NIfTI datatype codes mrct reads (bytes per voxel), and those it refuses by name.
 _ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 _NOT_SCALAR = {32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128", 2048: "complex256"}
 _NOT_SCALAR |= {2304: "RGBA32"}
 _CHUNK = 1 << 20
+# Millimetres per spatial unit code (the low 3 bits of xyzt_units: 1 metre, 2 mm, 3 micron).
+# Unknown (0), and codes NIfTI does not define, are read as mm (the common default).
+_MM_PER_UNIT = {1: 1000.0, 3: 0.001}
+
+log = logging.getLogger(__name__)
 
 
 def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     """Read a NIfTI file, applying ``scl_slope``/``scl_inter``.
 
-    The affine is nibabel's choice (sform when its code is set, else qform).
-    Unscaled integer data keep their dtype; scaled data become float32.
+    The affine is nibabel's choice (sform when its code is set, else qform), in mm:
+    a header whose spatial unit is metres or microns is scaled to mm. With neither
+    code set, the geometry is unknown and nibabel's voxel-size-only affine is used,
+    with a warning. Unscaled integer data keep their dtype; scaled data become float32.
     """
     import nibabel as nib
 
@@ -49,7 +62,7 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ReadError("not a NIfTI image", path)
     shape = check_shape(tuple(int(d) for d in img.shape), path)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = _affine_mm(img, path)
     check_affine(affine, path)
     try:
         slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
@@ -62,6 +75,22 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
         data = data.astype(np.float32)
     check_values(data, path)
     return Volume(data, affine, modality, SourceInfo(str(path), "nifti"))
+
+
+def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.float64]:
+    """The image's voxel-to-RAS affine in mm, warning when the header gives no geometry."""
+    hdr = img.header
+    if int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
+        # As nibabel and 3D Slicer do: the grid's size is known, its place and orientation not.
+        log.warning(
+            "%s: qform_code and sform_code are both 0, so the geometry is unknown; "
+            "using an affine from the voxel size only",
+            path,
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    # Raw bits, not get_xyzt_units(): that raises KeyError on a time code it does not know.
+    affine[:3, :] *= _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
+    return affine
 
 
 def raw_header(path: Path, compressed: bool) -> np.void:
@@ -150,7 +179,8 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     (else "mrct CT" or "mrct MR"; see :func:`mrct.io.header_label`) goes into ``descrip``."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(volume.array, volume.affine)
+    array, dtype = _on_disk(volume.array)
+    img = nib.Nifti1Image(array, volume.affine, dtype=dtype)
     # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees.
     img.set_qform(volume.affine, code=1)
     img.set_sform(volume.affine, code=1)
@@ -162,6 +192,30 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     with atomic_file(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def _on_disk(array: npt.NDArray) -> tuple[npt.NDArray, np.dtype]:
+    """The array to save and its NIfTI data type, chosen explicitly: nibabel refuses int64 and
+    uint64 without one (other tools misread them) and cannot store bool or float16 at all.
+
+    64-bit integers shrink to int32 (else uint32) when every value fits, and keep their
+    64-bit type otherwise, so no value changes; bool becomes uint8, float16 float32, and a
+    wider float (long double) float64. Other types are stored as they are.
+    """
+    dtype = array.dtype
+    if dtype.kind == "b":
+        return array.astype(np.uint8), np.dtype(np.uint8)
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        return array.astype(np.float32), np.dtype(np.float32)
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return array.astype(np.float64), np.dtype(np.float64)
+    if dtype.kind in "iu" and dtype.itemsize == 8:
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for narrow in (np.dtype(np.int32), np.dtype(np.uint32)):
+            info = np.iinfo(narrow)
+            if info.min <= low and high <= info.max:
+                return array, narrow
+    return array, dtype
 
 
 def _short(err: BaseException) -> str:

@@ -1,0 +1,166 @@
+"""Edges of the file formats: MetaImage headers from SimpleITK, NIfTI data types, geometry
+codes and spatial units, and a DICOM write refused on the volume's grid."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pytest
+import SimpleITK as sitk
+
+from mrct.errors import ReadError, WriteError
+from mrct.io import read_volume, write_volume
+from mrct.volume import Modality, Volume
+from tests.phantoms import oblique_affine, phantom
+
+
+def _sitk_image() -> tuple[sitk.Image, npt.NDArray[np.int16]]:
+    """A 4x3x2 (i, j, k) int16 image, anisotropic, off the origin, with an LPS direction."""
+    array = np.arange(24, dtype=np.int16).reshape(4, 3, 2) * 7 - 50
+    image = sitk.GetImageFromArray(array.transpose(2, 1, 0))  # SimpleITK takes [z, y, x]
+    image.SetSpacing((0.5, 0.75, 2.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    return image, array
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".mhd"])
+def test_metaimage_with_simpleitk_metadata_fields_is_read(tmp_path: Path, suffix: str) -> None:
+    """SimpleITK writes an image's metadata dictionary (e.g. a NIfTI's "dim[0]", DICOM tags,
+    names with spaces) as header fields of their own; MetaIO ignores them, and so must we."""
+    image, array = _sitk_image()
+    for key, value in {"dim[0]": "3", "pixdim[1]": "0.5", "0008|0060": "CT", "Some Key": "a b"}.items():
+        image.SetMetaData(key, value)
+    path = tmp_path / f"x{suffix}"
+    sitk.WriteImage(image, str(path))
+    header = path.read_bytes()[:2000]
+    assert b"dim[0] = 3" in header and b"0008|0060 = CT" in header  # the fields this test is about
+
+    vol = read_volume(path)
+
+    np.testing.assert_array_equal(vol.array, array)
+    # LPS columns direction * spacing: i -> (0, -0.5, 0), j -> (0.75, 0, 0), k -> (0, 0, 2);
+    # RAS flips the sign of x and y, in the columns and in the origin.
+    expected = np.array(
+        [
+            [0.0, -0.75, 0.0, -10.0],
+            [0.5, 0.0, 0.0, 20.0],
+            [0.0, 0.0, 2.0, 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    np.testing.assert_allclose(vol.affine, expected, atol=1e-9)
+
+
+def test_metaimage_from_a_nifti_is_read_on_the_same_grid(tmp_path: Path) -> None:
+    """The real case: SimpleITK reads a NIfTI and writes it as MHA with its NIfTI fields."""
+    vol = phantom(affine=oblique_affine())
+    write_volume(vol, tmp_path / "v.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "v.nii.gz")), str(tmp_path / "v.mha"))
+    assert b"qform_code_name" in (tmp_path / "v.mha").read_bytes()[:4000]
+
+    back = read_volume(tmp_path / "v.mha")
+
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"NoEqualsSign 3\n",  # not a field at all
+        b" = 3\n",  # a value with no name
+        b"Bad\x01Key = 3\n",  # a control character
+        b"Cl\xe9 = 3\n",  # a name that is not ASCII
+    ],
+)
+def test_malformed_metaimage_header_is_still_refused(tmp_path: Path, line: bytes) -> None:
+    image, _ = _sitk_image()
+    sitk.WriteImage(image, str(tmp_path / "good.mha"))
+    raw = (tmp_path / "good.mha").read_bytes()
+    at = raw.index(b"DimSize")
+    (tmp_path / "bad.mha").write_bytes(raw[:at] + line + raw[at:])
+
+    with pytest.raises(ReadError, match="malformed MetaImage header") as info:
+        read_volume(tmp_path / "bad.mha")
+    assert info.value.path == str(tmp_path / "bad.mha")
+
+
+@pytest.mark.parametrize(
+    ("values", "on_disk"),
+    [
+        (np.array([-5, 0, 7, 2**31 - 1], dtype=np.int64), np.int32),
+        (np.array([-5, 0, 7, 2**40], dtype=np.int64), np.int64),  # no int32 holds it: kept exact
+        (np.array([0, 7, 2**31 - 1], dtype=np.uint64), np.int32),
+        (np.array([0, 7, 2**32 - 1], dtype=np.uint64), np.uint32),
+        (np.array([0, 7, 2**63 + 3], dtype=np.uint64), np.uint64),
+        (np.array([True, False, True], dtype=bool), np.uint8),
+        (np.array([-1.5, 0.0, 2.25], dtype=np.float16), np.float32),
+    ],
+)
+def test_nifti_writes_numpy_types_it_has_no_code_for(
+    tmp_path: Path, values: npt.NDArray, on_disk: type[np.generic]
+) -> None:
+    array = np.resize(values, (4, 3, 2))
+    write_volume(Volume(array, oblique_affine()), tmp_path / "v.nii.gz")
+
+    assert nib.load(tmp_path / "v.nii.gz").get_data_dtype() == np.dtype(on_disk)
+    back = read_volume(tmp_path / "v.nii.gz")
+    assert back.array.dtype == np.dtype(on_disk)
+    np.testing.assert_array_equal(back.array, array)  # every value kept
+    np.testing.assert_allclose(back.affine, oblique_affine(), atol=1e-4)
+
+
+def test_nifti_without_geometry_codes_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    img = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
+    img.header.set_zooms((0.5, 0.75, 2.0))
+    assert int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0
+    nib.save(img, tmp_path / "nogeo.nii.gz")
+
+    with caplog.at_level(logging.WARNING, logger="mrct.io.nifti"):
+        vol = read_volume(tmp_path / "nogeo.nii.gz")
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(tmp_path / "nogeo.nii.gz") in warnings[0]
+    assert "geometry is unknown" in warnings[0] and "voxel size" in warnings[0]
+    np.testing.assert_allclose(np.abs(np.diag(vol.affine)), [0.5, 0.75, 2.0, 1.0])
+
+
+def test_nifti_with_geometry_codes_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_volume(phantom(), tmp_path / "v.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="mrct.io.nifti"):
+        read_volume(tmp_path / "v.nii.gz")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(("unit", "mm_per_unit"), [("meter", 1000.0), ("micron", 0.001), ("unknown", 1.0)])
+def test_nifti_spatial_units_become_mm(tmp_path: Path, unit: str, mm_per_unit: float) -> None:
+    affine_mm = oblique_affine()
+    in_unit = affine_mm.copy()
+    in_unit[:3, :] /= mm_per_unit  # the same grid, written in metres or microns
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(4, 3, 2), in_unit)
+    img.set_qform(in_unit, code=1)
+    img.header.set_xyzt_units(xyz=unit, t="sec")
+    nib.save(img, tmp_path / f"{unit}.nii")
+
+    vol = read_volume(tmp_path / f"{unit}.nii")
+
+    np.testing.assert_allclose(vol.affine, affine_mm, rtol=1e-5, atol=1e-4)
+
+
+def test_dicom_write_of_a_sheared_grid_names_the_output(tmp_path: Path) -> None:
+    sheared = oblique_affine()
+    sheared[:3, 1] += 0.2 * sheared[:3, 0]
+    out = tmp_path / "series"
+
+    with pytest.raises(WriteError, match="orthogonal") as info:
+        write_volume(Volume(phantom().array, sheared, Modality.CT), f"{out}/")
+
+    assert info.value.path == str(out)
+    assert str(info.value).startswith(f"{out}: ")
+    assert not out.exists()
