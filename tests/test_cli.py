@@ -205,3 +205,15 @@ def test_unknown_output_extension(tmp_path: Path) -> None:
     res = run_mrct("convert", src, "-", cwd=tmp_path)  # not a DICOM folder named "-"
     assert res.returncode == 1 and "not standard output" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
+
+
+def test_info_says_plainly_when_the_modality_cannot_be_told(tmp_path: Path) -> None:
+    """A z-scored-looking volume (values around 0, many negative): no header modality, and the
+    intensities fit neither CT nor MR. info said "unknown (from None)"."""
+    path = tmp_path / "zscored.nii.gz"
+    arr = np.random.default_rng(0).uniform(-400, 400, (20, 20, 20)).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("modality:"))
+    assert line == "modality:    unknown (not in the header; the intensities look like neither CT nor MR)"
