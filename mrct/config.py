@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from mrct.errors import ConfigError
 
 T = TypeVar("T")
+# Seeds must fit numpy's legacy seeding (``np.random.seed``), the narrowest consumer.
+SEED_MAX = 2**32 - 1
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
@@ -97,8 +99,14 @@ def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError("config file not found", p) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not UTF-8 text (byte {err.start}); save the config as UTF-8", p) from err
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"not a readable YAML file ({str(err).splitlines()[0]})", p) from err
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"expected a mapping (key: value lines) at the top level, got {type(data).__name__}", p
+        )
     if section is not None:
         data = (data or {}).get(section)
     try:

@@ -64,6 +64,14 @@ def weight_file(direction: str) -> str:
     return f"generator_{direction}.safetensors"
 
 
+def _created_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask): safetensors writes through a
+    private (0600) temporary file, which would leave the weights unreadable to other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -133,6 +141,7 @@ def write_package(
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
             safetensors.torch.save_file(state, str(target), metadata={"mrct_direction": direction})
+            os.chmod(target, _created_file_mode())
             manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")

@@ -9,9 +9,9 @@
 ``<domain>`` is ``mr`` or ``ct``. Every file is written under a temporary name
 and renamed, and the manifest is rewritten after each scan, so a run that is
 interrupted resumes where it stopped: scans already prepared (same source
-bytes, outputs present with their recorded checksums) are skipped, failed ones
-are tried again. Prepared scans of earlier runs stay in the manifest when
-they are not given again; their failures do not.
+bytes, same crop request, outputs present with their recorded checksums) are
+skipped, failed ones are tried again. Prepared scans of earlier runs stay in
+the manifest when they are not given again; their failures do not.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mrct.config import to_dict
-from mrct.errors import InputNotFoundError, MrctError, ReadError
+from mrct.config import SEED_MAX, to_dict
+from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
 from mrct.prepare_manifest import load_manifest, now, write_bytes, write_manifest
@@ -258,7 +258,25 @@ def _npy_bytes(array: npt.NDArray[Any]) -> bytes:
     return buf.getvalue()
 
 
-def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
+def crop_request_dict(crop: CropRequest) -> dict[str, Any]:
+    """What a prepared scan's slab was asked to be, as recorded in its manifest entry: reuse of an
+    earlier output needs the same request (the markups file's levels count, not its path)."""
+    return {"mode": crop.mode, "superior_mm": crop.superior_mm, "inferior_mm": crop.inferior_mm}
+
+
+def _same_crop(entry: dict[str, Any], want: dict[str, Any]) -> bool:
+    if "crop_request" in entry:
+        return bool(entry["crop_request"] == want)
+    # An entry from before requests were recorded: only the slab's source tells, and it
+    # identifies the request only for the modes without levels (automatic, or no crop).
+    slab = entry.get("crop")
+    source = str(slab.get("source")) if isinstance(slab, dict) else ""
+    return (
+        want["mode"] in ("auto", "none") and {"auto": "auto", "full-fov": "none"}.get(source) == want["mode"]
+    )
+
+
+def _write_outcome(out: Path, o: ScanOutcome, crop: dict[str, Any]) -> dict[str, Any]:
     """Write a scan's files (or remove stale ones after a failure); returns its manifest entry."""
     from mrct import qc
 
@@ -281,6 +299,7 @@ def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
         **entry,
         "status": "ok",
         "crop": o.record["slab"],
+        "crop_request": crop,
         "intensity": o.record["intensity"],
         "outside_fov_mm": (o.record.get("localisation") or {}).get("outside_fov_mm", 0.0),
         "shape": list(o.image.shape),
@@ -291,9 +310,12 @@ def _write_outcome(out: Path, o: ScanOutcome) -> dict[str, Any]:
     }
 
 
-def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None) -> bool:
-    """An earlier ok entry whose source is unchanged and whose files are intact."""
+def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None, crop: dict[str, Any]) -> bool:
+    """An earlier ok entry whose source is unchanged, whose slab was asked for as ``crop`` now is
+    (see :func:`crop_request_dict`), and whose files are intact."""
     if not entry or entry.get("status") != "ok" or not isinstance(entry.get("files"), dict):
+        return False
+    if not _same_crop(entry, crop):
         return False
     files = {k: out / v for k, v in entry["files"].items()}
     if set(files) != set(_relpaths("", "")) or not all(f.is_file() for f in files.values()):
@@ -332,7 +354,10 @@ def prepare_dataset(
         InputNotFoundError: an input does not exist, or no scan was found.
         OutputExistsError: ``out`` holds a dataset prepared with another config.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"--seed must be an integer in [0, {SEED_MAX}] (2**32 - 1), got {seed!r}")
     config = config or PreprocessConfig()
+    crop_dict = crop_request_dict(crop)
     scans = collect_scans(mr, ct)
     if not scans:
         raise InputNotFoundError("no input scans found (NIfTI, NRRD, MHA, zip or DICOM series)")
@@ -346,8 +371,9 @@ def prepare_dataset(
     todo = []
     for scan in scans:
         entry = entries.get((scan.domain, scan.id))
-        if entry is not None and _still_valid(out, scan, entry):
-            entries[(scan.domain, scan.id)] = {**entry, "source": str(scan.path), "series": scan.series}
+        if entry is not None and _still_valid(out, scan, entry, crop_dict):
+            where = {"source": str(scan.path), "series": scan.series, "crop_request": crop_dict}
+            entries[(scan.domain, scan.id)] = {**entry, **where}
             summary.counts[scan.domain].skipped += 1
         else:
             todo.append(scan)
@@ -357,7 +383,7 @@ def prepare_dataset(
     write_manifest(path, created, seed, config_dict, entries, hold_out_from)
     for outcome in _outcomes(todo, config, crop, workers, progress):
         s = outcome.scan
-        entry = _write_outcome(out, outcome)
+        entry = _write_outcome(out, outcome, crop_dict)
         entries[(s.domain, s.id)] = entry
         counts = summary.counts[s.domain]
         if entry["status"] == "ok":

@@ -7,11 +7,12 @@ imports no torch, so the CLI can validate a config before paying for torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mrct.config import load_yaml
+from mrct.config import SEED_MAX, load_yaml
 from mrct.networks.config import DiscriminatorConfig, GeneratorConfig
 from mrct.preprocessing.augment import AugmentConfig
 from mrct.preprocessing.config import PreprocessConfig
@@ -50,8 +51,10 @@ class LossConfig:
     pool_size: int = 50
 
     def __post_init__(self) -> None:
-        if min(self.cycle_weight, self.identity_weight, self.const_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
+        for key in ("cycle_weight", "identity_weight", "const_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):  # NaN fails every comparison
+                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
 
@@ -74,8 +77,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or not 0 <= self.decay_iterations <= self.iterations:
             raise ValueError("need iterations >= 1 and 0 <= decay_iterations <= iterations")
-        if not self.lr > 0 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("need lr > 0 and betas in [0, 1)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"need beta1 and beta2 in [0, 1), got {self.beta1!r}, {self.beta2!r}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class TrainConfig:
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer in [0, {SEED_MAX}] (2**32 - 1), got {self.seed!r}")
         two_d = self.model.generator.spatial_dims == 2
         if two_d and self.data.slices == "volume":
             raise ValueError("a 2D model needs data.slices: random or sequential")

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mrct.config import from_mapping
-from mrct.errors import InputNotFoundError, ReadError
+from mrct.errors import ConfigError, InputNotFoundError, ReadError
+from mrct.model_manifest import NAME_PATTERN
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 
@@ -37,6 +38,36 @@ def _final_losses(run_dir: Path, iteration: int) -> dict[str, float]:
     return {}
 
 
+def _check_name(name: str | None, out: Path) -> str:
+    """The model's name: ``name``, else the output folder's; a bad one is an option value mrct
+    cannot use (exit code 1), not a damaged package."""
+    chosen = out.name if name is None else name
+    if NAME_PATTERN.fullmatch(chosen):
+        return chosen
+    given = f"--name {chosen!r}" if name is not None else f"the output folder's name {chosen!r} (pass --name)"
+    raise ConfigError(
+        f"{given}: a model name must be letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )
+
+
+def _named_checkpoint(run_dir: Path, name: str) -> Path:
+    """``RUN/checkpoints/NAME``, refused unless it is a folder directly in that folder (links resolved):
+    ``--checkpoint ../../other`` or an absolute path elsewhere must not export another run."""
+    folder = run_dir / "checkpoints"
+    path = folder / name
+    try:
+        inside = path.resolve().parent == folder.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte
+        inside = False
+    if not inside:
+        raise ConfigError(
+            "--checkpoint must name a checkpoint folder of this run, in its checkpoints folder "
+            "(e.g. iter_0002000)",
+            name,
+        )
+    return path
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -51,6 +82,7 @@ def export_run(
     """Write both generators of a run's checkpoint (default: the newest) as a model package.
 
     Raises:
+        ConfigError: a bad ``name``, or ``checkpoint_name`` is not in the run's checkpoints folder.
         InputNotFoundError: the run folder or the checkpoint does not exist.
         ReadError: the run's config or checkpoint is unreadable.
         OutputExistsError / ModelError: from :func:`mrct.models.write_package`.
@@ -60,9 +92,10 @@ def export_run(
     from mrct.models import write_package
 
     run_dir = Path(run_dir)
+    name = _check_name(name, Path(out))
     if not (run_dir / "config.json").is_file():
         raise InputNotFoundError("not a training run folder (no config.json)", run_dir)
-    path = run_dir / "checkpoints" / checkpoint_name if checkpoint_name else checkpoint.latest(run_dir)
+    path = _named_checkpoint(run_dir, checkpoint_name) if checkpoint_name else checkpoint.latest(run_dir)
     if path is None or not (path / "networks.safetensors").is_file():
         raise InputNotFoundError("no such checkpoint in this run", path or run_dir / "checkpoints")
     try:
@@ -93,7 +126,7 @@ def export_run(
     g = config.model.generator
     return write_package(
         out,
-        name=name or Path(out).name,
+        name=name,
         generators=generators,
         generator_config=g,
         preprocessing=config.preprocessing,

@@ -1,0 +1,240 @@
+"""Edges of the training and prepare configuration: seeds, non-finite numbers, file encodings and
+shapes, reuse of prepared scans under another crop, and `mrct export`'s options and file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mrct.cli import app
+from mrct.config import load_yaml
+from mrct.errors import ConfigError
+from mrct.prepare import prepare_dataset
+from mrct.preprocessing.config import PreprocessConfig
+from mrct.training.config import load_train_config
+from mrct.training.run import train_run
+from tests.test_prepare import CROP, SMALL_YAML, write_head
+from tests.test_training import tiny
+
+runner = CliRunner()
+
+
+def one_line_error(result, exit_code: int, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == exit_code, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def config_file(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "config.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- seeds and numbers
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_seed_out_of_numpy_range_is_refused(tmp_path: Path, seed: str) -> None:
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 4294967295\]"):
+        load_train_config(config_file(tmp_path, f"seed: {seed}\n"))
+
+
+def test_seed_at_the_limits_loads(tmp_path: Path) -> None:
+    assert load_train_config(config_file(tmp_path, "seed: 0\n")).seed == 0
+    assert load_train_config(config_file(tmp_path, "seed: 4294967295\n")).seed == 2**32 - 1
+    with pytest.raises(ConfigError, match="seed: expected int"):
+        load_train_config(config_file(tmp_path, "seed: 1.5\n"))
+
+
+def test_prepare_seed_out_of_range_is_a_one_line_error(tmp_path: Path) -> None:
+    head = write_head(tmp_path / "mr" / "a.nii.gz", "mr")
+    result = runner.invoke(app, ["prepare", "--mr", str(head), "-o", str(tmp_path / "out"), "--seed", "-1"])
+    one_line_error(result, 1, "--seed must be an integer in [0, 4294967295]")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("loss: {cycle_weight: .nan}\n", "loss: cycle_weight must be a finite number >= 0, got nan"),
+        ("loss: {identity_weight: .inf}\n", "loss: identity_weight must be a finite number >= 0, got inf"),
+        ("loss: {const_weight: -.inf}\n", "loss: const_weight must be a finite number >= 0, got -inf"),
+        ("loss: {cycle_weight: -1}\n", "loss: cycle_weight must be a finite number >= 0, got -1.0"),
+        ("optim: {lr: .nan}\n", "optim: lr must be a finite number > 0, got nan"),
+        ("optim: {lr: .inf}\n", "optim: lr must be a finite number > 0, got inf"),
+        ("optim: {lr: 0}\n", "optim: lr must be a finite number > 0, got 0.0"),
+        ("optim: {lr: -2.0e-4}\n", "optim: lr must be a finite number > 0, got -0.0002"),
+        ("optim: {beta1: .nan}\n", "optim: need beta1 and beta2 in [0, 1)"),
+    ],
+)
+def test_non_finite_weights_and_rates_name_the_field(tmp_path: Path, yaml_text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_train_config(config_file(tmp_path, yaml_text))
+    assert message in str(info.value)
+
+
+def test_cli_train_with_a_nan_rate_is_a_one_line_error(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "optim: {lr: .nan}\n")
+    result = runner.invoke(
+        app, ["train", "-c", str(path), "--data", str(tmp_path), "-o", str(tmp_path / "r")]
+    )
+    one_line_error(result, 1, "optim: lr must be a finite number > 0", str(path))
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- the file itself
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, b"name: caf\xe9\n")  # Latin-1, as an old editor saves it
+    with pytest.raises(ConfigError, match="not UTF-8 text") as info:
+        load_train_config(path)
+    assert info.value.path == str(path)
+    train = runner.invoke(app, ["train", "-c", str(path), "--data", str(tmp_path), "-o", str(tmp_path / "r")])
+    one_line_error(train, 1, str(path), "not UTF-8 text")
+    prepare = runner.invoke(app, ["prepare", "--config", str(path), "-o", str(tmp_path / "out")])
+    one_line_error(prepare, 1, str(path), "not UTF-8 text")
+
+
+@pytest.mark.parametrize("text", ["- preprocessing\n- grid\n", "just a sentence\n", "42\n"])
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str) -> None:
+    path = config_file(tmp_path, text)
+    prepare = runner.invoke(app, ["prepare", "--config", str(path), "-o", str(tmp_path / "out")])
+    one_line_error(prepare, 1, str(path), "expected a mapping")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_train_config(path)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_yaml(PreprocessConfig, path, "preprocessing")
+
+
+def test_an_empty_config_still_means_the_defaults(tmp_path: Path) -> None:
+    assert load_yaml(PreprocessConfig, config_file(tmp_path, ""), "preprocessing") == PreprocessConfig()
+
+
+# ----------------------------------------------------------------------------- prepare: crop changes
+
+
+def test_prepare_again_with_another_crop_prepares_again(tmp_path: Path) -> None:
+    head = write_head(tmp_path / "mr" / "a.nii.gz", "mr", seed=1)
+    config = config_file(tmp_path, SMALL_YAML)
+    out = tmp_path / "out"
+
+    def run(*crop: str) -> str:
+        args = ["prepare", "--mr", str(head), "-o", str(out), "--config", str(config), "-q", *crop]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def entry() -> dict:
+        return json.loads((out / "manifest.json").read_text())["scans"][0]
+
+    assert "earlier run" not in run("--crop-mm", "40,-40")
+    assert entry()["crop"]["superior_mm"] == 40 and entry()["crop_request"]["mode"] == "mm"
+    assert "1 from an earlier run" in run("--crop-mm", "40,-40")  # the same request: reused
+    assert "earlier run" not in run("--crop-mm", "30,-40")  # another request: prepared again
+    assert (entry()["crop"]["superior_mm"], entry()["crop"]["inferior_mm"]) == (30, -40)
+    record = json.loads((out / "mr" / "a.json").read_text())
+    assert record["slab"]["superior_mm"] == 30  # the files, not only the manifest
+    assert "earlier run" not in run("--no-crop")
+    assert entry()["crop"]["source"] == "full-fov" and entry()["crop_request"]["mode"] == "none"
+    # A set prepared before requests were recorded: the slab's source tells only "no crop" apart.
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["scans"][0]["crop_request"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert "1 from an earlier run" in run("--no-crop")
+    assert entry()["crop_request"]["mode"] == "none"  # recorded now that it is known
+    (out / "manifest.json").write_text(json.dumps(manifest))  # legacy again
+    assert "earlier run" not in run("--crop-mm", "30,-40")
+    assert entry()["crop"]["source"] == "crop-mm"
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-iteration tiny run on two synthetic heads per domain."""
+    root = tmp_path_factory.mktemp("export-run")
+    for i in range(2):
+        write_head(root / "mr" / f"mr{i}.nii.gz", "mr", (66.0 + 3 * i, 82.0, 78.0), seed=i)
+        write_head(root / "ct" / f"ct{i}.nii.gz", "ct", (68.0 + 4 * i, 84.0, 79.0), seed=10 + i)
+    config = tiny(optim={"iterations": 1, "decay_iterations": 0})
+    prepared = root / "prepared"
+    summary = prepare_dataset(
+        [root / "mr"], [root / "ct"], prepared, config=config.preprocessing, crop=CROP, progress=False
+    )
+    assert summary.failed == 0
+    train_run(config, prepared, root / "run", progress=False)
+    assert (root / "run" / "checkpoints" / "iter_0000001" / "networks.safetensors").is_file()
+    return root / "run"
+
+
+def test_export_refuses_a_checkpoint_outside_the_run(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other" / "checkpoints" / "iter_0000001"
+    shutil.copytree(run_dir / "checkpoints" / "iter_0000001", other)
+    link = run_dir / "checkpoints" / "iter_9999999"
+    link.symlink_to(other, target_is_directory=True)
+    try:
+        for given in (str(other), "../../other/checkpoints/iter_0000001", "iter_9999999", ".", ".."):
+            out = tmp_path / "models" / "m"
+            result = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--checkpoint", given])
+            one_line_error(
+                result, 1, f"error: {given}: --checkpoint must name a checkpoint folder of this run"
+            )
+            assert not out.exists()
+    finally:
+        link.unlink()
+    inside = run_dir / "checkpoints" / "iter_0000001"
+    for given in ("iter_0000001", str(inside.resolve())):  # a name, or a full path into the run
+        out = tmp_path / "ok" / "m"
+        result = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--checkpoint", given])
+        assert result.exit_code == 0, result.output
+        shutil.rmtree(out)
+    missing = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--checkpoint", "iter_0000042"])
+    assert missing.exit_code == 2 and "no such checkpoint" in missing.stderr
+
+
+def test_exported_weights_get_the_mode_of_a_new_file(run_dir: Path, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        result = runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "m")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    weights = sorted((tmp_path / "m").glob("*.safetensors"))
+    assert len(weights) == 2
+    for path in [*weights, tmp_path / "m" / "model.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # 0666 less the umask, not 0600
+    old = os.umask(0o022)
+    try:
+        again = runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "m"), "--overwrite"])
+    finally:
+        os.umask(old)
+    assert again.exit_code == 0, again.output
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").glob("*.safetensors")} == {0o644}
+
+
+def test_export_with_a_bad_name_is_an_option_error(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "m"
+    result = runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--name", "my model/1"])
+    one_line_error(result, 1, "--name 'my model/1': a model name must be letters, digits")
+    assert not out.exists()
+    spaced = tmp_path / "models" / "my model"
+    result = runner.invoke(app, ["export", str(run_dir), "-o", str(spaced)])
+    one_line_error(result, 1, "the output folder's name 'my model' (pass --name)")
+    assert not spaced.exists()
+    named = runner.invoke(app, ["export", str(run_dir), "-o", str(spaced), "--name", "my-model"])
+    assert named.exit_code == 0, named.output
+    assert json.loads((spaced / "model.json").read_text())["name"] == "my-model"
