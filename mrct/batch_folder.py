@@ -173,7 +173,10 @@ class Manifest:
     """
 
     def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
-        self.path, self.header, self.root = path, header, f"{root}{os.sep}"  # messages: relative paths
+        self.path, self.header = path, header
+        # Messages name files relative to IN_DIR: its path is cut where a path starts (not inside
+        # another path that merely ends the same way, such as "main/" for an IN_DIR "in").
+        self.root = re.compile(r"(?<![^\s'\"(=])" + re.escape(f"{root}{os.sep}"))
         self.rows: dict[str, dict[str, Any]] = {}
         self.previous: dict[str, dict[str, Any]] = {}
         if not path.exists():
@@ -199,7 +202,7 @@ class Manifest:
         self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""
     ) -> None:
         output = s.output if status in ("done", "pending") else ""
-        message = message.replace(self.root, "")
+        message = self.root.sub("", message)
         values = (s.id, s.input, s.uid, modality or s.modality, output, status, round(seconds, 2), message)
         self.rows[s.id] = dict(zip(COLUMNS, values, strict=True))
 

@@ -455,3 +455,15 @@ def test_a_series_added_before_a_resume_does_not_rename_earlier_outputs(tmp_path
         "study_s5_synthetic_ct",
         "study_synthetic_ct",
     ]
+
+
+def test_manifest_messages_cut_the_input_folder_only_where_a_path_starts(tmp_path: Path) -> None:
+    """An input folder given relatively ("in") must not be cut out of the middle of another
+    path in a message ("/work/main/in/..."), only where a path starts."""
+    from mrct.batch_folder import Manifest
+    from mrct.batch_series import Series
+
+    manifest = Manifest(tmp_path / "manifest.json", {"to": "CT"}, False, Path("in"))
+    s = Series("p01#1", "p01", Path("in/p01"))
+    manifest.set(s, "failed", message="in/p01/a.dcm: cut short; a copy is at /work/main/in/p01/a.dcm")
+    assert manifest.rows["p01#1"]["message"] == "p01/a.dcm: cut short; a copy is at /work/main/in/p01/a.dcm"

@@ -238,3 +238,29 @@ def test_export_with_a_bad_name_is_an_option_error(run_dir: Path, tmp_path: Path
     named = runner.invoke(app, ["export", str(run_dir), "-o", str(spaced), "--name", "my-model"])
     assert named.exit_code == 0, named.output
     assert json.loads((spaced / "model.json").read_text())["name"] == "my-model"
+
+
+def test_a_latest_pointer_leading_outside_the_run_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-edited ``checkpoints/latest`` naming another run's checkpoint (``../..``, or an
+    absolute path) must not make --resume or export read that run: the run's own newest
+    complete checkpoint is used, with a warning."""
+    from mrct.training import checkpoint
+
+    def complete(path: Path) -> Path:
+        path.mkdir(parents=True)
+        for name in ("state.json", "networks.safetensors", "optimizers.safetensors"):
+            (path / name).write_text("{}")
+        return path
+
+    own = complete(tmp_path / "run" / "checkpoints" / "iter_0000010")
+    other = complete(tmp_path / "other" / "checkpoints" / "iter_0000090")
+    pointer = tmp_path / "run" / "checkpoints" / checkpoint.LATEST
+    for named in ("../../other/checkpoints/iter_0000090", str(other), ".."):
+        pointer.write_text(named + "\n")
+        caplog.clear()
+        assert checkpoint.latest(tmp_path / "run") == own
+        assert "points outside this run" in caplog.text
+    pointer.write_text("iter_0000010\n")
+    assert checkpoint.latest(tmp_path / "run") == own

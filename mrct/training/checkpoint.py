@@ -156,12 +156,16 @@ def latest(run_dir: Path) -> Path | None:
     named = None
     with contextlib.suppress(OSError, UnicodeDecodeError):
         named = pointer.read_text(encoding="utf-8").strip()
-    if named and _complete(folder / named):
+    # The pointer names a folder beside it; one edited to lead elsewhere (``../other``, an
+    # absolute path) is ignored like a damaged one, so resume/export never reads another run.
+    ours = not named or ("/" not in named and "\\" not in named and named not in (".", ".."))
+    if named and ours and _complete(folder / named):
         return folder / named
     complete = sorted(p for p in folder.glob("iter_*") if _complete(p)) if folder.is_dir() else []
     if not complete:
         return None
     why = f"points at {named}, which is missing or incomplete" if named else "is missing"
+    why = why if ours else f"points outside this run ({named})"
     log.warning("%s: the latest pointer %s; using %s", folder, why, complete[-1].name)
     return complete[-1]
 
