@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrct import __version__
@@ -209,7 +209,17 @@ def _plan(
     """Record what is skipped, failed from the headers, or done by an earlier run; return the
     series to translate (with whether their output may be replaced) and how many were done."""
     todo, earlier = [], 0
+    # A DICOM output is a folder: another output inside it would be read back as part of it.
+    folders = {s.output.lower() for s in series if s.output and s.fmt is OutputFormat.DICOM}
     for s in series:
+        holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
+        if s.output and holder is not None:
+            manifest.set(
+                s,
+                "failed",
+                message=f"its output would lie inside the DICOM output {holder}; rename the input folder",
+            )
+            continue
         old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.

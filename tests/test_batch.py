@@ -467,3 +467,23 @@ def test_manifest_messages_cut_the_input_folder_only_where_a_path_starts(tmp_pat
     s = Series("p01#1", "p01", Path("in/p01"))
     manifest.set(s, "failed", message="in/p01/a.dcm: cut short; a copy is at /work/main/in/p01/a.dcm")
     assert manifest.rows["p01#1"]["message"] == "p01/a.dcm: cut short; a copy is at /work/main/in/p01/a.dcm"
+
+
+def test_an_output_inside_another_series_dicom_output_fails_alone(tmp_path: Path, model: Path) -> None:
+    """IN/study/*.dcm writes the folder OUT/study_synthetic_ct/; a scan in an input folder that
+    happens to be named study_synthetic_ct would be written inside it (and read back as part of
+    that series): it fails with a message, the DICOM series is translated."""
+    src = tmp_path / "in"
+    write_series(src / "study", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    write_head(src / "study_synthetic_ct" / "head.nii.gz", "mr", seed=1)
+    out = tmp_path / "out"
+    result = _batch(src, out, model)
+    assert result.exit_code == 1, result.output
+    rows = {r["input"]: r for r in _manifest(out)[1]}
+    assert rows["study"]["status"] == "done"
+    nested = rows["study_synthetic_ct/head.nii.gz"]
+    assert nested["status"] == "failed"
+    assert nested["message"].startswith("its output would lie inside the DICOM output study_synthetic_ct")
+    assert sorted(p.name for p in (out / "study_synthetic_ct").iterdir()) == sorted(
+        p.name for p in (out / "study_synthetic_ct").glob("*.dcm")
+    )
