@@ -204,13 +204,19 @@ def _unsafe_output(src: Path, out: Path, target: Path) -> str | None:
 
 
 def _plan(
-    series: list[Series], manifest: Manifest, src: Path, out: Path, to: Modality, overwrite: bool
+    series: list[Series],
+    manifest: Manifest,
+    src: Path,
+    out: Path,
+    to: Modality,
+    overwrite: bool,
+    folders: set[str],
 ) -> tuple[list[tuple[Series, bool]], int]:
     """Record what is skipped, failed from the headers, or done by an earlier run; return the
-    series to translate (with whether their output may be replaced) and how many were done."""
+    series to translate (with whether their output may be replaced) and how many were done.
+    ``folders``: every DICOM output of the whole batch (all shards), lower case; an output
+    inside one would be read back as part of that series."""
     todo, earlier = [], 0
-    # A DICOM output is a folder: another output inside it would be read back as part of it.
-    folders = {s.output.lower() for s in series if s.output and s.fmt is OutputFormat.DICOM}
     for s in series:
         holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
         if s.output and holder is not None:
@@ -298,13 +304,18 @@ def run_batch(
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
         # A resumed run keeps the names it wrote (shards do not: each sees its own manifest only).
-        done = {k: r["output"] for k, r in manifest.previous.items() if r.get("status") == "done"}
-        series = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
-        series = [s for n, s in enumerate(series) if not part or n % part[1] == part[0] - 1]
+        done = {
+            k: r["output"]
+            for k, r in manifest.previous.items()
+            if r.get("status") == "done" and isinstance(r.get("output"), str)
+        }
+        named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
+        folders = {s.output.lower() for s in named if s.output and s.fmt is OutputFormat.DICOM}
+        series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
-        todo, earlier = _plan(series, manifest, src, out, to, overwrite)
+        todo, earlier = _plan(series, manifest, src, out, to, overwrite, folders)
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
         _translate(todo, translator, manifest, out, to, crop, workers, progress, anonymizer)

@@ -217,7 +217,8 @@ def name_outputs(
     for s in readable:
         out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
         ext = "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
-        old = (keep or {}).get(s.id, "")
+        old = (keep or {}).get(s.id) or ""
+        old = old if isinstance(old, str) else ""
         safe = not PurePosixPath(old).is_absolute() and ".." not in PurePosixPath(old).parts
         if old and safe and old.endswith(f"_synthetic_{to.value.lower()}{ext}") and old.lower() not in taken:
             taken.add(old.lower())

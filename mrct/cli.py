@@ -105,7 +105,7 @@ def info(
     if result.modality:
         typer.echo(f"modality:    {result.modality} (from {result.modality_from})")
     else:
-        typer.echo("modality:    unknown (not in the header; the intensities look like neither CT nor MR)")
+        typer.echo("modality:    unknown (the header names neither CT nor MR; nor do the intensities tell)")
     typer.echo(f"shape:       {' x '.join(map(str, result.shape))} ({result.dtype})")
     typer.echo(f"spacing mm:  {' x '.join(f'{s:.4g}' for s in result.spacing_mm or ())}")
     typer.echo(f"orientation: {result.orientation} (RAS axis codes)")

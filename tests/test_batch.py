@@ -469,17 +469,25 @@ def test_manifest_messages_cut_the_input_folder_only_where_a_path_starts(tmp_pat
     assert manifest.rows["p01#1"]["message"] == "p01/a.dcm: cut short; a copy is at /work/main/in/p01/a.dcm"
 
 
-def test_an_output_inside_another_series_dicom_output_fails_alone(tmp_path: Path, model: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 2])
+def test_an_output_inside_another_series_dicom_output_fails_alone(
+    tmp_path: Path, model: Path, shards: int
+) -> None:
     """IN/study/*.dcm writes the folder OUT/study_synthetic_ct/; a scan in an input folder that
     happens to be named study_synthetic_ct would be written inside it (and read back as part of
-    that series): it fails with a message, the DICOM series is translated."""
+    that series): it fails with a message, the DICOM series is translated. Shards, which each
+    translate a part, see the clash too."""
     src = tmp_path / "in"
     write_series(src / "study", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
     write_head(src / "study_synthetic_ct" / "head.nii.gz", "mr", seed=1)
     out = tmp_path / "out"
-    result = _batch(src, out, model)
-    assert result.exit_code == 1, result.output
-    rows = {r["input"]: r for r in _manifest(out)[1]}
+    rows, codes = {}, []
+    for k in range(1, shards + 1):
+        result = _batch(src, out, model, *(["--shard", f"{k}/{shards}"] if shards > 1 else []))
+        name = f"manifest-shard{k}of{shards}" if shards > 1 else "manifest"
+        rows |= {r["input"]: r for r in _manifest(out, name)[1]}
+        codes.append(result.exit_code)
+    assert sorted(codes) == [0] * (shards - 1) + [1], codes
     assert rows["study"]["status"] == "done"
     nested = rows["study_synthetic_ct/head.nii.gz"]
     assert nested["status"] == "failed"
@@ -487,3 +495,18 @@ def test_an_output_inside_another_series_dicom_output_fails_alone(tmp_path: Path
     assert sorted(p.name for p in (out / "study_synthetic_ct").iterdir()) == sorted(
         p.name for p in (out / "study_synthetic_ct").glob("*.dcm")
     )
+
+
+def test_a_done_row_without_an_output_does_not_crash_a_resume(tmp_path: Path, model: Path) -> None:
+    """A damaged manifest whose done row lost its output (null) is not a crash (exit 70): the
+    series' output is there and not recorded as ours, so it fails with "exists"."""
+    src = tmp_path / "in"
+    write_series(src / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    out = tmp_path / "out"
+    assert _batch(src, out, model).exit_code == 0
+    content = json.loads((out / "manifest.json").read_text())
+    content["series"][0]["output"] = None
+    (out / "manifest.json").write_text(json.dumps(content))
+    result = _batch(src, out, model)
+    assert result.exit_code == 1, result.output
+    assert "t1_synthetic_ct exists; pass --overwrite" in _manifest(out)[1][0]["message"]

@@ -216,4 +216,4 @@ def test_info_says_plainly_when_the_modality_cannot_be_told(tmp_path: Path) -> N
     result = runner.invoke(app, ["info", str(path)])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("modality:"))
-    assert line == "modality:    unknown (not in the header; the intensities look like neither CT nor MR)"
+    assert line == "modality:    unknown (the header names neither CT nor MR; nor do the intensities tell)"
