@@ -180,6 +180,12 @@ def locate(
     try:
         result = api.locate(scan, series=series, modality=modality_of(modality))
     except (Exception, KeyboardInterrupt) as err:
+        from mrct.errors import CropError
+        from mrct.preprocessing.crop import OVERRIDES_HINT
+
+        if isinstance(err, CropError):  # locate has no overrides; translate and prepare do
+            hint = "translate and prepare take " + OVERRIDES_HINT.removeprefix("pass ")
+            err = CropError(err.message.replace(OVERRIDES_HINT, hint), err.path)
         fail(err)
     slab = result.slab
     if as_json:

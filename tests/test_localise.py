@@ -75,6 +75,15 @@ def _accuracy(results: dict[str, dict], key: str, label: str) -> tuple[np.ndarra
     return abs_err, within, worst
 
 
+def test_noise_with_a_head_sized_mask_is_refused_not_located_with_full_confidence() -> None:
+    """Random 0/1 voxels fill a head-sized box; registration used to lay the template on it
+    with confidence 1.00 and translate went ahead. Its neighbouring voxels do not correlate."""
+    arr = np.random.default_rng(0).integers(0, 2, (120, 120, 90)).astype(np.uint8)
+    vol = Volume(arr, np.diag([1.5, 1.5, 1.5, 1.0]), Modality.MR)
+    with pytest.raises(CropError, match=r"looks like noise \(neighbouring voxels correlate 0\.[01]"):
+        locate_volume(vol, Localiser(load_reference()))
+
+
 @pytest.mark.parametrize("kind", ["zeros", "noise"])
 def test_a_volume_with_no_object_is_a_crop_error_naming_the_file(tmp_path: Path, kind: str) -> None:
     """An empty or pure-noise volume used to reach ITK and come back as an internal error
@@ -244,6 +253,9 @@ def test_the_cli_names_the_file_that_is_no_head(tmp_path: Path) -> None:
         assert result.exit_code == 6, result.output
         lines = result.output.strip().splitlines()
         assert lines[-1].startswith(f"error: {path}: the object in the scan is nearly uniform"), lines
+        # locate has no overrides: its message points to the commands that have them
+        hint = "translate and prepare take --crop-mm" if args[0] == "locate" else "pass --crop-mm"
+        assert hint in lines[-1], lines
 
 
 @pytest.mark.realdata

@@ -32,7 +32,13 @@ from mrct.errors import CropError
 from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
-from mrct.preprocessing.mask import MIN_HEAD_ML, MIN_INTERIOR_SPREAD, WorkingImage, working_image
+from mrct.preprocessing.mask import (
+    MIN_HEAD_ML,
+    MIN_INTERIOR_SPREAD,
+    MIN_NEIGHBOUR_CORRELATION,
+    WorkingImage,
+    working_image,
+)
 from mrct.preprocessing.registration import map_point, one_itk_thread, register, sitk_image, uint8_image
 from mrct.volume import Modality
 
@@ -187,6 +193,11 @@ class Localiser:
             raise CropError(
                 f"the object in the scan is nearly uniform inside (intensity spread {spread:.2f} of its "
                 f"contrast; heads are above 0.4): a phantom, not a head? {OVERRIDES_HINT}"
+            )
+        if (alike := work.neighbour_correlation()) < MIN_NEIGHBOUR_CORRELATION:
+            raise CropError(
+                f"the scan looks like noise (neighbouring voxels correlate {alike:.2f}; heads are "
+                f"above 0.7): no head to find. {OVERRIDES_HINT}"
             )
         with one_itk_thread():
             try:

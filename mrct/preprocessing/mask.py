@@ -25,6 +25,9 @@ CT_BODY_HU = -500.0
 MIN_INTERIOR_SPREAD = 0.1
 # An adult head is 3-5 L; a tenth of that is not a head (a slice or two, a finger, a phantom).
 MIN_HEAD_ML = 300.0
+# Neighbouring voxels of a head correlate (``neighbour_correlation`` 0.75 and up on the 54
+# real heads in ../shared/data); those of noise hardly do (0.12 on uniform random voxels).
+MIN_NEIGHBOUR_CORRELATION = 0.4
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +53,22 @@ class WorkingImage:
         contrast = float(np.median(inside) - np.median(outside))
         low, high = np.percentile(inside, [10, 90])
         return float(high - low) / contrast if contrast > 0 else float("inf")
+
+    def neighbour_correlation(self) -> float:
+        """How alike neighbouring voxels inside the mask are: the correlation of each voxel with
+        the next along each axis, the lowest of the three. Anatomy is smooth at the working
+        step (0.75-0.84 on real heads); noise is not (about 0.1 after the anti-aliased resample)."""
+        values = []
+        for axis in range(3):
+            head = [slice(None)] * 3
+            tail = [slice(None)] * 3
+            head[axis], tail[axis] = slice(0, -1), slice(1, None)
+            both = self.mask[tuple(head)] & self.mask[tuple(tail)]
+            x, y = self.array[tuple(head)][both], self.array[tuple(tail)][both]
+            if x.size < 2 or np.std(x) == 0 or np.std(y) == 0:
+                return 1.0  # nothing to judge: other checks say what is wrong
+            values.append(float(np.corrcoef(x.astype(np.float64), y.astype(np.float64))[0, 1]))
+        return min(values)
 
     @property
     def mask_ml(self) -> float:
