@@ -115,8 +115,8 @@ class Translator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.device = torch.device(device)
-        except RuntimeError as err:
-            raise ConfigError(f"--device: {err}") from err
+        except RuntimeError:
+            raise ConfigError(f"--device {device}: not a device (auto, cpu, cuda or cuda:N)") from None
         check_device(self.device, device)
         try:
             self.precision = resolve_precision(precision, self.device)
@@ -247,7 +247,7 @@ class Translator:
         out = np.full(volume.shape, background, dtype=background.dtype)
         taken = np.zeros(volume.shape, dtype=bool) if len(prepared.slabs) > 1 else None
         infos = []
-        for pre, y in zip(prepared.slabs, outputs, strict=True):
+        for n, (pre, y) in enumerate(zip(prepared.slabs, outputs, strict=True)):
             slab = pre.record.slab
             if config.mask_background:
                 y = np.where(pre.mask, y, np.float32(-1.0))  # the head mask of the source: air stays air
@@ -260,7 +260,8 @@ class Translator:
                     keep &= ~taken[box]
                     taken[box] |= keep
                 out[box][keep] = scanner_units(values[keep], to)
-            info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": slab.source}
+            source = slab.source if n == 0 else "full-fov tile"  # tiles are asked for as levels
+            info = {"superior_mm": slab.superior_mm, "inferior_mm": slab.inferior_mm, "source": source}
             if slab.confidence is not None:
                 info["confidence"] = slab.confidence
             info["outside_fov_mm"] = round(outside_fov_mm(volume, slab.superior_mm, slab.inferior_mm), 1)

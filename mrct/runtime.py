@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ from mrct.networks.generator import ResnetGenerator, pad_spatial
 
 PRECISIONS = ("auto", "fp32", "bf16")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+log = logging.getLogger(__name__)
 EPS = 1e-5  # nn.InstanceNorm3d's default, as the generator uses it
 
 
@@ -68,6 +70,8 @@ def check_device(device: torch.device, name: str) -> None:
     an "unexpected RuntimeError" from the first tensor moved there."""
     if device.type == "cpu":
         return
+    if device.type not in ("cuda", "mps", "xpu"):  # meta, privateuse1, ...: no data to compute on
+        raise ConfigError(f"--device {name}: not a device mrct computes on (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: no CUDA device is available")
@@ -92,6 +96,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("bf16 on this CPU is emulated (no AMX or AVX-512-BF16): far slower than fp32")
     if requested != "auto":
         return requested
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"

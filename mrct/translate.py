@@ -19,7 +19,7 @@ from mrct import __version__
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import atomic_file, check_apart, check_replaceable, compound_suffix
+from mrct.io.atomic import atomic_file, check_apart, check_replaceable, check_writable, compound_suffix
 from mrct.io.discover import fit_name
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -159,11 +159,14 @@ def translate_file(
     out_path, out_fmt = resolve_output(src, dst, to, fmt, series)
     if preview is not None and Path(preview).suffix.lower() != ".png":
         raise MrctError("a preview is written as PNG; give --preview a name ending in .png", preview)
-    for path in (out_path, report, preview):
+    for option, path in (("-o", out_path), ("--report", report), ("--preview", preview)):
         if path is not None:
             check_apart(src, Path(path))
             if Path(path).exists() and not overwrite:
                 raise OutputExistsError("output exists; pass --overwrite to replace it", path)
+            if option != "-o" and Path(path).is_dir():
+                raise OutputExistsError(f"is a folder; {option} needs a file name", path)
+            check_writable(Path(path))  # before the slow part, so a failure leaves no output
     if out_fmt is OutputFormat.DICOM:
         from mrct.io.dicom_write import SERIES_FILES
 

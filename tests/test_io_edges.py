@@ -164,3 +164,13 @@ def test_dicom_write_of_a_sheared_grid_names_the_output(tmp_path: Path) -> None:
     assert info.value.path == str(out)
     assert str(info.value).startswith(f"{out}: ")
     assert not out.exists()
+
+
+def test_series_given_for_a_single_volume_file_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--series picks among DICOM series; given with a NIfTI it was silently ignored."""
+    path = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
+    read_volume(path, series="1.2.3")
+    assert f"{path}: holds one volume; --series applies to DICOM folders and zips" in caplog.text

@@ -133,6 +133,9 @@ def test_existing_output_needs_overwrite(tmp_path: Path, heads: Path, tiny_model
     [
         (["--device", "cuda:3"], 1, "--device"),
         (["--device", "xpu"], 1, "--device xpu: not available"),  # was "unexpected RuntimeError", 70
+        (["--device", "meta"], 1, "--device meta: not a device mrct computes on"),  # was 70
+        (["--device", "CPU"], 1, "--device CPU: not a device (auto, cpu, cuda or cuda:N)"),
+        (["--crop-mm", "nan,1"], 6, "--crop-mm SUP,INF must be finite numbers"),
         (["--model", "no-such-model"], 7, "no-such-model"),
         (["--crop-mm", "400,300"], 6, "misses the scan"),
         (["--format", "dicom", "-o", "x.nii.gz"], 1, "does not match"),
@@ -568,3 +571,36 @@ def test_a_long_input_name_gets_an_output_name_the_file_system_takes(
     assert out.name.startswith("é" * 70) and out.name.endswith("_synthetic_ct.nii.gz")
     assert len(out.name.encode()) <= 200
     assert read_volume(out).array.dtype == np.int16  # HU
+
+
+def test_an_unusable_output_report_or_preview_fails_before_any_work(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """Under /proc (writable by mode for root, yet nothing can be created), under a file, or a
+    report that is a folder: one line, exit 4/5, checked before the model runs, so no main
+    output is left behind by a run that fails (it used to be, or exit 70)."""
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "out.nii.gz"
+    cases = [
+        (["-o", "/proc/out.nii.gz"], 5, "/proc/out.nii.gz: cannot write here"),
+        (["-o", str(out), "--preview", "/proc/p.png"], 5, "/proc/p.png: cannot write here"),
+        (["-o", str(out), "--report", str(tmp_path / "afile" / "r.json")], 5, "afile is not a folder"),
+        (["-o", str(out), "--report", str(tmp_path / "folder"), "--overwrite"], 4, "--report needs a file"),
+    ]
+    for extra, code, message in cases:
+        result = _translate(str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, *extra)
+        assert result.exit_code == code, (extra, result.output)
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert not out.exists(), extra
+    assert (tmp_path / "folder").is_dir() and not list((tmp_path / "folder").iterdir())
+
+
+def test_full_fov_report_names_the_tiles_as_tiles(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    """The slabs above and below the brow-to-jaw one are tiles, not levels the user gave."""
+    report = tmp_path / "run.json"
+    args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, "--full-fov", "-q"]
+    result = _translate(*args, "-o", str(tmp_path / "o.nii.gz"), "--report", str(report))
+    assert result.exit_code == 0, result.output
+    sources = [s["source"] for s in json.loads(report.read_text())["slabs"]]
+    assert sources[0] == "crop-mm" and len(sources) > 1 and set(sources[1:]) == {"full-fov tile"}

@@ -9,6 +9,7 @@ folder means a DICOM series.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from enum import Enum
 from pathlib import Path
@@ -30,6 +31,7 @@ class OutputFormat(str, Enum):
     DICOM = "dicom"
 
 
+log = logging.getLogger(__name__)
 _NIFTI = (".nii", ".nii.gz")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -69,6 +71,8 @@ def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bo
         from mrct.io.sniff import check_name
 
         check_name(p)
+    if series is not None and p.is_file() and name.endswith(_NIFTI + _ITK):
+        log.warning("%s: holds one volume; --series applies to DICOM folders and zips and is ignored", p)
     if p.is_file() and name.endswith(_NIFTI):
         from mrct.io.nifti import read_nifti
 

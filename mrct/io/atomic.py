@@ -75,6 +75,23 @@ def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> Non
         raise WriteError("output folder is not writable", parent)
 
 
+def check_writable(path: Path) -> None:
+    """Before any slow work: a file or folder can be created at ``path``. Tried for real (a
+    probe file in the nearest existing folder, removed at once), as permissions do not tell:
+    root may write anywhere by mode, yet not under /proc or on a read-only mount."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(f"cannot create the output's folder: {folder} is not a folder", path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mrct-probe-", dir=folder)
+    except OSError as err:
+        raise WriteError(f"cannot write here ({err.strerror})", path) from err
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_replaceable(path: Path, owned: Owned) -> None:
     """Refuse to replace a file, or a folder holding anything but what ``owned`` describes.
 
@@ -133,11 +150,14 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     check_output(path, overwrite)
     suffix = compound_suffix(path)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name[: len(path.name) - len(suffix)]}{TMP_MARK}",
-        suffix=suffix,
-        dir=path.parent,
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name[: len(path.name) - len(suffix)]}{TMP_MARK}",
+            suffix=suffix,
+            dir=path.parent,
+        )
+    except OSError as err:  # /proc, a read-only mount, a full disk
+        raise WriteError(f"cannot write here ({err.strerror})", path) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -161,7 +181,10 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     check_output(path, overwrite, owned)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    except OSError as err:
+        raise WriteError(f"cannot write here ({err.strerror})", path) from err
     try:
         yield tmp
         old: Path | None = None

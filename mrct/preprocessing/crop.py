@@ -52,7 +52,7 @@ class CropRequest:
     def millimetres(cls, superior_mm: float, inferior_mm: float) -> CropRequest:
         sup, inf = float(superior_mm), float(inferior_mm)
         if not (math.isfinite(sup) and math.isfinite(inf)):
-            raise CropError(f"crop levels must be finite numbers, got {sup:g},{inf:g}")
+            raise CropError(f"--crop-mm SUP,INF must be finite numbers (RAS mm), got {sup:g},{inf:g}")
         if sup - inf < MIN_SLAB_MM:
             raise CropError(
                 f"--crop-mm SUP,INF needs SUP at least {MIN_SLAB_MM:g} mm above INF (RAS mm), "

@@ -31,8 +31,8 @@ def resolve_device(name: str, dist: DistContext) -> object:
         name = f"cuda:{dist.local_rank}"
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"--device: {err}") from err
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
     check_device(device, name)
     return device
 
