@@ -174,3 +174,16 @@ def test_series_given_for_a_single_volume_file_is_warned_about(
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), path)
     read_volume(path, series="1.2.3")
     assert f"{path}: holds one volume; --series applies to DICOM folders and zips" in caplog.text
+
+
+def test_an_empty_zip_says_so(tmp_path: Path) -> None:
+    """It said "folder is empty", of a file the user gave as a zip."""
+    import zipfile
+
+    from mrct.errors import InputNotFoundError
+
+    path = tmp_path / "empty.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("study/", "")  # a folder entry only
+    with pytest.raises(InputNotFoundError, match=r"empty\.zip: zip is empty \(no files in it\)"):
+        read_volume(path)

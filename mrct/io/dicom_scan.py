@@ -341,6 +341,8 @@ def extract_zip(path: Path, dest: Path) -> Path:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            if not any(not i.is_dir() for i in infos):
+                raise InputNotFoundError("zip is empty (no files in it)", path)
             if len(infos) > MAX_FILES:
                 raise ReadError(f"zip holds {len(infos)} files, more than {MAX_FILES}", path)
             total = sum(i.file_size for i in infos)
