@@ -360,7 +360,23 @@ def main() -> None:
     # An ignore the caller asked for is kept; mrct train's stop flag takes SIGTERM over while it runs.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _unwind_on_sigterm)
-    app(args=expand_prepare_args(sys.argv[1:]))
+    try:
+        code = app(args=expand_prepare_args(sys.argv[1:]), standalone_mode=False)
+    except typer.Abort:  # Ctrl-C while click itself was prompting or parsing
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except typer.TyperException as err:  # click's usage errors: a wrong option, a missing argument
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:  # ``mrct``, ``mrct models``
+            typer.echo(ctx.get_help())
+            code = 0
+        else:
+            # One line, as every other mrct error (click draws a framed box of several).
+            where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+            message = err.format_message().replace("Value error, ", "").rstrip(".")  # type: ignore[attr-defined]
+            typer.echo(f"error: {message}{where}", err=True)
+            code = int(getattr(err, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,21 @@ def test_info_says_plainly_when_the_modality_cannot_be_told(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("modality:"))
     assert line == "modality:    unknown (the header names neither CT nor MR; nor do the intensities tell)"
+
+
+def test_usage_errors_are_one_line_from_the_real_entry_point(tmp_path: Path) -> None:
+    """click draws usage errors in a framed box of several lines; mrct's entry point prints one
+    line like every other error, exit code 2. ``mrct`` alone still prints the help (exit 0)."""
+    cases = [
+        (["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--to", "ct", "--workers", "0"], "'--workers'"),
+        (["translate", "x.nii.gz", "--to", "xx"], "'xx' is not one of 'ct', 'mr'; see '"),
+        (["translate"], "Missing argument 'scan'; see '"),
+        (["bogus"], "No such command 'bogus'; see '"),
+    ]
+    for args, message in cases:
+        result = run_mrct(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and result.stdout == ""
+    bare = run_mrct()
+    assert bare.returncode == 0 and "Usage: " in bare.stdout and "translate" in bare.stdout
