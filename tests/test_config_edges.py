@@ -264,3 +264,18 @@ def test_a_latest_pointer_leading_outside_the_run_is_not_followed(
         assert "points outside this run" in caplog.text
     pointer.write_text("iter_0000010\n")
     assert checkpoint.latest(tmp_path / "run") == own
+
+
+def test_a_grid_far_too_large_is_a_config_error_before_any_scan(tmp_path: Path) -> None:
+    """It used to fail every scan with "unexpected RuntimeError: applying transform <object>"."""
+    config = tmp_path / "huge.yaml"
+    config.write_text("preprocessing:\n  grid: {depth: 100000, height: 100000, width: 100000}\n")
+    result = CliRunner().invoke(
+        app, ["prepare", "-o", str(tmp_path / "out"), "--mr", str(tmp_path), "--config", str(config), "-q"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"error: {config}: preprocessing.grid: grid 100000 x 100000 x 100000 is too large "
+        "(at most 1024 per side and 64 M voxels)"
+    )
+    assert not (tmp_path / "out").exists()

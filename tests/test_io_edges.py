@@ -187,3 +187,18 @@ def test_an_empty_zip_says_so(tmp_path: Path) -> None:
         zf.writestr("study/", "")  # a folder entry only
     with pytest.raises(InputNotFoundError, match=r"empty\.zip: zip is empty \(no files in it\)"):
         read_volume(path)
+
+
+def test_ct_values_beyond_int16_are_clipped_with_a_warning_naming_the_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CT written as DICOM stores int16 HU (slope 1); values beyond were clipped silently."""
+    array = np.full((8, 8, 4), -1000.0, np.float32)
+    array[2:4, 2:4, 1] = 40000.0
+    out = tmp_path / "ct_dicom"
+    write_volume(Volume(array, np.eye(4), Modality.CT), f"{out}/")
+    assert f"{out}: 4 voxel(s) outside -32768..32767 HU (up to 40000) are clipped" in caplog.text
+    assert read_volume(out).array.max() == 32767
+    caplog.clear()
+    write_volume(Volume(np.clip(array, -1024, 3071), np.eye(4), Modality.CT), f"{tmp_path / 'fine'}/")
+    assert "clipped" not in caplog.text

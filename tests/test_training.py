@@ -503,3 +503,23 @@ def test_fp16_needs_cuda(tmp_path: Path, prepared: Path) -> None:
     config = tiny(runtime={"amp": "fp16"})
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         train_run(config, prepared, tmp_path / "run", progress=False, device="cpu")
+
+
+def test_a_run_folder_that_is_a_file_or_under_one_is_a_one_line_error(tmp_path: Path, prepared: Path) -> None:
+    """-o naming a file was "unexpected FileExistsError", exit 70."""
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    (tmp_path / "afile").write_text("not a run")
+    for run, message in (("afile", "is a file, not a folder"), ("afile/run", "afile is not a folder")):
+        args = [
+            "train",
+            "-c",
+            str(tmp_path / "tiny.yaml"),
+            "--data",
+            str(prepared),
+            "-o",
+            str(tmp_path / run),
+        ]
+        result = runner.invoke(app, [*args, "-q"])
+        assert result.exit_code == 5, result.output
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    assert (tmp_path / "afile").read_text() == "not a run"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,6 +35,8 @@ from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.orientation import ras_to_lps
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mrct.io.anonymize import Anonymizer
@@ -144,10 +147,13 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
     )
 
 
-def _quantize(array: npt.NDArray, modality: Modality) -> tuple[npt.NDArray[np.int16], float, float]:
+def _quantize(
+    array: npt.NDArray, modality: Modality, where: Path | None = None
+) -> tuple[npt.NDArray[np.int16], float, float]:
     """Stored int16 values, RescaleSlope and RescaleIntercept (value = slope * stored + intercept).
 
-    CT: HU rounded and clipped to int16, slope 1. MR: exact when every value is
+    CT: HU rounded and clipped to int16, slope 1, with a warning naming ``where`` when any
+    value lies outside (no tissue does; metal on extended-scale scanners may). MR: exact when every value is
     an int16 integer; otherwise ``round(value / slope)`` with intercept 0 (so
     zero background stays exactly zero) and the slope spanning the int16 range.
     """
@@ -159,7 +165,7 @@ def _quantize(array: npt.NDArray, modality: Modality) -> tuple[npt.NDArray[np.in
         if int(values.min()) >= _INT16.min and int(values.max()) <= _INT16.max:
             return values.astype(np.int16), 1.0, 0.0
         if modality is Modality.CT:
-            return np.clip(values, _INT16.min, _INT16.max).astype(np.int16), 1.0, 0.0
+            return _clipped_ct(values, where), 1.0, 0.0
         values = values.astype(np.float64)
     elif values.dtype.kind != "f":
         raise WriteError(f"cannot store {values.dtype} voxel values in DICOM")
@@ -167,7 +173,7 @@ def _quantize(array: npt.NDArray, modality: Modality) -> tuple[npt.NDArray[np.in
         raise WriteError("volume contains NaN or infinite values")
     rounded = np.rint(values)  # keeps float32 as float32
     if modality is Modality.CT:
-        return np.clip(rounded, _INT16.min, _INT16.max).astype(np.int16), 1.0, 0.0
+        return _clipped_ct(rounded, where), 1.0, 0.0
     if (
         float(rounded.min()) >= _INT16.min
         and float(rounded.max()) <= _INT16.max
@@ -180,6 +186,20 @@ def _quantize(array: npt.NDArray, modality: Modality) -> tuple[npt.NDArray[np.in
     slope = float(_ds(peak / _INT16.max)) if peak > 0 else 1.0
     stored = np.clip(np.rint(values / slope), -_INT16.max, _INT16.max)
     return stored.astype(np.int16), slope, 0.0
+
+
+def _clipped_ct(values: npt.NDArray, where: Path | None) -> npt.NDArray[np.int16]:
+    outside = int(np.count_nonzero((values < _INT16.min) | (values > _INT16.max)))
+    if outside:
+        log.warning(
+            "%s: %d voxel(s) outside %d..%d HU (up to %g) are clipped to the int16 range a DICOM CT stores",
+            where or "DICOM output",
+            outside,
+            _INT16.min,
+            _INT16.max,
+            float(np.max(np.abs(values))),
+        )
+    return np.clip(values, _INT16.min, _INT16.max).astype(np.int16)
 
 
 def _window(array: npt.NDArray, modality: Modality) -> tuple[float, float]:
@@ -314,7 +334,7 @@ def write_dicom_series(
         raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)
     try:
         geo = _geometry(volume.affine, volume.shape)
-        stored, slope, intercept = _quantize(volume.array, modality)
+        stored, slope, intercept = _quantize(volume.array, modality, out_dir)
     except WriteError as err:  # raised on the volume in memory: name the output
         raise err.naming(out_dir) from None
     center, width = _window(volume.array, modality)

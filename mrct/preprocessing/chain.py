@@ -20,7 +20,7 @@ import numpy.typing as npt
 from monai.transforms import Compose, MapTransform, Orientationd
 
 from mrct.config import to_dict
-from mrct.errors import CropError, MrctError
+from mrct.errors import CropError
 from mrct.preprocessing.config import GridConfig, PreprocessConfig
 from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
 from mrct.preprocessing.grid import model_grid_affine, resample, world_extent
@@ -247,8 +247,9 @@ def preprocess(
         out = chain({"image": image, "record": record})
     except RuntimeError as err:
         # MONAI wraps every exception raised inside a transform; ours are meant for users.
+        # Its own message names the transform object, not the problem: pass the cause on.
         cause = err.__cause__
-        if isinstance(cause, (MrctError, ValueError)):
+        if isinstance(cause, Exception) and str(err).startswith("applying transform"):
             raise cause from None
         raise
     return Preprocessed(out["grid_image"], out["grid_mask"], PreprocessRecord(**out["record"]))

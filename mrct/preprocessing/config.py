@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+MAX_GRID_SIDE = 1024
+MAX_GRID_VOXELS = 64 * 2**20  # 256 MB per float32 volume
+
 
 @dataclass(frozen=True)
 class GridConfig:
@@ -29,6 +32,12 @@ class GridConfig:
     def __post_init__(self) -> None:
         if min(self.depth, self.height, self.width) < 1:
             raise ValueError(f"grid sizes must be positive, got {self.shape}")
+        # Far above any head model (the paper's 30 x 256 x 256 is 2 M voxels): a typo, not a grid.
+        if max(self.shape) > MAX_GRID_SIDE or self.depth * self.height * self.width > MAX_GRID_VOXELS:
+            raise ValueError(
+                f"grid {self.depth} x {self.height} x {self.width} is too large (at most "
+                f"{MAX_GRID_SIDE} per side and {MAX_GRID_VOXELS // 2**20} M voxels)"
+            )
         if not 0.05 <= self.inplane_mm <= 20:
             raise ValueError(f"inplane_mm must be within 0.05..20 mm, got {self.inplane_mm}")
 

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError
+from mrct.errors import ConfigError, OutputExistsError, WriteError
+from mrct.io.atomic import check_writable
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet
@@ -39,6 +40,9 @@ def resolve_device(name: str, dist: DistContext) -> object:
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from, after checking the folder may be used."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise WriteError("is a file, not a folder; give the run a folder of its own", run_dir)
+    check_writable(run_dir)  # before any work: an ancestor that is a file, /proc, a read-only disk
     found = checkpoint.latest(run_dir)
     started = any((run_dir / name).exists() for name in RUN_CONTENTS)
     if resume and found is not None:
