@@ -46,6 +46,20 @@ def split_ids(ids: Iterable[str], seed: int, hold_out_from: str | None = None) -
     }
 
 
+def keep_split(
+    ids: Iterable[str], seed: int, hold_out_from: str | None, earlier: dict[str, list[str]] | None
+) -> dict[str, list[str]]:
+    """:func:`split_ids`, except that ids an earlier run of the same seed and pattern placed
+    keep their side: adding scans to a set must not move a test scan into training, where a
+    model trained on the first split would then be evaluated on what it saw (as nnU-Net keeps
+    its splits_final.json). Only the new ids are split, among themselves."""
+    ids = list(ids)
+    placed = {side: set((earlier or {}).get(side) or ()) for side in ("train", "test")}
+    new = [i for i in ids if i not in placed["train"] | placed["test"]]
+    fresh = split_ids(new, seed, hold_out_from)
+    return {side: sorted([i for i in ids if i in placed[side]] + fresh[side]) for side in ("train", "test")}
+
+
 def write_bytes(path: Path, data: bytes) -> str:
     """Write ``data`` atomically; returns its SHA-256."""
     with atomic_file(path, overwrite=True) as tmp:
@@ -80,8 +94,15 @@ def write_manifest(
     config: dict[str, Any],
     entries: dict[Any, Any],
     hold_out_from: str | None = None,
+    earlier: dict[str, Any] | None = None,
 ) -> None:
+    """Write the manifest; ``earlier`` (the folder's previous manifest) keeps its split when
+    made with the same seed and ``hold_out_from`` (see :func:`keep_split`)."""
     scans = [entries[k] for k in sorted(entries)]
+    same = bool(earlier) and (earlier or {}).get("seed") == seed
+    same = same and (earlier or {}).get("hold_out_from") == hold_out_from
+    before = (earlier or {}).get("split") if same else None
+    before = before if isinstance(before, dict) else {}
     ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
     manifest = {
         "format": "mrct-prepared-dataset",
@@ -92,7 +113,7 @@ def write_manifest(
         "seed": seed,
         "hold_out_from": hold_out_from,
         "config": config,
-        "split": {d: split_ids(ids, seed, hold_out_from) for d, ids in ok.items()},
+        "split": {d: keep_split(ids, seed, hold_out_from, before.get(d)) for d, ids in ok.items()},
         "scans": scans,
     }
     write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -135,6 +135,23 @@ def test_hold_out_from_draws_the_test_split_from_matching_ids_only() -> None:
     assert sorted(split["train"] + split["test"]) == sorted(ids) and len(split["test"]) == 3
 
 
+def test_adding_scans_never_moves_a_placed_scan_between_train_and_test() -> None:
+    """A set grown by a re-run keeps every earlier scan on its side (a model trained on the first
+    split must not be evaluated on a scan that moved into its training data); only new scans are
+    split. A different seed or pattern asks for a new split."""
+    from mrct.prepare_manifest import keep_split
+
+    first = split_ids([f"IXI{k:03d}" for k in range(10)], seed=0, hold_out_from="IXI*")
+    grown = [f"IXI{k:03d}" for k in range(14)] + ["mr_philips_mprage"]
+    kept = keep_split(grown, 0, "IXI*", first)
+    assert set(first["test"]) <= set(kept["test"]) and set(first["train"]) <= set(kept["train"])
+    assert sorted(kept["train"] + kept["test"]) == sorted(grown) and "mr_philips_mprage" in kept["train"]
+    assert set(kept["test"]) - set(first["test"]) <= {f"IXI{k:03d}" for k in range(10, 14)}
+    assert kept != split_ids(grown, seed=0, hold_out_from="IXI*")  # a fresh split would move some
+    dropped = keep_split([f"IXI{k:03d}" for k in range(5)], 0, "IXI*", first)  # scans removed
+    assert sorted(dropped["train"] + dropped["test"]) == [f"IXI{k:03d}" for k in range(5)]
+
+
 def test_resume_skips_finished_and_retries_failed(
     data: Path, config: PreprocessConfig, tmp_path: Path
 ) -> None:
