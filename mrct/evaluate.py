@@ -152,8 +152,12 @@ def match_cases(pred: str | Path, gt: str | Path, mask: str | Path | None = None
         if masks is not None and name not in masks:
             raise InputNotFoundError(f"no mask named {name!r} in {mask}", p)
         cases.append(Case(name, p, gts[name], mask if masks is None else masks[name]))
-    if len(gts) > len(cases):
-        log.info("%d ground-truth volumes have no prediction and are ignored", len(gts) - len(cases))
+    if missing := sorted(set(gts) - set(preds)):
+        # Said aloud: a summary over fewer cases than the reference set is easy to misquote.
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        log.warning(
+            "%s: %d ground-truth volume(s) have no prediction and are left out: %s", gt, len(missing), shown
+        )
     return cases
 
 

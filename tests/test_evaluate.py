@@ -71,7 +71,8 @@ def test_ct_folders_through_the_cli(ct_cases: tuple[Path, Path, Path], tmp_path:
     result = runner.invoke(app, ["evaluate", str(pred), str(gt), "--mask", str(masks), "-o", str(out)])
     assert result.exit_code == 0, result.output
     rows = _rows(out)
-    assert [r["case"] for r in rows] == ["case1", "case2"]  # case3 has no prediction: ignored
+    assert [r["case"] for r in rows] == ["case1", "case2"]  # case3 has no prediction: left out
+    assert f"{gt}: 1 ground-truth volume(s) have no prediction and are left out: case3" in result.output
     assert list(rows[0]) == [
         "case",
         "mae_hu",
@@ -121,7 +122,7 @@ def test_mismatched_grids_name_the_file(ct_cases: tuple[Path, Path, Path], tmp_p
     _nifti(pred / "case1.nii.gz", np.zeros((8, 9, 11), dtype=np.int16))
     result = runner.invoke(app, ["evaluate", str(pred), str(gt), "-o", str(tmp_path / "r.csv")])
     assert result.exit_code == ReadError.exit_code
-    line = result.output.strip()
+    line = result.stderr.strip().splitlines()[-1]  # after the warning that case3 has no prediction
     assert (
         line == f"error: {pred / 'case1.nii.gz'}: shape (8, 9, 11) differs from the ground truth's (8, 9, 10)"
     )
