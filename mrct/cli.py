@@ -120,7 +120,11 @@ def convert(
     series: SeriesOpt = None,
     modality: Annotated[
         Optional[ModalityChoice],  # noqa: UP045
-        typer.Option("--modality", help="Set the modality (needed for DICOM output from NIfTI)."),
+        typer.Option(
+            "--modality",
+            help="Set the modality of a DICOM output from NIfTI/NRRD/MHA (else judged from the "
+            "intensities, with a warning).",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     allow_gaps: Annotated[
