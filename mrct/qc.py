@@ -218,7 +218,9 @@ def _annotate(gray_or_rgb: npt.NDArray[np.uint8], plane: Plane, title: str) -> n
     font = _font(min(h, w))
     top, bottom, left, right = tuple(_LAYOUT[plane][3])
     m = 2
-    draw.text((m, m), title, fill=TEXT_RGB, font=font)
+    # On a narrow panel the title would run into the top letter: put it on the line below.
+    clear = font.getlength(title) + m < w / 2 - font.getlength(top) / 2 - m
+    draw.text((m, m if clear else m + int(font.getbbox("Sg")[3]) + 2), title, fill=TEXT_RGB, font=font)
     draw.text((w / 2, m), top, fill=TEXT_RGB, font=font, anchor="mt")
     draw.text((w / 2, h - m), bottom, fill=TEXT_RGB, font=font, anchor="mb")
     draw.text((m, h / 2), left, fill=TEXT_RGB, font=font, anchor="lm")
