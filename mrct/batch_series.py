@@ -201,6 +201,13 @@ def _stem(s: Series) -> str:
     return name[: -len(suffix)] if suffix else (Path(name).stem if s.path.is_file() else name)
 
 
+def _output_format(s: Series, fmt: OutputFormat | None) -> tuple[OutputFormat, str]:
+    """The format of a series' output (``fmt``, else DICOM for DICOM, else the input's) and its
+    file extension ("" for a DICOM folder)."""
+    out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
+    return out_fmt, "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
+
+
 def name_outputs(
     series: list[Series], to: Modality, fmt: OutputFormat | None, keep: dict[str, str] | None = None
 ) -> list[Series]:
@@ -215,21 +222,18 @@ def name_outputs(
     taken: set[str] = set()
     named: dict[str, Series] = {}
     for s in readable:
-        out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
-        ext = "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
-        old = (keep or {}).get(s.id) or ""
-        old = old if isinstance(old, str) else ""
-        safe = not PurePosixPath(old).is_absolute() and ".." not in PurePosixPath(old).parts
-        if old and safe and old.endswith(f"_synthetic_{to.value.lower()}{ext}") and old.lower() not in taken:
-            taken.add(old.lower())
-            named[s.id] = replace(s, output=old, fmt=out_fmt)
+        out_fmt, ext = _output_format(s, fmt)
+        old = PurePosixPath((keep or {}).get(s.id) or "")
+        ours = old.name.endswith(f"_synthetic_{to.value.lower()}{ext}")
+        if ours and not old.is_absolute() and ".." not in old.parts and str(old).lower() not in taken:
+            taken.add(str(old).lower())
+            named[s.id] = replace(s, output=str(old), fmt=out_fmt)
     for s in (s for s in readable if s.id not in named):
         base = fit_name(safe_name(_stem(s)))
         if per_folder[s.input] > 1:
             base += f"_s{s.number}" + (f"_{s.part}" if s.part else "")
         parent = PurePosixPath(*(safe_name(p) for p in PurePosixPath(s.input).parent.parts if p != "."))
-        out_fmt = fmt or (OutputFormat.DICOM if s.stack else input_format(s.path))
-        ext = "" if out_fmt is OutputFormat.DICOM else EXTENSIONS[out_fmt]
+        out_fmt, ext = _output_format(s, fmt)
         n, name = 1, base
         while (out := (parent / f"{name}_synthetic_{to.value.lower()}{ext}").as_posix()).lower() in taken:
             n, name = n + 1, f"{base}_{n + 1}"

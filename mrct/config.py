@@ -21,6 +21,13 @@ T = TypeVar("T")
 SEED_MAX = 2**32 - 1
 
 
+def seed_problem(seed: object) -> str | None:
+    """Why ``seed`` cannot seed a run (None when it can): an integer in [0, SEED_MAX]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        return f"must be an integer in [0, {SEED_MAX}] (2**32 - 1), got {seed!r}"
+    return None
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; missing keys keep their defaults."""
     if data is None:

@@ -108,16 +108,12 @@ class Translator:
     def __init__(self, package: Any, device: str = "auto", precision: str = "auto") -> None:
         import torch
 
-        from mrct.runtime import check_device, inference_threads, resolve_precision
+        from mrct.runtime import inference_threads, parse_device, resolve_precision
 
         self.package = package
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except RuntimeError:
-            raise ConfigError(f"--device {device}: not a device (auto, cpu, cuda or cuda:N)") from None
-        check_device(self.device, device)
+        self.device = parse_device(device)
         try:
             self.precision = resolve_precision(precision, self.device)
         except ValueError as err:

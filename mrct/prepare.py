@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mrct.config import SEED_MAX, to_dict
+from mrct.config import seed_problem, to_dict
 from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
@@ -354,8 +354,8 @@ def prepare_dataset(
         InputNotFoundError: an input does not exist, or no scan was found.
         OutputExistsError: ``out`` holds a dataset prepared with another config.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"--seed must be an integer in [0, {SEED_MAX}] (2**32 - 1), got {seed!r}")
+    if problem := seed_problem(seed):
+        raise ConfigError(f"--seed {problem}")
     config = config or PreprocessConfig()
     crop_dict = crop_request_dict(crop)
     scans = collect_scans(mr, ct)

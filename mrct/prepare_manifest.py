@@ -99,9 +99,9 @@ def write_manifest(
     """Write the manifest; ``earlier`` (the folder's previous manifest) keeps its split when
     made with the same seed and ``hold_out_from`` (see :func:`keep_split`)."""
     scans = [entries[k] for k in sorted(entries)]
-    same = bool(earlier) and (earlier or {}).get("seed") == seed
-    same = same and (earlier or {}).get("hold_out_from") == hold_out_from
-    before = (earlier or {}).get("split") if same else None
+    earlier = earlier or {}
+    same = earlier.get("seed") == seed and earlier.get("hold_out_from") == hold_out_from
+    before = earlier.get("split") if same else None
     before = before if isinstance(before, dict) else {}
     ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
     manifest = {

@@ -64,6 +64,16 @@ def cpu_has_native_bf16() -> bool:
     return native and bool(torch.backends.mkldnn.is_available())
 
 
+def parse_device(name: str) -> torch.device:
+    """``--device`` as a usable torch device, or ConfigError (one line naming it)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
+    check_device(device, name)
+    return device
+
+
 def check_device(device: torch.device, name: str) -> None:
     """Raise ConfigError (one line naming ``--device name``) unless ``device`` is usable here:
     otherwise a missing GPU ordinal or an MPS/XPU build that lacks the backend surfaces later as

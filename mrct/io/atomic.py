@@ -75,6 +75,16 @@ def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> Non
         raise WriteError("output folder is not writable", parent)
 
 
+@contextlib.contextmanager
+def _creating(path: Path) -> Iterator[None]:
+    """OSError while creating a temporary name beside ``path`` (/proc, a read-only mount, a full
+    disk) as a WriteError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteError(f"cannot write here ({err.strerror})", path) from err
+
+
 def check_writable(path: Path) -> None:
     """Before any slow work: a file or folder can be created at ``path``. Tried for real (a
     probe file in the nearest existing folder, removed at once), as permissions do not tell:
@@ -84,10 +94,8 @@ def check_writable(path: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise WriteError(f"cannot create the output's folder: {folder} is not a folder", path)
-    try:
+    with _creating(path):
         fd, probe = tempfile.mkstemp(prefix=".mrct-probe-", dir=folder)
-    except OSError as err:
-        raise WriteError(f"cannot write here ({err.strerror})", path) from err
     os.close(fd)
     os.unlink(probe)
 
@@ -150,14 +158,12 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     check_output(path, overwrite)
     suffix = compound_suffix(path)
-    try:
+    with _creating(path):
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{path.name[: len(path.name) - len(suffix)]}{TMP_MARK}",
             suffix=suffix,
             dir=path.parent,
         )
-    except OSError as err:  # /proc, a read-only mount, a full disk
-        raise WriteError(f"cannot write here ({err.strerror})", path) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -181,10 +187,8 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     check_output(path, overwrite, owned)
-    try:
+    with _creating(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
-    except OSError as err:
-        raise WriteError(f"cannot write here ({err.strerror})", path) from err
     try:
         yield tmp
         old: Path | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mrct.config import SEED_MAX, load_yaml
+from mrct.config import load_yaml, seed_problem
 from mrct.networks.config import DiscriminatorConfig, GeneratorConfig
 from mrct.preprocessing.augment import AugmentConfig
 from mrct.preprocessing.config import PreprocessConfig
@@ -159,8 +159,8 @@ class TrainConfig:
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed must be an integer in [0, {SEED_MAX}] (2**32 - 1), got {self.seed!r}")
+        if problem := seed_problem(self.seed):
+            raise ValueError(f"seed {problem}")
         two_d = self.model.generator.spatial_dims == 2
         if two_d and self.data.slices == "volume":
             raise ValueError("a 2D model needs data.slices: random or sequential")

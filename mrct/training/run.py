@@ -24,18 +24,13 @@ def resolve_device(name: str, dist: DistContext) -> object:
     """``auto``: this process's GPU when there is one, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``."""
     import torch
 
-    from mrct.runtime import check_device
+    from mrct.runtime import parse_device
 
     if name == "auto":
         name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
     elif name == "cuda":
         name = f"cuda:{dist.local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
-    check_device(device, name)
-    return device
+    return parse_device(name)
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
