@@ -41,15 +41,17 @@ def prepare(
     automatic brow-to-jaw slab. ``hold_out_from`` (a shell pattern on scan ids) limits the
     test split to matching scans. See :func:`mrct.prepare.prepare_dataset` for the layout.
     """
-    from mrct.config import load_yaml
     from mrct.prepare import prepare_dataset
     from mrct.preprocessing.config import PreprocessConfig
     from mrct.preprocessing.crop import CropRequest
+    from mrct.training.config import load_train_config
 
     if workers < 1:
         raise MrctError(f"--workers must be at least 1, got {workers}")
     if config is not None and not isinstance(config, PreprocessConfig):
-        config = load_yaml(PreprocessConfig, config, "preprocessing")
+        # The whole file is checked (a training config is the usual input), so a misspelt
+        # section such as ``preprocesing:`` is an error rather than silently the defaults.
+        config = load_train_config(config).preprocessing
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     return prepare_dataset(
         list(mr),

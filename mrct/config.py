@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mrct.errors import ConfigError
+from mrct.errors import ConfigError, InputNotFoundError
 
 T = TypeVar("T")
 # Seeds must fit numpy's legacy seeding (``np.random.seed``), the narrowest consumer.
@@ -97,15 +97,41 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, stricter and closer to YAML 1.2 in two ways that bite configs:
+    ``lr: 1e-4`` is a float (YAML 1.1 reads an exponent without a dot as a string), and a
+    key given twice in one mapping is an error instead of the last one silently winning."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise ConfigError(f"key {key!r} appears twice in one mapping (line {line})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    return Loader
+
+
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
     """Load ``cls`` from a YAML file (optionally one top-level section of it)."""
     import yaml
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_yaml_loader())  # a SafeLoader subclass
     except FileNotFoundError as err:
-        raise ConfigError("config file not found", p) from err
+        raise InputNotFoundError("config file not found", p) from err
+    except ConfigError as err:
+        raise ConfigError(err.message, p) from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"not UTF-8 text (byte {err.start}); save the config as UTF-8", p) from err
     except (OSError, yaml.YAMLError) as err:

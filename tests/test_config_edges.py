@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -121,6 +122,52 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str) ->
 
 def test_an_empty_config_still_means_the_defaults(tmp_path: Path) -> None:
     assert load_yaml(PreprocessConfig, config_file(tmp_path, ""), "preprocessing") == PreprocessConfig()
+
+
+def test_exponent_numbers_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-4 as a string; every other YAML tool reads it as a number.
+    config = load_train_config(config_file(tmp_path, "optim: {lr: 1e-4}\nloss: {cycle_weight: 1E+1}\n"))
+    assert (config.optim.lr, config.loss.cycle_weight) == (1e-4, 10.0)
+    assert load_train_config(config_file(tmp_path, "name: '1e-4'\n")).name == "1e-4"
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "optim:\n  lr: 2.0e-4\n  lr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' appears twice in one mapping \(line 3\)") as info:
+        load_train_config(path)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("optim: {iterations: -5}\n", "optim: iterations must be >= 1, got -5"),
+        ("optim: {iterations: 10, decay_iterations: 11}\n", "decay_iterations must be within 0..iterations"),
+        ("data: {batch_size: 0}\n", "data: batch_size must be >= 1, got 0"),
+        ("data: {workers: -1}\n", "data: workers must be >= 0, got -1"),
+        ("logging: {preview_every: 0}\n", "logging: preview_every must be >= 1, got 0"),
+    ],
+)
+def test_range_errors_name_the_key_and_value(tmp_path: Path, yaml_text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_train_config(config_file(tmp_path, yaml_text))
+
+
+def test_prepare_checks_the_whole_config_file(tmp_path: Path) -> None:
+    # A misspelt section used to be skipped, leaving prepare on the default grid without a word.
+    path = config_file(tmp_path, "preprocesing: {grid: {depth: 8}}\n")
+    head = write_head(tmp_path / "mr" / "a.nii.gz", "mr")
+    args = ["prepare", "--mr", str(head), "--config", str(path), "-o", str(tmp_path / "out")]
+    one_line_error(runner.invoke(app, args), 1, str(path), "preprocesing: unknown key")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_config_file_is_input_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    train = ["train", "-c", str(missing), "--data", str(tmp_path), "-o", str(tmp_path / "r")]
+    one_line_error(runner.invoke(app, train), 2, str(missing), "config file not found")
+    prepare = ["prepare", "--config", str(missing), "-o", str(tmp_path / "out")]
+    one_line_error(runner.invoke(app, prepare), 2, str(missing), "config file not found")
 
 
 # ----------------------------------------------------------------------------- prepare: crop changes

@@ -75,8 +75,13 @@ class OptimConfig:
     beta2: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or not 0 <= self.decay_iterations <= self.iterations:
-            raise ValueError("need iterations >= 1 and 0 <= decay_iterations <= iterations")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if not 0 <= self.decay_iterations <= self.iterations:
+            raise ValueError(
+                f"decay_iterations must be within 0..iterations ({self.iterations}), "
+                f"got {self.decay_iterations}"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -105,8 +110,10 @@ class DataConfig:
     slices: Literal["volume", "random", "sequential"] = "volume"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError("need batch_size >= 1 and workers >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.patch is not None and min(self.patch) < 1:
             raise ValueError(f"patch sizes must be positive, got {self.patch}")
 
@@ -140,8 +147,9 @@ class LoggingConfig:
     keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
-        if min(self.log_every, self.checkpoint_every, self.preview_every, self.keep_checkpoints) < 1:
-            raise ValueError("logging intervals and keep_checkpoints must be >= 1")
+        for key in ("log_every", "checkpoint_every", "preview_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
