@@ -348,6 +348,9 @@ def test_cli_train_writes_checkpoints_tensorboard_and_previews(tmp_path: Path, p
     assert {"loss/generator/cycle_mr", "loss/discriminator/d_ct", "lr", "speed/iterations_per_s"} <= tags
     assert "memory/max_rss_gib" in tags
     assert [e.step for e in events.Scalars("loss/generator/total")] == [1, 2, 3, 4]
+    # The rate each step used (iterations 4, the last 2 decaying), not the scheduler's next one.
+    logged = [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
     again = runner.invoke(app, args)
     assert again.exit_code == 4 and "--resume" in again.stderr
 
@@ -425,9 +428,12 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path: Path, prepare
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
-    """torchrun with two gloo processes: both train, rank 0 writes, each rank's state is saved."""
+    """torchrun with two gloo processes, resuming a one-process run (as when a run moves to a
+    machine with more GPUs): both train, rank 0 writes, each rank's state is saved."""
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)
     run = tmp_path / "run"
+    first = ["train", "-c", str(tmp_path / "tiny.yaml"), "--data", str(prepared), "-o", str(run)]
+    assert runner.invoke(app, [*first, "-q", "--until", "2"]).exit_code == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -448,9 +454,11 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
         "-q",
         "--device",
         "cpu",
+        "--resume",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("resuming 2 processes from a 1-process run: not exact") == 1  # rank 0 only
     final = run / "checkpoints" / "iter_0000004"
     assert (final / "rank0.safetensors").is_file() and (final / "rank1.safetensors").is_file()
     assert json.loads((final / "state.json").read_text())["world_size"] == 2

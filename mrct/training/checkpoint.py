@@ -183,6 +183,15 @@ def load(
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         rank_file = path / f"rank{rank}.safetensors"
+        if not rank_file.is_file() and rank >= int(state.get("world_size", 1)):
+            # A process the saving run did not have (resuming on more GPUs): it starts with
+            # empty image pools; the trainer warns that the resumed run is not exact.
+            return (
+                load_file(str(path / "networks.safetensors")),
+                load_file(str(path / "optimizers.safetensors")),
+                state,
+                {},
+            )
         if not rank_file.is_file():
             raise ReadError(
                 f"has no state for process {rank}; resume with the same number of processes "

@@ -73,8 +73,14 @@ class Trainer:
     """Trains both generators and both discriminators of one run on one process."""
 
     def __init__(
-        self, config: TrainConfig, data: PreparedSet, run_dir: Path, device: torch.device, dist: DistContext
+        self,
+        config: TrainConfig,
+        data: PreparedSet | None,
+        run_dir: Path,
+        device: torch.device,
+        dist: DistContext,
     ) -> None:
+        """``data`` may be None for a trainer fed through :meth:`step` alone (benchmarks)."""
         self.config, self.data, self.run_dir, self.device, self.dist = config, data, run_dir, device, dist
         runtime = config.runtime
         if runtime.amp == "fp16" and device.type != "cuda":
@@ -88,7 +94,8 @@ class Trainer:
             self._memory_format = torch.channels_last_3d if three_d else torch.channels_last
             gens = gens.to(memory_format=self._memory_format)  # type: ignore[call-overload]
             discs = discs.to(memory_format=self._memory_format)  # type: ignore[call-overload]
-        _check_input_size(config, data, gens, discs)
+        if data is not None:
+            _check_input_size(config, data, gens, discs)
         self.generators: Any = dist.wrap(gens, device)
         self.discriminators: Any = dist.wrap(discs, device)
         if runtime.compile:
@@ -106,6 +113,7 @@ class Trainer:
         }
         self.iteration = 0
         self.last_images: dict[str, torch.Tensor] = {}
+        self.last_lr = config.optim.lr  # the learning rate the latest step used (logged)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -140,6 +148,7 @@ class Trainer:
         self.scaler.scale(d.total).backward()
         self.scaler.step(self.opt_d)
         self.scaler.update()
+        self.last_lr = self._lr()  # the rate this step used; the schedulers now move on
         self.sched_g.step()
         self.sched_d.step()
         self.iteration += 1
@@ -196,11 +205,12 @@ class Trainer:
         state: dict[str, Any],
         rank: dict[str, torch.Tensor],
     ) -> None:
-        if state.get("world_size", 1) != self.dist.world_size:
+        if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.warning(
-                "resuming %d processes from a %d-process run: not exact",
+                "resuming %d processes from a %d-process run: not exact (each process draws "
+                "its own samples; processes the earlier run lacked start with empty image pools)",
                 self.dist.world_size,
-                state["world_size"],
+                state.get("world_size", 1),
             )
         unwrap(self.generators).load_state_dict(_strip(networks, "generators."))
         unwrap(self.discriminators).load_state_dict(_strip(networks, "discriminators."))
@@ -211,7 +221,8 @@ class Trainer:
         self.sched_d.load_state_dict(state["schedulers"]["sched_d"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        checkpoint.restore_rank_state(rank, self.pools, self.device)
+        if rank:  # empty for a process the saving run did not have
+            checkpoint.restore_rank_state(rank, self.pools, self.device)
         self.iteration = int(state["iteration"])
 
     # ------------------------------------------------------------------ the loop
@@ -220,6 +231,8 @@ class Trainer:
         """Iteration ``i``'s batch for i in [self.iteration, end), prefetched by workers."""
         from torch.utils.data import DataLoader
 
+        if self.data is None:
+            raise ValueError("this trainer was made without a prepared set; feed step() instead")
         dataset = UnpairedBatches(self.data, self.config.data, self.config.seed, self.dist.rank)
         workers = self.config.data.workers
         loader: Any = DataLoader(
@@ -280,7 +293,7 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.iteration - tick_iteration) / max(now - tick, 1e-9)
                     tick, tick_iteration = now, self.iteration
-                    logs.scalars(self.iteration, losses, self._lr(), rate, self._memory())
+                    logs.scalars(self.iteration, losses, self.last_lr, rate, self._memory())
                     bar.set_postfix_str(_short(losses), refresh=False)
                 if self.dist.is_main and self.iteration % every.preview_every == 0:
                     logs.preview(self.iteration, self.last_images)
