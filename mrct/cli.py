@@ -371,13 +371,14 @@ def main() -> None:
         code = 130
     except typer.TyperException as err:  # click's usage errors: a wrong option, a missing argument
         ctx = getattr(err, "ctx", None)
-        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:  # ``mrct``, ``mrct models``
-            typer.echo(ctx.get_help())
+        if type(err).__name__ == "NoArgsIsHelpError":  # ``mrct``, ``mrct models``: click printed the help
             code = 0
         else:
             # One line, as every other mrct error (click draws a framed box of several).
             where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
-            message = err.format_message().replace("Value error, ", "").rstrip(".")  # type: ignore[attr-defined]
+            message = err.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+            # click lists choices one per line ("Choose from:\n\tct,\n\tmr"): joined into one.
+            message = " ".join(part.strip() for part in message.splitlines()).rstrip(".")
             typer.echo(f"error: {message}{where}", err=True)
             code = int(getattr(err, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine (idempotent, quick when done):
 #  - dcm2niix, dicom3tools (dciodvfy) and dcmtk: independent DICOM tools the tests check against;
-#  - torch pinned to 2.13.0 *before* mrct, so pip never pulls the multi-GB CUDA build;
+#  - torch 2.13.0 from PyTorch's CPU index *before* mrct, so pip never pulls the multi-GB CUDA build;
 #  - mrct itself, editable, with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,10 @@ if ((${#need_apt[@]})); then
 fi
 
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  "$PY" -m pip install -q "torch==2.13.0"
+  # PyPI's Linux torch wheel depends on the CUDA libraries (GBs); PyTorch's CPU index has the
+  # same version without them. Offline (a wheel cache in pip's find-links) the pin alone works.
+  "$PY" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --retries 1 \
+    || "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[test]"
 echo "mrct set-up done: $("$PY" -m mrct --version)"

@@ -227,6 +227,7 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(tmp_path: Path) -> 
         (["translate", "x.nii.gz", "--to", "xx"], "'xx' is not one of 'ct', 'mr'; see '"),
         (["translate"], "Missing argument 'scan'; see '"),
         (["bogus"], "No such command 'bogus'; see '"),
+        (["translate", "x.nii.gz"], "Missing option '--to'. Choose from: ct, mr; see '"),
     ]
     for args, message in cases:
         result = run_mrct(*args)
@@ -235,3 +236,6 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(tmp_path: Path) -> 
         assert message in result.stderr and result.stdout == ""
     bare = run_mrct()
     assert bare.returncode == 0 and "Usage: " in bare.stdout and "translate" in bare.stdout
+    assert bare.stdout.count("Usage: ") == 1  # the help once, not twice
+    models = run_mrct("models")
+    assert models.returncode == 0 and models.stdout.count("Usage: ") == 1
