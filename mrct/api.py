@@ -70,8 +70,9 @@ class VolumeInfo:
     dtype: str | None = None
 
 
-def info(path: str | Path, series: str | None = None) -> VolumeInfo:
-    """Describe an input: the series in a folder, and the volume when one is chosen."""
+def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = False) -> VolumeInfo:
+    """Describe an input: the series in a folder, and the volume when one is chosen.
+    ``allow_gaps`` interpolates across missing DICOM slices instead of refusing the series."""
     p = Path(path)
     summaries: list[SeriesSummary] = []
     if p.is_dir():
@@ -83,9 +84,9 @@ def info(path: str | Path, series: str | None = None) -> VolumeInfo:
         if len(found) > 1 and series is None:
             return VolumeInfo(str(p), "dicom", summaries)
         # The series found above, not a second search of the folder (what read_volume does).
-        vol = read_series_files(select_series(found, series, p), p, None, allow_gaps=False)
+        vol = read_series_files(select_series(found, series, p), p, None, allow_gaps=allow_gaps)
     else:
-        vol = read_volume(p, series=series)
+        vol = read_volume(p, series=series, allow_gaps=allow_gaps)
     modality, source = vol.modality, "header"
     if modality is None:
         modality, source = guess_modality(vol), "intensities"
@@ -149,6 +150,7 @@ def locate(
     series: str | None = None,
     modality: Modality | None = None,
     check: bool = True,
+    allow_gaps: bool = False,
 ) -> Localisation:
     """Find the brow-to-jaw slab in a scan (RAS mm along S, with a confidence).
 
@@ -158,7 +160,7 @@ def locate(
     """
     from mrct.preprocessing.localise import check_slab_in_scan, locate_volume
 
-    vol = read_volume(path, series=series, modality=modality)
+    vol = read_volume(path, series=series, modality=modality, allow_gaps=allow_gaps)
     try:
         loc = locate_volume(vol)
     except MrctError as err:
@@ -210,6 +212,7 @@ def translate(
     no_crop: bool = False,
     full_fov: bool = False,
     force: bool = False,
+    allow_gaps: bool = False,
 ) -> Volume:
     """Translate a scan (a :class:`~mrct.volume.Volume` or anything :func:`read_volume` reads).
 
@@ -217,15 +220,20 @@ def translate(
     an arbitrary 0..1000 scale. ``model`` is a package folder or a bundled model's name
     (default: :data:`mrct.inference.DEFAULT_MODEL`). ``precision`` is the generator's arithmetic:
     ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16`` (:mod:`mrct.runtime`).
+    ``allow_gaps`` interpolates across missing DICOM slices of a path instead of refusing it.
     """
     from mrct.inference import Translator
     from mrct.preprocessing.crop import CropRequest
     from mrct.volume import Volume
 
-    volume = volume_or_path if isinstance(volume_or_path, Volume) else read_volume(volume_or_path)
+    target = _target(to)  # before reading the scan and loading the model
+    if isinstance(volume_or_path, Volume):
+        volume = volume_or_path
+    else:
+        volume = read_volume(volume_or_path, allow_gaps=allow_gaps)
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     translator = Translator.from_package(model, device, precision=precision)
-    return translator.translate(volume, _target(to), crop, full_fov=full_fov, force=force).volume
+    return translator.translate(volume, target, crop, full_fov=full_fov, force=force).volume
 
 
 def translate_file(
@@ -242,6 +250,7 @@ def translate_file(
     no_crop: bool = False,
     full_fov: bool = False,
     series: str | None = None,
+    allow_gaps: bool = False,
     report: str | Path | None = None,
     preview: str | Path | None = None,
     overwrite: bool = False,
@@ -266,6 +275,7 @@ def translate_file(
         crop=crop,
         full_fov=full_fov,
         series=series,
+        allow_gaps=allow_gaps,
         report=report,
         preview=preview,
         overwrite=overwrite,

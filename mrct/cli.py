@@ -21,6 +21,7 @@ import typer
 from mrct import __version__
 from mrct.cli_models import register as register_model_commands
 from mrct.cli_options import (
+    AllowGapsOpt,
     AnonymizeOpt,
     CropMarkupsOpt,
     CropMmOpt,
@@ -81,13 +82,14 @@ def info(
     path: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
     series: SeriesOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    allow_gaps: AllowGapsOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Show modality, shape, spacing, orientation, value range, and the series in a folder."""
     from mrct import api
 
     try:
-        result = api.info(path, series=series)
+        result = api.info(path, series=series, allow_gaps=allow_gaps)
     except (Exception, KeyboardInterrupt) as err:
         fail(err)
     if as_json:
@@ -127,9 +129,7 @@ def convert(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    allow_gaps: Annotated[
-        bool, typer.Option("--allow-gaps", help="Interpolate across missing DICOM slices.")
-    ] = False,
+    allow_gaps: AllowGapsOpt = False,
     anonymize: AnonymizeOpt = False,
     max_memory: MaxMemoryOpt = None,
 ) -> None:
@@ -177,12 +177,13 @@ def locate(
         typer.Option("--modality", help="Override the modality (else from the header or intensities)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    allow_gaps: AllowGapsOpt = False,
 ) -> None:
     """Find the brow-to-jaw slab: superior (brow) and inferior (jaw) levels in RAS mm along S."""
     from mrct import api
 
     try:
-        result = api.locate(scan, series=series, modality=modality_of(modality))
+        result = api.locate(scan, series=series, modality=modality_of(modality), allow_gaps=allow_gaps)
     except (Exception, KeyboardInterrupt) as err:
         from mrct.errors import CropError
         from mrct.preprocessing.crop import OVERRIDES_HINT
@@ -225,6 +226,7 @@ def translate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
     series: SeriesOpt = None,
+    allow_gaps: AllowGapsOpt = False,
     crop_mm: CropMmOpt = None,
     crop_markups: CropMarkupsOpt = None,
     no_crop: NoCropOpt = False,
@@ -267,6 +269,7 @@ def translate(
             no_crop=no_crop,
             full_fov=full_fov,
             series=series,
+            allow_gaps=allow_gaps,
             report=report,
             preview=preview,
             overwrite=overwrite,

@@ -69,6 +69,13 @@ SeriesOpt = Annotated[
 ]
 
 
+AllowGapsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-gaps",
+        help="Interpolate across missing DICOM slices instead of refusing the series.",
+    ),
+]
 AnonymizeOpt = Annotated[
     bool,
     typer.Option(

@@ -135,6 +135,7 @@ def translate_file(
     crop: CropRequest | None = None,
     full_fov: bool = False,
     series: str | None = None,
+    allow_gaps: bool = False,
     report: str | Path | None = None,
     preview: str | Path | None = None,
     overwrite: bool = False,
@@ -148,7 +149,8 @@ def translate_file(
     IDs: paths, checksums, the model, the device and precision, the slab and the time each
     stage took (``timings_s``: load_model, read, localise, preprocess, forward, invert, write,
     preview, checksum, and ``other`` = total minus those, so the stages add up to ``total``).
-    ``anonymize`` de-identifies a DICOM output (:mod:`mrct.io.anonymize`).
+    ``anonymize`` de-identifies a DICOM output (:mod:`mrct.io.anonymize`); ``allow_gaps``
+    interpolates across missing DICOM slices instead of refusing the series.
     """
     from mrct.inference import Translator
     from mrct.io import read_volume
@@ -180,7 +182,7 @@ def translate_file(
     translator = translator or Translator.from_package(model, device, precision=precision)
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
-    volume = read_volume(src, series=series)
+    volume = read_volume(src, series=series, allow_gaps=allow_gaps)
     timings["read"] = time.perf_counter() - t
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
@@ -204,7 +206,13 @@ def translate_file(
     timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
     content = {
         "mrct_version": __version__,
-        "input": {"path": str(src), "sha256": checksum, "files": len(files), "series": series},
+        "input": {
+            "path": str(src),
+            "sha256": checksum,
+            "files": len(files),
+            "series": series,
+            "allow_gaps": allow_gaps,
+        },
         "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
         "anonymized": anonymize,
         "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},

@@ -276,6 +276,30 @@ def test_dicom_in_dicom_out_shares_the_frame_of_reference(tmp_path: Path, tiny_m
     assert np.allclose(ours, theirs, atol=1e-3)
 
 
+def test_a_series_missing_a_slice_translates_with_allow_gaps(tmp_path: Path, tiny_model: Path) -> None:
+    """The missing-slice error names --allow-gaps; translate (and info, locate) accept it."""
+    write_series(
+        tmp_path / "t1",
+        modality="MR",
+        shape=(64, 64, 40),
+        pixel_spacing=(3.0, 3.0),
+        slice_spacing=2.5,
+        centre=(0.0, 0.0, 10.0),
+        omit=(20,),
+    )
+    args = [str(tmp_path / "t1"), "--to", "ct", "--model", str(tiny_model), "--crop-mm", "40,-20"]
+    refused = _translate(*args)
+    assert refused.exit_code == 3 and "pass --allow-gaps" in refused.stderr
+    report = tmp_path / "run.json"
+    result = _translate(*args, "--allow-gaps", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "t1_synthetic_ct").glob("*.dcm"))) == 40  # the gap filled
+    assert json.loads(report.read_text())["input"]["allow_gaps"] is True
+    info = runner.invoke(app, ["info", str(tmp_path / "t1"), "--allow-gaps", "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["shape"][2] == 40
+    assert "--allow-gaps" in runner.invoke(app, ["locate", "--help"]).stdout
+
+
 def test_a_2d_baseline_translates_slice_by_slice(tmp_path: Path, heads: Path) -> None:
     """A frame-wise (2D) generator runs over the model grid's slices; the volume comes back whole."""
     config = GeneratorConfig(spatial_dims=2, ngf=2, n_residual_blocks=1)
