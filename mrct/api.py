@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mrct.api_training import evaluate, export, prepare, train
-from mrct.errors import MrctError, OutputExistsError
+from mrct.errors import MrctError, OutputExistsError, ReadError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import check_apart
@@ -196,8 +198,30 @@ def preview(
 def _target(to: str | Modality) -> Modality:
     text = to.value if isinstance(to, Modality) else str(to)
     if text.upper() not in ("CT", "MR"):
-        raise MrctError(f"--to must be ct or mr, got {to!r}")
+        raise MrctError(f"to must be 'ct' or 'mr', got {to!r}")
     return Modality(text.upper())
+
+
+def _output_format(name: str | None) -> OutputFormat | None:
+    if name is None:
+        return None
+    try:
+        return OutputFormat(str(name).lower())
+    except ValueError:
+        choices = ", ".join(f.value for f in OutputFormat)
+        raise MrctError(f"output_format must be one of {choices}, got {name!r}") from None
+
+
+def _check_in_memory(volume: Volume) -> None:
+    """The checks every reader applies, for a Volume built in memory rather than read from a file:
+    otherwise a NaN voxel surfaces as a numpy error deep inside the preprocessing."""
+    from mrct.io.validate import check_affine, check_values
+
+    where = volume.source.path or "the volume"
+    if volume.array.ndim != 3 or sum(n > 1 for n in volume.array.shape) < 3:
+        raise ReadError(f"a 3D volume is needed, got an array of shape {volume.array.shape}", where)
+    check_affine(np.asarray(volume.affine, dtype=np.float64), where)
+    check_values(volume.array, where)
 
 
 def translate(
@@ -229,6 +253,7 @@ def translate(
     target = _target(to)  # before reading the scan and loading the model
     if isinstance(volume_or_path, Volume):
         volume = volume_or_path
+        _check_in_memory(volume)
     else:
         volume = read_volume(volume_or_path, allow_gaps=allow_gaps)
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
@@ -263,7 +288,7 @@ def translate_file(
     from mrct.translate import translate_file as run
 
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
-    fmt = None if output_format is None else OutputFormat(output_format.lower())
+    fmt = _output_format(output_format)
     return run(
         src,
         dst,
@@ -312,7 +337,7 @@ def batch(
     from mrct.preprocessing.crop import CropRequest
 
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
-    fmt = None if output_format is None else OutputFormat(output_format.lower())
+    fmt = _output_format(output_format)
     return run_batch(
         in_dir,
         out_dir,

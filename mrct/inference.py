@@ -59,8 +59,8 @@ def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
     if found is to and not force:
         how = "its header says" if header else "its intensities look like"
         raise ModalityError(
-            f"{how} {found.value} already; --to {to.value.lower()} needs a "
-            f"{'MR' if to is Modality.CT else 'CT'} (pass --force to translate anyway)",
+            f"{how} {found.value} already; --to {to.value.lower()} needs "
+            f"{'an MR' if to is Modality.CT else 'a CT'} (pass --force to translate anyway)",
             volume.source.path or None,
         )
     return Modality.MR if to is Modality.CT else Modality.CT

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from mrct import api
 from mrct.cli import app
+from mrct.errors import MrctError, ReadError
 from mrct.io import read_volume
 from mrct.models import write_package
 from mrct.networks import build_generator
@@ -89,6 +90,21 @@ def test_mr_output_scale_and_api(heads: Path, tiny_model: Path) -> None:
     assert out.modality is Modality.MR and out.array.dtype == np.float32
     assert out.array.min() >= 0 and out.array.max() <= 1000
     assert np.array_equal(out.affine, volume.affine) and out.shape == volume.shape
+
+
+def test_api_refuses_bad_arguments_with_typed_errors(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    volume = read_volume(heads / "mr.nii.gz")
+    holes = volume.array.astype(np.float32)
+    holes[0, 0, :3] = [np.nan, np.inf, np.nan]
+    with pytest.raises(ReadError, match=r"3 of \d+ voxels are NaN or infinite"):
+        api.translate(volume.replace(array=holes), model=tiny_model)
+    with pytest.raises(ReadError, match="a 3D volume is needed"):
+        api.translate(volume.replace(array=volume.array[:, :, :1]), model=tiny_model)
+    with pytest.raises(MrctError, match="to must be 'ct' or 'mr', got 'xyz'"):
+        api.translate(heads / "mr.nii.gz", to="xyz", model=tiny_model)
+    with pytest.raises(MrctError, match="output_format must be one of nifti, nrrd, mha, dicom"):
+        api.translate_file(heads / "mr.nii.gz", tmp_path / "o.nii.gz", output_format="jpeg")
+    assert not list(tmp_path.iterdir())
 
 
 def test_full_fov_translates_beyond_the_slab(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
