@@ -273,15 +273,17 @@ def run_batch(
     DICOM outputs with the folder's key (:mod:`mrct.io.anonymize`).
 
     Raises:
-        InputNotFoundError: ``in_dir`` is not a folder.
+        InputNotFoundError: ``in_dir`` is not a folder, or holds no series or scans.
         OutputBusyError: another ``mrct batch`` is writing the same outputs or manifest.
         ModelError: the model cannot be found or fails verification.
         OutputExistsError: ``out_dir`` holds a batch to the other modality, or (without
             ``overwrite``) one by another model or with the other ``anonymize``.
     """
     src, out = Path(in_dir), Path(out_dir)
+    if not src.exists():
+        raise InputNotFoundError("no such folder", src)
     if not src.is_dir():
-        raise InputNotFoundError("not a folder", src)
+        raise InputNotFoundError("not a folder (batch walks a folder; mrct translate takes one file)", src)
     if workers < 1:
         raise MrctError(f"--workers must be at least 1, got {workers}")
     if out.resolve() == src.resolve():
@@ -310,6 +312,8 @@ def run_batch(
             if r.get("status") == "done" and isinstance(r.get("output"), str)
         }
         named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
+        if not named:
+            raise InputNotFoundError("no DICOM series or NIfTI/NRRD/MHA scans in this folder or below", src)
         folders = {s.output.lower() for s in named if s.output and s.fmt is OutputFormat.DICOM}
         series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]

@@ -104,12 +104,17 @@ def _shard_holder(out: Path) -> str:
 
 @contextlib.contextmanager
 def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
-    """Lock ``out`` for one batch run (see the module docstring); raise OutputBusyError if in use."""
+    """Lock ``out`` for one batch run (see the module docstring); raise OutputBusyError if in use.
+
+    A run that fails before writing anything (no GPU, a bad model, nothing to translate) removes
+    the folder again when it made it, rather than leaving an empty one holding a lock file."""
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise WriteError(f"cannot create the output folder: {err.strerror}", out) from err
     held: list[IO[str]] = []
+    failed = False
     busy = "in use by another mrct batch ({}); wait for it to end or use another output folder"
     try:
         common = _flock(out / LOCK_NAME, exclusive=shard is None)
@@ -124,11 +129,21 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
                 raise OutputBusyError(busy.format(f"shard {shard[0]}/{shard[1]}: {_holder(own)}"), out)
             held.append(mine)
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         for fh in reversed(held):
             with contextlib.suppress(OSError):
                 fh.truncate(0)  # a holder that has ended names nobody
             fh.close()  # releases the lock
+        if created and failed:
+            with contextlib.suppress(OSError):
+                names = os.listdir(out)
+                if all(n.startswith(".mrct-batch") and n.endswith(".lock") for n in names):
+                    for n in names:
+                        (out / n).unlink()
+                    out.rmdir()
 
 
 # ---------------------------------------------------------------- leftovers of killed runs

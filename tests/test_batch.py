@@ -510,3 +510,16 @@ def test_a_done_row_without_an_output_does_not_crash_a_resume(tmp_path: Path, mo
     result = _batch(src, out, model)
     assert result.exit_code == 1, result.output
     assert "t1_synthetic_ct exists; pass --overwrite" in _manifest(out)[1][0]["message"]
+
+
+def test_an_empty_or_missing_input_is_not_found_and_leaves_no_output(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "empty" / "patient" / "study").mkdir(parents=True)  # folders, no files
+    result = _batch(tmp_path / "empty", tmp_path / "out", model)
+    assert result.exit_code == 2, result.output
+    assert "no DICOM series or NIfTI/NRRD/MHA scans in this folder or below" in result.stderr
+    assert not (tmp_path / "out").exists()  # made for the run, removed when it failed at once
+    missing = _batch(tmp_path / "nope", tmp_path / "out", model)
+    assert missing.exit_code == 2 and "nope: no such folder" in missing.stderr
+    (tmp_path / "kept").mkdir()
+    assert _batch(tmp_path / "empty", tmp_path / "kept", model).exit_code == 2
+    assert (tmp_path / "kept").is_dir()  # the user's folder stays
