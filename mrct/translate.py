@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import re
 import time
@@ -184,6 +185,7 @@ def translate_file(
     t = time.perf_counter()
     volume = read_volume(src, series=series, allow_gaps=allow_gaps)
     timings["read"] = time.perf_counter() - t
+    check_grid_fits(volume, out_fmt, out_path)
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
     warn_outside_fov(src, result.slabs[0], to)
@@ -229,6 +231,21 @@ def translate_file(
         with atomic_file(Path(report), overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return TranslateSummary(written, content)
+
+
+def check_grid_fits(volume: Any, fmt: OutputFormat, out_path: Path) -> None:
+    """Refuse, before the slow part, an output format that cannot hold a sheared grid (a gantry
+    tilt that dcm2niix kept as shear); the writers would refuse it only after translating."""
+    from mrct.io.dicom_write import ORTHOGONALITY_TOL
+    from mrct.volume import SHEAR_TOL, shear
+
+    limit = {OutputFormat.NIFTI: math.inf, OutputFormat.DICOM: ORTHOGONALITY_TOL}.get(fmt, SHEAR_TOL)
+    if shear(volume.affine) > limit:
+        raise MrctError(
+            f"the input's grid is sheared (a gantry tilt?) and {fmt.value.upper()} cannot store that; "
+            "write NIfTI (.nii.gz), which keeps it",
+            out_path,
+        )
 
 
 def warn_outside_fov(src: Path, slab: dict[str, Any], to: Modality) -> None:

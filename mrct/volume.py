@@ -76,11 +76,29 @@ class DicomSource:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Provenance: the path read, its format, and DICOM identity when there is one."""
+    """Provenance: the path read, its format, and DICOM identity when there is one.
+
+    ``nifti_qform`` is a NIfTI input's qform (RAS mm) when its sform is sheared (a gantry tilt
+    that dcm2niix kept as shear): a qform cannot hold shear, and ITK-based tools (3D Slicer)
+    read the qform then, so an output on the same grid keeps the input's to land where it does.
+    """
 
     path: str = ""
     format: str = ""
     dicom: DicomSource | None = None
+    nifti_qform: tuple[tuple[float, ...], ...] | None = None
+
+
+# Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.
+SHEAR_TOL = 1e-6
+
+
+def shear(affine: npt.NDArray[np.float64]) -> float:
+    """How far the voxel axes are from orthogonal: the largest cosine between two of them
+    (0 for a rectilinear grid). NRRD, MHA and DICOM can only store rectilinear grids."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = cols / np.linalg.norm(cols, axis=0)
+    return float(np.max(np.abs(unit.T @ unit - np.eye(3))))
 
 
 @dataclass(frozen=True, eq=False)

@@ -316,6 +316,32 @@ def test_a_series_missing_a_slice_translates_with_allow_gaps(tmp_path: Path, tin
     assert "--allow-gaps" in runner.invoke(app, ["locate", "--help"]).stdout
 
 
+def test_a_sheared_nifti_keeps_its_qform_and_other_formats_are_refused_early(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """A gantry tilt kept as shear (dcm2niix's plain output): the sform holds the shear, the qform
+    cannot, and ITK-based tools (3D Slicer) read the qform, so the output keeps the input's."""
+    src = nib.load(heads / "ct.nii.gz")
+    sform = src.affine.copy()
+    sform[1, 2] = 2.0 * np.tan(np.radians(15))  # y moves with the slice index: a 15 degree tilt
+    qform = src.affine.copy()  # what dcm2niix puts there: the untilted grid
+    tilted = nib.Nifti1Image(np.asanyarray(src.dataobj), sform)
+    tilted.set_qform(qform, code=1)
+    tilted.set_sform(sform, code=1)
+    nib.save(tilted, tmp_path / "tilted.nii.gz")
+    args = [str(tmp_path / "tilted.nii.gz"), "--to", "mr", "--model", str(tiny_model), "--crop-mm", "40,-40"]
+    result = _translate(*args, "-o", str(tmp_path / "out.nii.gz"))
+    assert result.exit_code == 0, result.output
+    out = nib.load(tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(out.get_sform(), sform, atol=1e-5)
+    np.testing.assert_allclose(out.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(out.header.get_zooms(), src.header.get_zooms(), atol=1e-6)
+    for name in ("out.nrrd", "out/"):
+        refused = _translate(*args, "-o", str(tmp_path / name))
+        assert refused.exit_code == 1 and "grid is sheared" in refused.stderr, refused.output
+        assert "write NIfTI" in refused.stderr and not (tmp_path / name).exists()
+
+
 def test_a_2d_baseline_translates_slice_by_slice(tmp_path: Path, heads: Path) -> None:
     """A frame-wise (2D) generator runs over the model grid's slices; the volume comes back whole."""
     config = GeneratorConfig(spatial_dims=2, ngf=2, n_residual_blocks=1)

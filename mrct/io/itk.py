@@ -12,7 +12,7 @@ from mrct.io.atomic import atomic_file
 from mrct.io.metaimage import check_metaimage
 from mrct.io.orientation import lps_to_ras, ras_to_lps
 from mrct.io.validate import check_affine, check_shape, check_values
-from mrct.volume import Modality, SourceInfo, Volume
+from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
 
 
 def read_itk(path: Path, modality: Modality | None = None) -> Volume:
@@ -70,7 +70,7 @@ def sitk_geometry(
     lps = ras_to_lps(affine)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-6):
+    if shear(lps) > SHEAR_TOL:
         raise ValueError("an ITK image needs an orthogonal grid; this affine is sheared")
     return spacing.tolist(), direction.flatten().tolist(), lps[:3, 3].tolist()
 

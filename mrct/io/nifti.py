@@ -23,7 +23,7 @@ from mrct.errors import GeometryError, ReadError, TooLargeError
 from mrct.io.atomic import atomic_file
 from mrct.io.limits import format_size, max_memory
 from mrct.io.validate import check_affine, check_shape, check_values
-from mrct.volume import Modality, SourceInfo, Volume
+from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
 
 if TYPE_CHECKING:
     from nibabel import Nifti1Image, Nifti2Image
@@ -74,7 +74,13 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     if data.dtype == np.float64:
         data = data.astype(np.float32)
     check_values(data, path)
-    return Volume(data, affine, modality, SourceInfo(str(path), "nifti"))
+    qform, qform_code = img.get_qform(coded=True)
+    kept = None
+    if qform is not None and qform_code > 0 and shear(affine) > SHEAR_TOL:
+        qform = np.asarray(qform, dtype=np.float64)
+        qform[:3, :] *= _MM_PER_UNIT.get(int(img.header["xyzt_units"]) & 0x07, 1.0)
+        kept = tuple(tuple(float(v) for v in row) for row in qform)
+    return Volume(data, affine, modality, SourceInfo(str(path), "nifti", nifti_qform=kept))
 
 
 def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.float64]:
@@ -181,8 +187,13 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
 
     array, dtype = _on_disk(volume.array)
     img = nib.Nifti1Image(array, volume.affine, dtype=dtype)
-    # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees.
-    img.set_qform(volume.affine, code=1)
+    # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees. A sheared grid
+    # keeps its input's qform (see SourceInfo.nifti_qform): nibabel's nearest rotation
+    # would move it by centimetres in 3D Slicer, which reads the qform then.
+    qform = volume.affine
+    if volume.source.nifti_qform is not None and shear(volume.affine) > SHEAR_TOL:
+        qform = np.asarray(volume.source.nifti_qform, dtype=np.float64)
+    img.set_qform(qform, code=1)
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
     if description is None and volume.modality is not None:
