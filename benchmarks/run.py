@@ -42,7 +42,22 @@ import inference_bench as bench
 import train as train_bench
 from report import markdown
 
+from mrct.script_main import non_negative_int, positive_int, run_main
+
 GB = 1e9
+MODELS = ("bundled", "paper")
+
+
+def model_names(text: str) -> list[str]:
+    """argparse ``type=``: comma-separated names out of ``MODELS`` (an unknown one is refused,
+    not silently measured as nothing)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(map(repr, unknown)) or '(none given)'}; known: {', '.join(MODELS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -147,21 +162,44 @@ def _train_part(args: argparse.Namespace) -> dict[str, Any]:
     return part
 
 
-def main() -> None:
+def failures(result: dict[str, Any]) -> list[str]:
+    """``what: error`` of every measurement that failed (its row in the report says "failed")."""
+    found = []
+    train = result.get("train", {})
+    if "error" in train.get("cpu_small", {}):
+        found.append(f"train cpu_small: {train['cpu_small']['error']}")
+    found += train_bench.failures({"gpu": train.get("gpu", {})})
+    for name, part in result["models"].items():
+        for what in ("translate", "batch"):
+            for run in part.get(what, {}).get("runs", []):
+                if run.get("rc", 0) != 0:
+                    found.append(f"{name} {what}: exit {run['rc']}: {run.get('error')}")
+    return found
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     here = Path(__file__).resolve().parent
     parser.add_argument("-o", "--output", type=Path, default=here / "results")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median, min..max)")
-    parser.add_argument("--gpu-repeats", type=int, default=20, help="timed GPU training iterations")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs per figure (median, min..max)")
+    parser.add_argument("--gpu-repeats", type=positive_int, default=20, help="timed GPU training iterations")
     parser.add_argument("--quick", action="store_true", help="development: 1 repeat, fewer variants")
-    parser.add_argument("--models", default="bundled,paper", help="bundled, paper or both (comma-separated)")
+    parser.add_argument(
+        "--models",
+        type=model_names,
+        default=list(MODELS),
+        help="bundled, paper or both (comma-separated; default both)",
+    )
     parser.add_argument("--data", type=Path, default=here.parents[1] / "shared" / "data")
     parser.add_argument("--no-train", action="store_true", help="skip the training rows")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch rows")
     parser.add_argument(
-        "--overlap-repeats", type=int, default=1, help="runs of each stage-API overlap variant (slow)"
+        "--overlap-repeats",
+        type=non_negative_int,
+        default=1,
+        help="runs of each stage-API overlap variant (slow; 0: none)",
     )
     args = parser.parse_args()
     if args.quick:
@@ -206,7 +244,12 @@ def main() -> None:
     text = markdown(result)
     (args.output / "performance.md").write_text(text)
     print(text)
+    # The report is written either way; a failed measurement must still fail the command.
+    if failed := failures(result):
+        print(f"error: {len(failed)} measurement(s) failed; first, {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

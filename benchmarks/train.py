@@ -60,6 +60,8 @@ from typing import Any
 from train_report import FULL, GB, REFERENCE_SIZE, size_text, train_markdown
 from train_workers import CONFIGS, run_worker  # benchmarks/ is on sys.path: run as a script
 
+from mrct.script_main import positive_int, run_main
+
 PAPER = "paper_3d"  # the config whose rows feed the memory fit and the iteration ratio
 
 # CPU configurations: (label, config, size, amp, timed iterations). "repeats" rows run
@@ -273,7 +275,21 @@ def machine_info() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- report
 
 
-def main() -> None:
+def failures(result: dict[str, Any]) -> list[str]:
+    """``what: error`` of every configuration that failed (its row in the table says "failed")."""
+    found = []
+    for part in ("cpu", "gpu"):
+        section = result.get(part, {})
+        for row in section.get("rows", []):
+            if "error" in row:
+                size = f" {size_text(row['size'])}" if "size" in row else ""  # GPU rows: all at FULL
+                found.append(f"{part} {row['label']}{size}: {row['error']}")
+        if "error" in section.get("reference", {}):
+            found.append(f"{part} reference generators: {section['reference']['error']}")
+    return found
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -283,8 +299,12 @@ def main() -> None:
         default="auto",
         help="auto: CPU rows, plus GPU rows when CUDA is available; cpu: CPU only; cuda: GPU only",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed iterations per CPU configuration")
-    parser.add_argument("--gpu-repeats", type=int, default=20, help="timed iterations per GPU configuration")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed iterations per CPU configuration"
+    )
+    parser.add_argument(
+        "--gpu-repeats", type=positive_int, default=20, help="timed iterations per GPU configuration"
+    )
     parser.add_argument(
         "-o",
         "--out",
@@ -330,7 +350,12 @@ def main() -> None:
     text = train_markdown(result)
     (args.output / "train.md").write_text(text)
     print(text)
+    # The table is written either way; a failed row must still fail the command (CI, scripts).
+    if failed := failures(result):
+        print(f"error: {len(failed)} configuration(s) failed; first, {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mrct.script_main import non_negative_int, positive_int, run_main
+
 
 def _rate(items: Iterable[Any], step: Callable[[Any], object], n: int, sync: Callable[[], None]) -> float:
     """Iterations per second over ``n`` items after one warm-up."""
@@ -40,9 +42,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="a set built by mrct prepare")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=positive_int, default=20)
     parser.add_argument(
-        "--workers", type=int, default=None, help="data-loader workers (default: the config's)"
+        "--workers", type=non_negative_int, default=None, help="data-loader workers (default: the config's)"
     )
     args = parser.parse_args()
 
@@ -55,6 +57,7 @@ def main() -> None:
     from mrct.training.trainer import Trainer
 
     config = load_train_config(args.config)
+    data = PreparedSet.open(args.data)
     if args.workers is not None:
         config = replace(config, data=replace(config.data, workers=args.workers))
     device = torch.device(str(resolve_device(args.device, DistContext())))
@@ -63,7 +66,6 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    data = PreparedSet.open(args.data)
     n = args.iterations
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, data, Path(run_dir), device, DistContext())
@@ -82,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

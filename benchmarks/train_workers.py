@@ -9,6 +9,7 @@ took). ``run_worker`` is the parent's side: it starts this script and reads that
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -146,7 +147,30 @@ def generator_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"times_s": times, "parameters": counts["mrct"], "threads": torch.get_num_threads()}
 
 
+def _spec(text: str) -> dict[str, Any]:
+    """argparse ``type=``: the JSON object ``run_worker`` passes."""
+    try:
+        spec = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err})") from None
+    if not isinstance(spec, dict) or spec.get("kind") not in WORKERS:
+        raise argparse.ArgumentTypeError(
+            f'not a {{"kind": {" or ".join(map(json.dumps, WORKERS))}, ...}} object'
+        )
+    return spec
+
+
+WORKERS = {"iteration": iteration_worker, "generator": generator_worker}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("spec", type=_spec, help="one configuration, as JSON (what run_worker passes)")
+    spec = parser.parse_args().spec
+    print(RESULT + json.dumps(WORKERS[spec["kind"]](spec)))
+
+
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    worker = iteration_worker if spec["kind"] == "iteration" else generator_worker
-    print(RESULT + json.dumps(worker(spec)))
+    main()

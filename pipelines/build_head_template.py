@@ -28,6 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mrct.errors import InputNotFoundError, ReadError
 from mrct.io import read_volume
 from mrct.io.orientation import closest_canonical
 from mrct.preprocessing.localise import REFERENCE_NAME, Localiser, Reference
@@ -134,6 +135,15 @@ def calibrate(template: Volume, landmarks: dict, annotated: dict[Path, dict]) ->
     return out, float(np.mean(heights)), float(np.mean(above_edge))
 
 
+def _annotations(path: Path) -> dict[str, dict]:
+    """The brow/jaw annotations JSON, by scan file name."""
+    try:
+        heads = json.loads(path.read_text(encoding="utf-8"))["heads"]
+        return {Path(h["path"]).name: h for h in heads}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReadError(f"not a brow/jaw annotations file ({err!r})", path) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,14 +152,20 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--annotations", type=Path, help="brow/jaw annotations JSON for calibration")
     args = parser.parse_args()
+    if not args.ixi_folder.is_dir():
+        raise InputNotFoundError("no such folder (the IXI T1 scans)", args.ixi_folder)
     paths = sorted(args.ixi_folder.glob("*.nii.gz"))[::EVERY]
+    if not paths:
+        raise InputNotFoundError("no *.nii.gz scans in this folder (the IXI T1 scans)", args.ixi_folder)
+    # Read before the registrations (many minutes), so a bad file stops the run at once.
+    annotations = _annotations(args.annotations) if args.annotations else None
     template = build_template(paths)
     landmarks, mean_height, above_edge = dict(INITIAL_LANDMARKS), 117.0, 6.0
-    if args.annotations:
-        heads = json.loads(args.annotations.read_text())["heads"]
-        by_name = {Path(h["path"]).name: h for h in heads}
+    if annotations is not None:
         annotated = {
-            p: by_name[p.name] for p in paths if by_name.get(p.name, {}).get("inferior_mm") is not None
+            p: annotations[p.name]
+            for p in paths
+            if annotations.get(p.name, {}).get("inferior_mm") is not None
         }
         landmarks, mean_height, above_edge = calibrate(template, landmarks, annotated)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -173,4 +189,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mrct.script_main import run_main
+
+    run_main(main)

@@ -44,7 +44,6 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,10 +71,13 @@ def train_for(prepared: Path, run_dir: Path, minutes: float, threads: int) -> No
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
-        process.wait(timeout=minutes * 60)
+        code = process.wait(timeout=minutes * 60)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGTERM)  # the trainer saves a checkpoint and exits
         process.wait()
+        return
+    if code != 0:  # it ended on its own before the time was up: finished (0) or failed
+        raise subprocess.CalledProcessError(code, command)
 
 
 def last_iteration(run_dir: Path) -> int:
@@ -83,10 +85,45 @@ def last_iteration(run_dir: Path) -> int:
     return int(json.loads(lines[-1])["iteration"]) if lines else 0
 
 
-def held_out(prepared: Path, cases: int) -> list[dict[str, Any]]:
-    manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
-    by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
-    return [by_id[i] for i in manifest["split"]["mr"]["test"][:cases]]
+def held_out(prepared: Path, cases: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The prepared set's model grid and the first ``cases`` MRs of its test split (manifest
+    entries); a missing or unreadable manifest is one clear error."""
+    from mrct.errors import InputNotFoundError, ReadError
+
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
+        entries = [by_id[i] for i in manifest["split"]["mr"]["test"][:cases]]
+        grid: dict[str, Any] = manifest["config"]["grid"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReadError(f"not a readable prepared-set manifest ({err!r})", path) from None
+    if not entries:
+        raise ReadError("no MR in the test split; nothing to compare", path)
+    return grid, entries
+
+
+def grid_text(grid: dict[str, Any]) -> str:
+    return f"{grid['depth']}x{grid['height']}x{grid['width']} at {float(grid['inplane_mm']):g} mm in-plane"
+
+
+def check_grid(translator: Any, model: object, prepared: Path, grid: dict[str, Any]) -> None:
+    """Refuse a model whose grid is not the prepared set's: its forward pass would run on arrays
+    of another shape and spacing, and its flicker would mean nothing."""
+    from dataclasses import asdict
+
+    from mrct.errors import ModelError
+
+    own = asdict(translator.package.preprocessing.grid)
+    keys = ("depth", "height", "width", "inplane_mm")
+    if any(float(own[k]) != float(grid[k]) for k in keys):
+        raise ModelError(
+            f"model grid {grid_text(own)} differs from the prepared set's {grid_text(grid)} "
+            f"({prepared / 'manifest.json'}); prepare the set with the model's preprocessing",
+            str(model),
+        )
 
 
 def model_grid_flicker(
@@ -201,14 +238,16 @@ def put_between_markers(doc: Path, text: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from mrct.script_main import positive_float, positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepared", required=True, type=Path, help="the prepared head set (mrct prepare)")
     p.add_argument("--model-3d", default="models/mrct-head-cpu-small", help="3D model package")
     p.add_argument("--model-2d", required=True, type=Path, help="2D model package (exported here)")
     p.add_argument("--run", type=Path, help="training run folder of the 2D model")
-    p.add_argument("--train-minutes", type=float, help="train the 2D model for this wall time first")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    p.add_argument("--cases", type=int, default=5, help="held-out MRs to translate (default 5)")
+    p.add_argument("--train-minutes", type=positive_float, help="train the 2D model for this wall time first")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--cases", type=positive_int, default=5, help="held-out MRs to translate (default 5)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the CSV and table")
     p.add_argument("--figure", type=Path, help="write the sagittal figure here (PNG)")
     p.add_argument("--docs", type=Path, help="put the table between the heads-table markers of this file")
@@ -217,6 +256,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The set and the 3D model are checked before the 2D model trains (minutes) or anything runs.
+    grid, cases = held_out(args.prepared, args.cases)
+
+    import torch
+
+    from mrct.inference import Translator
+    from mrct.io import read_volume
+    from mrct.preprocessing.crop import CropRequest
+    from mrct.volume import Modality
+
+    torch.set_num_threads(args.threads)
+    translators = {"3d": Translator.from_package(args.model_3d, device="cpu")}
+    check_grid(translators["3d"], args.model_3d, args.prepared, grid)
     if not (args.model_2d / "model.json").exists():
         if args.run is None:
             raise SystemExit(f"error: {args.model_2d}: no model package; give --run (and --train-minutes)")
@@ -227,26 +279,15 @@ def main(argv: list[str] | None = None) -> int:
         command = ["mrct", "export", str(args.run), "-o", str(args.model_2d), "--overwrite"]
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
-
-    import torch
-
-    from mrct.inference import Translator
-    from mrct.io import read_volume
-    from mrct.preprocessing.crop import CropRequest
-    from mrct.volume import Modality
-
-    torch.set_num_threads(args.threads)
-    translators = {
-        "3d": Translator.from_package(args.model_3d, device="cpu"),
-        "2d_random": Translator.from_package(args.model_2d, device="cpu"),
-    }
+    translators["2d_random"] = Translator.from_package(args.model_2d, device="cpu")
+    check_grid(translators["2d_random"], args.model_2d, args.prepared, grid)
     labels = {}
     for name, translator in translators.items():
         training = translator.package.manifest.get("training", {})
         labels[name] = f"{'3D' if name == '3d' else '2D random'} ({training.get('iterations', '?')} it.)"
     rows: list[dict[str, Any]] = []
     panels = []
-    for n, entry in enumerate(held_out(args.prepared, args.cases)):
+    for n, entry in enumerate(cases):
         scan_id = entry["id"]
         mr = np.load(args.prepared / "mr" / f"{scan_id}.npy")
         mask = np.load(args.prepared / "mr" / f"{scan_id}_mask.npy") > 0
@@ -288,4 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mrct.script_main import run_main
+
+    run_main(main)

@@ -18,7 +18,10 @@ A head is an outline (largest body above the threshold, holes filled), the same 
 the synthetic image as for the source, so air cavities and dark MR bone count as head.
 
 Writes JSON (one entry per scan, and the summary) and prints a markdown table. Previews
-of the first scans go next to the JSON file with ``--previews N``.
+of the first scans go next to the JSON file with ``--previews N``. Exit code 0 when every scan
+was evaluated, whether or not it meets the bar (a miss is a result, recorded as ``passes``);
+1 when some scan failed to run (after the JSON and the table are written). A bad argument (a
+missing file, an unknown model) stops it before any scan, with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mrct.errors import InputNotFoundError, ReadError
 from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
@@ -39,9 +43,17 @@ from mrct.volume import Modality
 
 def held_out_mrs(prepared: Path) -> list[tuple[str, Path, str | None]]:
     """(id, source, series) of the prepared set's MR test split."""
-    manifest = json.loads((prepared / "manifest.json").read_text(encoding="utf-8"))
-    by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
-    return [(i, Path(by_id[i]["source"]), by_id[i].get("series")) for i in manifest["split"]["mr"]["test"]]
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
+        return [
+            (i, Path(by_id[i]["source"]), by_id[i].get("series")) for i in manifest["split"]["mr"]["test"]
+        ]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReadError(f"not a readable prepared-set manifest ({err!r})", path) from None
 
 
 def evaluate(
@@ -88,7 +100,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = []
     for name, block in result["summary"].items():
         lines += [
-            f"**{name}**: {block['passing']}/{block['scans']} scans pass",
+            f"**{name}**: {block['passing']}/{block['scans']} scans pass"
+            + (f" ({block['failed_to_run']} failed to run)" if block["failed_to_run"] else ""),
             "",
             "| check | median | min | max |",
         ]
@@ -100,7 +113,9 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
+    from mrct.script_main import USAGE, ScriptError, non_negative_int
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -115,16 +130,25 @@ def main() -> None:
     )
     parser.add_argument("--ct", type=Path, nargs="*", default=[], help="CT scans for CT -> synthetic MR")
     parser.add_argument(
-        "--previews", type=int, default=2, help="PNG previews of the first N scans per direction"
+        "--previews", type=non_negative_int, default=2, help="PNG previews of the first N scans per direction"
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N test MRs")
+    parser.add_argument("--limit", type=non_negative_int, default=None, help="only the first N test MRs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="results JSON")
     args = parser.parse_args()
-    translator = Translator.from_package(args.model, "auto")
+    # The arguments are checked before the model loads and the first scan runs (minutes in).
     mrs = held_out_mrs(args.prepared) if args.prepared else []
-    mrs = mrs[: args.limit] if args.limit else mrs
+    mrs = mrs[: args.limit] if args.limit is not None else mrs
+    for option, paths in (("--mr", args.mr), ("--ct", args.ct)):
+        for path in paths:
+            if not path.exists():
+                raise InputNotFoundError(f"no such file or folder (given with {option})", path)
     mrs += [(p.name, p, None) for p in args.mr]
-    cts = [(p.name.split(".")[0], p, None) for p in args.ct]
+    cts: list[tuple[str, Path, str | None]] = [(p.name.split(".")[0], p, None) for p in args.ct]
+    if not mrs and not cts:
+        raise ScriptError(
+            "nothing to evaluate: give --prepared (a non-empty MR test split), --mr or --ct", USAGE
+        )
+    translator = Translator.from_package(args.model, "auto")
     out_dir = args.output.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     ct_rows = evaluate(translator, mrs, Modality.CT, args.previews, out_dir)
@@ -141,7 +165,20 @@ def main() -> None:
     }
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(markdown(result))
+    # Missing the quality bar is a result (exit 0); a scan that could not be evaluated is not.
+    failed = [r for r in ct_rows + mr_rows if "error" in r]
+    if failed:
+        first = f"{failed[0]['source']}: {failed[0]['error']}"
+        print(
+            f"error: {len(failed)} of {len(ct_rows) + len(mr_rows)} scans failed to run (first, {first}); "
+            f"see {args.output}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from mrct.script_main import run_main
+
+    run_main(main)

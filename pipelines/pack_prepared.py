@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrct.errors import OutputExistsError, ReadError
 from mrct.training.data import PreparedSet
 
 LEVELS = 4095  # 12 bits
@@ -36,14 +37,14 @@ def _train_images(root: Path, packed: bool = False) -> list[Path]:
 def pack(prepared: Path, packed: Path) -> None:
     images = _train_images(prepared)
     if packed.exists():
-        raise SystemExit(f"{packed}: already exists; pack into a new folder")
+        raise OutputExistsError("already exists; pack into a new folder", packed)
     packed.mkdir(parents=True)
     shutil.copy2(prepared / "manifest.json", packed / "manifest.json")
     total = 0
     for rel in images:
         volume = np.load(prepared / rel, allow_pickle=False)
         if volume.min() < -1 or volume.max() > 1:
-            raise SystemExit(f"{prepared / rel}: values outside [-1, 1]; not a prepared volume")
+            raise ReadError("values outside [-1, 1]; not a prepared volume", prepared / rel)
         levels = np.round((volume.astype(np.float64) + 1.0) * (LEVELS / 2)).astype(np.uint16)
         buffer = io.BytesIO()
         np.save(buffer, levels, allow_pickle=False)
@@ -59,9 +60,11 @@ def unpack(packed: Path, prepared: Path) -> None:
     prepared.mkdir(parents=True, exist_ok=True)
     shutil.copy2(packed / "manifest.json", prepared / "manifest.json")
     for rel in images:
-        levels = np.load(
-            io.BytesIO(lzma.decompress((packed / f"{rel}{SUFFIX}").read_bytes())), allow_pickle=False
-        )
+        source = packed / f"{rel}{SUFFIX}"
+        try:
+            levels = np.load(io.BytesIO(lzma.decompress(source.read_bytes())), allow_pickle=False)
+        except (lzma.LZMAError, ValueError, EOFError) as err:
+            raise ReadError(f"not a packed volume ({err}); pack the set again", source) from None
         target = prepared / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, (levels.astype(np.float32) * np.float32(2 / LEVELS) - 1.0).astype(np.float32))
@@ -80,4 +83,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mrct.script_main import run_main
+
+    run_main(main)

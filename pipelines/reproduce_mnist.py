@@ -25,8 +25,9 @@ stopped; training resumes from its newest checkpoint):
    model runs slice by slice) to ``OUT/pred/<method>/<direction>/<id>.npy``, plus ``input``:
    the test inputs unchanged, the L2 scale's reference point;
 6. **evaluate** with ``mrct.api.evaluate(..., metric="mnist-l2")`` (what ``mrct evaluate PRED GT
-   --metric mnist-l2`` does): ``OUT/results/<method>_<direction>.csv``, one row per test volume
-   (L2, slice flicker of the prediction and of the ground truth, their ratio);
+   --metric mnist-l2`` does) against ``OUT/gt/<domain>/``, links to the test split's ground
+   truth: ``OUT/results/<method>_<direction>.csv``, one row per test volume (L2, slice flicker
+   of the prediction and of the ground truth, their ratio);
 7. **table** ``OUT/results/table.md`` and ``summary.json`` (mean ± sample sd per method and
    direction, with the paper's Table 2 L2 beside ours), printed, and with ``--docs FILE`` put
    between ``<!-- mnist-table -->`` and ``<!-- /mnist-table -->`` in that file;
@@ -36,6 +37,9 @@ stopped; training resumes from its newest checkpoint):
 L2 is :func:`mrct.metrics.volumetric_mnist_l2`: the Euclidean norm over the whole volume of
 the difference on the [0, 1] scale, so it grows with the square root of the voxel count;
 compare methods within one scale, not with the paper's numbers directly.
+
+Exit code 0 when the table is written; 1 when a step fails (its command says why, then one line
+names the step); a bad argument, 2.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,10 +80,12 @@ DIRECTIONS = {"mr_to_ct": ("mr", "ct", "A→B (spherical → sandglass)"), "ct_t
 MARKERS = ("<!-- mnist-table -->", "<!-- /mnist-table -->")
 
 
-def run(command: list[str], env: dict[str, str] | None = None) -> None:
+def run(step: str, command: list[str], env: dict[str, str] | None = None) -> None:
     """Run one command (printed first, as it would be typed); stop on failure."""
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT, env=env)
+    code = subprocess.run(command, cwd=ROOT, env=env).returncode
+    if code != 0:  # the command has said why on stderr; one line says which step stopped the run
+        raise SystemExit(f"error: step {step} failed (exit {code})")
 
 
 def scaled_config(source: Path, depth: int, size: int, iterations: int) -> dict[str, Any]:
@@ -117,6 +124,18 @@ def copy_inputs(data: Path, out: Path, ids: list[str]) -> None:
         (out / direction).mkdir(parents=True, exist_ok=True)
         for i in ids:
             np.save(out / direction / f"{i}.npy", np.load(data / src / f"{i}.npy"))
+
+
+def link_ground_truth(data: Path, out: Path, ids: list[str]) -> None:
+    """``out/<domain>/<id>.npy``: links to the test volumes only, the ground truth evaluated.
+    ``data/<domain>`` holds the training split too, which is never predicted: evaluated against
+    the whole folder, every method and direction would warn that those volumes are left out."""
+    shutil.rmtree(out, ignore_errors=True)  # links of an earlier build's test split
+    for domain in ("mr", "ct"):
+        folder = out / domain
+        folder.mkdir(parents=True)
+        for i in ids:  # relative, so the work folder can be moved
+            (folder / f"{i}.npy").symlink_to(os.path.relpath(data / domain / f"{i}.npy", folder))
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -227,6 +246,8 @@ def figure(data: Path, pred: Path, methods: list[str], ids: list[str], path: Pat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from mrct.script_main import positive_int
+
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -236,15 +257,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-o", "--output", required=True, type=Path, help="work folder (data, runs, models, results)"
     )
     p.add_argument(
-        "--count", type=int, default=500, help="volumes per domain (default 500: 350 train, 150 test)"
+        "--count",
+        type=positive_int,
+        default=500,
+        help="volumes per domain (default 500: 350 train, 150 test)",
     )
-    p.add_argument("--size", type=int, default=84, help="in-plane size (default 84, the paper's)")
-    p.add_argument("--depth", type=int, default=30, help="slices (default 30, the paper's)")
+    p.add_argument("--size", type=positive_int, default=84, help="in-plane size (default 84, the paper's)")
+    p.add_argument("--depth", type=positive_int, default=30, help="slices (default 30, the paper's)")
     p.add_argument(
-        "--iterations", type=int, default=4000, help="training iterations per method (default 4000)"
+        "--iterations", type=positive_int, default=4000, help="training iterations per method (default 4000)"
     )
     p.add_argument("--seed", type=int, default=0, help="data set seed (training seeds are the configs')")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per process (default 1)")
     p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda (default auto)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all four")
     p.add_argument("--figure", type=Path, help="write the figure here (PNG)")
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "pipelines/volumetric_mnist.py", "--idx", args.idx, "-o", str(data)]
         command += ["--count", str(args.count), "--size", str(args.size), "--depth", str(args.depth)]
         command += ["--seed", str(args.seed)] + (["--labels", args.labels] if args.labels else [])
-        run(command)
+        run("build", command)
     ids = test_ids(data)
     timings: dict[str, float] = {}
     for method in args.methods:
@@ -278,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (run_dir / "checkpoints" / f"iter_{args.iterations:07d}").exists():
             start = time.perf_counter()
             command = ["mrct", "train", "-c", str(config), "--data", str(data), "-o", str(run_dir)]
-            run([*command, "--resume", "--device", args.device, "-q"], env)
+            run(f"train {method}", [*command, "--resume", "--device", args.device, "-q"], env)
             timings[method] = time.perf_counter() - start
         if not (package / "model.json").exists():
-            run(["mrct", "export", str(run_dir), "-o", str(package), "--overwrite"], env)
+            run(f"export {method}", ["mrct", "export", str(run_dir), "-o", str(package), "--overwrite"], env)
         if not (out / "pred" / method / "ct_to_mr" / f"{ids[-1]}.npy").exists():
             print(f"translating the {len(ids)} test volumes with {method}", flush=True)
             translate_split(package, data, out / "pred" / method, ids, args.threads)
@@ -292,12 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     from mrct.api import evaluate
 
     results.mkdir(parents=True, exist_ok=True)
+    link_ground_truth(data, out / "gt", ids)
     shown = ["input", *args.methods]
     for method in shown:
         for direction, (_, target, _) in DIRECTIONS.items():
             csv_path = results / f"{method}_{direction}.csv"
             evaluate(
-                out / "pred" / method / direction, data / target, csv_path, metric="mnist-l2", overwrite=True
+                out / "pred" / method / direction,
+                out / "gt" / target,
+                csv_path,
+                metric="mnist-l2",
+                overwrite=True,
             )
     summary = summarise(results, shown)
     (results / "summary.json").write_text(json.dumps({"scale": scale, "methods": summary}, indent=2) + "\n")
@@ -312,4 +341,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mrct.script_main import run_main
+
+    run_main(main)

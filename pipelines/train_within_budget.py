@@ -103,7 +103,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def pack(runs: list[Path], out: Path) -> None:
+def pack(runs: list[Path], out: Path) -> int:
+    """Pack the runs' logs and newest checkpoints into ``out``; returns the checkpoints packed."""
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
         for run in runs:
@@ -137,9 +138,28 @@ def pack(runs: list[Path], out: Path) -> None:
                 _add(tar, name, data)
     packed = sorted(name.rsplit("/", 1)[0] for b in bins for name, _ in b if name.endswith("state.json"))
     print(f"packed {len(packed)} checkpoints in {len(bins)} files ({total / MIB:.1f} MiB): {packed}")
+    return len(packed)
 
 
-def main() -> None:
+def _check_inputs(data: Path, configs: list[Path]) -> None:
+    """The set and every config, read as ``mrct train`` will: a typo is one line now, not a probe
+    that logs nothing and a budget spent."""
+    from mrct.errors import ConfigError
+    from mrct.training.config import load_train_config
+    from mrct.training.data import PreparedSet
+
+    prepared = PreparedSet.open(data)
+    for config in configs:
+        preprocessing = load_train_config(config).preprocessing
+        try:
+            prepared.check_preprocessing(preprocessing)
+        except ConfigError as err:  # it names the set; which of the configs is wrong matters as much
+            raise ConfigError(str(err), config) from None
+
+
+def main() -> int:
+    from mrct.script_main import USAGE, ScriptError, positive_float
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -147,13 +167,20 @@ def main() -> None:
     parser.add_argument("--configs", type=Path, nargs="+", required=True)
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument(
-        "--seconds", type=float, required=True, help="the whole budget, probe and packing included"
+        "--seconds", type=positive_float, required=True, help="the whole budget, probe and packing included"
     )
-    parser.add_argument("--probe-seconds", type=float, default=45.0, help="the probe's wall time")
+    parser.add_argument("--probe-seconds", type=positive_float, default=45.0, help="the probe's wall time")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--pack", type=Path, required=True)
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
+    if args.seconds <= args.probe_seconds + START_S + PACK_RESERVE_S:
+        raise ScriptError(
+            f"--seconds {args.seconds:g}: leaves no time to train after the {args.probe_seconds:g} s probe "
+            f"(the start and packing take {START_S + PACK_RESERVE_S} s more)",
+            USAGE,
+        )
+    _check_inputs(args.data, args.configs)
     args.runs.mkdir(parents=True, exist_ok=True)
 
     # The probe stops every config at the same moment, so each rate is measured while all run.
@@ -164,6 +191,7 @@ def main() -> None:
         process.kill()  # a probe's checkpoint is not wanted
         process.wait()
     rates = {}
+    failed = []  # what makes the exit code 1, after packing whatever did train
     for config, run in probe_runs.items():
         try:
             rates[config] = _rate(run)
@@ -171,6 +199,11 @@ def main() -> None:
             print(
                 f"{config.stem}: no rate from the probe ({err!r}):\n{(run / 'train.log').read_text()[-3000:]}"
             )
+            failed.append(f"{config.stem} (probe: no rate; see {run / 'train.log'})")
+    if not rates:
+        raise ScriptError(
+            f"no config logged a rate in the {args.probe_seconds:g} s probe: {', '.join(failed)}"
+        )
 
     runs: dict[Path, subprocess.Popen] = {}
     seconds = deadline - time.monotonic() - PACK_RESERVE_S
@@ -192,8 +225,16 @@ def main() -> None:
         )
         if process.returncode not in STOPPED:
             print((run / "train.log").read_text()[-3000:])
-    pack(list(runs), args.pack)
+            failed.append(f"{run.name} (exit {process.returncode}; see {run / 'train.log'})")
+    if pack(list(runs), args.pack) == 0:
+        failed.append(f"no checkpoint to pack in {args.runs}")
+    if failed:
+        print(f"error: {len(failed)} failure(s): {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from mrct.script_main import run_main
+
+    run_main(main)
