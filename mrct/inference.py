@@ -203,7 +203,8 @@ class Translator:
         force: bool = False,
     ) -> Prepared:
         """Check the modality, find the slab and preprocess it (and, with ``full_fov``, the tiles
-        above and below it, each with its own levels via ``--crop-mm``). Raises as :meth:`translate`."""
+        above and below it, each with its own levels via ``--crop-mm`` and the slab's intensity
+        map). Raises as :meth:`translate`."""
         from mrct.preprocessing.grid import world_extent
 
         source = source_modality(volume, to, force)
@@ -219,7 +220,7 @@ class Translator:
             tops += [sup - height * n for n in range(1, int(np.ceil((inf - lo[2]) / height)) + 1)]
             for top in tops:
                 tile = CropRequest.millimetres(top, top - height)
-                slabs.append(self._preprocess(volume, source, tile, timings))
+                slabs.append(self._preprocess(volume, source, tile, timings, first.record.intensity))
         return Prepared(volume, to, slabs, timings)
 
     def run(self, prepared: Prepared) -> list[np.ndarray]:
@@ -267,14 +268,26 @@ class Translator:
         return Translation(result, infos, dict(prepared.timings))
 
     def _preprocess(
-        self, volume: Volume, source: Modality, crop: CropRequest, timings: dict[str, float]
+        self,
+        volume: Volume,
+        source: Modality,
+        crop: CropRequest,
+        timings: dict[str, float],
+        intensity: Any = None,
     ) -> Any:
         from mrct.preprocessing.chain import preprocess
 
         timed = _TimedLocaliser(self.localiser()) if crop.mode == "auto" else None
         start = time.perf_counter()
         try:
-            prepared = preprocess(volume, self.package.preprocessing, crop, modality=source, localiser=timed)  # type: ignore[arg-type]
+            prepared = preprocess(
+                volume,
+                self.package.preprocessing,
+                crop,
+                modality=source,
+                localiser=timed,  # type: ignore[arg-type]
+                intensity=intensity,
+            )
         except MrctError as err:  # found on the volume in memory: name the file it came from
             raise err.naming(volume.source.path) from None
         located = timed.seconds if timed else 0.0
@@ -344,17 +357,17 @@ def _footprint(volume: Volume, record: Any) -> Box | None:
 
 def _resample_box(values: np.ndarray, record: Any, volume: Volume, box: Box, fill: float) -> np.ndarray:
     """``values`` on the model grid, sampled at the input voxels of ``box`` (float32)."""
-    from mrct.preprocessing.grid import resample
+    from mrct.preprocessing.grid import resample_from_grid
 
     affine = volume.affine.copy()
     affine[:3, 3] = volume.affine[:3, :3] @ np.array([b.start for b in box], float) + volume.affine[:3, 3]
     shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
-    return resample(values, record.grid_affine_array, affine, shape, fill=fill)
+    return resample_from_grid(values, record.grid_affine_array, affine, shape, fill=fill)
 
 
 def _slab_in_box(volume: Volume, box: Box, superior_mm: float, inferior_mm: float) -> np.ndarray:
     """:func:`mrct.metrics.slab_voxels` restricted to ``box`` (the same sums, so the same voxels)."""
-    i, j, k = (np.arange(b.start, b.stop, dtype=np.float64) for b in box)
-    a = volume.affine[2]
-    s = a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3]
+    from mrct.preprocessing.grid import s_levels
+
+    s = s_levels(volume.affine, box)
     return np.asarray((s >= inferior_mm) & (s <= superior_mm))

@@ -107,6 +107,39 @@ def test_full_fov_stages_tile_the_scan(tiny: Path, mr: Volume) -> None:
     assert np.array_equal(staged.volume.array, whole.volume.array)
 
 
+def test_full_fov_tiles_share_the_slab_scale_and_may_hold_no_head(tiny: Path, mr: Volume) -> None:
+    """Air above the vertex (common in MR) gives tiles with no head: background, not an error
+    about MR statistics; every tile uses the slab's MR scale, not statistics of its own."""
+    air = np.full((mr.shape[0], mr.shape[1], 60), float(mr.array.min()), dtype=np.float32)
+    tall = mr.replace(array=np.concatenate([mr.array.astype(np.float32), air], axis=2))
+    translator = Translator.from_package(tiny, "cpu", precision="fp32")
+    prepared = translator.prepare(tall, Modality.CT, CropRequest.millimetres(20, -20), full_fov=True)
+    top = max(prepared.slabs, key=lambda slab: slab.record.slab.superior_mm)
+    assert len(prepared.slabs) > 4 and not top.mask.any()  # air only
+    scales = {tuple(slab.record.intensity.source) for slab in prepared.slabs}
+    assert len(scales) == 1
+    result = translator.finish(prepared, translator.run(prepared)).volume
+    assert (result.array[:, :, -20:] == -1024).all()
+
+
+def test_outputs_fill_the_slab_to_its_levels(tiny: Path, mr: Volume) -> None:
+    """The model grid's edge slices reach the slab's levels: a uniform output comes back uniform
+    over the whole slab, without fading towards background in the outer half slice."""
+    translator = Translator.from_package(tiny, "cpu", precision="fp32")
+    prepared = translator.prepare(mr, Modality.CT, CropRequest.millimetres(20, -20))
+    grid_shape = prepared.slabs[0].image.shape
+    result = translator.finish(prepared, [np.zeros(grid_shape, np.float32)]).volume
+    # Voxels k = 40..59 have centres at S = -19..19 mm; model value 0 is one HU value inside the
+    # head (its mask's edge blends with the background in plane, as it should).
+    values, counts = np.unique(result.array[:, :, 50][result.array[:, :, 50] != -1024], return_counts=True)
+    uniform = values[np.argmax(counts)]
+    assert counts.max() > 1000
+    middle = (result.array[:, :, 50] == uniform).sum()
+    for k in (40, 59):  # the slab's edge slices, 1 mm inside its levels
+        assert (result.array[:, :, k] == uniform).sum() > 0.8 * middle
+    assert (result.array[:, :, [39, 60]] == -1024).all()
+
+
 @pytest.mark.parametrize("to", [Modality.CT, Modality.MR])
 def test_finish_equals_inverting_the_whole_grid(tiny: Path, oblique_mr: Volume, to: Modality) -> None:
     """finish() resamples only the box around the slab; the reference inverts onto every voxel."""

@@ -23,7 +23,7 @@ from mrct.config import to_dict
 from mrct.errors import CropError
 from mrct.preprocessing.config import GridConfig, PreprocessConfig
 from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
-from mrct.preprocessing.grid import model_grid_affine, resample, world_extent
+from mrct.preprocessing.grid import model_grid_affine, resample, resample_from_grid, s_levels, world_extent
 from mrct.preprocessing.intensity import IntensityMap, ct_map, mr_map
 from mrct.preprocessing.localise import Localiser, check_slab_in_scan
 from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, working_image
@@ -157,16 +157,21 @@ class ResampleToGridd(MapTransform):
 
 
 class MapIntensityd(MapTransform):
-    """Map scanner units to [-1, 1] (CT: a fixed HU map; MR: percentiles inside the head mask)."""
+    """Map scanner units to [-1, 1] (CT: a fixed HU map; MR: percentiles inside the head mask,
+    or ``fixed``, a map computed on another part of the same scan)."""
 
-    def __init__(self, modality: Modality, config: PreprocessConfig) -> None:
+    def __init__(
+        self, modality: Modality, config: PreprocessConfig, fixed: IntensityMap | None = None
+    ) -> None:
         super().__init__(keys="image")
-        self.modality, self.config = modality, config
+        self.modality, self.config, self.fixed = modality, config, fixed
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Data:
         d = dict(data)
         image, mask = d["grid_image"], d["grid_mask"]
-        if self.modality is Modality.CT:
+        if self.fixed is not None:
+            imap = self.fixed
+        elif self.modality is Modality.CT:
             imap = ct_map(self.config.intensity.ct_map)
         else:
             try:
@@ -182,7 +187,11 @@ class MapIntensityd(MapTransform):
 
 
 def build_chain(
-    modality: Modality, config: PreprocessConfig, crop: CropRequest, localiser: Localiser | None
+    modality: Modality,
+    config: PreprocessConfig,
+    crop: CropRequest,
+    localiser: Localiser | None,
+    intensity: IntensityMap | None = None,
 ) -> Compose:
     """The chain for one scan, assembled from the typed config."""
     return Compose(
@@ -193,7 +202,7 @@ def build_chain(
             LocateSlabd(crop, localiser, config.margin_mm),
             ModelGridd(config.grid),
             ResampleToGridd(config.grid, config.anti_alias),
-            MapIntensityd(modality, config),
+            MapIntensityd(modality, config, intensity),
         ]
     )
 
@@ -218,9 +227,13 @@ def preprocess(
     *,
     modality: Modality | None = None,
     localiser: Localiser | None = None,
+    intensity: IntensityMap | None = None,
 ) -> Preprocessed:
     """Run the chain on ``volume``. ``modality`` overrides the header; else it is the header's or
-    guessed from intensities. Errors about the slab are :class:`~mrct.errors.CropError`."""
+    guessed from intensities. ``intensity`` replaces the map computed from the slab (full-FOV
+    tiles use their scan's central slab's, so that all share one MR scale and a tile with
+    little or no head needs no statistics of its own). Errors about the slab are
+    :class:`~mrct.errors.CropError`."""
     import torch
     from monai.data import MetaTensor
 
@@ -242,7 +255,7 @@ def preprocess(
         "config": to_dict(config),
         "localisation": None,
     }
-    chain = build_chain(modality, config, crop or CropRequest.auto(), localiser)
+    chain = build_chain(modality, config, crop or CropRequest.auto(), localiser, intensity)
     try:
         out = chain({"image": image, "record": record})
     except RuntimeError as err:
@@ -275,8 +288,11 @@ def invert(
     imap = intensity or record.intensity
     values = imap.inverse(data)
     background = imap.background if fill is None else float(fill)
-    out = resample(
+    out = resample_from_grid(
         values, record.grid_affine_array, record.input_affine_array, record.input_shape, fill=background
     )
+    whole = tuple(slice(0, n) for n in record.input_shape)
+    s = s_levels(record.input_affine_array, whole)  # type: ignore[arg-type]
+    out[(s < record.slab.inferior_mm) | (s > record.slab.superior_mm)] = background
     modality = Modality.CT if imap.units == "HU" else Modality.MR
     return Volume(out, record.input_affine_array, modality)

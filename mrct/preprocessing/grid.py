@@ -103,6 +103,33 @@ def _source_box(
     return lo, hi
 
 
+def resample_from_grid(
+    values: npt.NDArray,
+    grid_affine: FloatArray,
+    dst_affine: FloatArray,
+    dst_shape: tuple[int, int, int],
+    *,
+    fill: float,
+) -> npt.NDArray[np.float32]:
+    """Model-grid ``values`` (D, H, W) sampled at a scan's voxels (trilinear), ``fill`` outside.
+
+    The grid's first and last slices are repeated once beyond it: the outer half of each edge
+    slice still lies inside the slab, and sampling it against the padding faded the output
+    towards ``fill`` there (a dark band at every full-FOV seam). Callers cut at the slab's levels.
+    """
+    grid = np.asarray(grid_affine, dtype=np.float64).copy()
+    grid[:3, 3] -= grid[:3, 0]  # index 0 of the padded array is one slice before the grid's first
+    padded = np.pad(np.asarray(values, dtype=np.float32), ((1, 1), (0, 0), (0, 0)), mode="edge")
+    return resample(padded, grid, dst_affine, dst_shape, fill=fill)
+
+
+def s_levels(affine: FloatArray, box: tuple[slice, slice, slice]) -> npt.NDArray[np.float64]:
+    """The S coordinate (RAS mm) of the centre of every voxel of ``box`` of a grid."""
+    i, j, k = (np.arange(b.start, b.stop, dtype=np.float64) for b in box)
+    a = np.asarray(affine, dtype=np.float64)[2]
+    return np.asarray(a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3])
+
+
 def resample(
     array: npt.NDArray,
     src_affine: FloatArray,
