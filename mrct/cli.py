@@ -189,7 +189,7 @@ def locate(
         from mrct.preprocessing.crop import OVERRIDES_HINT
 
         if isinstance(err, CropError):  # locate has no overrides; translate and prepare do
-            hint = "translate and prepare take " + OVERRIDES_HINT.removeprefix("pass ")
+            hint = "translate, batch and prepare take " + OVERRIDES_HINT.removeprefix("pass ")
             err = CropError(err.message.replace(OVERRIDES_HINT, hint), err.path)
         fail(err)
     slab = result.slab

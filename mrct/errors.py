@@ -82,6 +82,13 @@ class CropError(MrctError):
     exit_code = 6
 
 
+class CropOptionError(CropError):
+    """The crop options themselves are wrong (a malformed --crop-mm, several overrides at once):
+    an option value mrct cannot use (exit 1), not a slab it could not find."""
+
+    exit_code = 1
+
+
 class MarkupsError(MrctError):
     """A 3D Slicer markups file is not what a crop override needs."""
 

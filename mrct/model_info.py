@@ -43,9 +43,13 @@ def _release_line(version: str) -> tuple[int, ...]:
 
 def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[PackageSummary]:
     """The model packages in ``search_dirs`` (default: the repository's ``models/``), unverified."""
+    from mrct.errors import InputNotFoundError
     from mrct.inference import REPO_MODELS
     from mrct.models import list_packages
 
+    for folder in search_dirs or ():
+        if not Path(folder).is_dir():  # else "no model packages in it", as if it were empty
+            raise InputNotFoundError("no such folder", folder)
     return list_packages(list(search_dirs or [REPO_MODELS]))
 
 

@@ -360,7 +360,10 @@ def prepare_dataset(
     crop_dict = crop_request_dict(crop)
     scans = collect_scans(mr, ct)
     if not scans:
-        raise InputNotFoundError("no input scans found (NIfTI, NRRD, MHA, zip or DICOM series)")
+        if not [*mr, *ct]:
+            raise InputNotFoundError("no inputs: give --mr and --ct (files or folders of scans)")
+        given = ", ".join(str(p) for p in [*mr, *ct])
+        raise InputNotFoundError(f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {given}")
     out = Path(out)
     path = out / MANIFEST
     config_dict = to_dict(config)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mrct.errors import CropError, MarkupsError
+from mrct.errors import CropError, InputNotFoundError, MarkupsError
 from mrct.preprocessing.crop import CropRequest, parse_crop_mm, read_markups
 
 
@@ -76,7 +76,7 @@ def test_markups_bad_json_and_missing_file(tmp_path: Path) -> None:
     wrong.write_text(json.dumps({"points": []}))
     with pytest.raises(MarkupsError, match="unexpected content"):
         read_markups(wrong)
-    with pytest.raises(MarkupsError, match="not found"):
+    with pytest.raises(InputNotFoundError, match="not found"):  # exit 2, as any input not found
         read_markups(tmp_path / "missing.mrk.json")
 
 

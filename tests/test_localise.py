@@ -254,7 +254,7 @@ def test_the_cli_names_the_file_that_is_no_head(tmp_path: Path) -> None:
         lines = result.output.strip().splitlines()
         assert lines[-1].startswith(f"error: {path}: the object in the scan is nearly uniform"), lines
         # locate has no overrides: its message points to the commands that have them
-        hint = "translate and prepare take --crop-mm" if args[0] == "locate" else "pass --crop-mm"
+        hint = "translate, batch and prepare take --crop-mm" if args[0] == "locate" else "pass --crop-mm"
         assert hint in lines[-1], lines
 
 

@@ -47,6 +47,14 @@ def test_list_defaults_to_the_repository_models() -> None:
     assert [s.path for s in api.list_models()] == [s.path for s in api.list_models([REPO_MODELS])]
 
 
+def test_list_of_a_missing_folder_is_input_not_found(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["models", "list", "--dir", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope: no such folder" in result.stderr  # not "no packages"
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["models", "list", "--dir", str(tmp_path / "empty")])
+    assert empty.exit_code == 0 and "no model packages in" in empty.stdout
+
+
 def test_info_verifies_and_summarises(models: Path) -> None:
     by_name = runner.invoke(app, ["models", "info", "tiny", "--dir", str(models)])
     by_path = runner.invoke(app, ["models", "info", str(models / "tiny")])

@@ -201,7 +201,10 @@ def test_cli_corrupt_input_fails_alone(data: Path, tmp_path: Path) -> None:
 def test_cli_exit_codes_without_scans(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["prepare", "--mr", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "no input scans" in result.stderr
+    assert result.exit_code == 2, result.output
+    assert f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {tmp_path}" in result.stderr
+    result = runner.invoke(app, ["prepare", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no inputs: give --mr and --ct" in result.stderr
     result = runner.invoke(app, ["prepare", "--ct", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no such file" in result.stderr
     with pytest.raises(InputNotFoundError):

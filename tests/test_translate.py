@@ -151,7 +151,11 @@ def test_existing_output_needs_overwrite(tmp_path: Path, heads: Path, tiny_model
         (["--device", "xpu"], 1, "--device xpu: not available"),  # was "unexpected RuntimeError", 70
         (["--device", "meta"], 1, "--device meta: not a device mrct computes on"),  # was 70
         (["--device", "CPU"], 1, "--device CPU: not a device (auto, cpu, cuda or cuda:N)"),
-        (["--crop-mm", "nan,1"], 6, "--crop-mm SUP,INF must be finite numbers"),
+        (["--crop-mm", "nan,1"], 1, "--crop-mm SUP,INF must be finite numbers"),
+        (["--crop-mm", "10"], 1, "--crop-mm expects two numbers SUP,INF"),  # an option value: 1, not 6
+        (["--crop-mm", "20,-95", "--no-crop"], 1, "give only one of --crop-mm"),
+        (["--crop-markups", "nope.mrk.json"], 2, "nope.mrk.json: markups file not found"),
+        (["--model", "./no/such/dir/"], 7, "no/such/dir: no such model folder"),
         (["--model", "no-such-model"], 7, "no-such-model"),
         (["--crop-mm", "400,300"], 6, "misses the scan"),
         (["--format", "dicom", "-o", "x.nii.gz"], 1, "does not match"),
@@ -163,7 +167,7 @@ def test_bad_options_are_one_line_errors(
     args = [str(heads / "mr.nii.gz"), "--to", "ct"]
     if "--model" not in extra:
         args += ["--model", str(tiny_model)]
-    if "--crop-mm" not in extra:
+    if not {"--crop-mm", "--crop-markups"} & set(extra):
         args += CROP
     result = _translate(*args, *[str(tmp_path / e) if e == "x.nii.gz" else e for e in extra])
     if extra == ["--device", "cuda:3"] and torch.cuda.device_count() > 3:

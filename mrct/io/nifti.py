@@ -139,7 +139,7 @@ def check_header(path: Path, compressed: bool) -> int:
     pixdim = [float(p) for p in hdr["pixdim"][1 : 1 + min(3, dim[0])]]
     if not all(math.isfinite(p) and p > 0 for p in pixdim):
         shown = ", ".join(f"{p:.6g}" for p in pixdim)
-        raise GeometryError(f"zero or negative voxel size in the header (pixdim {shown})", path)
+        raise GeometryError(f"the header's voxel size is not a positive number (pixdim {shown})", path)
     size = hdr.dtype.itemsize
     offset = float(hdr["vox_offset"])
     if not math.isfinite(offset) or offset < 0:

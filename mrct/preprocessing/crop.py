@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mrct.errors import CropError, MarkupsError
+from mrct.errors import CropOptionError, InputNotFoundError, MarkupsError
 
 CropMode = Literal["auto", "mm", "markups", "none"]
 # Said wherever a slab cannot be used, so users know their way out.
@@ -52,9 +52,9 @@ class CropRequest:
     def millimetres(cls, superior_mm: float, inferior_mm: float) -> CropRequest:
         sup, inf = float(superior_mm), float(inferior_mm)
         if not (math.isfinite(sup) and math.isfinite(inf)):
-            raise CropError(f"--crop-mm SUP,INF must be finite numbers (RAS mm), got {sup:g},{inf:g}")
+            raise CropOptionError(f"--crop-mm SUP,INF must be finite numbers (RAS mm), got {sup:g},{inf:g}")
         if sup - inf < MIN_SLAB_MM:
-            raise CropError(
+            raise CropOptionError(
                 f"--crop-mm SUP,INF needs SUP at least {MIN_SLAB_MM:g} mm above INF (RAS mm), "
                 f"got {sup:g},{inf:g}"
             )
@@ -76,7 +76,7 @@ class CropRequest:
         """The request the CLI options describe; at most one may be given."""
         given = [o for o in (crop_mm, markups, no_crop or None) if o is not None]
         if len(given) > 1:
-            raise CropError("give only one of --crop-mm, --crop-markups and --no-crop")
+            raise CropOptionError("give only one of --crop-mm, --crop-markups and --no-crop")
         if crop_mm is not None:
             return cls.millimetres(*parse_crop_mm(crop_mm))
         if markups is not None:
@@ -92,7 +92,7 @@ def parse_crop_mm(text: str) -> tuple[float, float]:
             raise ValueError
         sup, inf = float(parts[0]), float(parts[1])
     except ValueError:
-        raise CropError(
+        raise CropOptionError(
             f"--crop-mm expects two numbers SUP,INF in RAS mm (e.g. 20,-95), got {text!r}"
         ) from None
     return sup, inf
@@ -110,7 +110,7 @@ def read_markups(path: str | Path) -> tuple[float, float]:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MarkupsError("markups file not found", p) from None
+        raise InputNotFoundError("markups file not found", p) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MarkupsError(f"not valid JSON ({err}); expected {expected}", p) from None
     points = []
