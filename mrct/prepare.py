@@ -282,7 +282,9 @@ def _write_outcome(out: Path, o: ScanOutcome, crop: dict[str, Any]) -> dict[str,
 
     s = o.scan
     rel = _relpaths(s.domain, s.id)
-    entry: dict[str, Any] = {"id": s.id, "domain": s.domain, "source": str(s.path), "series": s.series}
+    # Absolute, so the manifest still leads to its sources from another working directory
+    # (evaluation and re-runs read it from wherever they start).
+    entry: dict[str, Any] = {"id": s.id, "domain": s.domain, "source": _absolute(s.path), "series": s.series}
     if o.error is not None or o.image is None or o.mask is None or o.record is None or o.qc is None:
         for r in rel.values():
             (out / r).unlink(missing_ok=True)
@@ -330,6 +332,10 @@ def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None, crop:
         return False
 
 
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).absolute())
+
+
 def prepare_dataset(
     mr: Sequence[str | Path],
     ct: Sequence[str | Path],
@@ -375,7 +381,7 @@ def prepare_dataset(
     for scan in scans:
         entry = entries.get((scan.domain, scan.id))
         if entry is not None and _still_valid(out, scan, entry, crop_dict):
-            where = {"source": str(scan.path), "series": scan.series, "crop_request": crop_dict}
+            where = {"source": _absolute(scan.path), "series": scan.series, "crop_request": crop_dict}
             entries[(scan.domain, scan.id)] = {**entry, **where}
             summary.counts[scan.domain].skipped += 1
         else:

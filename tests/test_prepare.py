@@ -351,3 +351,16 @@ def test_real_scans_with_automatic_crop(shared_data: Path, tmp_path: Path) -> No
         assert e["crop"]["source"] == "auto" and e["shape"] == [30, 256, 256]
         assert 80 <= e["crop"]["superior_mm"] - e["crop"]["inferior_mm"] <= 160
         assert (tmp_path / e["files"]["qc"]).is_file()
+
+
+def test_manifest_sources_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given as typed (relative), the sources are stored absolute: the manifest is read later
+    from other working directories (evaluation, a re-run)."""
+    write_head(tmp_path / "in" / "head.nii.gz", "mr")
+    monkeypatch.chdir(tmp_path)
+    args = ["prepare", "--mr", "in", "-o", "out", "--crop-mm", "40,-40", "--quiet"]
+    (tmp_path / "small.yaml").write_text(SMALL_YAML)
+    result = runner.invoke(app, [*args, "--config", "small.yaml"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["scans"]
+    assert entry["source"] == str(tmp_path / "in" / "head.nii.gz")
