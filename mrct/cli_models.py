@@ -271,7 +271,10 @@ def models_info(
         f" at {grid.get('inplane_mm')} mm in plane"
     )
     typer.echo(f"checksum:     {info.checksum}")
-    typer.echo(f"verified:     ok, {info.files_verified} weight files match model.json (size and sha256)")
+    typer.echo(
+        f"verified:     ok, {info.files_verified} weight files match model.json (size and sha256) "
+        "and load into its architecture"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -54,12 +54,17 @@ def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[Package
 
 
 def model_info(name_or_path: str | Path, search_dirs: Sequence[str | Path] | None = None) -> ModelInfo:
-    """Load a package by folder or name and verify every checksum (``ModelError`` otherwise)."""
+    """Load a package by folder or name, verify every checksum and load each generator into the
+    architecture model.json describes (``ModelError`` otherwise)."""
     from mrct import __version__
     from mrct.inference import REPO_MODELS
     from mrct.models import find_package, load_package
 
     package = load_package(find_package(name_or_path, list(search_dirs or [REPO_MODELS])))
+    for direction in package.directions:
+        # Checksums prove the files are the ones listed, not that they fit the architecture
+        # model.json describes (an edited ngf, say): load each, as translate would.
+        package.load_generator(direction, "cpu")
     m = package.manifest
     made = str(m["mrct_version"])
     note = None

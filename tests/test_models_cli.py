@@ -67,6 +67,18 @@ def test_info_verifies_and_summarises(models: Path) -> None:
     assert len(info.checksum) == 64 and info.files_verified == 2 and info.version_note is None
 
 
+def test_info_refuses_weights_that_do_not_fit_the_architecture(tmp_path: Path, models: Path) -> None:
+    """Checksums match, but model.json says another width: info fails as translate would (7)."""
+    edited = tmp_path / "edited"
+    shutil.copytree(models / "tiny", edited)
+    manifest = json.loads((edited / "model.json").read_text())
+    manifest["architecture"]["generator"]["ngf"] *= 2
+    (edited / "model.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["models", "info", str(edited)])
+    assert result.exit_code == 7, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
 def test_info_reports_another_release_line(tmp_path: Path, models: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(models / "tiny", old)
