@@ -15,6 +15,10 @@ level is shifted by the mean difference to the subjects' own annotations.
 Only those ten subjects are used, so the other annotated heads remain a
 held-out test of the localiser (tests/test_localise.py).
 
+The shipped levels (mrct/preprocessing/reference/head_t1_template.json) come from a build
+before ITK registration ran on one thread; a rebuild today gives the same image and levels
+a few tenths of a mm to 4.5 mm apart (see the README's localisation section for both).
+
 IXI is CC BY-SA 3.0 (https://brain-development.org/ixi-dataset/); the
 template is a derivative under the same licence (see NOTICE.md there).
 """
