@@ -106,8 +106,9 @@ def _shard_holder(out: Path) -> str:
 def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
     """Lock ``out`` for one batch run (see the module docstring); raise OutputBusyError if in use.
 
-    A run that fails before writing anything (no GPU, a bad model, nothing to translate) removes
-    the folder again when it made it, rather than leaving an empty one holding a lock file."""
+    An unsharded run that fails before writing anything (no GPU, a bad model, nothing to
+    translate) removes the folder again when it made it, rather than leaving an empty one holding
+    a lock file. Shards never do: another shard may hold its locks there."""
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -133,17 +134,19 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
         failed = True
         raise
     finally:
+        unmade = False
+        if created and failed and shard is None and held:
+            with contextlib.suppress(OSError):
+                if os.listdir(out) == [LOCK_NAME]:  # nothing written but the lock
+                    (out / LOCK_NAME).unlink()  # while still holding it
+                    unmade = True
         for fh in reversed(held):
             with contextlib.suppress(OSError):
                 fh.truncate(0)  # a holder that has ended names nobody
             fh.close()  # releases the lock
-        if created and failed:
+        if unmade:
             with contextlib.suppress(OSError):
-                names = os.listdir(out)
-                if all(n.startswith(".mrct-batch") and n.endswith(".lock") for n in names):
-                    for n in names:
-                        (out / n).unlink()
-                    out.rmdir()
+                out.rmdir()  # fails, harmlessly, if another run has written there since
 
 
 # ---------------------------------------------------------------- leftovers of killed runs

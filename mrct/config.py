@@ -109,8 +109,14 @@ def _yaml_loader() -> Any:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``; explicit keys override it
+                    continue
                 key = self.construct_object(key_node, deep=deep)
-                if key in seen:
+                try:
+                    again = key in seen
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if again:
                     line = key_node.start_mark.line + 1
                     raise ConfigError(f"key {key!r} appears twice in one mapping (line {line})")
                 seen.add(key)

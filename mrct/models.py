@@ -277,7 +277,7 @@ def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) ->
                 return Path(directory) / name
     if given.exists():
         raise ModelError("not a model package folder (a file; give the folder holding model.json)", given)
-    if not NAME_PATTERN.fullmatch(name):  # a path (a name has no slash), and nothing is there
+    if "/" in name or "\\" in name:  # a path (names have no slash), and nothing is there
         raise ModelError("no such model folder", given)
     available = sorted({s.path.name for s in list_packages(search_dirs)})
     searched = ", ".join(str(d) for d in search_dirs) or "no folders"

@@ -78,15 +78,17 @@ class DicomSource:
 class SourceInfo:
     """Provenance: the path read, its format, and DICOM identity when there is one.
 
-    ``nifti_qform`` is a NIfTI input's qform (RAS mm) when its sform is sheared (a gantry tilt
-    that dcm2niix kept as shear): a qform cannot hold shear, and ITK-based tools (3D Slicer)
-    read the qform then, so an output on the same grid keeps the input's to land where it does.
+    ``nifti_qform`` is a NIfTI input's qform (RAS mm) when its sform, ``nifti_sform``, is
+    sheared (a gantry tilt that dcm2niix kept as shear): a qform cannot hold shear, and ITK-based
+    tools (3D Slicer) read the qform then, so an output on that same grid keeps the input's to
+    land where it does.
     """
 
     path: str = ""
     format: str = ""
     dicom: DicomSource | None = None
     nifti_qform: tuple[tuple[float, ...], ...] | None = None
+    nifti_sform: tuple[tuple[float, ...], ...] | None = None
 
 
 # Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.

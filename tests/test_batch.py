@@ -523,3 +523,6 @@ def test_an_empty_or_missing_input_is_not_found_and_leaves_no_output(tmp_path: P
     (tmp_path / "kept").mkdir()
     assert _batch(tmp_path / "empty", tmp_path / "kept", model).exit_code == 2
     assert (tmp_path / "kept").is_dir()  # the user's folder stays
+    # A shard leaves the folder: another shard may be holding its locks there.
+    assert _batch(tmp_path / "empty", tmp_path / "shards", model, "--shard", "1/2").exit_code == 2
+    assert (tmp_path / "shards").is_dir()

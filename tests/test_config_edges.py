@@ -131,6 +131,19 @@ def test_exponent_numbers_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
     assert load_train_config(config_file(tmp_path, "name: '1e-4'\n")).name == "1e-4"
 
 
+def test_merge_keys_still_load_and_an_unhashable_key_is_a_config_error(tmp_path: Path) -> None:
+    text = "base: &b {lr: 1.0e-4, beta1: 0.9}\noptim: {<<: *b, lr: 3e-4}\n"
+    with pytest.raises(ConfigError, match="base: unknown key"):  # loaded; only the key is unknown
+        load_train_config(config_file(tmp_path, text))
+    import yaml
+
+    from mrct.config import _yaml_loader
+
+    assert yaml.load(text, Loader=_yaml_loader())["optim"] == {"lr": 3e-4, "beta1": 0.9}
+    with pytest.raises(ConfigError, match="not a readable YAML file"):
+        load_train_config(config_file(tmp_path, "? [1, 2]\n: 3\n"))
+
+
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
     path = config_file(tmp_path, "optim:\n  lr: 2.0e-4\n  lr: 3.0e-4\n")
     with pytest.raises(ConfigError, match=r"key 'lr' appears twice in one mapping \(line 3\)") as info:

@@ -49,6 +49,24 @@ def test_nifti_header_has_qform_sform_and_mm(tmp_path: Path) -> None:
     np.testing.assert_allclose(hdr.get_qform(), hdr.get_sform(), atol=1e-4)
 
 
+def test_a_sheared_nifti_keeps_its_qform_on_its_own_grid_only(tmp_path: Path) -> None:
+    sform = np.diag([1.0, 1.0, 2.0, 1.0])
+    sform[1, 2] = 0.5  # y moves with k: a gantry tilt kept as shear
+    qform = np.diag([1.0, 1.0, 2.0, 1.0])
+    img = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), sform)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=1)
+    nib.save(img, tmp_path / "tilt.nii.gz")
+    vol = read_volume(tmp_path / "tilt.nii.gz")
+    write_volume(vol, tmp_path / "same.nii.gz")
+    np.testing.assert_allclose(nib.load(tmp_path / "same.nii.gz").get_qform(), qform, atol=1e-6)
+    moved = vol.affine.copy()
+    moved[:3, 3] += [5.0, 7.0, 9.0]  # a crop: another grid, so the input's qform no longer applies
+    write_volume(vol.replace(affine=moved), tmp_path / "crop.nii.gz")
+    origin = nib.load(tmp_path / "crop.nii.gz").get_qform()[:3, 3]
+    np.testing.assert_allclose(origin, [5.0, 7.0, 9.0], atol=1e-6)
+
+
 def test_nifti_scaling_is_applied(tmp_path: Path) -> None:
     raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     img = nib.Nifti1Image(raw, oblique_affine())

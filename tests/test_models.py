@@ -325,6 +325,10 @@ def test_find_and_list(tmp_path: Path, package: Path) -> None:
     (models / "not-a-package").mkdir()
     with pytest.raises(ModelError, match=r"unknown model 'huge' \(available: broken, tiny;"):
         find_package("huge", [models])
+    with pytest.raises(ModelError, match=r"unknown model 'tiny ' \(available"):  # a typo lists the names
+        find_package("tiny ", [models])
+    with pytest.raises(ModelError, match="no such model folder"):
+        find_package(tmp_path / "gone" / "tiny", [models])
     summaries = {s.path.name: s for s in list_packages([models])}
     assert sorted(summaries) == ["broken", "tiny"]
     assert summaries["tiny"].directions == ("mr_to_ct", "ct_to_mr") and summaries["tiny"].problem is None

@@ -75,12 +75,16 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
         data = data.astype(np.float32)
     check_values(data, path)
     qform, qform_code = img.get_qform(coded=True)
-    kept = None
+    source = SourceInfo(str(path), "nifti")
     if qform is not None and qform_code > 0 and shear(affine) > SHEAR_TOL:
         qform = np.asarray(qform, dtype=np.float64)
         qform[:3, :] *= _MM_PER_UNIT.get(int(img.header["xyzt_units"]) & 0x07, 1.0)
-        kept = tuple(tuple(float(v) for v in row) for row in qform)
-    return Volume(data, affine, modality, SourceInfo(str(path), "nifti", nifti_qform=kept))
+        source = SourceInfo(str(path), "nifti", nifti_qform=_rows(qform), nifti_sform=_rows(affine))
+    return Volume(data, affine, modality, source)
+
+
+def _rows(matrix: npt.NDArray[np.float64]) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in matrix)
 
 
 def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.float64]:
@@ -190,9 +194,10 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees. A sheared grid
     # keeps its input's qform (see SourceInfo.nifti_qform): nibabel's nearest rotation
     # would move it by centimetres in 3D Slicer, which reads the qform then.
-    qform = volume.affine
-    if volume.source.nifti_qform is not None and shear(volume.affine) > SHEAR_TOL:
-        qform = np.asarray(volume.source.nifti_qform, dtype=np.float64)
+    qform, source = volume.affine, volume.source
+    same_grid = source.nifti_sform is not None and np.allclose(volume.affine, source.nifti_sform, atol=1e-6)
+    if source.nifti_qform is not None and same_grid and shear(volume.affine) > SHEAR_TOL:
+        qform = np.asarray(source.nifti_qform, dtype=np.float64)
     img.set_qform(qform, code=1)
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
