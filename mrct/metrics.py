@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mrct.preprocessing.mask import CT_BODY_HU, head_mask, otsu_threshold
+from mrct.preprocessing.mask import CT_BODY_HU, axial_axis, head_mask, otsu_threshold
 from mrct.volume import Volume
 
 BONE_HU = 300.0
@@ -50,11 +50,11 @@ def mr_head_mask(mr: Volume) -> npt.NDArray[np.bool_]:
     """The MR head on its own grid: above half of Otsu's threshold, largest body, holes filled
     (the rule preprocessing uses on its 4 mm working grid)."""
     array = np.asarray(mr.array, dtype=np.float32)
-    return head_mask(array, 0.5 * otsu_threshold(array))
+    return head_mask(array, 0.5 * otsu_threshold(array), axial_axis(mr.affine))
 
 
 def ct_head_mask(ct: Volume) -> npt.NDArray[np.bool_]:
-    return head_mask(np.asarray(ct.array, dtype=np.float32), CT_BODY_HU)
+    return head_mask(np.asarray(ct.array, dtype=np.float32), CT_BODY_HU, axial_axis(ct.affine))
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def synthetic_ct_checks(mr: Volume, sct: Volume, superior_mm: float, inferior_mm
     slab = slab_voxels(mr, superior_mm, inferior_mm)
     head = mr_head_mask(mr) & slab
     hu = np.asarray(sct.array, dtype=np.float32)
-    synthetic_head = head_mask(hu, CT_BODY_HU) & slab
+    synthetic_head = head_mask(hu, CT_BODY_HU, axial_axis(sct.affine)) & slab
     air = slab & ~head
     return SyntheticCTChecks(
         head_dice=dice(synthetic_head, head),
@@ -121,7 +121,7 @@ def synthetic_mr_checks(ct: Volume, smr: Volume, superior_mm: float, inferior_mm
     values = np.asarray(smr.array, dtype=np.float32)
     inside = values[slab]
     threshold = 0.5 * otsu_threshold(inside) if inside.size else 0.0
-    synthetic_head = head_mask(values, threshold) & slab
+    synthetic_head = head_mask(values, threshold, axial_axis(smr.affine)) & slab
     background = slab & ~head
     return SyntheticMRChecks(
         head_dice=dice(synthetic_head, head),

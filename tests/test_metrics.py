@@ -201,3 +201,30 @@ def test_relative_flicker() -> None:
     assert metrics.relative_flicker(flat, flat) == 0.0
     with pytest.raises(ValueError, match="at least 3 slices"):
         metrics.slice_flicker(np.zeros((2, 4, 4)))
+
+
+def test_quality_checks_do_not_depend_on_voxel_order() -> None:
+    """The head outline fills holes axially (an airway open to the outside below counts as head):
+    across the voxel axis closest to S, whatever order the file stores them in (IXI is PSR)."""
+    from mrct.volume import Volume
+
+    shape = (60, 70, 50)
+    x, y, z = np.indices(shape, dtype=np.float32) - ((np.array(shape) - 1) / 2)[:, None, None, None]
+    head = (x / 25) ** 2 + (y / 30) ** 2 + (z / 22) ** 2 <= 1
+    airway = (x**2 + (y - 8) ** 2 <= 9) & (z < 5)  # a tube open at the bottom, closed above
+    mr = np.where(head & ~airway, 600.0, 0.0).astype(np.float32)
+    sct = np.where(head & ~airway, 40.0, -1000.0).astype(np.float32)
+    sct[head & ~airway & (np.abs(x) > 20)] = 900.0  # some "bone"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1.0)  # centred on 0 mm
+    ras = metrics.synthetic_ct_checks(Volume(mr, affine), Volume(sct, affine), 30.0, -30.0)
+    # The same voxels stored P, S, R (as IXI): stored[i, j, k] = ras[k, n1 - 1 - i, j].
+    stored = [np.flip(np.transpose(a, (1, 2, 0)), axis=0).copy() for a in (mr, sct)]
+    index = np.zeros((4, 4))  # stored index -> RAS-stored index
+    index[:, 0], index[:, 1], index[:, 2] = [0, -1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]
+    index[:, 3] = [0, shape[1] - 1, 0, 1]
+    psr = affine @ index
+    again = metrics.synthetic_ct_checks(Volume(stored[0], psr), Volume(stored[1], psr), 30.0, -30.0)
+    assert again.to_dict() == pytest.approx(ras.to_dict())
+    # The airway, open below, is inside the axial outline: the sCT's outline matches the MR's.
+    assert ras.head_dice > 0.99 and ras.air_median_hu == -1000.0

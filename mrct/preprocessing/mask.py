@@ -105,11 +105,13 @@ def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
     return float(edges[1:][int(np.argmax(between))])
 
 
-def head_mask(array: npt.NDArray, threshold: float) -> npt.NDArray[np.bool_]:
+def head_mask(array: npt.NDArray, threshold: float, axial_axis: int = 2) -> npt.NDArray[np.bool_]:
     """The largest connected body above ``threshold``, closed and with its holes filled.
 
     An opening first detaches thin objects touching the head (couch tops,
-    head-rest foam, a thin neck-support rim) so that they are not kept.
+    head-rest foam, a thin neck-support rim) so that they are not kept. Holes are then filled
+    in 3D and slice by slice across ``axial_axis``, the voxel axis closest to S (2 on a RAS
+    grid; see :func:`axial_axis` for a scan stored otherwise).
     """
     mask = ndi.binary_opening(np.asarray(array) > threshold, iterations=1)
     labels, n = ndi.label(mask)
@@ -120,6 +122,14 @@ def head_mask(array: npt.NDArray, threshold: float) -> npt.NDArray[np.bool_]:
     mask = ndi.binary_closing(mask, iterations=2, border_value=0) | mask
     mask = ndi.binary_fill_holes(mask)
     # Axial hole filling closes the airways and sinuses that open to the outside in 3D.
-    for z in range(mask.shape[2]):
-        mask[:, :, z] = ndi.binary_fill_holes(mask[:, :, z])
+    for z in range(mask.shape[axial_axis]):
+        plane = tuple(z if axis == axial_axis else slice(None) for axis in range(3))
+        mask[plane] = ndi.binary_fill_holes(mask[plane])
     return np.asarray(mask, dtype=bool)
+
+
+def axial_axis(affine: npt.NDArray[np.float64]) -> int:
+    """The voxel axis that runs closest to S (RAS): slices across it are axial. IXI files,
+    stored PSR, have it last but one; a sagittal DICOM series has it first or second."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return int(np.argmax(np.abs(cols[2]) / np.linalg.norm(cols, axis=0)))
