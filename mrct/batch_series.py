@@ -56,6 +56,9 @@ class Series:
     fmt: OutputFormat = OutputFormat.NIFTI
 
 
+INCOMPLETE = "incomplete DICOM image file (truncated?)"
+
+
 def _header(path: Path) -> tuple[Any, str | None, str | None]:
     """(dataset, skip, error) from the header alone: non-DICOM files are skipped, broken ones fail."""
     from pydicom.errors import InvalidDicomError
@@ -71,15 +74,20 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
         return None, None, f"unreadable DICOM file ({type(err).__name__})"
     if "Rows" not in ds or "SeriesInstanceUID" not in ds:
         if _image_storage(ds):  # pydicom stops quietly at a cut
-            return None, None, "incomplete DICOM image file (truncated?)"
+            return None, None, INCOMPLETE
+        if "SOPClassUID" not in ds and not _sop_class(ds):  # "DICM", then nothing it could parse
+            return None, None, "unreadable DICOM file (no SOP class: corrupt?)"
         return None, f"no image in this DICOM file (modality {ds.get('Modality') or 'none'})", None
     return ds, None, None
 
 
+def _sop_class(ds: Any) -> Any:
+    return getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+
+
 def _image_storage(ds: Any) -> bool:
     """Whether the file says it is an image (its storage class), whatever it holds."""
-    sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    return "Image Storage" in getattr(sop_class, "name", "")
+    return "Image Storage" in getattr(_sop_class(ds), "name", "")
 
 
 def _first_cut(members: Members, root: Path) -> str | None:
@@ -140,10 +148,13 @@ def _rel(path: Path, root: Path) -> str:
 def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
     found: list[Series] = []
     images: dict[str, Members] = defaultdict(list)
+    cut_short: dict[Path, Path] = {}  # folder -> an image file there cut before its series UID
     for f in files:
         ds, skip, error = _header(f)
         if ds is None:
             found.append(Series(_rel(f, root), _rel(f, root), f, skip=skip, error=error))
+            if error == INCOMPLETE:
+                cut_short.setdefault(f.parent, f)
         else:
             images[str(ds.SeriesInstanceUID)].append((f, ds))
     for uid, copies in images.items():
@@ -161,8 +172,13 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             where, number = Path(os.path.commonpath(paths)), str(first.get("SeriesNumber", "") or "")
             small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
             small = EARLIER_OUTPUT if description.startswith(SYNTHETIC_LABEL) else small
-            # A larger stack with a cut file fails when read, naming it; a small one is never read.
-            cut = _first_cut(group, root) if small else None
+            # Checked from the headers, for every stack: a damaged series of the other modality
+            # (never read) fails too, as does one whose folder holds an image cut too short to
+            # say its series (it may be a slice of this one: read without it, the grid is wrong).
+            cut = _first_cut(group, root)
+            orphan = next((cut_short[p.parent] for p, _ in group if p.parent in cut_short), None)
+            if cut is None and orphan is not None:
+                cut = f"{_rel(orphan, root)}: {INCOMPLETE} in this series' folder (one of its slices?)"
             n = int(number) if number.isdigit() else 0
             rel = _rel(where, root)
             fields = {"skip": small} if cut is None else {"error": cut}

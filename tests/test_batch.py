@@ -264,6 +264,37 @@ def test_an_image_cut_before_its_pixel_data_fails(tmp_path: Path, model: Path) -
     assert row["message"] == "lone/headonly.dcm: DICOM file has no pixel data (truncated, or not an image)"
 
 
+def test_damage_fails_a_series_of_either_modality_and_a_short_cut_fails_its_folders_series(
+    tmp_path: Path, model: Path
+) -> None:
+    """A CT series (the other side of --to ct, never read) with a slice cut short is a failed row;
+    an MR image cut before its header names its series fails the series in its folder (read
+    without it, the grid would lose a slice); "DICM" followed by garbage is unreadable, not a
+    non-image."""
+    tree = tmp_path / "in"
+    ct = write_series(tree / "ct", modality="CT", shape=(16, 16, 24))
+    whole = ct.files[3].read_bytes()
+    ct.files[3].write_bytes(whole[: len(whole) // 2])
+    mr = write_series(tree / "mr", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    mr.files[-1].write_bytes(mr.files[-1].read_bytes()[:300])  # the preamble and little more
+    (tree / "junk").mkdir()
+    (tree / "junk" / "x.dcm").write_bytes(b"\0" * 128 + b"DICM" + np.random.default_rng(1).bytes(900))
+    out = tmp_path / "out"
+    result = _batch(tree, out, model)
+    assert result.exit_code == 1, result.output
+    rows = _manifest(out)[1]
+    by_input: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by_input.setdefault(r["input"], []).append(r)
+    (ct_row,) = by_input["ct"]
+    assert ct_row["status"] == "failed" and "truncated" in ct_row["message"]
+    (mr_row,) = by_input["mr"]
+    assert mr_row["status"] == "failed" and "in this series' folder (one of its slices?)" in mr_row["message"]
+    assert not (out / "mr_synthetic_ct").exists()
+    (junk,) = by_input["junk/x.dcm"]
+    assert junk["status"] == "failed" and junk["message"].startswith("unreadable DICOM file")
+
+
 def test_a_manifest_without_a_model_is_a_one_line_error(tmp_path: Path, tree: Path, model: Path) -> None:
     """A hand-edited manifest with ``"model": null`` is refused as unreadable, not a crash."""
     out = tmp_path / "out"
