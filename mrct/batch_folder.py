@@ -197,11 +197,13 @@ class Manifest:
         self.root = re.compile(r"(?<![^\s'\"(=])" + re.escape(f"{root}{os.sep}"))
         self.rows: dict[str, dict[str, Any]] = {}
         self.previous: dict[str, dict[str, Any]] = {}
+        if path.name == "manifest.json" and not overwrite:
+            self._adopt_shards(path.parent)
         if not path.exists():
             return
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-            self.previous = {r["id"]: r for r in old["series"]}
+            self.previous = {**self.previous, **{r["id"]: r for r in old["series"]}}
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -215,6 +217,19 @@ class Manifest:
         if bool(old.get("anonymize")) != header["anonymize"]:
             made = "with" if old.get("anonymize") else "without"
             raise OutputExistsError(f"made {made} --anonymize; pass --overwrite or use a new folder", path)
+
+    def _adopt_shards(self, out: Path) -> None:
+        """An unsharded run after ``--shard K/N`` runs counts what they finished as done (same
+        ``to``, model and ``anonymize``), instead of failing on every output they wrote."""
+        for shard in sorted(out.glob("manifest-shard*of*.json")):
+            try:
+                old = json.loads(shard.read_text(encoding="utf-8"))
+                if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
+                    continue
+                done = {r["id"]: r for r in old["series"] if r.get("status") == "done"}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # the shard's own runs report a damaged manifest
+            self.previous.update(done)
 
     def set(
         self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""

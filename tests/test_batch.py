@@ -164,6 +164,10 @@ def test_shards_partition_the_series(tmp_path: Path, tree: Path, model: Path) ->
     everything = {s.id for s in discover(tree)}
     assert ids[0] | ids[1] == everything and not ids[0] & ids[1]
     assert (out / "p01/study/t1_synthetic_ct").is_dir() and (out / "p02/head_synthetic_ct.nii.gz").is_file()
+    # A whole run afterwards (the job array done) counts the shards' outputs as done.
+    whole = api.batch(tree, out, to="ct", progress=False, **options)  # type: ignore[arg-type]
+    assert whole.earlier == whole.count("done") > 0 and whole.attempted == whole.count("failed")  # retried
+    assert {r["id"] for r in _manifest(out)[1]} == everything
 
     bad = runner.invoke(app, ["batch", str(tree), "-o", str(out), "--to", "ct", "--shard", "3/2"])
     assert bad.exit_code == 1 and "--shard must be K/N" in bad.stderr and bad.stderr.count("\n") == 1
