@@ -14,7 +14,8 @@ records, and an earlier run's outputs found in ``IN_DIR`` are skipped. The forma
 ``fmt`` is given. A shard ``K/N`` writes ``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
 
 Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``output``
-(relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running),
+(relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running,
+and failed for what an interrupted run did not finish),
 ``seconds``, ``message`` (why skipped or failed; for a done row, how much of the slab lay
 outside the scan, if any); no patient names or IDs. Both files are
 rewritten atomically after each series and outputs are renamed into place when complete, so a
@@ -322,7 +323,11 @@ def run_batch(
         todo, earlier = _plan(series, manifest, src, out, to, overwrite, folders)
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
-        _translate(todo, translator, manifest, out, to, crop, workers, progress, anonymizer)
+        try:
+            _translate(todo, translator, manifest, out, to, crop, workers, progress, anonymizer)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM unwinding (mrct.cli)
+            manifest.interrupted([s for s, _ in todo])
+            raise
     return BatchSummary(manifest.path, list(manifest.rows.values()), earlier, len(todo))
 
 

@@ -239,6 +239,14 @@ class Manifest:
         values = (s.id, s.input, s.uid, modality or s.modality, output, status, round(seconds, 2), message)
         self.rows[s.id] = dict(zip(COLUMNS, values, strict=True))
 
+    def interrupted(self, series: Iterable[Series]) -> None:
+        """Rows the run did not finish say so, rather than keeping a status outside
+        done/skipped/failed; the next run redoes them."""
+        for s in series:
+            if self.rows.get(s.id, {}).get("status") == "pending":
+                self.set(s, "failed", message="interrupted before it finished; run the batch again to resume")
+        self.write()
+
     def write(self) -> None:
         rows = list(self.rows.values())
         counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "skipped", "failed", "pending")}

@@ -141,8 +141,9 @@ def test_an_interrupted_run_resumes(
     monkeypatch.setattr(Translator, "run", interrupted_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
-    status = {r["input"]: r["status"] for r in _manifest(out)[0]["series"]}  # readable, consistent
-    assert status["p01/study/t1"] == "done" and status["p02/head.nii.gz"] == "pending"
+    rows = {r["input"]: r for r in _manifest(out)[0]["series"]}  # readable, consistent
+    assert rows["p01/study/t1"]["status"] == "done" and rows["p02/head.nii.gz"]["status"] == "failed"
+    assert rows["p02/head.nii.gz"]["message"].startswith("interrupted before it finished")
     assert not (out / "p02").exists()  # nothing half-written
     assert not [p for p in out.rglob("*") if ".mrct-tmp-" in p.name]
 
