@@ -13,7 +13,8 @@ a split one); names that still clash get ``_2``, ``_3``; a resumed run keeps the
 records, and an earlier run's outputs found in ``IN_DIR`` are skipped. The format is the input's unless
 ``fmt`` is given. A shard ``K/N`` writes ``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
 
-Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``output``
+Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``files``
+(how many; a done series that has more now is translated again), ``output``
 (relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running,
 and failed for what an interrupted run did not finish),
 ``seconds``, ``message`` (why skipped or failed; for a done row, how much of the slab lay
@@ -41,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrct import __version__
-from mrct.batch_folder import Manifest, hold, sweep
+from mrct.batch_folder import Manifest, hold, same_files, sweep
 from mrct.batch_series import Series, discover, name_outputs
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
@@ -235,7 +236,8 @@ def _plan(
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
         elif not overwrite and (
             old.get("status") == "skipped"
-            or (old.get("status") == "done" and ours and (out / s.output).exists())
+            # done, unless its series has grown since (files still arriving from a PACS)
+            or (old.get("status") == "done" and ours and (out / s.output).exists() and same_files(old, s))
         ):
             manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("id", "input", "series_uid", "modality", "output", "status", "seconds", "message")
+# ``files``: how many files the series was read from, so a resume can tell a series that grew
+# (still arriving from a PACS when it was translated) from one that is done.
+COLUMNS = ("id", "input", "series_uid", "modality", "files", "output", "status", "seconds", "message")
 LOCK_NAME = ".mrct-batch.lock"
 # What mrct.io.atomic names its temporary files and folders (tempfile's 8 random characters).
 LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
@@ -183,6 +185,17 @@ def sweep(out: Path, near: Iterable[Path] | None = None, exclude: Iterable[Path]
 # ---------------------------------------------------------------- manifest
 
 
+def input_files(s: Series) -> int:
+    """How many files a series was read from (1 for a NIfTI/NRRD/MHA file or a zip)."""
+    return len(s.stack.files) if s.stack is not None else 1
+
+
+def same_files(row: dict[str, Any], s: Series) -> bool:
+    """Whether a done row was made from as many files as the series has now (rows written
+    before mrct counted them are trusted)."""
+    return row.get("files") in (None, input_files(s))
+
+
 class Manifest:
     """Rows by series id, rewritten (JSON and CSV, atomically) on every change.
 
@@ -236,7 +249,8 @@ class Manifest:
     ) -> None:
         output = s.output if status in ("done", "pending") else ""
         message = self.root.sub("", message)
-        values = (s.id, s.input, s.uid, modality or s.modality, output, status, round(seconds, 2), message)
+        identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
+        values = (*identity, output, status, round(seconds, 2), message)
         self.rows[s.id] = dict(zip(COLUMNS, values, strict=True))
 
     def interrupted(self, series: Iterable[Series]) -> None:

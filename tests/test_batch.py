@@ -562,3 +562,25 @@ def test_an_empty_or_missing_input_is_not_found_and_leaves_no_output(tmp_path: P
     # A shard leaves the folder: another shard may be holding its locks there.
     assert _batch(tmp_path / "empty", tmp_path / "shards", model, "--shard", "1/2").exit_code == 2
     assert (tmp_path / "shards").is_dir()
+
+
+def test_a_series_that_grew_since_its_output_is_translated_again(tmp_path: Path, model: Path) -> None:
+    """A series still arriving from a PACS when the batch ran: the resume sees more files than
+    its done row was made from and translates it again, onto the whole grid."""
+    tree, parked = tmp_path / "in", tmp_path / "parked"
+    mr = write_series(tree / "mr", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    parked.mkdir()
+    last = mr.files[-1]
+    shutil.move(last, parked / last.name)  # the last slice has not arrived yet
+    out = tmp_path / "out"
+    assert _batch(tree, out, model, "--format", "nifti").exit_code == 0
+    assert read_volume(out / "mr_synthetic_ct.nii.gz").shape[2] == 35
+    shutil.move(parked / last.name, last)
+    again = _batch(tree, out, model, "--format", "nifti")
+    assert again.exit_code == 0, again.output
+    assert read_volume(out / "mr_synthetic_ct.nii.gz").shape[2] == 36
+    (row,) = _manifest(out)[1]
+    assert row["status"] == "done"
+    assert json.loads((out / "manifest.json").read_text())["series"][0]["files"] == 36
+    settled = _batch(tree, out, model, "--format", "nifti")
+    assert "nothing left to do: 1 done (1 by an earlier run)" in settled.stdout
