@@ -130,6 +130,11 @@ def convert(
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_apart(src_p, dst_p)
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
+    from mrct.translate import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
+
+    synthetic = synthetic_source(vol, src_p)
+    if synthetic is not None and vol.modality is None:
+        vol = vol.replace(modality=synthetic)  # what its label says, rather than a guess
     if fmt is OutputFormat.DICOM and vol.modality is None:
         guessed = guess_modality(vol)
         if guessed is None:
@@ -140,8 +145,12 @@ def convert(
         vol,
         str(dst),
         overwrite=overwrite,
-        series_description=f"mrct convert ({vol.modality.value if vol.modality else 'image'})",
-        derivation_description=f"Format conversion by mrct from {vol.source.format}",
+        # A synthetic image stays labelled as one, in every format it is converted to.
+        series_description=series_description(synthetic)
+        if synthetic is not None
+        else f"mrct convert ({vol.modality.value if vol.modality else 'image'})",
+        derivation_description=f"Format conversion by mrct from {vol.source.format}"
+        + (f" of an mrct synthetic {synthetic.value}; {NOT_FOR_DIAGNOSIS}" if synthetic is not None else ""),
         anonymizer=Anonymizer() if anonymize else None,
     )
 

@@ -36,6 +36,32 @@ def series_description(to: Modality) -> str:
     return f"mrct synthetic {to.value} – {NOT_FOR_DIAGNOSIS}"
 
 
+def synthetic_source(volume: Any, path: Path) -> Modality | None:
+    """The modality of an mrct synthetic image being read back (its DICOM SeriesDescription,
+    NIfTI ``descrip`` or NRRD/MHA ``Description`` says "mrct synthetic CT|MR"), else None:
+    ``mrct convert`` keeps such an image labelled instead of calling it a plain conversion."""
+    text = ""
+    try:
+        if volume.source.dicom is not None:
+            text = volume.source.dicom.series_description
+        elif volume.source.format == "nifti":
+            import nibabel as nib
+
+            header: Any = nib.load(str(path)).header
+            text = bytes(header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
+        elif volume.source.format in ("nrrd", "mha"):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            text = reader.GetMetaData("Description") if reader.HasMetaDataKey("Description") else ""
+    except Exception:  # the image itself was read already; an unreadable label is no label
+        return None
+    match = re.match(r"mrct synthetic (CT|MR)\b", text.strip())
+    return Modality(match.group(1)) if match else None
+
+
 def derivation_description(to: Modality, package: Any) -> str:
     """The DerivationDescription of every synthetic series: version, model and its checksum."""
     return (
@@ -165,6 +191,9 @@ def translate_file(
     for option, path in (("-o", out_path), ("--report", report), ("--preview", preview)):
         if path is not None:
             check_apart(src, Path(path))
+            if src.is_dir() and Path(path).resolve().is_relative_to(src.resolve()):
+                # Inputs are never modified: a file added there would also join the next read.
+                raise MrctError(f"{option} inside the input folder; write it elsewhere", path)
             if Path(path).exists() and not overwrite:
                 raise OutputExistsError("output exists; pass --overwrite to replace it", path)
             if option != "-o" and Path(path).is_dir():
@@ -200,7 +229,8 @@ def translate_file(
         write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
         timings["preview"] = time.perf_counter() - t
     t = time.perf_counter()
-    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    # The files the volume was read from: with --series, or beside other files, not the whole folder.
+    files = sorted(Path(f) for f in volume.source.files) or [src]
     checksum = sha256_files(files)
     timings["checksum"] = time.perf_counter() - t
     stages = sum(timings.values())

@@ -346,6 +346,68 @@ def test_a_sheared_nifti_keeps_its_qform_and_other_formats_are_refused_early(
         assert "write NIfTI" in refused.stderr and not (tmp_path / name).exists()
 
 
+def test_converting_a_synthetic_image_keeps_it_labelled(
+    tmp_path: Path, heads: Path, tiny_model: Path
+) -> None:
+    """mrct convert on mrct's own output (to DICOM, back to NIfTI, through --anonymize, to NRRD):
+    every result still says synthetic and not for diagnosis, and batch still knows it as ours."""
+    from mrct.translate import series_description
+
+    sct = tmp_path / "sct.nii.gz"
+    assert (
+        _translate(
+            str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, "-o", str(sct)
+        ).exit_code
+        == 0
+    )
+    label = series_description(Modality.CT)
+    steps = [(sct, "dcm/"), (tmp_path / "dcm", "anon/"), (tmp_path / "anon", "back.nii.gz"), (sct, "s.nrrd")]
+    for src, dst in steps:
+        extra = ["--anonymize"] if dst == "anon/" else []
+        result = runner.invoke(app, ["convert", str(src), str(tmp_path / dst), *extra])
+        assert result.exit_code == 0, result.output
+    for folder in ("dcm", "anon"):
+        ds = pydicom.dcmread(next((tmp_path / folder).glob("*.dcm")), stop_before_pixels=True)
+        assert ds.SeriesDescription == label and "not for diagnosis" in ds.DerivationDescription
+        assert ds.Modality == "CT"  # from the label, not guessed from the intensities
+    descrip = bytes(nib.load(tmp_path / "back.nii.gz").header["descrip"]).decode()
+    assert descrip.startswith("mrct synthetic CT") and "not for diagnosis" in descrip
+    assert "mrct synthetic CT" in (tmp_path / "s.nrrd").read_bytes()[:2000].decode("latin-1")
+
+
+def test_the_report_hashes_the_series_read_and_stays_out_of_the_input(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """With --series in a folder of two series, the report's checksum and file count are those
+    of the series translated; a report, preview or output inside the input folder is refused."""
+    import hashlib
+
+    folder = tmp_path / "study"
+    mr = write_series(folder, modality="MR", shape=(64, 64, 40), pixel_spacing=(3.0, 3.0), series_number=2)
+    write_series(folder, modality="CT", shape=(32, 32, 10), series_number=3)
+    args = [
+        str(folder),
+        "--to",
+        "ct",
+        "--series",
+        mr.series_uid,
+        "--model",
+        str(tiny_model),
+        "--crop-mm",
+        "40,-20",
+    ]
+    result = _translate(*args, "-o", str(tmp_path / "o.nii.gz"), "--report", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())["input"]
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(mr.files))).hexdigest()
+    assert report["files"] == len(mr.files) == 40 and report["sha256"] == digest
+    for option, name in (("--report", "r.json"), ("--preview", "p.png"), ("-o", "o.nii.gz")):
+        extra = ["-o", str(tmp_path / "o2.nii.gz")] if option != "-o" else []
+        refused = _translate(*args, *extra, option, str(folder / name))
+        assert refused.exit_code == 1 and f"{option} inside the input folder" in refused.stderr
+    assert not [p for p in folder.iterdir() if p.suffix in (".json", ".png", ".gz")]
+
+
 def test_a_2d_baseline_translates_slice_by_slice(tmp_path: Path, heads: Path) -> None:
     """A frame-wise (2D) generator runs over the model grid's slices; the volume comes back whole."""
     config = GeneratorConfig(spatial_dims=2, ngf=2, n_residual_blocks=1)
