@@ -89,6 +89,7 @@ class SourceInfo:
     dicom: DicomSource | None = None
     nifti_qform: tuple[tuple[float, ...], ...] | None = None
     nifti_sform: tuple[tuple[float, ...], ...] | None = None
+    files: tuple[str, ...] = ()  # the files of a DICOM series read from a folder (not a zip)
 
 
 # Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.

@@ -176,6 +176,8 @@ def test_anonymized_series_validate_and_stay_consistent(tmp_path: Path) -> None:
     mapped = {anonymizer.uid(str(pydicom.dcmread(f).SOPInstanceUID)) for f in source.files}
     assert {r.ReferencedSOPInstanceUID for r in a.SourceImageSequence} == mapped
     assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
+    uids = (a.StudyInstanceUID, a.SeriesInstanceUID, a.SOPInstanceUID, a.FrameOfReferenceUID)
+    assert all(str(u).startswith("2.25.") for u in uids), uids  # as README says, instances too
     assert a.SeriesDescription == label and list(a.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert a.DerivationDescription and a.PatientIdentityRemoved == "YES"
     assert a.PatientID == anonymizer.pseudonym(PHI["PatientID"]) and not a.PatientBirthDate

@@ -89,6 +89,22 @@ def test_translate_report_and_logs_hold_no_patient_data(tmp_path: Path, studies:
     assert leaks(anon) == [] and json.loads((anon / "run.json").read_text())["anonymized"] is True
 
 
+def test_choosing_among_series_lists_no_free_text(tmp_path: Path, studies: Path, model: Path) -> None:
+    """The "choose one with --series" error lists UIDs, modalities and sizes: a SeriesDescription
+    is free text that may hold a name (PS3.15 removes it)."""
+    import shutil
+
+    copy = tmp_path / "p01"
+    shutil.copytree(studies / "p01", copy)
+    for f in (copy / "t2").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = PHI["StudyDescription"]
+        ds.save_as(f)
+    result = runner.invoke(app, ["translate", str(copy), "--to", "ct", "--model", str(model), *CROP])
+    assert result.exit_code == 3 and "choose one with --series UID" in result.stderr
+    assert _in_text(result.output) == []
+
+
 def test_batch_manifests_and_logs_hold_no_patient_data(tmp_path: Path, studies: Path, model: Path) -> None:
     """A plain batch (manifests, logs) and an anonymized one (every byte), the latter consistent:
     the two series of one source study stay one study, under one pseudonymous patient."""

@@ -168,7 +168,8 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
         array, affine = rotate_like_dcm2niix(array, affine)
     check_values(array, where)
     detected = {"CT": Modality.CT, "MR": Modality.MR}.get(str(first.get("Modality", "")))
-    source = SourceInfo(str(where), "dicom", _dicom_source(first, datasets))
+    files = tuple(str(f) for f in chosen.files)
+    source = SourceInfo(str(where), "dicom", _dicom_source(first, datasets), files=files)
     return Volume(array, affine, modality or detected, source)
 
 

@@ -53,8 +53,9 @@ class SeriesFiles:
     headers: tuple[Dataset, ...]
 
     def summary(self) -> str:
-        desc = self.description or "(no description)"
-        return f"{self.key}  {desc!r}  {self.modality or '?'}  {self.n_frames} slices"
+        """UID, modality and size: what errors and logs may say. The SeriesDescription is free
+        text that can hold a name (PS3.15 removes it), so only ``mrct info`` shows it."""
+        return f"{self.key}  {self.modality or '?'}  {self.n_frames} slices"
 
 
 def iter_files(folder: Path) -> list[Path]:

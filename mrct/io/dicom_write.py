@@ -23,6 +23,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    PYDICOM_ROOT_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -382,6 +383,8 @@ def write_dicom_series(
     if anonymizer is not None:  # before the loop: the per-slice SOP instance UIDs are new anyway
         anonymizer.apply(ds, clean=("SeriesDescription", "DerivationDescription"))
 
+    # De-identified outputs use 2.25 (UUID-derived) UIDs throughout, as the anonymizer does.
+    uid_root: str | None = None if anonymizer is not None else PYDICOM_ROOT_UID
     width_digits = max(4, len(str(n_k)))
     names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]
     with atomic_dir(out_dir, SERIES_FILES, overwrite) as tmp:
@@ -391,7 +394,7 @@ def write_dicom_series(
                 # (row, col) <- array[col, J-1-row, k]: transpose and flip j.
                 plane = np.ascontiguousarray(stored[:, ::-1, k].T).astype("<i2")
                 values = {
-                    "SOPInstanceUID": generate_uid(),
+                    "SOPInstanceUID": generate_uid(prefix=uid_root),
                     "InstanceNumber": k + 1,
                     "ImagePositionPatient": [_ds(v) for v in geo.positions[k]],
                     "PixelData": plane.tobytes(),
