@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mrct import __version__
-from mrct.errors import OutputExistsError, ReadError
+from mrct.errors import InputNotFoundError, OutputExistsError, ReadError
 from mrct.io.atomic import atomic_file
 
 MANIFEST_VERSION = 1
@@ -117,3 +117,17 @@ def write_manifest(
         "scans": scans,
     }
     write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def mr_test_split(prepared: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A prepared set's manifest and the entries of its MR test split (what evaluation and the
+    reproduction pipelines translate); a missing or unreadable manifest is one clear error."""
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
+        return manifest, [by_id[i] for i in manifest["split"]["mr"]["test"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReadError(f"not a readable prepared-set manifest ({err!r})", path) from None

@@ -88,18 +88,15 @@ def last_iteration(run_dir: Path) -> int:
 def held_out(prepared: Path, cases: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The prepared set's model grid and the first ``cases`` MRs of its test split (manifest
     entries); a missing or unreadable manifest is one clear error."""
-    from mrct.errors import InputNotFoundError, ReadError
+    from mrct.errors import ReadError
+    from mrct.prepare_manifest import mr_test_split
 
     path = prepared / "manifest.json"
-    if not path.is_file():
-        raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
-        entries = [by_id[i] for i in manifest["split"]["mr"]["test"][:cases]]
-        grid: dict[str, Any] = manifest["config"]["grid"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ReadError(f"not a readable prepared-set manifest ({err!r})", path) from None
+    manifest, entries = mr_test_split(prepared)
+    entries = entries[:cases]
+    grid = manifest.get("config", {}).get("grid") if isinstance(manifest.get("config"), dict) else None
+    if not isinstance(grid, dict):
+        raise ReadError("not a readable prepared-set manifest (no config.grid)", path)
     if not entries:
         raise ReadError("no MR in the test split; nothing to compare", path)
     return grid, entries

@@ -33,27 +33,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mrct.errors import InputNotFoundError, ReadError
+from mrct.errors import InputNotFoundError
 from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
+from mrct.prepare_manifest import mr_test_split
 from mrct.translate import write_preview
 from mrct.volume import Modality
 
 
 def held_out_mrs(prepared: Path) -> list[tuple[str, Path, str | None]]:
     """(id, source, series) of the prepared set's MR test split."""
-    path = prepared / "manifest.json"
-    if not path.is_file():
-        raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
-        return [
-            (i, Path(by_id[i]["source"]), by_id[i].get("series")) for i in manifest["split"]["mr"]["test"]
-        ]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ReadError(f"not a readable prepared-set manifest ({err!r})", path) from None
+    _, entries = mr_test_split(prepared)
+    return [(e["id"], Path(e["source"]), e.get("series")) for e in entries]
 
 
 def evaluate(
