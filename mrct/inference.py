@@ -367,7 +367,7 @@ def _resample_box(values: np.ndarray, record: Any, volume: Volume, box: Box, fil
 
 def _slab_in_box(volume: Volume, box: Box, superior_mm: float, inferior_mm: float) -> np.ndarray:
     """:func:`mrct.metrics.slab_voxels` restricted to ``box`` (the same sums, so the same voxels)."""
-    from mrct.preprocessing.grid import s_levels
+    from mrct.preprocessing.grid import in_slab
 
-    s = s_levels(volume.affine, box)
-    return np.asarray((s >= inferior_mm) & (s <= superior_mm))
+    shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    return in_slab(volume.affine, shape, superior_mm, inferior_mm, start=tuple(b.start for b in box))

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from mrct.preprocessing.grid import in_slab
 from mrct.preprocessing.mask import CT_BODY_HU, axial_axis, head_mask, otsu_threshold
 from mrct.volume import Volume
 
@@ -35,10 +36,7 @@ BONE_HU = 300.0
 
 def slab_voxels(volume: Volume, superior_mm: float, inferior_mm: float) -> npt.NDArray[np.bool_]:
     """Voxels whose centre's S coordinate (RAS mm) lies within [inferior, superior]."""
-    i, j, k = np.indices(volume.shape, dtype=np.float64)
-    a = volume.affine[2]
-    s = a[0] * i + a[1] * j + a[2] * k + a[3]
-    return np.asarray((s >= inferior_mm) & (s <= superior_mm))
+    return in_slab(volume.affine, volume.shape, superior_mm, inferior_mm)
 
 
 def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:

@@ -23,7 +23,7 @@ from mrct.config import to_dict
 from mrct.errors import CropError
 from mrct.preprocessing.config import GridConfig, PreprocessConfig
 from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
-from mrct.preprocessing.grid import model_grid_affine, resample, resample_from_grid, s_levels, world_extent
+from mrct.preprocessing.grid import in_slab, model_grid_affine, resample, resample_from_grid, world_extent
 from mrct.preprocessing.intensity import IntensityMap, ct_map, mr_map
 from mrct.preprocessing.localise import Localiser, check_slab_in_scan
 from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, working_image
@@ -291,8 +291,7 @@ def invert(
     out = resample_from_grid(
         values, record.grid_affine_array, record.input_affine_array, record.input_shape, fill=background
     )
-    whole = tuple(slice(0, n) for n in record.input_shape)
-    s = s_levels(record.input_affine_array, whole)  # type: ignore[arg-type]
-    out[(s < record.slab.inferior_mm) | (s > record.slab.superior_mm)] = background
+    levels = (record.slab.superior_mm, record.slab.inferior_mm)
+    out[~in_slab(record.input_affine_array, record.input_shape, *levels)] = background
     modality = Modality.CT if imap.units == "HU" else Modality.MR
     return Volume(out, record.input_affine_array, modality)

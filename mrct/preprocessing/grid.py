@@ -123,11 +123,20 @@ def resample_from_grid(
     return resample(padded, grid, dst_affine, dst_shape, fill=fill)
 
 
-def s_levels(affine: FloatArray, box: tuple[slice, slice, slice]) -> npt.NDArray[np.float64]:
-    """The S coordinate (RAS mm) of the centre of every voxel of ``box`` of a grid."""
-    i, j, k = (np.arange(b.start, b.stop, dtype=np.float64) for b in box)
+def in_slab(
+    affine: FloatArray,
+    shape: tuple[int, ...],
+    superior_mm: float,
+    inferior_mm: float,
+    start: tuple[int, ...] = (0, 0, 0),
+) -> npt.NDArray[np.bool_]:
+    """Voxels (of the box of ``shape`` at index ``start`` of a grid) whose centre's S coordinate
+    (RAS mm) lies within [inferior, superior]: the one definition of "inside the slab" that
+    the output, its inverse and the quality checks share."""
+    i, j, k = (np.arange(o, o + n, dtype=np.float64) for o, n in zip(start, shape, strict=True))
     a = np.asarray(affine, dtype=np.float64)[2]
-    return np.asarray(a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3])
+    s = a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3]
+    return np.asarray((s >= inferior_mm) & (s <= superior_mm))
 
 
 def resample(
