@@ -49,7 +49,7 @@ from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import check_replaceable
 from mrct.preprocessing.crop import CropRequest
-from mrct.translate import derivation_description, series_description
+from mrct.translate import check_grid_fits, derivation_description, series_description
 from mrct.volume import Modality, guess_modality
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,11 @@ class _Loaded:
     prepared: Any = None  # localised and on the model grid (Translator.prepare), ready to run
 
 
-# Options that ``mrct translate`` has and batch has not: a message suggesting one points there.
+# Advice worded for ``mrct translate``, reworded for batch (translate-only options point there).
 _TRANSLATE_ONLY = {
     "pass --allow-gaps": "translate it alone with mrct translate --allow-gaps",
     "with --series UID": "with mrct translate --series UID",
+    "write NIfTI (.nii.gz), which keeps it": "use --format nifti, which keeps it",
 }
 
 
@@ -148,6 +149,7 @@ def _load_and_prepare(s: Series, to: Modality, translator: Any, crop: CropReques
         return loaded
     start = time.perf_counter()
     try:
+        check_grid_fits(loaded.volume, s.fmt, s.path)  # a sheared grid for NRRD: fail before the model
         loaded.prepared = translator.prepare(loaded.volume, to, crop)
     except Exception as err:  # a slab that cannot be found fails this series only
         loaded.error = _one_line(err)

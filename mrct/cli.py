@@ -247,7 +247,9 @@ def translate(
     ] = False,
     anonymize: AnonymizeOpt = False,
     max_memory: MaxMemoryOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing on success (warnings still go to stderr).")
+    ] = False,
 ) -> None:
     """Translate a head scan MR -> CT (--to ct) or CT -> MR (--to mr) onto the scan's own grid.
 

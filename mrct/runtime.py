@@ -79,6 +79,8 @@ def check_device(device: torch.device, name: str) -> None:
     otherwise a missing GPU ordinal or an MPS/XPU build that lacks the backend surfaces later as
     an "unexpected RuntimeError" from the first tensor moved there."""
     if device.type == "cpu":
+        if device.index not in (None, 0):  # torch accepts cpu:N but there is one CPU device
+            raise ConfigError(f"--device {name}: there is one CPU device (cpu)")
         return
     if device.type not in ("cuda", "mps", "xpu"):  # meta, privateuse1, ...: no data to compute on
         raise ConfigError(f"--device {name}: not a device mrct computes on (auto, cpu, cuda or cuda:N)")

@@ -285,3 +285,14 @@ def test_overwrite_keeps_a_folder_holding_other_files(tmp_path: Path) -> None:
     assert not link.is_symlink() and pydicom.dcmread(link / "IM_0001.dcm").SeriesDescription == "newer"
     assert pydicom.dcmread(out / "IM_0001.dcm").SeriesDescription == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "notes", "s"]
+
+
+def test_nominal_sizes_are_not_printed_at_float32_noise(tmp_path: Path) -> None:
+    # NIfTI pixdim is float32, so a 4.8 mm slice reads back as 4.79999991...; SliceThickness
+    # printed "4.79999991024241" before. ImagePositionPatient keeps full precision.
+    volume = _volume("ct")
+    affine = volume.affine.copy()
+    affine[:3, 2] *= float(np.float32(4.8)) / np.linalg.norm(affine[:3, 2])
+    volume = dataclasses.replace(volume, affine=affine)
+    ds = pydicom.dcmread(write_dicom_series(volume, tmp_path / "s", series_description="t")[0])
+    assert str(ds.SliceThickness) == "4.8"

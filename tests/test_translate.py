@@ -151,6 +151,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path, heads: Path, tiny_model
         (["--device", "xpu"], 1, "--device xpu: not available"),  # was "unexpected RuntimeError", 70
         (["--device", "meta"], 1, "--device meta: not a device mrct computes on"),  # was 70
         (["--device", "CPU"], 1, "--device CPU: not a device (auto, cpu, cuda or cuda:N)"),
+        (["--device", "cpu:1"], 1, "--device cpu:1: there is one CPU device (cpu)"),  # was accepted
         (["--crop-mm", "nan,1"], 1, "--crop-mm SUP,INF must be finite numbers"),
         (["--crop-mm", "10"], 1, "--crop-mm expects two numbers SUP,INF"),  # an option value: 1, not 6
         (["--crop-mm", "20,-95", "--no-crop"], 1, "give only one of --crop-mm"),
@@ -344,6 +345,27 @@ def test_a_sheared_nifti_keeps_its_qform_and_other_formats_are_refused_early(
         refused = _translate(*args, "-o", str(tmp_path / name))
         assert refused.exit_code == 1 and "grid is sheared" in refused.stderr, refused.output
         assert "write NIfTI" in refused.stderr and not (tmp_path / name).exists()
+    batch_in = tmp_path / "in"
+    batch_in.mkdir()
+    (tmp_path / "tilted.nii.gz").rename(batch_in / "tilted.nii.gz")
+    run = CliRunner().invoke(
+        app,
+        [
+            "batch",
+            str(batch_in),
+            "-o",
+            str(tmp_path / "b"),
+            "--to",
+            "mr",
+            "--format",
+            "nrrd",
+            "--model",
+            str(tiny_model),
+        ],
+    )
+    rows = json.loads((tmp_path / "b" / "manifest.json").read_text())["series"]
+    assert run.exit_code != 0 and [r["status"] for r in rows] == ["failed"], run.output
+    assert "grid is sheared" in rows[0]["message"] and "use --format nifti" in rows[0]["message"], rows[0]
 
 
 def test_converting_a_synthetic_image_keeps_it_labelled(

@@ -107,6 +107,12 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
+def _ds_nominal(value: float) -> str:
+    """A DS string for a nominal size (SliceThickness, SpacingBetweenSlices) rounded to 1e-6 mm:
+    spacings read from NIfTI's float32 pixdim would otherwise print as 4.79999991024241."""
+    return _ds(round(float(value), 6))
+
+
 class _Geometry(NamedTuple):
     iop: list[float]  # row cosine then column cosine, LPS
     pixel_spacing: list[float]  # [row spacing, column spacing] mm
@@ -292,7 +298,7 @@ def _modality_module(ds: Dataset, modality: Modality, slice_spacing: float) -> N
             setattr(ds, keyword, "")  # type 2: unknown for a computed image
         for keyword in ("EchoTrainLength", "MagneticFieldStrength", "ImagedNucleus"):
             setattr(ds, keyword, "")
-        ds.SpacingBetweenSlices = _ds(slice_spacing)
+        ds.SpacingBetweenSlices = _ds_nominal(slice_spacing)
 
 
 def write_dicom_series(
@@ -363,7 +369,7 @@ def write_dicom_series(
     _source_references(ds, volume)
     ds.ImageOrientationPatient = [_ds(v) for v in geo.iop]
     ds.PixelSpacing = [_ds(v) for v in geo.pixel_spacing]
-    ds.SliceThickness = _ds(geo.slice_spacing)
+    ds.SliceThickness = _ds_nominal(geo.slice_spacing)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = n_j, n_i
