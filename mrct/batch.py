@@ -233,7 +233,9 @@ def _plan(
         old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
-        skip = None if s.error else s.skip or (_why_not(s.modality, to, "header") if s.stack else None)
+        # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
+        by_header = s.stack is not None and s.modality not in ("", "OT")
+        skip = None if s.error else s.skip or (_why_not(s.modality, to, "header") if by_header else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
         elif not overwrite and (

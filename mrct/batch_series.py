@@ -72,7 +72,10 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
         return None, "not an image file (DICOM, NIfTI, NRRD, MHA or zip)", None
     except Exception as err:  # truncated or malformed: pydicom raises many kinds
         return None, None, f"unreadable DICOM file ({type(err).__name__})"
-    if "Rows" not in ds or "SeriesInstanceUID" not in ds:
+    # A whole image without a SeriesInstanceUID (some exports drop it) groups under "", as the
+    # single-series reader and dcm2niix read it; one cut before that tag has no pixel data.
+    whole_image = "Rows" in ds and incomplete_image(path, ds) is None
+    if "Rows" not in ds or ("SeriesInstanceUID" not in ds and not whole_image):
         if _image_storage(ds):  # pydicom stops quietly at a cut
             return None, None, INCOMPLETE
         if "SOPClassUID" not in ds and not _sop_class(ds):  # "DICM", then nothing it could parse
@@ -156,7 +159,7 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             if error == INCOMPLETE:
                 cut_short.setdefault(f.parent, f)
         else:
-            images[str(ds.SeriesInstanceUID)].append((f, ds))
+            images[str(ds.get("SeriesInstanceUID", "") or "")].append((f, ds))
     for uid, copies in images.items():
         members, damaged = unique_instances(copies)
         for path, why in damaged:  # a failed row of its own: its series reads the whole copy
@@ -165,7 +168,7 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             found.append(Series(rel, rel, path, error=error))
         for part, group in split_series(members):
             first, paths = group[0][1], tuple(p for p, _ in group)
-            frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in group)
+            frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in group)
             key, modality = f"{uid}#{part}" if part else uid, str(first.get("Modality", ""))
             description = str(first.get("SeriesDescription", ""))
             stack = SeriesFiles(key, uid, description, modality, paths, frames, tuple(d for _, d in group))

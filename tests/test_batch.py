@@ -584,3 +584,41 @@ def test_a_series_that_grew_since_its_output_is_translated_again(tmp_path: Path,
     assert json.loads((out / "manifest.json").read_text())["series"][0]["files"] == 36
     settled = _batch(tree, out, model, "--format", "nifti")
     assert "nothing left to do: 1 done (1 by an earlier run)" in settled.stdout
+
+
+def _rewrite(files: tuple[Path, ...], edit, **save) -> None:  # type: ignore[no-untyped-def]
+    for f in files:
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(f, **save)
+
+
+def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_alone(
+    tmp_path: Path, model: Path
+) -> None:
+    """Found by a hunt over PACS-style variants of real series: each crashed the batch or failed
+    a series that mrct translate and dcm2niix read."""
+    src = tmp_path / "in"
+    mr = {"modality": "MR", "shape": (48, 48, 36), "pixel_spacing": (4.0, 4.0)}
+    deflated = write_series(src / "deflated", **mr)  # was "truncated": the inflated offset vs the file size
+
+    def deflate(ds: pydicom.Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+
+    _rewrite(deflated.files, deflate, enforce_file_format=True)
+    no_uid = write_series(src / "no_uid", **mr)  # was one "incomplete" row per file
+    _rewrite(no_uid.files, lambda ds: ds.pop("SeriesInstanceUID"))
+    no_modality = write_series(src / "no_modality", **mr)  # was skipped: "cannot tell CT from MR"
+    _rewrite(no_modality.files, lambda ds: ds.pop("Modality"))
+    frames = write_series(src / "frames", **mr)  # was exit 70 and no manifest: int('abc')
+    _rewrite(frames.files[:1], lambda ds: setattr(ds, "NumberOfFrames", 1))
+    one = frames.files[0].read_bytes()
+    element = b"\x28\x00\x08\x00IS\x02\x00"  # (0028,0008) IS, 2 bytes, explicit VR little endian
+    assert one.count(element + b"1 ") == 1
+    frames.files[0].write_bytes(one.replace(element + b"1 ", element + b"ab"))
+    result = _batch(src, tmp_path / "out", model)
+    _, rows = _manifest(tmp_path / "out")
+    status = {r["input"]: r["status"] for r in rows}
+    assert status == {"deflated": "done", "no_uid": "done", "no_modality": "done", "frames": "failed"}, rows
+    assert result.exit_code == 1, result.output
+    assert {r["modality"] for r in rows if r["status"] == "done"} == {"MR"}

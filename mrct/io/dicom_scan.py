@@ -189,6 +189,8 @@ def incomplete_image(path: Path, header: Dataset) -> str | None:
     element = header.get_item(present[0], keep_deferred=True)
     if not isinstance(element, RawDataElement) or element.length in (0, 0xFFFFFFFF):
         return None
+    if str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "")) == DEFLATED.decode():
+        return None  # value_tell counts in the inflated stream, not in the file
     end = element.value_tell + element.length
     try:
         size = path.stat().st_size
