@@ -67,14 +67,13 @@ def _root(
         stream=sys.stderr,
         force=True,
     )
-    from mrct.log_privacy import redact_header_values
+    from mrct.log_privacy import quiet_libraries, redact_header_values
 
     redact_header_values(logging.root.handlers)  # pydicom quotes header values it finds invalid
     # Readers' notes on header oddities they tolerate (pydicom's value checks, nibabel's header
     # fixes) are not errors, and would break the one-line error rule; --verbose shows them.
     logging.captureWarnings(True)
-    for name in ("py.warnings", "pydicom", "nibabel"):
-        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    quiet_libraries(logging.root.handlers, logging.WARNING if verbose else logging.CRITICAL)
 
 
 @app.command()

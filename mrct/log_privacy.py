@@ -29,6 +29,29 @@ class HeaderValueFilter(logging.Filter):
         return True
 
 
+class LibraryNoiseFilter(logging.Filter):
+    """Drops records below ``level`` from the readers' loggers (pydicom, nibabel) and from Python
+    warnings. A filter on the CLI's handlers, because a logger's level does not hold: importing
+    pydicom resets its logger to WARNING (``pydicom.config.debug(False)``), after which each
+    tolerated header oddity printed a line, and a decoder failure a whole traceback."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = record.name == "py.warnings" or record.name.split(".")[0] in ("pydicom", "nibabel")
+        return not noisy or record.levelno >= self.level
+
+
+def quiet_libraries(handlers: list[logging.Handler], level: int) -> None:
+    """Filter ``handlers`` with :class:`LibraryNoiseFilter` at ``level`` (replacing an earlier one)."""
+    for handler in handlers:
+        for old in [f for f in handler.filters if isinstance(f, LibraryNoiseFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(LibraryNoiseFilter(level))
+
+
 def redact_header_values(handlers: list[logging.Handler]) -> None:
     """Filter ``handlers`` (the CLI's) with :class:`HeaderValueFilter`; drop pydicom's warnings,
     which repeat its log records unfiltered."""

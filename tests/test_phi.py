@@ -183,3 +183,30 @@ def test_training_folder_holds_no_patient_data(tmp_path: Path, prepared: tuple[P
     assert result.exit_code == 0, result.output
     assert _in_text(result.output) == [] and leaks(run) == []
     assert (run / "log.jsonl").read_text() and list(run.rglob("events.out.tfevents*"))
+
+
+def test_reader_noise_stays_off_stderr_although_pydicom_resets_its_logger() -> None:
+    """Importing pydicom sets its logger back to WARNING, so a level set before (as the CLI did)
+    let one line per tolerated header oddity, and decoder tracebacks, through."""
+    import io
+    import logging
+
+    import pydicom.config
+
+    from mrct.log_privacy import quiet_libraries
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.root.addHandler(handler)
+    try:
+        quiet_libraries([handler], logging.CRITICAL)
+        pydicom.config.debug(False, False)  # what importing pydicom does
+        logging.getLogger("pydicom").error("could not decode", exc_info=ValueError("x"))
+        logging.getLogger("nibabel.global").warning("pixdim[0] (qfac) should be 1")
+        logging.getLogger("mrct.io").warning("ours")
+        assert stream.getvalue() == "ours\n"
+        quiet_libraries([handler], logging.WARNING)  # --verbose
+        logging.getLogger("pydicom").warning("shown")
+        assert stream.getvalue().endswith("shown\n") and len(handler.filters) == 1
+    finally:
+        logging.root.removeHandler(handler)
