@@ -296,3 +296,22 @@ def test_nominal_sizes_are_not_printed_at_float32_noise(tmp_path: Path) -> None:
     volume = dataclasses.replace(volume, affine=affine)
     ds = pydicom.dcmread(write_dicom_series(volume, tmp_path / "s", series_description="t")[0])
     assert str(ds.SliceThickness) == "4.8"
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        {"sop_class_uid": ""},
+        {"series_instance_uid": ""},
+        {"sop_instance_uids": ("", "1.2.3.abc")},
+    ],
+)
+def test_a_source_without_valid_uids_is_not_referenced(tmp_path: Path, missing: dict) -> None:
+    # Some exports drop SOP class or instance UIDs: the references were written empty (type 1),
+    # 70 dciodvfy errors per file.
+    source = dataclasses.replace(_source(), **missing)
+    path = write_dicom_series(_volume("mr_int", source=source), tmp_path / "s", series_description="t")[0]
+    ds = pydicom.dcmread(path)
+    assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
+    assert ds.FrameOfReferenceUID == source.frame_of_reference_uid
+    assert dciodvfy_errors(path) == []

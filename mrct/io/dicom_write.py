@@ -260,15 +260,23 @@ def _source_references(ds: Dataset, volume: Volume) -> None:
     every source instance is listed in SourceImageSequence; the Common Instance
     Reference module (ReferencedSeriesSequence) then says which series they are
     in. Without known SOP instances nothing is written: ReferencedSeriesSequence
-    requires at least one referenced instance.
+    requires at least one referenced instance. Invalid UIDs are left out.
     """
+    from pydicom.uid import UID
+
     src = volume.source.dicom
-    if src is None or not src.sop_instance_uids:
+    if src is None:
+        return
+    # A source without (valid) SOP class or series UIDs, as some exports have, cannot be
+    # referenced: empty or malformed type 1 references fail dciodvfy on every output file.
+    known = [uid for uid in src.sop_instance_uids if UID(uid).is_valid]
+    series_uid, class_uid = UID(src.series_instance_uid or ""), UID(src.sop_class_uid or "")
+    if not known or not class_uid.is_valid or not series_uid.is_valid:
         return
     # Two lists of the same references: Dataset items must not be shared.
     sources: list[Dataset] = []
     instances: list[Dataset] = []
-    for uid in src.sop_instance_uids:
+    for uid in known:
         for items in (sources, instances):
             item = Dataset()
             item.ReferencedSOPClassUID = src.sop_class_uid
