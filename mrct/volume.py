@@ -68,6 +68,10 @@ class DicomSource:
     manufacturer: str = ""
     patient_position: str = ""
     sop_instance_uids: tuple[str, ...] = ()
+    # LossyImageCompression "01" somewhere in the source, with its methods (ISO_10918_1...) and
+    # ratios: PS3.3 C.7.6.1.1.5 says an image derived from it must never reset that flag.
+    lossy_methods: tuple[str, ...] | None = None  # None: never lossy compressed
+    lossy_ratios: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patient", MappingProxyType(dict(self.patient)))

@@ -315,3 +315,24 @@ def test_a_source_without_valid_uids_is_not_referenced(tmp_path: Path, missing: 
     assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
     assert ds.FrameOfReferenceUID == source.frame_of_reference_uid
     assert dciodvfy_errors(path) == []
+
+
+def test_a_lossy_compressed_source_keeps_its_flag(tmp_path: Path) -> None:
+    """PS3.3 C.7.6.1.1.5: once LossyImageCompression is 01 it is never reset, also in images
+    derived from it (it was dropped, by convert as by translate)."""
+    from mrct.io import read_volume
+    from tests.dicom_factory import write_series
+
+    series = write_series(tmp_path / "src", modality="MR", shape=(20, 24, 6))
+    for f in series.files:
+        ds = pydicom.dcmread(f)
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = "12.5"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.save_as(f)
+    volume = read_volume(tmp_path / "src")
+    out = pydicom.dcmread(write_dicom_series(volume, tmp_path / "out", series_description="t")[0])
+    assert out.LossyImageCompression == "01"
+    assert (out.LossyImageCompressionMethod, float(out.LossyImageCompressionRatio)) == ("ISO_10918_1", 12.5)
+    plain = pydicom.dcmread(write_dicom_series(_volume("mr_int"), tmp_path / "o2", series_description="t")[0])
+    assert "LossyImageCompression" not in plain

@@ -325,4 +325,34 @@ def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:
         manufacturer=text(first, "Manufacturer"),
         patient_position=text(first, "PatientPosition"),
         sop_instance_uids=tuple(text(ds, "SOPInstanceUID") for ds in datasets),
+        **_lossy_history(datasets),
     )
+
+
+# Transfer syntaxes that are lossy whatever the header says (JPEG 2000's may be lossless: its
+# files say so in LossyImageCompression), with their PS3.3 method names.
+_LOSSY_SYNTAX_METHOD = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+}
+
+
+def _lossy_history(datasets: list[Dataset]) -> dict[str, Any]:
+    """DicomSource's lossy_methods and lossy_ratios: whether any file was lossy compressed."""
+    for ds in datasets:
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+        if str(ds.get("LossyImageCompression", "")).strip() == "01" or syntax in _LOSSY_SYNTAX_METHOD:
+            methods = [str(m) for m in _values(ds.get("LossyImageCompressionMethod"))]
+            ratios = [str(r) for r in _values(ds.get("LossyImageCompressionRatio"))]
+            if not methods and syntax in _LOSSY_SYNTAX_METHOD:
+                methods = [_LOSSY_SYNTAX_METHOD[syntax]]
+            return {"lossy_methods": tuple(methods), "lossy_ratios": tuple(ratios)}
+    return {}
+
+
+def _values(value: Any) -> list[Any]:
+    """A header value as a list (pydicom gives one value bare, several as a MultiValue)."""
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]

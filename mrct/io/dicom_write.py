@@ -375,6 +375,13 @@ def write_dicom_series(
     ds.BodyPartExamined = BODY_PART
     _modality_module(ds, modality, geo.slice_spacing)
     _source_references(ds, volume)
+    src = volume.source.dicom
+    if src is not None and src.lossy_methods is not None:  # never reset (PS3.3 C.7.6.1.1.5)
+        ds.LossyImageCompression = "01"
+        if src.lossy_methods:
+            ds.LossyImageCompressionMethod = list(src.lossy_methods)
+        if src.lossy_ratios and len(src.lossy_ratios) == len(src.lossy_methods):
+            ds.LossyImageCompressionRatio = list(src.lossy_ratios)
     ds.ImageOrientationPatient = [_ds(v) for v in geo.iop]
     ds.PixelSpacing = [_ds(v) for v in geo.pixel_spacing]
     ds.SliceThickness = _ds_nominal(geo.slice_spacing)
