@@ -19,15 +19,14 @@ from mrct.errors import MrctError
 from mrct.io import OutputFormat
 from mrct.io.dicom_scan import (
     PIXEL_TAGS,
-    Members,
     SeriesFiles,
     check_deflated,
-    header_int,
     incomplete_image,
     iter_files,
     read_header_dataset,
     unique_instances,
 )
+from mrct.io.dicom_split import Members, header_int, split_series
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name
 from mrct.translate import EXTENSIONS, input_format
 from mrct.volume import Modality
@@ -105,43 +104,6 @@ def _first_cut(members: Members, root: Path) -> str | None:
         if why is not None:
             return f"{_rel(path, root)}: {why}"
     return None
-
-
-def _orientation(ds: Any) -> tuple[Any, ...]:
-    """ImageOrientationPatient rounded for grouping; garbled values group as text, and reading
-    that series then fails with a message naming the file (a failed row, not a crashed batch)."""
-    value = ds.get("ImageOrientationPatient") or ()
-    try:
-        return tuple(round(float(v), 3) for v in value)
-    except Exception:  # pydicom parses lazily: damage raises many kinds
-        return ("unparsable", str(value))
-
-
-def split_series(members: Members) -> list[tuple[str, Members]]:
-    """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation and echo, then by
-    AcquisitionNumber where acquisitions repeat slice positions (not when each slice has its own).
-    Returns ``(part, members)``; ``part`` is empty when nothing was split."""
-    groups: dict[tuple[Any, ...], Members] = defaultdict(list)
-    for p, ds in members:
-        echo = str(ds.get("EchoNumbers", "") or ds.get("EchoTime", "") or "")
-        groups[(echo, header_int(ds, "Rows"), header_int(ds, "Columns"), _orientation(ds))].append((p, ds))
-    parts: list[tuple[tuple[str, str], Members]] = []
-    for key, group in groups.items():
-        by_acq: dict[str, Members] = defaultdict(list)
-        for p, ds in group:
-            by_acq[str(ds.get("AcquisitionNumber", "") or "")].append((p, ds))
-        positions = {tuple(ds.get("ImagePositionPatient") or ()) for _, ds in group}
-        split = len(by_acq) > 1 and len(positions) < len(group)
-        parts += [((key[0], a), g) for a, g in sorted(by_acq.items())] if split else [((key[0], ""), group)]
-    if len(parts) == 1:
-        return [("", parts[0][1])]
-    parts.sort(key=lambda p: (p[0], -len(p[1])))
-    echoes, acqs = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1))
-    labels = ["_".join([f"e{e}"] * echoes + [f"a{a}"] * bool(acqs and a)) for (e, a), _ in parts]
-    if len(set(labels)) < len(labels) or not all(labels):  # orientation or size differ: number them
-        labels = [f"{label}_{n}".lstrip("_") for n, label in enumerate(labels, start=1)]
-    labels = [safe_name(label) for label in labels]
-    return [(label, group) for label, (_, group) in zip(labels, parts, strict=True)]
 
 
 def _rel(path: Path, root: Path) -> str:

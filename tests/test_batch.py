@@ -216,6 +216,12 @@ def test_one_uid_is_split_like_dcm2niix(tmp_path: Path) -> None:
     assert [s.skip for s in found if s.input == "empty.dcm"] == [
         "not an image file (DICOM, NIfTI, NRRD, MHA or zip)"
     ]
+    # The single-series reader splits the same way (it refused "slices share a position"), and
+    # --series names the parts as batch does; the plain UID asks for a choice.
+    uid = first.series_uid
+    assert read_volume(folder, series=f"{uid}#e2_a2").shape == (8, 8, 5)
+    with pytest.raises(MrctError, match=r"series '[0-9.]+' holds 3 stacks, choose one with --series"):
+        read_volume(folder, series=uid)
 
 
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:

@@ -342,8 +342,11 @@ def test_two_series_need_a_choice(two_series_folder: tuple[Path, SeriesInfo, Ser
 
 def test_duplicate_positions_fail(make_series: Callable[..., SeriesInfo]) -> None:
     info = make_series(shape=(40, 48, 6), slice_offsets=[0.0, 2.5, 5.0, 5.0, 7.5, 10.0])
-    with pytest.raises(GeometryError, match="share a position"):
+    with pytest.raises(GeometryError, match="2 slices share a position"):
         read_volume(info.folder)
+    twice = make_series("twice", shape=(40, 48, 6), slice_offsets=[0.0, 0.0, 2.5, 2.5, 5.0, 5.0])
+    with pytest.raises(GeometryError, match="6 slices share 3 positions"):  # said "4 slices"
+        read_volume(twice.folder)
 
 
 def test_single_slice_fails(make_series: Callable[..., SeriesInfo]) -> None:

@@ -109,10 +109,15 @@ def plan_stack(
     order = np.argsort(along, kind="stable")
     s = along[order]
     gaps = np.diff(s)
-    n_dup = int(np.sum(gaps < POSITION_TOL_MM))
-    if n_dup:
+    dup = gaps < POSITION_TOL_MM
+    if dup.any():
+        at_shared = np.zeros(len(s), dtype=bool)  # slices at a position that another one has too
+        at_shared[:-1] |= dup
+        at_shared[1:] |= dup
+        n_positions = int(np.sum(dup & ~np.concatenate([[False], dup[:-1]])))
+        shared = "a position" if n_positions == 1 else f"{n_positions} positions"
         raise GeometryError(
-            f"{n_dup + 1} slices share a position: the series holds several volumes "
+            f"{int(at_shared.sum())} slices share {shared}: the series holds several volumes "
             "(echoes, phases or time points), or duplicate files",
             where,
         )

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
+from mrct.io.dicom_split import Members, header_int, split_series
 from mrct.io.limits import check_bytes, format_size, max_memory
 
 if TYPE_CHECKING:
@@ -201,9 +200,6 @@ def incomplete_image(path: Path, header: Dataset) -> str | None:
     return None
 
 
-Members = list[tuple[Path, "Dataset"]]  # image files and their headers
-
-
 def unique_instances(members: Members) -> tuple[Members, list[tuple[Path, str]]]:
     """One file per SOPInstanceUID, as dcm2niix removes duplicate images: a series copied twice
     into a tree would otherwise read as slices that share positions. Of an instance's copies
@@ -242,24 +238,6 @@ def unique_instances(members: Members) -> tuple[Members, list[tuple[Path, str]]]
     return [(p, ds) for p, ds in members if p in chosen], damaged
 
 
-def header_int(ds: Dataset, key: str, default: int = 0) -> int:
-    """An integer header value; ``default`` when it is absent, empty or not a number."""
-    try:
-        value = ds.get(key)
-        return default if value in (None, "") else int(value)
-    except Exception:  # pydicom converts values lazily, on access; damage raises many kinds
-        return default
-
-
-def _stack_key(ds: Dataset) -> tuple[object, ...]:
-    try:
-        iop = ds.get("ImageOrientationPatient")
-        iop_key = tuple(np.round(np.asarray(iop, dtype=float), 3)) if iop else None
-    except Exception:  # not numbers (parsed lazily): the reader says so when it reads the stack
-        iop_key = None
-    return (header_int(ds, "Rows"), header_int(ds, "Columns"), iop_key)
-
-
 def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFiles]:
     """Group DICOM image files into series, sorted by series number then UID.
 
@@ -283,16 +261,12 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
         members, damaged = unique_instances(found)
         for path, why in damaged:
             log.warning("%s: %s; a whole copy of this image is read instead", path, why)
-        stacks: dict[tuple[object, ...], list[tuple[Path, Dataset]]] = defaultdict(list)
-        for p, ds in members:
-            stacks[_stack_key(ds)].append((p, ds))
-        ordered = sorted(stacks.values(), key=len, reverse=True)
-        for n, stack in enumerate(ordered, start=1):
+        for part, stack in split_series(members):
             first = stack[0][1]
             frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in stack)
             series.append(
                 SeriesFiles(
-                    key=uid if len(ordered) == 1 else f"{uid}#{n}",
+                    key=f"{uid}#{part}" if part else uid,
                     uid=uid,
                     description=str(first.get("SeriesDescription", "")),
                     modality=str(first.get("Modality", "")),
@@ -327,6 +301,11 @@ def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) ->
                 if s.key == wanted or len(matches) == 1:
                     return s
         listing = "; ".join(s.summary() for s in series)
+        parts = [s.key for s in series if s.uid == wanted]
+        if parts:  # the UID itself, split by echo, acquisition, size or orientation
+            raise SeriesSelectionError(
+                f"series {wanted!r} holds {len(parts)} stacks, choose one with --series: {listing}", where
+            )
         raise SeriesSelectionError(f"no series {wanted!r} here; found: {listing}", where)
     if len(series) == 1:
         return series[0]
