@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from typer.testing import CliRunner
@@ -291,3 +292,23 @@ def test_batch_translates_the_good_series_and_lists_every_bad_one(tmp_path: Path
     leftovers = [p.name for p in out.rglob("*") if ".mrct-tmp-" in p.name]
     assert leftovers == []
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_datasets_without_preamble_or_file_meta_read_like_the_folder(tmp_path: Path, implicit: bool) -> None:
+    """``dcmconv -F`` and old archives write bare datasets, which dcm2niix reads; mrct said "no
+    DICOM image files found" (and batch skipped every file as not an image, exit 0)."""
+    folder = good_series(tmp_path / "bare")
+    reference = read_volume(folder)
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
+        ds.save_as(f, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        assert f.read_bytes()[:2] == b"\x08\x00"
+    bare = read_volume(folder)
+    assert (bare.array == reference.array).all()
+    np.testing.assert_allclose(bare.affine, reference.affine, atol=1e-9)
+    # Only what starts like a dataset is forced through pydicom (which would parse anything).
+    (tmp_path / "notes.txt").write_bytes(b"\x08\x00\x05\x00" + b"\xff" * 40)
+    with pytest.raises(MrctError):
+        read_volume(tmp_path / "notes.txt")

@@ -29,6 +29,7 @@ from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_s
 from mrct.io.dicom_scan import (
     SeriesFiles,
     check_deflated,
+    dcmread,
     extract_zip,
     find_series,
     header_int,
@@ -115,7 +116,6 @@ def read_series_files(
 
 
 def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, allow_gaps: bool) -> Volume:
-    import pydicom
 
     _check_headers(chosen, where)
     datasets: list[Dataset] = []  # whole datasets: the headers, or read again
@@ -128,7 +128,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
                 ds = header
             else:
                 check_deflated(f)
-                ds = pixel_ds = pydicom.dcmread(f)
+                ds = pixel_ds = dcmread(f)
         except MrctError:
             raise
         except Exception as err:  # pydicom raises many kinds for a damaged file

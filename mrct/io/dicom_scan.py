@@ -14,11 +14,12 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
 from mrct.io.dicom_split import Members, header_int, split_series
 from mrct.io.limits import check_bytes, format_size, max_memory
+from mrct.io.sniff import raw_dicom_dataset
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -145,13 +146,23 @@ DEFER_BYTES = 64 * 1024
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
+def dcmread(path: Path, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread``, forced for a dataset without preamble and file meta group (as
+    dcm2niix reads them): pydicom refuses those unless forced, and forcing it on other files
+    would parse any file as DICOM."""
+    import pydicom
+
+    with open(path, "rb") as fh:
+        raw = raw_dicom_dataset(fh.read(132))
+    return pydicom.dcmread(path, force=raw, **kwargs)
+
+
 def read_header_dataset(path: Path) -> Dataset:
     """``pydicom.dcmread`` of a file's header: every element parsed, long values and the pixel
     data left in the file (a batch holds the headers of every file it found)."""
-    import pydicom
     from pydicom.dataelem import RawDataElement
 
-    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    ds = dcmread(path, defer_size=DEFER_BYTES)
     for tag in PIXEL_TAGS:  # small images' pixel data is under DEFER_BYTES: defer it too
         element = ds.get_item(tag, keep_deferred=True) if tag in ds else None
         if isinstance(element, RawDataElement) and element.value is not None and element.length:

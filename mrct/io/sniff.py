@@ -52,6 +52,20 @@ def _nifti_magic(head: bytes) -> bool:
     return False
 
 
+def raw_dicom_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts a DICOM dataset written without preamble and file meta group
+    (``dcmconv -F``, old archives), little endian, which dcm2niix reads: its first element is
+    in group 0002 or 0008, then either an explicit VR or an implicit 4-byte length."""
+    if len(head) < 8 or head[128:132] == b"DICM" or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    if int.from_bytes(head[2:4], "little") > 0x0100:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return int.from_bytes(head[4:8], "little") <= 1024
+
+
 def sniff(path: Path) -> str | None:
     """The format of ``path`` from its content, or None when it is not recognised."""
     try:
@@ -68,7 +82,7 @@ def sniff(path: Path) -> str | None:
         return NIFTI_GZ if _nifti_magic(inner) else None
     if _nifti_magic(head):
         return NIFTI
-    if head[128:132] == b"DICM":
+    if head[128:132] == b"DICM" or raw_dicom_dataset(head):
         return DICOM
     if head.startswith(b"NRRD"):
         return NRRD
