@@ -181,9 +181,10 @@ def translate_file(
     """
     from mrct.inference import Translator
     from mrct.io import read_volume
+    from mrct.io.dicom_scan import media_folder
     from mrct.io.discover import sha256_files
 
-    src = Path(src)
+    src = media_folder(Path(src))  # a DICOMDIR: its folder, for the output's name and place too
     started = time.perf_counter()
     out_path, out_fmt = resolve_output(src, dst, to, fmt, series)
     if preview is not None and Path(preview).suffix.lower() != ".png":

@@ -312,3 +312,24 @@ def test_datasets_without_preamble_or_file_meta_read_like_the_folder(tmp_path: P
     (tmp_path / "notes.txt").write_bytes(b"\x08\x00\x05\x00" + b"\xff" * 40)
     with pytest.raises(MrctError):
         read_volume(tmp_path / "notes.txt")
+
+
+def test_a_dicomdir_file_reads_the_series_it_indexes(tmp_path: Path) -> None:
+    """dcm2niix reads a DICOMDIR by its folder; mrct said "not a recognised image". A
+    translation's default output goes beside the media folder, not into it."""
+    from pydicom.fileset import FileSet
+
+    folder = good_series(tmp_path / "series")
+    media = FileSet()
+    for f in sorted(folder.glob("*.dcm")):
+        media.add(f)
+    media.write(tmp_path / "cd")
+    assert (tmp_path / "cd" / "DICOMDIR").is_file()
+    volume = read_volume(tmp_path / "cd" / "DICOMDIR")
+    assert (volume.array == read_volume(folder).array).all()
+    from mrct.io.dicom_scan import media_folder
+    from mrct.translate import resolve_output
+    from mrct.volume import Modality
+
+    out, _ = resolve_output(media_folder(tmp_path / "cd" / "DICOMDIR"), None, Modality.CT, None)
+    assert out == tmp_path / "cd_synthetic_ct"

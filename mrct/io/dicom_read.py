@@ -33,6 +33,7 @@ from mrct.io.dicom_scan import (
     extract_zip,
     find_series,
     header_int,
+    media_folder,
     select_series,
 )
 from mrct.io.limits import check_bytes, check_voxels
@@ -75,6 +76,7 @@ def read_dicom(
             except MrctError as err:
                 raise _inside_zip(err, path, Path(tmp)) from err
         return vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
+    path = media_folder(path)  # a DICOMDIR file: the series it indexes
     if path.is_dir():
         chosen = select_series(find_series(path), series, path)
     else:

@@ -293,6 +293,12 @@ def _series_number(s: SeriesFiles) -> int:
     return header_int(s.headers[0], "SeriesNumber")
 
 
+def media_folder(path: Path) -> Path:
+    """A DICOMDIR file's folder, which holds the series it indexes (as dcm2niix reads a
+    DICOMDIR: by its folder); any other path as it is."""
+    return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
+
+
 def find_series(folder: Path) -> list[SeriesFiles]:
     files = iter_files(folder)
     if not files:
