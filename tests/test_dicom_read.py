@@ -420,3 +420,17 @@ def test_a_file_rewritten_after_its_header_was_read_is_read_again(
     after = read_series_files(series, info.folder, None, False).array
     assert not np.array_equal(before, after)
     np.testing.assert_array_equal(after, read_volume(info.folder).array)  # as a fresh search reads it
+
+
+def test_pixel_spacing_printed_with_other_rounding_is_one_grid(make_series: Callable[..., SeriesInfo]) -> None:
+    """Exporters round PixelSpacing differently from slice to slice (1e-7 mm apart): dcm2niix
+    reads that as one grid; mrct refused it. A real difference is still refused."""
+    info = make_series(shape=(40, 48, 6), pixel_spacing=(1.1, 0.9))
+    first = pydicom.dcmread(info.files[0])
+    first.PixelSpacing = ["1.1000001", "0.9"]
+    first.save_as(info.files[0])
+    assert read_volume(info.folder).shape == (48, 40, 6)
+    first.PixelSpacing = ["1.1", "0.95"]
+    first.save_as(info.files[0])
+    with pytest.raises(GeometryError, match="different PixelSpacing"):
+        read_volume(info.folder)

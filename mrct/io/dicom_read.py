@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+PIXEL_SPACING_TOL_MM = 1e-5  # at most 0.005 mm across 512 pixels
+
+
 @dataclass(frozen=True)
 class _Frame:
     """One 2D image: where it lies (LPS mm) and how to rescale its stored values."""
@@ -302,7 +305,8 @@ def _common_geometry(frames: list[_Frame], where: Path) -> SliceGeometry:
     for f in frames[1:]:
         if np.max(np.abs(np.array(f.iop) - ref)) > 1e-3:
             raise GeometryError("slices have different ImageOrientationPatient", where)
-        if f.pixel_spacing != frames[0].pixel_spacing:
+        # Exporters print PixelSpacing with differing rounding (1e-7 mm apart): that is one grid.
+        if np.max(np.abs(np.subtract(f.pixel_spacing, frames[0].pixel_spacing))) > PIXEL_SPACING_TOL_MM:
             raise GeometryError("slices have different PixelSpacing", where)
     r, c = orientation_from_iop(ref, str(where))
     row_sp, col_sp = frames[0].pixel_spacing
