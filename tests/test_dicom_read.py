@@ -422,7 +422,7 @@ def test_a_file_rewritten_after_its_header_was_read_is_read_again(
     np.testing.assert_array_equal(after, read_volume(info.folder).array)  # as a fresh search reads it
 
 
-def test_pixel_spacing_printed_with_other_rounding_is_one_grid(make_series: Callable[..., SeriesInfo]) -> None:
+def test_pixel_spacing_rounded_otherwise_is_one_grid(make_series: Callable[..., SeriesInfo]) -> None:
     """Exporters round PixelSpacing differently from slice to slice (1e-7 mm apart): dcm2niix
     reads that as one grid; mrct refused it. A real difference is still refused."""
     info = make_series(shape=(40, 48, 6), pixel_spacing=(1.1, 0.9))
@@ -434,3 +434,15 @@ def test_pixel_spacing_printed_with_other_rounding_is_one_grid(make_series: Call
     first.save_as(info.files[0])
     with pytest.raises(GeometryError, match="different PixelSpacing"):
         read_volume(info.folder)
+
+
+def test_a_slice_without_orientation_is_named_not_split_off(make_series: Callable[..., SeriesInfo]) -> None:
+    """It was a 1-slice second series, and choosing the first one reported a gap with the hint
+    --allow-gaps, which would interpolate over a slice that is in the folder."""
+    info = make_series(shape=(40, 48, 6))
+    ds = pydicom.dcmread(info.files[3])
+    del ds.ImageOrientationPatient
+    ds.save_as(info.files[3])
+    with pytest.raises(ReadError, match="missing ImageOrientationPatient") as caught:
+        read_volume(info.folder)
+    assert caught.value.path == str(info.files[3])

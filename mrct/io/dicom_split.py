@@ -41,9 +41,14 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     from mrct.io.discover import safe_name  # discover imports the scanner, which imports this
 
     groups: dict[tuple[Any, ...], Members] = defaultdict(list)
-    for p, ds in members:
+    keys = [orientation_key(ds) for _, ds in members]
+    # A file without ImageOrientationPatient joins the series' one orientation, so that reading
+    # it says which file lacks it; on its own it was a 1-slice "series" and a false gap.
+    known = {k for k in keys if k}
+    keys = [k or (next(iter(known)) if len(known) == 1 else k) for k in keys]
+    for (p, ds), orientation in zip(members, keys, strict=True):
         echo = str(ds.get("EchoNumbers", "") or ds.get("EchoTime", "") or "")
-        groups[(echo, header_int(ds, "Rows"), header_int(ds, "Columns"), orientation_key(ds))].append((p, ds))
+        groups[(echo, header_int(ds, "Rows"), header_int(ds, "Columns"), orientation)].append((p, ds))
     parts: list[tuple[tuple[str, str], Members]] = []
     for key, group in groups.items():
         by_acq: dict[str, Members] = defaultdict(list)
