@@ -23,7 +23,9 @@ def fail(err: BaseException) -> NoReturn:
     from mrct.errors import MrctError
 
     if isinstance(err, MrctError):
-        typer.echo(f"error: {err}", err=True)
+        # A line break inside a file name would split the one line (shown escaped, as ls -b does).
+        line = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        typer.echo(f"error: {line}", err=True)
         raise typer.Exit(err.exit_code)
     if isinstance(err, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)

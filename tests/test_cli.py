@@ -239,3 +239,11 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(tmp_path: Path) -> 
     assert bare.stdout.count("Usage: ") == 1  # the help once, not twice
     models = run_mrct("models")
     assert models.returncode == 0 and models.stdout.count("Usage: ") == 1
+
+
+def test_a_line_break_in_a_file_name_keeps_the_error_on_one_line(tmp_path: Path) -> None:
+    odd = tmp_path / "scan\nname.nii.gz"
+    odd.write_bytes(b"not a nifti")
+    result = runner.invoke(app, ["info", str(odd)])
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.stderr
+    assert "scan\\nname.nii.gz" in result.stderr
