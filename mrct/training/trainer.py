@@ -243,6 +243,10 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=2 if workers else None,
+            # Batches depend on (seed, iteration) only. A private generator keeps iter(loader)
+            # from drawing its base seed off the global RNG, which dropout uses: a resumed run
+            # calls iter() once more, and its dropout masks shifted (resuming was not exact).
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
         # Workers start when the loader is iterated. Ctrl-C and SIGTERM (``timeout`` and batch
         # schedulers signal the whole process group) must reach the main process only, whose
