@@ -250,6 +250,20 @@ def test_resume_equals_the_uninterrupted_run(tmp_path: Path, prepared: Path, dro
     assert logged == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_refuses_another_prepared_set(tmp_path: Path, prepared: Path) -> None:
+    """It resumed silently on other scans, and the run's data.json (so its model card) still
+    named the first set."""
+    config = tiny()
+    run = tmp_path / "run"
+    train_run(config, prepared, run, progress=False, until=3)
+    record = json.loads((run / "data.json").read_text())
+    (run / "data.json").write_text(json.dumps({**record, "manifest_sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="started on another prepared set"):
+        train_run(config, prepared, run, resume=True, progress=False)
+    (run / "data.json").write_text(json.dumps(record))
+    assert train_run(config, prepared, run, resume=True, progress=False).iteration == 6
+
+
 def test_resume_survives_a_lost_pointer_a_deleted_checkpoint_and_a_torn_log(
     tmp_path: Path, prepared: Path
 ) -> None:

@@ -33,7 +33,9 @@ def resolve_device(name: str, dist: DistContext) -> object:
     return parse_device(name)
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
+def _prepare_run_dir(
+    run_dir: Path, config: TrainConfig, data: PreparedSet, resume: bool, overwrite: bool
+) -> Path | None:
     """The checkpoint to resume from, after checking the folder may be used."""
     if run_dir.exists() and not run_dir.is_dir():
         raise WriteError("is a file, not a folder; give the run a folder of its own", run_dir)
@@ -44,6 +46,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         if saved != to_dict(config):
             raise ConfigError("this run was started with another config; resume it with that config", run_dir)
+        _check_same_data(run_dir, data)
         return found
     if resume and started and not overwrite:
         log.warning("%s: no complete checkpoint to resume from; starting again from iteration 0", run_dir)
@@ -52,6 +55,21 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
             "holds a training run; pass --resume to continue it or --overwrite to start again", run_dir
         )
     return None
+
+
+def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
+    """A run resumes on the prepared set it started with (its manifest, wherever the set lies
+    now): on other scans it is no longer the run its data.json, and so its model card, describe."""
+    try:
+        started = json.loads((run_dir / "data.json").read_text(encoding="utf-8")).get("manifest_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # a run from before data.json was kept: nothing to compare
+    if started and started != data.manifest_sha256:
+        raise ConfigError(
+            f"this run was started on another prepared set (manifest sha256 {str(started)[:12]}…, "
+            f"{data.root} has {data.manifest_sha256[:12]}…); resume it on that set, or start a new run",
+            run_dir,
+        )
 
 
 def train_run(
@@ -84,7 +102,7 @@ def train_run(
     torch_device = resolve_device(device, dist)
     dist.start(torch_device.type)  # type: ignore[attr-defined]
     try:
-        start_from = _prepare_run_dir(run_dir, config, resume, overwrite)
+        start_from = _prepare_run_dir(run_dir, config, data, resume, overwrite)
         # Built first: a patch the networks cannot take is refused before the folder is touched.
         trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
         dist.barrier()  # every process has checked the folder before the main one changes it
