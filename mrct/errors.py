@@ -76,6 +76,12 @@ class ConfigError(MrctError):
     exit_code = 1
 
 
+class DivergedError(MrctError):
+    """Training losses stopped being finite numbers; the message names the iteration."""
+
+    exit_code = 1
+
+
 class CropError(MrctError):
     """The brow-to-jaw slab cannot be found or is not usable; the message names the overrides."""
 

@@ -339,3 +339,41 @@ def test_a_grid_far_too_large_is_a_config_error_before_any_scan(tmp_path: Path) 
         "(at most 1024 per side and 64 M voxels)"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "code", "message"),
+    [
+        (
+            ("networks.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"),
+            3,
+            "unreadable checkpoint weights",
+        ),
+        (("state.json", b'{"world_size": 1}'), 3, "checkpoint state has no iteration number"),
+        (("state.json", b"[1, 2]"), 3, "run record is not a JSON object"),
+    ],
+)
+def test_export_of_a_damaged_checkpoint_names_the_file(
+    run_dir: Path, tmp_path: Path, damage: tuple[str, bytes], code: int, message: str
+) -> None:
+    """Each was "unexpected ..." with exit 70 and no file named."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    name, content = damage
+    (run / "checkpoints" / "iter_0000001" / name).write_bytes(content)
+    result = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "m")])
+    one_line_error(result, code, f"error: {run / 'checkpoints' / 'iter_0000001' / name}: {message}")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_records_where_its_final_losses_were_logged(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    entry = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    # A log written before losses were nulled could hold a bare NaN: export said "not plain JSON".
+    (run / "log.jsonl").write_text(json.dumps({**entry, "loss/generator/total": float("nan")}) + "\n")
+    assert runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "m")]).exit_code == 0
+    training = json.loads((tmp_path / "m" / "model.json").read_text())["training"]
+    assert (
+        training["final_losses_iteration"] == 1 and training["final_losses"]["loss/generator/total"] is None
+    )

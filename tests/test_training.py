@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -549,3 +550,41 @@ def test_a_run_folder_that_is_a_file_or_under_one_is_a_one_line_error(tmp_path: 
         assert result.exit_code == 5, result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert (tmp_path / "afile").read_text() == "not a run"
+
+
+def test_a_diverged_run_stops_with_an_error_and_logs_null(tmp_path: Path, prepared: Path) -> None:
+    """It ran on to "trained to iteration N" (exit 0) writing NaN weights, with bare NaN tokens
+    (not JSON) in log.jsonl, and export then failed with a message about JSON."""
+    from mrct.errors import DivergedError
+    from mrct.training.trainer import DIVERGED_AFTER
+
+    config = tiny(optim={"iterations": 30, "decay_iterations": 0, "lr": 1e30})
+    with pytest.raises(DivergedError, match="have not been finite since iteration") as caught:
+        train_run(config, prepared, tmp_path / "run", progress=False)
+    assert caught.value.exit_code == 1
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    entries = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in log.jsonl")) for line in lines]
+    assert len(entries) < 30 and any(e["loss/generator/total"] is None for e in entries)
+    assert len(entries) >= DIVERGED_AFTER
+
+
+def test_truncating_the_log_on_resume_never_loses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was rewritten in place: a kill during the rewrite left an empty log.jsonl."""
+    from mrct.training import logs
+
+    path = tmp_path / "log.jsonl"
+    original = "".join(json.dumps({"iteration": i, "loss/x": 1.0}) + "\n" for i in range(1, 6))
+    path.write_text(original)
+    real_write = Path.write_text
+
+    def dying_write(self: Path, text: str, **kwargs: Any) -> int:
+        real_write(self, text[: len(text) // 2], **kwargs)
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(Path, "write_text", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        logs.truncate_log(path, 3)
+    assert path.read_text() == original and [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+    monkeypatch.undo()
+    logs.truncate_log(path, 3)
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [1, 2, 3]

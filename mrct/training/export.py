@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,33 @@ def intensity_description(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _final_losses(run_dir: Path, iteration: int) -> dict[str, float]:
-    """The losses logged at the exported iteration (a record of training, not a quality metric)."""
+def _final_losses(run_dir: Path, iteration: int) -> dict[str, Any]:
+    """``final_losses``: the losses last logged at or before the exported iteration (a record of
+    training, not a quality metric), and ``final_losses_iteration``, where they were logged.
+    A loss that was not finite is null (JSON has no NaN)."""
     path = run_dir / "log.jsonl"
     if not path.is_file():
-        return {}
+        return {"final_losses": {}}
     for entry in reversed(checkpoint.read_log(path)):
         if entry["iteration"] <= iteration:
-            return {k: v for k, v in entry.items() if k.startswith("loss/")}
-    return {}
+            losses = {
+                k: v if isinstance(v, (int, float)) and math.isfinite(v) else None
+                for k, v in entry.items()
+                if k.startswith("loss/")
+            }
+            return {"final_losses": losses, "final_losses_iteration": entry["iteration"]}
+    return {"final_losses": {}}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON record, or ReadError naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReadError(f"unreadable run record ({err})", path) from err
+    if not isinstance(value, dict):
+        raise ReadError("run record is not a JSON object; damaged?", path)
+    return value
 
 
 def _check_name(name: str | None, out: Path) -> str:
@@ -98,13 +117,19 @@ def export_run(
     path = _named_checkpoint(run_dir, checkpoint_name) if checkpoint_name else checkpoint.latest(run_dir)
     if path is None or not (path / "networks.safetensors").is_file():
         raise InputNotFoundError("no such checkpoint in this run", path or run_dir / "checkpoints")
+    config_record = _read_json(run_dir / "config.json")
     try:
-        config = from_mapping(TrainConfig, json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        config = from_mapping(TrainConfig, config_record)
+    except ConfigError as err:
+        raise err.naming(run_dir / "config.json") from None
+    state, data = _read_json(path / "state.json"), _read_json(run_dir / "data.json")
+    if not isinstance(state.get("iteration"), int) or isinstance(state["iteration"], bool):
+        raise ReadError("checkpoint state has no iteration number; damaged?", path / "state.json")
+    try:
         networks = load_file(str(path / "networks.safetensors"))
-        data = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ReadError(f"unreadable run ({err})", path) from err
+    except Exception as err:  # safetensors raises its own SafetensorError for damage
+        why = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ReadError(f"unreadable checkpoint weights ({why})", path / "networks.safetensors") from err
     generators = {
         direction: {
             k.removeprefix(f"generators.{direction}."): v
@@ -116,12 +141,12 @@ def export_run(
     iteration = int(state["iteration"])
     training = {
         "config_name": config.name,
-        "config": json.loads((run_dir / "config.json").read_text(encoding="utf-8")),
+        "config": config_record,
         "iterations": iteration,
         "scheduled_iterations": config.optim.iterations,
         "processes": state.get("world_size", 1),
         "data": data,
-        "final_losses": _final_losses(run_dir, iteration),
+        **_final_losses(run_dir, iteration),
     }
     g = config.model.generator
     return write_package(

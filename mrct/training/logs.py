@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mrct.io.atomic import atomic_file
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 
@@ -42,8 +43,10 @@ class RunLogs:
         for key, value in values.items():
             if math.isfinite(value):
                 self.writer.add_scalar(key, value, it)
+        # JSON has no NaN: a diverged loss is written as null (json.dumps wrote a bare NaN).
+        entry = {"iteration": it, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
         with (self.run_dir / "log.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": it, **values}) + "\n")
+            f.write(json.dumps(entry, allow_nan=False) + "\n")
 
     def preview(self, it: int, images: dict[str, torch.Tensor]) -> None:
         from mrct.training.previews import write_preview
@@ -57,4 +60,6 @@ def truncate_log(path: Path, start: int) -> None:
     if not path.exists():
         return
     keep = [entry for entry in checkpoint.read_log(path) if entry["iteration"] <= start]
-    path.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")
+    # Rewritten under a temporary name and renamed: a kill -9 here lost the whole history.
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")

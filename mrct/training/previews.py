@@ -17,7 +17,8 @@ ROWS = (("mr", "fake_ct", "cycled_mr"), ("ct", "fake_mr", "cycled_ct"))
 
 
 def _gray(slice_: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-    return np.rint((np.clip(slice_, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    finite = np.nan_to_num(slice_, nan=-1.0, posinf=1.0, neginf=-1.0)  # a diverging run: black, no warning
+    return np.rint((np.clip(finite, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
 def _panel(image: torch.Tensor, depth_repeat: int) -> npt.NDArray[np.uint8]:

@@ -34,7 +34,7 @@ from mrct.cyclegan import (
     set_requires_grad,
     unwrap,
 )
-from mrct.errors import ConfigError, ReadError
+from mrct.errors import ConfigError, DivergedError, ReadError
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
@@ -42,6 +42,9 @@ from mrct.training.distributed import DistContext
 from mrct.training.logs import RunLogs
 
 log = logging.getLogger(__name__)
+# Losses that are not finite this many iterations in a row end the run: fp16's loss scaling
+# skips an odd overflowing step, but a diverged run only writes NaN weights from then on.
+DIVERGED_AFTER = 10
 
 
 def linear_decay(config: TrainConfig) -> Any:
@@ -288,10 +291,19 @@ class Trainer:
             dynamic_ncols=True,
         )
         tick, tick_iteration = time.perf_counter(), self.iteration
+        not_finite_since: int | None = None
         with stop, bar, logs, contextlib.closing(self.batches(end)) as batches:
             for batch in batches:
                 losses = self.step(batch["mr"], batch["ct"])
                 result.losses.append({"iteration": self.iteration, **losses})
+                finite = not self.dist.any(not all(math.isfinite(v) for v in losses.values()))
+                not_finite_since = None if finite else (not_finite_since or self.iteration)
+                if not_finite_since is not None and self.iteration - not_finite_since + 1 >= DIVERGED_AFTER:
+                    raise DivergedError(
+                        f"the losses have not been finite since iteration {not_finite_since} (the run "
+                        "diverged); lower optim.lr, and start again or resume from an earlier checkpoint",
+                        self.run_dir,
+                    )
                 bar.update()
                 if self.iteration % every.log_every == 0 or self.iteration == end:
                     now = time.perf_counter()
