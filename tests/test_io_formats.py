@@ -129,3 +129,37 @@ def test_a_description_is_one_line_of_ascii_in_every_header(tmp_path: Path, suff
     else:
         assert sitk.ReadImage(str(out)).GetMetaData("Description") == expected
     assert np.array_equal(read_volume(out).array, phantom().array)
+
+
+def test_an_output_folder_that_cannot_be_replaced_is_a_write_error_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An immutable or read-only parent made the final renames raise PermissionError (exit 70);
+    and had the old folder been moved aside, it stayed hidden under a temporary name."""
+    import os
+    import re
+
+    from mrct.errors import WriteError
+    from mrct.io import atomic
+
+    owned = atomic.Owned(re.compile(r"[a-z]+\.txt"))
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def refuse_second(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder onto the output, after the old one moved aside
+            raise PermissionError(1, "Operation not permitted")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "replace", refuse_second)
+    with (
+        pytest.raises(WriteError, match="cannot write here"),
+        atomic.atomic_dir(out, owned, overwrite=True) as tmp,
+    ):
+        (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+    assert (out / "old.txt").read_text() == "old"

@@ -588,3 +588,19 @@ def test_truncating_the_log_on_resume_never_loses_it(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     logs.truncate_log(path, 3)
     assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_write_error(
+    tmp_path: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or lost permission mid-run was "unexpected PermissionError", exit 70."""
+    from mrct.errors import WriteError
+    from mrct.training import checkpoint
+
+    def refused(tmp: Path, *args: object) -> Path:
+        raise PermissionError(1, "Operation not permitted", str(tmp / "networks.safetensors"))
+
+    monkeypatch.setattr(checkpoint, "finish", refused)
+    with pytest.raises(WriteError, match=r"networks.safetensors: cannot write the run's records") as caught:
+        train_run(tiny(), prepared, tmp_path / "run", progress=False, until=3)
+    assert caught.value.exit_code == 5

@@ -170,8 +170,9 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError("output appeared while writing; not replaced", path)
-        _publish_mode(tmp, directory=False)
-        os.replace(tmp, path)
+        with _creating(path):  # a read-only or immutable folder: one error naming the output
+            _publish_mode(tmp, directory=False)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -189,18 +190,20 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
     check_output(path, overwrite, owned)
     with _creating(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+    old: Path | None = None
     try:
         yield tmp
-        old: Path | None = None
         if path.exists():
             if not overwrite:
                 raise OutputExistsError("output appeared while writing; not replaced", path)
             check_replaceable(path, owned)
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
-            old.rmdir()
-            os.replace(path, old)
-        _publish_mode(tmp, directory=True)
-        os.replace(tmp, path)
+            with _creating(path):  # a read-only or immutable folder: one error naming the output
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
+                old.rmdir()
+                os.replace(path, old)
+        with _creating(path):
+            _publish_mode(tmp, directory=True)
+            os.replace(tmp, path)
         if old is not None:
             if old.is_dir() and not old.is_symlink():  # a link to a folder: drop the link only
                 shutil.rmtree(old, ignore_errors=True)
@@ -208,4 +211,6 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
                 old.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists() and (old.exists() or old.is_symlink()):
+            os.replace(old, path)  # the new one could not be put in place: the old one goes back
         raise

@@ -3,13 +3,16 @@ logged iteration), TensorBoard scalars and preview pictures. Main process only."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mrct.errors import WriteError
 from mrct.io.atomic import atomic_file
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -63,3 +66,15 @@ def truncate_log(path: Path, start: int) -> None:
     # Rewritten under a temporary name and renamed: a kill -9 here lost the whole history.
     with atomic_file(path, overwrite=True) as tmp:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in keep), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def writing_records(where: Path) -> Generator[None, None, None]:
+    """OSError while writing the run's records (a full disk, lost permission) as one WriteError
+    naming the file, exit 5; it surfaced as "unexpected PermissionError", exit 70."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteError(
+            f"cannot write the run's records ({err.strerror or err})", err.filename or where
+        ) from err

@@ -39,7 +39,7 @@ from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
-from mrct.training.logs import RunLogs
+from mrct.training.logs import RunLogs, writing_records
 
 log = logging.getLogger(__name__)
 # Losses that are not finite this many iterations in a row end the run: fp16's loss scaling
@@ -309,13 +309,16 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.iteration - tick_iteration) / max(now - tick, 1e-9)
                     tick, tick_iteration = now, self.iteration
-                    logs.scalars(self.iteration, losses, self.last_lr, rate, self._memory())
+                    with writing_records(self.run_dir / "log.jsonl"):
+                        logs.scalars(self.iteration, losses, self.last_lr, rate, self._memory())
                     bar.set_postfix_str(_short(losses), refresh=False)
                 if self.dist.is_main and self.iteration % every.preview_every == 0:
-                    logs.preview(self.iteration, self.last_images)
+                    with writing_records(self.run_dir / "previews"):
+                        logs.preview(self.iteration, self.last_images)
                 interrupted = self.dist.any(stop.requested)
                 if self.iteration % every.checkpoint_every == 0 or self.iteration == end or interrupted:
-                    result.checkpoint = self.save()
+                    with writing_records(self.run_dir / "checkpoints"):
+                        result.checkpoint = self.save()
                 if interrupted:
                     result.interrupted = True
                     break
