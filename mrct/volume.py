@@ -82,10 +82,12 @@ class DicomSource:
 class SourceInfo:
     """Provenance: the path read, its format, and DICOM identity when there is one.
 
-    ``nifti_qform`` is a NIfTI input's qform (RAS mm) when its sform, ``nifti_sform``, is
-    sheared (a gantry tilt that dcm2niix kept as shear): a qform cannot hold shear, and ITK-based
-    tools (3D Slicer) read the qform then, so an output on that same grid keeps the input's to
-    land where it does.
+    ``nifti_qform``, ``nifti_sform`` and ``nifti_codes`` (qform_code, sform_code) are a NIfTI
+    input's two geometries (RAS mm) when readers may place it differently: a sheared sform (a
+    gantry tilt that dcm2niix kept as shear; a qform cannot hold shear), a qform and sform that
+    disagree (ITK and 3D Slicer then use the qform unless sform_code is 1, nibabel the sform), or
+    neither code set (each reader has its own default). A NIfTI output on that same grid keeps
+    the pair and codes, so that every reader places it where it places the input.
     """
 
     path: str = ""
@@ -93,6 +95,7 @@ class SourceInfo:
     dicom: DicomSource | None = None
     nifti_qform: tuple[tuple[float, ...], ...] | None = None
     nifti_sform: tuple[tuple[float, ...], ...] | None = None
+    nifti_codes: tuple[int, int] | None = None
     files: tuple[str, ...] = ()  # the files of a DICOM series read from a folder (not a zip)
 
 

@@ -163,3 +163,54 @@ def test_an_output_folder_that_cannot_be_replaced_is_a_write_error_and_kept(
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
     assert (out / "old.txt").read_text() == "old"
+
+
+def _itk_corners(path: Path) -> np.ndarray:
+    """Where SimpleITK (3D Slicer's reader) puts the 8 corner voxels, LPS mm."""
+    image = sitk.ReadImage(str(path))
+    size = image.GetSize()
+    ends = [(0, n - 1) for n in size]
+    return np.array(
+        [image.TransformIndexToPhysicalPoint((i, j, k)) for i in ends[0] for j in ends[1] for k in ends[2]]
+    )
+
+
+@pytest.mark.parametrize("codes", [(1, 2), (2, 3), (0, 0)])
+def test_nifti_outputs_land_where_itk_and_nibabel_put_the_input(
+    tmp_path: Path, codes: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A qform and sform that disagree (ITK then reads the qform unless sform_code is 1; nibabel
+    the sform), or no geometry at all (each reader its own default): the output was written with
+    qform = sform = nibabel's choice, codes 1, and landed up to 350 mm off the input in Slicer."""
+    sform = oblique_affine()
+    qform = sform.copy()
+    qform[:3, 3] += [30.0, -20.0, 10.0]
+    img = nib.Nifti1Image(phantom().array.astype(np.int16), sform)
+    img.set_qform(qform, code=codes[0])
+    img.set_sform(sform, code=codes[1])
+    nib.save(img, tmp_path / "in.nii.gz")
+    volume = read_volume(tmp_path / "in.nii.gz")
+    assert "3D Slicer" in caplog.text
+    write_volume(volume, tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(
+        _itk_corners(tmp_path / "out.nii.gz"), _itk_corners(tmp_path / "in.nii.gz"), atol=1e-3
+    )
+    out = nib.load(tmp_path / "out.nii.gz")
+    np.testing.assert_allclose(out.affine, nib.load(tmp_path / "in.nii.gz").affine, atol=1e-4)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == codes
+    moved = volume.affine.copy()
+    moved[:3, 3] += 5.0  # another grid (a crop): the input's forms no longer apply
+    write_volume(volume.replace(affine=moved), tmp_path / "crop.nii.gz")
+    crop = nib.load(tmp_path / "crop.nii.gz").header
+    assert (int(crop["qform_code"]), int(crop["sform_code"])) == (1, 1)
+
+
+def test_big_endian_nifti_converts_to_nrrd_and_mha(tmp_path: Path) -> None:
+    """ITK takes native byte order only: exit 70, "dtype: >i2 is not supported"."""
+    volume = phantom()
+    img = nib.Nifti1Image(volume.array.astype(np.int16), volume.affine, nib.Nifti1Header(endianness=">"))
+    nib.save(img, tmp_path / "be.nii")
+    assert nib.load(tmp_path / "be.nii").get_data_dtype().byteorder == ">"
+    for name in ("be.nrrd", "be.mha"):
+        write_volume(read_volume(tmp_path / "be.nii"), tmp_path / name)
+        assert (read_volume(tmp_path / name).array == volume.array.astype(np.int16)).all()

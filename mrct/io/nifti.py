@@ -46,7 +46,8 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     The affine is nibabel's choice (sform when its code is set, else qform), in mm:
     a header whose spatial unit is metres or microns is scaled to mm. With neither
     code set, the geometry is unknown and nibabel's voxel-size-only affine is used,
-    with a warning. Unscaled integer data keep their dtype; scaled data become float32.
+    with a warning; so, with a warning, is the sform when the qform disagrees and ITK
+    would use the qform. Unscaled integer data keep their dtype; scaled data become float32.
     """
     import nibabel as nib
 
@@ -71,16 +72,52 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     except (EOFError, OSError, zlib.error, ValueError) as err:
         raise ReadError(f"truncated or corrupt image data ({_short(err)})", path) from err
     data = np.asarray(data).reshape(shape)
+    if not data.dtype.isnative:  # a big-endian file: ITK (NRRD/MHA output) takes native order only
+        data = data.astype(data.dtype.newbyteorder("="))
     if data.dtype == np.float64:
         data = data.astype(np.float32)
     check_values(data, path)
-    qform, qform_code = img.get_qform(coded=True)
-    source = SourceInfo(str(path), "nifti")
-    if qform is not None and qform_code > 0 and shear(affine) > SHEAR_TOL:
-        qform = np.asarray(qform, dtype=np.float64)
-        qform[:3, :] *= _MM_PER_UNIT.get(int(img.header["xyzt_units"]) & 0x07, 1.0)
-        source = SourceInfo(str(path), "nifti", nifti_qform=_rows(qform), nifti_sform=_rows(affine))
-    return Volume(data, affine, modality, source)
+    return Volume(data, affine, modality, _source(img, affine, shape, path))
+
+
+def _source(
+    img: Nifti1Image | Nifti2Image, affine: npt.NDArray[np.float64], shape: tuple[int, ...], path: Path
+) -> SourceInfo:
+    """SourceInfo, with the header's qform/sform pair when readers may place the image
+    differently (see SourceInfo.nifti_qform), warning when ITK and 3D Slicer do."""
+    hdr = img.header
+    codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
+    if codes == (0, 0):  # each reader's default: outputs keep none either
+        return SourceInfo(
+            str(path), "nifti", nifti_qform=_rows(affine), nifti_sform=_rows(affine), nifti_codes=codes
+        )
+    if codes[0] == 0 or codes[1] == 0:
+        return SourceInfo(str(path), "nifti")  # one geometry, which every reader uses
+    qform = np.asarray(img.get_qform(), dtype=np.float64)
+    qform[:3, :] *= _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
+    apart = corner_distance(qform, affine, shape)
+    if apart <= 1e-3 and shear(affine) <= SHEAR_TOL:
+        return SourceInfo(str(path), "nifti")
+    if codes[1] != 1 and apart > 1e-3:
+        log.warning(
+            "%s: its qform and sform disagree by up to %.1f mm; mrct uses the sform (as nibabel and FSL "
+            "do), ITK and 3D Slicer the qform (sform_code is %d). NIfTI outputs keep both; NRRD, MHA "
+            "and DICOM outputs follow the sform",
+            path,
+            apart,
+            codes[1],
+        )
+    return SourceInfo(
+        str(path), "nifti", nifti_qform=_rows(qform), nifti_sform=_rows(affine), nifti_codes=codes
+    )
+
+
+def corner_distance(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], shape: tuple[int, ...]) -> float:
+    """How far apart (mm) two affines place the corner voxels of a grid of ``shape``."""
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    )
+    return float(np.max(np.linalg.norm((corners @ a.T - corners @ b.T)[:, :3], axis=1)))
 
 
 def _rows(matrix: npt.NDArray[np.float64]) -> tuple[tuple[float, ...], ...]:
@@ -91,10 +128,13 @@ def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.flo
     """The image's voxel-to-RAS affine in mm, warning when the header gives no geometry."""
     hdr = img.header
     if int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
-        # As nibabel and 3D Slicer do: the grid's size is known, its place and orientation not.
+        # The grid's size is known, its place and orientation not: nibabel centres it with x
+        # flipped, ITK and 3D Slicer put it at the origin unflipped. NIfTI outputs keep both
+        # codes 0 (see _source), so each reader places them where it places the input.
         log.warning(
-            "%s: qform_code and sform_code are both 0, so the geometry is unknown; "
-            "using an affine from the voxel size only",
+            "%s: qform_code and sform_code are both 0, so the geometry is unknown; using nibabel's "
+            "affine from the voxel size only (ITK and 3D Slicer place it elsewhere: NIfTI outputs "
+            "keep it unset, NRRD, MHA and DICOM outputs get that affine)",
             path,
         )
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -191,15 +231,23 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
 
     array, dtype = _on_disk(volume.array)
     img = nib.Nifti1Image(array, volume.affine, dtype=dtype)
-    # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees. A sheared grid
-    # keeps its input's qform (see SourceInfo.nifti_qform): nibabel's nearest rotation
-    # would move it by centimetres in 3D Slicer, which reads the qform then.
-    qform, source = volume.affine, volume.source
+    # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees. On its input's
+    # grid, an image whose readers disagree keeps the input's pair and codes (SourceInfo.nifti_qform):
+    # a sheared grid's qform, say, where nibabel's nearest rotation would move it by centimetres
+    # in 3D Slicer, which reads the qform then.
+    qform, codes, source = volume.affine, (1, 1), volume.source
     same_grid = source.nifti_sform is not None and np.allclose(volume.affine, source.nifti_sform, atol=1e-6)
-    if source.nifti_qform is not None and same_grid and shear(volume.affine) > SHEAR_TOL:
-        qform = np.asarray(source.nifti_qform, dtype=np.float64)
-    img.set_qform(qform, code=1)
-    img.set_sform(volume.affine, code=1)
+    if source.nifti_qform is not None and same_grid:
+        qform, codes = np.asarray(source.nifti_qform, dtype=np.float64), source.nifti_codes or (1, 1)
+    elif shear(volume.affine) > SHEAR_TOL:
+        log.warning(
+            "%s: the grid is sheared; the sform keeps it (nibabel, FSL), but ITK and 3D Slicer read the "
+            "qform, its nearest unsheared grid, up to %.1f mm away",
+            path,
+            corner_distance(_unsheared_qform(volume.affine), volume.affine, volume.shape),
+        )
+    img.set_qform(qform, code=codes[0])
+    img.set_sform(volume.affine, code=codes[1])
     img.header.set_xyzt_units(xyz="mm", t="sec")
     if description is None and volume.modality is not None:
         description = f"mrct {volume.modality.value}"
@@ -208,6 +256,15 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     with atomic_file(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def _unsheared_qform(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The qform nibabel stores for ``affine``: the nearest grid without shear."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_qform(affine, code=1)
+    return np.asarray(header.get_qform(), dtype=np.float64)
 
 
 def _on_disk(array: npt.NDArray) -> tuple[npt.NDArray, np.dtype]:
