@@ -214,3 +214,12 @@ def test_big_endian_nifti_converts_to_nrrd_and_mha(tmp_path: Path) -> None:
     for name in ("be.nrrd", "be.mha"):
         write_volume(read_volume(tmp_path / "be.nii"), tmp_path / name)
         assert (read_volume(tmp_path / name).array == volume.array.astype(np.int16)).all()
+
+
+def test_a_nifti_pair_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """The .hdr was told to be renamed .nii (then "truncated"), the .img "not a recognised image"."""
+    volume = phantom()
+    nib.save(nib.Nifti1Pair(volume.array.astype(np.int16), volume.affine), tmp_path / "pair.hdr")
+    for name in ("pair.hdr", "pair.img"):
+        with pytest.raises(ReadError, match=r"half of a NIfTI .hdr/.img pair.*save it as one .nii.gz first"):
+            read_volume(tmp_path / name)

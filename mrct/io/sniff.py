@@ -19,6 +19,7 @@ NIFTI = "uncompressed NIfTI"
 DICOM = "DICOM"
 NRRD = "NRRD"
 METAIMAGE = "MetaImage"
+NIFTI_PAIR = "NIfTI pair header"
 ZIP = "zip"
 
 # The extension to suggest for each format mrct reads.
@@ -40,16 +41,23 @@ _MAGIC = (
 )
 
 
-def _nifti_magic(head: bytes) -> bool:
+def _nifti_magic(head: bytes, magic: tuple[bytes, bytes] = (b"n+1", b"n+2")) -> bool:
+    """A single-file NIfTI-1/-2 header; with ``(b"ni1", b"ni2")``, the header of a .hdr/.img pair."""
     if len(head) < 348:
         return False
     for order in ("little", "big"):
         size = int.from_bytes(head[:4], order)  # type: ignore[arg-type]
-        if size == 348 and head[344:347] in (b"n+1", b"ni1"):
+        if size == 348 and head[344:347] == magic[0]:
             return True
-        if size == 540 and head[4:7] in (b"n+2", b"ni2"):
+        if size == 540 and head[4:7] == magic[1]:
             return True
     return False
+
+
+PAIR_REFUSAL = (
+    "is half of a NIfTI .hdr/.img pair, which mrct does not read; save it as one .nii.gz first "
+    "(nibabel and 3D Slicer read pairs)"
+)
 
 
 def raw_dicom_dataset(head: bytes) -> bool:
@@ -82,6 +90,8 @@ def sniff(path: Path) -> str | None:
         return NIFTI_GZ if _nifti_magic(inner) else None
     if _nifti_magic(head):
         return NIFTI
+    if _nifti_magic(head, (b"ni1", b"ni2")):
+        return NIFTI_PAIR
     if head[128:132] == b"DICM" or raw_dicom_dataset(head):
         return DICOM
     if head.startswith(b"NRRD"):
@@ -111,6 +121,8 @@ def expected_format(path: Path) -> str:
 def check_name(path: Path) -> None:
     """Refuse a file whose content is recognisably not what its name says."""
     found = sniff(path)
+    if found == NIFTI_PAIR or (path.name.lower().endswith(".img") and path.with_suffix(".hdr").is_file()):
+        raise ReadError(PAIR_REFUSAL, path)
     expected = expected_format(path)
     if found is None or found == expected:
         return
