@@ -223,3 +223,17 @@ def test_a_nifti_pair_is_refused_with_what_to_do(tmp_path: Path) -> None:
     for name in ("pair.hdr", "pair.img"):
         with pytest.raises(ReadError, match=r"half of a NIfTI .hdr/.img pair.*save it as one .nii.gz first"):
             read_volume(tmp_path / name)
+
+
+@pytest.mark.parametrize("kind", ["4d_mha", "4d_nrrd", "one_component_nrrd"])
+def test_a_singleton_axis_in_nrrd_or_mha_reads_as_3d(tmp_path: Path, kind: str) -> None:
+    """As NIfTI (x, y, z, 1) does; NRRD/MHA said "got a 4D image" or "unsupported pixel type"."""
+    volume = phantom()
+    write_volume(volume, tmp_path / "v.nrrd")
+    image = sitk.ReadImage(str(tmp_path / "v.nrrd"))
+    odd = sitk.Compose([image]) if kind == "one_component_nrrd" else sitk.JoinSeries([image])
+    path = tmp_path / ("odd.mha" if kind == "4d_mha" else "odd.nrrd")
+    sitk.WriteImage(odd, str(path))
+    got = read_volume(path)
+    assert (got.array == volume.array).all()
+    np.testing.assert_allclose(got.affine, volume.affine, atol=1e-6)

@@ -27,7 +27,9 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
         reader.ReadImageInformation()
         if reader.GetNumberOfComponents() != 1:
             raise ReadError("a single-channel image is needed", path)
-        itemsize = _ITEMSIZE.get(sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        # One component stored as a vector (a NRRD list axis of size 1) is a scalar image.
+        pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID()).removeprefix("vector of ")
+        itemsize = _ITEMSIZE.get(pixel)
         if itemsize is None:
             raise ReadError(
                 f"unsupported pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())}", path
@@ -37,6 +39,10 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
             raise GeometryError(f"zero or negative voxel spacing ({', '.join(map(str, spacing))})", path)
         check_shape(tuple(reader.GetSize()), path, itemsize)
         image = reader.Execute()
+        if sitk.sitkVectorUInt8 <= image.GetPixelID() <= sitk.sitkVectorFloat64:
+            image = sitk.VectorIndexSelectionCast(image, 0)
+        if image.GetDimension() == 4 and image.GetSize()[3] == 1:  # (x, y, z, 1), as NIfTI allows
+            image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
     except RuntimeError as err:
         message = _first_line(err)
         # teem (NRRD) names a short read this way; anything else is a format problem.
