@@ -389,7 +389,7 @@ def prepare_dataset(
     log.info("%d scans found, %d already prepared", len(scans), len(scans) - len(todo))
     current = {(s.domain, s.id) for s in scans}  # failures of inputs not given again are forgotten
     entries = {k: e for k, e in entries.items() if e.get("status") == "ok" or k in current}
-    write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest)
+    write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest, complete=False)
     for outcome in _outcomes(todo, config, crop, workers, progress):
         s = outcome.scan
         entry = _write_outcome(out, outcome, crop_dict)
@@ -400,5 +400,6 @@ def prepare_dataset(
         else:
             counts.failed += 1
             log.warning("%s/%s failed: %s", s.domain, s.id, entry["error"])
-        write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest)
+        write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest, complete=False)
+    write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest)
     return summary

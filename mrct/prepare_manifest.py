@@ -95,13 +95,20 @@ def write_manifest(
     entries: dict[Any, Any],
     hold_out_from: str | None = None,
     earlier: dict[str, Any] | None = None,
+    complete: bool = True,
 ) -> None:
     """Write the manifest; ``earlier`` (the folder's previous manifest) keeps its split when
-    made with the same seed and ``hold_out_from`` (see :func:`keep_split`)."""
+    made with the same seed and ``hold_out_from`` (see :func:`keep_split`).
+
+    A run rewrites its manifest after each scan with ``complete`` false, and at its end with
+    ``complete`` true. Only a complete run's split binds the next run: the split written part-way
+    placed the scans done so far among themselves, so a run killed and resumed would otherwise
+    hold out other scans than one left to finish. ``settled_split`` carries the binding one along.
+    """
     scans = [entries[k] for k in sorted(entries)]
     earlier = earlier or {}
     same = earlier.get("seed") == seed and earlier.get("hold_out_from") == hold_out_from
-    before = earlier.get("split") if same else None
+    before = earlier.get("split" if earlier.get("complete", True) else "settled_split") if same else None
     before = before if isinstance(before, dict) else {}
     ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
     manifest = {
@@ -114,6 +121,8 @@ def write_manifest(
         "hold_out_from": hold_out_from,
         "config": config,
         "split": {d: keep_split(ids, seed, hold_out_from, before.get(d)) for d, ids in ok.items()},
+        "complete": complete,
+        "settled_split": before,
         "scans": scans,
     }
     write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())

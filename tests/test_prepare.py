@@ -364,3 +364,34 @@ def test_manifest_sources_are_absolute(tmp_path: Path, monkeypatch: pytest.Monke
     assert result.exit_code == 0, result.output
     (entry,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["scans"]
     assert entry["source"] == str(tmp_path / "in" / "head.nii.gz")
+
+
+def test_a_run_killed_part_way_does_not_fix_the_split(tmp_path: Path) -> None:
+    """The manifest written after each scan split the scans done so far among themselves, and the
+    resumed run kept that: which scans were held out depended on when prepare was killed."""
+    import json
+
+    from mrct.prepare_manifest import write_manifest
+
+    path = tmp_path / "manifest.json"
+    ids = [f"IXI{n:03d}" for n in range(10)]
+
+    def entries(done: list[str]) -> dict:
+        return {("mr", i): {"domain": "mr", "id": i, "status": "ok"} for i in done}
+
+    def run(done: list[str], earlier: dict, complete: bool) -> dict:
+        write_manifest(path, "t", 0, {}, entries(done), None, earlier, complete=complete)
+        return json.loads(path.read_text())
+
+    whole = run(ids, {}, complete=True)["split"]
+    partial = run(ids[:4], {}, complete=False)  # killed after 4 scans
+    assert partial["complete"] is False
+    resumed = run(ids, partial, complete=True)
+    assert resumed["split"] == whole and resumed["complete"] is True
+    # A complete run's split still binds: scans added later are split among themselves.
+    grown = run([*ids, "IXI100", "IXI101", "IXI102"], resumed, complete=True)["split"]["mr"]
+    assert set(whole["mr"]["test"]) <= set(grown["test"]) and set(whole["mr"]["train"]) <= set(grown["train"])
+    # ... also when the run adding them is itself killed and resumed.
+    killed = run([*ids, "IXI100"], resumed, complete=False)
+    again = run([*ids, "IXI100", "IXI101", "IXI102"], killed, complete=True)["split"]["mr"]
+    assert again == grown
