@@ -84,21 +84,25 @@ def train(
     """
     import os
 
+    from mrct.errors import ConfigValueError
     from mrct.training.config import load_train_config
     from mrct.training.distributed import DistContext
     from mrct.training.run import train_run
 
-    return train_run(
-        load_train_config(config),
-        data,
-        run_dir,
-        resume=resume,
-        overwrite=overwrite,
-        device=device,
-        until=until,
-        dist=DistContext.from_environment(os.environ),
-        progress=progress,
-    )
+    try:
+        return train_run(
+            load_train_config(config),
+            data,
+            run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            device=device,
+            until=until,
+            dist=DistContext.from_environment(os.environ),
+            progress=progress,
+        )
+    except ConfigValueError as err:  # a value of this file, found wrong once training starts
+        raise err.naming(config) from None
 
 
 def export(

@@ -76,6 +76,11 @@ class ConfigError(MrctError):
     exit_code = 1
 
 
+class ConfigValueError(ConfigError):
+    """A config value that only shows as wrong once training starts (a patch the networks cannot
+    take, fp16 without CUDA): the caller that knows the config file names it."""
+
+
 class DivergedError(MrctError):
     """Training losses stopped being finite numbers; the message names the iteration."""
 

@@ -377,3 +377,30 @@ def test_export_records_where_its_final_losses_were_logged(run_dir: Path, tmp_pa
     assert (
         training["final_losses_iteration"] == 1 and training["final_losses"]["loss/generator/total"] is None
     )
+
+
+def test_channel_counts_other_than_one_are_config_errors(tmp_path: Path) -> None:
+    """They reached the first training step: "unexpected ValueError: expected input (N, 2, ...)"."""
+    for section in (
+        "generator: {in_channels: 2}",
+        "generator: {out_channels: 2}",
+        "discriminator: {in_channels: 2}",
+    ):
+        with pytest.raises(
+            ConfigError, match=r"must be 1 \(prepared MR and CT volumes have one channel"
+        ) as info:
+            load_train_config(config_file(tmp_path, f"model: {{{section}}}\n"))
+        assert info.value.path is not None
+
+
+def test_a_patch_found_wrong_at_training_names_the_config_file(run_dir: Path, tmp_path: Path) -> None:
+    from tests.test_training import TINY_YAML
+
+    path = config_file(
+        tmp_path, TINY_YAML.replace("data: {workers: 0}", "data: {workers: 0, patch: [16, 64, 64]}")
+    )
+    result = runner.invoke(
+        app, ["train", "-c", str(path), "--data", str(run_dir.parent / "prepared"), "-o", str(tmp_path / "r")]
+    )
+    one_line_error(result, 1, f"error: {path}: data.patch [16, 64, 64] is larger than the prepared grid")
+    assert not (tmp_path / "r").exists()

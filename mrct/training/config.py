@@ -28,6 +28,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.generator.spatial_dims != self.discriminator.spatial_dims:
             raise ValueError("generator and discriminator must have the same spatial_dims")
+        # Prepared MR and CT volumes have one channel; other counts failed at the first step.
+        channels = (self.generator.in_channels, self.generator.out_channels, self.discriminator.in_channels)
+        if channels != (1, 1, 1):
+            raise ValueError(
+                "generator.in_channels, generator.out_channels and discriminator.in_channels must be 1 "
+                f"(prepared MR and CT volumes have one channel), got {', '.join(map(str, channels))}"
+            )
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from mrct.cyclegan import (
     set_requires_grad,
     unwrap,
 )
-from mrct.errors import ConfigError, DivergedError, ReadError
+from mrct.errors import ConfigValueError, DivergedError, ReadError
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
@@ -87,7 +87,7 @@ class Trainer:
         self.config, self.data, self.run_dir, self.device, self.dist = config, data, run_dir, device, dist
         runtime = config.runtime
         if runtime.amp == "fp16" and device.type != "cuda":
-            raise ConfigError("runtime.amp: fp16 needs a CUDA device (use bf16 or none on a CPU)")
+            raise ConfigValueError("runtime.amp: fp16 needs a CUDA device (use bf16 or none on a CPU)")
         torch.manual_seed(config.seed)  # the same initial weights on every process
         gens = Generators(config.model, checkpointing=runtime.gradient_checkpointing).to(device)
         discs = Discriminators(config.model).to(device)
@@ -343,17 +343,17 @@ def _check_input_size(
     shape = (int(grid["depth"]), int(grid["height"]), int(grid["width"]))
     patch = config.data.patch
     if patch is not None and any(p > s for p, s in zip(patch, shape, strict=True)):
-        raise ConfigError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
+        raise ConfigValueError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
     size = tuple(patch or shape)[3 - config.model.generator.spatial_dims :]
     what = f"data.patch {list(patch)}" if patch is not None else f"the prepared grid {list(shape)}"
     logits = discs.d_ct.output_shape(size)
     if min(logits) < 1:
-        raise ConfigError(
+        raise ConfigValueError(
             f"{what} is too small for the discriminator (n_layers "
             f"{config.model.discriminator.n_layers}): its patch grid would be {logits}"
         )
     if math.prod(gens.mr_to_ct.bottleneck_shape(size)) < 2:
-        raise ConfigError(f"{what} is too small for the generator's two downsampling steps")
+        raise ConfigValueError(f"{what} is too small for the generator's two downsampling steps")
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
