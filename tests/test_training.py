@@ -604,3 +604,33 @@ def test_a_checkpoint_that_cannot_be_written_is_a_write_error(
     with pytest.raises(WriteError, match=r"networks.safetensors: cannot write the run's records") as caught:
         train_run(tiny(), prepared, tmp_path / "run", progress=False, until=3)
     assert caught.value.exit_code == 5
+
+
+def test_a_prepared_array_damaged_mid_run_is_a_read_error_naming_it(
+    tmp_path: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was "unexpected ValueError: Caught ValueError in DataLoader worker process 0" (exit
+    70, multi-line, no file named)."""
+    from mrct.errors import ReadError
+    from mrct.training.config import DataConfig
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    data = PreparedSet.open(copy)
+    victim = data.scans["mr"][0].image
+    victim.write_bytes(victim.read_bytes()[:200])  # changed after the run checked it
+    batches = UnpairedBatches(data, DataConfig(), seed=0)
+    errors = [b for b in (batches[i] for i in range(20)) if "error" in b]
+    assert errors and errors[0]["path"] == str(victim) and "prepare the set again" in errors[0]["error"]
+
+    def fail_at_two(self: UnpairedBatches, iteration: int) -> dict:
+        return (
+            {"error": "prepared array unreadable (gone)", "path": "x.npy"}
+            if iteration == 2
+            else real(self, iteration)
+        )
+
+    real = UnpairedBatches.__getitem__
+    monkeypatch.setattr(UnpairedBatches, "__getitem__", fail_at_two)  # forked workers inherit it
+    with pytest.raises(ReadError, match=r"^x.npy: prepared array unreadable \(gone\)$"):
+        train_run(tiny(data={"workers": 1}), prepared, tmp_path / "run", progress=False)

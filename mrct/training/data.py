@@ -138,7 +138,10 @@ class UnpairedBatches:
         import torch
 
         rng = np.random.default_rng([self.seed, self.rank, iteration])
-        batch = {d: np.stack([self._sample(d, rng) for _ in range(self._volumes())]) for d in DOMAINS}
+        try:
+            batch = {d: np.stack([self._sample(d, rng) for _ in range(self._volumes())]) for d in DOMAINS}
+        except ReadError as err:  # returned, not raised: a worker's exception reaches the trainer
+            return {"error": err.message, "path": err.path}  # as a multi-line "Caught ... in worker"
         if self.config.slices != "volume":
             batch = {d: self._slices(v, rng) for d, v in batch.items()}
         return {d: torch.from_numpy(np.ascontiguousarray(v))[:, None] for d, v in batch.items()}
@@ -149,7 +152,11 @@ class UnpairedBatches:
 
     def _sample(self, domain: str, rng: np.random.Generator) -> FloatArray:
         scan = self.data.scans[domain][int(rng.integers(len(self.data.scans[domain])))]
-        volume = np.load(scan.image, mmap_mode="r", allow_pickle=False)
+        try:
+            volume = np.load(scan.image, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:  # changed or removed since the run started
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ReadError(f"prepared array unreadable ({why}); prepare the set again", scan.image) from err
         volume = self._crop(volume, rng)
         params = sample_augmentation(
             self.config.augment, rng, modality=domain.upper(), shape=volume.shape, spacing_mm=scan.spacing_mm

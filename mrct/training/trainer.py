@@ -294,6 +294,8 @@ class Trainer:
         not_finite_since: int | None = None
         with stop, bar, logs, contextlib.closing(self.batches(end)) as batches:
             for batch in batches:
+                if "error" in batch:  # see UnpairedBatches.__getitem__
+                    raise ReadError(str(batch["error"]), str(batch["path"]))
                 losses = self.step(batch["mr"], batch["ct"])
                 result.losses.append({"iteration": self.iteration, **losses})
                 finite = not self.dist.any(not all(math.isfinite(v) for v in losses.values()))
