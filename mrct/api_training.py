@@ -112,13 +112,21 @@ def export(
     name: str | None = None,
     checkpoint: str | None = None,
     license: str = "unspecified",
+    description: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a training run's generators (newest checkpoint by default) as a model package."""
+    """Write a training run's generators (newest checkpoint by default) as a model package;
+    ``description`` opens its card (training data and their licences, limitations)."""
     from mrct.training.export import export_run
 
     return export_run(
-        run_dir, out, name=name, checkpoint_name=checkpoint, license=license, overwrite=overwrite
+        run_dir,
+        out,
+        name=name,
+        checkpoint_name=checkpoint,
+        license=license,
+        description=description,
+        overwrite=overwrite,
     )
 
 

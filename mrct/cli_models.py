@@ -155,6 +155,13 @@ def export(
     license: Annotated[
         str, typer.Option("--license", help="Licence of the weights, for the model card.")
     ] = "unspecified",
+    description: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--description",
+            help="Opening text of the model card: the training data and their licences, limitations.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
 ) -> None:
     """Package a run's generators (safetensors + model.json + model card) for mrct translate."""
@@ -162,7 +169,13 @@ def export(
 
     try:
         out = api.export(
-            run_dir, output, name=name, checkpoint=checkpoint, license=license, overwrite=overwrite
+            run_dir,
+            output,
+            name=name,
+            checkpoint=checkpoint,
+            license=license,
+            description=description,
+            overwrite=overwrite,
         )
     except (Exception, KeyboardInterrupt) as err:
         fail(err)

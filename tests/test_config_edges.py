@@ -404,3 +404,22 @@ def test_a_patch_found_wrong_at_training_names_the_config_file(run_dir: Path, tm
     )
     one_line_error(result, 1, f"error: {path}: data.patch [16, 64, 64] is larger than the prepared grid")
     assert not (tmp_path / "r").exists()
+
+
+def test_export_takes_a_card_description_and_a_one_line_licence(run_dir: Path, tmp_path: Path) -> None:
+    text = "Trained on 35 IXI T1 MRs (CC BY-SA 3.0) and one cadaver CT. Not for clinical use."
+    args = [
+        "export",
+        str(run_dir),
+        "-o",
+        str(tmp_path / "m"),
+        "--description",
+        text,
+        "--license",
+        "CC-BY-SA-3.0",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    assert text in (tmp_path / "m" / "README.md").read_text()
+    bad = runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "n"), "--license", "a\nb"])
+    one_line_error(bad, 1, "give the licence as one line of text")
+    assert not (tmp_path / "n").exists()

@@ -112,6 +112,8 @@ def export_run(
 
     run_dir = Path(run_dir)
     name = _check_name(name, Path(out))
+    if not license.strip() or not license.isprintable():  # one line on the card and in models list
+        raise ConfigError(f"--license {license!r}: give the licence as one line of text")
     if not (run_dir / "config.json").is_file():
         raise InputNotFoundError("not a training run folder (no config.json)", run_dir)
     path = _named_checkpoint(run_dir, checkpoint_name) if checkpoint_name else checkpoint.latest(run_dir)
