@@ -98,9 +98,11 @@ def json_ready(value: Any) -> Any:
 
 
 def _yaml_loader() -> Any:
-    """PyYAML's safe loader, stricter and closer to YAML 1.2 in two ways that bite configs:
-    ``lr: 1e-4`` is a float (YAML 1.1 reads an exponent without a dot as a string), and a
-    key given twice in one mapping is an error instead of the last one silently winning."""
+    """PyYAML's safe loader, stricter and closer to YAML 1.2 in ways that bite configs:
+    numbers and booleans are YAML 1.2's core schema (``lr: 1e-4`` is a float, not a string;
+    ``seed: 010`` is 10, not octal 8; ``lr: 1:30`` is not sexagesimal 90; ``yes``/``off`` are
+    text, which a boolean key then refuses), and a key given twice in one mapping is an error
+    instead of the last one silently winning."""
     import re
 
     import yaml
@@ -122,8 +124,28 @@ def _yaml_loader() -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
-    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    core = {"tag:yaml.org,2002:" + t for t in ("bool", "int", "float")}
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in core]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    patterns = {
+        "bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        "int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        "float": (
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+            "-+0123456789.",
+        ),
+    }
+    for name, (pattern, first) in patterns.items():
+        Loader.add_implicit_resolver(f"tag:yaml.org,2002:{name}", re.compile(pattern), list(first))
+
+    def core_int(loader: Any, node: Any) -> int:
+        text = loader.construct_scalar(node)
+        base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+        return int(text[2:] if base != 10 else text, base)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", core_int)
     return Loader
 
 

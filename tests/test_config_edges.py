@@ -131,6 +131,15 @@ def test_exponent_numbers_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
     assert load_train_config(config_file(tmp_path, "name: '1e-4'\n")).name == "1e-4"
 
 
+def test_yaml_1_1_number_and_boolean_quirks_are_gone(tmp_path: Path) -> None:
+    """PyYAML read seed: 010 as octal 8, lr: 1:30 as sexagesimal 90.0, and yes/off as booleans."""
+    assert load_train_config(config_file(tmp_path, "seed: 010\n")).seed == 10
+    for text, key in (("optim: {lr: 1:30}\n", "lr"), ("runtime: {compile: yes}\n", "compile")):
+        with pytest.raises(ConfigError, match=key):
+            load_train_config(config_file(tmp_path, text))
+    assert load_train_config(config_file(tmp_path, "runtime: {compile: true}\n")).runtime.compile is True
+
+
 def test_merge_keys_still_load_and_an_unhashable_key_is_a_config_error(tmp_path: Path) -> None:
     text = "base: &b {lr: 1.0e-4, beta1: 0.9}\noptim: {<<: *b, lr: 3e-4}\n"
     with pytest.raises(ConfigError, match="base: unknown key"):  # loaded; only the key is unknown
