@@ -62,6 +62,8 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
             type(size) is int and size >= 0 and isinstance(sha256, str) and SHA256_PATTERN.fullmatch(sha256)
         ):
             raise ModelError(f"files.{file_name}: needs sha256 (64 hex digits) and bytes (an integer)", file)
+    if not manifest["directions"]:  # models info said "verified: ok", then translate had no model
+        raise ModelError(f"directions lists no generator (expected {' and/or '.join(DIRECTIONS)})", file)
     for direction, file_name in manifest["directions"].items():
         if direction not in DIRECTIONS:
             raise ModelError(f"unknown direction {direction!r} (expected {', '.join(DIRECTIONS)})", file)

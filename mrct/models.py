@@ -205,8 +205,13 @@ class ModelPackage:
         check_bytes(file, len(data), hashlib.sha256(data).hexdigest(), self.manifest["files"][file.name])
         try:
             state = safetensors.torch.load(data)
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # parsed above
         except Exception as err:  # safetensors raises its own SafetensorError on bad headers
             raise ModelError(f"not a readable safetensors file ({err})", file) from err
+        # Both generators have the same shapes: only the file's own label tells them apart.
+        saved = (header.get("__metadata__") or {}).get("mrct_direction", direction)
+        if saved != direction:
+            raise ModelError(f"holds the {saved} generator, but model.json lists it as {direction}", file)
         net = _fit_weights(self.generator_config, state, str(file))
         return net.to(device).eval()
 

@@ -333,3 +333,16 @@ def test_find_and_list(tmp_path: Path, package: Path) -> None:
     assert sorted(summaries) == ["broken", "tiny"]
     assert summaries["tiny"].directions == ("mr_to_ct", "ct_to_mr") and summaries["tiny"].problem is None
     assert summaries["broken"].problem is not None and "not valid JSON" in summaries["broken"].problem
+
+
+def test_swapped_or_missing_directions_are_refused(package: Path) -> None:
+    """Both generators have the same shapes, so swapped directions loaded and ran backwards; and
+    a package listing none was "verified: ok" until translate found no model."""
+    manifest = json.loads((package / "model.json").read_text())
+    directions = manifest["directions"]
+    swapped = {"mr_to_ct": directions["ct_to_mr"], "ct_to_mr": directions["mr_to_ct"]}
+    (package / "model.json").write_text(json.dumps({**manifest, "directions": swapped}))
+    with pytest.raises(ModelError, match=r"holds the ct_to_mr generator, but model\.json lists it as mr_"):
+        load_package(package).load_generator("mr_to_ct")
+    (package / "model.json").write_text(json.dumps({**manifest, "directions": {}}))
+    refuses(package, "directions lists no generator")
