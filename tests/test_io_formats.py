@@ -237,3 +237,18 @@ def test_a_singleton_axis_in_nrrd_or_mha_reads_as_3d(tmp_path: Path, kind: str) 
     got = read_volume(path)
     assert (got.array == volume.array).all()
     np.testing.assert_allclose(got.affine, volume.affine, atol=1e-6)
+
+
+def test_a_zeroed_sform_falls_back_to_the_qform_as_itk_does(tmp_path: Path) -> None:
+    """It was refused as "zero or degenerate voxel spacing in the header", with pixdim fine."""
+    volume = phantom()
+    header = nib.Nifti1Header()
+    header.set_qform(volume.affine, code=1)
+    header.set_sform(np.zeros((4, 4)), code=1)
+    nib.save(nib.Nifti1Image(volume.array.astype(np.int16), None, header), tmp_path / "zero.nii.gz")
+    assert int(nib.load(tmp_path / "zero.nii.gz").header["sform_code"]) == 1
+    got = read_volume(tmp_path / "zero.nii.gz")
+    np.testing.assert_allclose(got.affine, volume.affine, atol=1e-5)
+    np.testing.assert_allclose(
+        _itk_corners(tmp_path / "zero.nii.gz")[0], (got.affine @ [0, 0, 0, 1])[:3] * [-1, -1, 1], atol=1e-3
+    )

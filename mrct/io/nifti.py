@@ -138,6 +138,11 @@ def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.flo
             path,
         )
     affine = np.asarray(img.affine, dtype=np.float64)
+    degenerate = not abs(np.linalg.det(affine[:3, :3])) > 1e-12
+    if degenerate and int(hdr["sform_code"]) > 0 and int(hdr["qform_code"]) > 0:
+        # An exporter that zeroed the sform but kept its code: ITK reads the qform then.
+        log.warning("%s: the sform is degenerate (all zero?); using the qform, as ITK does", path)
+        affine = np.asarray(img.get_qform(), dtype=np.float64)
     # Raw bits, not get_xyzt_units(): that raises KeyError on a time code it does not know.
     affine[:3, :] *= _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
     return affine
