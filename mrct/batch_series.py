@@ -112,7 +112,8 @@ def _rel(path: Path, root: Path) -> str:
 
 def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
     found: list[Series] = []
-    images: dict[str, Members] = defaultdict(list)
+    # By SeriesInstanceUID; images without one by folder, never merged across folders (patients).
+    images: dict[tuple[str, Path | None], Members] = defaultdict(list)
     cut_short: dict[Path, Path] = {}  # folder -> an image file there cut before its series UID
     for f in files:
         ds, skip, error = _header(f)
@@ -121,8 +122,9 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             if error == INCOMPLETE:
                 cut_short.setdefault(f.parent, f)
         else:
-            images[str(ds.get("SeriesInstanceUID", "") or "")].append((f, ds))
-    for uid, copies in images.items():
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            images[(uid, None if uid else f.parent)].append((f, ds))
+    for (uid, _), copies in images.items():
         members, damaged = unique_instances(copies)
         for path, why in damaged:  # a failed row of its own: its series reads the whole copy
             rel = _rel(path, root)

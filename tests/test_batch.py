@@ -614,6 +614,8 @@ def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_
     _rewrite(deflated.files, deflate, enforce_file_format=True)
     no_uid = write_series(src / "no_uid", **mr)  # was one "incomplete" row per file
     _rewrite(no_uid.files, lambda ds: ds.pop("SeriesInstanceUID"))
+    other = write_series(src / "no_uid_2", **{**mr, "centre": (40.0, 0.0, 0.0)})  # never merged with it
+    _rewrite(other.files, lambda ds: ds.pop("SeriesInstanceUID"))
     no_modality = write_series(src / "no_modality", **mr)  # was skipped: "cannot tell CT from MR"
     _rewrite(no_modality.files, lambda ds: ds.pop("Modality"))
     frames = write_series(src / "frames", **mr)  # was exit 70 and no manifest: int('abc')
@@ -625,6 +627,17 @@ def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_
     result = _batch(src, tmp_path / "out", model)
     _, rows = _manifest(tmp_path / "out")
     status = {r["input"]: r["status"] for r in rows}
-    assert status == {"deflated": "done", "no_uid": "done", "no_modality": "done", "frames": "failed"}, rows
+    assert status == {
+        "deflated": "done",
+        "no_uid": "done",
+        "no_uid_2": "done",
+        "no_modality": "done",
+        "frames": "failed",
+    }, rows
+    two = read_volume(src / "no_uid_2")  # the reader groups them by folder too
+    assert two.shape == read_volume(src / "no_uid").shape
+    from mrct.io.dicom_scan import find_series
+
+    assert sorted(len(s.files) for s in find_series(src)) == sorted([36, 36, 36, 36, 36])
     assert result.exit_code == 1, result.output
     assert {r["modality"] for r in rows if r["status"] == "done"} == {"MR"}

@@ -256,7 +256,8 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
     folders for scans) is left out with a warning; reading its series then fails. Copies of
     one image (same SOPInstanceUID) count once (:func:`unique_instances`).
     """
-    by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    # By SeriesInstanceUID; images without one by folder, never merged across folders (patients).
+    by_uid: dict[tuple[str, Path | None], list[tuple[Path, Dataset]]] = defaultdict(list)
     for p in paths:
         try:
             ds = read_header(p)
@@ -266,18 +267,22 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
             log.warning("%s", err)
             continue
         if ds is not None:
-            by_uid[str(ds.get("SeriesInstanceUID", ""))].append((p, ds))
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            by_uid[(uid, None if uid else p.parent)].append((p, ds))
     series: list[SeriesFiles] = []
-    for uid, found in by_uid.items():
+    uidless = sum(1 for uid, _ in by_uid if not uid)
+    for (uid, folder), found in by_uid.items():
         members, damaged = unique_instances(found)
         for path, why in damaged:
             log.warning("%s: %s; a whole copy of this image is read instead", path, why)
+        # Several UID-less groups are told apart by folder (what --series takes for them).
+        name = uid or ("" if uidless == 1 else f"no-uid@{folder}")
         for part, stack in split_series(members):
             first = stack[0][1]
             frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in stack)
             series.append(
                 SeriesFiles(
-                    key=f"{uid}#{part}" if part else uid,
+                    key=f"{name}#{part}" if part else name,
                     uid=uid,
                     description=str(first.get("SeriesDescription", "")),
                     modality=str(first.get("Modality", "")),
