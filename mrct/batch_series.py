@@ -84,7 +84,11 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
 
 
 def _sop_class(ds: Any) -> Any:
-    return getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    """The file's SOP class: its meta group's, else (a bare dataset) its own."""
+    from pydicom.uid import UID
+
+    meta = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return meta or (UID(str(ds.SOPClassUID)) if "SOPClassUID" in ds else None)
 
 
 def _image_storage(ds: Any) -> bool:

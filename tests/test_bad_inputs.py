@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mrct.cli import app
-from mrct.errors import GeometryError, MrctError, SeriesSelectionError
+from mrct.errors import GeometryError, MrctError, ReadError, SeriesSelectionError
 from mrct.io import read_volume
 from mrct.io.dicom_read import read_series_files
 from mrct.io.dicom_scan import group_series
@@ -308,10 +308,18 @@ def test_datasets_without_preamble_or_file_meta_read_like_the_folder(tmp_path: P
     bare = read_volume(folder)
     assert (bare.array == reference.array).all()
     np.testing.assert_allclose(bare.affine, reference.affine, atol=1e-9)
-    # Only what starts like a dataset is forced through pydicom (which would parse anything).
-    (tmp_path / "notes.txt").write_bytes(b"\x08\x00\x05\x00" + b"\xff" * 40)
-    with pytest.raises(MrctError):
-        read_volume(tmp_path / "notes.txt")
+    # Only what starts like a dataset is forced through pydicom (which would parse anything),
+    # and kept only with a valid SOP class: raw voxels that happen to start like (0008,0016)
+    # with an even length are not a slice (they failed batches as "unreadable DICOM").
+    (folder / "voxels.raw").write_bytes(np.array([8, 22, 40, 0, *range(100)], dtype=np.int16).tobytes())
+    assert (read_volume(folder).array == reference.array).all()
+    # A bare slice cut short is an error naming it, as for a file with a preamble (it dropped
+    # out of the series, which then read with one slice fewer).
+    last = sorted(folder.glob("*.dcm"))[-1]
+    last.write_bytes(last.read_bytes()[:300])
+    with pytest.raises(ReadError, match="incomplete DICOM image file") as caught:
+        read_volume(folder)
+    assert caught.value.path == str(last)
 
 
 def test_a_dicomdir_file_reads_the_series_it_indexes(tmp_path: Path) -> None:

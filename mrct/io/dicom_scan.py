@@ -133,7 +133,8 @@ def read_header(path: Path) -> Dataset | None:
         raise
     except Exception as err:  # pydicom raises many kinds (struct.error, EOFError...), also lazily
         with open(path, "rb") as fh:
-            if fh.read(132)[128:] != b"DICM":
+            head = fh.read(132)
+            if head[128:] != b"DICM" and not raw_dicom_dataset(head):
                 return None  # not DICOM at all
         why = f"{type(err).__name__}; truncated or corrupt?"
         raise ReadError(f"unreadable DICOM file ({why})", path) from err
@@ -151,10 +152,16 @@ def dcmread(path: Path, **kwargs: Any) -> Dataset:
     dcm2niix reads them): pydicom refuses those unless forced, and forcing it on other files
     would parse any file as DICOM."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID
 
     with open(path, "rb") as fh:
         raw = raw_dicom_dataset(fh.read(132))
-    return pydicom.dcmread(path, force=raw, **kwargs)
+    ds = pydicom.dcmread(path, force=raw, **kwargs)
+    # Forced, pydicom parses any bytes: only a dataset naming a valid SOP class is DICOM.
+    if raw and not UID(str(ds.get("SOPClassUID", "") or "")).is_valid:
+        raise InvalidDicomError(f"{path}: no DICOM dataset (no valid SOPClassUID)")
+    return ds
 
 
 def read_header_dataset(path: Path) -> Dataset:
@@ -171,13 +178,16 @@ def read_header_dataset(path: Path) -> Dataset:
 
 
 def _image_header(path: Path) -> Dataset | None:
+    from pydicom.uid import UID
+
     ds = read_header_dataset(path)
     sop_class = str(ds.get("SOPClassUID", ""))
     meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
     if DICOMDIR_CLASS in (sop_class, str(meta_class)):
         return None
     if "Rows" not in ds:
-        if "Image Storage" in getattr(meta_class, "name", ""):  # pydicom stops quietly at a cut
+        # pydicom stops quietly at a cut; a bare dataset has no meta group, only its own class.
+        if "Image Storage" in getattr(meta_class or UID(sop_class), "name", ""):
             raise ReadError("incomplete DICOM image file (truncated?)", path)
         return None  # structured reports, presentation states...
     # Values used to group files are parsed here, so that damage shows now, naming this file.

@@ -60,18 +60,33 @@ PAIR_REFUSAL = (
 )
 
 
+# The elements an image dataset can start with, and their VRs: the file meta group's length or
+# version, SpecificCharacterSet, ImageType, InstanceCreationDate/Time, or SOPClassUID (type 1).
+_FIRST_ELEMENTS = {
+    (0x0002, 0x0000): b"UL",
+    (0x0002, 0x0001): b"OB",
+    (0x0008, 0x0005): b"CS",
+    (0x0008, 0x0008): b"CS",
+    (0x0008, 0x0012): b"DA",
+    (0x0008, 0x0013): b"TM",
+    (0x0008, 0x0016): b"UI",
+}
+
+
 def raw_dicom_dataset(head: bytes) -> bool:
     """Whether ``head`` starts a DICOM dataset written without preamble and file meta group
     (``dcmconv -F``, old archives), little endian, which dcm2niix reads: its first element is
-    in group 0002 or 0008, then either an explicit VR or an implicit 4-byte length."""
-    if len(head) < 8 or head[128:132] == b"DICM" or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+    one a dataset starts with, then that element's VR (explicit) or an even length (implicit).
+    Readers then check that what pydicom parsed has a valid SOPClassUID."""
+    if len(head) < 8 or head[128:132] == b"DICM":
         return False
-    if int.from_bytes(head[2:4], "little") > 0x0100:
+    tag = (int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little"))
+    if tag not in _FIRST_ELEMENTS:
         return False
-    vr = head[4:6]
-    if vr.isalpha() and vr.isupper():
+    if head[4:6] == _FIRST_ELEMENTS[tag]:
         return True
-    return int.from_bytes(head[4:8], "little") <= 1024
+    length = int.from_bytes(head[4:8], "little")
+    return length % 2 == 0 and 0 < length <= 256
 
 
 def sniff(path: Path) -> str | None:
