@@ -556,7 +556,7 @@ def test_a_diverged_run_stops_with_an_error_and_logs_null(tmp_path: Path, prepar
     """It ran on to "trained to iteration N" (exit 0) writing NaN weights, with bare NaN tokens
     (not JSON) in log.jsonl, and export then failed with a message about JSON."""
     from mrct.errors import DivergedError
-    from mrct.training.trainer import DIVERGED_AFTER
+    from mrct.training.logs import DIVERGED_AFTER
 
     config = tiny(optim={"iterations": 30, "decay_iterations": 0, "lr": 1e30})
     with pytest.raises(DivergedError, match="have not been finite since iteration") as caught:
@@ -566,6 +566,10 @@ def test_a_diverged_run_stops_with_an_error_and_logs_null(tmp_path: Path, prepar
     entries = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in log.jsonl")) for line in lines]
     assert len(entries) < 30 and any(e["loss/generator/total"] is None for e in entries)
     assert len(entries) >= DIVERGED_AFTER
+    # No checkpoint of NaN weights (every 3 iterations here; it became "latest", which --resume
+    # and export take): the losses were not finite before the first was due, so none at all.
+    first_bad = next(e["iteration"] for e in entries if e["loss/generator/total"] is None)
+    assert first_bad <= 3 and not list((tmp_path / "run" / "checkpoints").glob("iter_*"))
 
 
 def test_truncating_the_log_on_resume_never_loses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

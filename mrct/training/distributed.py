@@ -47,6 +47,10 @@ class DistContext:
             return
         import torch.distributed as dist
 
+        if device_type == "cuda":  # NCCL's collectives and barrier run on the current device
+            import torch
+
+            torch.cuda.set_device(self.local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
@@ -65,14 +69,20 @@ class DistContext:
 
     def any(self, flag: bool) -> bool:
         """True when ``flag`` is true on any process (so all stop at the same iteration)."""
+        return self.any_each(flag)[0]
+
+    def any_each(self, *flags: bool) -> list[bool]:
+        """For each flag, whether it is true on any process: one all-reduce for them all."""
         if not self.enabled:
-            return flag
+            return list(flags)
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0])
+        # NCCL reduces CUDA tensors only (a CPU tensor raised on the first call under torchrun).
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return [bool(v > 0) for v in t.tolist()]
 
     def wrap(self, module: Any, device: Any) -> Any:
         if not self.enabled:

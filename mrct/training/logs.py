@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mrct.errors import WriteError
+from mrct.errors import DivergedError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -78,3 +78,30 @@ def writing_records(where: Path) -> Generator[None, None, None]:
         raise WriteError(
             f"cannot write the run's records ({err.strerror or err})", err.filename or where
         ) from err
+
+
+# Losses that are not finite this many iterations in a row end the run: fp16's loss scaling
+# skips an odd overflowing step, but a diverged run only writes NaN weights from then on.
+DIVERGED_AFTER = 10
+
+
+class DivergenceWatch:
+    """Counts the iterations since the losses stopped being finite (on any process)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.since: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """No checkpoint is written while not: it would hold NaN weights, and become latest."""
+        return self.since is None
+
+    def update(self, iteration: int, finite: bool) -> None:
+        self.since = None if finite else (self.since or iteration)
+        if self.since is not None and iteration - self.since + 1 >= DIVERGED_AFTER:
+            raise DivergedError(
+                f"the losses have not been finite since iteration {self.since} (the run diverged; "
+                "no checkpoint was saved since); lower optim.lr and start again with --overwrite",
+                self.run_dir,
+            )

@@ -34,17 +34,14 @@ from mrct.cyclegan import (
     set_requires_grad,
     unwrap,
 )
-from mrct.errors import ConfigValueError, DivergedError, ReadError
+from mrct.errors import ConfigValueError, ReadError
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
-from mrct.training.logs import RunLogs, writing_records
+from mrct.training.logs import DivergenceWatch, RunLogs, writing_records
 
 log = logging.getLogger(__name__)
-# Losses that are not finite this many iterations in a row end the run: fp16's loss scaling
-# skips an odd overflowing step, but a diverged run only writes NaN weights from then on.
-DIVERGED_AFTER = 10
 
 
 def linear_decay(config: TrainConfig) -> Any:
@@ -291,21 +288,17 @@ class Trainer:
             dynamic_ncols=True,
         )
         tick, tick_iteration = time.perf_counter(), self.iteration
-        not_finite_since: int | None = None
+        health = DivergenceWatch(self.run_dir)
         with stop, bar, logs, contextlib.closing(self.batches(end)) as batches:
             for batch in batches:
-                if "error" in batch:  # see UnpairedBatches.__getitem__
-                    raise ReadError(str(batch["error"]), str(batch["path"]))
+                if self.dist.any("error" in batch):  # see UnpairedBatches.__getitem__; all stop
+                    why = str(batch.get("error", "another process could not read its batch (see its error)"))
+                    raise ReadError(why, str(batch.get("path") or self.run_dir))
                 losses = self.step(batch["mr"], batch["ct"])
                 result.losses.append({"iteration": self.iteration, **losses})
-                finite = not self.dist.any(not all(math.isfinite(v) for v in losses.values()))
-                not_finite_since = None if finite else (not_finite_since or self.iteration)
-                if not_finite_since is not None and self.iteration - not_finite_since + 1 >= DIVERGED_AFTER:
-                    raise DivergedError(
-                        f"the losses have not been finite since iteration {not_finite_since} (the run "
-                        "diverged); lower optim.lr, and start again or resume from an earlier checkpoint",
-                        self.run_dir,
-                    )
+                not_finite = not all(math.isfinite(v) for v in losses.values())
+                not_finite, interrupted = self.dist.any_each(not_finite, stop.requested)
+                health.update(self.iteration, not not_finite)
                 bar.update()
                 if self.iteration % every.log_every == 0 or self.iteration == end:
                     now = time.perf_counter()
@@ -317,8 +310,8 @@ class Trainer:
                 if self.dist.is_main and self.iteration % every.preview_every == 0:
                     with writing_records(self.run_dir / "previews"):
                         logs.preview(self.iteration, self.last_images)
-                interrupted = self.dist.any(stop.requested)
-                if self.iteration % every.checkpoint_every == 0 or self.iteration == end or interrupted:
+                due = self.iteration % every.checkpoint_every == 0 or self.iteration == end or interrupted
+                if due and health.healthy:
                     with writing_records(self.run_dir / "checkpoints"):
                         result.checkpoint = self.save()
                 if interrupted:
