@@ -116,3 +116,9 @@ class ModalityError(MrctError):
     """The input already is the requested output modality (``--force`` overrides)."""
 
     exit_code = 8
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of a library's error message (or its type), for a one-line error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

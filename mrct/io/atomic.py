@@ -10,6 +10,7 @@ must never delete a user's folder. No output may replace its input (:func:`check
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from mrct.errors import OutputExistsError, WriteError
 
+log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
 
 
@@ -212,5 +214,8 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not path.exists() and (old.exists() or old.is_symlink()):
-            os.replace(old, path)  # the new one could not be put in place: the old one goes back
+            try:  # the new one could not be put in place: the old one goes back
+                os.replace(old, path)
+            except OSError:  # say where it is; the original error is the one to report
+                log.error("%s: the earlier output could not be put back; it is in %s", path, old)
         raise

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mrct.errors import GeometryError, MrctError, ReadError
+from mrct.errors import GeometryError, MrctError, ReadError, first_line
 from mrct.io.dicom_geometry import (
     SliceGeometry,
     orientation_from_iop,
@@ -116,7 +116,7 @@ def read_series_files(
     except OSError as err:
         raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or where) from err
     except Exception as err:  # pydicom converts values lazily: on a damaged header any access may raise
-        why = f"{type(err).__name__}: {_first_line(err)}"
+        why = f"{type(err).__name__}: {first_line(err)}"
         raise ReadError(f"unreadable DICOM header value ({why})", where) from err
 
 
@@ -137,7 +137,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
         except MrctError:
             raise
         except Exception as err:  # pydicom raises many kinds for a damaged file
-            raise ReadError(f"unreadable DICOM file ({type(err).__name__}: {_first_line(err)})", f) from err
+            raise ReadError(f"unreadable DICOM file ({type(err).__name__}: {first_line(err)})", f) from err
         if "PixelData" not in pixel_ds and "FloatPixelData" not in pixel_ds:
             raise ReadError("DICOM file has no pixel data (truncated, or not an image)", f)
         datasets.append(ds)
@@ -206,11 +206,6 @@ def _check_headers(chosen: SeriesFiles, where: Path) -> None:
         if not available:
             name = transfer_syntax_name(uid)
             raise ReadError(f"transfer syntax {name} is not supported (no decoder for it)", where)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def _check_pixel_format(ds: Dataset, path: Path) -> None:

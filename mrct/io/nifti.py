@@ -244,6 +244,10 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     same_grid = source.nifti_sform is not None and np.allclose(volume.affine, source.nifti_sform, atol=1e-6)
     if source.nifti_qform is not None and same_grid:
         qform, codes = np.asarray(source.nifti_qform, dtype=np.float64), source.nifti_codes or (1, 1)
+        if codes == (0, 0) and not np.allclose(
+            _default_affine(volume.shape, volume.affine), volume.affine, atol=1e-4
+        ):
+            qform, codes = volume.affine, (1, 1)  # readers' defaults depend on the shape: a crop moves
     elif shear(volume.affine) > SHEAR_TOL:
         log.warning(
             "%s: the grid is sheared; the sform keeps it (nibabel, FSL), but ITK and 3D Slicer read the "
@@ -261,6 +265,17 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
     with atomic_file(path, overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def _default_affine(shape: tuple[int, ...], affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """nibabel's affine for a header without qform or sform, for a grid of ``shape`` with the
+    voxel sizes of ``affine``: centred on the grid, so it changes with the shape."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape[:3])
+    header.set_zooms(tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0)))
+    return np.asarray(header.get_base_affine(), dtype=np.float64)
 
 
 def _unsheared_qform(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -10,6 +10,7 @@ batches the uninterrupted run would have seen, with no sampler state to save.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.config import to_dict
-from mrct.errors import ConfigError, InputNotFoundError, ReadError
+from mrct.errors import ConfigError, InputNotFoundError, ReadError, first_line
 from mrct.preprocessing.augment import apply_augmentation, sample_augmentation
 from mrct.training.config import DataConfig
 
+log = logging.getLogger(__name__)
 DOMAINS = ("mr", "ct")
 FloatArray = npt.NDArray[np.float32]
 
@@ -65,6 +67,12 @@ class PreparedSet:
             split_ids = {d: manifest["split"][d][split] for d in DOMAINS}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ReadError(f"not a readable prepared-set manifest ({err})", path) from err
+        if manifest.get("complete") is False:  # see mrct.prepare_manifest.write_manifest
+            log.warning(
+                "%s: its mrct prepare run did not finish; its train/test split may change when it does "
+                "(re-run the same prepare command first)",
+                root,
+            )
         grid = manifest["config"]["grid"]
         scans: dict[str, tuple[PreparedScan, ...]] = {}
         for domain in DOMAINS:
@@ -155,8 +163,9 @@ class UnpairedBatches:
         try:
             volume = np.load(scan.image, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:  # changed or removed since the run started
-            why = (str(err).splitlines() or [type(err).__name__])[0]
-            raise ReadError(f"prepared array unreadable ({why}); prepare the set again", scan.image) from err
+            raise ReadError(
+                f"prepared array unreadable ({first_line(err)}); prepare the set again", scan.image
+            ) from err
         volume = self._crop(volume, rng)
         params = sample_augmentation(
             self.config.augment, rng, modality=domain.upper(), shape=volume.shape, spacing_mm=scan.spacing_mm

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mrct.config import from_mapping
-from mrct.errors import ConfigError, InputNotFoundError, ReadError
+from mrct.errors import ConfigError, InputNotFoundError, ReadError, first_line
 from mrct.model_manifest import NAME_PATTERN
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -130,8 +130,9 @@ def export_run(
     try:
         networks = load_file(str(path / "networks.safetensors"))
     except Exception as err:  # safetensors raises its own SafetensorError for damage
-        why = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ReadError(f"unreadable checkpoint weights ({why})", path / "networks.safetensors") from err
+        raise ReadError(
+            f"unreadable checkpoint weights ({first_line(err)})", path / "networks.safetensors"
+        ) from err
     generators = {
         direction: {
             k.removeprefix(f"generators.{direction}."): v

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError, WriteError
+from mrct.errors import ConfigError, OutputExistsError, ReadError, WriteError
 from mrct.io.atomic import check_writable
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -60,10 +60,16 @@ def _prepare_run_dir(
 def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
     """A run resumes on the prepared set it started with (its manifest, wherever the set lies
     now): on other scans it is no longer the run its data.json, and so its model card, describe."""
-    try:
-        started = json.loads((run_dir / "data.json").read_text(encoding="utf-8")).get("manifest_sha256")
-    except (OSError, ValueError, AttributeError):
+    path = run_dir / "data.json"
+    if not path.is_file():
         return  # a run from before data.json was kept: nothing to compare
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReadError(f"unreadable run record ({err})", path) from err
+    if not isinstance(record, dict):
+        raise ReadError("run record is not a JSON object; damaged?", path)
+    started = record.get("manifest_sha256")
     if started and started != data.manifest_sha256:
         raise ConfigError(
             f"this run was started on another prepared set (manifest sha256 {str(started)[:12]}…, "

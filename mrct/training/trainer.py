@@ -273,7 +273,8 @@ class Trainer:
         """Train until iteration ``end``; Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and stops."""
         from tqdm import tqdm
 
-        logs = RunLogs(self.run_dir, self.config, self.dist.is_main, self.iteration)
+        with writing_records(self.run_dir / "log.jsonl"):  # truncated on resume, TensorBoard opened
+            logs = RunLogs(self.run_dir, self.config, self.dist.is_main, self.iteration)
         result = TrainResult(
             self.run_dir, self.iteration, checkpoint.latest(self.run_dir), main=self.dist.is_main
         )
