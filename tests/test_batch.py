@@ -220,6 +220,19 @@ def test_one_uid_is_split_like_dcm2niix(tmp_path: Path) -> None:
     # --series names the parts as batch does; the plain UID asks for a choice.
     uid = first.series_uid
     assert read_volume(folder, series=f"{uid}#e2_a2").shape == (8, 8, 5)
+    from mrct.io.dicom_split import split_series
+
+    def echo(time: str) -> pydicom.Dataset:
+        ds = pydicom.Dataset()
+        ds.EchoTime = time  # no EchoNumbers: the time says which echo
+        return ds
+
+    members = [(tmp_path / f"{n}", echo(t)) for n, t in enumerate(["4.6", "4.60", "10", "2.0"])]
+    assert [(part, len(group)) for part, group in split_series(members)] == [
+        ("e2", 1),
+        ("e4.6", 2),
+        ("e10", 1),
+    ]
     with pytest.raises(MrctError, match=r"series '[0-9.]+' holds 3 stacks, choose one with --series"):
         read_volume(folder, series=uid)
 

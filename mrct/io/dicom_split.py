@@ -47,22 +47,42 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     known = {k for k in keys if k}
     keys = [k or (next(iter(known)) if len(known) == 1 else k) for k in keys]
     for (p, ds), orientation in zip(members, keys, strict=True):
-        echo = str(ds.get("EchoNumbers", "") or ds.get("EchoTime", "") or "")
+        echo = _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
         groups[(echo, header_int(ds, "Rows"), header_int(ds, "Columns"), orientation)].append((p, ds))
     parts: list[tuple[tuple[str, str], Members]] = []
     for key, group in groups.items():
         by_acq: dict[str, Members] = defaultdict(list)
         for p, ds in group:
-            by_acq[str(ds.get("AcquisitionNumber", "") or "")].append((p, ds))
+            by_acq[_number_text(ds, "AcquisitionNumber")].append((p, ds))
         positions = {tuple(ds.get("ImagePositionPatient") or ()) for _, ds in group}
         split = len(by_acq) > 1 and len(positions) < len(group)
         parts += [((key[0], a), g) for a, g in sorted(by_acq.items())] if split else [((key[0], ""), group)]
     if len(parts) == 1:
         return [("", parts[0][1])]
-    parts.sort(key=lambda p: (p[0], -len(p[1])))
+    parts.sort(key=lambda p: (_in_order(p[0][0]), _in_order(p[0][1]), -len(p[1])))  # e2 before e10
     echoes, acqs = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1))
-    labels = ["_".join([f"e{e}"] * echoes + [f"a{a}"] * bool(acqs and a)) for (e, a), _ in parts]
+    labels = ["_".join([f"e{e or 'none'}"] * echoes + [f"a{a}"] * bool(acqs and a)) for (e, a), _ in parts]
     if len(set(labels)) < len(labels) or not all(labels):  # orientation or size differ: number them
         labels = [f"{label}_{n}".lstrip("_") for n, label in enumerate(labels, start=1)]
     labels = [safe_name(label) for label in labels]
     return [(label, group) for label, (_, group) in zip(labels, parts, strict=True)]
+
+
+def _number_text(ds: Any, key: str) -> str:
+    """A header number as text that groups equal values: EchoTime "4.6" and "4.60" are one echo."""
+    try:
+        text = str(ds.get(key, "") or "").strip()
+    except Exception:  # pydicom parses lazily: a garbled value groups apart, and fails on reading
+        return "unparsable"
+    try:
+        return f"{float(text):g}" if text else ""
+    except ValueError:  # not a number (several values): grouped as written
+        return text
+
+
+def _in_order(text: str) -> tuple[int, float, str]:
+    """Sort key: numbers by value, then anything else as text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
