@@ -129,6 +129,18 @@ def _prune(folder: Path, keep: int, newest: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's JSON record (config.json, data.json, a checkpoint's state.json), or ReadError
+    naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReadError(f"unreadable run record ({err})", path) from err
+    if not isinstance(value, dict):
+        raise ReadError("run record is not a JSON object; damaged?", path)
+    return value
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The entries of a run's ``log.jsonl``; a line cut short by a hard kill (or otherwise not a
     JSON object with an iteration) is left out rather than stopping a resume or an export."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,6 @@ def _final_losses(run_dir: Path, iteration: int) -> dict[str, Any]:
             }
             return {"final_losses": losses, "final_losses_iteration": entry["iteration"]}
     return {"final_losses": {}}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A run's JSON record, or ReadError naming it."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ReadError(f"unreadable run record ({err})", path) from err
-    if not isinstance(value, dict):
-        raise ReadError("run record is not a JSON object; damaged?", path)
-    return value
 
 
 def _check_name(name: str | None, out: Path) -> str:
@@ -119,12 +107,12 @@ def export_run(
     path = _named_checkpoint(run_dir, checkpoint_name) if checkpoint_name else checkpoint.latest(run_dir)
     if path is None or not (path / "networks.safetensors").is_file():
         raise InputNotFoundError("no such checkpoint in this run", path or run_dir / "checkpoints")
-    config_record = _read_json(run_dir / "config.json")
+    config_record = checkpoint.read_record(run_dir / "config.json")
     try:
         config = from_mapping(TrainConfig, config_record)
     except ConfigError as err:
         raise err.naming(run_dir / "config.json") from None
-    state, data = _read_json(path / "state.json"), _read_json(run_dir / "data.json")
+    state, data = checkpoint.read_record(path / "state.json"), checkpoint.read_record(run_dir / "data.json")
     if not isinstance(state.get("iteration"), int) or isinstance(state["iteration"], bool):
         raise ReadError("checkpoint state has no iteration number; damaged?", path / "state.json")
     try:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError, ReadError, WriteError
+from mrct.errors import ConfigError, OutputExistsError, WriteError
 from mrct.io.atomic import check_writable
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -63,13 +63,7 @@ def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
     path = run_dir / "data.json"
     if not path.is_file():
         return  # a run from before data.json was kept: nothing to compare
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ReadError(f"unreadable run record ({err})", path) from err
-    if not isinstance(record, dict):
-        raise ReadError("run record is not a JSON object; damaged?", path)
-    started = record.get("manifest_sha256")
+    started = checkpoint.read_record(path).get("manifest_sha256")
     if started and started != data.manifest_sha256:
         raise ConfigError(
             f"this run was started on another prepared set (manifest sha256 {str(started)[:12]}…, "
