@@ -8,9 +8,11 @@ file for every case or a folder matched the same way; voxels > 0 count.
 
 Metrics (``mrct/metrics.py``):
 
-- ``ct``: the SynthRAD2023 metrics in HU inside the mask (MAE, PSNR with data range 4024,
-  SSIM; both images clipped to [-1024, 3000]), and the slice flicker of the prediction and of
-  the ground truth (mean absolute second difference across slices, HU) and their ratio.
+- ``ct``: the SynthRAD2023 metrics in HU inside the mask, as its reference code computes them
+  (MAE on the images as they are; PSNR with data range 4024 and SSIM on both images clipped to
+  [-1024, 3000]), and the slice flicker of the prediction and of the ground truth (mean
+  absolute second difference across slices, HU, clipped) and their ratio. A mask too thin for
+  the flicker (no three consecutive slices) leaves the flicker columns empty, with a warning.
 - ``mnist-l2``: the Volumetric MNIST L2 of the paper's Table 2 (volumes in [-1, 1], the
   Euclidean norm of the difference on the [0, 1] scale over the whole volume; the mask is not
   used), and the flicker on the [0, 1] scale (inside the mask, if one is given).
@@ -90,7 +92,10 @@ class Evaluation:
         """Mean, standard deviation and median of each column over the cases."""
         out = {}
         for column in self.columns:
-            values = [float(r[column]) for r in self.rows]
+            values = [float(r[column]) for r in self.rows if r[column] is not None]  # None: not measured
+            if not values:
+                out[column] = Stats(0, math.nan, 0.0, math.nan)
+                continue
             std = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else 0.0
             out[column] = Stats(len(values), statistics.fmean(values), std, statistics.median(values))
         return out
@@ -173,6 +178,9 @@ def read_array(path: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.floa
             raise ReadError(f"not a readable .npy array ({err})", path) from err
         if array.ndim != 3:
             raise ReadError(f"a 3D array is needed, got shape {array.shape}", path)
+        from mrct.io.validate import check_values
+
+        check_values(array, path)  # NaN/Inf refused, as read_volume refuses them in a NIfTI
         return np.asarray(array, dtype=np.float64), None
     from mrct.io import read_volume
 
@@ -217,13 +225,15 @@ def evaluate_case(case: Case, metric: Metric) -> dict[str, Any]:
         mask_array, mask_affine = read_array(case.mask)
         _same_grid(case.mask, mask_array, mask_affine, gt, gt_affine)
         mask = mask_array > 0
+        if not mask.any():
+            raise ReadError("the mask selects no voxel", case.mask)
     axis = slice_axis(gt_affine if gt_affine is not None else affine)
     _check_scale(case, metric, pred, gt)
     try:
         if metric is Metric.CT:
             p, g = metrics.clip_hu(pred), metrics.clip_hu(gt)
-            values = {
-                "mae_hu": metrics.mae(p, g, mask),
+            values: dict[str, float | None] = {
+                "mae_hu": metrics.mae(pred, gt, mask, clip=False),  # SynthRAD2023's MAE: unclipped
                 "psnr_db": metrics.psnr(p, g, mask),
                 "ssim": metrics.ssim(p, g, mask),
             }
@@ -232,14 +242,21 @@ def evaluate_case(case: Case, metric: Metric) -> dict[str, Any]:
             p, g = (pred + 1.0) / 2.0, (gt + 1.0) / 2.0
             values = {"l2": metrics.volumetric_mnist_l2(pred, gt)}
             units = ""
+    except ValueError as err:  # the mask leaves nothing to measure, or the volume is too small
+        blamed = case.mask if mask is not None and "mask" in str(err) else case.pred
+        raise ReadError(str(err), blamed) from err
+    suffix = f"_{units}" if units else ""
+    flicker: float | None
+    flicker_gt: float | None
+    ratio: float | None
+    try:
         flicker = metrics.slice_flicker(p, mask, axis=axis)
         flicker_gt = metrics.slice_flicker(g, mask, axis=axis)
-    except ValueError as err:
-        raise MrctError(str(err), case.pred) from err
-    suffix = f"_{units}" if units else ""
-    values[f"flicker{suffix}"] = flicker
-    values[f"flicker_gt{suffix}"] = flicker_gt
-    values["flicker_ratio"] = flicker / flicker_gt if flicker_gt > 0 else (0.0 if flicker == 0 else math.inf)
+        ratio = flicker / flicker_gt if flicker_gt > 0 else (0.0 if flicker == 0 else math.inf)
+    except ValueError as err:  # a mask one or two slices thin: the other metrics still hold
+        log.warning("%s: no slice flicker (%s)", case.mask or case.pred, err)
+        flicker = flicker_gt = ratio = None
+    values.update({f"flicker{suffix}": flicker, f"flicker_gt{suffix}": flicker_gt, "flicker_ratio": ratio})
     return {"case": case.name, **values}
 
 
@@ -251,7 +268,7 @@ def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["case", *columns])
     for r in rows:
-        writer.writerow([r["case"], *(f"{float(r[c]):.8g}" for c in columns)])
+        writer.writerow([r["case"], *("" if r[c] is None else f"{float(r[c]):.8g}" for c in columns)])
     return buf.getvalue()
 
 

@@ -219,3 +219,39 @@ def test_a_case_name_that_is_not_utf8_is_written_to_the_csv(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     text = (tmp_path / "r.csv").read_bytes().decode("utf-8")  # valid UTF-8 for pandas
     assert text.splitlines()[1].startswith("cas\\xe9,0,")
+
+
+def test_mae_is_synthrad2023s_unclipped_and_psnr_ssim_clip(tmp_path: Path) -> None:
+    """SynthRAD2023's reference MAE does not clip (its PSNR and SSIM do); mrct clipped it too."""
+    gt = _ct(0).astype(np.float32)
+    pred = gt.copy()
+    pred[3, 5, 4] = 3500.0  # metal in the prediction, above the 3000 HU clip
+    row = api.evaluate(
+        _nifti(tmp_path / "p.nii.gz", pred), _nifti(tmp_path / "g.nii.gz", gt), tmp_path / "x.csv"
+    ).rows[0]
+    assert row["mae_hu"] == pytest.approx(abs(3500.0 - float(gt[3, 5, 4])) / gt.size)
+    assert row["psnr_db"] == pytest.approx(metrics.psnr(metrics.clip_hu(pred), metrics.clip_hu(gt)))
+
+
+def test_bad_masks_and_nan_arrays_name_their_file_with_exit_3(tmp_path: Path) -> None:
+    """NaN in a .npy was evaluated to nan (exit 0); mask problems were blamed on the prediction
+    (exit 1); a mask one slice thin aborted every case for want of a flicker."""
+    gt, pred = _nifti(tmp_path / "g.nii.gz", _ct(0)), _nifti(tmp_path / "p.nii.gz", _ct(1))
+    empty = _nifti(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.uint8))
+    result = runner.invoke(
+        app, ["evaluate", str(pred), str(gt), "-o", str(tmp_path / "a.csv"), "--mask", str(empty)]
+    )
+    assert result.exit_code == 3 and f"{empty}: the mask selects no voxel" in result.stderr, result.output
+    thin = _mask()
+    thin[:, :, [1, 2, 4, 5, 6, 7, 8]] = 0  # one slice along the slice axis (k, 2 mm)
+    row = api.evaluate(pred, gt, tmp_path / "b.csv", mask=_nifti(tmp_path / "thin.nii.gz", thin)).rows[0]
+    assert row["flicker_hu"] is None and row["flicker_ratio"] is None and row["mae_hu"] > 0
+    assert ",," in (tmp_path / "b.csv").read_text()  # empty cells, not "nan"
+    nan = np.zeros((8, 8, 8))
+    nan[0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "ok.npy", np.zeros((8, 8, 8)))
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "nan.npy"), str(tmp_path / "ok.npy"), "-o", str(tmp_path / "c.csv")]
+    )
+    assert result.exit_code == 3 and "NaN" in result.stderr, result.output
