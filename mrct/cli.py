@@ -192,6 +192,11 @@ def locate(
             err = CropError(err.message.replace(OVERRIDES_HINT, hint), err.path)
         fail(err)
     slab = result.slab
+    missing = round(result.outside_fov_mm, 1)
+    if missing > 0:  # translate warns the same way; the model sees background there
+        logging.getLogger("mrct").warning(
+            "%s: %.1f mm of the brow-to-jaw slab lies outside the scan", scan, missing
+        )
     if as_json:
         typer.echo(
             json.dumps(
@@ -199,6 +204,7 @@ def locate(
                     "superior_mm": round(slab.superior_mm, 1),
                     "inferior_mm": round(slab.inferior_mm, 1),
                     "confidence": round(slab.confidence or 0.0, 2),
+                    "outside_fov_mm": missing,
                 }
             )
         )
@@ -207,6 +213,7 @@ def locate(
     typer.echo(f"inferior (jaw):  S = {slab.inferior_mm:.1f} mm (RAS)")
     typer.echo(f"slab height:     {slab.height_mm:.1f} mm")
     typer.echo(f"confidence:      {slab.confidence or 0.0:.2f}")
+    typer.echo(f"outside scan:    {missing:.1f} mm")
 
 
 @app.command()

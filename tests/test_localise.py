@@ -288,3 +288,17 @@ def test_the_same_scan_gives_the_same_slab_every_time(shared_data: Path) -> None
     slabs = {(s.superior_mm, s.inferior_mm) for s in (locate_volume(volume).slab for _ in range(3))}
     assert len(slabs) == 1
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # restored for the rest
+
+
+@pytest.mark.realdata
+def test_locate_reports_a_jaw_below_the_scan(shared_data: Path) -> None:
+    """The Siemens 2D T1 ends 14.9 mm above the jaw: translate warned, locate said nothing."""
+    from typer.testing import CliRunner
+
+    from mrct.cli import app
+
+    scan = shared_data / "dicom" / "mr_siemens_prisma_t1_fl2d_sag_hfs"
+    result = CliRunner().invoke(app, ["locate", str(scan), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outside_fov_mm"] == pytest.approx(14.9, abs=1.0)
+    assert "mm of the brow-to-jaw slab lies outside the scan" in result.stderr
