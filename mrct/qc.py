@@ -40,6 +40,7 @@ PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
 # outline and brain show, bone graded up to dense cortex. Not a diagnostic window.
 CT_WINDOW = (-200.0, 1200.0)
 MIN_PIXEL_MM = 0.5
+MIN_SIDE = 256  # pixels along a panel's longest side, at least (small scans are enlarged)
 MAX_SIDE = 2048  # default pixels grow beyond the finest spacing to keep a side under this
 SUPERIOR_RGB = (255, 64, 64)
 INFERIOR_RGB = (0, 200, 255)
@@ -99,9 +100,12 @@ def world_centre(volume: Volume) -> npt.NDArray[np.float64]:
 
 
 def default_pixel_mm(volume: Volume) -> float:
-    """The smallest voxel spacing, at least 0.5 mm, raised so no side exceeds MAX_SIDE pixels."""
+    """The smallest voxel spacing, lowered so the longest side has MIN_SIDE pixels (a 2 mm scan
+    made 120-pixel panels, their labels over the anatomy), at least 0.5 mm, and raised so no
+    side exceeds MAX_SIDE pixels."""
     lo, hi = world_bounds(volume)
-    return max(min(volume.spacing), MIN_PIXEL_MM, float(np.max(hi - lo)) / MAX_SIDE)
+    extent = float(np.max(hi - lo))
+    return max(min(*volume.spacing, extent / MIN_SIDE), MIN_PIXEL_MM, extent / MAX_SIDE)
 
 
 def plane_grid(
