@@ -100,17 +100,33 @@ def write_manifest(
     """Write the manifest; ``earlier`` (the folder's previous manifest) keeps its split when
     made with the same seed and ``hold_out_from`` (see :func:`keep_split`).
 
+    ``split`` lists the scans prepared now; ``placed`` every scan ever placed, with its side,
+    including one that fails in this run: when it is repaired it goes back to its side (a test
+    scan that failed once came back in training).
+
     A run rewrites its manifest after each scan with ``complete`` false, and at its end with
-    ``complete`` true. Only a complete run's split binds the next run: the split written part-way
-    placed the scans done so far among themselves, so a run killed and resumed would otherwise
-    hold out other scans than one left to finish. ``settled_split`` carries the binding one along.
+    ``complete`` true. Only a complete run's placements bind the next run: the split written
+    part-way placed the scans done so far among themselves, so a run killed and resumed would
+    otherwise hold out other scans than one left to finish. ``settled_split`` carries the binding
+    placements along.
     """
     scans = [entries[k] for k in sorted(entries)]
     earlier = earlier or {}
     same = earlier.get("seed") == seed and earlier.get("hold_out_from") == hold_out_from
-    before = earlier.get("split" if earlier.get("complete", True) else "settled_split") if same else None
+    binding = (
+        ("placed" if "placed" in earlier else "split") if earlier.get("complete", True) else "settled_split"
+    )
+    before = earlier.get(binding) if same else None
     before = before if isinstance(before, dict) else {}
     ok = {d: [e["id"] for e in scans if e["domain"] == d and e["status"] == "ok"] for d in DOMAINS}
+    split = {d: keep_split(ids, seed, hold_out_from, before.get(d)) for d, ids in ok.items()}
+    placed = {
+        d: {
+            side: sorted({*(before.get(d) or {}).get(side, ()), *split[d][side]})
+            for side in ("train", "test")
+        }
+        for d in DOMAINS
+    }
     manifest = {
         "format": "mrct-prepared-dataset",
         "version": MANIFEST_VERSION,
@@ -120,7 +136,8 @@ def write_manifest(
         "seed": seed,
         "hold_out_from": hold_out_from,
         "config": config,
-        "split": {d: keep_split(ids, seed, hold_out_from, before.get(d)) for d, ids in ok.items()},
+        "split": split,
+        "placed": placed,
         "complete": complete,
         "settled_split": before,
         "scans": scans,

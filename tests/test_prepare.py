@@ -395,3 +395,8 @@ def test_a_run_killed_part_way_does_not_fix_the_split(tmp_path: Path) -> None:
     killed = run([*ids, "IXI100"], resumed, complete=False)
     again = run([*ids, "IXI100", "IXI101", "IXI102"], killed, complete=True)["split"]["mr"]
     assert again == grown
+    # A test scan that fails in one run goes back to test when repaired (it came back in training).
+    held = whole["mr"]["test"][0]
+    failing = run([i for i in ids if i != held], resumed, complete=True)
+    assert held not in failing["split"]["mr"]["test"] and held in failing["placed"]["mr"]["test"]
+    assert held in run(ids, failing, complete=True)["split"]["mr"]["test"]
