@@ -37,7 +37,7 @@ from mrct.config import seed_problem, to_dict
 from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
-from mrct.prepare_manifest import load_manifest, now, write_bytes, write_manifest
+from mrct.prepare_manifest import load_manifest, now, stable_ids, write_bytes, write_manifest
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -377,6 +377,10 @@ def prepare_dataset(
     created = str(manifest.get("created") or now())
     entries = {(e["domain"], e["id"]): e for e in manifest.get("scans", [])}
     summary = PrepareSummary(path)
+    scans, twins = stable_ids(scans, entries)
+    for scan, twin in twins:
+        log.warning("%s: the same image as %s/%s, given again; prepared once", scan.path, scan.domain, twin)
+        summary.counts[scan.domain].skipped += 1
     todo = []
     for scan in scans:
         entry = entries.get((scan.domain, scan.id))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,6 +59,61 @@ def keep_split(
     new = [i for i in ids if i not in placed["train"] | placed["test"]]
     fresh = split_ids(new, seed, hold_out_from)
     return {side: sorted([i for i in ids if i in placed[side]] + fresh[side]) for side in ("train", "test")}
+
+
+def stable_ids(
+    scans: list[Any], entries: dict[Any, dict[str, Any]]
+) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """Give ``scans`` (ScanInputs) the ids an earlier run gave them, and drop the ones given twice.
+
+    A scan keeps the id of an earlier entry with the same source (resolved path and series), or
+    failing that with the same content (the source checksum of its files): the data folder
+    moved. A new scan whose name an earlier run gave to another source gets a suffix instead of
+    taking over that scan's files and side. A scan whose content another scan of this run, or an
+    earlier one whose source still exists, already has is dropped: a copy under another name, or
+    a series given as a folder and inside a tree, was prepared twice and could sit on both sides
+    of the split. Returns the scans to prepare and ``(scan, id of its twin)`` for each dropped.
+    """
+    from dataclasses import replace
+
+    def where(path: str | Path, series: Any) -> tuple[str, str]:
+        return (os.path.realpath(path), str(series or ""))
+
+    old = list(entries.values())
+    by_source = {(e["domain"], *where(e["source"], e.get("series"))): e["id"] for e in old}
+    owners = {(e["domain"], e["id"].lower()): where(e["source"], e.get("series")) for e in old}
+    by_content = {(e["domain"], e.get("source_checksum")): e for e in old if e.get("status") == "ok"}
+    kept: list[Any] = []
+    dropped: list[tuple[Any, str]] = []
+    seen: dict[tuple[str, str], str] = {}
+    for scan in scans:
+        source = where(scan.path, scan.series)
+        if (scan.domain, *source) in by_source:
+            kept.append(replace(scan, id=by_source[(scan.domain, *source)]))
+            continue
+        content = (scan.domain, _source_checksum(scan.files))
+        twin = (seen.get(content) or by_content.get(content)) if content[1] else None
+        if twin is not None and (isinstance(twin, str) or Path(twin["source"]).exists()):
+            dropped.append((scan, twin if isinstance(twin, str) else twin["id"]))
+            continue
+        if twin is not None:  # its earlier source is gone: the same scan, moved
+            scan = replace(scan, id=twin["id"])
+        elif owners.get((scan.domain, scan.id.lower()), source) != source:
+            suffix = hashlib.sha1("#".join(source).encode()).hexdigest()[:8]
+            scan = replace(scan, id=f"{scan.id}-{suffix}")
+        seen[content] = scan.id
+        kept.append(scan)
+    return kept, dropped
+
+
+def _source_checksum(files: tuple[Path, ...]) -> str:
+    """A scan's source checksum, or "" when its files cannot be read (preparing it says why)."""
+    from mrct.io.discover import sha256_files
+
+    try:
+        return sha256_files(files)
+    except OSError:
+        return ""
 
 
 def write_bytes(path: Path, data: bytes) -> str:

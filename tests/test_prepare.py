@@ -330,7 +330,7 @@ def test_argv_rewriting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     # Through main(), as the installed command runs it: both paths reach the command.
     for n in (1, 2):
         (tmp_path / f"e{n}").mkdir()
-        (tmp_path / f"e{n}" / f"x{n}.nii.gz").write_text("not an image")
+        (tmp_path / f"e{n}" / f"x{n}.nii.gz").write_text(f"not an image ({n})")
     argv = ["mrct", "prepare", "--mr", str(tmp_path / "e1"), str(tmp_path / "e2"), "-o", str(tmp_path / "o")]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exc:
@@ -400,3 +400,41 @@ def test_a_run_killed_part_way_does_not_fix_the_split(tmp_path: Path) -> None:
     failing = run([i for i in ids if i != held], resumed, complete=True)
     assert held not in failing["split"]["mr"]["test"] and held in failing["placed"]["mr"]["test"]
     assert held in run(ids, failing, complete=True)["split"]["mr"]["test"]
+
+
+def test_a_scan_keeps_its_id_and_is_prepared_once(
+    data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    """Found by a hunt on messy real inputs: a re-run that added a same-named scan gave the first
+    one a second id; a new folder with an old name took over that scan's files and side; a file
+    given through a link, as a/../a or as a copy was prepared once per spelling (on both sides of
+    the split, possibly); moving the data folder doubled the set; a 247-byte name stopped the run."""
+    import shutil
+
+    src, ct, out = tmp_path / "in", [data / "ct" / "ct-a.nii.gz"], tmp_path / "out"
+    for folder, head in (("a", "sub-01_T1w.nii.gz"), ("b", "sub-02_T1w.nii.gz")):
+        (src / folder).mkdir(parents=True)
+        shutil.copy(data / "mr" / head, src / folder / "scan.nii.gz")
+
+    def ids(*inputs: Path) -> list[tuple[str, str]]:
+        prepare_dataset(list(inputs), ct, out, config=config, crop=CROP, progress=False)
+        return sorted(
+            (e["id"], Path(e["source"]).parent.name) for e in manifest(out)["scans"] if e["domain"] == "mr"
+        )
+
+    assert ids(src / "a") == [("scan", "a")]
+    both = ids(src / "a", src / "b")
+    assert ("scan", "a") in both and len(both) == 2  # the first keeps its id; b's gets a suffix
+    assert ids(src / "b") == both  # b given alone keeps its own id; a's files and side untouched
+    (src / "link.nii.gz").symlink_to(src / "a" / "scan.nii.gz")
+    shutil.copy(src / "a" / "scan.nii.gz", src / "copy.nii.gz")
+    spellings = (src / "link.nii.gz", src / "a" / ".." / "a" / "scan.nii.gz", src / "copy.nii.gz")
+    assert ids(src / "a", src / "b", *spellings) == both  # one scan, however it is given
+    (src / "link.nii.gz").unlink()
+    (src / "copy.nii.gz").unlink()
+    shutil.move(src, tmp_path / "moved")
+    moved = ids(tmp_path / "moved" / "a", tmp_path / "moved" / "b")
+    assert [i for i, _ in moved] == [i for i, _ in both]  # the same scans, adopted, not doubled
+    long = tmp_path / ("x" * 240 + ".nii")
+    shutil.copy(data / "mr" / "site b" / "sub-03_T1w.nii", long)
+    assert prepare_dataset([long], ct, out, config=config, crop=CROP, progress=False).counts["mr"].ok == 1

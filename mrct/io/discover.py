@@ -13,7 +13,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mrct.errors import InputNotFoundError
@@ -126,8 +126,10 @@ def find_scans(paths: Iterable[str | Path]) -> list[FoundScan]:
             scans += _series_scans(p, others)
     unique: dict[tuple[str, str | None], FoundScan] = {}
     for s in sorted(scans, key=lambda s: str(s.path)):  # stable: series stay in SeriesNumber order
-        unique.setdefault((str(s.path.absolute()), s.series), s)
-    return list(unique.values())
+        # Resolved: one file given through a link, or as a/../a, is one scan (it was prepared
+        # once per spelling, and could land on both sides of the split).
+        unique.setdefault((os.path.realpath(s.path), s.series), s)
+    return [replace(s, name=fit_name(s.name)) for s in unique.values()]  # ids name output files
 
 
 def sha256_files(files: Iterable[Path]) -> str:
