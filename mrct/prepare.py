@@ -37,7 +37,14 @@ from mrct.config import seed_problem, to_dict
 from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
-from mrct.prepare_manifest import load_manifest, now, stable_ids, write_bytes, write_manifest
+from mrct.prepare_manifest import (
+    check_output_folder,
+    load_manifest,
+    now,
+    stable_ids,
+    write_bytes,
+    write_manifest,
+)
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -371,6 +378,7 @@ def prepare_dataset(
         given = ", ".join(str(p) for p in [*mr, *ct])
         raise InputNotFoundError(f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {given}")
     out = Path(out)
+    check_output_folder(out, [*mr, *ct])
     path = out / MANIFEST
     config_dict = to_dict(config)
     manifest = load_manifest(path, config_dict)

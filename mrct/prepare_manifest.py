@@ -123,6 +123,29 @@ def write_bytes(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse (exit 4), before any work, an output that is a file, is an input or holds one, or
+    is a folder of other files: it wrote into an input folder, and mixed its files into a
+    folder of unrelated ones."""
+    from mrct.io.atomic import OS_LITTER
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("is not a folder; mrct prepare writes a folder here", out)
+    target = Path(os.path.realpath(out))
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if source == target or source.is_relative_to(target):
+            raise OutputExistsError(f"the output folder holds the input {given}; choose another", out)
+    if out.is_dir() and not (out / "manifest.json").exists():
+        other = sorted(e.name for e in out.iterdir() if e.name not in OS_LITTER)
+        if other:
+            raise OutputExistsError(
+                f"is a folder holding {other[0]!r} and no manifest.json, so not a prepared set; "
+                "choose a new or empty folder",
+                out,
+            )
+
+
 def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return {}

@@ -438,3 +438,26 @@ def test_a_scan_keeps_its_id_and_is_prepared_once(
     long = tmp_path / ("x" * 240 + ".nii")
     shutil.copy(data / "mr" / "site b" / "sub-03_T1w.nii", long)
     assert prepare_dataset([long], ct, out, config=config, crop=CROP, progress=False).counts["mr"].ok == 1
+
+
+def test_an_output_that_is_an_input_a_file_or_a_foreign_folder_is_refused(data: Path, tmp_path: Path) -> None:
+    """-o at the MR folder wrote mr/, ct/, qc/ into it (exit 0); a file gave exit 5; a folder of
+    other files got the outputs mixed in."""
+    mr, ct = [data / "mr"], [data / "ct" / "ct-a.nii.gz"]
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.docx").write_text("mine")
+    for out, message in (
+        (data / "mr", "holds the input"),
+        (data, "holds the input"),
+        (tmp_path / "notes.txt", "is not a folder"),
+        (tmp_path / "mine", "no manifest.json"),
+    ):
+        with pytest.raises(OutputExistsError, match=message) as caught:
+            prepare_dataset(mr, ct, out, crop=CROP, progress=False)
+        assert caught.value.exit_code == 4
+    assert sorted(p.name for p in (data / "mr").iterdir()) == [
+        "site b",
+        "sub-01_T1w.nii.gz",
+        "sub-02_T1w.nii.gz",
+    ]
