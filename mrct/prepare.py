@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import io
-import json
 import logging
 import multiprocessing
 import os
@@ -42,9 +40,9 @@ from mrct.prepare_manifest import (
     load_manifest,
     now,
     stable_ids,
-    write_bytes,
     write_manifest,
 )
+from mrct.prepare_outputs import absolute, crop_request_dict, still_valid, write_outcome
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -247,102 +245,6 @@ def _outcomes(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-# ---------------------------------------------------------------- outputs and manifest
-
-
-def _relpaths(domain: str, scan_id: str) -> dict[str, str]:
-    return {
-        "image": f"{domain}/{scan_id}.npy",
-        "mask": f"{domain}/{scan_id}_mask.npy",
-        "record": f"{domain}/{scan_id}.json",
-        "qc": f"qc/{domain}/{scan_id}.png",
-    }
-
-
-def _npy_bytes(array: npt.NDArray[Any]) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def crop_request_dict(crop: CropRequest) -> dict[str, Any]:
-    """What a prepared scan's slab was asked to be, as recorded in its manifest entry: reuse of an
-    earlier output needs the same request (the markups file's levels count, not its path)."""
-    return {"mode": crop.mode, "superior_mm": crop.superior_mm, "inferior_mm": crop.inferior_mm}
-
-
-def _same_crop(entry: dict[str, Any], want: dict[str, Any]) -> bool:
-    if "crop_request" in entry:
-        return bool(entry["crop_request"] == want)
-    # An entry from before requests were recorded: only the slab's source tells, and it
-    # identifies the request only for the modes without levels (automatic, or no crop).
-    slab = entry.get("crop")
-    source = str(slab.get("source")) if isinstance(slab, dict) else ""
-    return (
-        want["mode"] in ("auto", "none") and {"auto": "auto", "full-fov": "none"}.get(source) == want["mode"]
-    )
-
-
-def _write_outcome(out: Path, o: ScanOutcome, crop: dict[str, Any]) -> dict[str, Any]:
-    """Write a scan's files (or remove stale ones after a failure); returns its manifest entry."""
-    from mrct import qc
-
-    s = o.scan
-    rel = _relpaths(s.domain, s.id)
-    # Absolute, so the manifest still leads to its sources from another working directory
-    # (evaluation and re-runs read it from wherever they start).
-    entry: dict[str, Any] = {"id": s.id, "domain": s.domain, "source": _absolute(s.path), "series": s.series}
-    if o.error is not None or o.image is None or o.mask is None or o.record is None or o.qc is None:
-        for r in rel.values():
-            (out / r).unlink(missing_ok=True)
-        failed = {**entry, "status": "failed", "error": o.error, "source_checksum": o.source_checksum}
-        if o.qc is not None:  # every scan that could be read has a picture
-            qc.write_png(o.qc, out / rel["qc"], overwrite=True)
-            failed["files"] = {"qc": rel["qc"]}
-        return failed
-    checksum = write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
-    mask_checksum = write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
-    write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
-    qc.write_png(o.qc, out / rel["qc"], overwrite=True)
-    return {
-        **entry,
-        "status": "ok",
-        "crop": o.record["slab"],
-        "crop_request": crop,
-        "intensity": o.record["intensity"],
-        "outside_fov_mm": (o.record.get("localisation") or {}).get("outside_fov_mm", 0.0),
-        "shape": list(o.image.shape),
-        "checksum": checksum,
-        "mask_checksum": mask_checksum,
-        "source_checksum": o.source_checksum,
-        "files": rel,
-    }
-
-
-def _still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None, crop: dict[str, Any]) -> bool:
-    """An earlier ok entry whose source is unchanged, whose slab was asked for as ``crop`` now is
-    (see :func:`crop_request_dict`), and whose files are intact."""
-    if not entry or entry.get("status") != "ok" or not isinstance(entry.get("files"), dict):
-        return False
-    if not _same_crop(entry, crop):
-        return False
-    files = {k: out / v for k, v in entry["files"].items()}
-    if set(files) != set(_relpaths("", "")) or not all(f.is_file() for f in files.values()):
-        return False
-    try:
-        return (
-            sha256_files([files["image"]]) == entry.get("checksum")
-            and sha256_files([files["mask"]]) == entry.get("mask_checksum")
-            and sha256_files(scan.files) == entry.get("source_checksum")
-        )
-    except OSError:
-        return False
-
-
-def _absolute(path: str | Path) -> str:
-    return str(Path(path).absolute())
-
-
 def prepare_dataset(
     mr: Sequence[str | Path],
     ct: Sequence[str | Path],
@@ -392,8 +294,8 @@ def prepare_dataset(
     todo = []
     for scan in scans:
         entry = entries.get((scan.domain, scan.id))
-        if entry is not None and _still_valid(out, scan, entry, crop_dict):
-            where = {"source": _absolute(scan.path), "series": scan.series, "crop_request": crop_dict}
+        if entry is not None and still_valid(out, scan, entry, crop_dict):
+            where = {"source": absolute(scan.path), "series": scan.series, "crop_request": crop_dict}
             entries[(scan.domain, scan.id)] = {**entry, **where}
             summary.counts[scan.domain].skipped += 1
         else:
@@ -404,7 +306,7 @@ def prepare_dataset(
     write_manifest(path, created, seed, config_dict, entries, hold_out_from, manifest, complete=False)
     for outcome in _outcomes(todo, config, crop, workers, progress):
         s = outcome.scan
-        entry = _write_outcome(out, outcome, crop_dict)
+        entry = write_outcome(out, outcome, crop_dict)
         entries[(s.domain, s.id)] = entry
         counts = summary.counts[s.domain]
         if entry["status"] == "ok":

@@ -1,0 +1,115 @@
+"""What ``mrct prepare`` writes for one scan, and when an earlier run's output still holds.
+
+The files of a prepared scan (see :mod:`mrct.prepare`), written under temporary names and
+renamed, and its manifest entry; the checks that let a re-run skip a scan already prepared.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mrct.io.discover import sha256_files
+from mrct.prepare_manifest import write_bytes
+from mrct.preprocessing.crop import CropRequest
+
+if TYPE_CHECKING:
+    from mrct.prepare import ScanInput, ScanOutcome
+
+
+def relpaths(domain: str, scan_id: str) -> dict[str, str]:
+    return {
+        "image": f"{domain}/{scan_id}.npy",
+        "mask": f"{domain}/{scan_id}_mask.npy",
+        "record": f"{domain}/{scan_id}.json",
+        "qc": f"qc/{domain}/{scan_id}.png",
+    }
+
+
+def _npy_bytes(array: npt.NDArray[Any]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def crop_request_dict(crop: CropRequest) -> dict[str, Any]:
+    """What a prepared scan's slab was asked to be, as recorded in its manifest entry: reuse of an
+    earlier output needs the same request (the markups file's levels count, not its path)."""
+    return {"mode": crop.mode, "superior_mm": crop.superior_mm, "inferior_mm": crop.inferior_mm}
+
+
+def _same_crop(entry: dict[str, Any], want: dict[str, Any]) -> bool:
+    if "crop_request" in entry:
+        return bool(entry["crop_request"] == want)
+    # An entry from before requests were recorded: only the slab's source tells, and it
+    # identifies the request only for the modes without levels (automatic, or no crop).
+    slab = entry.get("crop")
+    source = str(slab.get("source")) if isinstance(slab, dict) else ""
+    return (
+        want["mode"] in ("auto", "none") and {"auto": "auto", "full-fov": "none"}.get(source) == want["mode"]
+    )
+
+
+def write_outcome(out: Path, o: ScanOutcome, crop: dict[str, Any]) -> dict[str, Any]:
+    """Write a scan's files (or remove stale ones after a failure); returns its manifest entry."""
+    from mrct import qc
+
+    s = o.scan
+    rel = relpaths(s.domain, s.id)
+    # Absolute, so the manifest still leads to its sources from another working directory
+    # (evaluation and re-runs read it from wherever they start).
+    entry: dict[str, Any] = {"id": s.id, "domain": s.domain, "source": absolute(s.path), "series": s.series}
+    if o.error is not None or o.image is None or o.mask is None or o.record is None or o.qc is None:
+        for r in rel.values():
+            (out / r).unlink(missing_ok=True)
+        failed = {**entry, "status": "failed", "error": o.error, "source_checksum": o.source_checksum}
+        if o.qc is not None:  # every scan that could be read has a picture
+            qc.write_png(o.qc, out / rel["qc"], overwrite=True)
+            failed["files"] = {"qc": rel["qc"]}
+        return failed
+    checksum = write_bytes(out / rel["image"], _npy_bytes(o.image.astype(np.float32)))
+    mask_checksum = write_bytes(out / rel["mask"], _npy_bytes(o.mask.astype(np.uint8)))
+    write_bytes(out / rel["record"], json.dumps(o.record, indent=2).encode())
+    qc.write_png(o.qc, out / rel["qc"], overwrite=True)
+    return {
+        **entry,
+        "status": "ok",
+        "crop": o.record["slab"],
+        "crop_request": crop,
+        "intensity": o.record["intensity"],
+        "outside_fov_mm": (o.record.get("localisation") or {}).get("outside_fov_mm", 0.0),
+        "shape": list(o.image.shape),
+        "checksum": checksum,
+        "mask_checksum": mask_checksum,
+        "source_checksum": o.source_checksum,
+        "files": rel,
+    }
+
+
+def still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None, crop: dict[str, Any]) -> bool:
+    """An earlier ok entry whose source is unchanged, whose slab was asked for as ``crop`` now is
+    (see :func:`crop_request_dict`), and whose files are intact."""
+    if not entry or entry.get("status") != "ok" or not isinstance(entry.get("files"), dict):
+        return False
+    if not _same_crop(entry, crop):
+        return False
+    files = {k: out / v for k, v in entry["files"].items()}
+    if set(files) != set(relpaths("", "")) or not all(f.is_file() for f in files.values()):
+        return False
+    try:
+        return (
+            sha256_files([files["image"]]) == entry.get("checksum")
+            and sha256_files([files["mask"]]) == entry.get("mask_checksum")
+            and sha256_files(scan.files) == entry.get("source_checksum")
+        )
+    except OSError:
+        return False
+
+
+def absolute(path: str | Path) -> str:
+    return str(Path(path).absolute())
