@@ -151,6 +151,24 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
                 out.rmdir()  # fails, harmlessly, if another run has written there since
 
 
+@contextlib.contextmanager
+def folder_lock(out: Path, name: str, what: str) -> Iterator[None]:
+    """Hold the lock file ``out/name`` for one run of ``what`` (``mrct prepare``); raise
+    OutputBusyError, naming the holder, when another run holds it. ``out`` must exist."""
+    fh = _flock(out / name, exclusive=True)
+    if fh is None:
+        who = _holder(out / name)
+        raise OutputBusyError(
+            f"in use by another {what} ({who}); wait for it to end or use another folder", out
+        )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fh.truncate(0)  # a holder that has ended names nobody
+        fh.close()
+
+
 # ---------------------------------------------------------------- leftovers of killed runs
 
 

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mrct.batch_folder import folder_lock, sweep
 from mrct.config import seed_problem, to_dict
-from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError
+from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError, WriteError
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
 from mrct.prepare_manifest import (
@@ -50,6 +51,7 @@ from mrct.volume import Modality
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK_NAME = ".mrct-prepare.lock"
 DOMAINS: dict[str, Modality] = {d: Modality[d.upper()] for d in DOMAIN_NAMES}
 
 
@@ -179,10 +181,27 @@ def prepare_scan(
 _WORKER: dict[str, Any] = {}  # per worker process: its Localiser
 
 
-def _init_worker(auto: bool, threads: int) -> None:
-    """Share the machine's cores between workers and load one Localiser per process."""
+def _init_worker(auto: bool, threads: int, main_pid: int) -> None:
+    """Share the machine's cores between workers and load one Localiser per process; end the
+    worker when the main process is gone (killed with SIGKILL, by the OOM killer, its workers
+    and their gigabytes lived on)."""
+    import threading
+    import time
+
     import SimpleITK as sitk
     import torch
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(main_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:  # exists, owned by someone else: not ours to judge
+                pass
+
+    threading.Thread(target=watch, daemon=True, name="mrct-main-watch").start()
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -229,7 +248,7 @@ def _outcomes(
             n,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(crop.mode == "auto", threads),
+            initargs=(crop.mode == "auto", threads, os.getpid()),
         )
         try:
             futures = {pool.submit(_prepare_in_worker, s, config, crop): s for s in todo}
@@ -272,7 +291,6 @@ def prepare_dataset(
     if problem := seed_problem(seed):
         raise ConfigError(f"--seed {problem}")
     config = config or PreprocessConfig()
-    crop_dict = crop_request_dict(crop)
     scans = collect_scans(mr, ct)
     if not scans:
         if not [*mr, *ct]:
@@ -281,6 +299,27 @@ def prepare_dataset(
         raise InputNotFoundError(f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {given}")
     out = Path(out)
     check_output_folder(out, [*mr, *ct])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create the output folder: {err.strerror}", out) from err
+    # One prepare per folder: two rewrote one manifest, each dropping the other's scans.
+    with folder_lock(out, LOCK_NAME, "mrct prepare"):
+        sweep(out)  # temporary files of a run killed with SIGKILL (the OOM killer)
+        return _prepare_into(out, scans, config, crop, workers, seed, hold_out_from, progress)
+
+
+def _prepare_into(
+    out: Path,
+    scans: list[ScanInput],
+    config: PreprocessConfig,
+    crop: CropRequest,
+    workers: int,
+    seed: int,
+    hold_out_from: str | None,
+    progress: bool,
+) -> PrepareSummary:
+    crop_dict = crop_request_dict(crop)
     path = out / MANIFEST
     config_dict = to_dict(config)
     manifest = load_manifest(path, config_dict)

@@ -137,7 +137,9 @@ def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
         if source == target or source.is_relative_to(target):
             raise OutputExistsError(f"the output folder holds the input {given}; choose another", out)
     if out.is_dir() and not (out / "manifest.json").exists():
-        other = sorted(e.name for e in out.iterdir() if e.name not in OS_LITTER)
+        other = sorted(
+            e.name for e in out.iterdir() if e.name not in OS_LITTER and not e.name.startswith(".mrct-")
+        )
         if other:
             raise OutputExistsError(
                 f"is a folder holding {other[0]!r} and no manifest.json, so not a prepared set; "

@@ -165,7 +165,8 @@ def test_resume_skips_finished_and_retries_failed(
     entry = {e["id"]: e for e in manifest(out)["scans"]}["broken"]
     assert entry["status"] == "failed" and "broken.nii.gz" in entry["error"] and "\n" not in entry["error"]
     assert manifest(out)["split"]["mr"] == {"train": ["sub-01_T1w"], "test": []}
-    done = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    records = ("manifest.json", ".mrct-prepare.lock")  # rewritten by every run
+    done = [p for p in out.rglob("*") if p.is_file() and p.name not in records]
     for p in done:
         os.utime(p, (OLD, OLD))
     write_head(broken, "mr", seed=9)  # fixed: retried on the next run
@@ -461,3 +462,27 @@ def test_an_output_that_is_an_input_a_file_or_a_foreign_folder_is_refused(data: 
         "sub-01_T1w.nii.gz",
         "sub-02_T1w.nii.gz",
     ]
+
+
+def test_one_prepare_per_folder_and_a_killed_runs_leftovers_go(
+    data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    """Two prepares into one folder each rewrote the manifest without the other's scans (both
+    exit 0); a run killed with SIGKILL left hidden temporary files that no later run removed."""
+    from mrct.batch_folder import folder_lock
+    from mrct.errors import OutputBusyError
+    from mrct.prepare import LOCK_NAME
+
+    out = tmp_path / "out"
+    mr, ct = [data / "mr" / "sub-01_T1w.nii.gz"], [data / "ct" / "ct-a.nii.gz"]
+    prepare_dataset(mr, ct, out, config=config, crop=CROP, progress=False)
+    with (
+        folder_lock(out, LOCK_NAME, "mrct prepare"),
+        pytest.raises(OutputBusyError, match="in use by another mrct prepare") as busy,
+    ):
+        prepare_dataset(mr, ct, out, config=config, crop=CROP, progress=False)
+    assert busy.value.exit_code == 9
+    leftover = out / "qc" / "mr" / ".sub-01_T1w.mrct-tmp-abcd1234.png"
+    leftover.write_bytes(b"half a picture")
+    prepare_dataset(mr, ct, out, config=config, crop=CROP, progress=False)
+    assert not leftover.exists()
