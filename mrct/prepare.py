@@ -170,7 +170,12 @@ def prepare_scan(
         picture = qc.prepared_scan_image(volume, (slab.superior_mm, slab.inferior_mm), scan.id, outside)
     except Exception as err:  # one bad scan must not stop the others; keep the evidence
         log.debug("%s/%s failed", scan.domain, scan.id, exc_info=not isinstance(err, MrctError))
-        why = str(err) if isinstance(err, MrctError) else f"unexpected {type(err).__name__}: {err}"
+        # An error about the image in memory (a slab it cannot use) learns which file it was.
+        why = (
+            str(err.naming(scan.path))
+            if isinstance(err, MrctError)
+            else f"unexpected {type(err).__name__}: {err}"
+        )
         why = why.splitlines()[0]
         loc = getattr(err, "localisation", None)  # what a refused automatic slab found
         levels = (loc.slab.superior_mm, loc.slab.inferior_mm) if loc is not None else (None, None)

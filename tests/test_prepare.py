@@ -486,3 +486,13 @@ def test_one_prepare_per_folder_and_a_killed_runs_leftovers_go(
     leftover.write_bytes(b"half a picture")
     prepare_dataset(mr, ct, out, config=config, crop=CROP, progress=False)
     assert not leftover.exists()
+
+
+def test_a_slab_failure_names_the_scan(data: Path, config: PreprocessConfig, tmp_path: Path) -> None:
+    """Read failures named the file, crop failures did not ("the slab misses the scan")."""
+    mr = data / "mr" / "sub-01_T1w.nii.gz"
+    far = CropRequest.millimetres(400, 300)  # above any head
+    ct = data / "ct" / "ct-a.nii.gz"
+    prepare_dataset([mr], [ct], tmp_path / "out", config=config, crop=far, progress=False)
+    errors = sorted(e["error"] for e in manifest(tmp_path / "out")["scans"])
+    assert [e.split(": ")[0] for e in errors] == sorted([str(ct), str(mr)]), errors
