@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import fnmatch
 import logging
 import multiprocessing
 import os
@@ -302,6 +303,10 @@ def prepare_dataset(
             raise InputNotFoundError("no inputs: give --mr and --ct (files or folders of scans)")
         given = ", ".join(str(p) for p in [*mr, *ct])
         raise InputNotFoundError(f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {given}")
+    if hold_out_from is not None and not any(fnmatch.fnmatchcase(s.id, hold_out_from) for s in scans):
+        log.warning(
+            "--hold-out-from %r matches no scan id (case matters): no scan is held out", hold_out_from
+        )
     out = Path(out)
     check_output_folder(out, [*mr, *ct])
     try:
