@@ -496,3 +496,11 @@ def test_a_slab_failure_names_the_scan(data: Path, config: PreprocessConfig, tmp
     prepare_dataset([mr], [ct], tmp_path / "out", config=config, crop=far, progress=False)
     errors = sorted(e["error"] for e in manifest(tmp_path / "out")["scans"])
     assert [e.split(": ")[0] for e in errors] == sorted([str(ct), str(mr)]), errors
+
+
+def test_a_hold_out_pattern_matching_nothing_is_said(
+    data: Path, config: PreprocessConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mr, ct = [data / "mr" / "sub-01_T1w.nii.gz"], [data / "ct" / "ct-a.nii.gz"]
+    prepare_dataset(mr, ct, tmp_path / "o", config=config, crop=CROP, progress=False, hold_out_from="SUB*")
+    assert "--hold-out-from 'SUB*' matches no scan id (case matters)" in caplog.text
