@@ -124,26 +124,25 @@ def write_bytes(path: Path, data: bytes) -> str:
 
 
 def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
-    """Refuse (exit 4), before any work, an output that is a file, is an input or holds one, or
-    is a folder of other files: it wrote into an input folder, and mixed its files into a
-    folder of unrelated ones."""
-    from mrct.io.atomic import OS_LITTER
-
+    """Refuse (exit 4), before any work, an output that is a file, is an input, holds an input
+    where prepare writes (``mr/``, ``ct/``, ``qc/``), or already has such folders but no
+    manifest.json (someone else's): it wrote into the MR input folder. Other files may share
+    the folder (a pipeline keeps its selection and links to the chosen series there)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError("is not a folder; mrct prepare writes a folder here", out)
     target = Path(os.path.realpath(out))
+    written = [target / d for d in ("mr", "ct", "qc")]
     for given in inputs:
         source = Path(os.path.realpath(given))
-        if source == target or source.is_relative_to(target):
-            raise OutputExistsError(f"the output folder holds the input {given}; choose another", out)
-    if out.is_dir() and not (out / "manifest.json").exists():
-        other = sorted(
-            e.name for e in out.iterdir() if e.name not in OS_LITTER and not e.name.startswith(".mrct-")
-        )
-        if other:
+        if source == target or any(source == w or source.is_relative_to(w) for w in written):
             raise OutputExistsError(
-                f"is a folder holding {other[0]!r} and no manifest.json, so not a prepared set; "
-                "choose a new or empty folder",
+                f"the output folder is, or writes over, the input {given}; choose another", out
+            )
+    if out.is_dir() and not (out / "manifest.json").exists():
+        theirs = sorted(d for d in ("mr", "ct", "qc") if (out / d).exists())
+        if theirs:
+            raise OutputExistsError(
+                f"holds {theirs[0]}/ but no manifest.json, so it is not a prepared set; choose another",
                 out,
             )
 

@@ -442,17 +442,16 @@ def test_a_scan_keeps_its_id_and_is_prepared_once(
 
 
 def test_an_output_that_is_an_input_a_file_or_a_foreign_folder_is_refused(data: Path, tmp_path: Path) -> None:
-    """-o at the MR folder wrote mr/, ct/, qc/ into it (exit 0); a file gave exit 5; a folder of
-    other files got the outputs mixed in."""
+    """-o at the MR folder wrote mr/, ct/, qc/ into it (exit 0); a file gave exit 5; a folder
+    with its own qc/ got the outputs mixed in."""
     mr, ct = [data / "mr"], [data / "ct" / "ct-a.nii.gz"]
     (tmp_path / "notes.txt").write_text("mine")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.docx").write_text("mine")
+    (tmp_path / "mine" / "qc").mkdir(parents=True)
     for out, message in (
-        (data / "mr", "holds the input"),
-        (data, "holds the input"),
+        (data / "mr", "is, or writes over, the input"),
+        (data, "is, or writes over, the input"),  # data/mr would be OUT/mr
         (tmp_path / "notes.txt", "is not a folder"),
-        (tmp_path / "mine", "no manifest.json"),
+        (tmp_path / "mine", "holds qc/ but no manifest.json"),
     ):
         with pytest.raises(OutputExistsError, match=message) as caught:
             prepare_dataset(mr, ct, out, crop=CROP, progress=False)
