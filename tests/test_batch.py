@@ -652,5 +652,10 @@ def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_
     from mrct.io.dicom_scan import find_series
 
     assert sorted(len(s.files) for s in find_series(src)) == sorted([36, 36, 36, 36, 36])
+    from mrct.io.discover import find_scans
+
+    uidless = [f for f in find_scans([src]) if f.path.name.startswith("no_uid")]
+    assert len(uidless) == 2  # what prepare finds, and reads by (path, series): it could not
+    assert all(read_volume(f.path, series=f.series).shape == two.shape for f in uidless)
     assert result.exit_code == 1, result.output
     assert {r["modality"] for r in rows if r["status"] == "done"} == {"MR"}

@@ -285,8 +285,9 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
         members, damaged = unique_instances(found)
         for path, why in damaged:
             log.warning("%s: %s; a whole copy of this image is read instead", path, why)
-        # Several UID-less groups are told apart by folder (what --series takes for them).
-        name = uid or ("" if uidless == 1 else f"no-uid@{folder}")
+        # Several UID-less groups are told apart by folder, resolved, so that reading that folder
+        # alone (as prepare does) or through a/../a names the group the same.
+        name = uid or ("" if uidless == 1 else f"no-uid@{os.path.realpath(folder or '.')}")
         for part, stack in split_series(members):
             first = stack[0][1]
             frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in stack)
@@ -326,6 +327,8 @@ def find_series(folder: Path) -> list[SeriesFiles]:
 
 def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) -> SeriesFiles:
     """The one series to read: the only one, or the one named by ``wanted``."""
+    if wanted and wanted.startswith("no-uid@") and [s.uid for s in series] == [""]:
+        return series[0]  # the folder's one UID-less group, named in a tree that held several
     if wanted:
         for s in series:
             if wanted in (s.key, s.uid):
