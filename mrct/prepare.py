@@ -65,6 +65,7 @@ class ScanInput:
     series: str | None
     files: tuple[Path, ...]
     id: str
+    checksum: str = ""  # of the source files, once known (mrct.prepare_manifest.stable_ids)
 
 
 @dataclass
@@ -163,7 +164,7 @@ def prepare_scan(
 
     checksum, volume = None, None
     try:
-        checksum = sha256_files(scan.files)
+        checksum = scan.checksum or sha256_files(scan.files)
         volume = read_volume(scan.path, series=scan.series)
         _check_modality(volume, scan)
         out = preprocess(volume, config, crop, modality=DOMAINS[scan.domain], localiser=localiser)
@@ -339,7 +340,12 @@ def _prepare_into(
     scans, twins = stable_ids(scans, entries)
     for scan, twin in twins:
         log.warning("%s: the same image as %s/%s, given again; prepared once", scan.path, scan.domain, twin)
-        summary.counts[scan.domain].skipped += 1
+    # An earlier entry not given again whose image a scan of this run now has (files renamed
+    # round) would hold that image twice: the scan's entry stands for it.
+    contents = {(s.domain, s.checksum): s.id for s in scans if s.checksum}
+    entries = {
+        k: e for k, e in entries.items() if contents.get((k[0], e.get("source_checksum")), k[1]) == k[1]
+    }
     todo = []
     for scan in scans:
         entry = entries.get((scan.domain, scan.id))

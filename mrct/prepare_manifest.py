@@ -64,46 +64,60 @@ def keep_split(
 def stable_ids(
     scans: list[Any], entries: dict[Any, dict[str, Any]]
 ) -> tuple[list[Any], list[tuple[Any, str]]]:
-    """Give ``scans`` (ScanInputs) the ids an earlier run gave them, and drop the ones given twice.
+    """Give ``scans`` (ScanInputs) the ids an earlier run gave them, their source checksums, and
+    drop the ones given twice.
 
-    A scan keeps the id of an earlier entry with the same source (resolved path and series), or
-    failing that with the same content (the source checksum of its files): the data folder
-    moved. A new scan whose name an earlier run gave to another source gets a suffix instead of
-    taking over that scan's files and side. A scan whose content another scan of this run, or an
-    earlier one whose source still exists, already has is dropped: a copy under another name, or
-    a series given as a folder and inside a tree, was prepared twice and could sit on both sides
-    of the split. Returns the scans to prepare and ``(scan, id of its twin)`` for each dropped.
+    Every scan is hashed once (the worker and the reuse check take the checksum from here). A
+    scan keeps the id of an earlier entry with the same source (resolved path and series), or
+    failing that the id of an earlier entry, not given this run, with the same content: the data
+    folder moved. A new scan whose name an earlier entry that stays holds gets a suffix instead
+    of taking over that scan's files and side. A scan whose content another scan of this run
+    already has is dropped (a copy under another name, a series given as a folder and inside a
+    tree): it was prepared twice and could sit on both sides of the split. Returns the scans to
+    prepare and ``(scan, id of its twin)`` for each dropped.
     """
     from dataclasses import replace
 
     def where(path: str | Path, series: Any) -> tuple[str, str]:
         return (os.path.realpath(path), str(series or ""))
 
-    old = list(entries.values())
-    by_source = {(e["domain"], *where(e["source"], e.get("series"))): e["id"] for e in old}
-    owners = {(e["domain"], e["id"].lower()): where(e["source"], e.get("series")) for e in old}
-    by_content = {(e["domain"], e.get("source_checksum")): e for e in old if e.get("status") == "ok"}
-    kept: list[Any] = []
+    hashed = [replace(scan, checksum=_source_checksum(scan.files)) for scan in scans]
+    given = {(scan.domain, *where(scan.path, scan.series)) for scan in hashed}
+    old = [(e, (e["domain"], *where(e["source"], e.get("series")))) for e in entries.values()]
+    by_source = {key: e["id"] for e, key in old}
+    # Earlier entries not given this run: the ok ones stay (and may have moved), failed ones go.
+    orphans = {
+        (e["domain"], e.get("source_checksum")): e["id"]
+        for e, key in old
+        if key not in given and e.get("status") == "ok"
+    }
+    owners = {
+        (e["domain"], e["id"].lower()): key[1:] for e, key in old if key in given or e.get("status") == "ok"
+    }
+    # Scans matched by source first, so that they keep their content's id against a copy.
+    ordered = sorted(
+        enumerate(hashed),
+        key=lambda n_s: (n_s[1].domain, *where(n_s[1].path, n_s[1].series)) not in by_source,
+    )
+    kept: list[tuple[int, Any]] = []
     dropped: list[tuple[Any, str]] = []
     seen: dict[tuple[str, str], str] = {}
-    for scan in scans:
+    for n, scan in ordered:
         source = where(scan.path, scan.series)
+        content = (scan.domain, scan.checksum)
+        if scan.checksum and content in seen:
+            dropped.append((scan, seen[content]))
+            continue
         if (scan.domain, *source) in by_source:
-            kept.append(replace(scan, id=by_source[(scan.domain, *source)]))
-            continue
-        content = (scan.domain, _source_checksum(scan.files))
-        twin = (seen.get(content) or by_content.get(content)) if content[1] else None
-        if twin is not None and (isinstance(twin, str) or Path(twin["source"]).exists()):
-            dropped.append((scan, twin if isinstance(twin, str) else twin["id"]))
-            continue
-        if twin is not None:  # its earlier source is gone: the same scan, moved
-            scan = replace(scan, id=twin["id"])
+            scan = replace(scan, id=by_source[(scan.domain, *source)])
+        elif scan.checksum and content in orphans:
+            scan = replace(scan, id=orphans[content])
         elif owners.get((scan.domain, scan.id.lower()), source) != source:
             suffix = hashlib.sha1("#".join(source).encode()).hexdigest()[:8]
             scan = replace(scan, id=f"{scan.id}-{suffix}")
         seen[content] = scan.id
-        kept.append(scan)
-    return kept, dropped
+        kept.append((n, scan))
+    return [scan for _, scan in sorted(kept, key=lambda n_s: n_s[0])], dropped
 
 
 def _source_checksum(files: tuple[Path, ...]) -> str:

@@ -105,7 +105,7 @@ def still_valid(out: Path, scan: ScanInput, entry: dict[str, Any] | None, crop: 
         return (
             sha256_files([files["image"]]) == entry.get("checksum")
             and sha256_files([files["mask"]]) == entry.get("mask_checksum")
-            and sha256_files(scan.files) == entry.get("source_checksum")
+            and (scan.checksum or sha256_files(scan.files)) == entry.get("source_checksum")
         )
     except OSError:
         return False

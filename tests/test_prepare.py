@@ -503,3 +503,36 @@ def test_a_hold_out_pattern_matching_nothing_is_said(
     mr, ct = [data / "mr" / "sub-01_T1w.nii.gz"], [data / "ct" / "ct-a.nii.gz"]
     prepare_dataset(mr, ct, tmp_path / "o", config=config, crop=CROP, progress=False, hold_out_from="SUB*")
     assert "--hold-out-from 'SUB*' matches no scan id (case matters)" in caplog.text
+
+
+def test_copies_and_renamed_files_are_judged_by_content(
+    data: Path, config: PreprocessConfig, tmp_path: Path
+) -> None:
+    """From review: a copy of a scan whose earlier entry failed was prepared twice; a backup of a
+    scan fixed in place was dropped as "the same image"; files renamed round held one image twice."""
+    import shutil
+
+    ct, out, src = [data / "ct" / "ct-a.nii.gz"], tmp_path / "out", tmp_path / "in"
+    heads = [data / "mr" / "sub-01_T1w.nii.gz", data / "mr" / "sub-02_T1w.nii.gz"]
+
+    def run(*names: str) -> dict[str, str]:
+        prepare_dataset([src / n for n in names], ct, out, config=config, crop=CROP, progress=False)
+        m = manifest(out)
+        return {
+            e["id"]: e["source_checksum"] for e in m["scans"] if e["domain"] == "mr" and e["status"] == "ok"
+        }
+
+    src.mkdir()
+    (src / "x.nii.gz").write_text("broken")
+    run("x.nii.gz")  # fails
+    shutil.copy(heads[0], src / "x.nii.gz")
+    shutil.copy(heads[0], src / "y.nii.gz")
+    assert list(run("x.nii.gz", "y.nii.gz")) == ["x"]  # one image, once
+    (src / "backup").mkdir()
+    shutil.copy(src / "x.nii.gz", src / "backup" / "x_orig.nii.gz")
+    shutil.copy(heads[1], src / "x.nii.gz")  # x fixed in place; the backup keeps the old image
+    assert sorted(run("x.nii.gz", "backup/x_orig.nii.gz")) == ["x", "x_orig"]
+    (src / "x.nii.gz").rename(src / "c.nii.gz")
+    (src / "backup" / "x_orig.nii.gz").rename(src / "x.nii.gz")  # renamed round
+    ok = run("c.nii.gz", "x.nii.gz")
+    assert len(ok) == len(set(ok.values())) == 2, ok  # no image twice
