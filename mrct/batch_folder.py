@@ -72,14 +72,17 @@ def _flock(path: Path, exclusive: bool) -> IO[str] | None:
     """The open lock file, locked; None when another process holds a conflicting lock."""
     import fcntl
 
-    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run
+    try:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run
+    except OSError as err:  # a read-only folder or disk
+        raise WriteError(f"cannot create the lock file: {err.strerror}", path) from err
     try:
         fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
         return None
     except OSError as err:  # a file system without locks (some FUSE mounts): run, but say so
-        log.warning("%s: cannot lock (%s); a second mrct batch here would not be refused", path, err.strerror)
+        log.warning("%s: cannot lock (%s); a second run here would not be refused", path, err.strerror)
         return fh
     # Say who holds it exclusively, for the message of a refused run; a shared holder erases what
     # an earlier, killed exclusive holder wrote.

@@ -60,9 +60,12 @@ PAIR_REFUSAL = (
 )
 
 
-# The elements an image dataset can start with, and their VRs: the file meta group's length or
-# version, SpecificCharacterSet, ImageType, InstanceCreationDate/Time, or SOPClassUID (type 1).
+# The elements an image dataset can start with, and their VRs: a group length, the file meta
+# group's length or version, SpecificCharacterSet, ImageType, InstanceCreationDate/Time, or
+# SOPClassUID (type 1).
 _FIRST_ELEMENTS = {
+    (0x0008, 0x0000): b"UL",  # old implicit-VR exports start with the group length
+    (0x0008, 0x0001): b"UL",
     (0x0002, 0x0000): b"UL",
     (0x0002, 0x0001): b"OB",
     (0x0008, 0x0005): b"CS",
