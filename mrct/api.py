@@ -178,6 +178,8 @@ def locate(
         raise err.naming(path) from None
     if check:
         check_slab_in_scan(loc, str(path))
+    if loc.outside_fov_mm > 0:  # translate warns the same way; the model would see background there
+        log.warning("%s: %.1f mm of the brow-to-jaw slab lies outside the scan", path, loc.outside_fov_mm)
     return loc
 
 

@@ -193,10 +193,6 @@ def locate(
         fail(err)
     slab = result.slab
     missing = round(result.outside_fov_mm, 1)
-    if missing > 0:  # translate warns the same way; the model sees background there
-        logging.getLogger("mrct").warning(
-            "%s: %.1f mm of the brow-to-jaw slab lies outside the scan", scan, missing
-        )
     if as_json:
         typer.echo(
             json.dumps(

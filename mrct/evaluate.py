@@ -28,7 +28,7 @@ import io
 import logging
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -235,29 +235,36 @@ def evaluate_case(case: Case, metric: Metric) -> dict[str, Any]:
             values: dict[str, float | None] = {
                 "mae_hu": metrics.mae(pred, gt, mask, clip=False),  # SynthRAD2023's MAE: unclipped
                 "psnr_db": metrics.psnr(p, g, mask),
-                "ssim": metrics.ssim(p, g, mask),
+                "ssim": _or_none(lambda: metrics.ssim(p, g, mask), case),  # mask near the borders
             }
             units = "hu"
         else:
             p, g = (pred + 1.0) / 2.0, (gt + 1.0) / 2.0
             values = {"l2": metrics.volumetric_mnist_l2(pred, gt)}
             units = ""
+        flicker = _or_none(lambda: metrics.slice_flicker(p, mask, axis=axis), case)  # a thin mask
+        flicker_gt = _or_none(lambda: metrics.slice_flicker(g, mask, axis=axis), case)
     except ValueError as err:  # the mask leaves nothing to measure, or the volume is too small
-        blamed = case.mask if mask is not None and "mask" in str(err) else case.pred
+        blamed = case.mask if isinstance(err, metrics.MaskError) and case.mask is not None else case.pred
         raise ReadError(str(err), blamed) from err
     suffix = f"_{units}" if units else ""
-    flicker: float | None
-    flicker_gt: float | None
-    ratio: float | None
-    try:
-        flicker = metrics.slice_flicker(p, mask, axis=axis)
-        flicker_gt = metrics.slice_flicker(g, mask, axis=axis)
+    ratio = None
+    if flicker is not None and flicker_gt is not None:
         ratio = flicker / flicker_gt if flicker_gt > 0 else (0.0 if flicker == 0 else math.inf)
-    except ValueError as err:  # a mask one or two slices thin: the other metrics still hold
-        log.warning("%s: no slice flicker (%s)", case.mask or case.pred, err)
-        flicker = flicker_gt = ratio = None
     values.update({f"flicker{suffix}": flicker, f"flicker_gt{suffix}": flicker_gt, "flicker_ratio": ratio})
     return {"case": case.name, **values}
+
+
+def _or_none(measure: Callable[[], float], case: Case) -> float | None:
+    """A metric the mask leaves undefined (SSIM's window, the flicker's three slices) is an
+    empty cell with a warning: the case's other metrics still hold."""
+    try:
+        return measure()
+    except metrics.MaskError as err:
+        if case.mask is None:
+            raise
+        log.warning("%s: %s; left empty", case.mask, err)
+        return None
 
 
 # ---------------------------------------------------------------- all cases

@@ -34,6 +34,10 @@ from mrct.volume import Volume
 BONE_HU = 300.0
 
 
+class MaskError(ValueError):
+    """The mask leaves a metric nothing to measure (the caller names the mask file)."""
+
+
 def slab_voxels(volume: Volume, superior_mm: float, inferior_mm: float) -> npt.NDArray[np.bool_]:
     """Voxels whose centre's S coordinate (RAS mm) lies within [inferior, superior]."""
     return in_slab(volume.affine, volume.shape, superior_mm, inferior_mm)
@@ -148,9 +152,9 @@ def _mask(mask: ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[np.bool
         return np.ones(shape, dtype=bool)
     m = np.asarray(mask) > 0
     if m.shape != shape:
-        raise ValueError(f"mask shape {m.shape} differs from the image shape {shape}")
+        raise MaskError(f"mask shape {m.shape} differs from the image shape {shape}")
     if not m.any():
-        raise ValueError("the mask selects no voxel")
+        raise MaskError("the mask selects no voxel")
     return m
 
 
@@ -237,7 +241,7 @@ def ssim(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None) -> float
     inner = tuple(slice(pad, n - pad) for n in a.shape)
     values = ssim_map(a, b, high - low)[inner][m[inner]]
     if values.size == 0:
-        raise ValueError(f"the mask selects no voxel {pad} or more voxels from the borders")
+        raise MaskError(f"the mask selects no voxel {pad} or more voxels from the borders")
     return float(values.mean(dtype=np.float64))
 
 
@@ -286,7 +290,7 @@ def slice_flicker(volume: ArrayLike, mask: ArrayLike | None = None, *, axis: int
     m = np.moveaxis(_mask(mask, np.asarray(volume).shape), axis, 0)
     inside = m[:-2] & m[1:-1] & m[2:]
     if not inside.any():
-        raise ValueError("no voxel of the mask lies in three consecutive slices")
+        raise MaskError("no voxel of the mask lies in three consecutive slices")
     second = np.abs(v[2:] - 2.0 * v[1:-1] + v[:-2])
     return float(second[inside].mean())
 

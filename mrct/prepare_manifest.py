@@ -170,6 +170,8 @@ def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("not a manifest")
     except (OSError, ValueError) as err:
         raise ReadError(f"not a readable manifest ({err}); use a new output folder", path) from err
+    if manifest.get("format") not in (None, "mrct-prepared-dataset"):  # a batch's manifest, say
+        raise OutputExistsError(f"holds the manifest of a {manifest.get('format')}, not a prepared set", path)
     if manifest.get("config") != config:
         raise OutputExistsError(
             "this folder was prepared with another preprocessing config; use a new output folder", path

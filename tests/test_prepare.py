@@ -447,11 +447,14 @@ def test_an_output_that_is_an_input_a_file_or_a_foreign_folder_is_refused(data: 
     mr, ct = [data / "mr"], [data / "ct" / "ct-a.nii.gz"]
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "mine" / "qc").mkdir(parents=True)
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "batch" / "manifest.json").write_text('{"format": "mrct-batch", "series": []}')
     for out, message in (
         (data / "mr", "is, or writes over, the input"),
         (data, "is, or writes over, the input"),  # data/mr would be OUT/mr
         (tmp_path / "notes.txt", "is not a folder"),
         (tmp_path / "mine", "holds qc/ but no manifest.json"),
+        (tmp_path / "batch", "holds the manifest of a mrct-batch"),  # said "another preprocessing config"
     ):
         with pytest.raises(OutputExistsError, match=message) as caught:
             prepare_dataset(mr, ct, out, crop=CROP, progress=False)

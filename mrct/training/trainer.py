@@ -318,6 +318,12 @@ class Trainer:
                 if interrupted:
                     result.interrupted = True
                     break
+        if not health.healthy:  # fewer than DIVERGED_AFTER at the end: stopped, but say so
+            log.warning(
+                "%s: the losses were not finite from iteration %d on; no checkpoint was written since",
+                self.run_dir,
+                health.since,
+            )
         result.iteration = self.iteration
         return result
 
