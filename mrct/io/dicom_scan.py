@@ -155,11 +155,15 @@ def dcmread(path: Path, **kwargs: Any) -> Dataset:
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import UID
 
-    with open(path, "rb") as fh:
-        raw = raw_dicom_dataset(fh.read(132))
-    ds = pydicom.dcmread(path, force=raw, **kwargs)
+    try:
+        return pydicom.dcmread(path, **kwargs)  # the usual file: opened once
+    except InvalidDicomError:
+        with open(path, "rb") as fh:
+            if not raw_dicom_dataset(fh.read(132)):
+                raise
+    ds = pydicom.dcmread(path, force=True, **kwargs)
     # Forced, pydicom parses any bytes: only a dataset naming a valid SOP class is DICOM.
-    if raw and not UID(str(ds.get("SOPClassUID", "") or "")).is_valid:
+    if not UID(str(ds.get("SOPClassUID", "") or "")).is_valid:
         raise InvalidDicomError(f"{path}: no DICOM dataset (no valid SOPClassUID)")
     return ds
 
