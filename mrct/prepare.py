@@ -316,7 +316,8 @@ def prepare_dataset(
         raise WriteError(f"cannot create the output folder: {err.strerror}", out) from err
     # One prepare per folder: two rewrote one manifest, each dropping the other's scans.
     with folder_lock(out, LOCK_NAME, "mrct prepare"):
-        sweep(out)  # temporary files of a run killed with SIGKILL (the OOM killer)
+        # Temporary files of a run killed with SIGKILL (the OOM killer); never inside an input.
+        sweep(out, exclude=[Path(p) for p in [*mr, *ct] if Path(p).is_dir()])
         return _prepare_into(out, scans, config, crop, workers, seed, hold_out_from, progress)
 
 
