@@ -71,8 +71,8 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
         return None, "not an image file (DICOM, NIfTI, NRRD, MHA or zip)", None
     except Exception as err:  # truncated or malformed: pydicom raises many kinds
         return None, None, f"unreadable DICOM file ({type(err).__name__})"
-    # A whole image without a SeriesInstanceUID (some exports drop it) groups under "", as the
-    # single-series reader and dcm2niix read it; one cut before that tag has no pixel data.
+    # A whole image without a SeriesInstanceUID (some exports drop it) groups with the others of
+    # its folder, as the single-series reader groups them; one cut before that tag has no pixels.
     whole_image = "Rows" in ds and incomplete_image(path, ds) is None
     if "Rows" not in ds or ("SeriesInstanceUID" not in ds and not whole_image):
         if _image_storage(ds):  # pydicom stops quietly at a cut
