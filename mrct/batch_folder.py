@@ -146,9 +146,7 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
                     (out / LOCK_NAME).unlink()  # while still holding it
                     unmade = True
         for fh in reversed(held):
-            with contextlib.suppress(OSError):
-                fh.truncate(0)  # a holder that has ended names nobody
-            fh.close()  # releases the lock
+            _release(fh)
         if unmade:
             with contextlib.suppress(OSError):
                 out.rmdir()  # fails, harmlessly, if another run has written there since
@@ -167,9 +165,14 @@ def folder_lock(out: Path, name: str, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            fh.truncate(0)  # a holder that has ended names nobody
-        fh.close()
+        _release(fh)
+
+
+def _release(fh: IO[str]) -> None:
+    """Let go of a lock file taken by :func:`_flock`."""
+    with contextlib.suppress(OSError):
+        fh.truncate(0)  # a holder that has ended names nobody
+    fh.close()  # releases the lock
 
 
 # ---------------------------------------------------------------- leftovers of killed runs

@@ -38,13 +38,12 @@ from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError, W
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
 from mrct.prepare_manifest import (
-    check_output_folder,
     load_manifest,
     now,
     stable_ids,
     write_manifest,
 )
-from mrct.prepare_outputs import absolute, crop_request_dict, still_valid, write_outcome
+from mrct.prepare_outputs import absolute, check_output_folder, crop_request_dict, still_valid, write_outcome
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality

@@ -137,30 +137,6 @@ def write_bytes(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
-    """Refuse (exit 4), before any work, an output that is a file, is an input, holds an input
-    where prepare writes (``mr/``, ``ct/``, ``qc/``), or already has such folders but no
-    manifest.json (someone else's): it wrote into the MR input folder. Other files may share
-    the folder (a pipeline keeps its selection and links to the chosen series there)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError("is not a folder; mrct prepare writes a folder here", out)
-    target = Path(os.path.realpath(out))
-    written = [target / d for d in ("mr", "ct", "qc")]
-    for given in inputs:
-        source = Path(os.path.realpath(given))
-        if source == target or any(source == w or source.is_relative_to(w) for w in written):
-            raise OutputExistsError(
-                f"the output folder is, or writes over, the input {given}; choose another", out
-            )
-    if out.is_dir() and not (out / "manifest.json").exists():
-        theirs = sorted(d for d in ("mr", "ct", "qc") if (out / d).exists())
-        if theirs:
-            raise OutputExistsError(
-                f"holds {theirs[0]}/ but no manifest.json, so it is not a prepared set; choose another",
-                out,
-            )
-
-
 def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return {}

@@ -1,25 +1,53 @@
 """What ``mrct prepare`` writes for one scan, and when an earlier run's output still holds.
 
 The files of a prepared scan (see :mod:`mrct.prepare`), written under temporary names and
-renamed, and its manifest entry; the checks that let a re-run skip a scan already prepared.
+renamed, and its manifest entry; the checks that let a re-run skip a scan already prepared,
+and the one that the output folder may be written at all.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from mrct.errors import OutputExistsError
 from mrct.io.discover import sha256_files
 from mrct.prepare_manifest import write_bytes
 from mrct.preprocessing.crop import CropRequest
 
 if TYPE_CHECKING:
     from mrct.prepare import ScanInput, ScanOutcome
+
+
+def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse (exit 4), before any work, an output that is a file, is an input, holds an input
+    where prepare writes (``mr/``, ``ct/``, ``qc/``), or already has such folders but no
+    manifest.json (someone else's): it wrote into the MR input folder. Other files may share
+    the folder (a pipeline keeps its selection and links to the chosen series there)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("is not a folder; mrct prepare writes a folder here", out)
+    target = Path(os.path.realpath(out))
+    written = [target / d for d in ("mr", "ct", "qc")]
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if source == target or any(source == w or source.is_relative_to(w) for w in written):
+            raise OutputExistsError(
+                f"the output folder is, or writes over, the input {given}; choose another", out
+            )
+    if out.is_dir() and not (out / "manifest.json").exists():
+        theirs = sorted(d for d in ("mr", "ct", "qc") if (out / d).exists())
+        if theirs:
+            raise OutputExistsError(
+                f"holds {theirs[0]}/ but no manifest.json, so it is not a prepared set; choose another",
+                out,
+            )
 
 
 def relpaths(domain: str, scan_id: str) -> dict[str, str]:
