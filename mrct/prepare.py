@@ -187,6 +187,23 @@ def prepare_scan(
 _WORKER: dict[str, Any] = {}  # per worker process: its Localiser
 
 
+def _orphaned(main_pid: int, parent: int) -> bool:
+    """Whether the main process of a prepare is gone, seen from one of its workers.
+
+    A worker's parent is the main process (spawn) or the forkserver, which exits with it; either
+    way the worker is re-parented when the main process dies. The PID alone could be fooled by a
+    new process that took it over, so the parent is checked first."""
+    if os.getppid() != parent:
+        return True
+    try:
+        os.kill(main_pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else: not ours to judge
+        pass
+    return False
+
+
 def _init_worker(auto: bool, threads: int, main_pid: int) -> None:
     """Share the machine's cores between workers and load one Localiser per process; end the
     worker when the main process is gone (killed with SIGKILL, by the OOM killer, its workers
@@ -197,15 +214,12 @@ def _init_worker(auto: bool, threads: int, main_pid: int) -> None:
     import SimpleITK as sitk
     import torch
 
+    parent = os.getppid()
+
     def watch() -> None:
-        while True:
+        while not _orphaned(main_pid, parent):
             time.sleep(2.0)
-            try:
-                os.kill(main_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except OSError:  # exists, owned by someone else: not ours to judge
-                pass
+        os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="mrct-main-watch").start()
 

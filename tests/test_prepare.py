@@ -539,3 +539,17 @@ def test_copies_and_renamed_files_are_judged_by_content(
     (src / "backup" / "x_orig.nii.gz").rename(src / "x.nii.gz")  # renamed round
     ok = run("c.nii.gz", "x.nii.gz")
     assert len(ok) == len(set(ok.values())) == 2, ok  # no image twice
+
+
+def test_a_worker_sees_its_main_process_gone() -> None:
+    """The worker's watchdog asked only whether the main PID existed: a new process that took the
+    PID over kept the orphaned workers (and their gigabytes) alive. Losing the parent counts too."""
+    import subprocess
+
+    from mrct.prepare import _orphaned
+
+    assert not _orphaned(os.getpid(), os.getppid())
+    assert _orphaned(os.getpid(), os.getppid() + 1)  # re-parented: the main process is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert _orphaned(gone.pid, os.getppid())
