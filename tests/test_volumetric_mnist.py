@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -154,9 +155,36 @@ def test_bad_magic_number_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
         vm.read_idx(labels_as_images, 3)
     not_idx = tmp_path / "picture.png"
     not_idx.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
-    assert vm.main(["--idx", str(not_idx), "-o", str(tmp_path / "out")]) == ReadError.exit_code
-    err = capsys.readouterr().err.strip()
+    proc = _script("--idx", not_idx, "-o", tmp_path / "out")
+    assert proc.returncode == ReadError.exit_code
+    err = proc.stderr.strip()
     assert err.startswith("error: ") and "magic number 0x89504e47" in err and "\n" not in err
+
+
+def _script(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_bad_arguments_are_one_line_before_anything_is_written(tmp_path: Path) -> None:
+    """From a hunt: -o naming a file and --seed -1 ended in tracebacks; at --size 8 some digits
+    vanish when binarised and the build stopped half-written with "empty digit"."""
+    idx = write_idx(tmp_path / "images", _digits(12))
+    (tmp_path / "afile").write_text("mine")
+    for args, words in (
+        (["-o", tmp_path / "afile"], "is a file, not a folder"),
+        (["-o", tmp_path / "o", "--seed", "-1"], "--seed must be >= 0"),
+        (["-o", tmp_path / "o", "--size", "8"], "--size must be >= 16"),
+    ):
+        proc = _script("--idx", idx, "--count", 4, *args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: ") and words in proc.stderr and proc.stderr.count("\n") == 1
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "o").exists()
+    blank = np.zeros((12, 28, 28), np.uint8)
+    blank[:, 10:18, 13:15] = 255
+    blank[4] = 0  # chosen at any seed: --count 7 takes all 12 digits (2 test + 2 x 5 train)
+    with pytest.raises(ReadError, match="digit #4 has no stroke at --size 28"):
+        vm.build(write_idx(tmp_path / "blank", blank), tmp_path / "b", count=7, size=28)
+    assert not (tmp_path / "b").exists()
 
 
 def test_truncated_idx_and_too_many_digits(tmp_path: Path) -> None:
