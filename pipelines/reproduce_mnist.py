@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -86,6 +85,25 @@ def run(step: str, command: list[str], env: dict[str, str] | None = None) -> Non
     code = subprocess.run(command, cwd=ROOT, env=env).returncode
     if code != 0:  # the command has said why on stderr; one line says which step stopped the run
         raise SystemExit(f"error: step {step} failed (exit {code})")
+
+
+def check_built(data: Path, args: argparse.Namespace) -> None:
+    """Refuse a work folder whose data set was built with other arguments: its models and
+    predictions would be reused, and the table labelled with the new arguments."""
+    from mrct.script_main import USAGE, ScriptError
+
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    grid, split = manifest["config"]["grid"], manifest["split"]["mr"]
+    built = {
+        "--count": len(split["train"]) + len(split["test"]),
+        "--size": grid["height"],
+        "--depth": grid["depth"],
+        "--seed": manifest["seed"],
+    }
+    asked = {"--count": args.count, "--size": args.size, "--depth": args.depth, "--seed": args.seed}
+    differ = [f"{k} {built[k]}" for k in built if built[k] != asked[k]]
+    if differ:
+        raise ScriptError(f"{data}: built with {', '.join(differ)}; give the same values, or a new -o", USAGE)
 
 
 def scaled_config(source: Path, depth: int, size: int, iterations: int) -> dict[str, Any]:
@@ -130,10 +148,15 @@ def link_ground_truth(data: Path, out: Path, ids: list[str]) -> None:
     """``out/<domain>/<id>.npy``: links to the test volumes only, the ground truth evaluated.
     ``data/<domain>`` holds the training split too, which is never predicted: evaluated against
     the whole folder, every method and direction would warn that those volumes are left out."""
-    shutil.rmtree(out, ignore_errors=True)  # links of an earlier build's test split
-    for domain in ("mr", "ct"):
+    from mrct.script_main import ScriptError
+
+    for domain in ("mr", "ct"):  # links of an earlier run go; anything else is not ours to delete
         folder = out / domain
-        folder.mkdir(parents=True)
+        for old in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not old.is_symlink():
+                raise ScriptError(f"{old}: not a link this script made; move it out of {out}")
+            old.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
         for i in ids:  # relative, so the work folder can be moved
             (folder / f"{i}.npy").symlink_to(os.path.relpath(data / domain / f"{i}.npy", folder))
 
@@ -246,7 +269,7 @@ def figure(data: Path, pred: Path, methods: list[str], ids: list[str], path: Pat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from mrct.script_main import positive_int
+    from mrct.script_main import non_negative_int, positive_int
 
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -267,7 +290,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--iterations", type=positive_int, default=4000, help="training iterations per method (default 4000)"
     )
-    p.add_argument("--seed", type=int, default=0, help="data set seed (training seeds are the configs')")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="data set seed (training seeds are the configs')"
+    )
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads per process (default 1)")
     p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda (default auto)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all four")
@@ -286,10 +311,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.depth}×{args.size}×{args.size} voxels, {args.iterations} iterations per method "
         f"(linear decay over the last {args.iterations // 2}), seed {args.seed}"
     )
-    if not (data / "manifest.json").exists():
-        command = [sys.executable, "pipelines/volumetric_mnist.py", "--idx", args.idx, "-o", str(data)]
+    # The steps run in the repository (cwd), so paths given relative to the user's folder are made absolute.
+    idx, labels = os.path.abspath(args.idx), args.labels and os.path.abspath(args.labels)
+    if (data / "manifest.json").exists():
+        check_built(data, args)
+    else:
+        command = [sys.executable, "pipelines/volumetric_mnist.py", "--idx", idx, "-o", str(data)]
         command += ["--count", str(args.count), "--size", str(args.size), "--depth", str(args.depth)]
-        command += ["--seed", str(args.seed)] + (["--labels", args.labels] if args.labels else [])
+        command += ["--seed", str(args.seed)] + (["--labels", labels] if labels else [])
         run("build", command)
     ids = test_ids(data)
     timings: dict[str, float] = {}

@@ -138,6 +138,64 @@ def test_reproduce_mnist_names_the_failed_step_without_a_traceback(tmp_path: Pat
     _one_line_error(proc, "--size")
 
 
+def _idx(path: Path, n: int = 12) -> Path:
+    """An IDX image file of ``n`` 28 x 28 bars."""
+    digits = np.zeros((n, 28, 28), np.uint8)
+    digits[:, 6:22, 12:16] = 255
+    path.write_bytes(
+        b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in digits.shape) + digits.tobytes()
+    )
+    return path
+
+
+def test_reproduce_mnist_refuses_a_work_folder_built_with_other_arguments(tmp_path: Path) -> None:
+    """From a hunt: a rerun into a folder built with --count 6 --size 28 reused its data, models
+    and predictions and labelled the table "20 volumes ... 8x32x32 ... seed 5"."""
+    idx = _idx(tmp_path / "images")
+    built = _run(
+        "pipelines/volumetric_mnist.py", "--idx", idx, "-o", tmp_path / "work" / "vmnist", "--count", 6
+    )
+    assert built.returncode == 0, built.stderr
+    common = ["--idx", idx, "-o", tmp_path / "work", "--depth", 30, "--iterations", 1]
+    proc = _run("pipelines/reproduce_mnist.py", *common, "--count", 7, "--size", 32, "--seed", 5)
+    last = _one_line_error(proc, tmp_path / "work" / "vmnist")
+    assert last.endswith("built with --count 6, --size 84, --seed 0; give the same values, or a new -o")
+    assert proc.returncode == 2 and not (tmp_path / "work" / "runs").exists()
+
+
+def test_reproduce_mnist_resolves_paths_from_the_users_folder_and_keeps_other_files(
+    tmp_path: Path,
+) -> None:
+    """--idx was resolved in the repository, where the steps run ("no such IDX file" for a file
+    that was there); the ground-truth folder was deleted whole, a user's files with it."""
+    (tmp_path / "not_idx.gz").write_bytes(b"PK\x03\x04" + bytes(40))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "reproduce_mnist.py"), "--idx", "not_idx.gz", "-o", "w"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert f"{tmp_path / 'not_idx.gz'}: not an IDX image file" in proc.stderr, proc.stderr
+    spec = importlib.util.spec_from_file_location("rm", ROOT / "pipelines" / "reproduce_mnist.py")
+    assert spec is not None and spec.loader is not None
+    rm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rm)
+    data = tmp_path / "data"
+    for domain in ("mr", "ct"):
+        (data / domain).mkdir(parents=True)
+        (data / domain / "01.npy").write_bytes(b"x")
+    rm.link_ground_truth(data, tmp_path / "gt", ["01"])
+    rm.link_ground_truth(data, tmp_path / "gt", ["01"])  # its own links are replaced
+    assert (tmp_path / "gt" / "ct" / "01.npy").read_bytes() == b"x"
+    (tmp_path / "gt" / "mr" / "notes.txt").write_text("mine")
+    from mrct.script_main import ScriptError
+
+    with pytest.raises(ScriptError, match=r"notes\.txt: not a link this script made"):
+        rm.link_ground_truth(data, tmp_path / "gt", ["01"])
+    assert (tmp_path / "gt" / "mr" / "notes.txt").read_text() == "mine"
+
+
 def test_reproduce_mnist_evaluates_only_the_predicted_test_split(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
