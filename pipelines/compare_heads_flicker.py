@@ -17,8 +17,8 @@ make the synthetic CT flicker from slice to slice?
 
    - on the **model grid**: the prepared 30 x 256 x 256 slab (``PREPARED/mr/<id>.npy``) through
      ``Translator.forward`` (a 2D model runs slice by slice), background set to air outside
-     the MR's head mask as ``mrct translate`` does, mapped to HU (``linear``: [-1, 1] ->
-     [-1024, 3071]). The axial slices here are the model's own, 3.3-4.2 mm apart;
+     the MR's head mask as ``mrct translate`` does, mapped to HU with each model's own CT map
+     (``linear``: [-1, 1] -> [-1024, 3071]). The axial slices here are the model's own, 3.3-4.2 mm apart;
    - on the **input grid**: the whole ``Translator.translate`` path from the source file (the
      slab levels from the prepared record, so no second localisation), as ``mrct translate``
      writes it.
@@ -53,14 +53,16 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-HU_LOW, HU_HIGH = -1024.0, 3071.0  # the linear CT map of configs/preprocess.yaml
 CT_WINDOW = (-1000.0, 1500.0)  # display only
 MARKERS = ("<!-- heads-table -->", "<!-- /heads-table -->")
 
 
-def to_hu(model_values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """Model-grid CT values in [-1, 1] to HU (the ``linear`` map)."""
-    return (np.asarray(model_values, dtype=np.float64) + 1.0) / 2.0 * (HU_HIGH - HU_LOW) + HU_LOW
+def to_hu(model_values: npt.NDArray[Any], ct_map: str = "linear") -> npt.NDArray[np.float64]:
+    """Model-grid CT values in [-1, 1] to HU with the model's CT map (``linear`` or
+    ``soft_tissue``: its package's ``preprocessing.intensity.ct_map``)."""
+    from mrct.preprocessing.intensity import ct_map as named_map
+
+    return named_map(ct_map).inverse(model_values).astype(np.float64)
 
 
 def train_for(prepared: Path, run_dir: Path, minutes: float, threads: int) -> None:
@@ -124,7 +126,7 @@ def check_grid(translator: Any, model: object, prepared: Path, grid: dict[str, A
 
 
 def model_grid_flicker(
-    mr: npt.NDArray[Any], mask: npt.NDArray[Any], sct: npt.NDArray[Any]
+    mr: npt.NDArray[Any], mask: npt.NDArray[Any], sct: npt.NDArray[Any], ct_map: str = "linear"
 ) -> dict[str, float]:
     """Flicker of a model-grid sCT ([-1, 1], background already air) inside ``mask``: in HU;
     relative to the input MR on the [-1, 1] scale; and relative to the sCT's own in-plane
@@ -132,7 +134,7 @@ def model_grid_flicker(
     the sCT's contrast. Also the sCT's standard deviation inside the mask (HU)."""
     from mrct.metrics import relative_flicker, slice_flicker
 
-    hu = to_hu(sct)
+    hu = to_hu(sct, ct_map)
     across = slice_flicker(hu, mask)
     in_plane = (slice_flicker(hu, mask, axis=1) + slice_flicker(hu, mask, axis=2)) / 2
     return {
@@ -239,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepared", required=True, type=Path, help="the prepared head set (mrct prepare)")
-    p.add_argument("--model-3d", default="models/mrct-head-cpu-small", help="3D model package")
+    p.add_argument("--model-3d", default="mrct-head-cpu-small", help="3D model package: a name or a folder")
     p.add_argument("--model-2d", required=True, type=Path, help="2D model package (exported here)")
     p.add_argument("--run", type=Path, help="training run folder of the 2D model")
     p.add_argument("--train-minutes", type=positive_float, help="train the 2D model for this wall time first")
@@ -253,6 +255,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Training and export run in the repository (cwd), so the user's relative paths are made absolute.
+    args.prepared, args.model_2d = args.prepared.absolute(), args.model_2d.absolute()
+    args.run = args.run and args.run.absolute()
     # The set and the 3D model are checked before the 2D model trains (minutes) or anything runs.
     grid, cases = held_out(args.prepared, args.cases)
 
@@ -279,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     translators["2d_random"] = Translator.from_package(args.model_2d, device="cpu")
     check_grid(translators["2d_random"], args.model_2d, args.prepared, grid)
     labels = {}
+    ct_maps = {name: t.package.preprocessing.intensity.ct_map for name, t in translators.items()}
     for name, translator in translators.items():
         training = translator.package.manifest.get("training", {})
         labels[name] = f"{'3D' if name == '3d' else '2D random'} ({training.get('iterations', '?')} it.)"
@@ -302,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                     "case": scan_id,
                     "model": name,
                     "slice_mm": round(slice_mm, 3),
-                    **model_grid_flicker(mr, mask, sct),
+                    **model_grid_flicker(mr, mask, sct, ct_maps[name]),
                     "flicker_hu_input_grid": input_grid_flicker(volume, result.volume, sup, inf),
                 }
             )
-            row_panels.append((f"sCT {labels[name]}", sagittal(to_hu(sct), slice_mm, CT_WINDOW, zoom=2)))
+            row_panels.append(
+                (f"sCT {labels[name]}", sagittal(to_hu(sct, ct_maps[name]), slice_mm, CT_WINDOW, zoom=2))
+            )
             print(f"{scan_id} {name}: {rows[-1]}", flush=True)
         if n < 2:
             panels.append(row_panels)

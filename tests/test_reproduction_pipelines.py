@@ -108,6 +108,13 @@ def test_mnist_figure(mnist: ModuleType, tmp_path: Path) -> None:
 
 def test_heads_flicker_pieces(heads: ModuleType, tmp_path: Path) -> None:
     assert heads.to_hu(np.array([-1.0, 1.0])).tolist() == [-1024.0, 3071.0]
+    from mrct.preprocessing.intensity import ct_map
+
+    values = np.linspace(-1, 1, 9)  # a soft_tissue model's HU were computed with the linear map
+    assert heads.to_hu(values, "soft_tissue") == pytest.approx(
+        ct_map("soft_tissue").inverse(values), abs=1e-3
+    )
+    assert not np.allclose(heads.to_hu(values, "soft_tissue"), heads.to_hu(values))
     mask = np.ones((6, 4, 4), dtype=bool)
     ramp = np.linspace(-1, 1, 6)[:, None, None] * np.ones((6, 4, 4))
     zigzag = ramp + 0.1 * (-1.0) ** np.arange(6)[:, None, None]

@@ -129,6 +129,23 @@ def test_compare_heads_flicker_refuses_a_model_on_another_grid(tmp_path: Path) -
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_heads_flicker_resolves_paths_from_the_users_folder(tmp_path: Path) -> None:
+    """The export ran in the repository with the user's relative --run: "run_h2d: not a training
+    run folder" for a folder that was there (training would have written into the repository)."""
+    _manifest(tmp_path / "prepared", {"depth": 30, "height": 256, "width": 256, "inplane_mm": 1.0})
+    (tmp_path / "run_h2d").mkdir()
+    args = ["--prepared", "prepared", "--run", "run_h2d", "--model-2d", "new2d", "-o", "out"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "compare_heads_flicker.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert f"{tmp_path / 'run_h2d'}: not a training run folder" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
 def test_reproduce_mnist_names_the_failed_step_without_a_traceback(tmp_path: Path) -> None:
     proc = _run("pipelines/reproduce_mnist.py", "--idx", tmp_path / "nonexist.gz", "-o", tmp_path / "out")
     last = _one_line_error(proc, "step build failed")
