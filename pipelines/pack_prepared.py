@@ -14,9 +14,11 @@ expects them, so ``mrct train --data`` reads the unpacked folder as it would the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import lzma
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +36,33 @@ def _train_images(root: Path, packed: bool = False) -> list[Path]:
     return [scan.image.relative_to(root) for domain in scans for scan in domain]
 
 
-def pack(prepared: Path, packed: Path) -> None:
+@contextlib.contextmanager
+def _new_folder(target: Path, verb: str) -> Iterator[Path]:
+    """A temporary sibling of ``target``, renamed to it when complete: an existing folder is
+    never written into (unpacking over a prepared set replaced its volumes by 12-bit copies),
+    and a failed run leaves nothing under the target's name."""
+    if target.exists() or target.is_symlink():
+        raise OutputExistsError(f"already exists; {verb} into a new folder", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(target)
+
+
+def pack(prepared: Path, final: Path) -> None:
     images = _train_images(prepared)
-    if packed.exists():
-        raise OutputExistsError("already exists; pack into a new folder", packed)
-    packed.mkdir(parents=True)
+    with _new_folder(final, "pack") as packed:
+        total = _pack_into(prepared, packed, images)
+    print(f"packed {len(images)} training volumes into {final}: {total / 1e6:.1f} MB")
+
+
+def _pack_into(prepared: Path, packed: Path, images: list[Path]) -> int:
     shutil.copy2(prepared / "manifest.json", packed / "manifest.json")
     total = 0
     for rel in images:
@@ -52,12 +76,17 @@ def pack(prepared: Path, packed: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lzma.compress(buffer.getvalue(), preset=6))
         total += target.stat().st_size
-    print(f"packed {len(images)} training volumes into {packed}: {total / 1e6:.1f} MB")
+    return total
 
 
-def unpack(packed: Path, prepared: Path) -> None:
+def unpack(packed: Path, final: Path) -> None:
     images = _train_images(packed, packed=True)
-    prepared.mkdir(parents=True, exist_ok=True)
+    with _new_folder(final, "unpack") as prepared:
+        _unpack_into(packed, prepared, images)
+    print(f"unpacked {len(images)} training volumes into {final}")
+
+
+def _unpack_into(packed: Path, prepared: Path, images: list[Path]) -> None:
     shutil.copy2(packed / "manifest.json", prepared / "manifest.json")
     for rel in images:
         source = packed / f"{rel}{SUFFIX}"
@@ -68,7 +97,6 @@ def unpack(packed: Path, prepared: Path) -> None:
         target = prepared / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, (levels.astype(np.float32) * np.float32(2 / LEVELS) - 1.0).astype(np.float32))
-    print(f"unpacked {len(images)} training volumes into {prepared}")
 
 
 def main() -> None:

@@ -71,6 +71,17 @@ def test_packed_training_split_unpacks_within_a_12_bit_step(tmp_path: Path) -> N
         assert np.abs(back - volumes[rel]).max() <= 1 / 4095 + 1e-6
         np.testing.assert_array_equal(back[volumes[rel] == -1], -1.0)  # background stays exact
     assert not (tmp_path / "unpacked" / "mr" / "b.npy").exists()
+    # From a hunt: unpacking over the prepared set replaced its float32 volumes by 12-bit copies.
+    from mrct.errors import OutputExistsError, ReadError
+
+    before = (tmp_path / "prepared" / "mr" / "a.npy").read_bytes()
+    with pytest.raises(OutputExistsError, match="already exists; unpack into a new folder"):
+        packer.unpack(tmp_path / "packed", tmp_path / "prepared")
+    assert (tmp_path / "prepared" / "mr" / "a.npy").read_bytes() == before
+    (tmp_path / "packed" / "ct" / "c.npy.u12.xz").write_bytes(b"damaged")
+    with pytest.raises(ReadError, match="not a packed volume"):
+        packer.unpack(tmp_path / "packed", tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "prepared", "unpacked"]  # no leftovers
 
 
 def test_budget_schedule_keeps_the_config_and_halves_into_decay(tmp_path: Path) -> None:
