@@ -61,15 +61,15 @@ def _register_to(fixed: Volume, moving: Volume, *, affine: bool) -> np.ndarray:
     """Warp ``moving`` onto ``fixed``'s grid (correlation; similarity then optionally affine)."""
     import SimpleITK as sitk
 
-    from mrct.preprocessing.localise import _anchor_lps
+    from mrct.preprocessing.localise import anchor_lps
     from mrct.preprocessing.registration import sitk_image
 
     f_work = working_image(fixed, Modality.MR, step_mm=4.0)
     m_work = working_image(moving, Modality.MR, step_mm=4.0)
     f_img, m_img = sitk_image(fixed.array, fixed.affine), sitk_image(moving.array, moving.affine)
     start = sitk.Similarity3DTransform()
-    start.SetCenter(_anchor_lps(f_work).tolist())
-    start.SetTranslation((_anchor_lps(m_work) - _anchor_lps(f_work)).tolist())
+    start.SetCenter(anchor_lps(f_work).tolist())
+    start.SetTranslation((anchor_lps(m_work) - anchor_lps(f_work)).tolist())
     stages = [sitk.Similarity3DTransform(start)]
     if affine:
         stages.append(sitk.AffineTransform(3))

@@ -338,3 +338,21 @@ def test_benchmark_failures_are_found_in_the_results() -> None:
         "models": {"bundled": {"translate": {"runs": [{"rc": 0}, {"rc": 3, "error": "bad"}]}}},
     }
     assert run.failures(result) == ["train cpu_small: exit 1: boom", "bundled translate: exit 3: bad"]
+
+
+def test_pipelines_use_no_private_names_of_mrct() -> None:
+    """pipelines/README.md promises the scripts use mrct's public names; build_head_template.py
+    imported ``mrct.preprocessing.localise._anchor_lps``."""
+    import ast
+
+    private = []
+    for script in sorted((ROOT / "pipelines").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mrct"):
+                parts = (node.module or "").split(".") + [a.name for a in node.names]
+                private += [
+                    f"{script.name}: {node.module}.{p}"
+                    for p in parts
+                    if p.startswith("_") and not p.endswith("__")
+                ]
+    assert private == []

@@ -137,7 +137,7 @@ def load_reference() -> Reference:
     )
 
 
-def _anchor_lps(work: WorkingImage) -> npt.NDArray[np.float64]:
+def anchor_lps(work: WorkingImage) -> npt.NDArray[np.float64]:
     """A point 50 mm below the vertex, at the centre of the head's upper part (LPS mm)."""
     pts = work.mask_points()
     top = float(np.percentile(pts[:, 2], 99.9))
@@ -215,7 +215,7 @@ class Localiser:
 
         fixed, fixed_mask = self._fixed, self._fixed_mask
         moving = sitk_image(work.array, work.affine)
-        ref_anchor, scan_anchor = _anchor_lps(self.reference.work), _anchor_lps(work)
+        ref_anchor, scan_anchor = anchor_lps(self.reference.work), anchor_lps(work)
         results = []
         for shift in START_SHIFTS_MM:
             start = sitk.Similarity3DTransform()
