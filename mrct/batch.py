@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrct import __version__
-from mrct.batch_folder import Manifest, hold, same_files, sweep
+from mrct.batch_folder import Manifest, hold, same_input, sweep
 from mrct.batch_series import Series, discover, name_outputs
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
@@ -238,10 +238,14 @@ def _plan(
         skip = None if s.error else s.skip or (_why_not(s.modality, to, "header") if by_header else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
-        elif not overwrite and (
-            old.get("status") == "skipped"
-            # done, unless its series has grown since (files still arriving from a PACS)
-            or (old.get("status") == "done" and ours and (out / s.output).exists() and same_files(old, s))
+        elif (
+            not overwrite
+            # unless its files changed since: grown (still arriving from a PACS), or replaced
+            and same_input(old, s)
+            and (
+                old.get("status") == "skipped"
+                or (old.get("status") == "done" and ours and (out / s.output).exists())
+            )
         ):
             manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):
@@ -365,58 +369,68 @@ def _translate(
     def reap(keep: int) -> None:
         """Record finished writes in order, waiting until at most ``keep`` are under way."""
         while writing and (len(writing) > keep or writing[0][3].done()):
-            s, loaded, took, job = writing.popleft()
+            # Taken off the queue only once recorded: a Ctrl-C while waiting here left a written
+            # output unrecorded ("failed"), and every later run refused it as someone else's.
+            s, loaded, took, job = writing[0]
             try:
                 seconds, note = job.result()
                 record(s, "done", loaded.modality, took + seconds, note)
             except Exception as err:
                 record(s, "failed", loaded.modality, took, _one_line(err))
+            writing.popleft()
 
     pending, ahead = iter(todo), deque[tuple[Series, bool, Future[_Loaded]]]()
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
-    with bar, redirect, ThreadPoolExecutor(workers) as reads, ThreadPoolExecutor(workers) as writes:
-        try:
-            while True:
-                while len(ahead) <= workers and (nxt := next(pending, None)):  # read ``workers`` ahead
-                    ahead.append((*nxt, reads.submit(_load_and_prepare, nxt[0], to, translator, crop)))
-                if not ahead:
-                    break
-                s, replace_it, future = ahead.popleft()
-                bar.set_postfix_str(s.input, refresh=False)
-                loaded = future.result()
-                if loaded.prepared is None:
-                    message = loaded.skip or loaded.error or ""
-                    record(
-                        s, "skipped" if loaded.skip else "failed", loaded.modality, loaded.seconds, message
+    try:
+        with bar, redirect, ThreadPoolExecutor(workers) as reads, ThreadPoolExecutor(workers) as writes:
+            try:
+                while True:
+                    while len(ahead) <= workers and (nxt := next(pending, None)):  # read ``workers`` ahead
+                        ahead.append((*nxt, reads.submit(_load_and_prepare, nxt[0], to, translator, crop)))
+                    if not ahead:
+                        break
+                    s, replace_it, future = ahead.popleft()
+                    bar.set_postfix_str(s.input, refresh=False)
+                    loaded = future.result()
+                    if loaded.prepared is None:
+                        message = loaded.skip or loaded.error or ""
+                        record(
+                            s,
+                            "skipped" if loaded.skip else "failed",
+                            loaded.modality,
+                            loaded.seconds,
+                            message,
+                        )
+                        continue
+                    start = time.perf_counter()
+                    try:
+                        outputs = translator.run(loaded.prepared)
+                    except Exception as err:
+                        record(s, "failed", loaded.modality, loaded.seconds, _one_line(err))
+                        continue
+                    took, prepared, loaded.prepared = (
+                        loaded.seconds + time.perf_counter() - start,
+                        loaded.prepared,
+                        None,
                     )
-                    continue
-                start = time.perf_counter()
-                try:
-                    outputs = translator.run(loaded.prepared)
-                except Exception as err:
-                    record(s, "failed", loaded.modality, loaded.seconds, _one_line(err))
-                    continue
-                took, prepared, loaded.prepared = (
-                    loaded.seconds + time.perf_counter() - start,
-                    loaded.prepared,
-                    None,
-                )
-                dst = out / s.output
-                job = writes.submit(
-                    _finish_and_write,
-                    translator,
-                    prepared,
-                    outputs,
-                    dst,
-                    s.fmt,
-                    to,
-                    how,
-                    replace_it,
-                    anonymizer,
-                )
-                writing.append((s, loaded, took, job))
-                reap(keep=workers)
-        finally:
-            for *_, future in ahead:
-                future.cancel()
-            reap(keep=0)
+                    dst = out / s.output
+                    job = writes.submit(
+                        _finish_and_write,
+                        translator,
+                        prepared,
+                        outputs,
+                        dst,
+                        s.fmt,
+                        to,
+                        how,
+                        replace_it,
+                        anonymizer,
+                    )
+                    writing.append((s, loaded, took, job))
+                    reap(keep=workers)
+            finally:
+                for *_, future in ahead:
+                    future.cancel()
+                reap(keep=0)
+    finally:  # the writers have stopped: a Ctrl-C while one was awaited left its row unrecorded
+        reap(keep=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -214,10 +215,26 @@ def input_files(s: Series) -> int:
     return len(s.stack.files) if s.stack is not None else 1
 
 
-def same_files(row: dict[str, Any], s: Series) -> bool:
-    """Whether a done row was made from as many files as the series has now (rows written
-    before mrct counted them are trusted)."""
-    return row.get("files") in (None, input_files(s))
+def input_stamp(s: Series) -> str:
+    """Names, sizes and modification times of a series' files, hashed: a file replaced at the
+    same path (another subject's scan) changes it, as it changes what ``make`` or ``rsync`` see."""
+    paths = sorted(s.stack.files) if s.stack is not None else [s.path]
+    digest = hashlib.sha256()
+    for path in paths:
+        # Names relative to the series: a tree copied elsewhere with its times (cp -p) matches.
+        name = os.path.relpath(path, s.path) if s.stack is not None else os.path.basename(path)
+        try:
+            st = os.stat(path)
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{name}\0gone\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def same_input(row: dict[str, Any], s: Series) -> bool:
+    """Whether an earlier row was made from the files the series has now: as many (a series still
+    arriving from a PACS grows) and unchanged. Rows written before mrct recorded these are trusted."""
+    return row.get("files") in (None, input_files(s)) and row.get("stamp") in (None, input_stamp(s))
 
 
 class Manifest:
@@ -234,13 +251,18 @@ class Manifest:
         self.root = re.compile(r"(?<![^\s'\"(=])" + re.escape(f"{root}{os.sep}"))
         self.rows: dict[str, dict[str, Any]] = {}
         self.previous: dict[str, dict[str, Any]] = {}
-        if path.name == "manifest.json" and not overwrite:
-            self._adopt_shards(path.parent)
+        if not overwrite:
+            self._adopt_others(path)
         if not path.exists():
             return
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-            self.previous = {**self.previous, **{r["id"]: r for r in old["series"]}}
+            own = {r["id"]: r for r in old["series"]}
+            # Another run's done row wins over this manifest's failed or pending one.
+            self.previous = {
+                **own,
+                **{k: r for k, r in self.previous.items() if own.get(k, {}).get("status") != "done"},
+            }
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -255,12 +277,16 @@ class Manifest:
             made = "with" if old.get("anonymize") else "without"
             raise OutputExistsError(f"made {made} --anonymize; pass --overwrite or use a new folder", path)
 
-    def _adopt_shards(self, out: Path) -> None:
-        """An unsharded run after ``--shard K/N`` runs counts what they finished as done (same
-        ``to``, model and ``anonymize``), instead of failing on every output they wrote."""
-        for shard in sorted(out.glob("manifest-shard*of*.json")):
+    def _adopt_others(self, path: Path) -> None:
+        """What other runs into this folder finished counts as done (same ``to``, model and
+        ``anonymize``): an unsharded run after shards, a shard after an unsharded run or after
+        shards of another N. Without it they failed on every output the others wrote."""
+        others = [path.with_name("manifest.json"), *sorted(path.parent.glob("manifest-shard*of*.json"))]
+        for other in others:
+            if other == path or not other.exists():
+                continue
             try:
-                old = json.loads(shard.read_text(encoding="utf-8"))
+                old = json.loads(other.read_text(encoding="utf-8"))
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
                 done = {r["id"]: r for r in old["series"] if r.get("status") == "done"}
@@ -275,14 +301,17 @@ class Manifest:
         message = self.root.sub("", message)
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
-        self.rows[s.id] = dict(zip(COLUMNS, values, strict=True))
+        # ``stamp`` (JSON only): the input files as they were, so a resume sees one replaced.
+        self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": input_stamp(s)}
 
     def interrupted(self, series: Iterable[Series]) -> None:
         """Rows the run did not finish say so, rather than keeping a status outside
-        done/skipped/failed; the next run redoes them."""
+        done/skipped/failed; the next run redoes them. They keep their output's name: this run
+        may replace an output it wrote as it was interrupted (outputs appear whole or not at all)."""
         for s in series:
             if self.rows.get(s.id, {}).get("status") == "pending":
                 self.set(s, "failed", message="interrupted before it finished; run the batch again to resume")
+                self.rows[s.id]["output"] = s.output
         self.write()
 
     def write(self) -> None:
@@ -292,7 +321,7 @@ class Manifest:
         with atomic_file(self.path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         with atomic_file(self.path.with_suffix(".csv"), overwrite=True) as tmp:

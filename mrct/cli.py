@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import asdict
@@ -367,10 +368,32 @@ def _unwind_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> None:
-    # An ignore the caller asked for is kept; mrct train's stop flag takes SIGTERM over while it runs.
+def _interrupt(_signum: int, _frame: object) -> None:
+    """The first Ctrl-C unwinds (KeyboardInterrupt), so that outputs being written are finished
+    or removed and manifests record what was done; that can take a few seconds. A second one
+    meanwhile stops at once: raised again inside that clean-up, it aborted the process in native
+    threads (SIGABRT, a core dump). Outputs are renamed into place whole, so none is half written,
+    and the next run removes the temporary files."""
+    signal.signal(signal.SIGINT, _stop_at_once)
+    raise KeyboardInterrupt
+
+
+def _stop_at_once(_signum: int, _frame: object) -> None:
+    os.write(2, b"error: interrupted again; stopped at once (the next run removes temporary files)\n")
+    os._exit(130)
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM unwind (see :func:`_interrupt`, :func:`_unwind_on_sigterm`). A signal
+    the caller ignores stays ignored; mrct train's stop flag takes SIGTERM over while it runs."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def main() -> None:
+    install_signal_handlers()
     try:
         code = app(args=expand_prepare_args(sys.argv[1:]), standalone_mode=False)
     except typer.Abort:  # Ctrl-C while click itself was prompting or parsing

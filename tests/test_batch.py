@@ -80,7 +80,9 @@ def test_batch_translates_skips_and_records(tmp_path: Path, tree: Path, model: P
         "p02/notes.txt": "skipped",
         "p03/broken.nii.gz": "failed",
     }
-    assert [{k: str(v) for k, v in r.items()} for r in content["series"]] == rows  # CSV = JSON
+    # CSV = JSON, but for the JSON's stamp of the input files (for resumes, not for reading)
+    assert [{k: str(v) for k, v in r.items() if k != "stamp"} for r in content["series"]] == rows
+    assert all(len(r["stamp"]) == 16 for r in content["series"])
     by_input = {r["input"]: r for r in content["series"]}
     assert "already CT" in by_input["p01/study/ct"]["message"]
     assert by_input["p03/broken.nii.gz"]["message"].startswith("p03/broken.nii.gz: ")  # relative paths
@@ -144,6 +146,9 @@ def test_an_interrupted_run_resumes(
     rows = {r["input"]: r for r in _manifest(out)[0]["series"]}  # readable, consistent
     assert rows["p01/study/t1"]["status"] == "done" and rows["p02/head.nii.gz"]["status"] == "failed"
     assert rows["p02/head.nii.gz"]["message"].startswith("interrupted before it finished")
+    assert (
+        rows["p02/head.nii.gz"]["output"] == "p02/head_synthetic_ct.nii.gz"
+    )  # may be replaced by the resume
     assert not (out / "p02").exists()  # nothing half-written
     assert not [p for p in out.rglob("*") if ".mrct-tmp-" in p.name]
 
@@ -176,6 +181,101 @@ def test_shards_partition_the_series(tmp_path: Path, tree: Path, model: Path) ->
         with pytest.raises(MrctError):
             parse_shard(text)
     assert parse_shard("2/2") == (2, 2)
+
+
+def test_shards_and_whole_runs_count_each_others_work(tmp_path: Path, tree: Path, model: Path) -> None:
+    """From a hunt: a whole run interrupted at once, then shards that finished everything, then a
+    whole run: its old failed rows overrode the shards' done ones and every series failed on "exists;
+    pass --overwrite". A shard into a folder a whole run completed failed the same way."""
+    from mrct.inference import Translator
+
+    out = tmp_path / "out"
+    options = {"model": "tiny", "search_dirs": [model.parent], "crop_mm": "40,-40", "progress": False}
+
+    def stop(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Translator, "run", stop)
+        with pytest.raises(KeyboardInterrupt):
+            api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
+    shards = [api.batch(tree, out, to="ct", shard=f"{k}/2", **options) for k in (1, 2)]  # type: ignore[arg-type]
+    done = sum(s.count("done") for s in shards)
+    whole = api.batch(tree, out, to="ct", **options)  # type: ignore[arg-type]
+    assert whole.count("done") == whole.earlier == done == 2
+    assert not [r for r in whole.rows if "exists" in r["message"]], whole.rows
+    again = api.batch(tree, out, to="ct", shard="1/3", **options)  # type: ignore[arg-type]
+    assert again.count("done") == again.earlier and not [r for r in again.rows if "exists" in r["message"]]
+
+
+def test_a_replaced_input_is_translated_again(tmp_path: Path, model: Path) -> None:
+    """From a hunt: a scan replaced at the same path by another subject's kept the first one's
+    synthetic CT on every resume, and a CT replaced by an MR stayed skipped for good."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a.nii.gz", "mr", seed=1)
+    write_head(src / "b.nii.gz", "ct", seed=1)
+    assert _batch(src, out, model).exit_code == 0
+    first = (out / "a_synthetic_ct.nii.gz").read_bytes()
+    assert {r["input"]: r["status"] for r in _manifest(out)[1]} == {"a.nii.gz": "done", "b.nii.gz": "skipped"}
+    write_head(src / "a.nii.gz", "mr", semi_axes=(60.0, 75.0, 70.0), seed=2)
+    write_head(src / "b.nii.gz", "mr", seed=3)
+    again = _batch(src, out, model)
+    assert again.exit_code == 0, again.output
+    assert {r["input"]: r["status"] for r in _manifest(out)[1]} == {"a.nii.gz": "done", "b.nii.gz": "done"}
+    assert (out / "a_synthetic_ct.nii.gz").read_bytes() != first
+    assert "nothing left to do" in _batch(src, out, model).stdout
+
+
+def test_ctrl_c_while_a_write_is_awaited_keeps_that_series(
+    tmp_path: Path, tree: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a hunt: a Ctrl-C that reached the main thread while it waited for a write took that
+    series off the queue unrecorded ("failed", no output), though its output was complete; every
+    later run then refused the output as someone else's."""
+    import os
+    import signal
+
+    import mrct.batch
+
+    real, calls = mrct.batch._write, []
+
+    def write_then_ctrl_c(*args: object) -> float:
+        seconds = real(*args)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 2:  # the last write, which the main thread waits for: Ctrl-C reaches it there
+            os.kill(os.getpid(), signal.SIGINT)
+        return seconds
+
+    monkeypatch.setattr(mrct.batch, "_write", write_then_ctrl_c)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        api.batch(tree, out, to="ct", model=model, crop_mm="40,-40", progress=False)
+    rows = {r["input"]: r for r in _manifest(out)[0]["series"]}
+    written = [r for r in rows.values() if r["output"] and (out / r["output"]).exists()]
+    assert written and all(r["status"] == "done" for r in written), rows
+    monkeypatch.undo()
+    resumed = _batch(tree, out, model)
+    assert not [r for r in _manifest(out)[1] if "exists" in r["message"]], resumed.output
+
+
+def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(tmp_path: Path) -> None:
+    """From a hunt: a second Ctrl-C while a batch finished its writes aborted the process
+    (SIGABRT in native threads, exit 134 and a core dump) instead of exiting 130."""
+    script = (
+        "import os, signal, time\n"
+        "from mrct.cli import install_signal_handlers\n"
+        "install_signal_handlers()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)  # the clean-up, interrupted\n"
+        "print('not reached')\n"
+    )
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "not reached" not in proc.stdout
+    assert proc.stderr == "error: interrupted again; stopped at once (the next run removes temporary files)\n"
 
 
 def _set(files: tuple[Path, ...], **values: object) -> None:
