@@ -13,6 +13,7 @@ functions that need them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -75,6 +76,23 @@ def _created_file_mode() -> int:
 # ----------------------------------------------------------------------------- writing
 
 
+def save_tensors(state: Mapping[str, Any], target: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, whose failed write (a full disk) is its own
+    SafetensorError, raised here as the OSError it reports, so that callers name the file."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    try:
+        safetensors.torch.save_file(dict(state), str(target), metadata=metadata)
+    except SafetensorError as err:
+        # "... IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })"
+        code = re.search(r"code: (\d+)", str(err))
+        reason = re.search(r'message: "([^"]*)"', str(err))
+        raise OSError(
+            int(code.group(1)) if code else errno.EIO, reason.group(1) if reason else str(err), str(target)
+        ) from None
+
+
 def write_package(
     out: str | Path,
     *,
@@ -97,7 +115,6 @@ def write_package(
     The folder is built beside ``out`` and renamed into place; an existing ``out`` is
     replaced only with ``overwrite`` (the old one is moved aside, then deleted).
     """
-    import safetensors.torch
     import torch
 
     from mrct.networks import count_parameters
@@ -140,7 +157,7 @@ def write_package(
     with atomic_dir(Path(out), PACKAGE_FILES, overwrite=overwrite) as tmp:
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
-            safetensors.torch.save_file(state, str(target), metadata={"mrct_direction": direction})
+            save_tensors(state, target, metadata={"mrct_direction": direction})
             os.chmod(target, _created_file_mode())
             manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"

@@ -202,3 +202,61 @@ def test_ct_values_beyond_int16_are_clipped_with_a_warning_naming_the_output(
     caplog.clear()
     write_volume(Volume(np.clip(array, -1024, 3071), np.eye(4), Modality.CT), f"{tmp_path / 'fine'}/")
     assert "clipped" not in caplog.text
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MB tmpfs (needs root, as in CI and here); skipped where it cannot be mounted."""
+    import shutil
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if (
+        not shutil.which("mount")
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.parametrize("name", ["big.nii.gz", "big.nii", "big.nrrd"])
+def test_a_full_disk_is_a_write_error_naming_the_output(full_disk: Path, name: str) -> None:
+    """From a hunt: "unexpected OSError: [Errno 28] No space left on device", exit 70, naming
+    no file, for NIfTI (NRRD/MHA and DICOM were already WriteErrors); nothing is left behind."""
+    rng = np.random.default_rng(0)
+    noise = Volume(rng.normal(size=(80, 80, 80)).astype(np.float32), np.eye(4))  # 2 MB, incompressible
+    with pytest.raises(WriteError, match="cannot write") as caught:
+        write_volume(noise, full_disk / name)
+    assert str(full_disk / name) in str(caught.value) and caught.value.exit_code == 5
+    assert list(full_disk.iterdir()) == []
+
+
+def test_a_failed_safetensors_write_is_an_os_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors raises its own SafetensorError for a full disk: export said "unexpected
+    SafetensorError", exit 70, and a checkpoint write escaped the trainer's WriteError."""
+    import errno
+
+    import safetensors.torch
+    import torch
+    from safetensors import SafetensorError
+
+    from mrct.models import save_tensors
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+            'message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "w.safetensors")

@@ -10,6 +10,7 @@ must never delete a user's folder. No output may replace its input (:func:`check
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -85,6 +86,27 @@ def _creating(path: Path) -> Iterator[None]:
         yield
     except OSError as err:
         raise WriteError(f"cannot write here ({err.strerror})", path) from err
+
+
+# A write that fails for these is the output's problem whatever file the error names.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path) -> Iterator[None]:
+    """OSError while writing into ``tmp`` (a full disk, a quota) as a WriteError naming ``path``:
+    it was "unexpected OSError: [Errno 28] No space left on device", exit 70, naming no file.
+    An error naming another file (an input read on the way) is left as it is."""
+    try:
+        yield
+    except OSError as err:
+        name = "" if err.filename is None else os.fsdecode(err.filename)
+        if err.errno in _WRITE_ERRNOS or not name or name.startswith(str(tmp)):
+            # Drop the failed writer's frames now: nibabel's open gzip stream on the deleted
+            # temporary file would otherwise keep the disk full while the error is reported.
+            err.__traceback__ = None
+            raise WriteError(f"cannot write ({err.strerror or err})", path) from None
+        raise
 
 
 def check_writable(path: Path) -> None:
@@ -169,7 +191,8 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        with _writing(path, tmp):
+            yield tmp
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError("output appeared while writing; not replaced", path)
         with _creating(path):  # a read-only or immutable folder: one error naming the output
@@ -194,7 +217,8 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     old: Path | None = None
     try:
-        yield tmp
+        with _writing(path, tmp):
+            yield tmp
         if path.exists():
             if not overwrite:
                 raise OutputExistsError("output appeared while writing; not replaced", path)

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mrct.errors import ReadError
+from mrct.models import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def begin(run_dir: Path, iteration: int) -> Path:
 
 
 def write_rank(tmp: Path, rank: int, state: dict[str, torch.Tensor]) -> None:
-    save_file(_tensors(state), str(tmp / f"rank{rank}.safetensors"))
+    save_tensors(_tensors(state), tmp / f"rank{rank}.safetensors")
 
 
 def finish(
@@ -108,8 +109,8 @@ def finish(
     keep: int,
 ) -> Path:
     """Write the shared files, publish the folder, point ``latest`` at it, prune old ones."""
-    save_file(_tensors(networks), str(tmp / "networks.safetensors"))
-    save_file(_tensors(optimizers), str(tmp / "optimizers.safetensors"))
+    save_tensors(_tensors(networks), tmp / "networks.safetensors")  # a full disk: an OSError naming it
+    save_tensors(_tensors(optimizers), tmp / "optimizers.safetensors")
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     final = tmp.parent / tmp.name.removeprefix(".tmp-")
     if final.exists():
