@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mrct.errors import OutputExistsError, ReadError
+from mrct.errors import OutputExistsError, ReadError, WriteError
 from mrct.io import read_volume, write_volume
 from mrct.io.atomic import TMP_MARK
 from mrct.io.orientation import axis_codes, lps_to_ras
@@ -97,7 +97,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise OSError("disk full")
 
     monkeypatch.setattr(nib, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=r"v\.nii\.gz: cannot write \(disk full\)"):
         write_volume(phantom(), tmp_path / "v.nii.gz")
     assert list(tmp_path.iterdir()) == []
 

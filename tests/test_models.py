@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mrct.errors import ModelError, OutputExistsError
+from mrct.errors import ModelError, OutputExistsError, WriteError
 from mrct.models import (
     find_package,
     list_packages,
@@ -310,7 +310,7 @@ def test_existing_output_and_overwrite(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError("disk full")
 
     monkeypatch.setattr("mrct.models.render_card", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="disk full"):
         write(out, tiny_states(seed=2), overwrite=True)
     assert load_package(out).checksum == second
     assert leftovers(tmp_path) == []
