@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from mrct import metrics
 from mrct.errors import InputNotFoundError, MrctError, ReadError
-from mrct.io.atomic import atomic_file, check_output, utf8_bytes
+from mrct.io.atomic import atomic_file, check_apart, check_output, utf8_bytes
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,9 @@ def evaluate_volumes(
         choices = ", ".join(m.value for m in Metric)
         raise MrctError(f"unknown metric {metric!r} (expected one of {choices})") from None
     out_csv = Path(out_csv)
+    for given in (pred, gt, mask):  # --overwrite replaced an input given as -o by the CSV
+        if given is not None:
+            check_apart(Path(given), out_csv)
     check_output(out_csv, overwrite)
     rows = []
     for case in match_cases(pred, gt, mask):

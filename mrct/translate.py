@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import re
 import time
@@ -91,6 +92,8 @@ def default_output(src: Path, to: Modality, fmt: OutputFormat, series: str | Non
     second series of the same folder does not collide with the first.
     """
     src = Path(str(src).rstrip("/\\"))
+    if src.name in ("", ".", ".."):  # "mrct translate ." in a DICOM folder: named after the folder
+        src = Path(os.path.abspath(src))
     stem = src.name[: len(src.name) - len(compound_suffix(src))] if src.is_file() else src.name
     if series:
         stem += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", series)
@@ -189,17 +192,19 @@ def translate_file(
     out_path, out_fmt = resolve_output(src, dst, to, fmt, series)
     if preview is not None and Path(preview).suffix.lower() != ".png":
         raise MrctError("a preview is written as PNG; give --preview a name ending in .png", preview)
-    for option, path in (("-o", out_path), ("--report", report), ("--preview", preview)):
-        if path is not None:
-            check_apart(src, Path(path))
-            if src.is_dir() and Path(path).resolve().is_relative_to(src.resolve()):
-                # Inputs are never modified: a file added there would also join the next read.
-                raise MrctError(f"{option} inside the input folder; write it elsewhere", path)
-            if Path(path).exists() and not overwrite:
-                raise OutputExistsError("output exists; pass --overwrite to replace it", path)
-            if option != "-o" and Path(path).is_dir():
-                raise OutputExistsError(f"is a folder; {option} needs a file name", path)
-            check_writable(Path(path))  # before the slow part, so a failure leaves no output
+    named = [(o, Path(p)) for o, p in (("-o", out_path), ("--report", report), ("--preview", preview)) if p]
+    for n, (option, given) in enumerate(named):  # a report written over the image lost the image
+        if other := next((o for o, q in named[:n] if q.resolve() == given.resolve()), None):
+            raise MrctError(f"{option} names the same file as {other}; give each output its own name", given)
+        check_apart(src, given)
+        if src.is_dir() and given.resolve().is_relative_to(src.resolve()):
+            # Inputs are never modified: a file added there would also join the next read.
+            raise MrctError(f"{option} inside the input folder; write it elsewhere", given)
+        if given.exists() and not overwrite:
+            raise OutputExistsError("output exists; pass --overwrite to replace it", given)
+        if option != "-o" and given.is_dir():
+            raise OutputExistsError(f"is a folder; {option} needs a file name", given)
+        check_writable(given)  # before the slow part, so a failure leaves no output
     if out_fmt is OutputFormat.DICOM:
         from mrct.io.dicom_write import SERIES_FILES
 

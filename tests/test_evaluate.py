@@ -156,6 +156,22 @@ def test_missing_ground_truth_and_existing_output(ct_cases: tuple[Path, Path, Pa
     )
     assert result.exit_code == OutputExistsError.exit_code and "--overwrite" in result.output
     assert (tmp_path / "r.csv").read_text() == "keep"
+    # From a hunt: with --overwrite, -o naming an input replaced it by the CSV.
+    before = (gt / "case1.nii.gz").read_bytes()
+    for target in (gt / "case1.nii.gz", pred / "case1.nii.gz"):
+        result = runner.invoke(
+            app,
+            [
+                "evaluate",
+                str(pred / "case1.nii.gz"),
+                str(gt / "case1.nii.gz"),
+                "-o",
+                str(target),
+                "--overwrite",
+            ],
+        )
+        assert result.exit_code == 4 and "output would replace the input" in result.stderr, result.output
+    assert (gt / "case1.nii.gz").read_bytes() == before
 
 
 def test_mnist_l2_on_npy_volumes(tmp_path: Path) -> None:

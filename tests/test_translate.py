@@ -748,6 +748,33 @@ def test_an_unusable_output_report_or_preview_fails_before_any_work(
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert not out.exists(), extra
     assert (tmp_path / "folder").is_dir() and not list((tmp_path / "folder").iterdir())
+    # From a hunt: --report naming the output wrote the JSON over the synthetic image (exit 0).
+    out.write_bytes(b"an earlier output")
+    for extra, words in (
+        (["-o", str(out), "--report", str(out)], "--report names the same file as -o"),
+        (
+            ["-o", str(out), "--report", str(tmp_path / "x.png"), "--preview", str(tmp_path / "x.png")],
+            "--preview",
+        ),
+    ):
+        args = [str(heads / "mr.nii.gz"), "--to", "ct", "--model", str(tiny_model), *CROP, "--overwrite"]
+        result = _translate(*args, *extra)
+        assert result.exit_code == 1 and words in result.stderr and result.stderr.count("\n") == 1, (
+            result.stderr
+        )
+        assert out.read_bytes() == b"an earlier output" and not (tmp_path / "x.png").exists()
+
+
+def test_translate_dot_in_a_dicom_folder_writes_beside_it(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a hunt: "mrct translate ." in a DICOM folder failed ("_synthetic_ct: -o inside the input
+    folder")."""
+    series = write_series(tmp_path / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    monkeypatch.chdir(series.files[0].parent)
+    result = _translate(".", "--to", "ct", "--model", str(tiny_model), *CROP)
+    assert result.exit_code == 0, result.output
+    assert read_volume(tmp_path / "t1_synthetic_ct").modality is Modality.CT
 
 
 def test_full_fov_report_names_the_tiles_as_tiles(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
