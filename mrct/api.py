@@ -13,7 +13,7 @@ from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import check_apart
+from mrct.io.atomic import check_apart, check_outside
 from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
@@ -129,6 +129,7 @@ def convert(
     if dst_p.exists() and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_apart(src_p, dst_p)
+    check_outside(src_p, dst_p)
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
     from mrct.translate import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 
@@ -202,6 +203,7 @@ def preview(
         raise MrctError("a preview is written as PNG; give an output ending in .png", dst_p)
     if dst_p.exists() and not overwrite:  # fail before reading a large scan
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
+    check_outside(Path(src), dst_p)
     vol = read_volume(src, series=series)
     return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite)
 

@@ -41,6 +41,10 @@ def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
             raise OutputExistsError(
                 f"the output folder is, or writes over, the input {given}; choose another", out
             )
+        if source.is_dir() and target.is_relative_to(source):  # inputs are never modified
+            raise OutputExistsError(
+                f"the output folder lies inside the input folder {given}; choose another", out
+            )
     if out.is_dir() and not (out / "manifest.json").exists():
         theirs = sorted(d for d in ("mr", "ct", "qc") if (out / d).exists())
         if theirs:

@@ -21,7 +21,14 @@ from mrct import __version__
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import atomic_file, check_apart, check_replaceable, check_writable, compound_suffix
+from mrct.io.atomic import (
+    atomic_file,
+    check_apart,
+    check_outside,
+    check_replaceable,
+    check_writable,
+    compound_suffix,
+)
 from mrct.io.discover import fit_name
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -197,9 +204,7 @@ def translate_file(
         if other := next((o for o, q in named[:n] if q.resolve() == given.resolve()), None):
             raise MrctError(f"{option} names the same file as {other}; give each output its own name", given)
         check_apart(src, given)
-        if src.is_dir() and given.resolve().is_relative_to(src.resolve()):
-            # Inputs are never modified: a file added there would also join the next read.
-            raise MrctError(f"{option} inside the input folder; write it elsewhere", given)
+        check_outside(src, given, option)
         if given.exists() and not overwrite:
             raise OutputExistsError("output exists; pass --overwrite to replace it", given)
         if option != "-o" and given.is_dir():

@@ -247,3 +247,22 @@ def test_a_line_break_in_a_file_name_keeps_the_error_on_one_line(tmp_path: Path)
     result = runner.invoke(app, ["info", str(odd)])
     assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.stderr
     assert "scan\\nname.nii.gz" in result.stderr
+
+
+def test_outputs_inside_a_dicom_input_folder_are_refused(tmp_path: Path) -> None:
+    """From a hunt: convert, preview and prepare wrote into a DICOM input folder (translate
+    refused it), and the folder then read as two series ("2 series found")."""
+    from tests.dicom_factory import write_series
+
+    folder = write_series(tmp_path / "t1", modality="MR", shape=(32, 32, 12)).files[0].parent
+    before = tree_digest(folder)
+    for args, code in (
+        (["convert", folder, folder / "x.nii.gz"], 1),
+        (["convert", folder, f"{folder / 'sub'}/"], 1),
+        (["preview", folder, "-o", folder / "p.png"], 1),
+        (["prepare", "--mr", folder, "--ct", folder, "-o", folder / "prep"], 4),
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == code, (args, result.output)
+        assert "inside the input folder" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert tree_digest(folder) == before and read_volume(folder).shape == (32, 32, 12)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrct.errors import OutputExistsError, WriteError
+from mrct.errors import MrctError, OutputExistsError, WriteError
 
 log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
@@ -166,6 +166,13 @@ def check_apart(src: Path, dst: Path) -> None:
         raise OutputExistsError("output would replace the input; choose another output path", dst)
     if target.is_dir() and source.is_relative_to(target):
         raise OutputExistsError(f"output folder holds the input {src}; choose another output path", dst)
+
+
+def check_outside(src: Path, dst: Path, option: str = "-o") -> None:
+    """Refuse an output inside an input folder: inputs are never modified, and a file or series
+    added to a DICOM folder joins its next read (one series became two)."""
+    if src.is_dir() and Path(os.path.realpath(dst)).is_relative_to(os.path.realpath(src)):
+        raise MrctError(f"{option} inside the input folder {src}; write it elsewhere", dst)
 
 
 def utf8_bytes(text: str) -> bytes:

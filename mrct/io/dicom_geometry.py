@@ -6,7 +6,8 @@ never by file name or InstanceNumber.
 
 When the stack is not rectilinear (gantry tilt shears it; some head CT
 protocols change slice spacing part-way) the slices are resampled onto a
-rectilinear grid, as dcm2niix does for its ``_Tilt``/``_Eq`` outputs.
+rectilinear grid along the slice normal. dcm2niix's ``_Tilt``/``_Eq`` files do the same kind of
+correction, on grids of another extent and slice count, so compare them in patient space.
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     values = rescale(pixels, slopes, intercepts)
     if plan.resample:
         log.warning(
-            "%s: %s; resampled onto a rectilinear grid of %.3f mm slices (as dcm2niix's _Tilt/_Eq output)",
+            "%s: %s; resampled onto a rectilinear grid of %.3f mm slices along the slice normal "
+            "(like dcm2niix's _Tilt/_Eq files, which differ in extent and slice count)",
             where,
             plan.reason,
             float(np.linalg.norm(plan.affine_lps[:3, 2])),
