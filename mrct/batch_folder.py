@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
-from mrct.io.atomic import atomic_file, compound_suffix, utf8_bytes
+from mrct.io.atomic import LEFTOVER, atomic_file, compound_suffix, utf8_bytes
 
 if TYPE_CHECKING:
     from mrct.batch_series import Series
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 # (still arriving from a PACS when it was translated) from one that is done.
 COLUMNS = ("id", "input", "series_uid", "modality", "files", "output", "status", "seconds", "message")
 LOCK_NAME = ".mrct-batch.lock"
-# What mrct.io.atomic names its temporary files and folders (tempfile's 8 random characters).
-LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
 
 
 def _now() -> str:

@@ -344,6 +344,23 @@ def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared
     with pytest.raises(ConfigError, match="another config"):
         train_run(other, prepared, tmp_path / "run", resume=True, progress=False)
     assert train_run(config, prepared, tmp_path / "run", overwrite=True, progress=False).iteration == 1
+    # From a hunt: --overwrite deleted a user's config.json (taken for a run's) and their pictures
+    # in previews/; a run folder inside the prepared set filled it with checkpoints and logs.
+    (tmp_path / "run" / "previews").mkdir(exist_ok=True)
+    (tmp_path / "run" / "previews" / "holiday.jpg").write_bytes(b"mine")
+    with pytest.raises(
+        OutputExistsError, match=r"holds previews/holiday\.jpg, which mrct train does not write"
+    ):
+        train_run(config, prepared, tmp_path / "run", overwrite=True, progress=False)
+    assert (tmp_path / "run" / "previews" / "holiday.jpg").read_bytes() == b"mine"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="holds no training run"):
+        train_run(config, prepared, tmp_path / "mine", overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "config.json").read_text() == "{}"
+    with pytest.raises(OutputExistsError, match="lies in the prepared set"):
+        train_run(config, prepared, prepared / "run", progress=False)
+    assert not (prepared / "run").exists()
 
 
 def test_cli_train_writes_checkpoints_tensorboard_and_previews(tmp_path: Path, prepared: Path) -> None:

@@ -24,6 +24,8 @@ from mrct.errors import MrctError, OutputExistsError, WriteError
 
 log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
+# What this module names its temporary files and folders (tempfile's 8 random characters).
+LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
 
 
 def _umask() -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from mrct.config import to_dict
 from mrct.errors import ConfigError, OutputExistsError, WriteError
-from mrct.io.atomic import check_writable
+from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet
@@ -18,6 +21,7 @@ from mrct.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 RUN_CONTENTS = ("checkpoints", "tensorboard", "previews", "log.jsonl", "config.json", "data.json")
+PREVIEW = re.compile(r"iter_\d{7}\.png")  # what mrct.training.logs writes into previews/
 
 
 def resolve_device(name: str, dist: DistContext) -> object:
@@ -40,8 +44,15 @@ def _prepare_run_dir(
     if run_dir.exists() and not run_dir.is_dir():
         raise WriteError("is a file, not a folder; give the run a folder of its own", run_dir)
     check_writable(run_dir)  # before any work: an ancestor that is a file, /proc, a read-only disk
+    here, prepared = Path(os.path.realpath(run_dir)), os.path.realpath(data.root)
+    if here.is_relative_to(prepared):  # checkpoints and logs went into the prepared input set
+        raise OutputExistsError(
+            f"the run folder lies in the prepared set {data.root}; choose another", run_dir
+        )
     found = checkpoint.latest(run_dir)
     started = any((run_dir / name).exists() for name in RUN_CONTENTS)
+    if started and overwrite:
+        _check_only_a_run(run_dir)
     if resume and found is not None:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         if saved != to_dict(config):
@@ -55,6 +66,29 @@ def _prepare_run_dir(
             "holds a training run; pass --resume to continue it or --overwrite to start again", run_dir
         )
     return None
+
+
+def _check_only_a_run(run_dir: Path) -> None:
+    """``--overwrite`` starts again in a folder that holds an earlier run and nothing else: it
+    deleted a user's config.json, taken for a run's, and their pictures in previews/."""
+    if not any((run_dir / name).exists() for name in ("data.json", "log.jsonl", "checkpoints")):
+        raise OutputExistsError(
+            "holds no training run (no data.json, log.jsonl or checkpoints/); --overwrite does not "
+            "empty it (choose another folder)",
+            run_dir,
+        )
+
+    def foreign(name: str, ours: Callable[[str], object]) -> bool:
+        return not (ours(name) or name in OS_LITTER or LEFTOVER.match(name))  # a killed run's temporaries
+
+    theirs = [e for e in sorted(run_dir.iterdir()) if foreign(e.name, RUN_CONTENTS.__contains__)]
+    theirs += [e for e in sorted((run_dir / "previews").glob("*")) if foreign(e.name, PREVIEW.fullmatch)]
+    if theirs:
+        raise OutputExistsError(
+            f"holds {theirs[0].relative_to(run_dir)}, which mrct train does not write; --overwrite "
+            "starts again only in a run's own folder (choose another)",
+            run_dir,
+        )
 
 
 def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
