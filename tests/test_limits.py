@@ -139,3 +139,38 @@ def test_a_text_file_quoting_the_deflated_uid_is_not_taken_for_dicom(tmp_path: P
     write_series(series, modality="MR")
     (series / "README.txt").write_text("Sent as Deflated Explicit VR Little Endian, 1.2.840.10008.1.2.1.99\n")
     assert read_volume(series).array.shape == (48, 40, 12)
+
+
+def test_the_environment_variable_holds_for_every_command(tmp_path: Path) -> None:
+    """From a hunt: MRCT_MAX_MEMORY reached only the commands with --max-memory; preview, locate,
+    evaluate and prepare ignored it."""
+    import os
+    import subprocess
+    import sys
+
+    from mrct.io import write_volume
+    from tests.phantoms import phantom
+
+    scan = write_volume(phantom(), tmp_path / "scan.nii.gz")
+    env = {**os.environ, "MRCT_MAX_MEMORY": "1K"}
+    for args in (["preview", scan, "-o", tmp_path / "p.png"], ["locate", scan]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mrct", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 3 and "above the memory limit of 1.0 KiB" in proc.stderr, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrct", "locate", str(scan)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MRCT_MAX_MEMORY": "lots"},
+        timeout=120,
+    )
+    assert (
+        proc.returncode == 1
+        and proc.stderr.startswith("error: MRCT_MAX_MEMORY='lots': ")
+        and proc.stderr.count("\n") == 1
+    )

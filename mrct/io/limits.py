@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mrct.errors import TooLargeError
+from mrct.errors import MrctError, TooLargeError
 
 GIB = 1024**3
 MIN_DEFAULT = 1 * GIB
@@ -74,7 +74,17 @@ def system_memory() -> int | None:
     return min(found) if found else None
 
 
+ENV_VAR = "MRCT_MAX_MEMORY"
+
+
 def default_max_memory() -> int:
+    """``MRCT_MAX_MEMORY`` when set (every command, and prepare's worker processes, read it; the
+    commands with ``--max-memory`` only took it through that option), else a quarter of memory."""
+    if text := os.environ.get(ENV_VAR, "").strip():
+        try:
+            return parse_size(text)
+        except ValueError as err:
+            raise MrctError(f"{ENV_VAR}={text!r}: {err}") from None
     total = system_memory()
     return FALLBACK_DEFAULT if total is None else max(MIN_DEFAULT, int(total * DEFAULT_FRACTION))
 
