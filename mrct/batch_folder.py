@@ -114,6 +114,8 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
     translate) removes the folder again when it made it, rather than leaving an empty one holding
     a lock file. Shards never do: another shard may hold its locks there."""
     created = not out.exists()
+    if out.exists() and not out.is_dir():  # as convert, export and prepare say it (exit 4)
+        raise OutputExistsError("is not a folder; mrct batch writes a folder here", out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

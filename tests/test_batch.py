@@ -759,3 +759,11 @@ def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_
     assert all(read_volume(f.path, series=f.series).shape == two.shape for f in uidless)
     assert result.exit_code == 1, result.output
     assert {r["modality"] for r in rows if r["status"] == "done"} == {"MR"}
+
+
+def test_an_output_that_is_a_file_is_exit_4(tmp_path: Path, tree: Path, model: Path) -> None:
+    """As convert, export and prepare say it; batch said "cannot create the output folder", exit 5."""
+    (tmp_path / "afile").write_text("mine")
+    result = _batch(tree, tmp_path / "afile", model)
+    assert result.exit_code == 4 and "is not a folder; mrct batch writes a folder here" in result.stderr
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError, WriteError
+from mrct.errors import ConfigError, OutputExistsError
 from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
@@ -42,7 +42,7 @@ def _prepare_run_dir(
 ) -> Path | None:
     """The checkpoint to resume from, after checking the folder may be used."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise WriteError("is a file, not a folder; give the run a folder of its own", run_dir)
+        raise OutputExistsError("is a file, not a folder; give the run a folder of its own", run_dir)
     check_writable(run_dir)  # before any work: an ancestor that is a file, /proc, a read-only disk
     here, prepared = Path(os.path.realpath(run_dir)), os.path.realpath(data.root)
     if here.is_relative_to(prepared):  # checkpoints and logs went into the prepared input set
