@@ -364,7 +364,9 @@ register_model_commands(app)
 def _unwind_on_sigterm(signum: int, _frame: object) -> None:
     """SIGTERM (``kill``, ``timeout``, a batch scheduler) by default ends Python at once, leaving
     a half-written output's hidden temporary files behind; unwind like Ctrl-C instead, so they
-    are removed, and exit with the shell's code for it (143)."""
+    are removed, and exit with the shell's code for it (143), saying why in one line."""
+    signal.signal(signal.SIGINT, _stop_at_once)  # Ctrl-C during that clean-up: stop at once
+    os.write(2, b"error: terminated (SIGTERM); unfinished outputs are removed\n")
     raise SystemExit(128 + signum)
 
 
