@@ -14,7 +14,8 @@ records, and an earlier run's outputs found in ``IN_DIR`` are skipped. The forma
 ``fmt`` is given. A shard ``K/N`` writes ``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
 
 Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``files``
-(how many; a done series that has more now is translated again), ``output``
+(how many; a done series that has more now is translated again; the JSON also keeps a ``stamp``
+of their names, sizes and times, so a series whose files were replaced is too), ``output``
 (relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running,
 and failed for what an interrupted run did not finish),
 ``seconds``, ``message`` (why skipped or failed; for a done row, how much of the slab lay

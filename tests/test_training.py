@@ -352,6 +352,9 @@ def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared
         OutputExistsError, match=r"holds previews/holiday\.jpg, which mrct train does not write"
     ):
         train_run(config, prepared, tmp_path / "run", overwrite=True, progress=False)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # --resume without a checkpoint starts again too
+    with pytest.raises(OutputExistsError, match=r"holds previews/holiday\.jpg"):
+        train_run(config, prepared, tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "previews" / "holiday.jpg").read_bytes() == b"mine"
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.json").write_text("{}")

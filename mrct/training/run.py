@@ -51,7 +51,7 @@ def _prepare_run_dir(
         )
     found = checkpoint.latest(run_dir)
     started = any((run_dir / name).exists() for name in RUN_CONTENTS)
-    if started and overwrite:
+    if started and (overwrite or (resume and found is None)):  # both start again from iteration 0
         _check_only_a_run(run_dir)
     if resume and found is not None:
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -69,12 +69,13 @@ def _prepare_run_dir(
 
 
 def _check_only_a_run(run_dir: Path) -> None:
-    """``--overwrite`` starts again in a folder that holds an earlier run and nothing else: it
-    deleted a user's config.json, taken for a run's, and their pictures in previews/."""
+    """``--overwrite`` (or ``--resume`` with no checkpoint) starts again in a folder that holds an
+    earlier run and nothing else: it deleted a user's config.json, taken for a run's, and their
+    pictures in previews/."""
     if not any((run_dir / name).exists() for name in ("data.json", "log.jsonl", "checkpoints")):
         raise OutputExistsError(
-            "holds no training run (no data.json, log.jsonl or checkpoints/); --overwrite does not "
-            "empty it (choose another folder)",
+            "holds no training run (no data.json, log.jsonl or checkpoints/); --overwrite and "
+            "--resume do not empty it (choose another folder)",
             run_dir,
         )
 
@@ -85,8 +86,8 @@ def _check_only_a_run(run_dir: Path) -> None:
     theirs += [e for e in sorted((run_dir / "previews").glob("*")) if foreign(e.name, PREVIEW.fullmatch)]
     if theirs:
         raise OutputExistsError(
-            f"holds {theirs[0].relative_to(run_dir)}, which mrct train does not write; --overwrite "
-            "starts again only in a run's own folder (choose another)",
+            f"holds {theirs[0].relative_to(run_dir)}, which mrct train does not write; a new start "
+            "(--overwrite, or --resume without a checkpoint) empties only a run's own folder",
             run_dir,
         )
 
