@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +37,7 @@ from mrct.cli_options import (
     fail,
     modality_of,
 )
+from mrct.cli_signals import environment_problem, install_signal_handlers
 
 app = typer.Typer(
     name="mrct",
@@ -361,41 +360,11 @@ def batch(
 register_model_commands(app)
 
 
-def _unwind_on_sigterm(signum: int, _frame: object) -> None:
-    """SIGTERM (``kill``, ``timeout``, a batch scheduler) by default ends Python at once, leaving
-    a half-written output's hidden temporary files behind; unwind like Ctrl-C instead, so they
-    are removed, and exit with the shell's code for it (143), saying why in one line."""
-    signal.signal(signal.SIGINT, _stop_at_once)  # Ctrl-C during that clean-up: stop at once
-    os.write(2, b"error: terminated (SIGTERM); unfinished outputs are removed\n")
-    raise SystemExit(128 + signum)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """The first Ctrl-C unwinds (KeyboardInterrupt), so that outputs being written are finished
-    or removed and manifests record what was done; that can take a few seconds. A second one
-    meanwhile stops at once: raised again inside that clean-up, it aborted the process in native
-    threads (SIGABRT, a core dump). Outputs are renamed into place whole, so none is half written,
-    and the next run removes the temporary files."""
-    signal.signal(signal.SIGINT, _stop_at_once)
-    raise KeyboardInterrupt
-
-
-def _stop_at_once(_signum: int, _frame: object) -> None:
-    os.write(2, b"error: interrupted again; stopped at once (the next run removes temporary files)\n")
-    os._exit(130)
-
-
-def install_signal_handlers() -> None:
-    """Ctrl-C and SIGTERM unwind (see :func:`_interrupt`, :func:`_unwind_on_sigterm`). A signal
-    the caller ignores stays ignored; mrct train's stop flag takes SIGTERM over while it runs."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
-
-
 def main() -> None:
     install_signal_handlers()
+    if problem := environment_problem():  # before any command: one line, as a bad option is
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(2)
     try:
         code = app(args=expand_prepare_args(sys.argv[1:]), standalone_mode=False)
     except typer.Abort:  # Ctrl-C while click itself was prompting or parsing

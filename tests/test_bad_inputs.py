@@ -345,3 +345,9 @@ def test_a_dicomdir_file_reads_the_series_it_indexes(tmp_path: Path) -> None:
 
     out, _ = resolve_output(media_folder(tmp_path / "cd" / "DICOMDIR"), None, Modality.CT, None)
     assert out == tmp_path / "cd_synthetic_ct"
+    from mrct import api
+    from mrct.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="inside the input folder"):  # from review: it wrote there
+        api.convert(tmp_path / "cd" / "DICOMDIR", f"{tmp_path / 'cd' / 'sub'}/")
+    assert not (tmp_path / "cd" / "sub").exists()

@@ -276,6 +276,14 @@ def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and "not reached" not in proc.stdout
     assert proc.stderr == "error: interrupted again; stopped at once (the next run removes temporary files)\n"
+    # From review: a second SIGTERM raised again inside the clean-up and printed its line twice.
+    twice = script.replace("SIGINT", "SIGTERM").replace("except KeyboardInterrupt", "except SystemExit")
+    proc = subprocess.run([sys.executable, "-c", twice], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and "not reached" not in proc.stdout
+    assert proc.stderr.splitlines() == [
+        "error: terminated (SIGTERM); unfinished outputs are removed",
+        "error: interrupted again; stopped at once (the next run removes temporary files)",
+    ]
 
 
 def _set(files: tuple[Path, ...], **values: object) -> None:

@@ -257,9 +257,9 @@ def test_outputs_inside_a_dicom_input_folder_are_refused(tmp_path: Path) -> None
     folder = write_series(tmp_path / "t1", modality="MR", shape=(32, 32, 12)).files[0].parent
     before = tree_digest(folder)
     for args, code in (
-        (["convert", folder, folder / "x.nii.gz"], 1),
-        (["convert", folder, f"{folder / 'sub'}/"], 1),
-        (["preview", folder, "-o", folder / "p.png"], 1),
+        (["convert", folder, folder / "x.nii.gz"], 4),
+        (["convert", folder, f"{folder / 'sub'}/"], 4),
+        (["preview", folder, "-o", folder / "p.png"], 4),
         (["prepare", "--mr", folder, "--ct", folder, "-o", folder / "prep"], 4),
     ):
         result = runner.invoke(app, [str(a) for a in args])

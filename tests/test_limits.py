@@ -162,15 +162,13 @@ def test_the_environment_variable_holds_for_every_command(tmp_path: Path) -> Non
             timeout=120,
         )
         assert proc.returncode == 3 and "above the memory limit of 1.0 KiB" in proc.stderr, proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "mrct", "locate", str(scan)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MRCT_MAX_MEMORY": "lots"},
-        timeout=120,
-    )
-    assert (
-        proc.returncode == 1
-        and proc.stderr.startswith("error: MRCT_MAX_MEMORY='lots': ")
-        and proc.stderr.count("\n") == 1
-    )
+    for command in (["locate", scan], ["prepare", "--mr", scan, "--ct", scan, "-o", tmp_path / "prep"]):
+        proc = subprocess.run(  # a bad value: one line before any work (prepare failed each scan)
+            [sys.executable, "-m", "mrct", *map(str, command)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MRCT_MAX_MEMORY": "lots"},
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stderr.startswith("error: MRCT_MAX_MEMORY='lots': "), proc.stderr
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "prep").exists()

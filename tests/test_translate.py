@@ -426,7 +426,7 @@ def test_the_report_hashes_the_series_read_and_stays_out_of_the_input(
     for option, name in (("--report", "r.json"), ("--preview", "p.png"), ("-o", "o.nii.gz")):
         extra = ["-o", str(tmp_path / "o2.nii.gz")] if option != "-o" else []
         refused = _translate(*args, *extra, option, str(folder / name))
-        assert refused.exit_code == 1 and f"{option} inside the input folder" in refused.stderr
+        assert refused.exit_code == 4 and f"{option} inside the input folder" in refused.stderr
     assert not [p for p in folder.iterdir() if p.suffix in (".json", ".png", ".gz")]
 
 

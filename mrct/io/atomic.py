@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrct.errors import MrctError, OutputExistsError, WriteError
+from mrct.errors import OutputExistsError, WriteError
 
 log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
@@ -171,10 +171,12 @@ def check_apart(src: Path, dst: Path) -> None:
 
 
 def check_outside(src: Path, dst: Path, option: str = "-o") -> None:
-    """Refuse an output inside an input folder: inputs are never modified, and a file or series
-    added to a DICOM folder joins its next read (one series became two)."""
-    if src.is_dir() and Path(os.path.realpath(dst)).is_relative_to(os.path.realpath(src)):
-        raise MrctError(f"{option} inside the input folder {src}; write it elsewhere", dst)
+    """Refuse an output inside an input folder (a DICOMDIR stands for its folder): inputs are
+    never modified, and a file or series added to a DICOM folder joins its next read (one
+    series became two)."""
+    folder = src.parent if src.name.upper() == "DICOMDIR" and src.is_file() else src
+    if folder.is_dir() and Path(os.path.realpath(dst)).is_relative_to(os.path.realpath(folder)):
+        raise OutputExistsError(f"{option} inside the input folder {folder}; write it elsewhere", dst)
 
 
 def utf8_bytes(text: str) -> bytes:

@@ -1,0 +1,67 @@
+"""How the ``mrct`` command ends on a signal, and what it checks in its environment first.
+
+Kept apart from :mod:`mrct.cli` (which is about the commands) and light to import: ``mrct --help``
+imports it and must stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _unwind_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) by default ends Python at once, leaving
+    a half-written output's hidden temporary files behind; unwind like Ctrl-C instead, so they
+    are removed, and exit with the shell's code for it (143), saying why in one line."""
+    _stop_at_once_from_now()
+    os.write(2, b"error: terminated (SIGTERM); unfinished outputs are removed\n")
+    raise SystemExit(128 + signum)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """The first Ctrl-C unwinds (KeyboardInterrupt), so that outputs being written are finished
+    or removed and manifests record what was done; that can take a few seconds. A second one
+    meanwhile stops at once: raised again inside that clean-up, it aborted the process in native
+    threads (SIGABRT, a core dump). Outputs are renamed into place whole, so none is half written,
+    and the next run removes the temporary files."""
+    _stop_at_once_from_now()
+    raise KeyboardInterrupt
+
+
+def _stop_at_once_from_now() -> None:
+    """A second signal, either one, during the clean-up of the first: raised inside it, the clean-up
+    stopped half-way and printed a second error line."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            signal.signal(sig, _stop_at_once)
+
+
+def _stop_at_once(signum: int, _frame: object) -> None:
+    os.write(2, b"error: interrupted again; stopped at once (the next run removes temporary files)\n")
+    os._exit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM unwind (see :func:`_interrupt`, :func:`_unwind_on_sigterm`). A signal
+    the caller ignores stays ignored; mrct train's stop flag takes both over while it runs."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def environment_problem() -> str | None:
+    """What is wrong with mrct's environment variables, or None. ``MRCT_MAX_MEMORY`` is read by
+    every command (and by prepare's workers); a bad value failed differently in each, and in
+    prepare once per scan."""
+    from mrct.io.limits import ENV_VAR, parse_size
+
+    text = os.environ.get(ENV_VAR, "").strip()
+    if not text:
+        return None
+    try:
+        parse_size(text)
+    except ValueError as err:
+        return f"{ENV_VAR}={text!r}: {err}"
+    return None
