@@ -39,16 +39,16 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mrct import __version__
-from mrct.batch_folder import Manifest, hold, same_input, sweep
+from mrct.batch_folder import Manifest, hold, sweep
+from mrct.batch_plan import plan, why_not
 from mrct.batch_series import Series, discover, name_outputs
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import check_replaceable
 from mrct.preprocessing.crop import CropRequest
 from mrct.translate import check_grid_fits, derivation_description, series_description
 from mrct.volume import Modality, guess_modality
@@ -86,19 +86,6 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
 # ---------------------------------------------------------------- reading and writing (threads)
 
 
-def _why_not(found: Modality | str | None, to: Modality, how: str) -> str | None:
-    """Why a series of modality ``found`` is not translated to ``to`` (None when it is)."""
-    source = Modality.MR if to is Modality.CT else Modality.CT
-    value = found.value if isinstance(found, Modality) else found
-    if value == source.value:
-        return None
-    if value == to.value:
-        return f"already {to.value} ({how}); --to {to.value.lower()} translates {source.value} only"
-    if not value:
-        return f"cannot tell CT from MR ({how}); use mrct translate --force for this one"
-    return f"{value} modality ({how}); only {source.value} is translated to {to.value}"
-
-
 @dataclass
 class _Loaded:
     volume: Any = None
@@ -134,7 +121,7 @@ def _load(s: Series, to: Modality) -> _Loaded:
     try:
         volume = read_series_files(s.stack, s.path, None, False) if s.stack else read_volume(s.path)
         found = volume.modality or guess_modality(volume)
-        skip = _why_not(found, to, "header" if volume.modality else "intensities")
+        skip = why_not(found, to, "header" if volume.modality else "intensities")
         modality = found.value if found else ""
         return _Loaded(None if skip else volume, modality, skip, None, time.perf_counter() - start)
     except Exception as err:  # one unreadable series must not stop the batch
@@ -189,74 +176,6 @@ def _write(
 
 
 # ---------------------------------------------------------------- the batch
-
-
-def _unsafe_output(src: Path, out: Path, target: Path) -> str | None:
-    """Why writing ``target`` could harm an input or a user's folder (OUT holding IN can put an
-    output inside IN; OUT inside IN is left out of the walk, so is safe), before any work; None
-    when it is safe."""
-    from mrct.io.dicom_write import SERIES_FILES
-
-    inside = out.resolve().is_relative_to(src.resolve())
-    if not inside and target.resolve().is_relative_to(src.resolve()):
-        return f"{target.name} would lie inside the input folder; choose an output folder outside it"
-    if target.is_dir():  # a DICOM output of an earlier run, or a folder of the user's
-        try:
-            check_replaceable(target, SERIES_FILES)
-        except MrctError as err:
-            return _one_line(err)
-    return None
-
-
-def _plan(
-    series: list[Series],
-    manifest: Manifest,
-    src: Path,
-    out: Path,
-    to: Modality,
-    overwrite: bool,
-    folders: set[str],
-) -> tuple[list[tuple[Series, bool]], int]:
-    """Record what is skipped, failed from the headers, or done by an earlier run; return the
-    series to translate (with whether their output may be replaced) and how many were done.
-    ``folders``: every DICOM output of the whole batch (all shards), lower case; an output
-    inside one would be read back as part of that series."""
-    todo, earlier = [], 0
-    for s in series:
-        holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
-        if s.output and holder is not None:
-            manifest.set(
-                s,
-                "failed",
-                message=f"its output would lie inside the DICOM output {holder}; rename the input folder",
-            )
-            continue
-        old = manifest.previous.get(s.id, {})
-        ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
-        # A damaged file fails whatever its modality: the user should hear of it.
-        # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
-        by_header = s.stack is not None and s.modality not in ("", "OT")
-        skip = None if s.error else s.skip or (_why_not(s.modality, to, "header") if by_header else None)
-        if skip or s.error:
-            manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
-        elif (
-            not overwrite
-            # unless its files changed since: grown (still arriving from a PACS), or replaced
-            and same_input(old, s)
-            and (
-                old.get("status") == "skipped"
-                or (old.get("status") == "done" and ours and (out / s.output).exists())
-            )
-        ):
-            manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
-        elif (out / s.output).exists() and not (overwrite or ours):
-            manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
-        elif problem := _unsafe_output(src, out, out / s.output):
-            manifest.set(s, "failed", message=problem)
-        else:
-            manifest.set(s, "pending")
-            todo.append((s, overwrite or ours))
-    return todo, earlier
 
 
 def run_batch(
@@ -331,7 +250,7 @@ def run_batch(
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
-        todo, earlier = _plan(series, manifest, src, out, to, overwrite, folders)
+        todo, earlier = plan(series, manifest, src, out, to, overwrite, folders)
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
         try:

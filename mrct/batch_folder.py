@@ -215,10 +215,24 @@ def input_files(s: Series) -> int:
     return len(s.stack.files) if s.stack is not None else 1
 
 
+def _detached_data(header: Path) -> list[Path]:
+    """The data file a detached MetaImage (``.mhd``) or NRRD (``.nhdr``) header names, if one."""
+    key = {".mhd": "elementdatafile", ".nhdr": "data file"}.get(header.suffix.lower())
+    if key is None:
+        return []
+    with contextlib.suppress(OSError), header.open("rb") as fh:  # ElementDataFile comes last
+        for line in fh.read(1 << 16).decode("latin-1").splitlines():
+            name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
+            if sep and name.strip().lower() == key and value.strip() not in ("", "LOCAL", "LIST"):
+                return [header.parent / value.strip()]
+    return []
+
+
 def input_stamp(s: Series) -> str:
-    """Names, sizes and modification times of a series' files, hashed: a file replaced at the
-    same path (another subject's scan) changes it, as it changes what ``make`` or ``rsync`` see."""
-    paths = sorted(s.stack.files) if s.stack is not None else [s.path]
+    """Names, sizes and modification times of a series' files (a detached header's data file
+    too), hashed: a file replaced at the same path (another subject's scan) changes it, as it
+    changes what ``make`` or ``rsync`` see."""
+    paths = sorted(s.stack.files) if s.stack is not None else [s.path, *_detached_data(s.path)]
     digest = hashlib.sha256()
     for path in paths:
         # Names relative to the series: a tree copied elsewhere with its times (cp -p) matches.
@@ -250,19 +264,15 @@ class Manifest:
         # another path that merely ends the same way, such as "main/" for an IN_DIR "in").
         self.root = re.compile(r"(?<![^\s'\"(=])" + re.escape(f"{root}{os.sep}"))
         self.rows: dict[str, dict[str, Any]] = {}
+        self.stamps: dict[str, str] = {}  # taken when a series is first planned, before it is read
         self.previous: dict[str, dict[str, Any]] = {}
-        if not overwrite:
-            self._adopt_others(path)
         if not path.exists():
+            if not overwrite:
+                self._adopt_others(path, [])
             return
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-            own = {r["id"]: r for r in old["series"]}
-            # Another run's done row wins over this manifest's failed or pending one.
-            self.previous = {
-                **own,
-                **{k: r for k, r in self.previous.items() if own.get(k, {}).get("status") != "done"},
-            }
+            own = [r for r in old["series"] if isinstance(r, dict) and "id" in r]
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -270,29 +280,38 @@ class Manifest:
         if old.get("to") != header["to"]:
             raise OutputExistsError(f"holds a batch --to {old.get('to')}; use another output folder", path)
         if overwrite:
+            self.previous = {r["id"]: r for r in own}
             return
         if old.get("model", {}).get("checksum") != header["model"]["checksum"]:
             raise OutputExistsError("made with another model; pass --overwrite or use a new folder", path)
         if bool(old.get("anonymize")) != header["anonymize"]:
             made = "with" if old.get("anonymize") else "without"
             raise OutputExistsError(f"made {made} --anonymize; pass --overwrite or use a new folder", path)
+        self._adopt_others(path, own)
 
-    def _adopt_others(self, path: Path) -> None:
-        """What other runs into this folder finished counts as done (same ``to``, model and
-        ``anonymize``): an unsharded run after shards, a shard after an unsharded run or after
-        shards of another N. Without it they failed on every output the others wrote."""
-        others = [path.with_name("manifest.json"), *sorted(path.parent.glob("manifest-shard*of*.json"))]
-        for other in others:
+    def _adopt_others(self, path: Path, own: list[dict[str, Any]]) -> None:
+        """Rows of this manifest and of the others in the folder with the same ``to``, model and
+        ``anonymize`` (an unsharded run after shards, a shard after an unsharded run or after
+        shards of another N): without them a run failed on every output the others wrote. Of
+        another manifest only rows that name an output count (done, or cut short writing it), and
+        for a series in several manifests the most recently written one wins (a shard's old done
+        row must not undo the skip of an input replaced since)."""
+        found: list[tuple[float, list[dict[str, Any]]]] = []
+        with contextlib.suppress(OSError):
+            found.append((path.stat().st_mtime, own))
+        for other in [path.with_name("manifest.json"), *path.parent.glob("manifest-shard*of*.json")]:
             if other == path or not other.exists():
                 continue
             try:
                 old = json.loads(other.read_text(encoding="utf-8"))
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
-                done = {r["id"]: r for r in old["series"] if r.get("status") == "done"}
+                rows = [r for r in old["series"] if r.get("status") == "done" or r.get("output")]
+                found.append((other.stat().st_mtime, rows))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue  # the shard's own runs report a damaged manifest
-            self.previous.update(done)
+                continue  # that run's own re-runs report a damaged manifest
+        for _, rows in sorted(found, key=lambda f: f[0]):
+            self.previous.update({r["id"]: r for r in rows})
 
     def set(
         self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""
@@ -301,8 +320,10 @@ class Manifest:
         message = self.root.sub("", message)
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
-        # ``stamp`` (JSON only): the input files as they were, so a resume sees one replaced.
-        self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": input_stamp(s)}
+        # ``stamp`` (JSON only): the input files as they were when planned, so a resume sees one
+        # replaced since, even while this run read it.
+        stamp = self.stamps.setdefault(s.id, input_stamp(s))
+        self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": stamp}
 
     def interrupted(self, series: Iterable[Series]) -> None:
         """Rows the run did not finish say so, rather than keeping a status outside

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -224,6 +225,52 @@ def test_a_replaced_input_is_translated_again(tmp_path: Path, model: Path) -> No
     assert {r["input"]: r["status"] for r in _manifest(out)[1]} == {"a.nii.gz": "done", "b.nii.gz": "done"}
     assert (out / "a_synthetic_ct.nii.gz").read_bytes() != first
     assert "nothing left to do" in _batch(src, out, model).stdout
+
+
+def test_a_stale_done_row_of_another_run_does_not_undo_a_later_skip(tmp_path: Path, model: Path) -> None:
+    """From review: a shard translated an MR; it was replaced by a CT, which a whole run skipped;
+    every later whole run took the shard's old done row over its own newer skip and read it again."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a.nii.gz", "mr", seed=1)
+    assert _batch(src, out, model, "--shard", "1/1").exit_code == 0
+    write_head(src / "a.nii.gz", "ct", seed=2)
+    assert _batch(src, out, model).exit_code == 0
+    assert [r["status"] for r in _manifest(out)[1]] == ["skipped"]
+    settled = _batch(src, out, model)
+    assert "nothing left to do: 0 done, 1 skipped" in settled.stdout, settled.output
+
+
+def test_an_input_replaced_while_it_is_translated_or_behind_a_detached_header_is_done_again(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From review: the stamp was taken when the row was recorded, after the write, so a file
+    replaced while its series ran was taken as done; a .mhd's stamp ignored its .raw data."""
+    import SimpleITK as sitk
+
+    import mrct.batch
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    head = write_head(src / "a.nii.gz", "mr", seed=1)
+    real = mrct.batch._write
+
+    def write_then_replace(*args: object) -> float:
+        seconds = real(*args)  # type: ignore[arg-type]
+        write_head(head, "mr", semi_axes=(60.0, 75.0, 70.0), seed=3)  # arrives while the run is busy
+        return seconds
+
+    monkeypatch.setattr(mrct.batch, "_write", write_then_replace)
+    assert _batch(src, out, model).exit_code == 0
+    monkeypatch.undo()
+    assert "nothing left to do" not in _batch(src, out, model).stdout  # translated again
+
+    image = sitk.ReadImage(str(head))
+    head.unlink()
+    sitk.WriteImage(image, str(src / "b.mhd"))  # b.mhd + b.raw
+    assert _batch(src, out, model).exit_code == 0
+    raw = src / "b.raw"
+    raw.write_bytes(bytes(reversed(raw.read_bytes())))  # same size, other voxels
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))
+    assert "nothing left to do" not in _batch(src, out, model).stdout
 
 
 def test_ctrl_c_while_a_write_is_awaited_keeps_that_series(

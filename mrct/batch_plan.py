@@ -1,0 +1,94 @@
+"""What a ``mrct batch`` run does with each series it found, decided before any is read: skip it
+(another modality by its header, an earlier run's skip), keep an earlier run's output (done, its
+input unchanged), fail it (an output it may not write), or translate it."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from mrct.batch_folder import Manifest, same_input
+from mrct.batch_series import Series
+from mrct.errors import MrctError
+from mrct.io.atomic import check_replaceable
+from mrct.volume import Modality
+
+
+def why_not(found: Modality | str | None, to: Modality, how: str) -> str | None:
+    """Why a series of modality ``found`` is not translated to ``to`` (None when it is)."""
+    source = Modality.MR if to is Modality.CT else Modality.CT
+    value = found.value if isinstance(found, Modality) else found
+    if value == source.value:
+        return None
+    if value == to.value:
+        return f"already {to.value} ({how}); --to {to.value.lower()} translates {source.value} only"
+    if not value:
+        return f"cannot tell CT from MR ({how}); use mrct translate --force for this one"
+    return f"{value} modality ({how}); only {source.value} is translated to {to.value}"
+
+
+def unsafe_output(src: Path, out: Path, target: Path) -> str | None:
+    """Why writing ``target`` could harm an input or a user's folder (OUT holding IN can put an
+    output inside IN; OUT inside IN is left out of the walk, so is safe), before any work; None
+    when it is safe."""
+    from mrct.io.dicom_write import SERIES_FILES
+
+    inside = out.resolve().is_relative_to(src.resolve())
+    if not inside and target.resolve().is_relative_to(src.resolve()):
+        return f"{target.name} would lie inside the input folder; choose an output folder outside it"
+    if target.is_dir():  # a DICOM output of an earlier run, or a folder of the user's
+        try:
+            check_replaceable(target, SERIES_FILES)
+        except MrctError as err:
+            return str(err).splitlines()[0]
+    return None
+
+
+def plan(
+    series: list[Series],
+    manifest: Manifest,
+    src: Path,
+    out: Path,
+    to: Modality,
+    overwrite: bool,
+    folders: set[str],
+) -> tuple[list[tuple[Series, bool]], int]:
+    """Record what is skipped, failed from the headers, or done by an earlier run; return the
+    series to translate (with whether their output may be replaced) and how many were done.
+    ``folders``: every DICOM output of the whole batch (all shards), lower case; an output
+    inside one would be read back as part of that series."""
+    todo, earlier = [], 0
+    for s in series:
+        holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
+        if s.output and holder is not None:
+            manifest.set(
+                s,
+                "failed",
+                message=f"its output would lie inside the DICOM output {holder}; rename the input folder",
+            )
+            continue
+        old = manifest.previous.get(s.id, {})
+        ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
+        # A damaged file fails whatever its modality: the user should hear of it.
+        # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
+        by_header = s.stack is not None and s.modality not in ("", "OT")
+        skip = None if s.error else s.skip or (why_not(s.modality, to, "header") if by_header else None)
+        if skip or s.error:
+            manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
+        elif (
+            not overwrite
+            # unless its files changed since: grown (still arriving from a PACS), or replaced
+            and same_input(old, s)
+            and (
+                old.get("status") == "skipped"
+                or (old.get("status") == "done" and ours and (out / s.output).exists())
+            )
+        ):
+            manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
+        elif (out / s.output).exists() and not (overwrite or ours):
+            manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
+        elif problem := unsafe_output(src, out, out / s.output):
+            manifest.set(s, "failed", message=problem)
+        else:
+            manifest.set(s, "pending")
+            todo.append((s, overwrite or ours))
+    return todo, earlier
