@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mrct.errors import OutputExistsError, WriteError
-from mrct.io import dicom_write
+from mrct.io import dicom_identity, dicom_write
 from mrct.io.dicom_write import write_dicom_series
 from mrct.io.orientation import closest_canonical, ras_to_lps
 from mrct.volume import DicomSource, Modality, SourceInfo, Volume
@@ -209,10 +209,10 @@ def test_placeholders_without_dicom_source(tmp_path: Path) -> None:
     first = pydicom.dcmread(write_dicom_series(volume, tmp_path / "a", series_description="t")[0])
     second = pydicom.dcmread(write_dicom_series(volume, tmp_path / "b", series_description="t")[0])
     digest = hashlib.sha1(volume.source.path.encode()).hexdigest()[:12]
-    assert str(first.PatientName) == dicom_write.PLACEHOLDER_PATIENT_NAME
-    assert first.PatientID == dicom_write.PLACEHOLDER_PATIENT_ID_PREFIX + digest
+    assert str(first.PatientName) == dicom_identity.PLACEHOLDER_PATIENT_NAME
+    assert first.PatientID == dicom_identity.PLACEHOLDER_PATIENT_ID_PREFIX + digest
     assert (first.PatientBirthDate, first.PatientSex, first.AccessionNumber) == ("", "", "")
-    assert first.StudyID == dicom_write.PLACEHOLDER_STUDY_ID
+    assert first.StudyID == dicom_identity.PLACEHOLDER_STUDY_ID
     assert first.SeriesNumber == dicom_write.DEFAULT_SERIES_NUMBER
     assert first.StudyInstanceUID != second.StudyInstanceUID
     assert first.FrameOfReferenceUID != second.FrameOfReferenceUID
@@ -336,3 +336,27 @@ def test_a_lossy_compressed_source_keeps_its_flag(tmp_path: Path) -> None:
     assert (out.LossyImageCompressionMethod, float(out.LossyImageCompressionRatio)) == ("ISO_10918_1", 12.5)
     plain = pydicom.dcmread(write_dicom_series(_volume("mr_int"), tmp_path / "o2", series_description="t")[0])
     assert "LossyImageCompression" not in plain
+
+
+def test_multi_valued_names_and_acr_nema_dates_of_a_source_are_written_as_dicom_values(
+    tmp_path: Path,
+) -> None:
+    """From a hunt: a source's PatientName "Last^First\\Alias^Name" became "[Last^First, Alias^Name]"
+    (a Python list, silently), and its StudyDate "2022-04-07" and StudyTime "15:01:38" (ACR-NEMA
+    forms some exporters write) were copied, failing dciodvfy."""
+    from mrct.io import read_volume
+    from tests.dicom_factory import write_series
+
+    series = write_series(tmp_path / "src", modality="MR", shape=(32, 32, 6))
+    for f in series.files:
+        ds = pydicom.dcmread(f)
+        ds.PatientName = "Last^First\\Alias^Name"
+        ds.StudyDescription = "KOPF\\HALS"
+        ds.StudyDate, ds.StudyTime, ds.PatientBirthDate = "2022-04-07", "15:01:38", "not a date"
+        ds.save_as(f)
+    volume = read_volume(series.files[0].parent)
+    out = pydicom.dcmread(write_dicom_series(volume, tmp_path / "out", series_description="t")[0])
+    assert [str(n) for n in out.PatientName] == ["Last^First", "Alias^Name"]
+    assert list(out.StudyDescription) == ["KOPF", "HALS"]
+    assert (out.StudyDate, out.StudyTime, out.PatientBirthDate) == ("20220407", "150138", "")
+    assert not [e for e in dciodvfy_errors(tmp_path / "out" / "IM_0001.dcm") if "Date" in e or "Time" in e]

@@ -312,6 +312,9 @@ def _common_geometry(frames: list[_Frame], where: Path) -> SliceGeometry:
 def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:
     def text(ds: Dataset, key: str) -> str:
         v = ds.get(key)
+        # A multi-value in DICOM's own form (str() gave "['A', 'B']", copied into the output).
+        if isinstance(v, Sequence) and not isinstance(v, (str, bytes)):
+            return "\\".join(str(x) for x in v)
         return "" if v is None else str(v)
 
     number = first.get("SeriesNumber")

@@ -12,7 +12,6 @@ Layout: the inverse of the mrct DICOM reader, which follows dcm2niix. Slice
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -34,8 +33,9 @@ from pydicom.valuerep import format_number_as_ds
 from mrct.errors import WriteError
 from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
+from mrct.io.dicom_identity import patient_study, source_references
 from mrct.io.orientation import ras_to_lps
-from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Modality, Volume
+from mrct.volume import Modality, Volume
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,6 @@ __all__ = ["SERIES_FILES", "write_dicom_series"]
 
 # The names write_dicom_series gives its files: --overwrite replaces a folder holding only these.
 SERIES_FILES = Owned(re.compile(r"IM_\d{4,}\.dcm"))
-
-PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
-"""PatientName written when the volume did not come from DICOM."""
-
-PLACEHOLDER_PATIENT_ID_PREFIX = "MRCT-"
-"""PatientID prefix for non-DICOM sources; followed by the first 12 hex digits of
-the SHA-1 of the source path (of a random UID when the path is unknown)."""
-
-PLACEHOLDER_STUDY_ID = "1"
-"""StudyID written for non-DICOM sources. A new StudyInstanceUID and
-FrameOfReferenceUID are generated on every call, StudyDate/StudyTime are the
-time of writing, and PatientBirthDate, PatientSex, AccessionNumber and
-ReferringPhysicianName are present but empty (DICOM type 2)."""
 
 DEFAULT_SERIES_NUMBER = 999
 """SeriesNumber used when none is given."""
@@ -80,8 +67,6 @@ _INT16 = np.iinfo(np.int16)
 # What differs between the files of a series (the rest is encoded once: mrct.io.dicom_encode).
 VARYING = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "PixelData")
 # Type 2 patient/study attributes: written empty when the source lacks them.
-_TYPE2_PATIENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-_TYPE2_STUDY = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
 def _software_version() -> str:
@@ -217,78 +202,6 @@ def _window(array: npt.NDArray, modality: Modality) -> tuple[float, float]:
     return (float(low) + float(high)) / 2.0, max(float(high) - float(low), 1.0)
 
 
-def _patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
-    """Patient, study and frame-of-reference attributes: copied or placeholders."""
-    src = volume.source.dicom
-    if src is not None:
-        for keyword in PATIENT_KEYWORDS + STUDY_KEYWORDS:
-            # Empty source values are skipped: type 2 ones are written empty
-            # anyway, and an empty type 1C one (DeidentificationMethod) is invalid.
-            value = src.patient.get(keyword) or src.study.get(keyword)
-            if value:
-                setattr(ds, keyword, value)
-        if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and not ds.get(
-            "DeidentificationMethod"
-        ):
-            ds.DeidentificationMethod = "Source marked de-identified; method not stated"
-        if not ds.get("StudyInstanceUID"):
-            ds.StudyInstanceUID = generate_uid()
-        ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
-        ds.PatientPosition = src.patient_position
-    else:
-        seed = volume.source.path or generate_uid()
-        digest = hashlib.sha1(seed.encode("utf-8")).hexdigest()[:12]
-        ds.PatientName = PLACEHOLDER_PATIENT_NAME
-        ds.PatientID = PLACEHOLDER_PATIENT_ID_PREFIX + digest
-        ds.StudyInstanceUID = generate_uid()
-        ds.StudyDate = now.strftime("%Y%m%d")
-        ds.StudyTime = now.strftime("%H%M%S")
-        ds.StudyID = PLACEHOLDER_STUDY_ID
-        ds.FrameOfReferenceUID = generate_uid()
-        ds.PatientPosition = ""
-    # Type 2 attributes: present even when unknown.
-    for keyword in _TYPE2_PATIENT + _TYPE2_STUDY:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
-    ds.PositionReferenceIndicator = ""
-
-
-def _source_references(ds: Dataset, volume: Volume) -> None:
-    """Reference the source series' instances, when they are known.
-
-    Each output slice derives from the whole source volume (3D processing), so
-    every source instance is listed in SourceImageSequence; the Common Instance
-    Reference module (ReferencedSeriesSequence) then says which series they are
-    in. Without known SOP instances nothing is written: ReferencedSeriesSequence
-    requires at least one referenced instance. Invalid UIDs are left out.
-    """
-    from pydicom.uid import UID
-
-    src = volume.source.dicom
-    if src is None:
-        return
-    # A source without (valid) SOP class or series UIDs, as some exports have, cannot be
-    # referenced: empty or malformed type 1 references fail dciodvfy on every output file.
-    known = [uid for uid in src.sop_instance_uids if UID(uid).is_valid]
-    series_uid, class_uid = UID(src.series_instance_uid or ""), UID(src.sop_class_uid or "")
-    if not known or not class_uid.is_valid or not series_uid.is_valid:
-        return
-    # Two lists of the same references: Dataset items must not be shared.
-    sources: list[Dataset] = []
-    instances: list[Dataset] = []
-    for uid in known:
-        for items in (sources, instances):
-            item = Dataset()
-            item.ReferencedSOPClassUID = src.sop_class_uid
-            item.ReferencedSOPInstanceUID = uid
-            items.append(item)
-    ds.SourceImageSequence = sources
-    series = Dataset()
-    series.SeriesInstanceUID = src.series_instance_uid
-    series.ReferencedInstanceSequence = instances
-    ds.ReferencedSeriesSequence = [series]
-
-
 def _modality_module(ds: Dataset, modality: Modality, slice_spacing: float) -> None:
     """CT Image or MR Image module attributes (type 2 ones present but empty)."""
     if modality is Modality.CT:
@@ -359,7 +272,7 @@ def write_dicom_series(
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
-    _patient_study(ds, volume, now)
+    patient_study(ds, volume, now)
     ds.Modality = modality.value
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = DEFAULT_SERIES_NUMBER if series_number is None else int(series_number)
@@ -374,7 +287,7 @@ def write_dicom_series(
     # validators that Laterality (type 2C, for paired structures) is not needed.
     ds.BodyPartExamined = BODY_PART
     _modality_module(ds, modality, geo.slice_spacing)
-    _source_references(ds, volume)
+    source_references(ds, volume)
     src = volume.source.dicom
     if src is not None and src.lossy_methods is not None:  # never reset (PS3.3 C.7.6.1.1.5)
         ds.LossyImageCompression = "01"

@@ -1,0 +1,121 @@
+"""Whom and what a written DICOM series belongs to: the patient, study and frame of reference
+(copied from a DICOM source, or placeholders for a NIfTI/NRRD/MHA one) and the references to the
+source's instances."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, Volume
+
+PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
+"""PatientName written when the volume did not come from DICOM."""
+
+PLACEHOLDER_PATIENT_ID_PREFIX = "MRCT-"
+"""PatientID prefix for non-DICOM sources; followed by the first 12 hex digits of
+the SHA-1 of the source path (of a random UID when the path is unknown)."""
+
+PLACEHOLDER_STUDY_ID = "1"
+"""StudyID written for non-DICOM sources. A new StudyInstanceUID and
+FrameOfReferenceUID are generated on every call, StudyDate/StudyTime are the
+time of writing, and PatientBirthDate, PatientSex, AccessionNumber and
+ReferringPhysicianName are present but empty (DICOM type 2)."""
+
+_TYPE2_PATIENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+_TYPE2_STUDY = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+_DATE = r"(\d{4})[-.]?(\d{2})[-.]?(\d{2})"
+_DATE_OR_TIME = {
+    "StudyDate": _DATE,
+    "PatientBirthDate": _DATE,
+    "StudyTime": r"(\d{2})(?::?(\d{2})(?::?(\d{2}(?:\.\d{1,6})?))?)?",
+}
+
+
+def _valid_date_or_time(keyword: str, value: str | None) -> str | None:
+    """A source's date or time in DICOM's form: the old ACR-NEMA ``2022-04-07`` and ``15:01:38``
+    (which some exporters still write, and dciodvfy refuses) without their separators; anything
+    else that is not valid is left out (these are type 2: written empty). Other values as given."""
+    pattern = _DATE_OR_TIME.get(keyword)
+    if not value or pattern is None:
+        return value
+    found = re.fullmatch(pattern, value.strip())
+    return "".join(part for part in found.groups() if part) if found else None
+
+
+def patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
+    """Patient, study and frame-of-reference attributes: copied or placeholders."""
+    src = volume.source.dicom
+    if src is not None:
+        for keyword in PATIENT_KEYWORDS + STUDY_KEYWORDS:
+            # Empty source values are skipped: type 2 ones are written empty
+            # anyway, and an empty type 1C one (DeidentificationMethod) is invalid.
+            value = _valid_date_or_time(keyword, src.patient.get(keyword) or src.study.get(keyword))
+            if value:
+                setattr(ds, keyword, value)
+        if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and not ds.get(
+            "DeidentificationMethod"
+        ):
+            ds.DeidentificationMethod = "Source marked de-identified; method not stated"
+        if not ds.get("StudyInstanceUID"):
+            ds.StudyInstanceUID = generate_uid()
+        ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
+        ds.PatientPosition = src.patient_position
+    else:
+        seed = volume.source.path or generate_uid()
+        digest = hashlib.sha1(seed.encode("utf-8")).hexdigest()[:12]
+        ds.PatientName = PLACEHOLDER_PATIENT_NAME
+        ds.PatientID = PLACEHOLDER_PATIENT_ID_PREFIX + digest
+        ds.StudyInstanceUID = generate_uid()
+        ds.StudyDate = now.strftime("%Y%m%d")
+        ds.StudyTime = now.strftime("%H%M%S")
+        ds.StudyID = PLACEHOLDER_STUDY_ID
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PatientPosition = ""
+    # Type 2 attributes: present even when unknown.
+    for keyword in _TYPE2_PATIENT + _TYPE2_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.PositionReferenceIndicator = ""
+
+
+def source_references(ds: Dataset, volume: Volume) -> None:
+    """Reference the source series' instances, when they are known.
+
+    Each output slice derives from the whole source volume (3D processing), so
+    every source instance is listed in SourceImageSequence; the Common Instance
+    Reference module (ReferencedSeriesSequence) then says which series they are
+    in. Without known SOP instances nothing is written: ReferencedSeriesSequence
+    requires at least one referenced instance. Invalid UIDs are left out.
+    """
+    from pydicom.uid import UID
+
+    src = volume.source.dicom
+    if src is None:
+        return
+    # A source without (valid) SOP class or series UIDs, as some exports have, cannot be
+    # referenced: empty or malformed type 1 references fail dciodvfy on every output file.
+    known = [uid for uid in src.sop_instance_uids if UID(uid).is_valid]
+    series_uid, class_uid = UID(src.series_instance_uid or ""), UID(src.sop_class_uid or "")
+    if not known or not class_uid.is_valid or not series_uid.is_valid:
+        return
+    # Two lists of the same references: Dataset items must not be shared.
+    sources: list[Dataset] = []
+    instances: list[Dataset] = []
+    for uid in known:
+        for items in (sources, instances):
+            item = Dataset()
+            item.ReferencedSOPClassUID = src.sop_class_uid
+            item.ReferencedSOPInstanceUID = uid
+            items.append(item)
+    ds.SourceImageSequence = sources
+    series = Dataset()
+    series.SeriesInstanceUID = src.series_instance_uid
+    series.ReferencedInstanceSequence = instances
+    ds.ReferencedSeriesSequence = [series]
