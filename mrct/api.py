@@ -13,7 +13,7 @@ from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import check_apart, check_outside
+from mrct.io.atomic import check_apart, check_outside, check_replaceable
 from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
@@ -130,6 +130,10 @@ def convert(
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_apart(src_p, dst_p)
     check_outside(src_p, dst_p)
+    if fmt is OutputFormat.DICOM:  # before reading a large input (a file where the series goes)
+        from mrct.io.dicom_write import SERIES_FILES
+
+        check_replaceable(dst_p, SERIES_FILES)
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
     from mrct.translate import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 

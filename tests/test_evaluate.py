@@ -275,3 +275,20 @@ def test_bad_masks_and_nan_arrays_name_their_file_with_exit_3(tmp_path: Path) ->
         app, ["evaluate", str(tmp_path / "nan.npy"), str(tmp_path / "ok.npy"), "-o", str(tmp_path / "c.csv")]
     )
     assert result.exit_code == 3 and "NaN" in result.stderr, result.output
+
+
+def test_a_bad_input_leaves_no_output_folders_and_a_file_for_a_series_is_refused_first(
+    tmp_path: Path,
+) -> None:
+    """From a hunt: evaluate made -o's folders before reading its inputs (left behind on a bad
+    one); convert read a whole scan before refusing a file where its DICOM series would go."""
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    result = runner.invoke(
+        app, ["evaluate", str(bad), str(bad), "-o", str(tmp_path / "new" / "sub" / "r.csv")]
+    )
+    assert result.exit_code == 3 and not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("mine")
+    result = runner.invoke(app, ["convert", str(bad), f"{tmp_path / 'afile'}/", "--overwrite"])
+    assert result.exit_code == 4 and "is not a folder" in result.stderr, result.output  # not a read error
+    assert (tmp_path / "afile").read_text() == "mine"
