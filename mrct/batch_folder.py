@@ -217,14 +217,20 @@ def input_files(s: Series) -> int:
 
 def _detached_data(header: Path) -> list[Path]:
     """The data file a detached MetaImage (``.mhd``) or NRRD (``.nhdr``) header names, if one."""
-    key = {".mhd": "elementdatafile", ".nhdr": "data file"}.get(header.suffix.lower())
-    if key is None:
+    keys = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}.get(header.suffix.lower())
+    if keys is None:
         return []
     with contextlib.suppress(OSError), header.open("rb") as fh:  # ElementDataFile comes last
         for line in fh.read(1 << 16).decode("latin-1").splitlines():
-            name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
-            if sep and name.strip().lower() == key and value.strip() not in ("", "LOCAL", "LIST"):
-                return [header.parent / value.strip()]
+            name, sep, value = line.partition("=" if keys[0] == "elementdatafile" else ":")
+            value = value.strip()
+            if sep and name.strip().lower() in keys:
+                # One file; a LIST or a printf-like pattern of files (rare) is left to the header's stamp.
+                return (
+                    []
+                    if not value or value.split()[0] in ("LOCAL", "LIST") or "%" in value
+                    else [header.parent / value]
+                )
     return []
 
 
@@ -272,7 +278,7 @@ class Manifest:
             return
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-            own = [r for r in old["series"] if isinstance(r, dict) and "id" in r]
+            own = [r for r in old["series"] if isinstance(r, dict) and isinstance(r.get("id"), str)]
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -293,24 +299,31 @@ class Manifest:
         """Rows of this manifest and of the others in the folder with the same ``to``, model and
         ``anonymize`` (an unsharded run after shards, a shard after an unsharded run or after
         shards of another N): without them a run failed on every output the others wrote. Of
-        another manifest only rows that name an output count (done, or cut short writing it), and
-        for a series in several manifests the most recently written one wins (a shard's old done
-        row must not undo the skip of an input replaced since)."""
-        found: list[tuple[float, list[dict[str, Any]]]] = []
+        another manifest the rows that name an output (done, or cut short writing it) or a skip
+        count, and for a series in several manifests the most recently written one wins (a
+        shard's old done row must not undo the skip of an input replaced since); this one on a tie."""
+        found: list[tuple[int, int, str, list[dict[str, Any]]]] = []
         with contextlib.suppress(OSError):
-            found.append((path.stat().st_mtime, own))
-        for other in [path.with_name("manifest.json"), *path.parent.glob("manifest-shard*of*.json")]:
-            if other == path or not other.exists():
+            found.append((path.stat().st_mtime_ns, 1, path.name, own))
+        for other in [path.with_name("manifest.json"), *sorted(path.parent.glob("manifest-shard*of*.json"))]:
+            if other == path:
                 continue
             try:
-                old = json.loads(other.read_text(encoding="utf-8"))
+                with other.open("rb") as fh:  # the time of the content read, not of a later rewrite
+                    written, old = os.fstat(fh.fileno()).st_mtime_ns, json.loads(fh.read())
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
-                rows = [r for r in old["series"] if r.get("status") == "done" or r.get("output")]
-                found.append((other.stat().st_mtime, rows))
+                rows = [
+                    r
+                    for r in old["series"]
+                    if isinstance(r, dict)
+                    and isinstance(r.get("id"), str)
+                    and (r.get("status") in ("done", "skipped") or r.get("output"))
+                ]
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue  # that run's own re-runs report a damaged manifest
-        for _, rows in sorted(found, key=lambda f: f[0]):
+                continue  # missing, or damaged: that run's own re-runs report it
+            found.append((written, 0, other.name, rows))
+        for *_, rows in sorted(found, key=lambda f: f[:3]):
             self.previous.update({r["id"]: r for r in rows})
 
     def set(

@@ -362,7 +362,7 @@ register_model_commands(app)
 
 def main() -> None:
     install_signal_handlers()
-    if problem := environment_problem():  # before any command: one line, as a bad option is
+    if problem := environment_problem(sys.argv[1:]):  # before any command: one line, as a bad option is
         typer.echo(f"error: {problem}", err=True)
         sys.exit(2)
     try:

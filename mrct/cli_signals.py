@@ -51,14 +51,16 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGINT, _interrupt)
 
 
-def environment_problem() -> str | None:
-    """What is wrong with mrct's environment variables, or None. ``MRCT_MAX_MEMORY`` is read by
-    every command (and by prepare's workers); a bad value failed differently in each, and in
-    prepare once per scan."""
+def environment_problem(args: list[str]) -> str | None:
+    """What is wrong with mrct's environment variables for the command line ``args``, or None.
+    ``MRCT_MAX_MEMORY`` is read by every command (and by prepare's workers); a bad value failed
+    differently in each, and in prepare once per scan. Help and version need no limit, and
+    ``--max-memory`` replaces the variable."""
     from mrct.io.limits import ENV_VAR, parse_size
 
     text = os.environ.get(ENV_VAR, "").strip()
-    if not text:
+    given = {a.split("=", 1)[0] for a in args}
+    if not text or given & {"--help", "-h", "--version", "--max-memory"}:
         return None
     try:
         parse_size(text)

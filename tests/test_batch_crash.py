@@ -208,3 +208,39 @@ def test_a_folder_is_continued_only_with_the_same_settings(tmp_path: Path) -> No
         Manifest(tmp_path / "manifest.json", {**header, **change}, True, tmp_path)  # --overwrite redoes all
     with pytest.raises(OutputExistsError, match="--to CT"):
         Manifest(tmp_path / "manifest.json", {**header, "to": "MR"}, True, tmp_path)
+
+
+def test_manifests_of_other_runs_merge_by_time_and_damage_is_skipped(tmp_path: Path) -> None:
+    """From review: a row without an id in a shard's manifest crashed every later run (exit 70);
+    on equal times another manifest's stale done row beat this one's newer skip."""
+    header = {"to": "CT", "anonymize": False, "model": {"name": "m", "checksum": "c"}}
+
+    def write(name: str, rows: list[object], ns: int) -> None:
+        path = tmp_path / name
+        path.write_text(json.dumps({**header, "series": rows}))
+        os.utime(path, ns=(ns, ns))
+
+    write("manifest.json", [{"id": "a", "status": "skipped", "output": ""}], 10**18)
+    write("manifest-shard1of1.json", [{"id": "a", "status": "done", "output": "a_ct.nii.gz"}], 10**18)
+    write("manifest-shard1of2.json", [{"status": "done"}, {"id": ["x"], "output": "y"}], 10**18 - 1)
+    manifest = Manifest(tmp_path / "manifest.json", header, False, tmp_path)
+    assert manifest.previous == {"a": {"id": "a", "status": "skipped", "output": ""}}  # its own, on a tie
+    os.utime(tmp_path / "manifest-shard1of1.json", ns=(10**18 + 1, 10**18 + 1))
+    assert Manifest(tmp_path / "manifest.json", header, False, tmp_path).previous["a"]["status"] == "done"
+
+
+@pytest.mark.parametrize("spelling", ["data file", "datafile"])
+def test_the_stamp_of_a_detached_nrrd_covers_its_data_file(tmp_path: Path, spelling: str) -> None:
+    from mrct.batch_folder import input_stamp
+    from mrct.batch_series import Series
+
+    (tmp_path / "x.raw").write_bytes(bytes(8))
+    header = tmp_path / "x.nhdr"
+    header.write_text(
+        f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n{spelling}: x.raw\n"
+    )
+    series = Series(id="x.nhdr", input="x.nhdr", path=header)
+    before = input_stamp(series)
+    (tmp_path / "x.raw").write_bytes(bytes([1] * 8))
+    os.utime(tmp_path / "x.raw", ns=(1, 1))
+    assert input_stamp(series) != before

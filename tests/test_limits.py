@@ -172,3 +172,12 @@ def test_the_environment_variable_holds_for_every_command(tmp_path: Path) -> Non
         )
         assert proc.returncode == 2 and proc.stderr.startswith("error: MRCT_MAX_MEMORY='lots': "), proc.stderr
         assert proc.stderr.count("\n") == 1 and not (tmp_path / "prep").exists()
+    for args, code in ((["--help"], 0), (["--version"], 0), (["info", "--max-memory", "8G", scan], 0)):
+        proc = subprocess.run(  # from review: help, version and the option itself were refused
+            [sys.executable, "-m", "mrct", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MRCT_MAX_MEMORY": "lots"},
+            timeout=120,
+        )
+        assert proc.returncode == code, proc.stderr

@@ -26,27 +26,41 @@ FrameOfReferenceUID are generated on every call, StudyDate/StudyTime are the
 time of writing, and PatientBirthDate, PatientSex, AccessionNumber and
 ReferringPhysicianName are present but empty (DICOM type 2)."""
 
+# Type 2 patient/study attributes: written empty when the source lacks them.
 _TYPE2_PATIENT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 _TYPE2_STUDY = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
-_DATE = r"(\d{4})[-.]?(\d{2})[-.]?(\d{2})"
-_DATE_OR_TIME = {
-    "StudyDate": _DATE,
-    "PatientBirthDate": _DATE,
-    "StudyTime": r"(\d{2})(?::?(\d{2})(?::?(\d{2}(?:\.\d{1,6})?))?)?",
-}
+_DATE = re.compile(r"(\d{4})([-.]?)(\d{2})\2(\d{2})")  # one separator, or none
+_TIME = re.compile(r"(\d{2})(?:(:?)(\d{2})(?:\2(\d{2})(\.\d{1,6})?)?)?")
+_DATES, _TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)
 
 
 def _valid_date_or_time(keyword: str, value: str | None) -> str | None:
     """A source's date or time in DICOM's form: the old ACR-NEMA ``2022-04-07`` and ``15:01:38``
     (which some exporters still write, and dciodvfy refuses) without their separators; anything
-    else that is not valid is left out (these are type 2: written empty). Other values as given."""
-    pattern = _DATE_OR_TIME.get(keyword)
-    if not value or pattern is None:
+    else that is not a valid date or time is left out (these are type 2: written empty). Other
+    attributes as given."""
+    if not value or keyword not in _DATES + _TIMES:
         return value
-    found = re.fullmatch(pattern, value.strip())
-    return "".join(part for part in found.groups() if part) if found else None
+    text = value.strip()
+    if keyword in _DATES:
+        found = _DATE.fullmatch(text)
+        if not found:
+            return None
+        digits = found[1] + found[3] + found[4]
+        try:
+            _dt.datetime.strptime(digits, "%Y%m%d")
+        except ValueError:  # month 13, 30 February
+            return None
+        return digits
+    found = _TIME.fullmatch(text)
+    if not found:
+        return None
+    hours, minutes, seconds, fraction = found[1], found[3] or "", found[4] or "", found[5] or ""
+    if int(hours) > 23 or (minutes and int(minutes) > 59) or (seconds and int(seconds) > 60):
+        return None  # 60: a leap second, which DICOM's TM allows
+    return hours + minutes + seconds + fraction
 
 
 def patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:

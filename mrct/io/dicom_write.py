@@ -66,7 +66,6 @@ it absorbs the rounding of DICOM-derived affines."""
 _INT16 = np.iinfo(np.int16)
 # What differs between the files of a series (the rest is encoded once: mrct.io.dicom_encode).
 VARYING = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "PixelData")
-# Type 2 patient/study attributes: written empty when the source lacks them.
 
 
 def _software_version() -> str:
