@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -208,9 +209,14 @@ def test_placeholders_without_dicom_source(tmp_path: Path) -> None:
     volume = _volume("mr_int")
     first = pydicom.dcmread(write_dicom_series(volume, tmp_path / "a", series_description="t")[0])
     second = pydicom.dcmread(write_dicom_series(volume, tmp_path / "b", series_description="t")[0])
-    digest = hashlib.sha1(volume.source.path.encode()).hexdigest()[:12]
+    digest = hashlib.sha1(os.path.abspath(volume.source.path).encode()).hexdigest()[:12]
     assert str(first.PatientName) == dicom_identity.PLACEHOLDER_PATIENT_NAME
     assert first.PatientID == dicom_identity.PLACEHOLDER_PATIENT_ID_PREFIX + digest
+    relative = volume.replace(
+        source=dataclasses.replace(volume.source, path=os.path.relpath(volume.source.path))
+    )
+    third = pydicom.dcmread(write_dicom_series(relative, tmp_path / "c", series_description="t")[0])
+    assert third.PatientID == first.PatientID  # the file as typed relatively: the same patient
     assert (first.PatientBirthDate, first.PatientSex, first.AccessionNumber) == ("", "", "")
     assert first.StudyID == dicom_identity.PLACEHOLDER_STUDY_ID
     assert first.SeriesNumber == dicom_write.DEFAULT_SERIES_NUMBER

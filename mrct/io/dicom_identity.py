@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
 import re
 
 from pydicom.dataset import Dataset
@@ -18,7 +19,7 @@ PLACEHOLDER_PATIENT_NAME = "MRCT^ANONYMOUS"
 
 PLACEHOLDER_PATIENT_ID_PREFIX = "MRCT-"
 """PatientID prefix for non-DICOM sources; followed by the first 12 hex digits of
-the SHA-1 of the source path (of a random UID when the path is unknown)."""
+the SHA-1 of the source's absolute path (of a random UID when the path is unknown)."""
 
 PLACEHOLDER_STUDY_ID = "1"
 """StudyID written for non-DICOM sources. A new StudyInstanceUID and
@@ -82,7 +83,8 @@ def patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
         ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
         ds.PatientPosition = src.patient_position
     else:
-        seed = volume.source.path or generate_uid()
+        # The absolute path: a file named relatively or absolutely is one patient, not two.
+        seed = os.path.abspath(volume.source.path) if volume.source.path else generate_uid()
         digest = hashlib.sha1(seed.encode("utf-8")).hexdigest()[:12]
         ds.PatientName = PLACEHOLDER_PATIENT_NAME
         ds.PatientID = PLACEHOLDER_PATIENT_ID_PREFIX + digest
