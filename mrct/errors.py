@@ -101,9 +101,9 @@ class CropOptionError(CropError):
 
 
 class MarkupsError(MrctError):
-    """A 3D Slicer markups file is not what a crop override needs."""
+    """A 3D Slicer markups file is not what a crop override needs: a malformed override (1)."""
 
-    exit_code = 3
+    exit_code = 1
 
 
 class ModelError(MrctError):

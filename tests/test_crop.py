@@ -62,7 +62,8 @@ def test_markups_with_the_wrong_number_of_points(tmp_path: Path, count: int) -> 
     pts = [(f"p{n}", (0.0, 0.0, 10.0 * n)) for n in range(count)]
     path = markups(tmp_path / "c.mrk.json", pts)
     with pytest.raises(
-        MarkupsError, match=f"found {count} control points; expected .*two control points, brow and jaw"
+        MarkupsError,
+        match=f"found {count} placed control points?; expected .*two control points, brow and jaw",
     ):
         read_markups(path)
 
@@ -89,3 +90,36 @@ def test_only_one_override_at_a_time(tmp_path: Path) -> None:
     assert CropRequest.from_options().mode == "auto"
     assert CropRequest.from_options(no_crop=True).mode == "none"
     assert CropRequest.from_options(markups=path).mode == "markups"
+
+
+def test_unplaced_points_units_odd_content_and_absurd_levels(tmp_path: Path) -> None:
+    """From a hunt: Slicer's unplaced point (positionStatus "undefined", at [0, 0, 0]) was read as
+    S = 0; coordinateUnits "um" was read as mm; a list of strings under "markups" crashed (exit 70);
+    --crop-mm 1e308,-1e308 crashed; a malformed markups file was exit 3, the README says 1."""
+    doc = {
+        "markups": [
+            {
+                "coordinateSystem": "RAS",
+                "controlPoints": [
+                    {"label": "brow", "position": [0, 0, 40.0]},
+                    {"label": "jaw", "position": [0, 0, 0.0], "positionStatus": "undefined"},
+                ],
+            }
+        ]
+    }
+    unplaced = tmp_path / "u.mrk.json"
+    unplaced.write_text(json.dumps(doc))
+    with pytest.raises(MarkupsError, match="found 1 placed control point;") as caught:
+        read_markups(unplaced)
+    assert caught.value.exit_code == 1
+    doc["markups"][0]["controlPoints"][1] = {"label": "jaw", "position": [0, 0, -90000.0]}
+    doc["markups"][0]["coordinateUnits"] = "um"
+    doc["markups"][0]["controlPoints"][0]["position"] = [0, 0, 20000.0]
+    unplaced.write_text(json.dumps(doc))
+    assert read_markups(unplaced) == pytest.approx((20.0, -90.0))
+    for content in ({"markups": ["x"]}, {"markups": {"a": 1}}):
+        unplaced.write_text(json.dumps(content))
+        with pytest.raises(MarkupsError, match="unexpected content"):
+            read_markups(unplaced)
+    with pytest.raises(CropError, match="within 100000 mm of the origin"):
+        CropRequest.millimetres(1e308, -1e308)

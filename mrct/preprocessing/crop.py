@@ -51,8 +51,11 @@ class CropRequest:
     @classmethod
     def millimetres(cls, superior_mm: float, inferior_mm: float) -> CropRequest:
         sup, inf = float(superior_mm), float(inferior_mm)
-        if not (math.isfinite(sup) and math.isfinite(inf)):
-            raise CropOptionError(f"--crop-mm SUP,INF must be finite numbers (RAS mm), got {sup:g},{inf:g}")
+        if not (abs(sup) <= MAX_LEVEL_MM and abs(inf) <= MAX_LEVEL_MM):  # NaN fails this too
+            raise CropOptionError(
+                f"--crop-mm SUP,INF must be finite numbers within {MAX_LEVEL_MM:g} mm of the origin "
+                f"(RAS mm), got {sup:g},{inf:g}"
+            )
         if sup - inf < MIN_SLAB_MM:
             raise CropOptionError(
                 f"--crop-mm SUP,INF needs SUP at least {MIN_SLAB_MM:g} mm above INF (RAS mm), "
@@ -98,6 +101,10 @@ def parse_crop_mm(text: str) -> tuple[float, float]:
     return sup, inf
 
 
+_MARKUP_UNITS_MM = {"mm": 1.0, "um": 1e-3}  # what Slicer writes in coordinateUnits
+MAX_LEVEL_MM = 1e5  # 100 m from the scanner's origin: no scan reaches that far
+
+
 def read_markups(path: str | Path) -> tuple[float, float]:
     """The S levels of the two control points of a 3D Slicer ``.mrk.json`` file, brow first.
 
@@ -119,17 +126,23 @@ def read_markups(path: str | Path) -> tuple[float, float]:
             system = str(markup.get("coordinateSystem", "LPS")).upper()
             if system not in ("LPS", "RAS"):
                 raise MarkupsError(f"unknown coordinateSystem {system!r}; expected LPS or RAS", p)
+            units = str(markup.get("coordinateUnits", "mm"))
+            if units not in _MARKUP_UNITS_MM:
+                raise MarkupsError(f"unknown coordinateUnits {units!r}; expected mm or um", p)
             for cp in markup.get("controlPoints", []):
-                x, y, z = (float(v) for v in cp["position"])
+                if str(cp.get("positionStatus", "defined")).lower() != "defined":
+                    continue  # a point listed but never placed: Slicer writes it at [0, 0, 0]
+                x, y, z = (float(v) * _MARKUP_UNITS_MM[units] for v in cp["position"])
                 if not all(map(math.isfinite, (x, y, z))):
                     raise ValueError("a position is not finite")
                 points.append((str(cp.get("label", "")).strip().lower(), z))
     except MarkupsError:
         raise
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MarkupsError(f"unexpected content ({err}); expected {expected}", p) from None
     if len(points) != 2:
-        raise MarkupsError(f"found {len(points)} control points; expected {expected}", p)
+        found = f"{len(points)} placed control point" + ("" if len(points) == 1 else "s")
+        raise MarkupsError(f"found {found}; expected {expected}", p)
     labels = {label: z for label, z in points}
     if set(labels) == {"brow", "jaw"}:
         sup, inf = labels["brow"], labels["jaw"]
