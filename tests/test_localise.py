@@ -302,3 +302,23 @@ def test_locate_reports_a_jaw_below_the_scan(shared_data: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["outside_fov_mm"] == pytest.approx(14.9, abs=1.0)
     assert "mm of the brow-to-jaw slab lies outside the scan" in result.stderr
+
+
+def test_the_field_of_view_is_the_scans_own_not_the_working_grids(
+    template_head: tuple[Volume, float],
+) -> None:
+    """From a hunt: the slab was judged against the 4 mm working grid's extent, rounded up to whole
+    voxels, so locate said 18.8 mm of the slab was missing where translate said 20.8 (over the
+    20 mm limit, yet accepted); now both use the scan's own extent."""
+    from mrct.inference import outside_fov_mm
+    from mrct.preprocessing.grid import world_extent
+
+    volume, menton = template_head
+    cut = _cut_below(volume, menton + 11.0)
+    top = Volume(cut.array[:, :, : cut.shape[2] - 3], cut.affine, Modality.MR)  # 6 mm off the top too
+    loc = locate_volume(top)
+    lo, hi = world_extent(top.shape, top.affine)
+    assert loc.scan_s_range_mm == pytest.approx((lo[2], hi[2]))
+    assert loc.outside_fov_mm == pytest.approx(
+        outside_fov_mm(top, loc.slab.superior_mm, loc.slab.inferior_mm)
+    )

@@ -265,6 +265,7 @@ class Localiser:
                 superior - prior_height
             )
         lo, hi = world_extent(work.array.shape, work.affine)
+        scan_s = work.scan_s_range_mm or (float(lo[2]), float(hi[2]))
         confidence = float(np.clip(1.0 - spread / 20.0, 0.0, 1.0))
         height = superior - inferior
         if not MIN_PLAUSIBLE_HEIGHT_MM <= height <= MAX_PLAUSIBLE_HEIGHT_MM:
@@ -278,7 +279,7 @@ class Localiser:
             "chin_edge_s_mm": None if chin_edge is None else round(chin_edge, 1),
             "jaw_from": "registration" if chin_edge is None else "chin_edge",
         }
-        return Localisation(slab, landmarks, metric, spread, (float(lo[2]), float(hi[2])), details)
+        return Localisation(slab, landmarks, metric, spread, scan_s, details)
 
 
 def _itk_reason(err: RuntimeError) -> str:

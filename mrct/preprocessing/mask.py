@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from mrct.preprocessing.grid import axis_aligned_grid, resample
+from mrct.preprocessing.grid import axis_aligned_grid, resample, world_extent
 from mrct.volume import Modality, Volume
 
 WORK_STEP_MM = 4.0
@@ -42,6 +42,9 @@ class WorkingImage:
     affine: npt.NDArray[np.float64]
     modality: Modality
     threshold: float
+    # The scan's own extent along S (mm): the working grid is rounded up to whole voxels, so its
+    # top could lie 4 mm above the scan's and hide that much of a slab cut by the field of view.
+    scan_s_range_mm: tuple[float, float] | None = None
 
     def interior_spread(self) -> float:
         """How varied the object is inside: the 10-90 percentile range of its values (one voxel
@@ -86,7 +89,9 @@ def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP
     background = float(np.min(volume.array)) if volume.array.size else 0.0
     array = resample(volume.array, volume.affine, affine, shape, fill=background, anti_alias=True)
     threshold = CT_BODY_HU if modality is Modality.CT else 0.5 * otsu_threshold(array)
-    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold)
+    lo, hi = world_extent(volume.shape, volume.affine)
+    extent = (float(lo[2]), float(hi[2]))
+    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, extent)
 
 
 def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
