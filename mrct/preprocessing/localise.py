@@ -54,6 +54,12 @@ START_SHIFTS_MM = (0.0, -30.0, 30.0)
 # the overrides.
 MAX_OUTSIDE_FOV_MM = 20.0
 MIN_CONFIDENCE = 0.3
+# How well the head template fits at best (Mattes MI, negative: lower is better). Measured on
+# 2026-12-07: the 50 IXI heads -1.0 to -1.6, the DICOM MRs -0.69 and -0.76, the UNC CT -0.58
+# (-0.55 with a head holder and table added); objects that are no head but have contrast inside
+# and pass the checks above: a knee CT -0.35, a phantom -0.26, a torso block -0.15, smoothed
+# noise -0.04. Between the two, with a margin to the CT, which is the least sure (one real CT).
+MAX_FIT_METRIC = -0.40
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
 MIN_PLAUSIBLE_HEIGHT_MM, MAX_PLAUSIBLE_HEIGHT_MM = 70.0, 180.0
@@ -315,6 +321,14 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
     """
     lo, hi = loc.scan_s_range_mm
     slab = loc.slab
+    # First: a poor fit also misplaces the slab, so its ends outside the scan would mislead.
+    if loc.metric > MAX_FIT_METRIC:
+        raise SlabRefusedError(
+            f"the head template fits the scan poorly (Mattes MI {loc.metric:.2f}; head scans reach "
+            f"{MAX_FIT_METRIC:.2f} or better): is this a head scan that covers brow to jaw? {OVERRIDES_HINT}",
+            loc,
+            path,
+        )
     if loc.outside_fov_mm > MAX_OUTSIDE_FOV_MM:
         problems = []
         if loc.above_fov_mm > 0:
