@@ -262,6 +262,8 @@ class Translator:
             if slab.confidence is not None:
                 info["confidence"] = slab.confidence
             info["outside_fov_mm"] = round(outside_fov_mm(volume, slab.superior_mm, slab.inferior_mm), 1)
+            if (pre.record.localisation or {}).get("jaw_guessed_near_edge"):
+                info["jaw_guessed_near_edge"] = True
             infos.append(info)
         prepared.timings["invert"] = prepared.timings.get("invert", 0.0) + time.perf_counter() - start
         result = Volume(out, volume.affine.copy(), to, volume.source)

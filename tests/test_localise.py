@@ -360,3 +360,21 @@ def test_every_real_head_fits_the_template(results: dict[str, dict]) -> None:
     assert not [
         r["refused"] for r in results.values() if r["refused"] and "fits the scan poorly" in r["refused"]
     ]
+
+
+def test_a_jaw_guessed_near_the_scans_bottom_is_said(
+    template_head: tuple[Volume, float], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """From a hunt: with the chin cut off, the jaw comes from the registration alone, 5-12 mm off on
+    some heads; one with 11.7 mm of slab missing was reported as 0 mm outside, with no word."""
+    from mrct import api
+    from mrct.io import write_volume
+
+    volume, menton = template_head
+    assert not locate_volume(volume).jaw_guessed_near_edge  # the chin's outline is seen
+    cut = locate_volume(_cut_below(volume, menton + 12.0))
+    assert cut.details["jaw_from"] == "registration" and cut.jaw_guessed_near_edge
+    assert cut.to_dict()["jaw_guessed_near_edge"] is True
+    scan = write_volume(_cut_below(volume, menton + 12.0), tmp_path / "cut.nii.gz")
+    api.locate(scan)
+    assert f"{scan}: no chin outline was found near the bottom of the scan" in caplog.text

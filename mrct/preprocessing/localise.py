@@ -103,6 +103,13 @@ class Localisation:
         """The length of the slab outside the scan (mm along S, both ends together)."""
         return self.above_fov_mm + self.below_fov_mm
 
+    @property
+    def jaw_guessed_near_edge(self) -> bool:
+        """No chin outline was seen and the registration's jaw lies near (or below) the scan's
+        bottom: the chin may be cut by the field of view by more than ``outside_fov_mm`` says."""
+        near = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
+        return self.details.get("jaw_from") == "registration" and near
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "superior_mm": round(self.slab.superior_mm, 1),
@@ -113,6 +120,7 @@ class Localisation:
             "metric": round(self.metric, 4),
             "start_spread_mm": round(self.start_spread_mm, 1),
             "scan_s_range_mm": [round(v, 1) for v in self.scan_s_range_mm],
+            "jaw_guessed_near_edge": self.jaw_guessed_near_edge,
             **self.details,
         }
 
@@ -175,6 +183,9 @@ BROW_REGION_MM = ((-60.0, 60.0), (-40.0, 30.0), (-25.0, 30.0))
 # (a population prior): the chin is often cut by the field of view or blurred by dental
 # artefacts, and the blend halves the worst errors on the annotated heads (see the issue notes).
 JAW_REGISTRATION_WEIGHT = 0.75
+# That blend is 5-12 mm off on some heads whose chin the scan cuts (a hunt, 14 annotated heads cut
+# 11 and 26 mm above the menton): within this of the scan's bottom it may hide a cut chin, so it is said.
+JAW_GUESS_MARGIN_MM = 12.0
 
 
 class Localiser:
