@@ -55,10 +55,11 @@ START_SHIFTS_MM = (0.0, -30.0, 30.0)
 MAX_OUTSIDE_FOV_MM = 20.0
 MIN_CONFIDENCE = 0.3
 # How well the head template fits at best (Mattes MI, negative: lower is better). Measured on
-# 2026-12-07: the 50 IXI heads -1.0 to -1.6, the DICOM MRs -0.69 and -0.76, the UNC CT -0.58
-# (-0.55 with a head holder and table added); objects that are no head but have contrast inside
-# and pass the checks above: a knee CT -0.35, a phantom -0.26, a torso block -0.15, smoothed
-# noise -0.04. Between the two, with a margin to the CT, which is the least sure (one real CT).
+# 2026-12-07: the 50 IXI heads -1.0 to -1.6, the DICOM MRs -0.69 and -0.76, the CTs -0.58 (UNC;
+# -0.55 with a head holder and table added) and -0.56 (the GE CT, which ends above the jaw).
+# Objects that are no head but have contrast inside and pass the checks above: a knee CT -0.35,
+# a phantom -0.26, a torso block -0.15, smoothed noise -0.04. The limit lies between the two,
+# with a margin to the CTs, the least sure (two real ones).
 MAX_FIT_METRIC = -0.40
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
