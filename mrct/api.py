@@ -186,9 +186,9 @@ def locate(
     if loc.outside_fov_mm > 0:  # translate warns the same way; the model would see background there
         log.warning("%s: %.1f mm of the brow-to-jaw slab lies outside the scan", path, loc.outside_fov_mm)
     if loc.jaw_guessed_near_edge:
-        from mrct.translate import JAW_GUESSED
+        from mrct.preprocessing.localise import JAW_GUESSED
 
-        log.warning("%s: %s", path, JAW_GUESSED)
+        log.warning("%s: %s; translate, batch and prepare take --crop-mm", path, JAW_GUESSED)
     return loc
 
 

@@ -148,11 +148,14 @@ def _load_and_prepare(s: Series, to: Modality, translator: Any, crop: CropReques
 def _finish_and_write(translator: Any, prepared: Any, outputs: Any, *args: Any) -> tuple[float, str]:
     """Invert onto the input grid and write (in a writer thread, overlapping the next forward).
     Returns the seconds taken and the manifest's note for a done row (the slab's part outside
-    the scan, which ``mrct translate`` warns about)."""
+    the scan, a jaw level guessed near the scan's bottom: what ``mrct translate`` warns about)."""
     start = time.perf_counter()
     result = translator.finish(prepared, outputs)
     missing = float(result.slabs[0].get("outside_fov_mm", 0.0))
-    note = f"{missing:.1f} mm of the brow-to-jaw slab lies outside the scan" if missing > 0 else ""
+    notes = [f"{missing:.1f} mm of the brow-to-jaw slab lies outside the scan"] if missing > 0 else []
+    if result.slabs[0].get("jaw_guessed_near_edge"):
+        notes.append("no chin outline near the scan's bottom: the jaw level is the template's guess")
+    note = "; ".join(notes)
     return time.perf_counter() - start + _write(result.volume, *args), note
 
 

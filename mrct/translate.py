@@ -302,15 +302,9 @@ def warn_outside_fov(src: Path, slab: dict[str, Any], to: Modality) -> None:
             to.value,
         )
     if slab.get("jaw_guessed_near_edge"):
-        log.warning("%s: %s", src, JAW_GUESSED)
+        from mrct.preprocessing.localise import JAW_GUESSED
 
-
-# Said by translate and locate when Localisation.jaw_guessed_near_edge.
-JAW_GUESSED = (
-    "no chin outline was found near the bottom of the scan, so the jaw level comes from the head "
-    "template alone (5-12 mm off on some heads) and the chin may be cut by more than reported; "
-    "check --preview, or give the levels with --crop-mm"
-)
+        log.warning("%s: %s; check --preview, or give the levels with --crop-mm", src, JAW_GUESSED)
 
 
 def write_preview(

@@ -123,3 +123,13 @@ def test_unplaced_points_units_odd_content_and_absurd_levels(tmp_path: Path) -> 
             read_markups(unplaced)
     with pytest.raises(CropError, match="within 100000 mm of the origin"):
         CropRequest.millimetres(1e308, -1e308)
+    # From review: markups skipped that bound (1e308 crashed; 2e10 um hung the resampling), and
+    # Slicer's array form of coordinateUnits was refused.
+    doc["markups"][0]["coordinateUnits"] = ["um", "UCUM", "micrometer"]
+    doc["markups"][0]["controlPoints"][0]["position"] = [0, 0, 2e10]
+    unplaced.write_text(json.dumps(doc))
+    with pytest.raises(MarkupsError, match="a point lies beyond 100000 mm from the origin"):
+        CropRequest.from_markups(unplaced)
+    doc["markups"][0]["controlPoints"][0]["position"] = [0, 0, 20000.0]
+    unplaced.write_text(json.dumps(doc))
+    assert read_markups(unplaced) == pytest.approx((20.0, -90.0))

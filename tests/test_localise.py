@@ -341,10 +341,7 @@ def test_objects_with_contrast_inside_that_are_no_head_are_refused(kind: str) ->
         affine = np.diag([2.0, 2.0, 2.0, 1.0])
         affine[:3, 3] = [-120, -120, -150]
         vol = Volume((field / field.std() * 200 + 500).astype(np.float32), affine, Modality.MR)
-    try:
-        loc = locate_volume(vol, Localiser(load_reference()))
-    except CropError:
-        return  # refused by an earlier check: also right
+    loc = locate_volume(vol, Localiser(load_reference()))  # the earlier checks let both through
     assert loc.metric > MAX_FIT_METRIC
     with pytest.raises(SlabRefusedError, match="the head template fits the scan poorly"):
         check_slab_in_scan(loc, "x.nii.gz")

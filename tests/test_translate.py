@@ -785,3 +785,23 @@ def test_full_fov_report_names_the_tiles_as_tiles(tmp_path: Path, heads: Path, t
     assert result.exit_code == 0, result.output
     sources = [s["source"] for s in json.loads(report.read_text())["slabs"]]
     assert sources[0] == "crop-mm" and len(sources) > 1 and set(sources[1:]) == {"full-fov tile"}
+
+
+def test_a_jaw_guessed_near_the_bottom_is_warned_about_and_reported(tmp_path: Path, tiny_model: Path) -> None:
+    """The reference head with its chin cut off: translate warns, with the file's name, and the
+    report's slab records it (review: only locate's warning was tested)."""
+    from mrct.preprocessing.localise import load_reference
+
+    folder = Path(__file__).parents[1] / "mrct/preprocessing/reference"
+    head = read_volume(folder / "head_t1_template.nii.gz", modality=Modality.MR)
+    menton = load_reference().landmarks_ras["menton"][2]
+    k = int(np.ceil((menton + 12.0 - head.affine[2, 3]) / head.affine[2, 2]))  # RAS-aligned, S third
+    affine = head.affine.copy()
+    affine[2, 3] += k * affine[2, 2]
+    scan = tmp_path / "cut.nii.gz"
+    nib.save(nib.Nifti1Image(head.array[:, :, k:], affine), scan)
+    report = tmp_path / "run.json"
+    result = _translate(str(scan), "--to", "ct", "--model", str(tiny_model), "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert f"{scan}: no chin outline was found near the bottom of the scan" in result.stderr
+    assert json.loads(report.read_text())["slabs"][0]["jaw_guessed_near_edge"] is True

@@ -126,7 +126,8 @@ def read_markups(path: str | Path) -> tuple[float, float]:
             system = str(markup.get("coordinateSystem", "LPS")).upper()
             if system not in ("LPS", "RAS"):
                 raise MarkupsError(f"unknown coordinateSystem {system!r}; expected LPS or RAS", p)
-            units = str(markup.get("coordinateUnits", "mm"))
+            units = markup.get("coordinateUnits", "mm")
+            units = str(units[0] if isinstance(units, list) and units else units)  # or ["mm", "UCUM", ...]
             if units not in _MARKUP_UNITS_MM:
                 raise MarkupsError(f"unknown coordinateUnits {units!r}; expected mm or um", p)
             for cp in markup.get("controlPoints", []):
@@ -148,6 +149,10 @@ def read_markups(path: str | Path) -> tuple[float, float]:
         sup, inf = labels["brow"], labels["jaw"]
     else:
         sup, inf = max(z for _, z in points), min(z for _, z in points)
+    if not (abs(sup) <= MAX_LEVEL_MM and abs(inf) <= MAX_LEVEL_MM):  # as --crop-mm: 1e308 crashed
+        raise MarkupsError(
+            f"a point lies beyond {MAX_LEVEL_MM:g} mm from the origin; no scan reaches there", p
+        )
     if sup - inf < MIN_SLAB_MM:
         raise MarkupsError(
             f"the brow point (S={sup:.1f} mm) must lie at least {MIN_SLAB_MM:g} mm above the jaw point "

@@ -187,6 +187,10 @@ JAW_REGISTRATION_WEIGHT = 0.75
 # That blend is 5-12 mm off on some heads whose chin the scan cuts (a hunt, 14 annotated heads cut
 # 11 and 26 mm above the menton): within this of the scan's bottom it may hide a cut chin, so it is said.
 JAW_GUESS_MARGIN_MM = 12.0
+JAW_GUESSED = (
+    "no chin outline was found near the bottom of the scan, so the jaw level comes from the head "
+    "template alone (5-12 mm off on some heads) and the chin may be cut by more than reported"
+)
 
 
 class Localiser:
