@@ -56,14 +56,13 @@ def environment_problem(args: list[str]) -> str | None:
     ``MRCT_MAX_MEMORY`` is read by every command (and by prepare's workers); a bad value failed
     differently in each, and in prepare once per scan. Help and version need no limit, and
     ``--max-memory`` replaces the variable."""
-    from mrct.io.limits import ENV_VAR, parse_size
+    from mrct.errors import MrctError
+    from mrct.io.limits import environment_limit
 
-    text = os.environ.get(ENV_VAR, "").strip()
-    given = {a.split("=", 1)[0] for a in args}
-    if not text or given & {"--help", "-h", "--version", "--max-memory"}:
+    if {a.split("=", 1)[0] for a in args} & {"--help", "-h", "--version", "--max-memory"}:
         return None
     try:
-        parse_size(text)
-    except ValueError as err:
-        return f"{ENV_VAR}={text!r}: {err}"
+        environment_limit()
+    except MrctError as err:
+        return str(err)
     return None

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.errors import OutputExistsError
+from mrct.io.atomic import check_outside
 from mrct.io.discover import sha256_files
 from mrct.prepare_manifest import write_bytes
 from mrct.preprocessing.crop import CropRequest
@@ -41,10 +42,7 @@ def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:
             raise OutputExistsError(
                 f"the output folder is, or writes over, the input {given}; choose another", out
             )
-        if source.is_dir() and target.is_relative_to(source):  # inputs are never modified
-            raise OutputExistsError(
-                f"the output folder lies inside the input folder {given}; choose another", out
-            )
+        check_outside(Path(given), out)  # inputs are never modified
     if out.is_dir() and not (out / "manifest.json").exists():
         theirs = sorted(d for d in ("mr", "ct", "qc") if (out / d).exists())
         if theirs:

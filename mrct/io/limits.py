@@ -77,14 +77,21 @@ def system_memory() -> int | None:
 ENV_VAR = "MRCT_MAX_MEMORY"
 
 
-def default_max_memory() -> int:
-    """``MRCT_MAX_MEMORY`` when set (every command, and prepare's worker processes, read it; the
-    commands with ``--max-memory`` only took it through that option), else a quarter of memory."""
+def environment_limit() -> int | None:
+    """``MRCT_MAX_MEMORY`` in bytes, or None when unset; MrctError for a value that is no size."""
     if text := os.environ.get(ENV_VAR, "").strip():
         try:
             return parse_size(text)
         except ValueError as err:
             raise MrctError(f"{ENV_VAR}={text!r}: {err}") from None
+    return None
+
+
+def default_max_memory() -> int:
+    """``MRCT_MAX_MEMORY`` when set (every command, and prepare's worker processes, read it; the
+    commands with ``--max-memory`` only took it through that option), else a quarter of memory."""
+    if (limit := environment_limit()) is not None:
+        return limit
     total = system_memory()
     return FALLBACK_DEFAULT if total is None else max(MIN_DEFAULT, int(total * DEFAULT_FRACTION))
 
