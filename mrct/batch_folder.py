@@ -217,19 +217,21 @@ def input_files(s: Series) -> int:
 
 def _detached_data(header: Path) -> list[Path]:
     """The data file a detached MetaImage (``.mhd``) or NRRD (``.nhdr``) header names, if one."""
-    keys = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}.get(header.suffix.lower())
-    if keys is None:
+    if header.suffix.lower() == ".mhd":
+        from mrct.io.metaimage import data_file
+
+        found = data_file(header)
+        return [] if found is None else [found]
+    if header.suffix.lower() != ".nhdr":
         return []
-    with contextlib.suppress(OSError), header.open("rb") as fh:  # ElementDataFile comes last
+    with contextlib.suppress(OSError), header.open("rb") as fh:  # no NRRD parser here: ITK reads them
         for line in fh.read(1 << 16).decode("latin-1").splitlines():
-            name, sep, value = line.partition("=" if keys[0] == "elementdatafile" else ":")
+            name, sep, value = line.partition(":")
             value = value.strip()
-            if sep and name.strip().lower() in keys:
+            if sep and name.strip().lower() in ("data file", "datafile"):
                 # One file; a LIST or a printf-like pattern of files (rare) is left to the header's stamp.
                 return (
-                    []
-                    if not value or value.split()[0] in ("LOCAL", "LIST") or "%" in value
-                    else [header.parent / value]
+                    [] if not value or value.split()[0] == "LIST" or "%" in value else [header.parent / value]
                 )
     return []
 

@@ -14,16 +14,17 @@ expects them, so ``mrct train --data`` reads the unpacked folder as it would the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import lzma
+import re
 import shutil
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 
 from mrct.errors import OutputExistsError, ReadError
+from mrct.io.atomic import Owned, atomic_dir
 from mrct.training.data import PreparedSet
 
 LEVELS = 4095  # 12 bits
@@ -36,23 +37,16 @@ def _train_images(root: Path, packed: bool = False) -> list[Path]:
     return [scan.image.relative_to(root) for domain in scans for scan in domain]
 
 
-@contextlib.contextmanager
-def _new_folder(target: Path, verb: str) -> Iterator[Path]:
-    """A temporary sibling of ``target``, renamed to it when complete: an existing folder is
-    never written into (unpacking over a prepared set replaced its volumes by 12-bit copies),
-    and a failed run leaves nothing under the target's name."""
+ANY = Owned(re.compile(r".*"))  # only used to replace a folder, which these never do
+
+
+def _new_folder(target: Path, verb: str) -> AbstractContextManager[Path]:
+    """mrct's own temporary-sibling-and-rename for ``target``: an existing folder is never
+    written into (unpacking over a prepared set replaced its volumes by 12-bit copies), and a
+    failed run leaves nothing under the target's name."""
     if target.exists() or target.is_symlink():
         raise OutputExistsError(f"already exists; {verb} into a new folder", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
-    partial.mkdir()
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    partial.rename(target)
+    return atomic_dir(target, ANY)
 
 
 def pack(prepared: Path, final: Path) -> None:

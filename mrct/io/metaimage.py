@@ -79,6 +79,18 @@ def _header(path: Path) -> tuple[dict[str, str], list[str], int]:
     raise ReadError("the MetaImage header has no ElementDataFile line (truncated?)", path)
 
 
+def data_file(path: Path) -> Path | None:
+    """The one file a detached header's voxels are in (``ElementDataFile``), or None: the
+    header's own (LOCAL), several (LIST, a pattern), or a header that cannot be read."""
+    try:
+        name = _header(path)[0]["elementdatafile"]
+    except (ReadError, OSError):
+        return None
+    if not name or name.split()[0].upper() in ("LOCAL", "LIST") or "%" in name:
+        return None
+    return path.parent / name
+
+
 def _numbers(fields: dict[str, str], key: str, count: int, path: Path) -> list[float]:
     words = fields[key].replace("\t", " ").split(" ")
     values = [float(w) for w in words if _NUMBER.fullmatch(w)]
