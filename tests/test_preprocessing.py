@@ -131,6 +131,18 @@ def test_a_slab_outside_the_scan_is_refused() -> None:
         preprocess(vol, SMALL, CropRequest.millimetres(900, 800))
 
 
+def test_a_slab_just_beyond_the_scan_is_refused_by_the_scans_own_extent() -> None:
+    """The working grid's top lies 3 mm above this scan's (101 mm rounded up to 104): a slab
+    starting 1 mm above the scan was accepted."""
+    vol, _, _ = head_phantom(
+        Modality.CT, spacing=(1.0, 1.0, 1.0), angles=(0.0, 0.0, 0.0), shape=(170, 150, 101)
+    )
+    with pytest.raises(CropError, match=r"misses the scan \(S=-50\.\.50 mm\)"):
+        preprocess(vol, SMALL, CropRequest.millimetres(75, 51.5))
+    out = preprocess(vol, SMALL, CropRequest.millimetres(70, 49.5))  # 1 mm inside: accepted
+    assert out.record.slab.inferior_mm == 49.5
+
+
 def test_empty_scan_is_not_a_head() -> None:
     vol = Volume(np.full((40, 40, 30), -1000, np.int16), np.diag([2.0, 2.0, 2.0, 1.0]), Modality.CT)
     with pytest.raises(CropError, match="no head found"):

@@ -93,10 +93,12 @@ class LocateSlabd(MapTransform):
             slab = SlabBounds(float(hi_s[2]), float(lo_s[2]), "full-fov", None)
         else:
             assert req.superior_mm is not None and req.inferior_mm is not None
-            if req.inferior_mm >= hi[2] or req.superior_mm <= lo[2]:
+            # The scan's own extent: the working grid is rounded up to whole 4 mm voxels.
+            bottom, top = work.scan_s_range_mm or (float(lo[2]), float(hi[2]))
+            if req.inferior_mm >= top or req.superior_mm <= bottom:
                 raise CropError(
                     f"the requested slab S={req.superior_mm:g}..{req.inferior_mm:g} mm misses the scan "
-                    f"(S={lo[2]:.0f}..{hi[2]:.0f} mm); {OVERRIDES_HINT}"
+                    f"(S={bottom:.0f}..{top:.0f} mm); {OVERRIDES_HINT}"
                 )
             slab = SlabBounds(req.superior_mm, req.inferior_mm, "crop-mm" if req.mode == "mm" else "markups")
         if req.mode != "none" and self.margin_mm:
