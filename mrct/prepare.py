@@ -43,7 +43,15 @@ from mrct.prepare_manifest import (
     stable_ids,
     write_manifest,
 )
-from mrct.prepare_outputs import absolute, check_output_folder, crop_request_dict, still_valid, write_outcome
+from mrct.prepare_outputs import (
+    absolute,
+    check_output_folder,
+    crop_request_dict,
+    failed_scan_image,
+    prepared_scan_image,
+    still_valid,
+    write_outcome,
+)
 from mrct.preprocessing.config import PreprocessConfig
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -157,7 +165,6 @@ def prepare_scan(
     A scan that was read but failed still gets a picture: the levels that were found and
     refused (if any) and the reason in red.
     """
-    from mrct import qc
     from mrct.io import read_volume
     from mrct.preprocessing.chain import preprocess
 
@@ -168,7 +175,7 @@ def prepare_scan(
         _check_modality(volume, scan)
         out = preprocess(volume, config, crop, modality=DOMAINS[scan.domain], localiser=localiser)
         slab, outside = out.record.slab, (out.record.localisation or {}).get("outside_fov_mm", 0.0)
-        picture = qc.prepared_scan_image(volume, (slab.superior_mm, slab.inferior_mm), scan.id, outside)
+        picture = prepared_scan_image(volume, (slab.superior_mm, slab.inferior_mm), scan.id, outside)
     except Exception as err:  # one bad scan must not stop the others; keep the evidence
         log.debug("%s/%s failed", scan.domain, scan.id, exc_info=not isinstance(err, MrctError))
         # An error about the image in memory (a slab it cannot use) learns which file it was.
@@ -180,7 +187,7 @@ def prepare_scan(
         why = why.splitlines()[0]
         loc = getattr(err, "localisation", None)  # what a refused automatic slab found
         levels = (loc.slab.superior_mm, loc.slab.inferior_mm) if loc is not None else (None, None)
-        return ScanOutcome(scan, checksum, error=why, qc=qc.failed_scan_image(volume, levels, scan.id, why))
+        return ScanOutcome(scan, checksum, error=why, qc=failed_scan_image(volume, levels, scan.id, why))
     return ScanOutcome(scan, checksum, None, out.image, out.mask, out.record.to_dict(), picture)
 
 

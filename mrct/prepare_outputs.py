@@ -1,14 +1,16 @@
 """What ``mrct prepare`` writes for one scan, and when an earlier run's output still holds.
 
-The files of a prepared scan (see :mod:`mrct.prepare`), written under temporary names and
-renamed, and its manifest entry; the checks that let a re-run skip a scan already prepared,
-and the one that the output folder may be written at all.
+The QC picture of a prepared or failed scan; the files of a prepared scan (see
+:mod:`mrct.prepare`), written under temporary names and renamed, and its manifest entry; the
+checks that let a re-run skip a scan already prepared, and the one that the output folder may
+be written at all.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +27,39 @@ from mrct.preprocessing.crop import CropRequest
 
 if TYPE_CHECKING:
     from mrct.prepare import ScanInput, ScanOutcome
+    from mrct.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+def prepared_scan_image(
+    volume: Volume, levels: tuple[float, float], label: str, outside_fov_mm: float = 0.0
+) -> npt.NDArray[np.uint8]:
+    """``mrct prepare``'s picture of a prepared scan: the slab (superior, inferior; RAS mm),
+    saying how much of it lies outside the scan (filled with background)."""
+    notes = []
+    if outside_fov_mm > 0:
+        notes.append(f"{outside_fov_mm:.1f} mm of the slab is outside the scan: filled with background")
+    from mrct import qc
+
+    return qc.slab_qc_image(volume, *levels, label=label, notes=notes)
+
+
+def failed_scan_image(
+    volume: Volume | None, levels: tuple[float | None, float | None], label: str, reason: str
+) -> npt.NDArray[np.uint8] | None:
+    """``mrct prepare``'s picture of a scan that failed: the levels that were found and refused
+    (None: nothing located, the plain views) and ``FAILED: reason`` in red. None when the
+    scan could not be read, or when even this picture cannot be drawn."""
+    from mrct import qc
+
+    if volume is None:
+        return None
+    try:
+        return qc.slab_qc_image(volume, *levels, label=label, failure=reason)
+    except Exception:  # the picture is evidence, never a second way to fail
+        log.debug("%s: no QC picture", label, exc_info=True)
+        return None
 
 
 def check_output_folder(out: Path, inputs: Iterable[str | Path]) -> None:

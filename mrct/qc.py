@@ -366,32 +366,6 @@ def _text_strip(
     return np.asarray(strip)
 
 
-def prepared_scan_image(
-    volume: Volume, levels: tuple[float, float], label: str, outside_fov_mm: float = 0.0
-) -> npt.NDArray[np.uint8]:
-    """``mrct prepare``'s picture of a prepared scan: the slab (superior, inferior; RAS mm),
-    saying how much of it lies outside the scan (filled with background)."""
-    notes = []
-    if outside_fov_mm > 0:
-        notes.append(f"{outside_fov_mm:.1f} mm of the slab is outside the scan: filled with background")
-    return slab_qc_image(volume, *levels, label=label, notes=notes)
-
-
-def failed_scan_image(
-    volume: Volume | None, levels: tuple[float | None, float | None], label: str, reason: str
-) -> npt.NDArray[np.uint8] | None:
-    """``mrct prepare``'s picture of a scan that failed: the levels that were found and refused
-    (None: nothing located, the plain views) and ``FAILED: reason`` in red. None when the
-    scan could not be read, or when even this picture cannot be drawn."""
-    if volume is None:
-        return None
-    try:
-        return slab_qc_image(volume, *levels, label=label, failure=reason)
-    except Exception:  # the picture is evidence, never a second way to fail
-        log.debug("%s: no QC picture", label, exc_info=True)
-        return None
-
-
 def write_png(image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool = False) -> Path:
     """Write a greyscale (rows, cols) or RGB (rows, cols, 3) uint8 image as PNG, atomically.
 

@@ -16,6 +16,7 @@ from mrct import api, qc
 from mrct.cli import app
 from mrct.errors import OutputExistsError
 from mrct.io import write_volume
+from mrct.prepare_outputs import failed_scan_image, prepared_scan_image
 from mrct.volume import Modality, Volume
 from tests.phantoms import oblique_affine, phantom
 
@@ -180,10 +181,10 @@ def test_failure_and_outside_levels_are_written_below() -> None:
     assert failed.shape[0] > plain.shape[0] + 10  # the reason, wrapped over several lines
     assert failure_red(failed[rows:]).sum() > 50
     assert not failure_red(plain[rows:]).any()
-    assert qc.failed_scan_image(None, (None, None), "x", "unreadable") is None
-    nothing = qc.failed_scan_image(vol, (None, None), "x", "no head found")
+    assert failed_scan_image(None, (None, None), "x", "unreadable") is None
+    nothing = failed_scan_image(vol, (None, None), "x", "no head found")
     assert nothing is not None and failure_red(nothing[rows:]).sum() > 20
-    noted = qc.prepared_scan_image(vol, (hi[2] - 5, lo[2] - 12.5), "x", outside_fov_mm=12.5)
+    noted = prepared_scan_image(vol, (hi[2] - 5, lo[2] - 12.5), "x", outside_fov_mm=12.5)
     assert noted.shape[0] > plain.shape[0]  # "12.5 mm of the slab is outside the scan"
 
 

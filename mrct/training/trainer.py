@@ -40,6 +40,7 @@ from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
 from mrct.training.logs import DivergenceWatch, RunLogs, writing_records
+from mrct.training.signals import StopFlag, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class Trainer:
             sampler=range(self.iteration, end),
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=worker_init if workers else None,
             prefetch_factor=2 if workers else None,
             # Batches depend on (seed, iteration) only. A private generator keeps iter(loader)
             # from drawing its base seed off the global RNG, which dropout uses: a resumed run
@@ -250,8 +251,8 @@ class Trainer:
         )
         # Workers start when the loader is iterated. Ctrl-C and SIGTERM (``timeout`` and batch
         # schedulers signal the whole process group) must reach the main process only, whose
-        # _StopFlag saves a checkpoint: a worker killed by them makes the loader raise instead.
-        # Blocked while the workers fork, so none dies before _worker_init ignores them.
+        # StopFlag saves a checkpoint: a worker killed by them makes the loader raise instead.
+        # Blocked while the workers fork, so none dies before worker_init ignores them.
         stop_signals = {signal.SIGINT, signal.SIGTERM}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals) if workers else None
         try:
@@ -279,7 +280,7 @@ class Trainer:
             self.run_dir, self.iteration, checkpoint.latest(self.run_dir), main=self.dist.is_main
         )
         every = self.config.logging
-        stop = _StopFlag()
+        stop = StopFlag()
         bar = tqdm(
             total=end,
             initial=self.iteration,
@@ -367,39 +368,7 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _worker_init(_: int) -> None:
-    """In each data-loader worker: one thread, and stop signals left to the main process."""
-    torch.set_num_threads(1)  # workers read and augment; the cores belong to the model
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 def _short(losses: dict[str, float]) -> str:
     g = losses["loss/generator/total"]
     d = losses["loss/discriminator/d_ct"] + losses["loss/discriminator/d_mr"]
     return f"G {g:.3f} D {d:.3f}"
-
-
-class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a request to stop after this iteration."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping: saving a checkpoint after this iteration (Ctrl-C again to abort)")
-
-    def __enter__(self) -> _StopFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)

@@ -1,0 +1,45 @@
+"""Signals during training: the first Ctrl-C (or SIGTERM) asks the trainer to stop after the
+current iteration and save a checkpoint; data-loader workers leave signals to the main process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def worker_init(_: int) -> None:
+    """In each data-loader worker: one thread, and stop signals left to the main process."""
+    torch.set_num_threads(1)  # workers read and augment; the cores belong to the model
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+class StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after this iteration."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+
+    def __enter__(self) -> StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
