@@ -45,13 +45,18 @@ def modality_of(choice: ModalityChoice | None):  # type: ignore[no-untyped-def]
     return None if choice is None else Modality(choice.value.upper())
 
 
-def _max_memory(value: str | None) -> str | None:
+def _max_memory(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
     from mrct.io.limits import set_max_memory
 
     try:
         set_max_memory(value)  # process-wide, so reader threads see it; None restores the default
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if getattr(source, "name", None) == "ENVIRONMENT":  # by name: typer vendors its own click
+        # Taken from MRCT_MAX_MEMORY: the default limit reads it too, and its messages then name
+        # the variable the user set rather than an option they did not give.
+        set_max_memory(None)
     return value
 
 

@@ -162,6 +162,8 @@ def test_the_environment_variable_holds_for_every_command(tmp_path: Path) -> Non
             timeout=120,
         )
         assert proc.returncode == 3 and "above the memory limit of 1.0 KiB" in proc.stderr, proc.stderr
+        # preview and locate have no --max-memory: the message must not send the user to it
+        assert "(raise it with MRCT_MAX_MEMORY)" in proc.stderr, proc.stderr
     for command in (["locate", scan], ["prepare", "--mr", scan, "--ct", scan, "-o", tmp_path / "prep"]):
         proc = subprocess.run(  # a bad value: one line before any work (prepare failed each scan)
             [sys.executable, "-m", "mrct", *map(str, command)],
@@ -181,3 +183,31 @@ def test_the_environment_variable_holds_for_every_command(tmp_path: Path) -> Non
             timeout=120,
         )
         assert proc.returncode == code, proc.stderr
+
+
+def test_the_limit_hint_names_only_options_that_exist() -> None:
+    """The default limit's message lists the commands with --max-memory: exactly those."""
+    import typer.main
+
+    from mrct.cli import app
+    from mrct.io import limits
+
+    def commands(group, prefix=""):  # type: ignore[no-untyped-def]
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", cmd
+
+    with_option = {
+        name
+        for name, cmd in commands(typer.main.get_command(app))
+        if any("--max-memory" in p.opts for p in cmd.params)
+    }
+    assert with_option == set(limits.MAX_MEMORY_COMMANDS)
+    with limits.memory_limit(None):
+        hint = limits.limit_hint()
+    if limits.environment_limit() is None:
+        assert hint.endswith(
+            "(raise it with MRCT_MAX_MEMORY, or --max-memory for info, convert, translate, batch)"
+        )

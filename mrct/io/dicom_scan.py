@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
 from mrct.io.dicom_split import Members, header_int, split_series
-from mrct.io.limits import check_bytes, format_size, max_memory
+from mrct.io.limits import check_bytes, format_size, limit_hint, max_memory
 from mrct.io.sniff import raw_dicom_dataset
 
 if TYPE_CHECKING:
@@ -107,8 +107,7 @@ def check_deflated(path: Path) -> None:
                     total += len(inflater.decompress(chunk, 1 << 22))
                     if total > cap:
                         raise TooLargeError(
-                            f"the deflated DICOM file expands beyond the memory limit of {format_size(cap)} "
-                            "(raise it with --max-memory or MRCT_MAX_MEMORY)",
+                            f"the deflated DICOM file expands beyond {limit_hint()}",
                             path,
                         )
                     chunk = inflater.unconsumed_tail

@@ -120,8 +120,20 @@ def memory_limit(limit: str | int | None) -> Iterator[None]:
         _override = before
 
 
-def _limit_hint() -> str:
-    return f"the memory limit of {format_size(max_memory())} (raise it with --max-memory or MRCT_MAX_MEMORY)"
+# The commands that take --max-memory; the others read only the environment variable.
+MAX_MEMORY_COMMANDS = ("info", "convert", "translate", "batch")
+
+
+def limit_hint() -> str:
+    """ "the memory limit of 6.0 GiB (raise it with ...)", naming where the limit in force came
+    from, so that a user of a command without ``--max-memory`` is not sent to it."""
+    if _override is not None:
+        how = "--max-memory"
+    elif environment_limit() is not None:
+        how = ENV_VAR
+    else:
+        how = f"{ENV_VAR}, or --max-memory for {', '.join(MAX_MEMORY_COMMANDS)}"
+    return f"the memory limit of {format_size(max_memory())} (raise it with {how})"
 
 
 def check_voxels(shape: Sequence[int], itemsize: int, path: str | Path) -> None:
@@ -132,10 +144,10 @@ def check_voxels(shape: Sequence[int], itemsize: int, path: str | Path) -> None:
         raise TooLargeError(f"the header claims {dims} voxels, more than mrct accepts (2048^3)", path)
     need = voxels * max(int(itemsize), WORKING_ITEMSIZE)
     if need > max_memory():
-        raise TooLargeError(f"{dims} voxels need {format_size(need)}, above {_limit_hint()}", path)
+        raise TooLargeError(f"{dims} voxels need {format_size(need)}, above {limit_hint()}", path)
 
 
 def check_bytes(nbytes: int, what: str, path: str | Path) -> None:
     """Refuse ``what`` (e.g. "the zip's content") when ``nbytes`` exceeds the limit."""
     if nbytes > max_memory():
-        raise TooLargeError(f"{what} is {format_size(nbytes)}, above {_limit_hint()}", path)
+        raise TooLargeError(f"{what} is {format_size(nbytes)}, above {limit_hint()}", path)
