@@ -125,8 +125,8 @@ MAX_MEMORY_COMMANDS = ("info", "convert", "translate", "batch")
 
 
 def limit_hint() -> str:
-    """ "the memory limit of 6.0 GiB (raise it with ...)", naming where the limit in force came
-    from, so that a user of a command without ``--max-memory`` is not sent to it."""
+    """The end of a too-large message: the limit, and how to raise it, naming where the limit
+    in force came from, so that a user of a command without ``--max-memory`` is not sent to it."""
     if _override is not None:
         how = "--max-memory"
     elif environment_limit() is not None:
