@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from mrct.batch import BatchSummary
     from mrct.preprocessing.localise import Localisation
-    from mrct.translate import TranslateSummary
+    from mrct.translation import TranslateSummary
     from mrct.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def convert(
 
         check_replaceable(dst_p, SERIES_FILES)
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
-    from mrct.translate import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
+    from mrct.labels import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 
     synthetic = synthetic_source(vol, src_p)
     if synthetic is not None and vol.modality is None:
@@ -236,11 +236,12 @@ def _output_format(name: str | None) -> OutputFormat | None:
 def _check_in_memory(volume: Volume) -> None:
     """The checks every reader applies, for a Volume built in memory rather than read from a file:
     otherwise a NaN voxel surfaces as a numpy error deep inside the preprocessing."""
-    from mrct.io.validate import check_affine, check_values
+    from mrct.io.validate import check_affine, check_values, check_voxel_type
 
     where = volume.source.path or "the volume"
     if volume.array.ndim != 3 or sum(n > 1 for n in volume.array.shape) < 3:
         raise ReadError(f"a 3D volume is needed, got an array of shape {volume.array.shape}", where)
+    check_voxel_type(volume.array, where)
     check_affine(np.asarray(volume.affine, dtype=np.float64), where)
     check_values(volume.array, where)
 
@@ -250,22 +251,28 @@ def translate(
     to: str | Modality = "ct",
     model: str | Path | None = None,
     *,
-    device: str = "auto",
+    device: str | None = "auto",
     precision: str = "auto",
-    crop_mm: str | None = None,
+    crop_mm: str | Sequence[float] | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
     full_fov: bool = False,
     force: bool = False,
+    series: str | None = None,
     allow_gaps: bool = False,
 ) -> Volume:
     """Translate a scan (a :class:`~mrct.volume.Volume` or anything :func:`read_volume` reads).
 
     Returns the synthetic volume on the input's grid: CT in HU (int16, -1024..3071), MR on
-    an arbitrary 0..1000 scale. ``model`` is a package folder or a bundled model's name
-    (default: :data:`mrct.inference.DEFAULT_MODEL`). ``precision`` is the generator's arithmetic:
-    ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16`` (:mod:`mrct.runtime`).
-    ``allow_gaps`` interpolates across missing DICOM slices of a path instead of refusing it.
+    an arbitrary 0..1000 scale, labelled synthetic (``source.label``), so that
+    :func:`~mrct.io.write_volume` writes it as "mrct synthetic CT – not for diagnosis"; a
+    DICOM source's patient, study and frame of reference stay with it. ``model`` is a package
+    folder or a bundled model's name (default: :data:`mrct.inference.DEFAULT_MODEL`).
+    ``precision`` is the generator's arithmetic: ``auto`` (bf16 on CPUs with native bf16, else
+    fp32), ``fp32`` or ``bf16`` (:mod:`mrct.runtime`). ``crop_mm`` is ``"SUP,INF"`` or two
+    numbers (RAS mm). ``series`` picks one of several series in a DICOM folder; ``allow_gaps``
+    interpolates across missing DICOM slices of a path instead of refusing it. A slab partly
+    outside the scan, or a jaw level guessed, is logged as a warning, as ``mrct translate`` says it.
     """
     from mrct.inference import Translator
     from mrct.preprocessing.crop import CropRequest
@@ -273,13 +280,20 @@ def translate(
 
     target = _target(to)  # before reading the scan and loading the model
     if isinstance(volume_or_path, Volume):
+        if series is not None or allow_gaps:
+            raise MrctError("series and allow_gaps choose how a path is read; a Volume is read already")
         volume = volume_or_path
         _check_in_memory(volume)
     else:
-        volume = read_volume(volume_or_path, allow_gaps=allow_gaps)
+        volume = read_volume(volume_or_path, series=series, allow_gaps=allow_gaps)
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     translator = Translator.from_package(model, device, precision=precision)
-    return translator.translate(volume, target, crop, full_fov=full_fov, force=force).volume
+    result = translator.translate(volume, target, crop, full_fov=full_fov, force=force)
+    from mrct.translation import warn_outside_fov
+
+    where = volume_or_path if not isinstance(volume_or_path, Volume) else volume.source.path or "the volume"
+    warn_outside_fov(where, result.slabs[0], target, report=False)
+    return result.volume
 
 
 def translate_file(
@@ -289,9 +303,9 @@ def translate_file(
     to: str | Modality = "ct",
     model: str | Path | None = None,
     output_format: str | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     precision: str = "auto",
-    crop_mm: str | None = None,
+    crop_mm: str | Sequence[float] | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
     full_fov: bool = False,
@@ -304,9 +318,9 @@ def translate_file(
     anonymize: bool = False,
 ) -> TranslateSummary:
     """Translate the scan at ``src`` and write it to ``dst`` (default: beside the input, named
-    ``<input>_synthetic_<to>``, in the input's format); see :func:`mrct.translate.translate_file`."""
+    ``<input>_synthetic_<to>``, in the input's format); see :func:`mrct.translation.translate_file`."""
     from mrct.preprocessing.crop import CropRequest
-    from mrct.translate import translate_file as run
+    from mrct.translation import translate_file as run
 
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     fmt = _output_format(output_format)
@@ -340,9 +354,9 @@ def batch(
     overwrite: bool = False,
     shard: str | None = None,
     model: str | Path | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     precision: str = "auto",
-    crop_mm: str | None = None,
+    crop_mm: str | Sequence[float] | None = None,
     crop_markups: str | Path | None = None,
     no_crop: bool = False,
     progress: bool = True,

@@ -49,8 +49,9 @@ from mrct.batch_series import Series, discover, name_outputs
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
+from mrct.labels import derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest
-from mrct.translate import check_grid_fits, derivation_description, series_description
+from mrct.translation import check_grid_fits
 from mrct.volume import Modality, guess_modality
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def run_batch(
     overwrite: bool = False,
     shard: tuple[int, int] | str | None = None,
     model: str | Path | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     precision: str = "auto",
     crop: CropRequest | None = None,
     progress: bool = True,

@@ -28,11 +28,11 @@ from mrct.io.dicom_scan import (
 )
 from mrct.io.dicom_split import Members, header_int, split_series
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name
-from mrct.translate import EXTENSIONS, input_format
+from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality
 
 # An earlier batch's outputs left inside IN_DIR (or OUT_DIR holding IN_DIR) are not inputs:
-# DICOM ones carry this SeriesDescription (mrct.translate.series_description), files this name.
+# DICOM ones carry this SeriesDescription (mrct.labels.series_description), files this name.
 SYNTHETIC_LABEL = "mrct synthetic "
 EARLIER_OUTPUT = "an mrct synthetic image (an earlier output); not translated again"
 

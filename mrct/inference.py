@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,13 @@ class Translator:
     see :mod:`mrct.runtime`.
     """
 
-    def __init__(self, package: Any, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, package: Any, device: str | None = "auto", precision: str = "auto") -> None:
         import torch
 
         from mrct.runtime import inference_threads, parse_device, resolve_precision
 
         self.package = package
-        if device == "auto":
+        if device is None or device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = parse_device(device)
         try:
@@ -127,7 +127,7 @@ class Translator:
     def from_package(
         cls,
         name_or_path: str | Path | None = None,
-        device: str = "auto",
+        device: str | None = "auto",
         search_dirs: Sequence[Path] = (REPO_MODELS,),
         precision: str = "auto",
     ) -> Translator:
@@ -266,7 +266,13 @@ class Translator:
                 info["jaw_guessed_near_edge"] = True
             infos.append(info)
         prepared.timings["invert"] = prepared.timings.get("invert", 0.0) + time.perf_counter() - start
-        result = Volume(out, volume.affine.copy(), to, volume.source)
+        from mrct.labels import derivation_description, series_description
+
+        # The source's identity (a DICOM output joins its study), labelled as synthetic.
+        labelled = replace(
+            volume.source, label=series_description(to), derivation=derivation_description(to, self.package)
+        )
+        result = Volume(out, volume.affine.copy(), to, labelled)
         return Translation(result, infos, dict(prepared.timings))
 
     def _preprocess(

@@ -68,7 +68,7 @@ def parse_device(name: str) -> torch.device:
     """``--device`` as a usable torch device, or ConfigError (one line naming it)."""
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
     check_device(device, name)
     return device

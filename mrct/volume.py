@@ -97,6 +97,11 @@ class SourceInfo:
     nifti_sform: tuple[tuple[float, ...], ...] | None = None
     nifti_codes: tuple[int, int] | None = None
     files: tuple[str, ...] = ()  # the files of a DICOM series read from a folder (not a zip)
+    # Set on mrct's synthetic images (:mod:`mrct.labels`): the label every writer puts on them
+    # unless told otherwise (DICOM SeriesDescription, NIfTI descrip, NRRD/MHA Description) and
+    # the DICOM DerivationDescription, so a synthetic volume says what it is however it is written.
+    label: str = ""
+    derivation: str = ""
 
 
 # Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.
@@ -137,6 +142,13 @@ class Volume:
             raise ValueError(f"a Volume affine is 4x4, got {affine.shape}")
         object.__setattr__(self, "array", array)
         object.__setattr__(self, "affine", affine)
+        if self.modality is not None and not isinstance(self.modality, Modality):
+            # "CT" or "mr" given as text: compared by identity (``is Modality.CT``) everywhere.
+            try:
+                modality = Modality(str(self.modality).upper())
+            except ValueError:
+                raise ValueError(f"a Volume's modality is CT, MR or None, got {self.modality!r}") from None
+            object.__setattr__(self, "modality", modality)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -38,7 +38,7 @@ from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
 from mrct.prepare_manifest import mr_test_split
-from mrct.translate import write_preview
+from mrct.translation import write_preview
 from mrct.volume import Modality
 
 

@@ -17,7 +17,7 @@ from mrct.io import read_volume
 from mrct.io.anonymize import KEY_FILE, Anonymizer
 from mrct.io.deid_profile import ACTIONS
 from mrct.io.dicom_write import write_dicom_series
-from mrct.translate import series_description
+from mrct.labels import series_description
 from mrct.volume import Modality
 from tests.dicom_factory import write_series
 from tests.external_tools import dciodvfy_errors, dcm2niix_read

@@ -341,7 +341,7 @@ def test_a_dicomdir_file_reads_the_series_it_indexes(tmp_path: Path) -> None:
     volume = read_volume(tmp_path / "cd" / "DICOMDIR")
     assert (volume.array == read_volume(folder).array).all()
     from mrct.io.dicom_scan import media_folder
-    from mrct.translate import resolve_output
+    from mrct.translation import resolve_output
     from mrct.volume import Modality
 
     out, _ = resolve_output(media_folder(tmp_path / "cd" / "DICOMDIR"), None, Modality.CT, None)

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mrct.cli import app
+from mrct.labels import series_description
 from mrct.log_privacy import HeaderValueFilter
-from mrct.translate import series_description
 from mrct.volume import Modality
 from tests.dicom_factory import write_series
 from tests.external_tools import dciodvfy_errors, dcm2niix_read

@@ -250,7 +250,7 @@ def test_preview_planes_pass_through_the_translated_slab(
 ) -> None:
     """The bounding-box centre of a head MR often lies above the slab; the preview moves to it."""
     from mrct import qc
-    from mrct.translate import write_preview
+    from mrct.translation import write_preview
 
     volume = read_volume(heads / "mr.nii.gz")
     centres: list[np.ndarray] = []
@@ -373,7 +373,7 @@ def test_converting_a_synthetic_image_keeps_it_labelled(
 ) -> None:
     """mrct convert on mrct's own output (to DICOM, back to NIfTI, through --anonymize, to NRRD):
     every result still says synthetic and not for diagnosis, and batch still knows it as ours."""
-    from mrct.translate import series_description
+    from mrct.labels import series_description
 
     sct = tmp_path / "sct.nii.gz"
     assert (
@@ -706,7 +706,7 @@ def test_each_chosen_series_gets_its_own_default_output(tmp_path: Path, tiny_mod
         assert len(series) == 1 and len(list(out.glob("*.dcm"))) == 24
     # A split series' key ("UID#2") becomes a filesystem-safe name.
     from mrct.io import OutputFormat
-    from mrct.translate import default_output
+    from mrct.translation import default_output
 
     named = default_output(study, Modality.CT, OutputFormat.NIFTI, series="1.2.3#2")
     assert named == tmp_path / "study_1.2.3_2_synthetic_ct.nii.gz"

@@ -135,15 +135,18 @@ def write_volume(
     *,
     overwrite: bool = False,
     series_description: str | None = None,
-    derivation_description: str = "Converted by mrct",
+    derivation_description: str | None = None,
     anonymizer: Anonymizer | None = None,
 ) -> Path:
     """Write ``volume`` in the format ``path`` implies; returns the path written.
 
     ``series_description`` also labels NIfTI (``descrip``), NRRD and MHA (``Description``) outputs,
-    so a synthetic image says so in every format. ``anonymizer`` de-identifies DICOM output;
-    NIfTI, NRRD and MHA outputs hold no patient data.
+    so a synthetic image says so in every format; by default, the volume's own label
+    (``source.label``: mrct's synthetic images carry one) and derivation. ``anonymizer``
+    de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
     """
+    series_description = series_description or volume.source.label or None
+    derivation_description = derivation_description or volume.source.derivation or "Converted by mrct"
     p = Path(str(path).rstrip("/\\"))
     fmt = output_format_for(path)
     label = None if series_description is None else header_label(series_description)

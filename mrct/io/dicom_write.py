@@ -35,6 +35,7 @@ from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.dicom_identity import patient_study, source_references
 from mrct.io.orientation import ras_to_lps
+from mrct.io.validate import storable
 from mrct.volume import Modality, Volume
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ def _quantize(
         values = values.astype(np.float64)
     elif values.dtype.kind != "f":
         raise WriteError(f"cannot store {values.dtype} voxel values in DICOM")
+    elif values.dtype.itemsize < 4:
+        values = values.astype(np.float32)  # float16 rounds the clip limit 32767 up to 32768: int16 wraps
     if not np.all(np.isfinite(values)):
         raise WriteError("volume contains NaN or infinite values")
     rounded = np.rint(values)  # keeps float32 as float32
@@ -256,6 +259,7 @@ def write_dicom_series(
     modality = Modality(modality)
     _check_text("series description", series_description, 64)  # LO
     _check_text("derivation description", derivation_description, 1024)  # ST
+    volume = volume.replace(array=storable(volume.array))
     n_i, n_j, n_k = volume.shape
     if min(n_i, n_j, n_k) < 1 or max(n_i, n_j) > 65535:
         raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)

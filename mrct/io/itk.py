@@ -11,7 +11,7 @@ from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.io.metaimage import check_metaimage
 from mrct.io.orientation import lps_to_ras, ras_to_lps
-from mrct.io.validate import check_affine, check_shape, check_values
+from mrct.io.validate import check_affine, check_shape, check_values, storable
 from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
 
 
@@ -91,7 +91,7 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: 
         spacing, direction, origin = sitk_geometry(volume.affine)
     except ValueError:
         raise WriteError("NRRD/MHA need an orthogonal grid; this affine is sheared", path) from None
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(storable(volume.array).transpose(2, 1, 0)))
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)

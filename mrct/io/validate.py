@@ -1,4 +1,5 @@
-"""Checks every reader applies before handing a Volume to the rest of mrct."""
+"""Checks every reader applies before handing a Volume to the rest of mrct, and the plain
+voxel types writers hand to libraries that take no others."""
 
 from __future__ import annotations
 
@@ -61,3 +62,23 @@ def check_values(array: npt.NDArray, path: str | Path) -> None:
         "(replace them, e.g. with the background value, and retry)",
         path,
     )
+
+
+def check_voxel_type(array: npt.NDArray, path: str | Path) -> None:
+    """Refuse voxels that are no scalar intensities (the readers refuse such files by name):
+    complex, boolean (a mask, not a scan), text or objects."""
+    if array.dtype.kind not in "iuf":
+        raise ReadError(f"voxels of type {array.dtype} are no scan's intensities (real numbers needed)", path)
+
+
+def storable(array: npt.NDArray) -> npt.NDArray:
+    """The array in a type every writer's library takes, values unchanged: bool as uint8,
+    float16 as float32, long double as float64, and in the machine's byte order (SimpleITK
+    takes neither big-endian nor bool nor float16; numpy's percentiles take no bool)."""
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f" and array.dtype.itemsize != 4 and array.dtype.itemsize != 8:
+        return array.astype(np.float32 if array.dtype.itemsize < 4 else np.float64)
+    if not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="))
+    return array

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -74,9 +75,13 @@ class CropRequest:
 
     @classmethod
     def from_options(
-        cls, crop_mm: str | None = None, markups: str | Path | None = None, no_crop: bool = False
+        cls,
+        crop_mm: str | Sequence[float] | None = None,
+        markups: str | Path | None = None,
+        no_crop: bool = False,
     ) -> CropRequest:
-        """The request the CLI options describe; at most one may be given."""
+        """The request the CLI options describe (``crop_mm``: "SUP,INF" or two numbers); at most
+        one may be given."""
         given = [o for o in (crop_mm, markups, no_crop or None) if o is not None]
         if len(given) > 1:
             raise CropOptionError("give only one of --crop-mm, --crop-markups and --no-crop")
@@ -87,14 +92,14 @@ class CropRequest:
         return cls.none() if no_crop else cls.auto()
 
 
-def parse_crop_mm(text: str) -> tuple[float, float]:
-    """``"SUP,INF"`` (RAS mm along S) -> ``(sup, inf)``."""
-    parts = [p.strip() for p in text.split(",")]
+def parse_crop_mm(text: str | Sequence[float]) -> tuple[float, float]:
+    """``"SUP,INF"`` (RAS mm along S), or the two numbers from Python -> ``(sup, inf)``."""
     try:
+        parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
         if len(parts) != 2:
             raise ValueError
         sup, inf = float(parts[0]), float(parts[1])
-    except ValueError:
+    except (ValueError, TypeError):
         raise CropOptionError(
             f"--crop-mm expects two numbers SUP,INF in RAS mm (e.g. 20,-95), got {text!r}"
         ) from None

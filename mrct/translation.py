@@ -30,52 +30,13 @@ from mrct.io.atomic import (
     compound_suffix,
 )
 from mrct.io.discover import fit_name
+from mrct.labels import derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
 
 EXTENSIONS = {OutputFormat.NIFTI: ".nii.gz", OutputFormat.NRRD: ".nrrd", OutputFormat.MHA: ".mha"}
-NOT_FOR_DIAGNOSIS = "not for diagnosis"
 
 log = logging.getLogger(__name__)
-
-
-def series_description(to: Modality) -> str:
-    """What every DICOM series we write says about itself (DICOM LO: 64 characters at most)."""
-    return f"mrct synthetic {to.value} – {NOT_FOR_DIAGNOSIS}"
-
-
-def synthetic_source(volume: Any, path: Path) -> Modality | None:
-    """The modality of an mrct synthetic image being read back (its DICOM SeriesDescription,
-    NIfTI ``descrip`` or NRRD/MHA ``Description`` says "mrct synthetic CT|MR"), else None:
-    ``mrct convert`` keeps such an image labelled instead of calling it a plain conversion."""
-    text = ""
-    try:
-        if volume.source.dicom is not None:
-            text = volume.source.dicom.series_description
-        elif volume.source.format == "nifti":
-            import nibabel as nib
-
-            header: Any = nib.load(str(path)).header
-            text = bytes(header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
-        elif volume.source.format in ("nrrd", "mha"):
-            import SimpleITK as sitk
-
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            text = reader.GetMetaData("Description") if reader.HasMetaDataKey("Description") else ""
-    except Exception:  # the image itself was read already; an unreadable label is no label
-        return None
-    match = re.match(r"mrct synthetic (CT|MR)\b", text.strip())
-    return Modality(match.group(1)) if match else None
-
-
-def derivation_description(to: Modality, package: Any) -> str:
-    """The DerivationDescription of every synthetic series: version, model and its checksum."""
-    return (
-        f"Synthetic {to.value} computed by mrct {__version__} with model {package.name} "
-        f"(sha256 {package.checksum[:16]}); {NOT_FOR_DIAGNOSIS}"
-    )
 
 
 def input_format(src: Path) -> OutputFormat:
@@ -167,7 +128,7 @@ def translate_file(
     translator: Any = None,
     model: str | Path | None = None,
     fmt: OutputFormat | None = None,
-    device: str = "auto",
+    device: str | None = "auto",
     precision: str = "auto",
     crop: CropRequest | None = None,
     full_fov: bool = False,
@@ -289,17 +250,19 @@ def check_grid_fits(volume: Any, fmt: OutputFormat, out_path: Path) -> None:
         )
 
 
-def warn_outside_fov(src: Path, slab: dict[str, Any], to: Modality) -> None:
+def warn_outside_fov(src: Path | str, slab: dict[str, Any], to: Modality, report: bool = True) -> None:
     """Say when part of the brow-to-jaw slab lies outside the scan (up to 20 mm is accepted):
-    the model saw background there, so the synthetic image near that end is less reliable."""
+    the model saw background there, so the synthetic image near that end is less reliable.
+    ``report``: the run has a report to point to."""
     missing = float(slab.get("outside_fov_mm", 0.0))
     if missing > 0:
         log.warning(
             "%s: %.1f mm of the brow-to-jaw slab lies outside the scan; the synthetic %s near its "
-            "edge is less reliable (see outside_fov_mm in the report)",
+            "edge is less reliable%s",
             src,
             missing,
             to.value,
+            " (see outside_fov_mm in the report)" if report else "",
         )
     if slab.get("jaw_guessed_near_edge"):
         from mrct.preprocessing.localise import JAW_GUESSED
