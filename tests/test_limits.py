@@ -205,6 +205,8 @@ def test_the_limit_hint_names_only_options_that_exist() -> None:
         if any("--max-memory" in p.opts for p in cmd.params)
     }
     assert with_option == set(limits.MAX_MEMORY_COMMANDS)
+    with limits.memory_limit("1G"):  # from Python: named as such, not as a CLI option
+        assert limits.limit_hint().endswith("(raise it with mrct.io.limits.memory_limit)")
     with limits.memory_limit(None):
         hint = limits.limit_hint()
     if limits.environment_limit() is None:

@@ -149,9 +149,24 @@ def test_translate_reads_one_series_of_a_folder(tmp_path: Path, tiny: Path) -> N
     from tests.dicom_factory import write_series
 
     write_series(tmp_path / "study" / "a", modality="MR", shape=(48, 48, 40), slice_spacing=4.0)
-    write_series(tmp_path / "study" / "b", modality="MR", shape=(48, 48, 40), slice_spacing=4.0)
+    write_series(tmp_path / "study" / "b", modality="MR", shape=(44, 48, 36), slice_spacing=4.0)
     uids = [s.uid for s in api.info(tmp_path / "study").series]
     with pytest.raises(MrctError, match="--series"):
         mrct.translate(tmp_path / "study", model=tiny, crop_mm="20,-20")
-    one = mrct.translate(tmp_path / "study", model=tiny, crop_mm="20,-20", series=uids[0])
-    assert one.shape == (48, 48, 40) or sorted(one.shape) == [40, 48, 48]
+    for uid in uids:
+        one = mrct.translate(tmp_path / "study", model=tiny, crop_mm="20,-20", series=uid)
+        assert one.source.dicom is not None and one.source.dicom.series_instance_uid == uid
+        assert one.shape == mrct.read_volume(tmp_path / "study", series=uid).shape
+
+
+def test_a_synthetic_image_read_back_stays_labelled(tmp_path: Path, mr: Volume, tiny: Path) -> None:
+    """read_volume of mrct's own output, written again, became "mrct output, Converted by mrct"."""
+    sct = mrct.translate(mr, to="ct", model=tiny, crop_mm="40,-40")
+    again = mrct.read_volume(mrct.write_volume(sct, tmp_path / "sct.nii.gz"))
+    assert again.source.label == LABEL["CT"] and again.modality is Modality.CT
+    description, derivation = _labels(mrct.write_volume(again, tmp_path / "dicom/"))
+    assert description == LABEL["CT"] and derivation == "Derived from an mrct synthetic CT; not for diagnosis"
+    assert mrct.read_volume(tmp_path / "dicom").source.label == LABEL["CT"]
+    assert mr.source.label == "" and mrct.read_volume(mr.source.path).source.label == ""
+    blank = mrct.write_volume(sct, tmp_path / "blank/", series_description="")  # asked for: none
+    assert _labels(blank)[0] == "mrct output"

@@ -56,9 +56,25 @@ def read_volume(
     if not p.exists():
         raise InputNotFoundError(_why_missing(p), p)
     try:
-        return _read(p, series, modality, allow_gaps)
+        volume = _read(p, series, modality, allow_gaps)
     except OSError as err:  # no permission, an I/O error, a file that vanished while read
         raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or p) from err
+    return _keep_synthetic_label(volume, p)
+
+
+def _keep_synthetic_label(volume: Volume, path: Path) -> Volume:
+    """An mrct synthetic image read back keeps its label (and, without a header modality, the
+    modality its label names), so that writing it again still says it is synthetic."""
+    import dataclasses
+
+    from mrct.labels import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
+
+    synthetic = synthetic_source(volume, path)
+    if synthetic is None:
+        return volume
+    derivation = f"Derived from an mrct synthetic {synthetic.value}; {NOT_FOR_DIAGNOSIS}"
+    source = dataclasses.replace(volume.source, label=series_description(synthetic), derivation=derivation)
+    return volume.replace(source=source, modality=volume.modality or synthetic)
 
 
 def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bool) -> Volume:
@@ -145,8 +161,10 @@ def write_volume(
     (``source.label``: mrct's synthetic images carry one) and derivation. ``anonymizer``
     de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
     """
-    series_description = series_description or volume.source.label or None
-    derivation_description = derivation_description or volume.source.derivation or "Converted by mrct"
+    if series_description is None:
+        series_description = volume.source.label or None
+    if derivation_description is None:
+        derivation_description = volume.source.derivation or "Converted by mrct"
     p = Path(str(path).rstrip("/\\"))
     fmt = output_format_for(path)
     label = None if series_description is None else header_label(series_description)

@@ -37,6 +37,7 @@ WORKING_ITEMSIZE = 4  # float32
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _override: int | None = None
+_override_by = "--max-memory"  # what set it, for the messages: the CLI option or Python
 
 
 def parse_size(text: str | int) -> int:
@@ -102,22 +103,23 @@ def max_memory() -> int:
 
 
 def set_max_memory(limit: str | int | None) -> None:
-    """Set the limit for the rest of the process (None: back to the default)."""
-    global _override
-    _override = None if limit is None else parse_size(limit)
+    """Set the limit for the rest of the process (None: back to the default); the CLI's
+    ``--max-memory``."""
+    global _override, _override_by
+    _override, _override_by = (None if limit is None else parse_size(limit)), "--max-memory"
 
 
 @contextlib.contextmanager
 def memory_limit(limit: str | int | None) -> Iterator[None]:
     """Use ``limit`` (bytes, or ``"8G"``) inside the block; None keeps the current one."""
-    global _override
-    before = _override
+    global _override, _override_by
+    before = _override, _override_by
     if limit is not None:
-        _override = parse_size(limit)
+        _override, _override_by = parse_size(limit), "mrct.io.limits.memory_limit"
     try:
         yield
     finally:
-        _override = before
+        _override, _override_by = before
 
 
 # The commands that take --max-memory; the others read only the environment variable.
@@ -128,7 +130,7 @@ def limit_hint() -> str:
     """The end of a too-large message: the limit, and how to raise it, naming where the limit
     in force came from, so that a user of a command without ``--max-memory`` is not sent to it."""
     if _override is not None:
-        how = "--max-memory"
+        how = _override_by
     elif environment_limit() is not None:
         how = ENV_VAR
     else:

@@ -72,9 +72,9 @@ def check_voxel_type(array: npt.NDArray, path: str | Path) -> None:
 
 
 def storable(array: npt.NDArray) -> npt.NDArray:
-    """The array in a type every writer's library takes, values unchanged: bool as uint8,
-    float16 as float32, long double as float64, and in the machine's byte order (SimpleITK
-    takes neither big-endian nor bool nor float16; numpy's percentiles take no bool)."""
+    """The array in a type every writer's library takes: bool as uint8, float16 as float32
+    (values unchanged), long double rounded to float64, and in the machine's byte order
+    (SimpleITK takes neither big-endian nor bool nor float16; numpy's percentiles take no bool)."""
     if array.dtype.kind == "b":
         return array.astype(np.uint8)
     if array.dtype.kind == "f" and array.dtype.itemsize != 4 and array.dtype.itemsize != 8:
