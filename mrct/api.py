@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mrct.api_args import int_arg, modality_arg, output_format_arg, path_arg, paths_arg, target_arg, text_arg
 from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
@@ -75,7 +76,7 @@ class VolumeInfo:
 def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = False) -> VolumeInfo:
     """Describe an input: the series in a folder, and the volume when one is chosen.
     ``allow_gaps`` interpolates across missing DICOM slices instead of refusing the series."""
-    p = Path(path)
+    p, series = path_arg(path, "path"), text_arg(series, "series")
     summaries: list[SeriesSummary] = []
     if p.is_dir():
         from mrct.io.dicom_read import read_series_files
@@ -119,7 +120,9 @@ def convert(
 ) -> Path:
     """Convert between formats without translation. ``dst`` ending in ``/`` means DICOM;
     ``anonymize`` de-identifies it (:mod:`mrct.io.anonymize`)."""
-    src_p, dst_p = Path(src), Path(str(dst).rstrip("/\\"))
+    src_p, series, modality = path_arg(src, "src"), text_arg(series, "series"), modality_arg(modality)
+    path_arg(dst, "dst")  # checked only: a str's trailing "/" means DICOM
+    dst_p = Path(str(dst).rstrip("/\\"))
     if str(dst) == "-":
         raise MrctError("mrct writes files, not standard output; give a file or folder name", dst_p)
     try:
@@ -206,31 +209,14 @@ def preview(
     """
     from mrct import qc
 
-    dst_p = Path(dst)
+    dst_p, series = path_arg(dst, "dst"), text_arg(series, "series")
     if dst_p.suffix.lower() != ".png":
         raise MrctError("a preview is written as PNG; give an output ending in .png", dst_p)
     if dst_p.exists() and not overwrite:  # fail before reading a large scan
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
-    check_outside(Path(src), dst_p)
+    check_outside(path_arg(src, "src"), dst_p)
     vol = read_volume(src, series=series)
     return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite)
-
-
-def _target(to: str | Modality) -> Modality:
-    text = to.value if isinstance(to, Modality) else str(to)
-    if text.upper() not in ("CT", "MR"):
-        raise MrctError(f"to must be 'ct' or 'mr', got {to!r}")
-    return Modality(text.upper())
-
-
-def _output_format(name: str | None) -> OutputFormat | None:
-    if name is None:
-        return None
-    try:
-        return OutputFormat(str(name).lower())
-    except ValueError:
-        choices = ", ".join(f.value for f in OutputFormat)
-        raise MrctError(f"output_format must be one of {choices}, got {name!r}") from None
 
 
 def _check_in_memory(volume: Volume) -> None:
@@ -278,7 +264,7 @@ def translate(
     from mrct.preprocessing.crop import CropRequest
     from mrct.volume import Volume
 
-    target = _target(to)  # before reading the scan and loading the model
+    target = target_arg(to)  # before reading the scan and loading the model
     if isinstance(volume_or_path, Volume):
         if series is not None or allow_gaps:
             raise MrctError("series and allow_gaps choose how a path is read; a Volume is read already")
@@ -322,12 +308,16 @@ def translate_file(
     from mrct.preprocessing.crop import CropRequest
     from mrct.translation import translate_file as run
 
+    path_arg(src, "src")
+    if dst is not None:
+        path_arg(dst, "dst")
+    text_arg(series, "series")
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
-    fmt = _output_format(output_format)
+    fmt = output_format_arg(output_format)
     return run(
         src,
         dst,
-        to=_target(to),
+        to=target_arg(to),
         model=model,
         fmt=fmt,
         device=device,
@@ -371,12 +361,16 @@ def batch(
     from mrct.batch import run_batch
     from mrct.preprocessing.crop import CropRequest
 
+    path_arg(in_dir, "in_dir")
+    path_arg(out_dir, "out_dir")
+    workers = int_arg(workers, "workers", minimum=1)
+    search_dirs = None if search_dirs is None else paths_arg(search_dirs, "search_dirs")
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
-    fmt = _output_format(output_format)
+    fmt = output_format_arg(output_format)
     return run_batch(
         in_dir,
         out_dir,
-        to=_target(to),
+        to=target_arg(to),
         fmt=fmt,
         workers=workers,
         overwrite=overwrite,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mrct.errors import MrctError
+from mrct.api_args import int_arg, optional_path, path_arg, paths_arg, text_arg
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,16 +46,18 @@ def prepare(
     from mrct.preprocessing.crop import CropRequest
     from mrct.training.config import load_train_config
 
-    if workers < 1:
-        raise MrctError(f"--workers must be at least 1, got {workers}")
+    mr_paths, ct_paths = paths_arg(mr, "mr"), paths_arg(ct, "ct")  # a lone str is one path
+    out = path_arg(out, "out")
+    workers, seed = int_arg(workers, "workers", minimum=1), int_arg(seed, "seed")
+    hold_out_from = text_arg(hold_out_from, "hold_out_from")
     if config is not None and not isinstance(config, PreprocessConfig):
         # The whole file is checked (a training config is the usual input), so a misspelt
         # section such as ``preprocesing:`` is an error rather than silently the defaults.
         config = load_train_config(config).preprocessing
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     return prepare_dataset(
-        list(mr),
-        list(ct),
+        mr_paths,
+        ct_paths,
         out,
         config=config,
         crop=crop,
@@ -89,6 +91,10 @@ def train(
     from mrct.training.distributed import DistContext
     from mrct.training.run import train_run
 
+    for value, what in ((config, "config"), (data, "data"), (run_dir, "run_dir")):
+        path_arg(value, what)
+    if until is not None:  # checked before the run folder is started
+        until = int_arg(until, "until", minimum=1)
     try:
         return train_run(
             load_train_config(config),
@@ -119,11 +125,16 @@ def export(
     ``description`` opens its card (training data and their licences, limitations)."""
     from mrct.training.export import export_run
 
+    for value, what in ((run_dir, "run_dir"), (out, "out")):
+        path_arg(value, what)
+    for text, what in ((name, "name"), (license, "license"), (description, "description")):
+        text_arg(text, what)
+    checkpoint_path = optional_path(checkpoint, "checkpoint (a file or checkpoint name)")
     return export_run(
         run_dir,
         out,
         name=name,
-        checkpoint_name=checkpoint,
+        checkpoint_name=None if checkpoint_path is None else str(checkpoint),
         license=license,
         description=description,
         overwrite=overwrite,
@@ -144,4 +155,8 @@ def evaluate(
     flicker) or ``mnist-l2`` (Volumetric MNIST). See :mod:`mrct.evaluate`."""
     from mrct.evaluate import evaluate_volumes
 
+    for value, what in ((pred, "pred"), (gt, "gt"), (out, "out")):
+        path_arg(value, what)
+    optional_path(mask, "mask")
+    metric = text_arg(metric, "metric") or "ct"
     return evaluate_volumes(pred, gt, out, mask=mask, metric=metric, overwrite=overwrite)

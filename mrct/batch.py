@@ -76,8 +76,8 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
-        k, n = (int(p) for p in text.split("/")) if isinstance(text, str) else text
-    except ValueError:
+        k, n = (int(p) for p in text.split("/")) if isinstance(text, str) else (int(p) for p in text)
+    except (ValueError, TypeError):
         k = n = 0
     if not 1 <= k <= n:
         raise MrctError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")

@@ -43,24 +43,29 @@ def _release_line(version: str) -> tuple[int, ...]:
 
 def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[PackageSummary]:
     """The model packages in ``search_dirs`` (default: the repository's ``models/``), unverified."""
+    from mrct.api_args import paths_arg
     from mrct.errors import InputNotFoundError
     from mrct.inference import REPO_MODELS
     from mrct.models import list_packages
 
-    for folder in search_dirs or ():
-        if not Path(folder).is_dir():  # else "no model packages in it", as if it were empty
+    folders = None if search_dirs is None else paths_arg(search_dirs, "search_dirs")
+    for folder in folders or ():
+        if not folder.is_dir():  # else "no model packages in it", as if it were empty
             raise InputNotFoundError("no such folder", folder)
-    return list_packages(list(search_dirs or [REPO_MODELS]))
+    return list_packages(list(folders or [REPO_MODELS]))
 
 
 def model_info(name_or_path: str | Path, search_dirs: Sequence[str | Path] | None = None) -> ModelInfo:
     """Load a package by folder or name, verify every checksum and load each generator into the
     architecture model.json describes (``ModelError`` otherwise)."""
     from mrct import __version__
+    from mrct.api_args import path_arg, paths_arg
     from mrct.inference import REPO_MODELS
     from mrct.models import find_package, load_package
 
-    package = load_package(find_package(name_or_path, list(search_dirs or [REPO_MODELS])))
+    path_arg(name_or_path, "name_or_path")
+    folders = [REPO_MODELS] if search_dirs is None else paths_arg(search_dirs, "search_dirs")
+    package = load_package(find_package(name_or_path, folders))
     for direction in package.directions:
         # Checksums prove the files are the ones listed, not that they fit the architecture
         # model.json describes (an edited ngf, say): load each, as translate would.

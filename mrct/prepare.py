@@ -35,6 +35,7 @@ import numpy.typing as npt
 from mrct.batch_folder import folder_lock, sweep
 from mrct.config import seed_problem, to_dict
 from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError, WriteError
+from mrct.io import limits
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES
 from mrct.prepare_manifest import (
@@ -211,16 +212,18 @@ def _orphaned(main_pid: int, parent: int) -> bool:
     return False
 
 
-def _init_worker(auto: bool, threads: int, main_pid: int) -> None:
+def _init_worker(auto: bool, threads: int, main_pid: int, memory: tuple[int | None, str]) -> None:
     """Share the machine's cores between workers and load one Localiser per process; end the
     worker when the main process is gone (killed with SIGKILL, by the OOM killer, its workers
-    and their gigabytes lived on)."""
+    and their gigabytes lived on). ``memory``: the main process's memory limit, when set there
+    (MRCT_MAX_MEMORY reaches workers by itself; a limit set from Python did not)."""
     import threading
     import time
 
     import SimpleITK as sitk
     import torch
 
+    limits.adopt_override(memory)
     parent = os.getppid()
 
     def watch() -> None:
@@ -275,7 +278,7 @@ def _outcomes(
             n,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(crop.mode == "auto", threads, os.getpid()),
+            initargs=(crop.mode == "auto", threads, os.getpid(), limits.override_state()),
         )
         try:
             futures = {pool.submit(_prepare_in_worker, s, config, crop): s for s in todo}

@@ -52,7 +52,10 @@ def read_volume(
         modality: overrides (or supplies, for formats without one) the modality.
         allow_gaps: interpolate across missing DICOM slices instead of failing.
     """
-    p = Path(path)
+    from mrct.api_args import modality_arg, path_arg, text_arg
+
+    p = path_arg(path, "path")
+    series, modality = text_arg(series, "series"), modality_arg(modality)
     if not p.exists():
         raise InputNotFoundError(_why_missing(p), p)
     try:
@@ -161,12 +164,23 @@ def write_volume(
     (``source.label``: mrct's synthetic images carry one) and derivation. ``anonymizer``
     de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
     """
+    from mrct.api_args import ArgumentError, path_arg, text_arg
+    from mrct.volume import Volume
+
+    if not isinstance(volume, Volume):
+        raise ArgumentError(f"write_volume writes a mrct.Volume, got {type(volume).__name__}")
+    path_arg(path, "path")  # checked only: a str's trailing "/" (DICOM) must stay
+    text_arg(series_description, "series_description")
+    text_arg(derivation_description, "derivation_description")
+    try:
+        fmt = output_format_for(path)
+    except ValueError as err:
+        raise ArgumentError(str(err).removeprefix(f"{path}: "), path) from None
     if series_description is None:
         series_description = volume.source.label or None
     if derivation_description is None:
         derivation_description = volume.source.derivation or "Converted by mrct"
     p = Path(str(path).rstrip("/\\"))
-    fmt = output_format_for(path)
     label = None if series_description is None else header_label(series_description)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti

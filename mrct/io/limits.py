@@ -109,6 +109,17 @@ def set_max_memory(limit: str | int | None) -> None:
     _override, _override_by = (None if limit is None else parse_size(limit)), "--max-memory"
 
 
+def override_state() -> tuple[int | None, str]:
+    """The limit set in this process (None: the default) and what set it, for a worker process
+    to adopt with :func:`adopt_override`."""
+    return _override, _override_by
+
+
+def adopt_override(state: tuple[int | None, str]) -> None:
+    global _override, _override_by
+    _override, _override_by = state
+
+
 @contextlib.contextmanager
 def memory_limit(limit: str | int | None) -> Iterator[None]:
     """Use ``limit`` (bytes, or ``"8G"``) inside the block; None keeps the current one."""

@@ -9,10 +9,12 @@ size is bounded (a gzip bomb stops at the size the header implies).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,7 +58,7 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     if compressed:
         verify_gzip(path, end)
     try:
-        with nib.imageglobals.LoggingOutputSuppressor():  # header fixes are logged, not raised
+        with _nibabel_quiet():  # header fixes are logged, not raised
             img = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for bad headers
         raise ReadError(f"not a readable NIfTI file ({_short(err)})", path) from err
@@ -309,6 +311,23 @@ def _on_disk(array: npt.NDArray) -> tuple[npt.NDArray, np.dtype]:
             if info.min <= low and high <= info.max:
                 return array, narrow
     return array, dtype
+
+
+@contextlib.contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """nibabel's header-fix messages kept off stderr while a file is read. Its own
+    ``LoggingOutputSuppressor`` (nibabel 5.4) empties the handler list it keeps to restore, so
+    after one read nibabel's logger had no handler for the rest of the process."""
+    from nibabel.imageglobals import logger
+
+    saved = list(logger.handlers)
+    for handler in saved:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in saved:
+            logger.addHandler(handler)
 
 
 def _short(err: BaseException) -> str:

@@ -1,0 +1,87 @@
+"""Arguments of the Python API, checked where they enter: the CLI's parser checks its options,
+and Python callers get the same one-line :class:`ArgumentError` rather than a TypeError from
+deep inside (or, for a path given as text where a list was expected, a walk of every folder
+its letters name)."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from mrct.errors import MrctError
+from mrct.io import OutputFormat
+from mrct.volume import Modality
+
+
+class ArgumentError(MrctError):
+    """A Python API argument of the wrong type or value."""
+
+    exit_code = 2  # as the CLI's own parser reports a malformed option
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str | os.PathLike) and not isinstance(value, bytes)
+
+
+def path_arg(value: object, what: str) -> Path:
+    """A path given as text or a ``Path``."""
+    if not _is_path(value) or str(value) == "":
+        raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {value!r}")
+    return Path(os.fspath(value))  # type: ignore[call-overload]
+
+
+def optional_path(value: object, what: str) -> Path | None:
+    return None if value is None else path_arg(value, what)
+
+
+def paths_arg(value: object, what: str) -> list[Path]:
+    """One path, or several (a list or tuple): a lone string is one path, not its letters."""
+    if _is_path(value):
+        return [path_arg(value, what)]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | dict):
+        return [path_arg(v, f"each of {what}") for v in value]
+    raise ArgumentError(f"{what} must be a path or a list of paths, got {value!r}")
+
+
+def int_arg(value: object, what: str, minimum: int | None = None) -> int:
+    """A whole number (numpy's too, but not a bool or a float), at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentError(f"{what} must be a whole number, got {value!r}")
+    if minimum is not None and int(value) < minimum:
+        raise ArgumentError(f"{what} must be at least {minimum}, got {int(value)}")
+    return int(value)
+
+
+def text_arg(value: object, what: str) -> str | None:
+    """Text or None (a series UID, a name, a pattern)."""
+    if value is not None and not isinstance(value, str):
+        raise ArgumentError(f"{what} must be text (str), got {value!r}")
+    return value
+
+
+def modality_arg(value: object, what: str = "modality") -> Modality | None:
+    """``"ct"``, ``"MR"``, a :class:`Modality` or None."""
+    if value is None or isinstance(value, Modality):
+        return value
+    if isinstance(value, str) and value.upper() in Modality.__members__:
+        return Modality(value.upper())
+    raise ArgumentError(f"{what} must be 'ct', 'mr' or None, got {value!r}")
+
+
+def target_arg(to: str | Modality) -> Modality:
+    text = to.value if isinstance(to, Modality) else str(to)
+    if text.upper() not in ("CT", "MR"):
+        raise ArgumentError(f"to must be 'ct' or 'mr', got {to!r}")
+    return Modality(text.upper())
+
+
+def output_format_arg(name: str | OutputFormat | None) -> OutputFormat | None:
+    if name is None or isinstance(name, OutputFormat):
+        return name
+    try:
+        return OutputFormat(str(name).lower())
+    except ValueError:
+        choices = ", ".join(f.value for f in OutputFormat)
+        raise ArgumentError(f"output_format must be one of {choices}, got {name!r}") from None
