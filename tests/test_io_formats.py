@@ -256,3 +256,37 @@ def test_a_zeroed_sform_falls_back_to_the_qform_as_itk_does(tmp_path: Path) -> N
     np.testing.assert_allclose(
         _itk_corners(tmp_path / "zero.nii.gz")[0], (got.affine @ [0, 0, 0, 1])[:3] * [-1, -1, 1], atol=1e-3
     )
+
+
+def test_a_header_itk_places_elsewhere_is_warned_of_with_itks_own_distance(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sform_code 1 with a sheared sform (dcm2niix's gantry-tilt output) or one scaled unlike
+    pixdim: ITK rejects that sform, and 3D Slicer showed a real head 26-190 mm away, silently."""
+    sform = oblique_affine()
+    sheared = sform.copy()
+    sheared[:3, 2] += 0.3 * sheared[:3, 1]
+    data = phantom().array.astype(np.int16)
+    for name, (qform, s_form, zooms) in {
+        "sheared": (sform, sheared, None),
+        "scaled": (sform, sform, (1.0, 1.0, 1.0)),
+    }.items():
+        img = nib.Nifti1Image(data, s_form)
+        img.set_qform(qform, code=1)
+        img.set_sform(s_form, code=1)
+        if zooms is not None:
+            img.header["pixdim"][1:4] = zooms
+        nib.save(img, tmp_path / f"{name}.nii.gz")
+        caplog.clear()
+        volume = read_volume(tmp_path / f"{name}.nii.gz")
+        itk_ras = _itk_corners(tmp_path / f"{name}.nii.gz") * [-1, -1, 1]
+        ends = [(0, n - 1) for n in data.shape]
+        ours = np.array([volume.affine @ [i, j, k, 1.0] for i in ends[0] for j in ends[1] for k in ends[2]])
+        off = float(np.max(np.linalg.norm(ours[:, :3] - itk_ras, axis=1)))
+        assert off > 1.0  # a small phantom: on a real head, 26-190 mm
+        assert f"ITK and 3D Slicer place this image up to {off:.1f} mm from where mrct does" in caplog.text
+    img = nib.Nifti1Image(data, sform)
+    nib.save(img, tmp_path / "plain.nii.gz")
+    caplog.clear()
+    read_volume(tmp_path / "plain.nii.gz")
+    assert "ITK and 3D Slicer" not in caplog.text

@@ -82,6 +82,9 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     return Volume(data, affine, modality, _source(img, affine, shape, path))
 
 
+ITK_WARN_MM = 0.5  # where ITK places an image further from mrct than this, say so
+
+
 def _source(
     img: Nifti1Image | Nifti2Image, affine: npt.NDArray[np.float64], shape: tuple[int, ...], path: Path
 ) -> SourceInfo:
@@ -93,25 +96,60 @@ def _source(
         return SourceInfo(
             str(path), "nifti", nifti_qform=_rows(affine), nifti_sform=_rows(affine), nifti_codes=codes
         )
+    mm_per_unit = _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
+    qform = np.asarray(img.get_qform(), dtype=np.float64)
+    qform[:3, :] *= mm_per_unit
+    apart = corner_distance(qform, affine, shape) if codes[0] and codes[1] else 0.0
+    zooms = np.asarray(hdr["pixdim"][1:4], dtype=np.float64) * mm_per_unit
+    scales_differ = not np.allclose(np.linalg.norm(affine[:3, :3], axis=0), zooms, rtol=1e-4)
+    if apart > 1e-3 or shear(affine) > SHEAR_TOL or scales_differ:
+        # Where ITK rejects the sform (sheared, or scaled unlike pixdim) or prefers the qform,
+        # 3D Slicer shows the image elsewhere: ask ITK itself rather than restate its rules.
+        itk = _itk_affine(path)
+        off = corner_distance(itk, affine, shape) if itk is not None else 0.0
+        if off > ITK_WARN_MM:
+            log.warning(
+                "%s: ITK and 3D Slicer place this image up to %.1f mm from where mrct does (mrct, "
+                "nibabel and FSL use a set sform; its qform/sform codes are %d/%d, and ITK rejects a "
+                "sform that is sheared or scaled unlike pixdim). Levels from locate, --crop-mm and "
+                "--crop-markups refer to the sform; NIfTI outputs keep both forms, NRRD, MHA and "
+                "DICOM outputs follow the sform",
+                path,
+                off,
+                *codes,
+            )
     if codes[0] == 0 or codes[1] == 0:
         return SourceInfo(str(path), "nifti")  # one geometry, which every reader uses
-    qform = np.asarray(img.get_qform(), dtype=np.float64)
-    qform[:3, :] *= _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
-    apart = corner_distance(qform, affine, shape)
     if apart <= 1e-3 and shear(affine) <= SHEAR_TOL:
         return SourceInfo(str(path), "nifti")
-    if codes[1] != 1 and apart > 1e-3:
-        log.warning(
-            "%s: its qform and sform disagree by up to %.1f mm; mrct uses the sform (as nibabel and FSL "
-            "do), ITK and 3D Slicer the qform (sform_code is %d). NIfTI outputs keep both; NRRD, MHA "
-            "and DICOM outputs follow the sform",
-            path,
-            apart,
-            codes[1],
-        )
     return SourceInfo(
         str(path), "nifti", nifti_qform=_rows(qform), nifti_sform=_rows(affine), nifti_codes=codes
     )
+
+
+def _itk_affine(path: Path) -> npt.NDArray[np.float64] | None:
+    """The RAS affine ITK (and so 3D Slicer) reads from the header, or None when it cannot."""
+    import SimpleITK as sitk
+
+    from mrct.io.orientation import lps_to_ras
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "unexpected scales in sform" on stderr
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        if reader.GetDimension() < 3:
+            return None
+        lps = np.eye(4)
+        lps[:3, :3] = np.array(reader.GetDirection()).reshape(-1, reader.GetDimension())[:3, :3]
+        lps[:3, :3] = lps[:3, :3] @ np.diag(reader.GetSpacing()[:3])
+        lps[:3, 3] = reader.GetOrigin()[:3]
+        return np.asarray(lps_to_ras(lps), dtype=np.float64)
+    except RuntimeError:  # a header ITK cannot read (NIfTI-2 in some builds): nothing to compare
+        return None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def corner_distance(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], shape: tuple[int, ...]) -> float:
