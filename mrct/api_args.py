@@ -21,14 +21,21 @@ class ArgumentError(MrctError):
     exit_code = 2  # as the CLI's own parser reports a malformed option
 
 
+def shown(value: object) -> str:
+    """A value for a one-line message: its repr when short, else its type (a Volume or an
+    array given by mistake would print thousands of characters over many lines)."""
+    text = repr(value)
+    return text if len(text) <= 80 and "\n" not in text else f"a {type(value).__name__}"
+
+
 def _is_path(value: object) -> bool:
     return isinstance(value, str | os.PathLike) and not isinstance(value, bytes)
 
 
 def path_arg(value: object, what: str) -> Path:
     """A path given as text or a ``Path``."""
-    if not _is_path(value) or str(value) == "":
-        raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {value!r}")
+    if not _is_path(value):
+        raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {shown(value)}")
     return Path(os.fspath(value))  # type: ignore[call-overload]
 
 
@@ -42,13 +49,13 @@ def paths_arg(value: object, what: str) -> list[Path]:
         return [path_arg(value, what)]
     if isinstance(value, Iterable) and not isinstance(value, bytes | dict):
         return [path_arg(v, f"each of {what}") for v in value]
-    raise ArgumentError(f"{what} must be a path or a list of paths, got {value!r}")
+    raise ArgumentError(f"{what} must be a path or a list of paths, got {shown(value)}")
 
 
 def int_arg(value: object, what: str, minimum: int | None = None) -> int:
     """A whole number (numpy's too, but not a bool or a float), at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentError(f"{what} must be a whole number, got {value!r}")
+        raise ArgumentError(f"{what} must be a whole number, got {shown(value)}")
     if minimum is not None and int(value) < minimum:
         raise ArgumentError(f"{what} must be at least {minimum}, got {int(value)}")
     return int(value)
@@ -57,7 +64,7 @@ def int_arg(value: object, what: str, minimum: int | None = None) -> int:
 def text_arg(value: object, what: str) -> str | None:
     """Text or None (a series UID, a name, a pattern)."""
     if value is not None and not isinstance(value, str):
-        raise ArgumentError(f"{what} must be text (str), got {value!r}")
+        raise ArgumentError(f"{what} must be text (str), got {shown(value)}")
     return value
 
 
@@ -67,13 +74,13 @@ def modality_arg(value: object, what: str = "modality") -> Modality | None:
         return value
     if isinstance(value, str) and value.upper() in Modality.__members__:
         return Modality(value.upper())
-    raise ArgumentError(f"{what} must be 'ct', 'mr' or None, got {value!r}")
+    raise ArgumentError(f"{what} must be 'ct', 'mr' or None, got {shown(value)}")
 
 
 def target_arg(to: str | Modality) -> Modality:
     text = to.value if isinstance(to, Modality) else str(to)
     if text.upper() not in ("CT", "MR"):
-        raise ArgumentError(f"to must be 'ct' or 'mr', got {to!r}")
+        raise ArgumentError(f"to must be 'ct' or 'mr', got {shown(to)}")
     return Modality(text.upper())
 
 
@@ -84,4 +91,4 @@ def output_format_arg(name: str | OutputFormat | None) -> OutputFormat | None:
         return OutputFormat(str(name).lower())
     except ValueError:
         choices = ", ".join(f.value for f in OutputFormat)
-        raise ArgumentError(f"output_format must be one of {choices}, got {name!r}") from None
+        raise ArgumentError(f"output_format must be one of {choices}, got {shown(name)}") from None

@@ -48,7 +48,7 @@ def list_models(search_dirs: Sequence[str | Path] | None = None) -> list[Package
     from mrct.inference import REPO_MODELS
     from mrct.models import list_packages
 
-    folders = None if search_dirs is None else paths_arg(search_dirs, "search_dirs")
+    folders = paths_arg(search_dirs, "search_dirs") if search_dirs else None
     for folder in folders or ():
         if not folder.is_dir():  # else "no model packages in it", as if it were empty
             raise InputNotFoundError("no such folder", folder)
@@ -64,7 +64,7 @@ def model_info(name_or_path: str | Path, search_dirs: Sequence[str | Path] | Non
     from mrct.models import find_package, load_package
 
     path_arg(name_or_path, "name_or_path")
-    folders = [REPO_MODELS] if search_dirs is None else paths_arg(search_dirs, "search_dirs")
+    folders = paths_arg(search_dirs, "search_dirs") if search_dirs else [REPO_MODELS]
     package = load_package(find_package(name_or_path, folders))
     for direction in package.directions:
         # Checksums prove the files are the ones listed, not that they fit the architecture

@@ -46,16 +46,17 @@ def test_prepare_takes_one_folder_as_text(tmp_path: Path, heads: Path) -> None:
 
 def test_prepare_workers_keep_a_memory_limit_set_from_python(tmp_path: Path, heads: Path) -> None:
     """Workers read only MRCT_MAX_MEMORY: with two of them the limit set in Python was ignored."""
+
+    def run(out: Path):  # type: ignore[no-untyped-def]
+        mr, ct, small = heads / "mr", heads / "ct", heads / "small.yaml"
+        return api.prepare(mr, ct, out, config=small, crop_mm=(40, -40), workers=2, progress=False)
+
+    assert run(tmp_path / "free").ready == 3
     with limits.memory_limit("1M"):
-        summary = api.prepare(
-            heads / "mr",
-            heads / "ct",
-            tmp_path / "prep",
-            config=heads / "small.yaml",
-            workers=2,
-            progress=False,
-        )
+        summary = run(tmp_path / "prep")
     assert summary.ready == 0 and summary.failed == 3
+    manifest = summary.manifest.read_text()
+    assert manifest.count("(raise it with mrct.io.limits.memory_limit)") == 3
 
 
 def test_model_folders_given_as_one_path(tmp_path: Path) -> None:
@@ -63,6 +64,7 @@ def test_model_folders_given_as_one_path(tmp_path: Path) -> None:
     for folder in (str(tmp_path / "models"), tmp_path / "models", [tmp_path / "models"]):
         assert [p.name for p in api.list_models(folder)] == ["tiny"]  # type: ignore[arg-type]
         assert api.model_info("tiny", folder).name == "tiny"  # type: ignore[arg-type]
+    assert api.model_info("mrct-head-medium", []).name == "mrct-head-medium"  # empty: the default
 
 
 def test_paths_and_formats_of_the_wrong_type(tmp_path: Path, heads: Path) -> None:
@@ -85,6 +87,9 @@ def test_paths_and_formats_of_the_wrong_type(tmp_path: Path, heads: Path) -> Non
     assert mrct.read_volume(src, modality="ct").modality is mrct.Modality.CT  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="path must be a path"):
         api.info(None)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match=r"got a Volume$") as err:
+        api.info(vol)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)  # not the Volume's repr, thousands of characters long
     with pytest.raises(MrctError, match="--shard must be K/N"):
         api.batch(heads, tmp_path / "b", shard=3)  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="checkpoint"):

@@ -259,7 +259,7 @@ def test_a_zeroed_sform_falls_back_to_the_qform_as_itk_does(tmp_path: Path) -> N
 
 
 def test_a_header_itk_places_elsewhere_is_warned_of_with_itks_own_distance(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """sform_code 1 with a sheared sform (dcm2niix's gantry-tilt output) or one scaled unlike
     pixdim: ITK rejects that sform, and 3D Slicer showed a real head 26-190 mm away, silently."""
@@ -278,13 +278,16 @@ def test_a_header_itk_places_elsewhere_is_warned_of_with_itks_own_distance(
             img.header["pixdim"][1:4] = zooms
         nib.save(img, tmp_path / f"{name}.nii.gz")
         caplog.clear()
+        capfd.readouterr()
         volume = read_volume(tmp_path / f"{name}.nii.gz")
+        assert "unexpected scales" not in capfd.readouterr().err  # ITK's own warning kept quiet
         itk_ras = _itk_corners(tmp_path / f"{name}.nii.gz") * [-1, -1, 1]
         ends = [(0, n - 1) for n in data.shape]
         ours = np.array([volume.affine @ [i, j, k, 1.0] for i in ends[0] for j in ends[1] for k in ends[2]])
         off = float(np.max(np.linalg.norm(ours[:, :3] - itk_ras, axis=1)))
         assert off > 1.0  # a small phantom: on a real head, 26-190 mm
         assert f"ITK and 3D Slicer place this image up to {off:.1f} mm from where mrct does" in caplog.text
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # ITK's switch put back
     img = nib.Nifti1Image(data, sform)
     nib.save(img, tmp_path / "plain.nii.gz")
     caplog.clear()

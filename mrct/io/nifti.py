@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import logging
 import math
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +49,9 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     The affine is nibabel's choice (sform when its code is set, else qform), in mm:
     a header whose spatial unit is metres or microns is scaled to mm. With neither
     code set, the geometry is unknown and nibabel's voxel-size-only affine is used,
-    with a warning; so, with a warning, is the sform when the qform disagrees and ITK
-    would use the qform. Unscaled integer data keep their dtype; scaled data become float32.
+    with a warning; so, with a warning giving the distance, is a sform that ITK (3D Slicer)
+    would not use: with a qform that disagrees and sform_code other than 1, sheared, or scaled
+    unlike pixdim. Unscaled integer data keep their dtype; scaled data become float32.
     """
     import nibabel as nib
 
@@ -83,6 +85,7 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
 
 
 ITK_WARN_MM = 0.5  # where ITK places an image further from mrct than this, say so
+_ITK_WARNINGS = threading.Lock()
 
 
 def _source(
@@ -108,15 +111,17 @@ def _source(
         itk = _itk_affine(path)
         off = corner_distance(itk, affine, shape) if itk is not None else 0.0
         if off > ITK_WARN_MM:
+            why = [f"sform_code is {codes[1]}, not 1"] if apart > 1e-3 and codes[1] != 1 else []
+            why += ["its sform is sheared"] if shear(affine) > SHEAR_TOL else []
+            why += ["its sform's voxel sizes differ from pixdim"] if scales_differ else []
             log.warning(
                 "%s: ITK and 3D Slicer place this image up to %.1f mm from where mrct does (mrct, "
-                "nibabel and FSL use a set sform; its qform/sform codes are %d/%d, and ITK rejects a "
-                "sform that is sheared or scaled unlike pixdim). Levels from locate, --crop-mm and "
-                "--crop-markups refer to the sform; NIfTI outputs keep both forms, NRRD, MHA and "
-                "DICOM outputs follow the sform",
+                "nibabel and FSL use the sform; ITK does not, as %s). Levels from locate, --crop-mm "
+                "and --crop-markups refer to the sform; NIfTI outputs keep both forms, NRRD, MHA "
+                "and DICOM outputs follow the sform",
                 path,
                 off,
-                *codes,
+                " and ".join(why) or "its qform and sform disagree",
             )
     if codes[0] == 0 or codes[1] == 0:
         return SourceInfo(str(path), "nifti")  # one geometry, which every reader uses
@@ -133,23 +138,27 @@ def _itk_affine(path: Path) -> npt.NDArray[np.float64] | None:
 
     from mrct.io.orientation import lps_to_ras
 
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "unexpected scales in sform" on stderr
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        if reader.GetDimension() < 3:
+    # ITK's warning switch is process-wide and batch reads in threads: one flip at a time.
+    with _ITK_WARNINGS:
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "unexpected scales in sform" on stderr
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            if reader.GetDimension() < 3:
+                return None
+            n = reader.GetDimension()
+            lps = np.eye(4)
+            lps[:3, :3] = np.array(reader.GetDirection()).reshape(n, n)[:3, :3] @ np.diag(
+                reader.GetSpacing()[:3]
+            )
+            lps[:3, 3] = reader.GetOrigin()[:3]
+            return np.asarray(lps_to_ras(lps), dtype=np.float64)
+        except RuntimeError:  # a header ITK cannot read (NIfTI-2 in some builds): nothing to compare
             return None
-        lps = np.eye(4)
-        lps[:3, :3] = np.array(reader.GetDirection()).reshape(-1, reader.GetDimension())[:3, :3]
-        lps[:3, :3] = lps[:3, :3] @ np.diag(reader.GetSpacing()[:3])
-        lps[:3, 3] = reader.GetOrigin()[:3]
-        return np.asarray(lps_to_ras(lps), dtype=np.float64)
-    except RuntimeError:  # a header ITK cannot read (NIfTI-2 in some builds): nothing to compare
-        return None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def corner_distance(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], shape: tuple[int, ...]) -> float:
