@@ -186,6 +186,12 @@ def test_source_identity_copied(tmp_path: Path) -> None:
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_instance_uid
     assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
+    # Without a number given: the source's plus 1000, so it is listed by its source (was 999).
+    numbered = dataclasses.replace(source, series_number=5)
+    path = write_dicom_series(_volume("ct", source=numbered), tmp_path / "n", series_description="sCT")[0]
+    assert pydicom.dcmread(path).SeriesNumber == 1005
+    path = write_dicom_series(_volume("ct"), tmp_path / "none", series_description="sCT")[0]
+    assert pydicom.dcmread(path).SeriesNumber == 999
 
 
 @pytest.mark.parametrize("kind", ["ct", "mr_float"])
@@ -387,3 +393,20 @@ def test_source_dates_and_times_are_valid_or_left_out(keyword: str, value: str, 
     from mrct.io.dicom_identity import _valid_date_or_time
 
     assert _valid_date_or_time(keyword, value) == written
+
+
+def test_a_grid_sheared_by_rounding_is_written_with_orthogonal_cosines(tmp_path: Path) -> None:
+    """A shear of 4e-4 (within the rounding tolerance) went into ImageOrientationPatient as it was:
+    dciodvfy's "Orientation vectors are not orthogonal", and each reader squared it its own way."""
+    volume = _volume("ct")
+    affine = volume.affine.copy()
+    affine[:3, 1] += 4e-4 * affine[:3, 0]
+    paths = write_dicom_series(volume.replace(affine=affine), tmp_path / "s", series_description="t")
+    ds = pydicom.dcmread(paths[0])
+    iop = np.array(ds.ImageOrientationPatient, dtype=float)
+    assert abs(iop[:3] @ iop[3:]) < 1e-9
+    np.testing.assert_allclose(np.linalg.norm(iop.reshape(2, 3), axis=1), 1.0, atol=1e-9)
+    lps = ras_to_lps(affine)  # the cosines move by no more than the shear
+    assert np.abs(iop[:3] - lps[:3, 0] / np.linalg.norm(lps[:3, 0])).max() < 4e-4
+    if shutil.which("dciodvfy"):
+        assert not [e for e in dciodvfy_errors(paths[0]) if "orthogonal" in e]

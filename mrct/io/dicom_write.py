@@ -49,7 +49,10 @@ __all__ = ["SERIES_FILES", "write_dicom_series"]
 SERIES_FILES = Owned(re.compile(r"IM_\d{4,}\.dcm"))
 
 DEFAULT_SERIES_NUMBER = 999
-"""SeriesNumber used when none is given."""
+"""SeriesNumber used when none is given and the source has none: a DICOM source's number plus
+:data:`DERIVED_SERIES_OFFSET` otherwise, so 3D Slicer's browser lists a synthetic series by its
+source (series 5 -> 1005) rather than every output as 999."""
+DERIVED_SERIES_OFFSET = 1000
 
 MANUFACTURER = "mrct"
 """Manufacturer (0008,0070) of every series written."""
@@ -128,6 +131,16 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
     # (increasing row index) is -j because rows are stored with j reversed.
     row_cos = lps[:3, 0] / norms[0]
     col_cos = -lps[:3, 1] / norms[1]
+    # Up to ORTHOGONALITY_TOL (rounding in the source's header), the in-plane axes are squared
+    # up (the nearest orthonormal pair): DICOM requires orthogonal cosines (dciodvfy: "not
+    # orthogonal" from about 1e-4), and readers square them anyway, each its own way.
+    pair = np.stack([row_cos, col_cos], axis=1)
+    u, _, vt = np.linalg.svd(pair, full_matrices=False)
+    squared = u @ vt
+    moved = float(np.max(np.abs(squared - pair) @ [shape[0] * norms[0], n_j * norms[1]]))  # at most
+    if moved > 0.05:
+        log.warning("the grid is slightly sheared; squared up for DICOM, moving voxels up to %.2f mm", moved)
+    row_cos, col_cos = squared[:, 0], squared[:, 1]
     # Top-left pixel of slice k is voxel (0, J-1, k).
     corners = np.stack([[0.0, n_j - 1.0, float(k), 1.0] for k in range(n_k)])
     positions = (lps @ corners.T).T[:, :3]
@@ -137,6 +150,15 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
         slice_spacing=float(norms[2]),
         positions=positions,
     )
+
+
+def _series_number(volume: Volume, given: int | None) -> int:
+    if given is not None:
+        return int(given)
+    source = volume.source.dicom.series_number if volume.source.dicom is not None else None
+    if source is not None and 0 <= source < 2**31 - DERIVED_SERIES_OFFSET:  # IS: a signed 32-bit
+        return source + DERIVED_SERIES_OFFSET
+    return DEFAULT_SERIES_NUMBER
 
 
 def _quantize(
@@ -278,7 +300,7 @@ def write_dicom_series(
     patient_study(ds, volume, now)
     ds.Modality = modality.value
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = DEFAULT_SERIES_NUMBER if series_number is None else int(series_number)
+    ds.SeriesNumber = _series_number(volume, series_number)
     ds.SeriesDescription = series_description
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S")
