@@ -139,7 +139,10 @@ def test_nifti_with_geometry_codes_does_not_warn(tmp_path: Path, caplog: pytest.
 
 
 @pytest.mark.parametrize(("unit", "mm_per_unit"), [("meter", 1000.0), ("micron", 0.001), ("unknown", 1.0)])
-def test_nifti_spatial_units_become_mm(tmp_path: Path, unit: str, mm_per_unit: float) -> None:
+def test_nifti_spatial_units_become_mm(
+    tmp_path: Path, unit: str, mm_per_unit: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scaled as ITK does; said, since nibabel and FSL do not scale and outputs are in mm."""
     affine_mm = oblique_affine()
     in_unit = affine_mm.copy()
     in_unit[:3, :] /= mm_per_unit  # the same grid, written in metres or microns
@@ -148,9 +151,12 @@ def test_nifti_spatial_units_become_mm(tmp_path: Path, unit: str, mm_per_unit: f
     img.header.set_xyzt_units(xyz=unit, t="sec")
     nib.save(img, tmp_path / f"{unit}.nii")
 
-    vol = read_volume(tmp_path / f"{unit}.nii")
+    with caplog.at_level(logging.WARNING, logger="mrct"):
+        vol = read_volume(tmp_path / f"{unit}.nii")
 
     np.testing.assert_allclose(vol.affine, affine_mm, rtol=1e-5, atol=1e-4)
+    said = f"spatial unit is {unit.replace('meter', 'metres').replace('micron', 'micrometres')}"
+    assert (said in caplog.text) == (mm_per_unit != 1.0), caplog.text
 
 
 def test_dicom_write_of_a_sheared_grid_names_the_output(tmp_path: Path) -> None:

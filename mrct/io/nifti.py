@@ -193,7 +193,17 @@ def _affine_mm(img: Nifti1Image | Nifti2Image, path: Path) -> npt.NDArray[np.flo
         log.warning("%s: the sform is degenerate (all zero?); using the qform, as ITK does", path)
         affine = np.asarray(img.get_qform(), dtype=np.float64)
     # Raw bits, not get_xyzt_units(): that raises KeyError on a time code it does not know.
-    affine[:3, :] *= _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
+    unit = int(hdr["xyzt_units"]) & 0x07
+    if unit in _MM_PER_UNIT:
+        log.warning(
+            "%s: its spatial unit is %s; mrct reads it in mm, as ITK and 3D Slicer do, but nibabel and "
+            "FSL ignore the unit, and mrct's outputs are written in mm, so those two place the outputs "
+            "%g times as far from the origin as this input",
+            path,
+            "metres" if unit == 1 else "micrometres",
+            _MM_PER_UNIT[unit],
+        )
+    affine[:3, :] *= _MM_PER_UNIT.get(unit, 1.0)
     return affine
 
 
