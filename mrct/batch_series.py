@@ -27,7 +27,7 @@ from mrct.io.dicom_scan import (
     unique_instances,
 )
 from mrct.io.dicom_split import Members, header_int, split_series
-from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name
+from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
 from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality
 
@@ -183,9 +183,7 @@ def _is_output_name(path: Path) -> bool:
 
 
 def _stem(s: Series) -> str:
-    name = s.path.name if s.input != "." else s.path.resolve().name
-    suffix = next((x for x in SCAN_SUFFIXES if name.lower().endswith(x)), None)
-    return name[: -len(suffix)] if suffix else (Path(name).stem if s.path.is_file() else name)
+    return scan_stem(s.path.name if s.input != "." else s.path.resolve().name)
 
 
 def _output_format(s: Series, fmt: OutputFormat | None) -> tuple[OutputFormat, str]:

@@ -27,9 +27,8 @@ from mrct.io.atomic import (
     check_outside,
     check_replaceable,
     check_writable,
-    compound_suffix,
 )
-from mrct.io.discover import fit_name
+from mrct.io.discover import fit_name, scan_stem
 from mrct.labels import derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -62,7 +61,7 @@ def default_output(src: Path, to: Modality, fmt: OutputFormat, series: str | Non
     src = Path(str(src).rstrip("/\\"))
     if src.name in ("", ".", ".."):  # "mrct translate ." in a DICOM folder: named after the folder
         src = Path(os.path.abspath(src))
-    stem = src.name[: len(src.name) - len(compound_suffix(src))] if src.is_file() else src.name
+    stem = scan_stem(src.name)
     if series:
         stem += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", series)
     base = src.parent / f"{fit_name(stem)}_synthetic_{to.value.lower()}"

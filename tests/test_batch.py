@@ -20,7 +20,7 @@ from mrct.cli import app
 from mrct.errors import MrctError
 from mrct.io import OutputFormat, read_volume
 from mrct.volume import Modality
-from tests.dicom_factory import write_series
+from tests.dicom_factory import write_enhanced_mr, write_series
 from tests.external_tools import require
 from tests.model_fixtures import write_tiny_model
 from tests.test_prepare import write_head
@@ -822,3 +822,26 @@ def test_an_output_that_is_a_file_is_exit_4(tmp_path: Path, tree: Path, model: P
     result = _batch(tree, tmp_path / "afile", model)
     assert result.exit_code == 4 and "is not a folder; mrct batch writes a folder here" in result.stderr
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_output_names_keep_letters_of_any_script_and_dotted_uid_names(tmp_path: Path) -> None:
+    """患者/头部.nii.gz and 病人/头部.nii.gz both became scan/scan…: two patients in one folder;
+    Müller lost its ü; a file named by its UID lost its last part (translate's default too)."""
+    for folder in ("患者", "病人", "Kopf_Müller"):
+        write_head(tmp_path / "in" / folder / "头部.nii.gz", "mr", seed=1)
+    write_enhanced_mr(tmp_path / "in" / "uids" / "1.2.826.0.1.3680043.8.498.111")
+    found = name_outputs(discover(tmp_path / "in"), Modality.CT, OutputFormat.NIFTI)
+    assert sorted(s.output for s in found if s.output) == [
+        "Kopf_Müller/头部_synthetic_ct.nii.gz",
+        "uids/1.2.826.0.1.3680043.8.498.111_synthetic_ct.nii.gz",
+        "患者/头部_synthetic_ct.nii.gz",
+        "病人/头部_synthetic_ct.nii.gz",
+    ]
+    from mrct.translation import default_output
+
+    for name in ("1.2.826.0.1.3680043.8.498.111", "IM_0001.dcm", "scan.nii.gz", "scan.v2.nrrd"):
+        (tmp_path / name).write_bytes(b"x")
+        stem = {"IM_0001.dcm": "IM_0001", "scan.nii.gz": "scan", "scan.v2.nrrd": "scan.v2"}.get(name, name)
+        assert default_output(tmp_path / name, Modality.CT, OutputFormat.NIFTI) == (
+            tmp_path / f"{stem}_synthetic_ct.nii.gz"
+        )

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Files read as one scan each; any other file under a folder is a DICOM candidate.
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
+# Suffixes a single DICOM file's name may end in; any other dotted tail is part of the name
+# (PACS exports name files by their UID: 1.2.826...498.111 and ...112 are two scans).
+DICOM_FILE_SUFFIXES = (".dcm", ".dicom", ".ima", ".img")
 # DICOM stacks with fewer images are localisers or single images, not head volumes.
 MIN_SERIES_FRAMES = 4
 
@@ -42,8 +45,9 @@ class FoundScan:
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a file-safe name: letters, digits, ``._-``; no leading dot; never ``*_mask``."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "scan"
+    """``text`` as a file-safe name: letters and digits of any script (Müller, 头部: two patients
+    named in Chinese must not both become "_"), ``._-``; no leading dot; never ``*_mask``."""
+    s = re.sub(r"[^\w.-]+", "_", text).strip("._-") or "scan"
     return s[:-5] + "-mask" if s.lower().endswith("_mask") else s  # would clash with <name>_mask.npy
 
 
@@ -62,12 +66,17 @@ def fit_name(stem: str, max_bytes: int = MAX_STEM_BYTES) -> str:
     return f"{head}_{hashlib.sha1(raw).hexdigest()[:8]}"
 
 
-def _stem(path: Path) -> str:
-    name = path.name or path.absolute().name
-    for suffix in SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
+def scan_stem(name: str) -> str:
+    """A scan's name without its format's suffix: ``t1.nii.gz`` -> ``t1``, ``IM1.dcm`` -> ``IM1``;
+    a folder's or a UID-named file's name whole."""
+    for suffix in (*SCAN_SUFFIXES, *DICOM_FILE_SUFFIXES):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
-    return Path(name).stem if path.is_file() else name
+    return name
+
+
+def _stem(path: Path) -> str:
+    return scan_stem(path.name or path.absolute().name)
 
 
 def short_hash(path: Path, series: str | None = None) -> str:
