@@ -89,6 +89,12 @@ def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = Fals
         # The series found above, not a second search of the folder (what read_volume does).
         vol = read_series_files(select_series(found, series, p), p, None, allow_gaps=allow_gaps)
     else:
+        if p.name.upper() == "DICOMDIR" or p.suffix.lower() == ".zip":  # a folder in disguise
+            from mrct.io.dicom_read import list_series
+
+            summaries = [SeriesSummary(*found) for found in list_series(p)]
+            if len(summaries) > 1 and series is None:
+                return VolumeInfo(str(p), "dicom", summaries)
         vol = read_volume(p, series=series, allow_gaps=allow_gaps)
     modality, source = vol.modality, "header"
     if modality is None:

@@ -185,6 +185,29 @@ def test_two_series_folder_lists_and_selects(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+def test_a_zip_or_dicomdir_of_two_series_lists_them_as_a_folder_does(tmp_path: Path) -> None:
+    """info on a zip or a DICOMDIR holding two series failed (exit 3, choose one with --series)
+    where the same folder listed both."""
+    from pydicom.fileset import FileSet
+
+    from tests.dicom_factory import zip_folder
+
+    study = _two_series(tmp_path)
+    listed = run_mrct("info", study)
+    media = FileSet()
+    for f in sorted(study.rglob("*.dcm")):
+        media.add(f)
+    media.write(tmp_path / "cd")
+    for packed in (zip_folder(study, tmp_path / "study.zip"), tmp_path / "cd" / "DICOMDIR"):
+        res = run_mrct("info", packed)
+        assert res.returncode == 0, res.stderr
+        uids = {line.split()[0] for line in listed.stdout.splitlines() if line.startswith("  ")}
+        assert len(uids) == 2 and all(uid in res.stdout for uid in uids), res.stdout
+        uid = str(pydicom.dcmread(next((study / "a").glob("*.dcm"))).SeriesInstanceUID)
+        one = run_mrct("info", packed, "--series", uid)
+        assert one.returncode == 0 and "shape" in one.stdout, one.stderr
+
+
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     src = write_volume(phantom(), tmp_path / "in.nii.gz")
     out = tmp_path / "out.nrrd"

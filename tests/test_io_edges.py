@@ -266,3 +266,29 @@ def test_a_failed_safetensors_write_is_an_os_error_naming_the_file(
     with pytest.raises(OSError, match="No space left on device") as caught:
         save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("flag", "method", "said"),
+    [
+        (1, 0, r"the zip is encrypted \(password-protected\); unzip it first"),
+        (0, 9, r"compression Python cannot unpack \(Deflate64\); unzip it with another tool"),
+    ],
+)
+def test_a_zip_python_cannot_unpack_says_why(tmp_path: Path, flag: int, method: int, said: str) -> None:
+    """Encrypted zips printed a ZipInfo's repr; Deflate64 ones "That compression method is not
+    supported", naming neither the method nor what to do."""
+    import zipfile
+
+    path = tmp_path / "study.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("IM_0001.dcm", b"\0" * 256)
+    raw = bytearray(path.read_bytes())
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        start = raw.index(signature)
+        raw[start + at : start + at + 2] = flag.to_bytes(2, "little")
+        raw[start + at + 2 : start + at + 4] = method.to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ReadError, match=said) as err:
+        read_volume(path)
+    assert "ZipInfo" not in str(err.value) and "\n" not in str(err.value)

@@ -30,12 +30,12 @@ from mrct.io.dicom_scan import (
     SeriesFiles,
     check_deflated,
     dcmread,
-    extract_zip,
     find_series,
     header_int,
     media_folder,
     select_series,
 )
+from mrct.io.dicom_zip import extract_zip
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_shape, check_values
@@ -95,6 +95,19 @@ def read_dicom(
                 path,
             )
     return read_series_files(chosen, path, modality, allow_gaps)
+
+
+def list_series(path: Path) -> list[tuple[str, str, str, int]]:
+    """(key, description, modality, frames) of each series in a zip or a DICOMDIR's media, as
+    ``mrct info`` lists a folder's."""
+    if path.is_file() and path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
+            extract_zip(path, Path(tmp))
+            try:
+                return list_series(Path(tmp))
+            except MrctError as err:
+                raise _inside_zip(err, path, Path(tmp)) from err
+    return [(s.key, s.description, s.modality, s.n_frames) for s in find_series(media_folder(path))]
 
 
 def _inside_zip(err: MrctError, zip_path: Path, tmp: Path) -> MrctError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
 from mrct.io.dicom_split import Members, header_int, split_series
-from mrct.io.limits import check_bytes, format_size, limit_hint, max_memory
+from mrct.io.limits import limit_hint, max_memory
 from mrct.io.sniff import raw_dicom_dataset
 
 if TYPE_CHECKING:
@@ -29,11 +28,6 @@ log = logging.getLogger(__name__)
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MAX_FILES = 200_000
-# Zip inputs are unpacked to a temporary folder; refuse archives that would
-# expand past the memory limit or this (zip bombs), or that hold more files
-# than a study could. Above 100 MB, a ratio over 200 is a bomb's, not DICOM's.
-MAX_ZIP_BYTES = 8 * 1024**3
-MAX_ZIP_RATIO = 200
 
 
 @dataclass(frozen=True)
@@ -349,40 +343,3 @@ def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) ->
         return series[0]
     listing = "; ".join(s.summary() for s in series)
     raise SeriesSelectionError(f"{len(series)} series found, choose one with --series UID: {listing}", where)
-
-
-def extract_zip(path: Path, dest: Path) -> Path:
-    """Unpack a zip safely (no absolute or ``..`` members, bounded size) into ``dest``.
-
-    Sizes come from the zip's directory, checked before anything is unpacked;
-    a member holding more than its directory entry says stops there and fails
-    its CRC check, so the directory cannot under-state the content.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if not any(not i.is_dir() for i in infos):
-                raise InputNotFoundError("zip is empty (no files in it)", path)
-            if len(infos) > MAX_FILES:
-                raise ReadError(f"zip holds {len(infos)} files, more than {MAX_FILES}", path)
-            total = sum(i.file_size for i in infos)
-            packed = max(1, sum(i.compress_size for i in infos))
-            if total > MAX_ZIP_BYTES or (total / packed > MAX_ZIP_RATIO and total > 10**8):
-                raise TooLargeError(
-                    f"zip expands to {format_size(total)} from {format_size(packed)} (refused as a zip bomb)",
-                    path,
-                )
-            check_bytes(total, "the zip's content", path)
-            root = dest.resolve()
-            for info in infos:
-                target = (dest / info.filename).resolve()
-                if not target.is_relative_to(root):
-                    raise ReadError(f"zip member escapes the archive: {info.filename!r}", path)
-            zf.extractall(dest)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise ReadError(f"not a readable zip file ({err})", path) from err
-    except (NotImplementedError, RuntimeError) as err:  # unknown compression method, encryption
-        raise ReadError(f"cannot unpack the zip file ({err})", path) from err
-    except OSError as err:
-        raise ReadError(f"cannot unpack the zip file: {err.strerror or err}", path) from err
-    return dest

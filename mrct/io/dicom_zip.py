@@ -1,0 +1,70 @@
+"""Zip inputs: unpacked safely into a temporary folder, which is then read as a DICOM folder."""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+from mrct.errors import InputNotFoundError, ReadError, TooLargeError
+from mrct.io.dicom_scan import MAX_FILES
+from mrct.io.limits import check_bytes, format_size
+
+# Refuse archives that would expand past the memory limit or this (zip bombs), or that hold
+# more files than a study could. Above 100 MB, a ratio over 200 is a bomb's, not DICOM's.
+MAX_ZIP_BYTES = 8 * 1024**3
+MAX_ZIP_RATIO = 200
+# zip compression methods Python's zipfile cannot unpack, named for the message.
+_ZIP_METHODS = {9: "Deflate64", 93: "Zstandard", 95: "XZ", 97: "WavPack", 98: "PPMd", 99: "AES encryption"}
+
+
+def extract_zip(path: Path, dest: Path) -> Path:
+    """Unpack a zip safely (no absolute or ``..`` members, bounded size) into ``dest``.
+
+    Sizes come from the zip's directory, checked before anything is unpacked;
+    a member holding more than its directory entry says stops there and fails
+    its CRC check, so the directory cannot under-state the content.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if not any(not i.is_dir() for i in infos):
+                raise InputNotFoundError("zip is empty (no files in it)", path)
+            if len(infos) > MAX_FILES:
+                raise ReadError(f"zip holds {len(infos)} files, more than {MAX_FILES}", path)
+            total = sum(i.file_size for i in infos)
+            packed = max(1, sum(i.compress_size for i in infos))
+            if total > MAX_ZIP_BYTES or (total / packed > MAX_ZIP_RATIO and total > 10**8):
+                raise TooLargeError(
+                    f"zip expands to {format_size(total)} from {format_size(packed)} (refused as a zip bomb)",
+                    path,
+                )
+            check_bytes(total, "the zip's content", path)
+            if any(i.flag_bits & 0x1 for i in infos):
+                raise ReadError("the zip is encrypted (password-protected); unzip it first", path)
+            methods = {i.compress_type for i in infos} - {
+                zipfile.ZIP_STORED,
+                zipfile.ZIP_DEFLATED,
+                zipfile.ZIP_BZIP2,
+                zipfile.ZIP_LZMA,
+            }
+            if methods:
+                name = ", ".join(_ZIP_METHODS.get(m, f"method {m}") for m in sorted(methods))
+                raise ReadError(
+                    f"the zip uses compression Python cannot unpack ({name}); unzip it with another "
+                    "tool, or re-zip it with standard deflate",
+                    path,
+                )
+            root = dest.resolve()
+            for info in infos:
+                target = (dest / info.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise ReadError(f"zip member escapes the archive: {info.filename!r}", path)
+            zf.extractall(dest)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ReadError(f"not a readable zip file ({err})", path) from err
+    except (NotImplementedError, RuntimeError) as err:  # unknown compression method, encryption
+        raise ReadError(f"cannot unpack the zip file ({str(err).splitlines()[0][:160]})", path) from err
+    except OSError as err:
+        raise ReadError(f"cannot unpack the zip file: {err.strerror or err}", path) from err
+    return dest
