@@ -11,7 +11,7 @@ import numpy as np
 
 from mrct.api_args import int_arg, modality_arg, output_format_arg, path_arg, paths_arg, target_arg, text_arg
 from mrct.api_training import evaluate, export, prepare, train
-from mrct.errors import MrctError, OutputExistsError, ReadError
+from mrct.errors import MrctError, OutputExistsError, ReadError, SeriesSelectionError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import check_apart, check_outside, check_replaceable
@@ -89,13 +89,15 @@ def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = Fals
         # The series found above, not a second search of the folder (what read_volume does).
         vol = read_series_files(select_series(found, series, p), p, None, allow_gaps=allow_gaps)
     else:
-        if p.name.upper() == "DICOMDIR" or p.suffix.lower() == ".zip":  # a folder in disguise
+        try:
+            vol = read_volume(p, series=series, allow_gaps=allow_gaps)
+        except SeriesSelectionError:
+            if series is not None or not p.is_file():
+                raise
             from mrct.io.dicom_read import list_series
 
-            summaries = [SeriesSummary(*found) for found in list_series(p)]
-            if len(summaries) > 1 and series is None:
-                return VolumeInfo(str(p), "dicom", summaries)
-        vol = read_volume(p, series=series, allow_gaps=allow_gaps)
+            # A zip or a DICOMDIR holding several series: listed as a folder's are.
+            return VolumeInfo(str(p), "dicom", [SeriesSummary(*found) for found in list_series(p)])
     modality, source = vol.modality, "header"
     if modality is None:
         modality, source = guess_modality(vol), "intensities"

@@ -827,13 +827,21 @@ def test_an_output_that_is_a_file_is_exit_4(tmp_path: Path, tree: Path, model: P
 def test_output_names_keep_letters_of_any_script_and_dotted_uid_names(tmp_path: Path) -> None:
     """患者/头部.nii.gz and 病人/头部.nii.gz both became scan/scan…: two patients in one folder;
     Müller lost its ü; a file named by its UID lost its last part (translate's default too)."""
-    for folder in ("患者", "病人", "Kopf_Müller"):
+    for folder in (
+        "患者",
+        "病人",
+        "Kopf_Mu\u0308ller",
+        "राम",
+        "रीमा",
+    ):  # Müller decomposed (NFD), as macOS writes it
         write_head(tmp_path / "in" / folder / "头部.nii.gz", "mr", seed=1)
     write_enhanced_mr(tmp_path / "in" / "uids" / "1.2.826.0.1.3680043.8.498.111")
     found = name_outputs(discover(tmp_path / "in"), Modality.CT, OutputFormat.NIFTI)
     assert sorted(s.output for s in found if s.output) == [
-        "Kopf_Müller/头部_synthetic_ct.nii.gz",
+        "Kopf_M\u00fcller/头部_synthetic_ct.nii.gz",  # composed: one name however it was typed
         "uids/1.2.826.0.1.3680043.8.498.111_synthetic_ct.nii.gz",
+        "राम/头部_synthetic_ct.nii.gz",  # vowel signs are marks: kept, or राम and रीमा merge
+        "रीमा/头部_synthetic_ct.nii.gz",
         "患者/头部_synthetic_ct.nii.gz",
         "病人/头部_synthetic_ct.nii.gz",
     ]

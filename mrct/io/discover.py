@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -45,9 +46,12 @@ class FoundScan:
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a file-safe name: letters and digits of any script (Müller, 头部: two patients
-    named in Chinese must not both become "_"), ``._-``; no leading dot; never ``*_mask``."""
-    s = re.sub(r"[^\w.-]+", "_", text).strip("._-") or "scan"
+    """``text`` as a file-safe name: letters, digits and marks of any script (Müller, 头部, राम:
+    two patients named in Chinese or Hindi must not both become "_"), in their composed (NFC)
+    form so that one name typed two ways is one name, and ``._-``; no leading dot; never ``*_mask``."""
+    composed = unicodedata.normalize("NFC", text)
+    kept = "".join(c if c in "._-" or unicodedata.category(c)[0] in "LNM" else " " for c in composed)
+    s = re.sub(r"\s+", "_", kept.strip()).strip("._-") or "scan"
     return s[:-5] + "-mask" if s.lower().endswith("_mask") else s  # would clash with <name>_mask.npy
 
 
