@@ -148,7 +148,7 @@ def convert(
     vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
     from mrct.labels import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 
-    synthetic = synthetic_source(vol, src_p)
+    synthetic = synthetic_source(vol)
     if synthetic is not None and vol.modality is None:
         vol = vol.replace(modality=synthetic)  # what its label says, rather than a guess
     if fmt is OutputFormat.DICOM and vol.modality is None:

@@ -8,7 +8,6 @@ names mrct's version and the model's checksum. Reading such an image back recogn
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from mrct import __version__
@@ -22,28 +21,12 @@ def series_description(to: Modality) -> str:
     return f"mrct synthetic {to.value} – {NOT_FOR_DIAGNOSIS}"
 
 
-def synthetic_source(volume: Any, path: Path) -> Modality | None:
+def synthetic_source(volume: Any) -> Modality | None:
     """The modality of an mrct synthetic image being read back (its DICOM SeriesDescription,
-    NIfTI ``descrip`` or NRRD/MHA ``Description`` says "mrct synthetic CT|MR"), else None:
-    ``mrct convert`` keeps such an image labelled instead of calling it a plain conversion."""
-    text = ""
-    try:
-        if volume.source.dicom is not None:
-            text = volume.source.dicom.series_description
-        elif volume.source.format == "nifti":
-            import nibabel as nib
-
-            header: Any = nib.load(str(path)).header
-            text = bytes(header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
-        elif volume.source.format in ("nrrd", "mha"):
-            import SimpleITK as sitk
-
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            text = reader.GetMetaData("Description") if reader.HasMetaDataKey("Description") else ""
-    except Exception:  # the image itself was read already; an unreadable label is no label
-        return None
+    NIfTI ``descrip`` or NRRD/MHA ``Description``, as the reader recorded it, says "mrct
+    synthetic CT|MR"), else None: such an image stays labelled when written again."""
+    source = volume.source
+    text = source.dicom.series_description if source.dicom is not None else source.description
     match = re.match(r"mrct synthetic (CT|MR)\b", text.strip())
     return Modality(match.group(1)) if match else None
 

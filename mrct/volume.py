@@ -102,6 +102,9 @@ class SourceInfo:
     # the DICOM DerivationDescription, so a synthetic volume says what it is however it is written.
     label: str = ""
     derivation: str = ""
+    # The header's own description, as read (NIfTI descrip, NRRD/MHA Description; DICOM's is
+    # dicom.series_description): how an mrct synthetic image is recognised when read back.
+    description: str = ""
 
 
 # Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.

@@ -167,6 +167,8 @@ def test_a_synthetic_image_read_back_stays_labelled(tmp_path: Path, mr: Volume, 
     description, derivation = _labels(mrct.write_volume(again, tmp_path / "dicom/"))
     assert description == LABEL["CT"] and derivation == "Derived from an mrct synthetic CT; not for diagnosis"
     assert mrct.read_volume(tmp_path / "dicom").source.label == LABEL["CT"]
+    for name in ("sct.nrrd", "sct.mha"):  # an MHA's label was not looked for ("metaimage")
+        assert mrct.read_volume(mrct.write_volume(sct, tmp_path / name)).source.label == LABEL["CT"]
     assert mr.source.label == "" and mrct.read_volume(mr.source.path).source.label == ""
     blank = mrct.write_volume(sct, tmp_path / "blank/", series_description="")  # asked for: none
     assert _labels(blank)[0] == "mrct output"

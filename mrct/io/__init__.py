@@ -62,17 +62,17 @@ def read_volume(
         volume = _read(p, series, modality, allow_gaps)
     except OSError as err:  # no permission, an I/O error, a file that vanished while read
         raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or p) from err
-    return _keep_synthetic_label(volume, p)
+    return _keep_synthetic_label(volume)
 
 
-def _keep_synthetic_label(volume: Volume, path: Path) -> Volume:
+def _keep_synthetic_label(volume: Volume) -> Volume:
     """An mrct synthetic image read back keeps its label (and, without a header modality, the
     modality its label names), so that writing it again still says it is synthetic."""
     import dataclasses
 
     from mrct.labels import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 
-    synthetic = synthetic_source(volume, path)
+    synthetic = synthetic_source(volume)
     if synthetic is None:
         return volume
     derivation = f"Derived from an mrct synthetic {synthetic.value}; {NOT_FOR_DIAGNOSIS}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from mrct.io.dicom_scan import (
     media_folder,
     select_series,
 )
-from mrct.io.dicom_zip import extract_zip
+from mrct.io.dicom_zip import is_zip, unzipped
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_shape, check_values
@@ -71,13 +70,9 @@ def read_dicom(
     allow_gaps: bool = False,
 ) -> Volume:
     """Read a series folder, an enhanced multi-frame file, or a zip of either."""
-    if path.is_file() and path.suffix.lower() == ".zip":
-        with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
-            extract_zip(path, Path(tmp))
-            try:
-                vol = read_dicom(Path(tmp), series=series, modality=modality, allow_gaps=allow_gaps)
-            except MrctError as err:
-                raise _inside_zip(err, path, Path(tmp)) from err
+    if is_zip(path):
+        with unzipped(path) as folder:
+            vol = read_dicom(folder, series=series, modality=modality, allow_gaps=allow_gaps)
         return vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
     path = media_folder(path)  # a DICOMDIR file: the series it indexes
     if path.is_dir():
@@ -100,22 +95,10 @@ def read_dicom(
 def list_series(path: Path) -> list[tuple[str, str, str, int]]:
     """(key, description, modality, frames) of each series in a zip or a DICOMDIR's media, as
     ``mrct info`` lists a folder's."""
-    if path.is_file() and path.suffix.lower() == ".zip":
-        with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
-            extract_zip(path, Path(tmp))
-            try:
-                return list_series(Path(tmp))
-            except MrctError as err:
-                raise _inside_zip(err, path, Path(tmp)) from err
+    if is_zip(path):
+        with unzipped(path) as folder:
+            return list_series(folder)
     return [(s.key, s.description, s.modality, s.n_frames) for s in find_series(media_folder(path))]
-
-
-def _inside_zip(err: MrctError, zip_path: Path, tmp: Path) -> MrctError:
-    """The same error, naming the zip (and the member) instead of the temporary folder."""
-    inner = Path(err.path) if err.path else tmp
-    member = inner.relative_to(tmp).as_posix() if inner.is_relative_to(tmp) else ""
-    message = f"{member}: {err.message}" if member not in ("", ".") else err.message
-    return type(err)(message.replace(str(tmp), zip_path.name), zip_path)
 
 
 def read_series_files(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from mrct.errors import InputNotFoundError, ReadError, TooLargeError
+from mrct.errors import InputNotFoundError, MrctError, ReadError, TooLargeError
 from mrct.io.dicom_scan import MAX_FILES
 from mrct.io.limits import check_bytes, format_size
 
@@ -68,3 +71,27 @@ def extract_zip(path: Path, dest: Path) -> Path:
     except OSError as err:
         raise ReadError(f"cannot unpack the zip file: {err.strerror or err}", path) from err
     return dest
+
+
+def is_zip(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".zip"
+
+
+@contextlib.contextmanager
+def unzipped(path: Path) -> Iterator[Path]:
+    """The zip unpacked into a temporary folder for the block; errors raised reading it name
+    the zip (and the member) instead of that folder."""
+    with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
+        folder = extract_zip(path, Path(tmp))
+        try:
+            yield folder
+        except MrctError as err:
+            raise _inside_zip(err, path, folder) from err
+
+
+def _inside_zip(err: MrctError, zip_path: Path, tmp: Path) -> MrctError:
+    """The same error, naming the zip (and the member) instead of the temporary folder."""
+    inner = Path(err.path) if err.path else tmp
+    member = inner.relative_to(tmp).as_posix() if inner.is_relative_to(tmp) else ""
+    message = f"{member}: {err.message}" if member not in ("", ".") else err.message
+    return type(err)(message.replace(str(tmp), zip_path.name), zip_path)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
@@ -38,6 +40,7 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
         if not all(math.isfinite(s) and s > 0 for s in spacing):
             raise GeometryError(f"zero or negative voxel spacing ({', '.join(map(str, spacing))})", path)
         check_shape(tuple(reader.GetSize()), path, itemsize)
+        description = reader.GetMetaData("Description") if reader.HasMetaDataKey("Description") else ""
         image = reader.Execute()
         if sitk.sitkVectorUInt8 <= image.GetPixelID() <= sitk.sitkVectorFloat64:
             image = sitk.VectorIndexSelectionCast(image, 0)
@@ -51,11 +54,7 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
         raise ReadError(f"{what} ({message})", path) from err
     if image.GetDimension() != 3:
         raise ReadError(f"a 3D volume is needed, got a {image.GetDimension()}D image", path)
-    lps = np.eye(4)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    lps[:3, :3] = direction @ np.diag(image.GetSpacing())
-    lps[:3, 3] = image.GetOrigin()
-    affine = lps_to_ras(lps)
+    affine = ras_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
     check_affine(affine, path)
     # SimpleITK arrays are [z, y, x]; mrct arrays are [i, j, k].
     data = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
@@ -63,7 +62,18 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
         data = data.astype(np.float32)
     check_values(data, path)
     fmt = "nrrd" if str(path).lower().endswith((".nrrd", ".nhdr")) else "metaimage"
-    return Volume(data, affine, modality, SourceInfo(str(path), fmt))
+    return Volume(data, affine, modality, SourceInfo(str(path), fmt, description=description))
+
+
+def ras_affine(
+    direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]
+) -> npt.NDArray[np.float64]:
+    """The RAS affine of an ITK geometry (LPS; ``direction`` row-major, n x n), its first 3 axes."""
+    n = len(spacing)
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(direction, dtype=np.float64).reshape(n, n)[:3, :3] @ np.diag(spacing[:3])
+    lps[:3, 3] = origin[:3]
+    return np.asarray(lps_to_ras(lps), dtype=np.float64)
 
 
 def sitk_geometry(

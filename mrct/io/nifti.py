@@ -10,6 +10,7 @@ size is bounded (a gzip bomb stops at the size the header implies).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import logging
 import math
@@ -81,7 +82,9 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     if data.dtype == np.float64:
         data = data.astype(np.float32)
     check_values(data, path)
-    return Volume(data, affine, modality, _source(img, affine, shape, path))
+    description = bytes(img.header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
+    source = dataclasses.replace(_source(img, affine, shape, path), description=description)
+    return Volume(data, affine, modality, source)
 
 
 ITK_WARN_MM = 0.5  # where ITK places an image further from mrct than this, say so
@@ -136,7 +139,7 @@ def _itk_affine(path: Path) -> npt.NDArray[np.float64] | None:
     """The RAS affine ITK (and so 3D Slicer) reads from the header, or None when it cannot."""
     import SimpleITK as sitk
 
-    from mrct.io.orientation import lps_to_ras
+    from mrct.io.itk import ras_affine
 
     # ITK's warning switch is process-wide and batch reads in threads: one flip at a time.
     with _ITK_WARNINGS:
@@ -148,13 +151,7 @@ def _itk_affine(path: Path) -> npt.NDArray[np.float64] | None:
             reader.ReadImageInformation()
             if reader.GetDimension() < 3:
                 return None
-            n = reader.GetDimension()
-            lps = np.eye(4)
-            lps[:3, :3] = np.array(reader.GetDirection()).reshape(n, n)[:3, :3] @ np.diag(
-                reader.GetSpacing()[:3]
-            )
-            lps[:3, 3] = reader.GetOrigin()[:3]
-            return np.asarray(lps_to_ras(lps), dtype=np.float64)
+            return ras_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
         except RuntimeError:  # a header ITK cannot read (NIfTI-2 in some builds): nothing to compare
             return None
         finally:
