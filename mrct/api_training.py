@@ -129,12 +129,12 @@ def export(
         path_arg(value, what)
     for text, what in ((name, "name"), (license, "license"), (description, "description")):
         text_arg(text, what)
-    checkpoint_path = optional_path(checkpoint, "checkpoint (a file or checkpoint name)")
+    optional_path(checkpoint, "checkpoint (a file or checkpoint name)")
     return export_run(
         run_dir,
         out,
         name=name,
-        checkpoint_name=None if checkpoint_path is None else str(checkpoint),
+        checkpoint_name=None if checkpoint is None else str(checkpoint),
         license=license,
         description=description,
         overwrite=overwrite,

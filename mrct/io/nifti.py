@@ -26,7 +26,7 @@ import numpy.typing as npt
 from mrct.errors import GeometryError, ReadError, TooLargeError
 from mrct.io.atomic import atomic_file
 from mrct.io.limits import format_size, max_memory
-from mrct.io.validate import check_affine, check_shape, check_values
+from mrct.io.validate import check_affine, check_shape, check_values, storable
 from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
 
 if TYPE_CHECKING:
@@ -352,12 +352,9 @@ def _on_disk(array: npt.NDArray) -> tuple[npt.NDArray, np.dtype]:
     wider float (long double) float64. Other types are stored as they are.
     """
     dtype = array.dtype
-    if dtype.kind == "b":
-        return array.astype(np.uint8), np.dtype(np.uint8)
-    if dtype.kind == "f" and dtype.itemsize < 4:
-        return array.astype(np.float32), np.dtype(np.float32)
-    if dtype.kind == "f" and dtype.itemsize > 8:
-        return array.astype(np.float64), np.dtype(np.float64)
+    if dtype.kind == "b" or (dtype.kind == "f" and dtype.itemsize not in (4, 8)):
+        stored = storable(array)  # the same rules as for the other writers
+        return stored, stored.dtype
     if dtype.kind in "iu" and dtype.itemsize == 8:
         low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
         for narrow in (np.dtype(np.int32), np.dtype(np.uint32)):
