@@ -120,7 +120,10 @@ def _load(s: Series, to: Modality) -> _Loaded:
 
     start = time.perf_counter()
     try:
-        volume = read_series_files(s.stack, s.path, None, False) if s.stack else read_volume(s.path)
+        if s.stack is not None:
+            volume = read_series_files(s.stack, s.path, None, False)
+        else:  # a file, or one series of a zip holding several
+            volume = read_volume(s.path, series=s.member or None)
         found = volume.modality or guess_modality(volume)
         skip = why_not(found, to, "header" if volume.modality else "intensities")
         modality = found.value if found else ""

@@ -70,7 +70,7 @@ def plan(
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
-        by_header = s.stack is not None and s.modality not in ("", "OT")
+        by_header = (s.stack is not None or s.member != "") and s.modality not in ("", "OT")
         skip = None if s.error else s.skip or (why_not(s.modality, to, "header") if by_header else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")

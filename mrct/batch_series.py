@@ -1,13 +1,16 @@
 """Finding and naming the series of ``mrct batch`` (see :mod:`mrct.batch` for the layout).
 
 ``IN_DIR`` is searched recursively (hidden entries and ``OUT_DIR`` left out). NIfTI/NRRD/MHA
-files and zips are one series each; other files are read as DICOM headers and grouped by
+files are one series each; other files are read as DICOM headers and grouped by
 SeriesInstanceUID, split like dcm2niix/3D Slicer when size, orientation or echo differ, or when
-acquisitions repeat slice positions. Output names depend on the input tree only.
+acquisitions repeat slice positions. A zip is unpacked once to list its series: one holding a
+single series is one row, one holding several (a study: a localiser and a T1) is one row per
+series, as its unpacked folder would be. Output names depend on the input tree only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,6 +34,8 @@ from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_na
 from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality
 
+log = logging.getLogger(__name__)
+
 # An earlier batch's outputs left inside IN_DIR (or OUT_DIR holding IN_DIR) are not inputs:
 # DICOM ones carry this SeriesDescription (mrct.labels.series_description), files this name.
 SYNTHETIC_LABEL = "mrct synthetic "
@@ -49,6 +54,7 @@ class Series:
     stack: SeriesFiles | None = None
     number: int = 0
     part: str = ""  # names one part of a split SeriesInstanceUID
+    member: str = ""  # the series' key inside a zip holding several (read_volume's ``series``)
     skip: str | None = None  # decided from the headers alone
     error: str | None = None
     output: str = ""  # relative to OUT_DIR
@@ -167,12 +173,41 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
 
     files = [f for f in iter_files(in_dir) if wanted(f)]
     scans = [f for f in files if f.name.lower().endswith(SCAN_SUFFIXES)]
-    series = [
-        Series(_rel(f, in_dir), _rel(f, in_dir), f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)
-        for f in scans
-    ]
+    series: list[Series] = []
+    for f in scans:
+        rel = _rel(f, in_dir)
+        whole = Series(rel, rel, f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)
+        zipped = _zip_series(whole) if whole.skip is None and f.name.lower().endswith(".zip") else []
+        series += zipped or [whole]
     series += _dicom_series(in_dir, sorted(set(files) - set(scans)))
     return sorted(series, key=lambda s: (s.input, s.number, s.id))
+
+
+def _zip_series(whole: Series) -> list[Series]:
+    """The series of a zip holding several, one row each (skipped like a folder's: a localiser, an
+    earlier output, by modality when planned); [] for a zip of one series, or one that cannot be
+    listed, which stays one row and is read (and fails, if it does) as a whole."""
+    from mrct.io.dicom_scan import find_series
+    from mrct.io.dicom_zip import unzipped
+
+    try:
+        with unzipped(whole.path) as folder:
+            found = find_series(folder)
+    except Exception:  # a damaged zip or member: reading the whole zip reports it, as before
+        log.debug("%s: series not listed", whole.path, exc_info=True)
+        return []
+    # UID-less groups are named by their temporary folder, which a second unpacking renames.
+    if len(found) < 2 or any(not s.uid for s in found):
+        return []
+    rows = []
+    for s in found:
+        number = header_int(s.headers[0], "SeriesNumber", 0)
+        skip = f"a {s.n_frames}-image stack (a localiser?)" if s.n_frames < MIN_SERIES_FRAMES else None
+        skip = EARLIER_OUTPUT if s.description.startswith(SYNTHETIC_LABEL) else skip
+        part = s.key.partition("#")[2]
+        row = Series(f"{whole.id}#{s.key}", whole.input, whole.path, s.uid, s.modality, None, number, part)
+        rows.append(replace(row, skip=skip, member=s.key))
+    return rows
 
 
 def _is_output_name(path: Path) -> bool:

@@ -1,0 +1,97 @@
+"""`mrct batch` over zips: a study zip holding several series is listed like its unpacked folder."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mrct.batch import discover
+from mrct.cli import app
+from mrct.io import read_volume
+from mrct.volume import Modality
+from tests.dicom_factory import write_series
+from tests.model_fixtures import write_tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _zip(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(f, f.relative_to(folder).as_posix())
+    return path
+
+
+def _study(folder: Path) -> dict[str, str]:
+    """A localiser, a T1 and a CT of one study (as a PACS export zips them); their UIDs."""
+    localiser = write_series(folder / "loc", modality="MR", shape=(48, 48, 3), series_number=1)
+    t1 = write_series(
+        folder / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0), series_number=3
+    )
+    ct = write_series(folder / "ct", modality="CT", shape=(40, 48, 12), series_number=5)
+    return {"loc": localiser.series_uid, "t1": t1.series_uid, "ct": ct.series_uid}
+
+
+def test_a_study_zip_is_one_row_per_series_like_its_unpacked_folder(tmp_path: Path, model: Path) -> None:
+    uids = _study(tmp_path / "study")
+    src = tmp_path / "in"
+    (src / "p01").mkdir(parents=True)
+    _zip(tmp_path / "study", src / "p01" / "study.zip")
+    _zip(tmp_path / "study" / "t1", src / "p01" / "t1only.zip")  # one series: one row, as before
+
+    found = {s.id: s for s in discover(src)}
+    assert sorted(found) == sorted(
+        [f"p01/study.zip#{uids[k]}" for k in ("loc", "t1", "ct")] + ["p01/t1only.zip"]
+    )
+
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    args.append("-q")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    t1_row = rows[f"p01/study.zip#{uids['t1']}"]
+    assert t1_row["status"] == "done" and t1_row["series_uid"] == uids["t1"]
+    assert t1_row["input"] == "p01/study.zip" and t1_row["output"] == "p01/study_s3_synthetic_ct"
+    assert rows[f"p01/study.zip#{uids['loc']}"]["status"] == "skipped"
+    assert "localiser" in rows[f"p01/study.zip#{uids['loc']}"]["message"]
+    assert rows[f"p01/study.zip#{uids['ct']}"]["status"] == "skipped"
+    assert "already CT" in rows[f"p01/study.zip#{uids['ct']}"]["message"]
+    assert rows["p01/t1only.zip"]["status"] == "done"
+
+    # The T1 from the study zip is the same synthetic CT as from the T1's own zip, on its grid.
+    from_study = read_volume(out / "p01/study_s3_synthetic_ct")
+    alone = read_volume(out / rows["p01/t1only.zip"]["output"])
+    source = read_volume(tmp_path / "study" / "t1")
+    assert from_study.modality is Modality.CT
+    np.testing.assert_allclose(from_study.affine, source.affine, atol=1e-4)
+    np.testing.assert_array_equal(from_study.array, alone.array)
+
+    again = runner.invoke(app, args)  # resumed: nothing more to do
+    assert again.exit_code == 0
+    assert again.stdout.startswith("nothing left to do: 2 done (2 by an earlier run)")
+
+
+def test_a_damaged_zip_stays_one_failed_row(tmp_path: Path, model: Path) -> None:
+    _study(tmp_path / "study")
+    src = tmp_path / "in"
+    src.mkdir()
+    data = _zip(tmp_path / "study", tmp_path / "study.zip").read_bytes()
+    (src / "cut.zip").write_bytes(data[: len(data) // 2])
+    assert [s.id for s in discover(src)] == ["cut.zip"]
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    (row,) = json.loads((out / "manifest.json").read_text())["series"]
+    assert row["status"] == "failed" and row["message"].startswith("cut.zip: not a readable zip file")
