@@ -392,6 +392,27 @@ def test_one_uid_is_split_like_dcm2niix(tmp_path: Path) -> None:
         read_volume(folder, series=uid)
 
 
+def test_an_enhanced_file_and_classic_slices_of_one_uid_are_two_volumes(tmp_path: Path) -> None:
+    """A scanner's enhanced multi-frame export beside its classic one, under one SeriesInstanceUID:
+    dcm2niix converts two volumes; mrct read both as one series and refused 24 slices on 12
+    positions ("several volumes")."""
+    folder = tmp_path / "in" / "t1"
+    classic = write_series(folder, modality="MR", shape=(40, 48, 12), series_number=7)
+    enhanced = write_enhanced_mr(folder / "enhanced.dcm", shape=(40, 48, 12))
+    _set(enhanced.files, SeriesInstanceUID=classic.series_uid, SeriesNumber=7)
+
+    found = [s for s in discover(tmp_path / "in") if s.stack]
+    assert [(s.part, len(s.stack.files)) for s in found] == [("1", 12), ("2", 1)]  # type: ignore[union-attr]
+    uid = classic.series_uid
+    one, two = (read_volume(folder, series=f"{uid}#{part}") for part in ("1", "2"))
+    assert one.shape == two.shape == (48, 40, 12)
+    np.testing.assert_allclose(one.affine, two.affine, atol=1e-4)
+    require("dcm2niix")
+    cmd = ["dcm2niix", "-b", "n", "-o", str(tmp_path), "-f", "%j", str(folder)]
+    log = subprocess.run(cmd, capture_output=True, text=True)
+    assert log.returncode == 0 and len(list(tmp_path.glob("*.nii"))) == 2, log.stdout
+
+
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:
     """A file cut inside its pixel data is a failed row, as dcm2niix reports it ("File not large
     enough to store image data", a non-zero exit); random bytes stay a skipped non-image, as
