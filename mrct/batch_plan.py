@@ -57,6 +57,9 @@ def plan(
     ``folders``: every DICOM output of the whole batch (all shards), lower case; an output
     inside one would be read back as part of that series."""
     todo, earlier = [], 0
+    # Outputs earlier rows wrote, by input path: a series whose id changed while its input did not
+    # (a zip that held one series and now holds several, or the reverse) may replace its output.
+    written = {(r.get("input"), r.get("output")) for r in manifest.previous.values() if r.get("output")}
     for s in series:
         holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
         if s.output and holder is not None:
@@ -67,7 +70,8 @@ def plan(
             )
             continue
         old = manifest.previous.get(s.id, {})
-        ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
+        # An earlier run's output for this input: may be replaced.
+        ours = s.output != "" and (old.get("output") == s.output or (s.input, s.output) in written)
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
         by_header = (s.stack is not None or s.member != "") and s.modality not in ("", "OT")

@@ -3,10 +3,10 @@
 ``IN_DIR`` is searched recursively (hidden entries and ``OUT_DIR`` left out). NIfTI/NRRD/MHA
 files are one series each; other files are read as DICOM headers and grouped by
 SeriesInstanceUID, split like dcm2niix/3D Slicer when size, orientation, echo or multi-frame
-against single-frame files differ, or when acquisitions repeat slice positions. A zip is unpacked once to list its series: one holding a
-single series is one row, one holding several (a study: a localiser and a T1) is one row per
-series, as its unpacked folder would be. Output names depend on the input tree only.
-"""
+against single-frame files differ, or when acquisitions repeat slice positions. A zip is
+unpacked once to list its series: one holding a single series is one row, one holding several
+(a study: a localiser and a T1) is one row per series, as its unpacked folder would be. Output
+names depend on the input tree only."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -95,3 +96,45 @@ def test_a_damaged_zip_stays_one_failed_row(tmp_path: Path, model: Path) -> None
     assert result.exit_code == 1
     (row,) = json.loads((out / "manifest.json").read_text())["series"]
     assert row["status"] == "failed" and row["message"].startswith("cut.zip: not a readable zip file")
+
+
+def test_a_zip_that_gains_or_loses_series_keeps_its_output(tmp_path: Path, model: Path) -> None:
+    """Its row id changes (``x.zip`` <-> ``x.zip#UID``): the T1 is translated again onto its own
+    earlier output; it failed on every later run ("exists; pass --overwrite")."""
+    uids = _study(tmp_path / "study")
+    shutil.rmtree(tmp_path / "study" / "ct")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    args.append("-q")
+    for folder, expected in (("t1", "x.zip"), ("", f"x.zip#{uids['t1']}"), ("t1", "x.zip")):
+        (src / "x.zip").unlink(missing_ok=True)
+        _zip(tmp_path / "study" / folder, src / "x.zip")
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+        assert rows[expected]["status"] == "done" and rows[expected]["output"] == "x_synthetic_ct"
+
+
+def test_a_series_in_a_zip_is_named_by_its_folder_there_not_the_temporary_copy(
+    tmp_path: Path, model: Path
+) -> None:
+    study = tmp_path / "study"
+    write_series(study / "loc", modality="MR", shape=(48, 48, 3), series_number=1)
+    write_series(study / "t1", modality="MR", shape=(48, 48, 36), omit=(20,), series_number=3)
+    write_series(study / "tilt", modality="CT", shape=(40, 48, 12), gantry_tilt=15.0, series_number=4)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(study, src / "gap.zip")
+    args = ["batch", str(src), "-o", str(out), "--to", "mr", "--model", str(model), "--crop-mm", "40,-40"]
+    result = runner.invoke(app, [*args, "-q"])  # the tilted CT, read (a phantom, not a head: it fails)
+    tilt = [line for line in result.stderr.splitlines() if "gantry tilt" in line]
+    assert tilt and all(m.startswith(f"WARNING: {src / 'gap.zip' / 'tilt'}: ") for m in tilt)
+
+    args[args.index("mr")] = "ct"
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "out_ct"), "-q"])
+    assert result.exit_code == 1
+    rows = json.loads((tmp_path / "out_ct" / "manifest.json").read_text())["series"]
+    (failed,) = [r for r in rows if r["status"] == "failed"]
+    assert failed["message"].startswith("gap.zip: t1: missing slice(s)")
+    assert "mrct-zip-" not in json.dumps(rows)

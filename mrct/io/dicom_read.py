@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,10 @@ def read_dicom(
     """Read a series folder, an enhanced multi-frame file, or a zip of either."""
     if is_zip(path):
         with unzipped(path) as folder:
-            vol = read_dicom(folder, series=series, modality=modality, allow_gaps=allow_gaps)
+            chosen = select_series(find_series(media_folder(folder)), series, folder)
+            # Warnings and errors name the series as "the.zip/its/folder", not the temporary copy.
+            member = Path(os.path.commonpath(chosen.files)).relative_to(folder)
+            vol = read_series_files(chosen, path / member if member.parts else path, modality, allow_gaps)
         return vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
     path = media_folder(path)  # a DICOMDIR file: the series it indexes
     if path.is_dir():

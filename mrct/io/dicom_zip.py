@@ -92,6 +92,8 @@ def unzipped(path: Path) -> Iterator[Path]:
 def _inside_zip(err: MrctError, zip_path: Path, tmp: Path) -> MrctError:
     """The same error, naming the zip (and the member) instead of the temporary folder."""
     inner = Path(err.path) if err.path else tmp
-    member = inner.relative_to(tmp).as_posix() if inner.is_relative_to(tmp) else ""
+    # A file of the temporary copy, or a series named "the.zip/its/folder" by the reader.
+    root = next((r for r in (tmp, zip_path) if inner.is_relative_to(r)), None)
+    member = inner.relative_to(root).as_posix() if root is not None else ""
     message = f"{member}: {err.message}" if member not in ("", ".") else err.message
     return type(err)(message.replace(str(tmp), zip_path.name), zip_path)
