@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -138,3 +141,28 @@ def test_a_series_in_a_zip_is_named_by_its_folder_there_not_the_temporary_copy(
     (failed,) = [r for r in rows if r["status"] == "failed"]
     assert failed["message"].startswith("gap.zip: t1: missing slice(s)")
     assert "mrct-zip-" not in json.dumps(rows)
+
+
+def test_copies_left_by_a_killed_process_are_removed_by_a_later_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILLed batch (the OOM killer) left its unpacked zip in the temporary folder for good."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    old = time.time() - 7200
+    names = {
+        "dead_old": "mrct-zip-99999999-abcd1234",  # no such process, two hours old: removed
+        "dead_new": "mrct-zip-99999998-abcd1234",  # no such process, but young: kept
+        "alive_old": f"mrct-zip-{os.getpid()}-abcd1234",  # this process: kept
+        "other": "mrct-zipper-99999999-abcd1234",  # not ours: kept
+    }
+    for key, name in names.items():
+        (scratch / name).mkdir()
+        (scratch / name / "IM_0001.dcm").write_bytes(b"x")
+        if key != "dead_new":
+            os.utime(scratch / name, (old, old))
+    write_series(tmp_path / "t1", modality="MR", shape=(8, 8, 6))
+    volume = read_volume(_zip(tmp_path / "t1", tmp_path / "t1.zip"))
+    assert volume.shape == (8, 8, 6)
+    assert sorted(p.name for p in scratch.iterdir()) == sorted(v for k, v in names.items() if k != "dead_old")

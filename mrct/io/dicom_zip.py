@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -77,11 +81,38 @@ def is_zip(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".zip"
 
 
+# Unpacked copies are named after the process, so one left by a killed process (the OOM killer,
+# a SIGKILL from a job scheduler) can be told from one in use and removed by a later run.
+_COPY = re.compile(r"^mrct-zip-(\d+)-[a-z0-9_]{8}$")
+_STALE_S = 3600  # a copy lives while one series is read: minutes, never an hour
+
+
+def _remove_stale_copies(tmp_root: Path) -> None:
+    """Remove unpacked copies whose process is gone and that are over an hour old (the age
+    guards a process of another PID namespace sharing this folder)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tmp_root):
+            match = _COPY.match(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime < _STALE_S:
+                    continue
+                try:
+                    os.kill(int(match[1]), 0)
+                    continue  # that process still runs
+                except ProcessLookupError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                except PermissionError:  # another user's live process
+                    continue
+
+
 @contextlib.contextmanager
 def unzipped(path: Path) -> Iterator[Path]:
     """The zip unpacked into a temporary folder for the block; errors raised reading it name
     the zip (and the member) instead of that folder."""
-    with tempfile.TemporaryDirectory(prefix="mrct-zip-") as tmp:
+    _remove_stale_copies(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"mrct-zip-{os.getpid()}-") as tmp:
         folder = extract_zip(path, Path(tmp))
         try:
             yield folder
