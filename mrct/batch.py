@@ -45,7 +45,7 @@ from typing import Any
 from mrct import __version__
 from mrct.batch_folder import Manifest, hold, sweep
 from mrct.batch_plan import plan, why_not
-from mrct.batch_series import Series, discover, name_outputs
+from mrct.batch_series import Series, discover, name_outputs, read_zip_member
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
@@ -122,8 +122,10 @@ def _load(s: Series, to: Modality) -> _Loaded:
     try:
         if s.stack is not None:
             volume = read_series_files(s.stack, s.path, None, False)
-        else:  # a file, or one series of a zip holding several
-            volume = read_volume(s.path, series=s.member or None)
+        elif s.member:  # one series of a zip holding several
+            volume = read_zip_member(s)
+        else:
+            volume = read_volume(s.path)
         found = volume.modality or guess_modality(volume)
         skip = why_not(found, to, "header" if volume.modality else "intensities")
         modality = found.value if found else ""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mrct.errors import MrctError
+from mrct.errors import MrctError, ReadError
 from mrct.io import OutputFormat
 from mrct.io.dicom_scan import (
     PIXEL_TAGS,
@@ -32,7 +32,7 @@ from mrct.io.dicom_scan import (
 from mrct.io.dicom_split import Members, header_int, split_series
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
 from mrct.translation import EXTENSIONS, input_format
-from mrct.volume import Modality
+from mrct.volume import Modality, SourceInfo, Volume
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def _rel(path: Path, root: Path) -> str:
     return PurePosixPath(*path.relative_to(root).parts).as_posix() if path != root else "."
 
 
-def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
+def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> list[Series]:
+    """The DICOM series of ``files`` under ``root`` (``shown``: the name warnings give ``root``)."""
     found: list[Series] = []
     # By SeriesInstanceUID; images without one by folder, never merged across folders (patients).
     images: dict[tuple[str, Path | None], Members] = defaultdict(list)
@@ -135,7 +136,7 @@ def _dicom_series(root: Path, files: list[Path]) -> list[Series]:
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             images[(uid, None if uid else f.parent)].append((f, ds))
     for (uid, _), copies in images.items():
-        members, damaged = unique_instances(copies)
+        members, damaged = unique_instances(copies, None if shown is None else (root, shown))
         for path, why in damaged:  # a failed row of its own: its series reads the whole copy
             rel = _rel(path, root)
             error = f"{rel}: {why}; its series was read from a whole copy of this image"
@@ -183,31 +184,54 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
     return sorted(series, key=lambda s: (s.input, s.number, s.id))
 
 
+def _zip_listing(folder: Path, zip_path: Path) -> list[Series]:
+    """The rows of an unpacked zip, as :func:`discover` lists a folder (hidden entries, such as
+    macOS's ``__MACOSX/._*`` files, left out)."""
+    files = [f for f in iter_files(folder) if not any(p.startswith(".") for p in f.relative_to(folder).parts)]
+    return _dicom_series(folder, files, zip_path)
+
+
 def _zip_series(whole: Series) -> list[Series]:
-    """The series of a zip holding several, one row each (skipped like a folder's: a localiser, an
-    earlier output, by modality when planned); [] for a zip of one series, or one that cannot be
-    listed, which stays one row and is read (and fails, if it does) as a whole."""
-    from mrct.io.dicom_scan import find_series
+    """A zip's series as its unpacked folder's, one row each (``the.zip/its/folder#UID``): skipped
+    or failed as there (a localiser, an earlier output, a damaged file, by modality when planned),
+    so one damaged member fails alone. [] for a zip of one whole series, or one that cannot be
+    listed: it stays one row, read (and failing, if it does) as a whole."""
     from mrct.io.dicom_zip import unzipped
 
     try:
         with unzipped(whole.path) as folder:
-            found = find_series(folder)
-    except Exception:  # a damaged zip or member: reading the whole zip reports it, as before
+            listed = _zip_listing(folder, whole.path)
+    except Exception:  # a damaged zip: reading the whole zip reports it, as before
         log.debug("%s: series not listed", whole.path, exc_info=True)
         return []
-    # UID-less groups are named by their temporary folder, which a second unpacking renames.
-    if len(found) < 2 or any(not s.uid for s in found):
+    kept = [r for r in listed if r.stack is not None or r.error]  # not a DICOMDIR or a readme
+    if sum(r.stack is not None for r in kept) < 2 and not any(r.error for r in kept):
         return []
     rows = []
-    for s in found:
-        number = header_int(s.headers[0], "SeriesNumber", 0)
-        skip = f"a {s.n_frames}-image stack (a localiser?)" if s.n_frames < MIN_SERIES_FRAMES else None
-        skip = EARLIER_OUTPUT if s.description.startswith(SYNTHETIC_LABEL) else skip
-        part = s.key.partition("#")[2]
-        row = Series(f"{whole.id}#{s.key}", whole.input, whole.path, s.uid, s.modality, None, number, part)
-        rows.append(replace(row, skip=skip, member=s.key))
+    for r in kept:
+        inner = f"#{r.id[2:]}" if r.id.startswith(".#") else f"/{r.id}"
+        error = r.error
+        if error and r.stack is None and not error.startswith(f"{r.input}: "):
+            error = f"{r.input}: {error}"  # a damaged file's row: in a folder its id names it
+        error = f"{whole.input}: {error}" if error else None
+        row = replace(r, id=whole.id + inner, input=whole.input, path=whole.path, stack=None, error=error)
+        rows.append(replace(row, member=r.id))
     return rows
+
+
+def read_zip_member(s: Series) -> Volume:
+    """Read one series of a zip listed by :func:`_zip_series`, from a fresh unpacking; named
+    ``the.zip/its/folder`` in warnings and errors."""
+    from mrct.io.dicom_read import read_series_files
+    from mrct.io.dicom_zip import unzipped
+
+    with unzipped(s.path) as folder:
+        row = next((r for r in _zip_listing(folder, s.path) if r.id == s.member), None)
+        if row is None or row.stack is None:
+            raise ReadError("the series is no longer in the zip (replaced since it was listed?)", s.path)
+        where = s.path / row.input if row.input != "." else s.path
+        volume = read_series_files(row.stack, where, None, False)
+    return volume.replace(source=SourceInfo(str(s.path), "dicom-zip", volume.source.dicom))
 
 
 def _is_output_name(path: Path) -> bool:

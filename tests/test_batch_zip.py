@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -55,7 +56,7 @@ def test_a_study_zip_is_one_row_per_series_like_its_unpacked_folder(tmp_path: Pa
 
     found = {s.id: s for s in discover(src)}
     assert sorted(found) == sorted(
-        [f"p01/study.zip#{uids[k]}" for k in ("loc", "t1", "ct")] + ["p01/t1only.zip"]
+        [f"p01/study.zip/{k}#{uids[k]}" for k in ("loc", "t1", "ct")] + ["p01/t1only.zip"]
     )
 
     out = tmp_path / "out"
@@ -64,13 +65,13 @@ def test_a_study_zip_is_one_row_per_series_like_its_unpacked_folder(tmp_path: Pa
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
-    t1_row = rows[f"p01/study.zip#{uids['t1']}"]
+    t1_row = rows[f"p01/study.zip/t1#{uids['t1']}"]
     assert t1_row["status"] == "done" and t1_row["series_uid"] == uids["t1"]
     assert t1_row["input"] == "p01/study.zip" and t1_row["output"] == "p01/study_s3_synthetic_ct"
-    assert rows[f"p01/study.zip#{uids['loc']}"]["status"] == "skipped"
-    assert "localiser" in rows[f"p01/study.zip#{uids['loc']}"]["message"]
-    assert rows[f"p01/study.zip#{uids['ct']}"]["status"] == "skipped"
-    assert "already CT" in rows[f"p01/study.zip#{uids['ct']}"]["message"]
+    assert rows[f"p01/study.zip/loc#{uids['loc']}"]["status"] == "skipped"
+    assert "localiser" in rows[f"p01/study.zip/loc#{uids['loc']}"]["message"]
+    assert rows[f"p01/study.zip/ct#{uids['ct']}"]["status"] == "skipped"
+    assert "already CT" in rows[f"p01/study.zip/ct#{uids['ct']}"]["message"]
     assert rows["p01/t1only.zip"]["status"] == "done"
 
     # The T1 from the study zip is the same synthetic CT as from the T1's own zip, on its grid.
@@ -110,7 +111,7 @@ def test_a_zip_that_gains_or_loses_series_keeps_its_output(tmp_path: Path, model
     src.mkdir()
     args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
     args.append("-q")
-    for folder, expected in (("t1", "x.zip"), ("", f"x.zip#{uids['t1']}"), ("t1", "x.zip")):
+    for folder, expected in (("t1", "x.zip"), ("", f"x.zip/t1#{uids['t1']}"), ("t1", "x.zip")):
         (src / "x.zip").unlink(missing_ok=True)
         _zip(tmp_path / "study" / folder, src / "x.zip")
         result = runner.invoke(app, args)
@@ -166,3 +167,42 @@ def test_copies_left_by_a_killed_process_are_removed_by_a_later_read(
     volume = read_volume(_zip(tmp_path / "t1", tmp_path / "t1.zip"))
     assert volume.shape == (8, 8, 6)
     assert sorted(p.name for p in scratch.iterdir()) == sorted(v for k, v in names.items() if k != "dead_old")
+
+
+def test_a_zip_is_judged_as_its_unpacked_folder_damage_hidden_entries_and_uidless_images(
+    tmp_path: Path, model: Path
+) -> None:
+    """Its series fail alone (a cut localiser failed the whole zip), hidden folders are left out
+    (they were translated), a series without a SeriesInstanceUID is translated (the zip was "2
+    series found", with nothing to choose), and warnings name the zip, not its temporary copy."""
+    study = tmp_path / "study"
+    localiser = write_series(study / "loc", modality="MR", shape=(48, 48, 3), series_number=1)
+    localiser.files[0].write_bytes(localiser.files[0].read_bytes()[:300])  # cut before its UID
+    t1 = write_series(study / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    for f in t1.files:
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        ds.save_as(f)
+    for f in t1.files:  # the same images twice
+        shutil.copy(f, f.with_name(f"copy_{f.name}"))
+    write_series(study / ".trash" / "old", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    (study / "__MACOSX").mkdir()
+    (study / "__MACOSX" / "._IM_0001.dcm").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(study, src / "study.zip")
+    shutil.copytree(study, src / "unpacked")
+
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    result = runner.invoke(app, args)
+    rows = json.loads((out / "manifest.json").read_text())["series"]
+    by_id = {r["id"]: (r["status"], r["message"]) for r in rows}
+    zipped = {k[len("study.zip") :]: v for k, v in by_id.items() if k.startswith("study.zip")}
+    unpacked = {k[len("unpacked") :]: v for k, v in by_id.items() if k.startswith("unpacked")}
+    assert [v[0] for v in zipped.values()] == ["failed", "failed", "done"], zipped
+    assert {k: v[0] for k, v in zipped.items()} == {k: v[0] for k, v in unpacked.items()}
+    cut = zipped[f"/loc/{localiser.files[0].name}"]
+    why = "incomplete DICOM image file (truncated?)"
+    assert cut == ("failed", f"study.zip: loc/{localiser.files[0].name}: {why}")
+    assert result.exit_code == 1 and "mrct-zip-" not in result.output
+    assert f"WARNING: {src / 'study.zip' / 't1'}: 36 duplicate file(s)" in result.stderr

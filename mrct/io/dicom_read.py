@@ -73,7 +73,7 @@ def read_dicom(
     """Read a series folder, an enhanced multi-frame file, or a zip of either."""
     if is_zip(path):
         with unzipped(path) as folder:
-            chosen = select_series(find_series(media_folder(folder)), series, folder)
+            chosen = select_series(find_series(media_folder(folder), path), series, folder)
             # Warnings and errors name the series as "the.zip/its/folder", not the temporary copy.
             member = Path(os.path.commonpath(chosen.files)).relative_to(folder)
             vol = read_series_files(chosen, path / member if member.parts else path, modality, allow_gaps)

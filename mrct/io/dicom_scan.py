@@ -218,10 +218,13 @@ def incomplete_image(path: Path, header: Dataset) -> str | None:
     return None
 
 
-def unique_instances(members: Members) -> tuple[Members, list[tuple[Path, str]]]:
+def unique_instances(
+    members: Members, shown: tuple[Path, Path] | None = None
+) -> tuple[Members, list[tuple[Path, str]]]:
     """One file per SOPInstanceUID, as dcm2niix removes duplicate images: a series copied twice
     into a tree would otherwise read as slices that share positions. Of an instance's copies
-    the first whole one is kept (see :func:`incomplete_image`).
+    the first whole one is kept (see :func:`incomplete_image`). ``shown``: (folder, name) to
+    name that folder by in the warning (an unpacked zip by the zip's name).
 
     Returns the files kept, in their order, and each damaged copy left out with why it is
     damaged; whole copies left out are only logged. Files without a SOPInstanceUID are kept.
@@ -248,15 +251,20 @@ def unique_instances(members: Members) -> tuple[Members, list[tuple[Path, str]]]
             else:
                 damaged.append((path, reason))
     if n_whole_copies:
+        where = Path(os.path.commonpath([str(p) for p, _ in members]))
+        if shown is not None and where.is_relative_to(shown[0]):
+            where = shown[1] / where.relative_to(shown[0])
         log.warning(
             "%s: %d duplicate file(s) of images already found (same SOPInstanceUID) left out",
-            os.path.commonpath([str(p) for p, _ in members]),
+            where,
             n_whole_copies,
         )
     return [(p, ds) for p, ds in members if p in chosen], damaged
 
 
-def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFiles]:
+def group_series(
+    paths: list[Path], skip_damaged: bool = False, shown: tuple[Path, Path] | None = None
+) -> list[SeriesFiles]:
     """Group DICOM image files into series, sorted by series number then UID.
 
     A damaged DICOM file raises ReadError, or with ``skip_damaged`` (searching many
@@ -279,7 +287,7 @@ def group_series(paths: list[Path], skip_damaged: bool = False) -> list[SeriesFi
     series: list[SeriesFiles] = []
     uidless = sum(1 for uid, _ in by_uid if not uid)
     for (uid, folder), found in by_uid.items():
-        members, damaged = unique_instances(found)
+        members, damaged = unique_instances(found, shown)
         for path, why in damaged:
             log.warning("%s: %s; a whole copy of this image is read instead", path, why)
         # Several UID-less groups are told apart by folder, resolved, so that reading that folder
@@ -312,11 +320,12 @@ def media_folder(path: Path) -> Path:
     return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
 
 
-def find_series(folder: Path) -> list[SeriesFiles]:
+def find_series(folder: Path, shown: Path | None = None) -> list[SeriesFiles]:
+    """The series in ``folder`` (``shown``: the name warnings give it, an unpacked zip's)."""
     files = iter_files(folder)
     if not files:
         raise InputNotFoundError("folder is empty", folder)
-    series = group_series(files)
+    series = group_series(files, shown=None if shown is None else (folder, shown))
     if not series:
         raise ReadError("no DICOM image files found in folder", folder)
     return series
