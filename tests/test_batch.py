@@ -407,6 +407,11 @@ def test_an_enhanced_file_and_classic_slices_of_one_uid_are_two_volumes(tmp_path
     one, two = (read_volume(folder, series=f"{uid}#{part}") for part in ("1", "2"))
     assert one.shape == two.shape == (48, 40, 12)
     np.testing.assert_allclose(one.affine, two.affine, atol=1e-4)
+    # Judged by structure, not frame count: a classic slice claiming two frames is not split off
+    # (it would be skipped as a 1-file "localiser", the series translated a slice short).
+    stray = write_series(tmp_path / "in2" / "t1", modality="MR", shape=(40, 48, 12))
+    _set(stray.files[-1:], NumberOfFrames=2)
+    assert [len(s.stack.files) for s in discover(tmp_path / "in2") if s.stack] == [12]  # type: ignore[union-attr]
     require("dcm2niix")
     cmd = ["dcm2niix", "-b", "n", "-o", str(tmp_path), "-f", "%j", str(folder)]
     log = subprocess.run(cmd, capture_output=True, text=True)

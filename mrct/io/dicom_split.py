@@ -35,7 +35,7 @@ def orientation_key(ds: Any) -> tuple[Any, ...]:
 
 def split_series(members: Members) -> list[tuple[str, Members]]:
     """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation, echo and
-    multi-frame against single-frame files, then by
+    enhanced (multi-frame) against classic files, then by
     AcquisitionNumber where acquisitions repeat slice positions (not when each slice has its own).
     Returns ``(part, members)``; ``part`` is empty when nothing was split. Parts of one echo and
     acquisition are numbered largest first."""
@@ -49,11 +49,13 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     keys = [k or (next(iter(known)) if len(known) == 1 else k) for k in keys]
     for (p, ds), orientation in zip(members, keys, strict=True):
         echo = _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
-        # An enhanced multi-frame file is a volume of its own, as dcm2niix reads it, even when a
-        # classic (one slice per file) copy of the same series shares its SeriesInstanceUID.
-        multi_frame = header_int(ds, "NumberOfFrames", 1) > 1
+        # An enhanced (functional-group) file is a volume of its own, as dcm2niix reads it, even
+        # when a classic copy of the same series shares its SeriesInstanceUID. Judged by its
+        # structure, not its frame count: a concatenation's last file may hold one frame, and a
+        # stray NumberOfFrames in a classic slice must fail its series, not split a slice off.
+        enhanced = "PerFrameFunctionalGroupsSequence" in ds
         size = (header_int(ds, "Rows"), header_int(ds, "Columns"))
-        groups[(echo, *size, orientation, multi_frame)].append((p, ds))
+        groups[(echo, *size, orientation, enhanced)].append((p, ds))
     parts: list[tuple[tuple[str, str], Members]] = []
     for key, group in groups.items():
         by_acq: dict[str, Members] = defaultdict(list)
