@@ -157,6 +157,7 @@ def test_copies_left_by_a_killed_process_are_removed_by_a_later_read(
         "dead_new": "mrct-zip-99999998-abcd1234",  # no such process, but young: kept
         "alive_old": f"mrct-zip-{os.getpid()}-abcd1234",  # this process: kept
         "other": "mrct-zipper-99999999-abcd1234",  # not ours: kept
+        "huge": "mrct-zip-99999999999999999999-abcd1234",  # no PID can be this: kept, and no error
     }
     for key, name in names.items():
         (scratch / name).mkdir()

@@ -88,23 +88,22 @@ _STALE_S = 3600  # a copy lives while one series is read: minutes, never an hour
 
 
 def _remove_stale_copies(tmp_root: Path) -> None:
-    """Remove unpacked copies whose process is gone and that are over an hour old (the age
-    guards a process of another PID namespace sharing this folder)."""
+    """Remove this user's unpacked copies whose process is gone and that are over an hour old
+    (the age guards a process of another PID namespace sharing this folder). Never raises."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(tmp_root):
             match = _COPY.match(entry.name)
             if match is None or not entry.is_dir(follow_symlinks=False):
                 continue
-            with contextlib.suppress(OSError):
-                if time.time() - entry.stat(follow_symlinks=False).st_mtime < _STALE_S:
-                    continue
+            with contextlib.suppress(OSError, OverflowError, ValueError):  # a PID no process has
+                info = entry.stat(follow_symlinks=False)
+                if info.st_uid != os.getuid() or time.time() - info.st_mtime < _STALE_S:
+                    continue  # another user's (a shared /tmp), or in use
                 try:
                     os.kill(int(match[1]), 0)
                     continue  # that process still runs
                 except ProcessLookupError:
                     shutil.rmtree(entry.path, ignore_errors=True)
-                except PermissionError:  # another user's live process
-                    continue
 
 
 @contextlib.contextmanager
