@@ -254,12 +254,11 @@ def run_batch(
         named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
         if not named:
             raise InputNotFoundError("no DICOM series or NIfTI/NRRD/MHA scans in this folder or below", src)
-        folders = {s.output.lower() for s in named if s.output and s.fmt is OutputFormat.DICOM}
         series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
-        todo, earlier = plan(series, manifest, src, out, to, overwrite, folders)
+        todo, earlier = plan(series, manifest, src, out, to, overwrite, named)
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
         try:

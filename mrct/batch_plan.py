@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from mrct.batch_folder import Manifest, same_input
-from mrct.batch_series import Series
+from mrct.batch_series import Series, zip_rows
 from mrct.errors import MrctError
+from mrct.io import OutputFormat
 from mrct.io.atomic import check_replaceable
 from mrct.volume import Modality
 
@@ -50,16 +51,15 @@ def plan(
     out: Path,
     to: Modality,
     overwrite: bool,
-    folders: set[str],
+    every: list[Series],
 ) -> tuple[list[tuple[Series, bool]], int]:
     """Record what is skipped, failed from the headers, or done by an earlier run; return the
     series to translate (with whether their output may be replaced) and how many were done.
-    ``folders``: every DICOM output of the whole batch (all shards), lower case; an output
-    inside one would be read back as part of that series."""
+    ``every``: the series of the whole batch (all shards): an output inside the DICOM output of
+    one would be read back as part of that series."""
     todo, earlier = [], 0
-    # Outputs earlier rows wrote, by input path: a series whose id changed while its input did not
-    # (a zip that held one series and now holds several, or the reverse) may replace its output.
-    written = {(r.get("input"), r.get("output")) for r in manifest.previous.values() if r.get("output")}
+    folders = {s.output.lower() for s in every if s.output and s.fmt is OutputFormat.DICOM}
+    listed = {s.id for s in every}
     for s in series:
         holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
         if s.output and holder is not None:
@@ -70,8 +70,12 @@ def plan(
             )
             continue
         old = manifest.previous.get(s.id, {})
-        # An earlier run's output for this input: may be replaced.
-        ours = s.output != "" and (old.get("output") == s.output or (s.input, s.output) in written)
+        if _is_zip(s) and not s.member and s.error:  # a zip not listed this time: keep its rows
+            kept = {k: r for k, r in manifest.previous.items() if zip_rows(s.input, k) and k not in listed}
+            manifest.rows.update(kept)
+            earlier += sum(r.get("status") == "done" for r in kept.values())
+        # An earlier run's output for this series (or, under another id, for this zip's): may be replaced.
+        ours = s.output != "" and (old.get("output") == s.output or _zip_output(s, manifest, listed))
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
         by_header = (s.stack is not None or s.member != "") and s.modality not in ("", "OT")
@@ -96,3 +100,22 @@ def plan(
             manifest.set(s, "pending")
             todo.append((s, overwrite or ours))
     return todo, earlier
+
+
+def _is_zip(s: Series) -> bool:
+    return s.input.lower().endswith(".zip")
+
+
+def _zip_output(s: Series, manifest: Manifest, listed: set[str]) -> bool:
+    """Whether an earlier row of the same zip, under an id no longer listed, wrote ``s.output`` for
+    the same series: a zip's row ids change when it gains or loses series (``x.zip`` and
+    ``x.zip/t1#UID``), or when it could not be listed once."""
+    if not _is_zip(s):
+        return False
+    for key, row in manifest.previous.items():
+        uid = row.get("series_uid") or ""
+        if key in listed or row.get("output") != s.output or not zip_rows(s.input, key):
+            continue
+        if not uid or not s.uid or uid == s.uid:
+            return True
+    return False

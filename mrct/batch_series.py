@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # DICOM ones carry this SeriesDescription (mrct.labels.series_description), files this name.
 SYNTHETIC_LABEL = "mrct synthetic "
 EARLIER_OUTPUT = "an mrct synthetic image (an earlier output); not translated again"
+SCAN_IN_ZIP = "a scan file inside a zip; unzip it to translate it"
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,7 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
     for f in scans:
         rel = _rel(f, in_dir)
         whole = Series(rel, rel, f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)
-        zipped = _zip_series(whole) if whole.skip is None and f.name.lower().endswith(".zip") else []
-        series += zipped or [whole]
+        series += _zip_series(whole) if whole.skip is None and f.name.lower().endswith(".zip") else [whole]
     series += _dicom_series(in_dir, sorted(set(files) - set(scans)))
     return sorted(series, key=lambda s: (s.input, s.number, s.id))
 
@@ -192,23 +192,34 @@ def _zip_listing(folder: Path, zip_path: Path) -> list[Series]:
 
 
 def _zip_series(whole: Series) -> list[Series]:
-    """A zip's series as its unpacked folder's, one row each (``the.zip/its/folder#UID``): skipped
-    or failed as there (a localiser, an earlier output, a damaged file, by modality when planned),
-    so one damaged member fails alone. [] for a zip of one whole series, or one that cannot be
-    listed: it stays one row, read (and failing, if it does) as a whole."""
+    """A zip's rows, judged as its unpacked folder's (a localiser, an earlier output, a damaged
+    file, by modality when planned). A zip holding one whole series is one row ``the.zip``; one
+    holding more, or damage, one row each (``the.zip/its/folder#UID``, ``the.zip#UID`` at its
+    root), so one damaged member fails alone. A zip that cannot be listed is one failed row
+    (``unlisted``: the plan keeps its earlier rows, which a later run may list again)."""
     from mrct.io.dicom_zip import unzipped
 
     try:
         with unzipped(whole.path) as folder:
             listed = _zip_listing(folder, whole.path)
-    except Exception:  # a damaged zip: reading the whole zip reports it, as before
+    except Exception as err:  # a damaged zip, the memory limit, a full temporary folder
         log.debug("%s: series not listed", whole.path, exc_info=True)
-        return []
-    kept = [r for r in listed if r.stack is not None or r.error]  # not a DICOMDIR or a readme
-    if sum(r.stack is not None for r in kept) < 2 and not any(r.error for r in kept):
-        return []
+        if isinstance(err, MrctError):
+            return [replace(whole, error=str(err).splitlines()[0])]
+        return [replace(whole, error=f"{whole.path}: cannot list its series ({type(err).__name__}: {err})")]
+    found = [r for r in listed if r.stack is not None or r.error]  # not a DICOMDIR or a readme
+    scans = [  # in a folder they would be translated: say why they are not
+        replace(r, skip=SCAN_IN_ZIP)
+        for r in listed
+        if r.stack is None and r.error is None and r.path.name.lower().endswith(SCAN_SUFFIXES)
+    ]
+    if not found and not scans:
+        return [replace(whole, error=f"{whole.path}: no DICOM image files in the zip")]
+    if len(found) == 1 and found[0].stack is not None and found[0].error is None and not scans:
+        one = found[0]
+        return [replace(one, id=whole.id, input=whole.input, path=whole.path, stack=None, member=one.id)]
     rows = []
-    for r in kept:
+    for r in found + scans:
         inner = f"#{r.id[2:]}" if r.id.startswith(".#") else f"/{r.id}"
         error = r.error
         if error and r.stack is None and not error.startswith(f"{r.input}: "):
@@ -217,6 +228,11 @@ def _zip_series(whole: Series) -> list[Series]:
         row = replace(r, id=whole.id + inner, input=whole.input, path=whole.path, stack=None, error=error)
         rows.append(replace(row, member=r.id))
     return rows
+
+
+def zip_rows(zip_input: str, row_id: str) -> bool:
+    """Whether ``row_id`` is a row of the zip at ``zip_input`` (itself, or one of its series)."""
+    return row_id == zip_input or row_id.startswith((f"{zip_input}/", f"{zip_input}#"))
 
 
 def read_zip_member(s: Series) -> Volume:

@@ -207,3 +207,61 @@ def test_a_zip_is_judged_as_its_unpacked_folder_damage_hidden_entries_and_uidles
     assert cut == ("failed", f"study.zip: loc/{localiser.files[0].name}: {why}")
     assert result.exit_code == 1 and "mrct-zip-" not in result.output
     assert f"WARNING: {src / 'study.zip' / 't1'}: 36 duplicate file(s)" in result.stderr
+
+
+def test_a_zip_that_cannot_be_listed_once_keeps_its_rows(tmp_path: Path, model: Path) -> None:
+    """A listing that failed once (here the memory limit; a full temporary folder alike) dropped
+    the zip's rows, and every later run failed its series ("exists; pass --overwrite")."""
+    uids = _study(tmp_path / "study")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(tmp_path / "study", src / "x.zip")
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    assert runner.invoke(app, [*args, "-q"]).exit_code == 0
+    t1 = f"x.zip/t1#{uids['t1']}"
+
+    starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
+    assert starved.exit_code == 1
+    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    assert rows["x.zip"]["status"] == "failed" and "memory limit" in rows["x.zip"]["message"]
+    assert rows[t1]["status"] == "done" and rows[t1]["output"] == "x_s3_synthetic_ct"
+
+    again = runner.invoke(app, [*args, "-q"])
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run), 2 skipped")
+
+
+def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_listed(
+    tmp_path: Path, model: Path
+) -> None:
+    """A zip holding a localiser alone was read and failed ("no head found"); a NIfTI inside a
+    study zip had no row at all."""
+    write_series(tmp_path / "loc", modality="MR", shape=(48, 48, 3))
+    uids = _study(tmp_path / "study")
+    (tmp_path / "study" / "head.nii.gz").write_bytes(b"not read")
+    src = tmp_path / "in"
+    src.mkdir()
+    _zip(tmp_path / "loc", src / "loc.zip")
+    _zip(tmp_path / "study", src / "study.zip")
+    rows = {s.id: s for s in discover(src)}
+    assert rows["loc.zip"].skip == "a 3-image stack (a localiser?)"
+    assert rows["study.zip/head.nii.gz"].skip == "a scan file inside a zip; unzip it to translate it"
+    assert rows[f"study.zip/t1#{uids['t1']}"].skip is None
+
+
+def test_another_series_never_takes_over_an_output_of_its_folder(tmp_path: Path, model: Path) -> None:
+    """Only a zip's own rows may pass an output between ids: in a folder, series C (number 3,
+    added while A, number 3, is damaged) must not replace A's output."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    mr = {"modality": "MR", "shape": (48, 48, 36), "pixel_spacing": (4.0, 4.0)}
+    a = write_series(src / "study", series_number=3, **mr)  # type: ignore[arg-type]
+    write_series(src / "study", series_number=5, **mr)  # type: ignore[arg-type]
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    assert runner.invoke(app, [*args, "-q"]).exit_code == 0
+    written = (out / "study_s3_synthetic_ct").stat().st_mtime_ns
+    a.files[5].write_bytes(a.files[5].read_bytes()[:2000])
+    c = write_series(src / "study", series_number=3, **mr)  # type: ignore[arg-type]
+    assert runner.invoke(app, [*args, "-q"]).exit_code == 1
+    rows = {r["series_uid"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    assert rows[c.series_uid]["message"] == "study_s3_synthetic_ct exists; pass --overwrite to replace it"
+    assert (out / "study_s3_synthetic_ct").stat().st_mtime_ns == written

@@ -251,15 +251,20 @@ def unique_instances(
             else:
                 damaged.append((path, reason))
     if n_whole_copies:
-        where = Path(os.path.commonpath([str(p) for p, _ in members]))
-        if shown is not None and where.is_relative_to(shown[0]):
-            where = shown[1] / where.relative_to(shown[0])
+        where = _shown(Path(os.path.commonpath([str(p) for p, _ in members])), shown)
         log.warning(
             "%s: %d duplicate file(s) of images already found (same SOPInstanceUID) left out",
             where,
             n_whole_copies,
         )
     return [(p, ds) for p, ds in members if p in chosen], damaged
+
+
+def _shown(path: Path, shown: tuple[Path, Path] | None) -> Path:
+    """``path`` as warnings name it: under ``shown``'s name when in its folder (an unpacked zip)."""
+    if shown is not None and path.is_relative_to(shown[0]):
+        return shown[1] / path.relative_to(shown[0])
+    return path
 
 
 def group_series(
@@ -289,7 +294,7 @@ def group_series(
     for (uid, folder), found in by_uid.items():
         members, damaged = unique_instances(found, shown)
         for path, why in damaged:
-            log.warning("%s: %s; a whole copy of this image is read instead", path, why)
+            log.warning("%s: %s; a whole copy of this image is read instead", _shown(path, shown), why)
         # Several UID-less groups are told apart by folder, resolved, so that reading that folder
         # alone (as prepare does) or through a/../a names the group the same.
         name = uid or ("" if uidless == 1 else f"no-uid@{os.path.realpath(folder or '.')}")
