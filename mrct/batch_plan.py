@@ -4,7 +4,9 @@ input unchanged), fail it (an output it may not write), or translate it."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from mrct.batch_folder import Manifest, same_input
 from mrct.batch_series import Series, zip_rows
@@ -12,6 +14,8 @@ from mrct.errors import MrctError
 from mrct.io import OutputFormat
 from mrct.io.atomic import check_replaceable
 from mrct.volume import Modality
+
+log = logging.getLogger(__name__)
 
 
 def why_not(found: Modality | str | None, to: Modality, how: str) -> str | None:
@@ -69,13 +73,12 @@ def plan(
                 message=f"its output would lie inside the DICOM output {holder}; rename the input folder",
             )
             continue
-        old = manifest.previous.get(s.id, {})
-        if _is_zip(s) and not s.member and s.error:  # a zip not listed this time: keep its rows
-            kept = {k: r for k, r in manifest.previous.items() if zip_rows(s.input, k) and k not in listed}
-            manifest.rows.update(kept)
-            earlier += sum(r.get("status") == "done" for r in kept.values())
-        # An earlier run's output for this series (or, under another id, for this zip's): may be replaced.
-        ours = s.output != "" and (old.get("output") == s.output or _zip_output(s, manifest, listed))
+        if s.unlisted:
+            earlier += _unlisted_zip(s, manifest, out, overwrite)
+            continue
+        # This series' earlier row; a zip's series may have had another id (see _zip_predecessor).
+        old = manifest.previous.get(s.id) or _zip_predecessor(s, manifest, listed)
+        ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
         by_header = (s.stack is not None or s.member != "") and s.modality not in ("", "OT")
@@ -91,7 +94,8 @@ def plan(
                 or (old.get("status") == "done" and ours and (out / s.output).exists())
             )
         ):
-            manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
+            row = {**old, "id": s.id, "series_uid": old.get("series_uid") or s.uid}
+            manifest.rows[s.id], earlier = row, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
         elif problem := unsafe_output(src, out, out / s.output):
@@ -102,20 +106,40 @@ def plan(
     return todo, earlier
 
 
-def _is_zip(s: Series) -> bool:
-    return s.input.lower().endswith(".zip")
-
-
-def _zip_output(s: Series, manifest: Manifest, listed: set[str]) -> bool:
-    """Whether an earlier row of the same zip, under an id no longer listed, wrote ``s.output`` for
-    the same series: a zip's row ids change when it gains or loses series (``x.zip`` and
-    ``x.zip/t1#UID``), or when it could not be listed once."""
-    if not _is_zip(s):
-        return False
+def _zip_predecessor(s: Series, manifest: Manifest, listed: set[str]) -> dict[str, Any]:
+    """The earlier row, under an id no longer listed, of this zip series: a zip's row ids change
+    when it gains or loses series (``x.zip`` <-> ``x.zip/t1#UID``) or after an mrct upgrade. It
+    wrote the same output, for the same series UID or from the zip unchanged since; {} if none.
+    Never another series' row: a folder's ids never change."""
+    if not s.member or not s.output:
+        return {}
     for key, row in manifest.previous.items():
-        uid = row.get("series_uid") or ""
         if key in listed or row.get("output") != s.output or not zip_rows(s.input, key):
             continue
-        if not uid or not s.uid or uid == s.uid:
-            return True
-    return False
+        uid = row.get("series_uid") or ""
+        if (uid and uid == s.uid) or same_input(row, s):
+            return row
+    return {}
+
+
+def _unlisted_zip(s: Series, manifest: Manifest, out: Path, overwrite: bool) -> int:
+    """Record a zip whose series could not be listed this time (the memory limit, a full
+    temporary folder); return how many of its series stay done. Unchanged since an earlier run
+    that finished it, its rows are kept. Otherwise it fails, and its earlier rows fail with it,
+    keeping their outputs' names so that the next run may replace those outputs."""
+    rows = {k: r for k, r in manifest.previous.items() if zip_rows(s.input, k)}
+
+    def finished(r: dict[str, Any]) -> bool:
+        done = r.get("status") == "done" and bool(r.get("output")) and (out / r["output"]).exists()
+        return same_input(r, s) and (done or r.get("status") == "skipped")
+
+    if rows and not overwrite and all(finished(r) for r in rows.values()):
+        log.warning("%s; its earlier results are kept (the zip is unchanged since)", s.error)
+        manifest.rows.update(rows)
+        return sum(r.get("status") == "done" for r in rows.values())
+    manifest.set(s, "failed", message=s.error or "")
+    for key, r in rows.items():
+        if r.get("output"):
+            unread = {**r, "status": "failed", "message": "not read: its zip could not be listed"}
+            manifest.rows[key] = {**(manifest.rows.get(key) or unread), "output": r["output"]}
+    return 0

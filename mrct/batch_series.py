@@ -55,11 +55,12 @@ class Series:
     stack: SeriesFiles | None = None
     number: int = 0
     part: str = ""  # names one part of a split SeriesInstanceUID
-    member: str = ""  # the series' key inside a zip holding several (read_volume's ``series``)
+    member: str = ""  # a zip's series: its row id in the unpacked zip's listing
     skip: str | None = None  # decided from the headers alone
     error: str | None = None
     output: str = ""  # relative to OUT_DIR
     fmt: OutputFormat = OutputFormat.NIFTI
+    unlisted: bool = False  # a zip whose series could not be listed this time (``error`` says why)
 
 
 INCOMPLETE = "incomplete DICOM image file (truncated?)"
@@ -195,8 +196,8 @@ def _zip_series(whole: Series) -> list[Series]:
     """A zip's rows, judged as its unpacked folder's (a localiser, an earlier output, a damaged
     file, by modality when planned). A zip holding one whole series is one row ``the.zip``; one
     holding more, or damage, one row each (``the.zip/its/folder#UID``, ``the.zip#UID`` at its
-    root), so one damaged member fails alone. A zip that cannot be listed is one failed row
-    (``unlisted``: the plan keeps its earlier rows, which a later run may list again)."""
+    root), so one damaged member fails alone. A zip that cannot be listed is one failed row,
+    ``unlisted`` (see :func:`mrct.batch_plan.plan`)."""
     from mrct.io.dicom_zip import unzipped
 
     try:
@@ -204,9 +205,9 @@ def _zip_series(whole: Series) -> list[Series]:
             listed = _zip_listing(folder, whole.path)
     except Exception as err:  # a damaged zip, the memory limit, a full temporary folder
         log.debug("%s: series not listed", whole.path, exc_info=True)
-        if isinstance(err, MrctError):
-            return [replace(whole, error=str(err).splitlines()[0])]
-        return [replace(whole, error=f"{whole.path}: cannot list its series ({type(err).__name__}: {err})")]
+        why = str(err).splitlines()[0] if isinstance(err, MrctError) else None
+        why = why or f"{whole.path}: cannot list its series ({type(err).__name__}: {err})"
+        return [replace(whole, error=why, unlisted=True)]
     found = [r for r in listed if r.stack is not None or r.error]  # not a DICOMDIR or a readme
     scans = [  # in a folder they would be translated: say why they are not
         replace(r, skip=SCAN_IN_ZIP)

@@ -213,22 +213,38 @@ def test_a_zip_that_cannot_be_listed_once_keeps_its_rows(tmp_path: Path, model: 
     """A listing that failed once (here the memory limit; a full temporary folder alike) dropped
     the zip's rows, and every later run failed its series ("exists; pass --overwrite")."""
     uids = _study(tmp_path / "study")
+    write_series(tmp_path / "single" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     _zip(tmp_path / "study", src / "x.zip")
+    _zip(tmp_path / "single", src / "single.zip")
     args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0
     t1 = f"x.zip/t1#{uids['t1']}"
 
+    def rows() -> dict[str, dict]:
+        return {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+
+    # Unchanged since they were done: their rows are kept, with a warning.
+    starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
+    assert starved.exit_code == 0, starved.output
+    assert starved.stdout.startswith("nothing left to do: 2 done (2 by an earlier run), 2 skipped, 0 failed")
+    assert starved.stderr.count("its earlier results are kept (the zip is unchanged since)") == 2
+    assert rows()[t1]["status"] == rows()["single.zip"]["status"] == "done"
+
+    # Changed (or with --overwrite): they fail, keeping their outputs' names; the next run redoes them.
+    _zip(tmp_path / "study", src / "x.zip")  # a new stamp
     starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
     assert starved.exit_code == 1
-    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
-    assert rows["x.zip"]["status"] == "failed" and "memory limit" in rows["x.zip"]["message"]
-    assert rows[t1]["status"] == "done" and rows[t1]["output"] == "x_s3_synthetic_ct"
-
+    assert rows()["x.zip"]["status"] == "failed" and "memory limit" in rows()["x.zip"]["message"]
+    assert rows()[t1]["status"] == "failed" and rows()[t1]["output"] == "x_s3_synthetic_ct"
+    forced = runner.invoke(app, [*args, "-q", "--max-memory", "100KB", "--overwrite"])
+    assert forced.exit_code == 1
+    single = rows()["single.zip"]
+    assert single["status"] == "failed" and single["output"] == "single_synthetic_ct"
     again = runner.invoke(app, [*args, "-q"])
     assert again.exit_code == 0, again.output
-    assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run), 2 skipped")
+    assert again.stdout.startswith("2 done, 2 skipped, 0 failed")
 
 
 def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_listed(
@@ -265,3 +281,55 @@ def test_another_series_never_takes_over_an_output_of_its_folder(tmp_path: Path,
     rows = {r["series_uid"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
     assert rows[c.series_uid]["message"] == "study_s3_synthetic_ct exists; pass --overwrite to replace it"
     assert (out / "study_s3_synthetic_ct").stat().st_mtime_ns == written
+
+
+def test_an_unchanged_zip_whose_row_ids_changed_is_not_redone(tmp_path: Path, model: Path) -> None:
+    """Rows written by an earlier mrct (one row ``x.zip``, no series UID) for a zip now listed as
+    several rows: its series was translated again although the zip had not changed."""
+    write_series(tmp_path / "study" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    (tmp_path / "study" / "head.nii.gz").write_bytes(b"not read")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(tmp_path / "study", src / "x.zip")
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    assert runner.invoke(app, [*args, "-q"]).exit_code == 0
+    content = json.loads((out / "manifest.json").read_text())
+    (done,) = [r for r in content["series"] if r["status"] == "done"]
+    content["series"] = [{**done, "id": "x.zip", "series_uid": ""}]  # as 5177425 wrote it
+    (out / "manifest.json").write_text(json.dumps(content))
+    written = (out / done["output"]).stat().st_mtime_ns
+
+    again = runner.invoke(app, [*args, "-q"])
+    assert again.exit_code == 0
+    assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run)")
+    assert (out / done["output"]).stat().st_mtime_ns == written
+    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    assert rows[done["id"]]["series_uid"] == done["series_uid"]  # filled in
+
+
+def test_a_series_without_uid_never_takes_over_a_removed_series_output(tmp_path: Path, model: Path) -> None:
+    mr = {"modality": "MR", "shape": (48, 48, 36), "pixel_spacing": (4.0, 4.0), "series_number": 3}
+    study = tmp_path / "study"
+    write_series(study / "a", **mr)  # type: ignore[arg-type]
+    write_series(study / "b", **mr)  # type: ignore[arg-type]
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(study, src / "x.zip")
+    args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    assert runner.invoke(app, [*args, "-q"]).exit_code == 0
+    a_output = out / "x_s3_synthetic_ct"
+    before = a_output.stat().st_mtime_ns
+
+    shutil.rmtree(study / "a")
+    c = write_series(study / "c", **mr)  # type: ignore[arg-type]
+    for f in c.files:
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        ds.save_as(f)
+    (src / "x.zip").unlink()
+    _zip(study, src / "x.zip")
+    result = runner.invoke(app, [*args, "-q"])
+    rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    assert result.exit_code == 1
+    assert rows["x.zip/c#"]["message"] == "x_s3_synthetic_ct exists; pass --overwrite to replace it"
+    assert a_output.stat().st_mtime_ns == before  # B, in a changed zip, is translated again onto its own
