@@ -245,13 +245,14 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
-        # A resumed run keeps the names it wrote (shards do not: each sees its own manifest only).
-        done = {
+        # A resumed run keeps the names it wrote, and those a failed series owns (its output from an
+        # earlier run); shards do not: each sees its own manifest only.
+        owned = {
             k: r["output"]
             for k, r in manifest.previous.items()
-            if r.get("status") == "done" and isinstance(r.get("output"), str)
+            if r.get("status") in ("done", "failed") and r.get("output") and isinstance(r["output"], str)
         }
-        named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else done)
+        named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else owned)
         if not named:
             raise InputNotFoundError("no DICOM series or NIfTI/NRRD/MHA scans in this folder or below", src)
         series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]

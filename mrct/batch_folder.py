@@ -332,6 +332,8 @@ class Manifest:
         self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""
     ) -> None:
         output = s.output if status in ("done", "pending") else ""
+        if status == "failed":  # one failed after it was planned keeps the name of an output it owns
+            output = self.owned(self.rows.get(s.id, {}))
         message = self.root.sub("", message)
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
@@ -339,6 +341,15 @@ class Manifest:
         # replaced since, even while this run read it.
         stamp = self.stamps.setdefault(s.id, input_stamp(s))
         self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": stamp}
+
+    def owned(self, row: dict[str, Any]) -> str:
+        """The output of a row that owns one on disk (done, or planned onto its own), else "": a
+        failed row keeps that name, so the next run may replace the output instead of refusing it
+        as someone else's."""
+        output = row.get("output")
+        if not (isinstance(output, str) and output) or row.get("status") == "skipped":
+            return ""
+        return output if (self.path.parent / output).exists() else ""
 
     def interrupted(self, series: Iterable[Series]) -> None:
         """Rows the run did not finish say so, rather than keeping a status outside

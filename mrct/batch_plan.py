@@ -63,7 +63,6 @@ def plan(
     one would be read back as part of that series."""
     todo, earlier = [], 0
     folders = {s.output.lower() for s in every if s.output and s.fmt is OutputFormat.DICOM}
-    listed = {s.id for s in every}
     for s in series:
         holder = next((p for p in PurePosixPath(s.output).parents if p.as_posix().lower() in folders), None)
         if s.output and holder is not None:
@@ -74,10 +73,9 @@ def plan(
             )
             continue
         if s.unlisted:
-            earlier += _unlisted_zip(s, manifest, out, overwrite)
+            earlier += _unlisted_zip(s, manifest, overwrite)
             continue
-        # This series' earlier row; a zip's series may have had another id (see _zip_predecessor).
-        old = manifest.previous.get(s.id) or _zip_predecessor(s, manifest, listed)
+        old = manifest.previous.get(s.id) or _legacy_zip_row(s, manifest)
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
@@ -85,6 +83,8 @@ def plan(
         skip = None if s.error else s.skip or (why_not(s.modality, to, "header") if by_header else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
+            if not skip:  # damaged now (a file cut short): it keeps its output's name, for when it is mended
+                manifest.rows[s.id]["output"] = manifest.owned(old)
         elif (
             not overwrite
             # unless its files changed since: grown (still arriving from a PACS), or replaced
@@ -106,40 +106,25 @@ def plan(
     return todo, earlier
 
 
-def _zip_predecessor(s: Series, manifest: Manifest, listed: set[str]) -> dict[str, Any]:
-    """The earlier row, under an id no longer listed, of this zip series: a zip's row ids change
-    when it gains or loses series (``x.zip`` <-> ``x.zip/t1#UID``) or after an mrct upgrade. It
-    wrote the same output, for the same series UID or from the zip unchanged since; {} if none.
-    Never another series' row: a folder's ids never change."""
-    if not s.member or not s.output:
-        return {}
-    for key, row in manifest.previous.items():
-        if key in listed or row.get("output") != s.output or not zip_rows(s.input, key):
-            continue
-        uid = row.get("series_uid") or ""
-        if (uid and uid == s.uid) or same_input(row, s):
-            return row
-    return {}
+def _legacy_zip_row(s: Series, manifest: Manifest) -> dict[str, Any]:
+    """The row that mrct before its zip listing wrote for a zip holding one series (id
+    ``the.zip``, no series UID), for the series of that zip now named as its output was: that
+    output is this series' (a zip replaced since is translated again, as a replaced file is)."""
+    row = manifest.previous.get(s.input, {}) if s.member and s.output else {}
+    return row if not row.get("series_uid") and row.get("output") == s.output else {}
 
 
-def _unlisted_zip(s: Series, manifest: Manifest, out: Path, overwrite: bool) -> int:
+def _unlisted_zip(s: Series, manifest: Manifest, overwrite: bool) -> int:
     """Record a zip whose series could not be listed this time (the memory limit, a full
-    temporary folder); return how many of its series stay done. Unchanged since an earlier run
-    that finished it, its rows are kept. Otherwise it fails, and its earlier rows fail with it,
-    keeping their outputs' names so that the next run may replace those outputs."""
-    rows = {k: r for k, r in manifest.previous.items() if zip_rows(s.input, k)}
-
-    def finished(r: dict[str, Any]) -> bool:
-        done = r.get("status") == "done" and bool(r.get("output")) and (out / r["output"]).exists()
-        return same_input(r, s) and (done or r.get("status") == "skipped")
-
-    if rows and not overwrite and all(finished(r) for r in rows.values()):
-        log.warning("%s; its earlier results are kept (the zip is unchanged since)", s.error)
-        manifest.rows.update(rows)
-        return sum(r.get("status") == "done" for r in rows.values())
+    temporary folder) as one failed row, and return how many of its series stay done: its
+    earlier rows are kept as they were, to be judged again when it is listed (under --overwrite
+    they fail, keeping their outputs' names, so that the next run redoes them)."""
+    old = manifest.previous.get(s.id, {})
     manifest.set(s, "failed", message=s.error or "")
-    for key, r in rows.items():
-        if r.get("output"):
-            unread = {**r, "status": "failed", "message": "not read: its zip could not be listed"}
-            manifest.rows[key] = {**(manifest.rows.get(key) or unread), "output": r["output"]}
-    return 0
+    manifest.rows[s.id]["output"] = manifest.owned(old)  # written for it by an mrct before zip listing
+    rows = {k: r for k, r in manifest.previous.items() if k != s.id and zip_rows(s.input, k)}
+    if overwrite:
+        unread = {"status": "failed", "message": "not redone: its zip could not be listed"}
+        rows = {k: {**r, **unread, "output": manifest.owned(r)} for k, r in rows.items()}
+    manifest.rows.update(rows)
+    return sum(r.get("status") == "done" for r in rows.values())

@@ -194,10 +194,10 @@ def _zip_listing(folder: Path, zip_path: Path) -> list[Series]:
 
 def _zip_series(whole: Series) -> list[Series]:
     """A zip's rows, judged as its unpacked folder's (a localiser, an earlier output, a damaged
-    file, by modality when planned). A zip holding one whole series is one row ``the.zip``; one
-    holding more, or damage, one row each (``the.zip/its/folder#UID``, ``the.zip#UID`` at its
-    root), so one damaged member fails alone. A zip that cannot be listed is one failed row,
-    ``unlisted`` (see :func:`mrct.batch_plan.plan`)."""
+    file, by modality when planned): one per series or damaged file, so one damaged member fails
+    alone. Ids name the series (``the.zip/its/folder#UID``, ``the.zip#UID`` at the zip's root), so
+    they stay when the zip gains or loses series. A zip that cannot be listed is one failed row
+    ``the.zip``, ``unlisted`` (see :func:`mrct.batch_plan.plan`)."""
     from mrct.io.dicom_zip import unzipped
 
     try:
@@ -216,9 +216,6 @@ def _zip_series(whole: Series) -> list[Series]:
     ]
     if not found and not scans:
         return [replace(whole, error=f"{whole.path}: no DICOM image files in the zip")]
-    if len(found) == 1 and found[0].stack is not None and found[0].error is None and not scans:
-        one = found[0]
-        return [replace(one, id=whole.id, input=whole.input, path=whole.path, stack=None, member=one.id)]
     rows = []
     for r in found + scans:
         inner = f"#{r.id[2:]}" if r.id.startswith(".#") else f"/{r.id}"
@@ -280,7 +277,10 @@ def name_outputs(
     per_folder: dict[str, int] = defaultdict(int)
     for s in readable:
         per_folder[s.input] += 1
-    taken: set[str] = set()
+    # Names an earlier run wrote are reserved, also for a series unreadable this time (a file cut
+    # short, to be restored): another series must not take them meanwhile.
+    unreadable = {s.id for s in series} - {s.id for s in readable}
+    taken = {str(v).lower() for k, v in (keep or {}).items() if k in unreadable}
     named: dict[str, Series] = {}
     for s in readable:
         out_fmt, ext = _output_format(s, fmt)

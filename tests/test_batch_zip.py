@@ -52,11 +52,11 @@ def test_a_study_zip_is_one_row_per_series_like_its_unpacked_folder(tmp_path: Pa
     src = tmp_path / "in"
     (src / "p01").mkdir(parents=True)
     _zip(tmp_path / "study", src / "p01" / "study.zip")
-    _zip(tmp_path / "study" / "t1", src / "p01" / "t1only.zip")  # one series: one row, as before
+    _zip(tmp_path / "study" / "t1", src / "p01" / "t1only.zip")  # files at the zip's root
 
     found = {s.id: s for s in discover(src)}
     assert sorted(found) == sorted(
-        [f"p01/study.zip/{k}#{uids[k]}" for k in ("loc", "t1", "ct")] + ["p01/t1only.zip"]
+        [f"p01/study.zip/{k}#{uids[k]}" for k in ("loc", "t1", "ct")] + [f"p01/t1only.zip#{uids['t1']}"]
     )
 
     out = tmp_path / "out"
@@ -72,11 +72,11 @@ def test_a_study_zip_is_one_row_per_series_like_its_unpacked_folder(tmp_path: Pa
     assert "localiser" in rows[f"p01/study.zip/loc#{uids['loc']}"]["message"]
     assert rows[f"p01/study.zip/ct#{uids['ct']}"]["status"] == "skipped"
     assert "already CT" in rows[f"p01/study.zip/ct#{uids['ct']}"]["message"]
-    assert rows["p01/t1only.zip"]["status"] == "done"
+    assert rows[f"p01/t1only.zip#{uids['t1']}"]["status"] == "done"
 
     # The T1 from the study zip is the same synthetic CT as from the T1's own zip, on its grid.
     from_study = read_volume(out / "p01/study_s3_synthetic_ct")
-    alone = read_volume(out / rows["p01/t1only.zip"]["output"])
+    alone = read_volume(out / rows[f"p01/t1only.zip#{uids['t1']}"]["output"])
     source = read_volume(tmp_path / "study" / "t1")
     assert from_study.modality is Modality.CT
     np.testing.assert_allclose(from_study.affine, source.affine, atol=1e-4)
@@ -102,22 +102,26 @@ def test_a_damaged_zip_stays_one_failed_row(tmp_path: Path, model: Path) -> None
     assert row["status"] == "failed" and row["message"].startswith("cut.zip: not a readable zip file")
 
 
-def test_a_zip_that_gains_or_loses_series_keeps_its_output(tmp_path: Path, model: Path) -> None:
-    """Its row id changes (``x.zip`` <-> ``x.zip#UID``): the T1 is translated again onto its own
-    earlier output; it failed on every later run ("exists; pass --overwrite")."""
+def test_a_zip_that_gains_or_loses_series_keeps_its_row_and_output(tmp_path: Path, model: Path) -> None:
+    """Row ids name the series, not how many the zip holds: the T1 stays done under one id and one
+    output as a localiser comes and goes (an id that changed failed every later run: "exists")."""
     uids = _study(tmp_path / "study")
     shutil.rmtree(tmp_path / "study" / "ct")
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
     args.append("-q")
-    for folder, expected in (("t1", "x.zip"), ("", f"x.zip/t1#{uids['t1']}"), ("t1", "x.zip")):
+    t1 = f"x.zip/t1#{uids['t1']}"
+    for folders in (["t1"], ["t1", "loc"], ["t1"]):
         (src / "x.zip").unlink(missing_ok=True)
-        _zip(tmp_path / "study" / folder, src / "x.zip")
+        with zipfile.ZipFile(src / "x.zip", "w") as zf:
+            for f in sorted((tmp_path / "study").rglob("*")):
+                if f.is_file() and f.parent.name in folders:
+                    zf.write(f, f.relative_to(tmp_path / "study").as_posix())
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
-        assert rows[expected]["status"] == "done" and rows[expected]["output"] == "x_synthetic_ct"
+        assert rows[t1]["status"] == "done" and rows[t1]["output"] == "x_synthetic_ct"
 
 
 def test_a_series_in_a_zip_is_named_by_its_folder_there_not_the_temporary_copy(
@@ -213,11 +217,9 @@ def test_a_zip_that_cannot_be_listed_once_keeps_its_rows(tmp_path: Path, model: 
     """A listing that failed once (here the memory limit; a full temporary folder alike) dropped
     the zip's rows, and every later run failed its series ("exists; pass --overwrite")."""
     uids = _study(tmp_path / "study")
-    write_series(tmp_path / "single" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     _zip(tmp_path / "study", src / "x.zip")
-    _zip(tmp_path / "single", src / "single.zip")
     args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0
     t1 = f"x.zip/t1#{uids['t1']}"
@@ -225,26 +227,23 @@ def test_a_zip_that_cannot_be_listed_once_keeps_its_rows(tmp_path: Path, model: 
     def rows() -> dict[str, dict]:
         return {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
 
-    # Unchanged since they were done: their rows are kept, with a warning.
-    starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
-    assert starved.exit_code == 0, starved.output
-    assert starved.stdout.startswith("nothing left to do: 2 done (2 by an earlier run), 2 skipped, 0 failed")
-    assert starved.stderr.count("its earlier results are kept (the zip is unchanged since)") == 2
-    assert rows()[t1]["status"] == rows()["single.zip"]["status"] == "done"
-
-    # Changed (or with --overwrite): they fail, keeping their outputs' names; the next run redoes them.
-    _zip(tmp_path / "study", src / "x.zip")  # a new stamp
+    # The zip fails; its series' rows are kept as they were, to be judged when it is listed again.
     starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
     assert starved.exit_code == 1
+    assert starved.stdout.startswith("nothing left to do: 1 done (1 by an earlier run), 2 skipped, 1 failed;")
     assert rows()["x.zip"]["status"] == "failed" and "memory limit" in rows()["x.zip"]["message"]
-    assert rows()[t1]["status"] == "failed" and rows()[t1]["output"] == "x_s3_synthetic_ct"
+    assert rows()[t1]["status"] == "done" and rows()[t1]["output"] == "x_s3_synthetic_ct"
+    again = runner.invoke(app, [*args, "-q"])
+    assert again.exit_code == 0
+    assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run)")
+    assert "x.zip" not in rows()
+
+    # With --overwrite they fail, keeping their outputs' names, and the next run redoes them.
     forced = runner.invoke(app, [*args, "-q", "--max-memory", "100KB", "--overwrite"])
     assert forced.exit_code == 1
-    single = rows()["single.zip"]
-    assert single["status"] == "failed" and single["output"] == "single_synthetic_ct"
+    assert rows()[t1]["status"] == "failed" and rows()[t1]["output"] == "x_s3_synthetic_ct"
     again = runner.invoke(app, [*args, "-q"])
-    assert again.exit_code == 0, again.output
-    assert again.stdout.startswith("2 done, 2 skipped, 0 failed")
+    assert again.exit_code == 0 and again.stdout.startswith("1 done, 2 skipped, 0 failed"), again.output
 
 
 def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_listed(
@@ -260,14 +259,16 @@ def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_lis
     _zip(tmp_path / "loc", src / "loc.zip")
     _zip(tmp_path / "study", src / "study.zip")
     rows = {s.id: s for s in discover(src)}
-    assert rows["loc.zip"].skip == "a 3-image stack (a localiser?)"
+    (localiser,) = [v for k, v in rows.items() if k.startswith("loc.zip#")]
+    assert localiser.skip == "a 3-image stack (a localiser?)"
     assert rows["study.zip/head.nii.gz"].skip == "a scan file inside a zip; unzip it to translate it"
     assert rows[f"study.zip/t1#{uids['t1']}"].skip is None
 
 
-def test_another_series_never_takes_over_an_output_of_its_folder(tmp_path: Path, model: Path) -> None:
-    """Only a zip's own rows may pass an output between ids: in a folder, series C (number 3,
-    added while A, number 3, is damaged) must not replace A's output."""
+def test_a_damaged_series_keeps_its_output_and_no_other_series_takes_it(tmp_path: Path, model: Path) -> None:
+    """Series A (number 3) is done, then a file of it is cut short and series C (number 3 too) is
+    added: C gets a name of its own, and A's output is not touched. Once A is mended it is
+    translated again onto its own output (its failed row lost the output's name: "exists" for ever)."""
     src, out = tmp_path / "in", tmp_path / "out"
     mr = {"modality": "MR", "shape": (48, 48, 36), "pixel_spacing": (4.0, 4.0)}
     a = write_series(src / "study", series_number=3, **mr)  # type: ignore[arg-type]
@@ -275,12 +276,25 @@ def test_another_series_never_takes_over_an_output_of_its_folder(tmp_path: Path,
     args = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0
     written = (out / "study_s3_synthetic_ct").stat().st_mtime_ns
-    a.files[5].write_bytes(a.files[5].read_bytes()[:2000])
+    whole = a.files[5].read_bytes()
+    a.files[5].write_bytes(whole[:2000])
     c = write_series(src / "study", series_number=3, **mr)  # type: ignore[arg-type]
     assert runner.invoke(app, [*args, "-q"]).exit_code == 1
-    rows = {r["series_uid"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
-    assert rows[c.series_uid]["message"] == "study_s3_synthetic_ct exists; pass --overwrite to replace it"
+
+    def row(uid: str) -> tuple[str, str]:
+        found = [
+            r for r in json.loads((out / "manifest.json").read_text())["series"] if r["series_uid"] == uid
+        ]
+        return found[0]["status"], found[0]["output"]
+
+    assert row(c.series_uid) == ("done", "study_s3_2_synthetic_ct")
+    assert row(a.series_uid) == ("failed", "study_s3_synthetic_ct")
     assert (out / "study_s3_synthetic_ct").stat().st_mtime_ns == written
+
+    a.files[5].write_bytes(whole)
+    mended = runner.invoke(app, [*args, "-q"])
+    assert mended.exit_code == 0, mended.output
+    assert row(a.series_uid) == ("done", "study_s3_synthetic_ct")
 
 
 def test_an_unchanged_zip_whose_row_ids_changed_is_not_redone(tmp_path: Path, model: Path) -> None:
