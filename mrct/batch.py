@@ -44,7 +44,7 @@ from typing import Any
 
 from mrct import __version__
 from mrct.batch_folder import Manifest, hold, sweep
-from mrct.batch_plan import plan, why_not
+from mrct.batch_plan import adopt_legacy_zip_rows, plan, why_not
 from mrct.batch_series import Series, discover, name_outputs, read_zip_member
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
@@ -245,14 +245,12 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
-        # A resumed run keeps the names it wrote, and those a failed series owns (its output from an
-        # earlier run); shards do not: each sees its own manifest only.
-        owned = {
-            k: r["output"]
-            for k, r in manifest.previous.items()
-            if r.get("status") in ("done", "failed") and r.get("output") and isinstance(r["output"], str)
-        }
-        named = name_outputs(discover(src, exclude=skip), to, fmt, keep=None if part else owned)
+        found = discover(src, exclude=skip)
+        adopt_legacy_zip_rows(manifest.previous, found)
+        # A resumed run keeps the names its rows own, and reserves those of series unreadable or
+        # gone this time; shards do not: each sees its own manifest only.
+        owned = {k: r["output"] for k, r in manifest.previous.items() if isinstance(r.get("output"), str)}
+        named = name_outputs(found, to, fmt, keep=None if part else owned)
         if not named:
             raise InputNotFoundError("no DICOM series or NIfTI/NRRD/MHA scans in this folder or below", src)
         series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]

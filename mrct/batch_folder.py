@@ -331,9 +331,9 @@ class Manifest:
     def set(
         self, s: Series, status: str, modality: str = "", seconds: float = 0.0, message: str = ""
     ) -> None:
-        output = s.output if status in ("done", "pending") else ""
-        if status == "failed":  # one failed after it was planned keeps the name of an output it owns
-            output = self.owned(self.rows.get(s.id, {}))
+        # A series that fails or is skipped keeps the name of the output an earlier run wrote for it,
+        # so that no other series is named onto it and, mended, it replaces its own output.
+        output = s.output if status in ("done", "pending") else self.owned(self.previous.get(s.id, {}))
         message = self.root.sub("", message)
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
@@ -343,13 +343,10 @@ class Manifest:
         self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": stamp}
 
     def owned(self, row: dict[str, Any]) -> str:
-        """The output of a row that owns one on disk (done, or planned onto its own), else "": a
-        failed row keeps that name, so the next run may replace the output instead of refusing it
-        as someone else's."""
+        """The output an earlier row names, if it is on disk, else "". Rows name only outputs of
+        their own series: done, cut short writing it, or kept by a failed or skipped row."""
         output = row.get("output")
-        if not (isinstance(output, str) and output) or row.get("status") == "skipped":
-            return ""
-        return output if (self.path.parent / output).exists() else ""
+        return output if isinstance(output, str) and output and (self.path.parent / output).exists() else ""
 
     def interrupted(self, series: Iterable[Series]) -> None:
         """Rows the run did not finish say so, rather than keeping a status outside

@@ -73,9 +73,9 @@ def plan(
             )
             continue
         if s.unlisted:
-            earlier += _unlisted_zip(s, manifest, overwrite)
+            earlier += _unlisted_zip(s, manifest, out, overwrite)
             continue
-        old = manifest.previous.get(s.id) or _legacy_zip_row(s, manifest)
+        old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
@@ -83,8 +83,6 @@ def plan(
         skip = None if s.error else s.skip or (why_not(s.modality, to, "header") if by_header else None)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
-            if not skip:  # damaged now (a file cut short): it keeps its output's name, for when it is mended
-                manifest.rows[s.id]["output"] = manifest.owned(old)
         elif (
             not overwrite
             # unless its files changed since: grown (still arriving from a PACS), or replaced
@@ -106,25 +104,38 @@ def plan(
     return todo, earlier
 
 
-def _legacy_zip_row(s: Series, manifest: Manifest) -> dict[str, Any]:
-    """The row that mrct before its zip listing wrote for a zip holding one series (id
-    ``the.zip``, no series UID), for the series of that zip now named as its output was: that
-    output is this series' (a zip replaced since is translated again, as a replaced file is)."""
-    row = manifest.previous.get(s.input, {}) if s.member and s.output else {}
-    return row if not row.get("series_uid") and row.get("output") == s.output else {}
+def adopt_legacy_zip_rows(previous: dict[str, dict[str, Any]], found: list[Series]) -> None:
+    """Move the row that mrct wrote before it listed zips (id ``the.zip``, no series UID, for a zip
+    of one series) onto the id of that series now (``the.zip#UID``), so its output keeps its name
+    and owner. Only where the zip holds one series (readable or damaged) now."""
+    members: dict[str, list[Series]] = {}
+    for s in found:
+        if s.member and s.uid:
+            members.setdefault(s.input, []).append(s)
+    for zip_input, listed in members.items():
+        row = previous.get(zip_input)
+        if row is None or row.get("series_uid") or len(listed) != 1 or listed[0].id in previous:
+            continue
+        del previous[zip_input]
+        previous[listed[0].id] = {**row, "id": listed[0].id, "series_uid": listed[0].uid}
 
 
-def _unlisted_zip(s: Series, manifest: Manifest, overwrite: bool) -> int:
+def _unlisted_zip(s: Series, manifest: Manifest, out: Path, overwrite: bool) -> int:
     """Record a zip whose series could not be listed this time (the memory limit, a full
-    temporary folder) as one failed row, and return how many of its series stay done: its
-    earlier rows are kept as they were, to be judged again when it is listed (under --overwrite
-    they fail, keeping their outputs' names, so that the next run redoes them)."""
-    old = manifest.previous.get(s.id, {})
+    temporary folder) as one failed row, and return how many of its series stay done. Its earlier
+    rows are kept where they still hold (done with the output on disk, or skipped, from the zip
+    unchanged since); the others fail, keeping their outputs' names, and so do all under
+    --overwrite: the next run that lists the zip redoes them."""
     manifest.set(s, "failed", message=s.error or "")
-    manifest.rows[s.id]["output"] = manifest.owned(old)  # written for it by an mrct before zip listing
-    rows = {k: r for k, r in manifest.previous.items() if k != s.id and zip_rows(s.input, k)}
-    if overwrite:
-        unread = {"status": "failed", "message": "not redone: its zip could not be listed"}
-        rows = {k: {**r, **unread, "output": manifest.owned(r)} for k, r in rows.items()}
-    manifest.rows.update(rows)
-    return sum(r.get("status") == "done" for r in rows.values())
+    unread = {"status": "failed", "message": "not checked: its zip could not be listed"}
+    kept = 0
+    for key, row in manifest.previous.items():
+        if key == s.id or not zip_rows(s.input, key):
+            continue
+        status = row.get("status")
+        holds = status == "skipped" or (status == "done" and manifest.owned(row) != "")
+        if holds and same_input(row, s) and not overwrite:
+            manifest.rows[key], kept = row, kept + (status == "done")
+        else:
+            manifest.rows[key] = {**row, **unread, "output": manifest.owned(row)}
+    return kept

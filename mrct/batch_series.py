@@ -277,10 +277,10 @@ def name_outputs(
     per_folder: dict[str, int] = defaultdict(int)
     for s in readable:
         per_folder[s.input] += 1
-    # Names an earlier run wrote are reserved, also for a series unreadable this time (a file cut
-    # short, to be restored): another series must not take them meanwhile.
-    unreadable = {s.id for s in series} - {s.id for s in readable}
-    taken = {str(v).lower() for k, v in (keep or {}).items() if k in unreadable}
+    # Names an earlier run wrote are reserved, also for a series unreadable or gone this time (a
+    # file cut short, a zip that could not be listed): another series must not take them meanwhile.
+    readable_ids = {s.id for s in readable}
+    taken = {str(v).lower() for k, v in (keep or {}).items() if v and k not in readable_ids}
     named: dict[str, Series] = {}
     for s in readable:
         out_fmt, ext = _output_format(s, fmt)

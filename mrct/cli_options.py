@@ -52,6 +52,9 @@ def _max_memory(ctx: typer.Context, param: typer.CallbackParam, value: str | Non
         set_max_memory(value)  # process-wide, so reader threads see it; None restores the default
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+    # For this command only: an app that runs commands in its own process (tests, a notebook)
+    # kept the limit for everything that followed.
+    ctx.call_on_close(lambda: set_max_memory(None))
     source = ctx.get_parameter_source(param.name) if param.name else None
     if getattr(source, "name", None) == "ENVIRONMENT":  # by name: typer vendors its own click
         # Taken from MRCT_MAX_MEMORY: the default limit reads it too, and its messages then name

@@ -245,6 +245,14 @@ def test_a_zip_that_cannot_be_listed_once_keeps_its_rows(tmp_path: Path, model: 
     again = runner.invoke(app, [*args, "-q"])
     assert again.exit_code == 0 and again.stdout.startswith("1 done, 2 skipped, 0 failed"), again.output
 
+    # A row a killed run left pending is not kept as it is: it fails, keeping its output's name.
+    content = json.loads((out / "manifest.json").read_text())
+    content["series"] = [{**r, "status": "pending"} if r["id"] == t1 else r for r in content["series"]]
+    (out / "manifest.json").write_text(json.dumps(content))
+    starved = runner.invoke(app, [*args, "-q", "--max-memory", "100KB"])
+    assert rows()[t1]["status"] == "failed" and rows()[t1]["output"] == "x_s3_synthetic_ct"
+    assert rows()[t1]["message"] == "not checked: its zip could not be listed"
+
 
 def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_listed(
     tmp_path: Path, model: Path
@@ -344,6 +352,79 @@ def test_a_series_without_uid_never_takes_over_a_removed_series_output(tmp_path:
     _zip(study, src / "x.zip")
     result = runner.invoke(app, [*args, "-q"])
     rows = {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
-    assert result.exit_code == 1
-    assert rows["x.zip/c#"]["message"] == "x_s3_synthetic_ct exists; pass --overwrite to replace it"
+    assert result.exit_code == 0, result.output
+    assert rows["x.zip/c#"]["status"] == "done"  # under a name of its own: A's stays reserved
+    assert rows["x.zip/c#"]["output"] not in ("x_s3_synthetic_ct", "x_s3_2_synthetic_ct")
     assert a_output.stat().st_mtime_ns == before  # B, in a changed zip, is translated again onto its own
+
+
+def _args(src: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    options = ["--to", "ct", "--model", str(model), "--crop-mm", "40,-40", "-q"]
+    return ["batch", str(src), "-o", str(out), *options, *extra]
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+
+
+def test_names_of_a_zip_not_listed_this_time_stay_reserved(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named like the zip took the zip's output name while the zip could not be listed
+    (and with --overwrite replaced the zip series' output)."""
+    import mrct.io.dicom_zip as dicom_zip
+
+    t1 = write_series(tmp_path / "study" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    _zip(tmp_path / "study" / "t1", src / "x.zip")
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 0
+    written = (out / "x_synthetic_ct").stat().st_mtime_ns
+    write_series(src / "x~", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+
+    def full(*_: object) -> Path:
+        raise dicom_zip.ReadError("cannot unpack the zip file: No space left on device", src / "x.zip")
+
+    monkeypatch.setattr(dicom_zip, "extract_zip", full)
+    for extra in ((), ("--overwrite",)):
+        result = runner.invoke(app, _args(src, out, model, *extra))
+        assert result.exit_code == 1
+        rows = _rows(out)
+        (folder,) = [r for r in rows.values() if r["input"] == "x~"]
+        assert folder["status"] == "done" and folder["output"] != "x_synthetic_ct"
+        assert rows[f"x.zip#{t1.series_uid}"]["output"] == "x_synthetic_ct"
+        assert (out / "x_synthetic_ct").stat().st_mtime_ns == written
+
+
+def test_a_failed_row_keeps_only_an_output_of_its_own(tmp_path: Path, model: Path) -> None:
+    """A user's file where a series' output would go is never claimed by that series' failed row
+    (a later run replaced it); an output refused once for another reason keeps its owner."""
+    from tests.test_prepare import write_head
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    head = write_head(src / "head.nii.gz", "mr", seed=1)
+    whole = head.read_bytes()
+    head.write_bytes(whole[:300])
+    out.mkdir()
+    (out / "head_synthetic_ct.nii.gz").write_bytes(b"the user's")
+    assert runner.invoke(app, _args(src, out, model, "--overwrite")).exit_code == 1
+    assert _rows(out)["head.nii.gz"]["output"] == ""
+    head.write_bytes(whole)
+    result = runner.invoke(app, _args(src, out, model))
+    assert result.exit_code == 1 and "exists; pass --overwrite" in _rows(out)["head.nii.gz"]["message"]
+    assert (out / "head_synthetic_ct.nii.gz").read_bytes() == b"the user's"
+
+    # Done as DICOM, then refused while the user's note lies in its folder: the row keeps its
+    # output's name, and once the note is gone the series is translated again onto it.
+    write_series(src / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    (out / "head_synthetic_ct.nii.gz").unlink()
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 0
+    (t1,) = [r for r in _rows(out).values() if r["input"] == "t1"]
+    (out / t1["output"] / "notes.txt").write_text("mine")
+    for f in (src / "t1").iterdir():
+        os.utime(f)  # touched: to be translated again
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 1
+    assert _rows(out)[t1["id"]]["status"] == "failed" and _rows(out)[t1["id"]]["output"] == t1["output"]
+    (out / t1["output"] / "notes.txt").unlink()
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 0
+    assert _rows(out)[t1["id"]]["status"] == "done"

@@ -213,3 +213,15 @@ def test_the_limit_hint_names_only_options_that_exist() -> None:
         assert hint.endswith(
             "(raise it with MRCT_MAX_MEMORY, or --max-memory for info, convert, translate, batch)"
         )
+
+
+def test_a_commands_memory_limit_ends_with_the_command() -> None:
+    """Run in-process (a test, a notebook), the CLI's --max-memory stayed for all that followed."""
+    from typer.testing import CliRunner
+
+    from mrct.cli import app
+    from mrct.io.limits import default_max_memory, max_memory
+
+    before = max_memory()
+    CliRunner().invoke(app, ["info", "/nonexistent/scan.nii.gz", "--max-memory", "100KB"])
+    assert max_memory() == before == default_max_memory()
