@@ -35,7 +35,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
@@ -346,7 +346,10 @@ class Manifest:
         """The output an earlier row names, if it is on disk, else "". Rows name only outputs of
         their own series: done, cut short writing it, or kept by a failed or skipped row."""
         output = row.get("output")
-        return output if isinstance(output, str) and output and (self.path.parent / output).exists() else ""
+        if not isinstance(output, str) or not output:
+            return ""
+        inside = not PurePosixPath(output).is_absolute() and ".." not in PurePosixPath(output).parts
+        return output if inside and (self.path.parent / output).exists() else ""  # never beyond OUT
 
     def interrupted(self, series: Iterable[Series]) -> None:
         """Rows the run did not finish say so, rather than keeping a status outside

@@ -428,3 +428,19 @@ def test_a_failed_row_keeps_only_an_output_of_its_own(tmp_path: Path, model: Pat
     (out / t1["output"] / "notes.txt").unlink()
     assert runner.invoke(app, _args(src, out, model)).exit_code == 0
     assert _rows(out)[t1["id"]]["status"] == "done"
+
+
+def test_a_row_never_claims_a_file_outside_the_output_folder(tmp_path: Path, model: Path) -> None:
+    from tests.test_prepare import write_head
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    head = write_head(src / "head.nii.gz", "mr", seed=1)
+    head.write_bytes(head.read_bytes()[:300])
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 1
+    (tmp_path / "elsewhere.txt").write_text("not mrct's")
+    for claimed in ("../elsewhere.txt", str(tmp_path / "elsewhere.txt")):
+        content = json.loads((out / "manifest.json").read_text())
+        content["series"][0]["output"] = claimed  # a damaged or hand-edited manifest
+        (out / "manifest.json").write_text(json.dumps(content))
+        assert runner.invoke(app, _args(src, out, model)).exit_code == 1
+        assert _rows(out)["head.nii.gz"]["output"] == ""
