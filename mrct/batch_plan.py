@@ -4,7 +4,6 @@ input unchanged), fail it (an output it may not write), or translate it."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -14,8 +13,6 @@ from mrct.errors import MrctError
 from mrct.io import OutputFormat
 from mrct.io.atomic import check_replaceable
 from mrct.volume import Modality
-
-log = logging.getLogger(__name__)
 
 
 def why_not(found: Modality | str | None, to: Modality, how: str) -> str | None:
@@ -92,8 +89,7 @@ def plan(
                 or (old.get("status") == "done" and ours and (out / s.output).exists())
             )
         ):
-            row = {**old, "id": s.id, "series_uid": old.get("series_uid") or s.uid}
-            manifest.rows[s.id], earlier = row, earlier + (old["status"] == "done")
+            manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
         elif (out / s.output).exists() and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
         elif problem := unsafe_output(src, out, out / s.output):

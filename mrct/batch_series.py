@@ -4,9 +4,8 @@
 files are one series each; other files are read as DICOM headers and grouped by
 SeriesInstanceUID, split like dcm2niix/3D Slicer when size, orientation, echo or multi-frame
 against single-frame files differ, or when acquisitions repeat slice positions. A zip is
-unpacked once to list its series: one holding a single series is one row, one holding several
-(a study: a localiser and a T1) is one row per series, as its unpacked folder would be. Output
-names depend on the input tree only."""
+unpacked to list its series as its unpacked folder would be listed: one row per series (a
+study's localiser, T1 and CT). Output names depend on the input tree only."""
 
 from __future__ import annotations
 
@@ -223,8 +222,8 @@ def _zip_series(whole: Series) -> list[Series]:
         if error and r.stack is None and not error.startswith(f"{r.input}: "):
             error = f"{r.input}: {error}"  # a damaged file's row: in a folder its id names it
         error = f"{whole.input}: {error}" if error else None
-        row = replace(r, id=whole.id + inner, input=whole.input, path=whole.path, stack=None, error=error)
-        rows.append(replace(row, member=r.id))
+        row = replace(r, id=whole.id + inner, error=error, member=r.id)
+        rows.append(replace(row, input=whole.input, path=whole.path, stack=None))  # the zip, not its copy
     return rows
 
 
