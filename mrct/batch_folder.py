@@ -30,16 +30,14 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
-from mrct.io.atomic import LEFTOVER, atomic_file, compound_suffix, utf8_bytes
+from mrct.io.atomic import LEFTOVER, atomic_file, leftovers_of, remove_leftover, utf8_bytes
 
 if TYPE_CHECKING:
     from mrct.batch_series import Series
@@ -191,19 +189,9 @@ def sweep(out: Path, near: Iterable[Path] | None = None, exclude: Iterable[Path]
             found += [here / n for n in (*dirs, *files) if LEFTOVER.match(n)]
             dirs[:] = [d for d in dirs if not LEFTOVER.match(d)]
     else:
-        prefixes: dict[Path, set[str]] = defaultdict(set)
-        for path in near:  # atomic_file drops the suffix, atomic_dir keeps the whole name
-            stem = path.name[: len(path.name) - len(compound_suffix(path))]
-            prefixes[path.parent] |= {f".{stem}.mrct-", f".{path.name}.mrct-"}
-        for parent, starts in prefixes.items():
-            with contextlib.suppress(OSError):  # a folder not made yet holds nothing
-                names = [n for n in os.listdir(parent) if n.startswith(tuple(starts)) and LEFTOVER.match(n)]
-                found += [parent / n for n in names]
+        found = sorted({leftover for path in near for leftover in leftovers_of(path)})
     for path in found:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        remove_leftover(path)
     return len(found)
 
 

@@ -5,6 +5,8 @@ file system, so the final ``os.replace`` is atomic) and renamed at the end.
 An existing output is replaced only with ``overwrite=True``, and an existing folder only
 when it holds nothing but what mrct writes there (``owned``): ``-o ~/data --overwrite``
 must never delete a user's folder. No output may replace its input (:func:`check_apart`).
+A write killed outright leaves its temporary behind; the next write of the same output
+removes it once nobody has touched it for an hour (:func:`_remove_stale`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
 # What this module names its temporary files and folders (tempfile's 8 random characters).
 LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
+# A temporary of the same output untouched this long is a killed writer's (SIGKILL, the OOM
+# killer, a power cut): a live one is written to within seconds and lives for minutes at most.
+STALE_AFTER_S = 3600.0
 
 
 def _umask() -> int:
@@ -187,6 +193,46 @@ def utf8_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
 
 
+def leftover_prefixes(path: Path) -> tuple[str, str]:
+    """How the temporaries of ``path`` begin: atomic_file drops the suffix, atomic_dir keeps the
+    whole name (``.scan.mrct-tmp-XXXXXXXX.nii.gz``, ``.scan_dicom.mrct-old-XXXXXXXX``)."""
+    stem = path.name[: len(path.name) - len(compound_suffix(path))]
+    return f".{stem}.mrct-", f".{path.name}.mrct-"
+
+
+def leftovers_of(path: Path) -> list[Path]:
+    """The temporary files and folders of ``path`` in its folder, whoever left them."""
+    starts = leftover_prefixes(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:  # a folder not made yet holds nothing
+        return []
+    return [path.parent / n for n in sorted(names) if n.startswith(starts) and LEFTOVER.match(n)]
+
+
+def remove_leftover(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """After ``path`` is written: delete its temporaries that a killed earlier write left beside
+    it (``mrct translate`` killed by the OOM killer left a hidden, half-written volume for good).
+    Only those untouched for :data:`STALE_AFTER_S`, so a concurrent write of the same output
+    keeps its own. Best effort: the output is in place whatever happens here."""
+    now = time.time()
+    for entry in leftovers_of(path):
+        try:  # ctime: a rename sets it, and an earlier output moved aside keeps its old mtime
+            if now - entry.lstat().st_ctime < STALE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        remove_leftover(entry)
+        log.debug("removed %s, left by an interrupted write", entry)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
@@ -212,6 +258,7 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_stale(path)
 
 
 @contextlib.contextmanager
@@ -242,10 +289,7 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
             _publish_mode(tmp, directory=True)
             os.replace(tmp, path)
         if old is not None:
-            if old.is_dir() and not old.is_symlink():  # a link to a folder: drop the link only
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+            remove_leftover(old)  # a link to a folder: drops the link only
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not path.exists() and (old.exists() or old.is_symlink()):
@@ -254,3 +298,4 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
             except OSError:  # say where it is; the original error is the one to report
                 log.error("%s: the earlier output could not be put back; it is in %s", path, old)
         raise
+    _remove_stale(path)
