@@ -88,6 +88,21 @@ def dicom_truncated_file(tmp: Path) -> Path:
     return folder
 
 
+def dicom_truncated_single_file(tmp: Path) -> Path:
+    """One cut slice: it said "this is a single 2D slice", as if the file were whole."""
+    f = sorted(good_series(tmp / "cutone").glob("*.dcm"))[3]
+    f.write_bytes(f.read_bytes()[:-300])
+    return f
+
+
+def dicom_folder_of_one_truncated_file(tmp: Path) -> Path:
+    """A folder holding one cut slice: it said "got a 2D image of shape (.., .., 1)"."""
+    folder = tmp / "onecut"
+    folder.mkdir()
+    f = dicom_truncated_single_file(tmp)
+    return Path(f.rename(folder / f.name)).parent
+
+
 def dicom_unsupported_syntax(tmp: Path) -> Path:
     def mpeg(n: int, ds: pydicom.Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile

@@ -61,6 +61,10 @@ CORPUS: dict[str, Case] = {
     "dicom no pixel data": Case(dicom.dicom_no_pixel_data, "no pixel data"),
     "dicom short pixel data": Case(dicom.dicom_short_pixel_data, "pixel data"),
     "dicom truncated file": Case(dicom.dicom_truncated_file, "truncated"),
+    "dicom truncated single file": Case(dicom.dicom_truncated_single_file, "truncated dicom image file"),
+    "dicom folder of one cut file": Case(
+        dicom.dicom_folder_of_one_truncated_file, "truncated dicom image file"
+    ),
     "dicom unsupported syntax": Case(dicom.dicom_unsupported_syntax, "mpeg2"),
     "dicom private syntax": Case(dicom.dicom_private_syntax, "1.3.6.1.4.1.99999.1.2"),
     "dicom absurd size": Case(dicom.dicom_absurd_size, "65535 x 65535"),

@@ -32,6 +32,7 @@ from mrct.io.dicom_scan import (
     dcmread,
     find_series,
     header_int,
+    incomplete_image,
     media_folder,
     select_series,
 )
@@ -89,8 +90,11 @@ def read_dicom(
             raise ReadError("not a recognised image (NIfTI, NRRD, MHA or DICOM)", path)
         chosen = found[0]
         if chosen.n_frames == 1:
+            # A cut copy is damaged whatever else is true of it: say that first.
+            damaged = incomplete_image(path, chosen.headers[0]) if chosen.headers else None
             raise ReadError(
-                "a 3D volume is needed; this is a single 2D slice (point mrct at the series folder)",
+                damaged
+                or "a 3D volume is needed; this is a single 2D slice (point mrct at the series folder)",
                 path,
             )
     return read_series_files(chosen, path, modality, allow_gaps)
@@ -127,6 +131,9 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     with_pixels: list[Dataset] = []  # the pixel data and what decoding it needs
     headers = chosen.headers if len(chosen.headers) == len(chosen.files) else (None,) * len(chosen.files)
     for f, header in zip(chosen.files, headers, strict=True):
+        # Before any shape check: a folder holding one cut file said "got a 2D image".
+        if header is not None and (damaged := incomplete_image(f, header)):
+            raise ReadError(damaged, f)
         try:
             pixel_ds = pixel_dataset(header) if header is not None else None
             if header is not None and pixel_ds is not None:
