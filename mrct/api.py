@@ -14,7 +14,7 @@ from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError, SeriesSelectionError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import check_apart, check_outside, check_replaceable
+from mrct.io.atomic import check_apart, check_outside, check_replaceable, occupied
 from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
@@ -137,7 +137,7 @@ def convert(
         fmt = output_format_for(dst)
     except ValueError as err:
         raise MrctError(str(err).removeprefix(f"{dst}: "), dst_p) from err
-    if dst_p.exists() and not overwrite:
+    if occupied(dst_p) and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_apart(src_p, dst_p)
     check_outside(src_p, dst_p)
@@ -220,7 +220,7 @@ def preview(
     dst_p, series = path_arg(dst, "dst"), text_arg(series, "series")
     if dst_p.suffix.lower() != ".png":
         raise MrctError("a preview is written as PNG; give an output ending in .png", dst_p)
-    if dst_p.exists() and not overwrite:  # fail before reading a large scan
+    if occupied(dst_p) and not overwrite:  # fail before reading a large scan
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_outside(path_arg(src, "src"), dst_p)
     vol = read_volume(src, series=series)

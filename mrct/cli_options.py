@@ -6,6 +6,8 @@ Nothing here imports torch (``mrct --help`` must start fast).
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -30,6 +32,12 @@ def fail(err: BaseException) -> NoReturn:
     if isinstance(err, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
         raise typer.Exit(130)
+    if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG and err.filename is not None:
+        # A name made from the input's (scan_synthetic_ct.nii.gz), or an option's, past 255 bytes:
+        # pathlib raises it from exists(), wherever a path is first looked at.
+        name = os.fsdecode(err.filename).replace("\n", "\\n")
+        typer.echo(f"error: {name}: file name too long for the file system (255 bytes per name)", err=True)
+        raise typer.Exit(2)
     typer.echo(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], err=True)
     raise typer.Exit(70)
 

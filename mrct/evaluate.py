@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from mrct import metrics
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError, ReadError
-from mrct.io.atomic import atomic_file, check_apart, check_writable, utf8_bytes
+from mrct.io.atomic import atomic_file, check_apart, check_writable, occupied, utf8_bytes
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def evaluate_volumes(
     for given in (pred, gt, mask):  # --overwrite replaced an input given as -o by the CSV
         if given is not None:
             check_apart(Path(given), out_csv)
-    if out_csv.exists() and not overwrite:
+    if occupied(out_csv) and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", out_csv)
     check_writable(out_csv)  # the folders are made when the CSV is written: not for a bad input
     rows = []

@@ -27,6 +27,7 @@ from mrct.io.atomic import (
     check_outside,
     check_replaceable,
     check_writable,
+    occupied,
 )
 from mrct.io.discover import fit_name, scan_stem
 from mrct.labels import derivation_description, series_description
@@ -165,7 +166,7 @@ def translate_file(
             raise MrctError(f"{option} names the same file as {other}; give each output its own name", given)
         check_apart(src, given)
         check_outside(src, given, option)
-        if given.exists() and not overwrite:
+        if occupied(given) and not overwrite:
             raise OutputExistsError("output exists; pass --overwrite to replace it", given)
         if option != "-o" and given.is_dir():
             raise OutputExistsError(f"is a folder; {option} needs a file name", given)

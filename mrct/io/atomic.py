@@ -67,13 +67,19 @@ class Owned:
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
+def occupied(path: Path) -> bool:
+    """Whether anything is at ``path``, a link that leads nowhere included: ``exists()`` is False
+    for one, and writing replaced the user's link without ``--overwrite``."""
+    return path.exists() or path.is_symlink()
+
+
 def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> None:
     """Fail early when ``path`` exists and must not be replaced, or cannot be created.
 
     ``owned``: ``path`` is an output folder; an existing one is replaced only when it holds
     nothing but what mrct writes there (see :func:`check_replaceable`).
     """
-    if path.exists() and not overwrite:
+    if occupied(path) and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     if owned is not None:
         check_replaceable(path, owned)
@@ -250,7 +256,7 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         with _writing(path, tmp):
             yield tmp
-        if path.exists() and not overwrite:  # appeared while we were writing
+        if occupied(path) and not overwrite:  # appeared while we were writing
             raise OutputExistsError("output appeared while writing; not replaced", path)
         with _creating(path):  # a read-only or immutable folder: one error naming the output
             _publish_mode(tmp, directory=False)

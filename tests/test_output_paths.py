@@ -1,0 +1,79 @@
+"""Output paths the file system itself objects to: a link that leads nowhere, a name too long.
+
+Each was a review's finding: a dangling link at the output path was replaced without
+``--overwrite``, and a name over 255 bytes ended as "unexpected OSError" (exit 70).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mrct.api_args import ArgumentError, path_arg
+from mrct.cli import app
+from mrct.io import read_volume
+from tests.bad_files import good_nifti
+
+runner = CliRunner()
+TOO_LONG = "x" * 250 + ".nii.gz"  # 257 bytes: one byte more than any Linux file system holds
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["convert", "{src}", "{out}"], ["preview", "{src}", "-o", "{out}"]],
+    ids=["convert", "preview"],
+)
+def test_a_dangling_link_at_the_output_is_not_replaced_without_overwrite(
+    tmp_path: Path, command: list[str]
+) -> None:
+    src = good_nifti(tmp_path)
+    out = tmp_path / ("out.png" if command[0] == "preview" else "out.nii.gz")
+    out.symlink_to(tmp_path / "gone" / "elsewhere.nii.gz")
+    args = [a.format(src=src, out=out) for a in command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 4, result.output
+    assert result.output.strip() == f"error: {out}: output exists; pass --overwrite to replace it"
+    assert out.is_symlink() and os.readlink(out) == str(tmp_path / "gone" / "elsewhere.nii.gz")
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and not out.is_symlink()  # the link itself replaced, nothing made at its target
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_name_too_long_is_a_one_line_error(tmp_path: Path) -> None:
+    src = good_nifti(tmp_path)
+    cases = {
+        "info": ["info", str(tmp_path / TOO_LONG)],
+        "convert": ["convert", str(src), str(tmp_path / TOO_LONG)],
+        "preview": ["preview", str(src), "-o", str(tmp_path / (TOO_LONG + ".png"))],
+    }
+    for name, args in cases.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (name, result.output)
+        (line,) = result.output.splitlines()
+        assert line.startswith(f"error: {tmp_path}/xxx") and "255" in line, (name, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+    with pytest.raises(ArgumentError, match="257 bytes long"):
+        read_volume(tmp_path / TOO_LONG)
+    assert path_arg(tmp_path / ("y" * 255), "path").name == "y" * 255  # the longest allowed
+
+
+def test_a_report_name_too_long_fails_naming_it(tmp_path: Path) -> None:
+    """--report's name reaches the file system unchecked by the API's arguments: still one line
+    naming it, exit 2, and nothing written."""
+    from tests.model_fixtures import write_tiny_model
+    from tests.test_prepare import write_head
+
+    src = write_head(tmp_path / "mr.nii.gz", "mr", seed=3)
+    tiny = write_tiny_model(tmp_path / "tiny")
+    report = tmp_path / ("r" * 252 + ".json")
+    args = ["translate", str(src), "--to", "ct", "--model", str(tiny), "-o", str(tmp_path / "ct.nii.gz")]
+    result = runner.invoke(app, [*args, "--report", str(report)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"error: {report}: file name too long for the file system (255 bytes per name)"
+    ]
+    assert not (tmp_path / "ct.nii.gz").exists()
