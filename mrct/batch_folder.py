@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
 from mrct.io.atomic import LEFTOVER, atomic_file, leftovers_of, remove_leftover, utf8_bytes
+from mrct.jsontext import parse_json
 
 if TYPE_CHECKING:
     from mrct.batch_series import Series
@@ -60,7 +61,7 @@ def _now() -> str:
 def _holder(path: Path) -> str:
     """Who holds the lock at ``path`` exclusively, from what it wrote there ("" if unknown)."""
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = parse_json(path.read_text(encoding="utf-8"))
         return f"pid {info['pid']} on {info['host']}, since {info['since']}"
     return ""
 
@@ -267,7 +268,7 @@ class Manifest:
                 self._adopt_others(path, [])
             return
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
+            old = parse_json(path.read_text(encoding="utf-8"))
             own = [r for r in old["series"] if isinstance(r, dict) and isinstance(r.get("id"), str)]
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
@@ -300,7 +301,7 @@ class Manifest:
                 continue
             try:
                 with other.open("rb") as fh:  # the time of the content read, not of a later rewrite
-                    written, old = os.fstat(fh.fileno()).st_mtime_ns, json.loads(fh.read())
+                    written, old = os.fstat(fh.fileno()).st_mtime_ns, parse_json(fh.read())
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
                 rows = [

@@ -6,13 +6,13 @@ sha256). Split from :mod:`mrct.models`; nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from mrct.errors import ModelError
+from mrct.jsontext import parse_json
 
 FORMAT = "mrct-model"
 FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
         raise ModelError("model.json is missing; not a model package", file)
     raw = file.read_bytes()
     try:
-        manifest = json.loads(raw, object_pairs_hook=no_duplicates)
+        manifest = parse_json(raw, object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"not valid JSON ({str(err).splitlines()[0]})", file) from err
     if not isinstance(manifest, dict):

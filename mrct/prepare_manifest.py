@@ -17,6 +17,7 @@ import numpy as np
 from mrct import __version__
 from mrct.errors import InputNotFoundError, OutputExistsError, ReadError
 from mrct.io.atomic import atomic_file
+from mrct.jsontext import parse_json
 
 MANIFEST_VERSION = 1
 DOMAINS = ("mr", "ct")  # a prepared set's folders and split keys, in manifest order
@@ -141,7 +142,7 @@ def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("scans", []), list):
             raise ValueError("not a manifest")
     except (OSError, ValueError) as err:
@@ -224,7 +225,7 @@ def mr_test_split(prepared: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     if not path.is_file():
         raise InputNotFoundError("no manifest.json here; give a set built by mrct prepare", prepared)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
         by_id = {e["id"]: e for e in manifest["scans"] if e["domain"] == "mr"}
         return manifest, [by_id[i] for i in manifest["split"]["mr"]["test"]]
     except (ValueError, KeyError, TypeError) as err:

@@ -6,7 +6,6 @@ the same S), ``superior_mm`` > ``inferior_mm``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from mrct.errors import CropOptionError, InputNotFoundError, MarkupsError
+from mrct.jsontext import parse_json
 
 CropMode = Literal["auto", "mm", "markups", "none"]
 # Said wherever a slab cannot be used, so users know their way out.
@@ -120,10 +120,10 @@ def read_markups(path: str | Path) -> tuple[float, float]:
     p = Path(path)
     expected = "a 3D Slicer markups file (.mrk.json) with two control points, brow and jaw"
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = parse_json(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputNotFoundError("markups file not found", p) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # bad UTF-8, bad JSON, nesting too deep, a huge integer
         raise MarkupsError(f"not valid JSON ({err}); expected {expected}", p) from None
     points = []
     try:

@@ -19,7 +19,6 @@ apart); levels outside the scan are checked separately (:func:`check_slab_in_sca
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.errors import CropError
+from mrct.jsontext import parse_json
 from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
@@ -141,7 +141,7 @@ def load_reference() -> Reference:
     folder = resources.files(REFERENCE_PACKAGE)
     with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path:
         volume = read_volume(path, modality=Modality.MR)
-    meta = json.loads((folder / f"{REFERENCE_NAME}.json").read_text(encoding="utf-8"))
+    meta = parse_json((folder / f"{REFERENCE_NAME}.json").read_text(encoding="utf-8"))
     landmarks = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in meta["landmarks_ras_mm"].items()}
     return Reference(
         working_image(volume, Modality.MR),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mrct.jsontext import parse_json
 from mrct.preprocessing.crop import SlabBounds
 from mrct.preprocessing.intensity import IntensityMap
 
@@ -117,4 +118,4 @@ class PreprocessRecord:
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessRecord:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(parse_json(text))

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mrct.errors import ReadError
+from mrct.jsontext import parse_json
 from mrct.models import save_tensors
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def read_record(path: Path) -> dict[str, Any]:
     """A run's JSON record (config.json, data.json, a checkpoint's state.json), or ReadError
     naming it."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ReadError(f"unreadable run record ({err})", path) from err
     if not isinstance(value, dict):
@@ -148,7 +149,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     entries = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            entry = json.loads(line)
+            entry = parse_json(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("iteration"), int):
@@ -194,7 +195,7 @@ def load(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
     """Networks, optimiser tensors, the JSON state, and this rank's state of a checkpoint."""
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = parse_json((path / "state.json").read_text(encoding="utf-8"))
         rank_file = path / f"rank{rank}.safetensors"
         if not rank_file.is_file() and rank >= int(state.get("world_size", 1)):
             # A process the saving run did not have (resuming on more GPUs): it starts with

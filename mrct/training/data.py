@@ -9,7 +9,6 @@ batches the uninterrupted run would have seen, with no sampler state to save.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy.typing as npt
 
 from mrct.config import to_dict
 from mrct.errors import ConfigError, InputNotFoundError, ReadError, first_line
+from mrct.jsontext import parse_json
 from mrct.preprocessing.augment import apply_augmentation, sample_augmentation
 from mrct.training.config import DataConfig
 
@@ -60,7 +60,7 @@ class PreparedSet:
             raise InputNotFoundError("no manifest.json here; build the set with mrct prepare", root)
         try:
             raw = path.read_bytes()
-            manifest = json.loads(raw)
+            manifest = parse_json(raw)
             if manifest.get("format") != "mrct-prepared-dataset":
                 raise ValueError("not an mrct prepared dataset")
             entries = {(e["domain"], e["id"]): e for e in manifest["scans"] if e.get("status") == "ok"}

@@ -13,6 +13,7 @@ from pathlib import Path
 from mrct.config import to_dict
 from mrct.errors import ConfigError, OutputExistsError
 from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
+from mrct.jsontext import parse_json
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
 from mrct.training.data import PreparedSet
@@ -54,7 +55,7 @@ def _prepare_run_dir(
     if started and (overwrite or (resume and found is None)):  # both start again from iteration 0
         _check_only_a_run(run_dir)
     if resume and found is not None:
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        saved = parse_json((run_dir / "config.json").read_text(encoding="utf-8"))
         if saved != to_dict(config):
             raise ConfigError("this run was started with another config; resume it with that config", run_dir)
         _check_same_data(run_dir, data)
