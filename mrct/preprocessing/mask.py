@@ -14,10 +14,16 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from mrct.errors import GeometryError
+from mrct.io.limits import check_voxels
 from mrct.preprocessing.grid import axis_aligned_grid, resample, world_extent
 from mrct.volume import Modality, Volume
 
 WORK_STEP_MM = 4.0
+# Wider than any scan (a whole body is under 2 m long; a head's field of view under 0.4 m): a
+# span beyond it is a header whose voxel size or spatial unit is wrong (metres for mm), and its
+# working grid would need petabytes.
+MAX_SPAN_MM = 2000.0
 CT_BODY_HU = -500.0
 # A head holds tissues of many intensities (fat, brain, CSF, bone, sinuses); a phantom is a
 # uniform fill. ``interior_spread`` was 0.40-1.4 on the 53 real heads in ../shared/data (the
@@ -85,11 +91,19 @@ class WorkingImage:
 
 def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP_MM) -> WorkingImage:
     """Resample ``volume`` (anti-aliased) onto a coarse RAS grid and compute its head mask."""
+    lo, hi = world_extent(volume.shape, volume.affine)
+    if float(np.max(hi - lo)) > MAX_SPAN_MM:
+        span = " x ".join(f"{v:.0f}" for v in hi - lo)
+        sizes = " x ".join(f"{v:.4g}" for v in np.linalg.norm(volume.affine[:3, :3], axis=0))
+        raise GeometryError(
+            f"the scan spans {span} mm ({sizes} mm voxels), far more than a head: "
+            "is the header's voxel size or spatial unit wrong?"
+        )
     affine, shape = axis_aligned_grid(volume.shape, volume.affine, step_mm)
+    check_voxels(shape, 4, volume.source.path or "the scan")  # float32 working grid
     background = float(np.min(volume.array)) if volume.array.size else 0.0
     array = resample(volume.array, volume.affine, affine, shape, fill=background, anti_alias=True)
     threshold = CT_BODY_HU if modality is Modality.CT else 0.5 * otsu_threshold(array)
-    lo, hi = world_extent(volume.shape, volume.affine)
     extent = (float(lo[2]), float(hi[2]))
     return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, extent)
 
