@@ -55,6 +55,17 @@ def output_map(target: Modality, ct_map_name: str) -> Any:
 def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
     """The input's modality (header, else intensities); refuses translating CT to CT and MR to MR."""
     header = volume.modality
+    dicom = volume.source.dicom
+    # PET, SPECT, an X-ray: batch skips them by header, and so does this. "OT" (other) is judged
+    # from its intensities, as batch judges it.
+    other = dicom.modality if dicom is not None and header is None else ""
+    if other not in ("", "OT") and not force:
+        source = "an MR" if to is Modality.CT else "a CT"
+        raise ModalityError(
+            f"its DICOM Modality is {other}, not {source[-2:]}; --to {to.value.lower()} needs "
+            f"{source} (pass --force to translate anyway)",
+            volume.source.path or None,
+        )
     found = header or guess_modality(volume)
     if found is to and not force:
         how = "its header says" if header else "its intensities look like"
