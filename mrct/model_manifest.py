@@ -6,6 +6,7 @@ sha256). Split from :mod:`mrct.models`; nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -26,6 +27,58 @@ SCHEMA: dict[str, type] = {
 DIRECTIONS = ("mr_to_ct", "ct_to_mr")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+# The parts of model.json that change what a package computes. Export records a digest of each
+# in every weight file's safetensors metadata, so that one edited after export is refused, while
+# what only the card reads (description, training record, metrics, licence) may be completed:
+# the bundled package's evaluation was added to its model.json after export.
+BOUND_SECTIONS = ("architecture", "preprocessing", "intensity", "directions")
+BOUND_PREFIX = "mrct_sha256_"
+
+
+def section_digests(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """Safetensors metadata binding a weight file to ``manifest``'s bound sections."""
+    digests = {}
+    for key in BOUND_SECTIONS:
+        text = json.dumps(manifest[key], sort_keys=True, separators=(",", ":"), allow_nan=False)
+        digests[BOUND_PREFIX + key] = hashlib.sha256(text.encode()).hexdigest()
+    return digests
+
+
+def check_sections(
+    manifest: Mapping[str, Any], metadata: Mapping[str, str], weights: Path, file: Path
+) -> None:
+    """Refuse a model.json (``file``) whose bound sections differ from those ``weights`` were
+    exported with. Weights exported before mrct recorded them hold none: nothing to compare."""
+    expected = section_digests(manifest)
+    for key in BOUND_SECTIONS:
+        recorded = metadata.get(BOUND_PREFIX + key)
+        if recorded is not None and recorded != expected[BOUND_PREFIX + key]:
+            raise ModelError(
+                f"{key} is not what {weights.name} was exported with: model.json was changed "
+                "after export (export the model again, or restore it)",
+                file,
+            )
+
+
+def safetensors_metadata(file: Path, data: bytes | None = None) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, read from its header alone (``data``: the
+    file's bytes, when already read)."""
+    if data is None:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = fh.read(size) if 0 < size <= 100_000_000 else b""
+    else:
+        size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        header = data[8 : 8 + size] if 0 < size <= 100_000_000 else b""
+    try:
+        parsed = parse_json(header)
+    except ValueError:
+        raise ModelError("not a readable safetensors file (its header is not JSON)", file) from None
+    metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
 def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:

@@ -36,8 +36,11 @@ from mrct.model_manifest import (
     MANIFEST,
     NAME_PATTERN,
     check_bytes,
+    check_sections,
     package_checksum,
     read_manifest,
+    safetensors_metadata,
+    section_digests,
     sha256_file,
 )
 
@@ -157,7 +160,7 @@ def write_package(
     with atomic_dir(Path(out), PACKAGE_FILES, overwrite=overwrite) as tmp:
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
-            save_tensors(state, target, metadata={"mrct_direction": direction})
+            save_tensors(state, target, metadata={"mrct_direction": direction, **section_digests(manifest)})
             os.chmod(target, _created_file_mode())
             manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
@@ -222,13 +225,11 @@ class ModelPackage:
         check_bytes(file, len(data), hashlib.sha256(data).hexdigest(), self.manifest["files"][file.name])
         try:
             state = safetensors.torch.load(data)
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # parsed above
         except Exception as err:  # safetensors raises its own SafetensorError on bad headers
             raise ModelError(f"not a readable safetensors file ({err})", file) from err
-        # Both generators have the same shapes: only the file's own label tells them apart.
-        saved = (header.get("__metadata__") or {}).get("mrct_direction", direction)
-        if saved != direction:
-            raise ModelError(f"holds the {saved} generator, but model.json lists it as {direction}", file)
+        metadata = safetensors_metadata(file, data)  # parsed above
+        _check_label(metadata, direction, file)
+        check_sections(self.manifest, metadata, file, self.path / MANIFEST)
         net = _fit_weights(self.generator_config, state, str(file))
         return net.to(device).eval()
 
@@ -280,10 +281,22 @@ def _load_package(folder: Path) -> ModelPackage:
             raise ModelError("weight file listed in model.json is missing", file)
         size = file.stat().st_size  # cheap check first: a truncated file is not hashed
         check_bytes(file, size, sha256_file(file) if size == expected["bytes"] else "", expected)
+    metadata = {name: safetensors_metadata(folder / name) for name in sorted(files)}
+    for direction, name in manifest["directions"].items():
+        _check_label(metadata[name], direction, folder / name)
     # Fail now, not at inference time, when the configs no longer parse.
     package = ModelPackage(folder, manifest, package_checksum(raw, files))
     _ = package.generator_config, package.preprocessing
+    for name in sorted(files):  # after the checks above, whose messages say more
+        check_sections(manifest, metadata[name], folder / name, folder / MANIFEST)
     return package
+
+
+def _check_label(metadata: Mapping[str, str], direction: str, file: Path) -> None:
+    # Both generators have the same shapes: only the file's own label tells them apart.
+    saved = metadata.get("mrct_direction", direction)
+    if saved != direction:
+        raise ModelError(f"holds the {saved} generator, but model.json lists it as {direction}", file)
 
 
 def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) -> Path:
