@@ -28,7 +28,7 @@ from mrct.io.dicom_scan import (
     read_header_dataset,
     unique_instances,
 )
-from mrct.io.dicom_split import Members, header_int, split_series
+from mrct.io.dicom_split import Members, header_int, placement_damage, split_series
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
 from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality, SourceInfo, Volume
@@ -117,6 +117,17 @@ def _first_cut(members: Members, root: Path) -> str | None:
     return None
 
 
+def _first_misplaced(members: Members, root: Path) -> str | None:
+    """The error for the first file whose orientation or position is damaged (NaN, a word). It
+    stays in its series (grouping reads such a value as absent), which fails naming it: split off
+    by it, each slice was a 1-image stack, skipped as a localiser."""
+    for path, ds in members:
+        why = placement_damage(ds)
+        if why is not None:
+            return f"{_rel(path, root)}: {why}"
+    return None
+
+
 def _rel(path: Path, root: Path) -> str:
     return PurePosixPath(*path.relative_to(root).parts).as_posix() if path != root else "."
 
@@ -154,7 +165,7 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
             # Checked from the headers, for every stack: a damaged series of the other modality
             # (never read) fails too, as does one whose folder holds an image cut too short to
             # say its series (it may be a slice of this one: read without it, the grid is wrong).
-            cut = _first_cut(group, root)
+            cut = _first_cut(group, root) or _first_misplaced(group, root)
             orphan = next((cut_short[p.parent] for p, _ in group if p.parent in cut_short), None)
             if cut is None and orphan is not None:
                 cut = f"{_rel(orphan, root)}: {INCOMPLETE} in this series' folder (one of its slices?)"

@@ -60,6 +60,36 @@ def dicom_garbled_iop(tmp: Path) -> Path:
     return _patch_bytes(folder, b"1.0\\0.0\\0.0\\", b"1.0\\0.0\\x.0\\")
 
 
+def _break_iop(tmp: Path, name: str, value: bytes, only: int | None = None) -> Path:
+    """A series whose ImageOrientationPatient starts with ``value`` (3 bytes, written as bytes:
+    pydicom will not write them), in every slice or in the ``only``-th file by name."""
+    folder = _edit_slices(
+        good_series(tmp / name), lambda n, ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])
+    )
+    files = sorted(folder.glob("*.dcm"))
+    for f in files if only is None else [files[only]]:
+        data = f.read_bytes()
+        assert data.count(b"1.0\\0.0\\0.0\\") == 1
+        f.write_bytes(data.replace(b"1.0\\0.0\\0.0\\", value + b"\\0.0\\0.0\\"))
+    return folder
+
+
+def dicom_nan_iop(tmp: Path) -> Path:
+    """NaN in every slice's orientation: grouped by it (NaN equals nothing), each slice was a
+    "series" of its own (info listed 6, batch skipped each as a 1-image localiser, exit 0)."""
+    return _break_iop(tmp, "naniop", b"nan")
+
+
+def dicom_one_inf_iop(tmp: Path) -> Path:
+    """One slice's orientation is infinite: it was split off as a 1-slice stack of its own."""
+    return _break_iop(tmp, "infiop", b"inf", only=2)
+
+
+def dicom_one_garbled_iop(tmp: Path) -> Path:
+    """One slice's orientation holds a word: it was split off as a 1-slice stack of its own."""
+    return _break_iop(tmp, "garbledone", b"x.0", only=2)
+
+
 def dicom_duplicate_positions(tmp: Path) -> Path:
     folder = good_series(tmp / "dup")
     files = sorted(folder.glob("*.dcm"))

@@ -57,6 +57,13 @@ CORPUS: dict[str, Case] = {
     "dicom missing iop": Case(dicom.dicom_missing_iop, "missing imageorientationpatient"),
     "dicom skewed iop": Case(dicom.dicom_skewed_iop, "not perpendicular"),
     "dicom garbled iop": Case(dicom.dicom_garbled_iop, "imageorientationpatient"),
+    "dicom nan iop": Case(dicom.dicom_nan_iop, "imageorientationpatient holds a value that is not a finite"),
+    "dicom one inf iop": Case(
+        dicom.dicom_one_inf_iop, "imageorientationpatient holds a value that is not a finite"
+    ),
+    "dicom one garbled iop": Case(
+        dicom.dicom_one_garbled_iop, "imageorientationpatient is not a list of numbers"
+    ),
     "dicom duplicate positions": Case(dicom.dicom_duplicate_positions, "share a position"),
     "dicom no pixel data": Case(dicom.dicom_no_pixel_data, "no pixel data"),
     "dicom short pixel data": Case(dicom.dicom_short_pixel_data, "pixel data"),

@@ -32,7 +32,7 @@ from mrct.io.dicom_read import read_series_files
 from mrct.io.dicom_scan import group_series
 from mrct.io.limits import memory_limit
 from tests.bad_inputs import CORPUS, NEEDS_LIMIT, SPLIT_CASES, good_nifti, good_series
-from tests.dicom_factory import write_series
+from tests.dicom_factory import write_series, zip_folder
 
 # pydicom warns as it parses the corpus' "NaN" RescaleSlope; the reader refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
@@ -293,6 +293,28 @@ def test_batch_translates_the_good_series_and_lists_every_bad_one(tmp_path: Path
     leftovers = [p.name for p in out.rglob("*") if ".mrct-tmp-" in p.name]
     assert leftovers == []
     assert snapshot(root) == before
+
+
+def test_a_slice_whose_orientation_is_nan_fails_its_series_never_splits_off(tmp_path: Path) -> None:
+    """NaN equals nothing: grouped by orientation, each NaN slice was a 1-slice "series" of its
+    own (info listed it, convert asked for --series, batch skipped it as a localiser, exit 0)."""
+    folder = good_series(tmp_path / "in" / "t1")
+    damaged = sorted(folder.glob("*.dcm"))[2]
+    data = damaged.read_bytes().replace(b"1.0\\0.0\\0.0\\", b"nan\\0.0\\0.0\\", 1)
+    damaged.write_bytes(data)
+    why = "ImageOrientationPatient holds a value that is not a finite number"
+    with pytest.raises(GeometryError, match=why) as caught:
+        read_volume(folder)
+    assert caught.value.path == str(damaged)
+    zip_folder(folder, tmp_path / "in" / "t1.zip")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["batch", str(tmp_path / "in"), "-o", str(out), "--to", "ct", "-q"])
+    assert res.exit_code == 1, res.output
+    rows = json.loads((out / "manifest.json").read_text())["series"]
+    assert [(r["input"], r["status"]) for r in rows] == [("t1", "failed"), ("t1.zip", "failed")]
+    assert rows[0]["files"] == 6  # one row for the whole series, its damaged slice in it
+    assert rows[0]["message"] == f"t1/{damaged.name}: {why}"
+    assert rows[1]["message"] == f"t1.zip: series/{damaged.name}: {why}"
 
 
 @pytest.mark.parametrize("implicit", [True, False])

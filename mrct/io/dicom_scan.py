@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mrct.errors import InputNotFoundError, MrctError, ReadError, SeriesSelectionError, TooLargeError
-from mrct.io.dicom_split import Members, header_int, split_series
+from mrct.errors import (
+    GeometryError,
+    InputNotFoundError,
+    MrctError,
+    ReadError,
+    SeriesSelectionError,
+    TooLargeError,
+)
+from mrct.io.dicom_split import Members, header_int, placement_damage, split_series
 from mrct.io.limits import limit_hint, max_memory
 from mrct.io.sniff import raw_dicom_dataset
 
@@ -190,6 +197,8 @@ def _image_header(path: Path) -> Dataset | None:
     # Values used to group files are parsed here, so that damage shows now, naming this file.
     for key in ("SeriesInstanceUID", "SeriesDescription", "Modality", "SeriesNumber"):
         str(ds.get(key, ""))
+    if (why := placement_damage(ds)) is not None:  # grouped by it, the slice would fall out
+        raise GeometryError(why, path)
     return ds
 
 

@@ -7,7 +7,9 @@ acquisition, ``1``/``2`` for stacks that differ in image size or orientation.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,46 @@ def header_int(ds: Any, key: str, default: int = 0) -> int:
         return default
 
 
-def orientation_key(ds: Any) -> tuple[Any, ...]:
-    """ImageOrientationPatient rounded for grouping; garbled values group as text, and reading
-    that series then fails with a message naming the file (a failed row, not a crashed batch)."""
-    value = ds.get("ImageOrientationPatient") or ()
+# Values that split a series: a slice's orientation, and its position (repeated acquisitions).
+PLACEMENT_KEYS = ("ImageOrientationPatient", "ImagePositionPatient")
+
+
+def _finite_numbers(ds: Any, key: str) -> tuple[float, ...]:
+    """A decimal-string header value as finite numbers; () when absent. Raises ValueError saying
+    what is wrong, in the reader's words (:func:`mrct.io.dicom_read._numbers`)."""
     try:
-        return tuple(round(float(v), 3) for v in value)
-    except Exception:  # pydicom parses lazily: damage raises many kinds
-        return ("unparsable", str(value))
+        value = ds.get(key)
+        if value is None or value == "":
+            return ()
+        many = isinstance(value, Sequence) and not isinstance(value, str | bytes)  # pydicom's MultiValue
+        numbers = tuple(float(v) for v in (value if many else [value]))
+    except Exception:  # pydicom parses lazily, on access: damage raises many kinds
+        raise ValueError(f"{key} is not a list of numbers") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{key} holds a value that is not a finite number")
+    return numbers
+
+
+def placement_damage(ds: Any) -> str | None:
+    """Why a file's orientation or position is damaged (not numbers, NaN, infinite), or None.
+
+    Readers check this as they read a header: grouped by such a value, a slice fell out of its
+    series (NaN equals nothing, so each NaN slice was a 1-slice "series" of its own)."""
+    for key in PLACEMENT_KEYS:
+        try:
+            _finite_numbers(ds, key)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
+def orientation_key(ds: Any) -> tuple[float, ...]:
+    """ImageOrientationPatient rounded for grouping; () when absent or damaged, so that the file
+    stays with its series, which then fails naming it (:func:`placement_damage`)."""
+    try:
+        return tuple(round(v, 3) for v in _finite_numbers(ds, "ImageOrientationPatient"))
+    except ValueError:
+        return ()
 
 
 def split_series(members: Members) -> list[tuple[str, Members]]:
@@ -43,8 +77,8 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
 
     groups: dict[tuple[Any, ...], Members] = defaultdict(list)
     keys = [orientation_key(ds) for _, ds in members]
-    # A file without ImageOrientationPatient joins the series' one orientation, so that reading
-    # it says which file lacks it; on its own it was a 1-slice "series" and a false gap.
+    # A file without (or with a damaged) ImageOrientationPatient joins the series' one
+    # orientation, so that reading it says which file; alone it was a 1-slice "series", a false gap.
     known = {k for k in keys if k}
     keys = [k or (next(iter(known)) if len(known) == 1 else k) for k in keys]
     for (p, ds), orientation in zip(members, keys, strict=True):
