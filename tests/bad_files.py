@@ -10,6 +10,7 @@ import os
 import shutil
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -238,6 +239,51 @@ def mha_zero_spacing(tmp: Path) -> Path:
     )
     (tmp / "zero.mha").write_bytes(header.encode() + b"\0" * 128)
     return tmp / "zero.mha"
+
+
+def mhd_slices(tmp: Path, data_file: str, names: str = "s%03d.raw", compressed: bool = False) -> Path:
+    """``slices.mhd`` (4 x 3 x 5 int16) whose ElementDataFile is ``data_file``, beside its five
+    slice files s000.raw ... s004.raw (zlib streams if ``compressed``), 24 bytes each raw."""
+    array = np.arange(60, dtype=np.int16).reshape(5, 3, 4) * 11 - 200  # [z, y, x], as MetaIO stores
+    for k in range(5):
+        data = array[k].tobytes()
+        (tmp / (names % k)).write_bytes(zlib.compress(data) if compressed else data)
+    header = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 3 5\nElementType = MET_SHORT\n"
+        f"ElementSpacing = 1 1 2\nCompressedData = {compressed}\nElementDataFile = {data_file}\n"
+    )
+    (tmp / "slices.mhd").write_bytes(header.encode())
+    return tmp / "slices.mhd"
+
+
+def mhd_list_short(tmp: Path) -> Path:
+    """ITK read the three slices named and left the other two zero (or uninitialised)."""
+    return mhd_slices(tmp, "LIST\ns000.raw\ns001.raw\ns002.raw")
+
+
+def mhd_pattern_short(tmp: Path) -> Path:
+    return mhd_slices(tmp, "s%03d.raw 0 2 1")
+
+
+def mhd_slice_missing(tmp: Path) -> Path:
+    return mhd_slices(tmp, "LIST\ns000.raw\ns001.raw\ngone.raw\ns003.raw\ns004.raw")
+
+
+def mhd_slice_short(tmp: Path) -> Path:
+    mhd = mhd_slices(tmp, "s%03d.raw 0 4 1")
+    (tmp / "s003.raw").write_bytes(b"\0" * 7)
+    return mhd
+
+
+def mhd_compressed_slice_cut(tmp: Path) -> Path:
+    mhd = mhd_slices(tmp, "LIST\nz000.raw\nz001.raw\nz002.raw\nz003.raw\nz004.raw", "z%03d.raw", True)
+    (tmp / "z002.raw").write_bytes((tmp / "z002.raw").read_bytes()[:12])
+    return mhd
+
+
+def mhd_pattern_step_zero(tmp: Path) -> Path:
+    """Files 0 to 4 over 5 slices: MetaIO's step, (4 - 0) / 5, is 0 and it divides by it (SIGFPE)."""
+    return mhd_slices(tmp, "s%03d.raw 0 4")
 
 
 def nhdr_missing_data(tmp: Path) -> Path:

@@ -46,6 +46,7 @@ SUBPROCESS_SAMPLE = [
     "nifti2 absurd dims",
     "mha truncated",
     "nhdr missing data",
+    "mhd pattern step zero",  # ITK's division by zero killed the process
     "dicom garbled iop",
     "dicom nan slope",
     "dicom unsupported syntax",

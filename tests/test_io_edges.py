@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from mrct.errors import ReadError, WriteError
 from mrct.io import read_volume, write_volume
 from mrct.volume import Modality, Volume
+from tests.bad_files import mhd_slices
 from tests.phantoms import oblique_affine, phantom
 
 
@@ -88,6 +89,69 @@ def test_malformed_metaimage_header_is_still_refused(tmp_path: Path, line: bytes
     with pytest.raises(ReadError, match="malformed MetaImage header") as info:
         read_volume(tmp_path / "bad.mha")
     assert info.value.path == str(tmp_path / "bad.mha")
+
+
+def test_metaimage_slice_files_are_read_as_metaio_reads_them(tmp_path: Path) -> None:
+    """ElementDataFile LIST (names one a line, "LIST 2D", ends stripped, extra names unread) and
+    a file-name pattern read every slice; a last name without a line end, which MetaIO skips
+    (it left that slice zero or uninitialised), is refused."""
+    expected = (np.arange(60, dtype=np.int16).reshape(5, 3, 4) * 11 - 200).transpose(2, 1, 0)
+    listed = "".join(f"s{k:03d}.raw \r\n" for k in range(5))
+    forms = {
+        "list": ("LIST\n" + listed + "extra.raw\n", "s%03d.raw", False),
+        "list 2d": ("LIST 2D\n" + listed, "s%03d.raw", False),
+        "pattern": ("s%03d.raw 0 4 1", "s%03d.raw", False),
+        "pattern defaults": ("s%03d.raw", "s%03d.raw", False),  # numbered 1 to DimSize: s001 ...
+        "spaces": ("slice %02d.raw 10 14 1", "slice %02d.raw", False),
+        "compressed": ("z%d.raw 0", "z%d.raw", True),
+    }
+    for name, (data_file, names, compressed) in forms.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        if name == "pattern defaults":
+            mhd_slices(folder, data_file, names)
+            for k in reversed(range(5)):
+                (folder / f"s{k:03d}.raw").rename(folder / f"s{k + 1:03d}.raw")
+        elif name == "spaces":
+            mhd_slices(folder, data_file, "tmp %02d.raw")
+            for k in range(5):
+                (folder / f"tmp {k:02d}.raw").rename(folder / f"slice {k + 10:02d}.raw")
+        else:
+            mhd_slices(folder, data_file, names, compressed)
+        np.testing.assert_array_equal(read_volume(folder / "slices.mhd").array, expected, err_msg=name)
+
+    mhd = mhd_slices(tmp_path, "LIST\n" + listed.removesuffix("\r\n"))
+    mhd.write_bytes(mhd.read_bytes().removesuffix(b"\n"))
+    with pytest.raises(ReadError, match=r"names 4 files, DimSize needs 5 slices \(the last line has no line"):
+        read_volume(mhd)
+
+
+@pytest.mark.parametrize(
+    ("data_file", "fields", "message"),
+    [
+        ("LIST 3\ns000.raw", "", r"'LIST 3': each file must hold 1 to 2 dimensions"),
+        ("LIST -1\ns000.raw", "", r"'LIST -1': each file must hold 1 to 2 dimensions"),
+        ("s%03d.raw 4 0 1", "", r"names 0 files, DimSize needs 5 slices"),
+        ("s%03d.raw 0 4 -1", "", r"step is -1"),
+        ("s%s.raw 0 4 1", "", r"one conversion like %03d"),
+        ("s%03d%d.raw 0 4 1", "", r"one conversion like %03d"),
+        ("s%03d.raw 0 x 1", "", r"file numbers are not numbers"),
+        ("s%03d.raw 0 4 1", "HeaderSize = 2\n", r"'s000.raw' is 24 bytes, one slice needs 24 after a 2-byte"),
+        ("s%03d.raw 0 4 1", "CompressedData = True\n", r"corrupt compressed voxel data in the slice file"),
+    ],
+)
+def test_metaimage_slice_files_that_itk_misreads_are_refused(
+    tmp_path: Path, data_file: str, fields: str, message: str
+) -> None:
+    """Each of these read without an error, into slices of zeros or garbage (not a LIST of
+    whole volumes, a negative file dimension, a backward range, a negative step, a
+    pattern sprintf cannot fill with one int, a HeaderSize the files lack, raw slices
+    read as compressed)."""
+    mhd = mhd_slices(tmp_path, data_file)
+    mhd.write_bytes(mhd.read_bytes().replace(b"ElementDataFile", fields.encode() + b"ElementDataFile"))
+    with pytest.raises(ReadError, match=message) as info:
+        read_volume(mhd)
+    assert info.value.path == str(mhd)
 
 
 @pytest.mark.parametrize(
