@@ -119,18 +119,20 @@ def dicom_truncated_file(tmp: Path) -> Path:
 
 
 def dicom_truncated_single_file(tmp: Path) -> Path:
-    """One cut slice: it said "this is a single 2D slice", as if the file were whole."""
-    f = sorted(good_series(tmp / "cutone").glob("*.dcm"))[3]
-    f.write_bytes(f.read_bytes()[:-300])
-    return f
+    """One cut slice, alone: it said "this is a single 2D slice", as if the file were whole."""
+    series = good_series(tmp / "scratch")
+    cut = tmp / "cut.dcm"
+    cut.write_bytes(sorted(series.glob("*.dcm"))[3].read_bytes()[:-300])
+    shutil.rmtree(tmp / "scratch")  # the rest of its series would make it part of a series
+    return cut
 
 
 def dicom_folder_of_one_truncated_file(tmp: Path) -> Path:
     """A folder holding one cut slice: it said "got a 2D image of shape (.., .., 1)"."""
     folder = tmp / "onecut"
     folder.mkdir()
-    f = dicom_truncated_single_file(tmp)
-    return Path(f.rename(folder / f.name)).parent
+    dicom_truncated_single_file(folder)
+    return folder
 
 
 def dicom_unsupported_syntax(tmp: Path) -> Path:
