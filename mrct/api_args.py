@@ -41,6 +41,8 @@ def path_arg(value: object, what: str) -> Path:
     (``Path.exists`` raises on one: it was "unexpected OSError: File name too long", exit 70)."""
     if not _is_path(value):
         raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {shown(value)}")
+    if os.fspath(value) == "":  # type: ignore[call-overload]
+        raise ArgumentError(f"{what} is empty; give a file or folder name")
     path = Path(os.fspath(value))  # type: ignore[call-overload]
     longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
     if longest > NAME_MAX:
@@ -48,6 +50,13 @@ def path_arg(value: object, what: str) -> Path:
             f"a name in this path is {longest} bytes long; file systems allow {NAME_MAX}", path
         )
     return path
+
+
+def without_trailing_slash(value: str | os.PathLike[str]) -> Path:
+    """``out/`` (DICOM output's mark) as ``out``; the root stays the root (``/`` became ``.``,
+    the folder the command ran in)."""
+    text = os.fspath(value)
+    return Path(text.rstrip("/\\") or text[:1])
 
 
 def optional_path(value: object, what: str) -> Path | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mrct import __version__
+from mrct.api_args import without_trailing_slash
 from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
@@ -59,7 +60,7 @@ def default_output(src: Path, to: Modality, fmt: OutputFormat, series: str | Non
     With ``series`` the name carries it (``study_<UID>_synthetic_ct``), so translating a
     second series of the same folder does not collide with the first.
     """
-    src = Path(str(src).rstrip("/\\"))
+    src = without_trailing_slash(src)
     if src.name in ("", ".", ".."):  # "mrct translate ." in a DICOM folder: named after the folder
         src = Path(os.path.abspath(src))
     stem = scan_stem(src.name)
@@ -93,7 +94,7 @@ def resolve_output(
         )
     ):
         raise MrctError(f"--format {fmt.value} does not match the output name (a {implied.value} path)", dst)
-    return Path(str(dst).rstrip("/\\")), fmt or implied or OutputFormat.NIFTI
+    return without_trailing_slash(dst), fmt or implied or OutputFormat.NIFTI
 
 
 @dataclass

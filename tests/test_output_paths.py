@@ -77,3 +77,19 @@ def test_a_report_name_too_long_fails_naming_it(tmp_path: Path) -> None:
         f"error: {report}: file name too long for the file system (255 bytes per name)"
     ]
     assert not (tmp_path / "ct.nii.gz").exists()
+
+
+def test_the_root_as_output_is_the_root_and_an_empty_name_is_refused(tmp_path: Path) -> None:
+    """``-o /`` lost its only character to the strip of DICOM's trailing slash and became the
+    folder the command ran in ("./: output exists"; with --overwrite the whole conversion ran
+    before failing); ``-o ""`` was that folder too."""
+    src = good_nifti(tmp_path)
+    for given, code, line in [
+        ("/", 4, "error: /: output exists; pass --overwrite to replace it"),
+        ("//", 4, "error: /: output exists; pass --overwrite to replace it"),
+        ("", 2, "error: dst is empty; give a file or folder name"),
+    ]:
+        result = runner.invoke(app, ["convert", str(src), given])
+        assert (result.exit_code, result.output.splitlines()) == (code, [line]), given
+    result = runner.invoke(app, ["convert", str(src), "/", "--overwrite"])
+    assert result.exit_code == 4 and result.output.startswith("error: /: "), result.output

@@ -164,7 +164,7 @@ def write_volume(
     (``source.label``: mrct's synthetic images carry one) and derivation. ``anonymizer``
     de-identifies DICOM output; NIfTI, NRRD and MHA outputs hold no patient data.
     """
-    from mrct.api_args import ArgumentError, path_arg, text_arg
+    from mrct.api_args import ArgumentError, path_arg, text_arg, without_trailing_slash
     from mrct.volume import Volume
 
     if not isinstance(volume, Volume):
@@ -180,7 +180,7 @@ def write_volume(
         series_description = volume.source.label or None
     if derivation_description is None:
         derivation_description = volume.source.derivation or "Converted by mrct"
-    p = Path(str(path).rstrip("/\\"))
+    p = without_trailing_slash(path)
     label = None if series_description is None else header_label(series_description)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti
