@@ -293,3 +293,22 @@ def test_a_header_itk_places_elsewhere_is_warned_of_with_itks_own_distance(
     caplog.clear()
     read_volume(tmp_path / "plain.nii.gz")
     assert "ITK and 3D Slicer" not in caplog.text
+
+
+def test_a_qform_that_is_no_rotation_beside_a_sform_reads_by_the_sform(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """quatern_b, c, d whose squares sum over 1 are no rotation: nibabel's get_qform raised
+    ValueError ("w2 should be positive"), which ended as "unexpected ValueError", exit 70, though
+    the sform (which mrct uses) was whole. Found by tests/test_fuzz.py."""
+    vol = phantom()
+    path = write_volume(vol, tmp_path / "q.nii")
+    raw = bytearray(path.read_bytes())
+    raw[260:264] = np.float32(2.0).tobytes()  # quatern_c; qform_code and sform_code stay 1
+    path.write_bytes(bytes(raw))
+    back = read_volume(path)
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+    assert "its qform is not a rotation" in caplog.text
+    out = write_volume(back, tmp_path / "out.nii.gz")
+    img = nib.load(out)
+    np.testing.assert_allclose(img.get_qform(), img.get_sform(), atol=1e-4)

@@ -103,7 +103,17 @@ def _source(
             str(path), "nifti", nifti_qform=_rows(affine), nifti_sform=_rows(affine), nifti_codes=codes
         )
     mm_per_unit = _MM_PER_UNIT.get(int(hdr["xyzt_units"]) & 0x07, 1.0)
-    qform = np.asarray(img.get_qform(), dtype=np.float64)
+    try:
+        qform = np.asarray(img.get_qform(), dtype=np.float64)
+    except ValueError:  # quatern_b, c, d outside the unit ball: no rotation (nibabel raises)
+        if codes[0]:  # the sform places it (a qform alone would have failed to load)
+            log.warning(
+                "%s: its qform is not a rotation (quatern_b, c and d squared sum over 1); mrct uses "
+                "the sform, ITK and 3D Slicer may place the image elsewhere, and NIfTI outputs get "
+                "both forms from the sform",
+                path,
+            )
+        return SourceInfo(str(path), "nifti")
     qform[:3, :] *= mm_per_unit
     apart = corner_distance(qform, affine, shape) if codes[0] and codes[1] else 0.0
     zooms = np.asarray(hdr["pixdim"][1:4], dtype=np.float64) * mm_per_unit
