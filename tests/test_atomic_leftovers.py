@@ -110,3 +110,34 @@ def test_convert_cleans_up_after_a_killed_convert(tmp_path: Path, monkeypatch: p
     assert result.exit_code == 0, result.output
     assert not file_tmp.exists() and dir_tmp.is_dir()
     assert (out / "ct.nrrd").is_file()
+
+
+def test_the_input_is_never_removed_as_a_leftover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a killed overwrite the earlier output survives only as ``.NAME.mrct-old-XXXXXXXX``;
+    converting that copy back to NAME deleted it, the command's own input."""
+    src = write_volume(_volume(), tmp_path / "seed.nii.gz")
+    assert runner.invoke(app, ["convert", str(src), f"{tmp_path / 'scan_dicom'}/"]).exit_code == 0
+    aside = tmp_path / ".scan_dicom.mrct-old-abcdefgh"
+    (tmp_path / "scan_dicom").rename(aside)
+    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    result = runner.invoke(app, ["convert", str(aside), str(tmp_path / "scan_dicom.nii.gz")])
+    assert result.exit_code == 0, result.output
+    assert aside.is_dir() and len(list(aside.glob("IM_*.dcm"))) == 4
+
+
+def test_a_leftover_that_cannot_be_removed_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's leftover in a shared folder: removing it failed after the output was in
+    place, and the write ended as "unexpected PermissionError", exit 70."""
+    stuck = tmp_path / ".x.mrct-tmp-abcdefgh.nii.gz"
+    stuck.write_bytes(b"")
+    real_unlink = Path.unlink
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        if self == stuck:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert write_volume(_volume(), tmp_path / "x.nii.gz").is_file()
+    assert stuck.exists()

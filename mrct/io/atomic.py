@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +69,18 @@ OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 def occupied(path: Path) -> bool:
     """Whether anything is at ``path``, a link that leads nowhere included: ``exists()`` is False
-    for one, and writing replaced the user's link without ``--overwrite``."""
-    return path.exists() or path.is_symlink()
+    for one, and writing replaced the user's link without ``--overwrite``. A name too long for
+    the file system raises OSError (ENAMETOOLONG) as everywhere a path is looked at; the CLI
+    reports it as a bad argument (exit 2), whichever check meets it first."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise
+        raise WriteError(f"cannot write here ({err.strerror})", path) from None
+    return True
 
 
 def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> None:
@@ -223,25 +233,33 @@ def remove_leftover(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _remove_stale(path: Path) -> None:
+def _remove_stale(path: Path, keep: Sequence[str | Path]) -> None:
     """After ``path`` is written: delete its temporaries that a killed earlier write left beside
     it (``mrct translate`` killed by the OOM killer left a hidden, half-written volume for good).
     Only those untouched for :data:`STALE_AFTER_S`, so a concurrent write of the same output
-    keeps its own. Best effort: the output is in place whatever happens here."""
+    keeps its own, and never one that is or holds a path in ``keep`` (the input: an earlier
+    output moved aside by a killed overwrite may be what this command read). Best effort: the
+    output is in place whatever happens here."""
     now = time.time()
+    inputs = [os.path.realpath(k) for k in keep if k]
     for entry in leftovers_of(path):
+        where = os.path.realpath(entry)
+        if any(k == where or k.startswith(where + os.sep) for k in inputs):
+            continue
         try:  # ctime: a rename sets it, and an earlier output moved aside keeps its old mtime
             if now - entry.lstat().st_ctime < STALE_AFTER_S:
                 continue
-        except OSError:
+            remove_leftover(entry)
+        except OSError as err:  # another user's, in a shared folder: theirs to remove
+            log.debug("%s: not removed (%s)", entry, err.strerror)
             continue
-        remove_leftover(entry)
         log.debug("removed %s, left by an interrupted write", entry)
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success. ``keep``: the
+    paths the output was made from, never removed as leftovers (:func:`_remove_stale`)."""
     path = Path(path)
     check_output(path, overwrite)
     suffix = compound_suffix(path)
@@ -264,11 +282,13 @@ def atomic_file(path: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _remove_stale(path)
+    _remove_stale(path, keep)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: Path, owned: Owned, overwrite: bool = False, keep: Sequence[str | Path] = ()
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; move it onto ``path`` on success.
 
     With ``overwrite``, an existing folder is moved aside first and deleted only
@@ -304,4 +324,4 @@ def atomic_dir(path: Path, owned: Owned, overwrite: bool = False) -> Iterator[Pa
             except OSError:  # say where it is; the original error is the one to report
                 log.error("%s: the earlier output could not be put back; it is in %s", path, old)
         raise
-    _remove_stale(path)
+    _remove_stale(path, keep)

@@ -346,7 +346,7 @@ def write_dicom_series(
     uid_root: str | None = None if anonymizer is not None else PYDICOM_ROOT_UID
     width_digits = max(4, len(str(n_k)))
     names = [f"IM_{k + 1:0{width_digits}d}.dcm" for k in range(n_k)]
-    with atomic_dir(out_dir, SERIES_FILES, overwrite) as tmp:
+    with atomic_dir(out_dir, SERIES_FILES, overwrite, keep=[volume.source.path]) as tmp:
         try:
             encoder = SeriesEncoder(ds, VARYING)
             for k in range(n_k):

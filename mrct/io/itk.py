@@ -107,7 +107,7 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: 
     image.SetDirection(direction)
     if description:  # NRRD writes it as "Description:=...", MHA as "Description = ..."
         image.SetMetaData("Description", description)
-    with atomic_file(path, overwrite) as tmp:
+    with atomic_file(path, overwrite, keep=[volume.source.path]) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as err:

@@ -328,7 +328,7 @@ def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description
         description = f"mrct {volume.modality.value}"
     if description:
         img.header["descrip"] = description.encode("ascii", "replace")[:80]
-    with atomic_file(path, overwrite) as tmp:
+    with atomic_file(path, overwrite, keep=[volume.source.path]) as tmp:
         nib.save(img, str(tmp))
     return path
 
