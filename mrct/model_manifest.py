@@ -51,7 +51,12 @@ def check_sections(
 ) -> None:
     """Refuse a model.json (``file``) whose bound sections differ from those ``weights`` were
     exported with. Weights exported before mrct recorded them hold none: nothing to compare."""
-    expected = section_digests(manifest)
+    if not any(key.startswith(BOUND_PREFIX) for key in metadata):
+        return
+    try:
+        expected = section_digests(manifest)
+    except ValueError:  # NaN or Infinity, which Python's JSON reads but export never writes
+        raise ModelError("holds NaN or Infinity, which export never writes: it was changed", file) from None
     for key in BOUND_SECTIONS:
         recorded = metadata.get(BOUND_PREFIX + key)
         if recorded is not None and recorded != expected[BOUND_PREFIX + key]:

@@ -92,3 +92,15 @@ def test_loading_a_generator_checks_again(tmp_path: Path) -> None:
     package.manifest["intensity"]["ct"]["hu_range"] = [-1000, 2000]  # changed in memory after loading
     with pytest.raises(ModelError, match=r"intensity is not what generator_mr_to_ct\.safetensors"):
         package.load_generator("mr_to_ct")
+
+
+def test_nan_in_a_bound_section_is_a_package_error(tmp_path: Path) -> None:
+    """Python's JSON reads NaN, which the digests cannot take: it was "unexpected ValueError", exit 70."""
+    package = write_tiny_model(tmp_path / "tiny")
+    text = (package / "model.json").read_text().replace('"hu_range": [', '"window": NaN, "hu_range": [', 1)
+    (package / "model.json").write_text(text)
+    result = runner.invoke(app, ["models", "info", str(package)])
+    assert result.exit_code == 7, result.output
+    assert result.output.splitlines() == [
+        f"error: {package / 'model.json'}: holds NaN or Infinity, which export never writes: it was changed"
+    ]
