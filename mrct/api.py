@@ -9,16 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mrct.api_args import (
-    int_arg,
-    modality_arg,
-    output_format_arg,
-    path_arg,
-    paths_arg,
-    target_arg,
-    text_arg,
-    without_trailing_slash,
-)
+from mrct import api_args
+from mrct.api_args import int_arg, modality_arg, output_format_arg, path_arg, paths_arg, target_arg, text_arg
 from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError, SeriesSelectionError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
@@ -139,7 +131,7 @@ def convert(
     ``anonymize`` de-identifies it (:mod:`mrct.io.anonymize`)."""
     src_p, series, modality = path_arg(src, "src"), text_arg(series, "series"), modality_arg(modality)
     path_arg(dst, "dst")  # checked only: a str's trailing "/" means DICOM
-    dst_p = without_trailing_slash(dst)
+    dst_p = api_args.without_trailing_slash(dst)  # the root stays the root
     if str(dst) == "-":
         raise MrctError("mrct writes files, not standard output; give a file or folder name", dst_p)
     try:

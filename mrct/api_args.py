@@ -32,24 +32,13 @@ def _is_path(value: object) -> bool:
     return isinstance(value, str | os.PathLike) and not isinstance(value, bytes)
 
 
-# Bytes in one file or folder name on Linux and macOS file systems (ext4, XFS, tmpfs, APFS).
-NAME_MAX = 255
-
-
 def path_arg(value: object, what: str) -> Path:
-    """A path given as text or a ``Path``, none of whose names is longer than a file system holds
-    (``Path.exists`` raises on one: it was "unexpected OSError: File name too long", exit 70)."""
+    """A path given as text or a ``Path``; not empty (``Path("")`` is the current folder)."""
     if not _is_path(value):
         raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {shown(value)}")
     if os.fspath(value) == "":  # type: ignore[call-overload]
         raise ArgumentError(f"{what} is empty; give a file or folder name")
-    path = Path(os.fspath(value))  # type: ignore[call-overload]
-    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
-    if longest > NAME_MAX:
-        raise ArgumentError(
-            f"a name in this path is {longest} bytes long; file systems allow {NAME_MAX}", path
-        )
-    return path
+    return Path(os.fspath(value))  # type: ignore[call-overload]
 
 
 def without_trailing_slash(value: str | os.PathLike[str]) -> Path:

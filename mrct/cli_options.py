@@ -36,7 +36,9 @@ def fail(err: BaseException) -> NoReturn:
         # A name made from the input's (scan_synthetic_ct.nii.gz), or an option's, past 255 bytes:
         # pathlib raises it from exists(), wherever a path is first looked at.
         name = os.fsdecode(err.filename).replace("\n", "\\n")
-        typer.echo(f"error: {name}: file name too long for the file system (255 bytes per name)", err=True)
+        typer.echo(
+            f"error: {name}: file name too long for the file system (most hold 255 bytes per name)", err=True
+        )
         raise typer.Exit(2)
     typer.echo(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], err=True)
     raise typer.Exit(70)

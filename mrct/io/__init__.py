@@ -56,7 +56,7 @@ def read_volume(
 
     p = path_arg(path, "path")
     series, modality = text_arg(series, "series"), modality_arg(modality)
-    if not p.exists():
+    if not p.exists():  # a name too long for the file system raises OSError: see cli_options.fail
         raise InputNotFoundError(_why_missing(p), p)
     try:
         volume = _read(p, series, modality, allow_gaps)
