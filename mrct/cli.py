@@ -36,6 +36,7 @@ from mrct.cli_options import (
     expand_prepare_args,
     fail,
     modality_of,
+    nonempty_path,
 )
 from mrct.cli_signals import environment_problem, install_signal_handlers
 
@@ -78,7 +79,9 @@ def _root(
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
+    path: Annotated[
+        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+    ],
     series: SeriesOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     allow_gaps: AllowGapsOpt = False,
@@ -116,7 +119,7 @@ def info(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.")],
+    src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
     dst: Annotated[str, typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.")],
     series: SeriesOpt = None,
     modality: Annotated[
@@ -152,8 +155,10 @@ def convert(
 
 @app.command()
 def preview(
-    scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).")],
+    scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).", parser=nonempty_path)
+    ],
     series: SeriesOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
 ) -> None:
@@ -169,7 +174,9 @@ def preview(
 
 @app.command()
 def locate(
-    scan: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
+    scan: Annotated[
+        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+    ],
     series: SeriesOpt = None,
     modality: Annotated[
         Optional[ModalityChoice],  # noqa: UP045
@@ -214,7 +221,9 @@ def locate(
 
 @app.command()
 def translate(
-    scan: Annotated[Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.")],
+    scan: Annotated[
+        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+    ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output: Annotated[
         Optional[str],  # noqa: UP045
@@ -237,11 +246,11 @@ def translate(
     ] = False,
     report: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--report", help="Write a JSON run report (no patient names)."),
+        typer.Option("--report", help="Write a JSON run report (no patient names).", parser=nonempty_path),
     ] = None,
     preview: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--preview", help="Write a PNG of the input and the output."),
+        typer.Option("--preview", help="Write a PNG of the input and the output.", parser=nonempty_path),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     force: Annotated[
@@ -289,8 +298,16 @@ def translate(
 
 @app.command()
 def batch(
-    in_dir: Annotated[Path, typer.Argument(help="Folder searched recursively for DICOM series and scans.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors IN_DIR's folders).")],
+    in_dir: Annotated[
+        Path,
+        typer.Argument(help="Folder searched recursively for DICOM series and scans.", parser=nonempty_path),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Output folder (mirrors IN_DIR's folders).", parser=nonempty_path
+        ),
+    ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output_format: Annotated[
         Optional[FormatChoice],  # noqa: UP045

@@ -14,18 +14,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrct.cli_options import DeviceOpt, count, fail
+from mrct.cli_options import DeviceOpt, count, fail, nonempty_path
 
 
 def prepare(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the prepared training set.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Folder for the prepared training set.", parser=nonempty_path),
+    ],
     mr: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Option("--mr", help="MR scans: files, DICOM folders, or folders of scans (several allowed)."),
+        typer.Option(
+            "--mr",
+            help="MR scans: files, DICOM folders, or folders of scans (several allowed).",
+            parser=nonempty_path,
+        ),
     ] = None,
     ct: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Option("--ct", help="CT scans: files, DICOM folders, or folders of scans (several allowed)."),
+        typer.Option(
+            "--ct",
+            help="CT scans: files, DICOM folders, or folders of scans (several allowed).",
+            parser=nonempty_path,
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Scans prepared in parallel.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the 70/30 train/test split.")] = 0,
@@ -39,7 +50,9 @@ def prepare(
     ] = None,
     config: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--config", help="YAML config; its preprocessing: section is used."),
+        typer.Option(
+            "--config", help="YAML config; its preprocessing: section is used.", parser=nonempty_path
+        ),
     ] = None,
     crop_mm: Annotated[
         Optional[str],  # noqa: UP045
@@ -47,7 +60,9 @@ def prepare(
     ] = None,
     crop_markups: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+        typer.Option(
+            "--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points.", parser=nonempty_path
+        ),
     ] = None,
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -91,10 +106,21 @@ def prepare(
 
 def train(
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="Training config (YAML), e.g. configs/cpu_small.yaml.")
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Training config (YAML), e.g. configs/cpu_small.yaml.",
+            parser=nonempty_path,
+        ),
     ],
-    data: Annotated[Path, typer.Option("--data", help="A training set built by mrct prepare.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="A training set built by mrct prepare.", parser=nonempty_path)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.", parser=nonempty_path),
+    ],
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue from the newest checkpoint (a new run if there is none)."),
@@ -140,8 +166,13 @@ def train(
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by mrct train.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder written by mrct train.", parser=nonempty_path)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.", parser=nonempty_path),
+    ],
     name: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--name", help="Model name (default: the output folder's name)."),
@@ -188,12 +219,23 @@ class MetricChoice(str, Enum):
 
 
 def evaluate(
-    pred: Annotated[Path, typer.Argument(help="Predicted volume, or a folder (matched by file name).")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth volume, or a folder of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Per-case results (CSV).")],
+    pred: Annotated[
+        Path,
+        typer.Argument(help="Predicted volume, or a folder (matched by file name).", parser=nonempty_path),
+    ],
+    gt: Annotated[
+        Path, typer.Argument(help="Ground-truth volume, or a folder of them.", parser=nonempty_path)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Per-case results (CSV).", parser=nonempty_path)
+    ],
     mask: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--mask", help="Mask volume for every case, or a folder of them (voxels > 0 count)."),
+        typer.Option(
+            "--mask",
+            help="Mask volume for every case, or a folder of them (voxels > 0 count).",
+            parser=nonempty_path,
+        ),
     ] = None,
     metric: Annotated[
         MetricChoice,
@@ -219,7 +261,11 @@ def evaluate(
 models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True)
 ModelsDirOpt = Annotated[
     Optional[list[Path]],  # noqa: UP045
-    typer.Option("--dir", help="Folder of model packages (default: the repository's models/); repeatable."),
+    typer.Option(
+        "--dir",
+        help="Folder of model packages (default: the repository's models/); repeatable.",
+        parser=nonempty_path,
+    ),
 ]
 
 

@@ -44,6 +44,15 @@ def fail(err: BaseException) -> NoReturn:
     raise typer.Exit(70)
 
 
+def nonempty_path(text: str) -> Path:
+    """A path argument or option. An empty one (an unset shell variable) is refused: as a Path it
+    was the current folder, so ``mrct batch "$IN" -o "$OUT"`` with IN unset translated the
+    folder it ran in."""
+    if text == "":
+        raise typer.BadParameter("is empty (an unset shell variable?); give a file or folder name")
+    return Path(text)
+
+
 def count(n: int, noun: str) -> str:
     """``count(1, "scan")`` -> "1 scan", ``count(3, "scan")`` -> "3 scans" (regular plurals only)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -119,7 +128,9 @@ CropMmOpt = Annotated[
 ]
 CropMarkupsOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points."),
+    typer.Option(
+        "--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points.", parser=nonempty_path
+    ),
 ]
 NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
 ModelOpt = Annotated[

@@ -93,3 +93,29 @@ def test_the_root_as_output_is_the_root_and_an_empty_name_is_refused(tmp_path: P
         assert (result.exit_code, result.output.splitlines()) == (code, [line]), given
     result = runner.invoke(app, ["convert", str(src), "/", "--overwrite"])
     assert result.exit_code == 4 and result.output.startswith("error: /: "), result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", ""],
+        ["batch", "", "-o", "{tmp}/out", "--to", "ct"],
+        ["batch", "{tmp}", "-o", "", "--to", "ct"],
+        ["translate", "{src}", "--to", "mr", "--report", ""],
+        ["models", "list", "--dir", ""],
+    ],
+    ids=["info", "batch-in", "batch-out", "report", "models-dir"],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(
+    tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset shell variable: ``mrct batch "$IN" -o "$OUT"`` with OUT unset wrote its manifest
+    and outputs into the folder it ran in, and with IN unset translated that folder."""
+    src = good_nifti(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(app, [a.format(tmp=tmp_path, src=src) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "is empty (an unset shell variable?)" in result.output
+    assert list(cwd.iterdir()) == []
