@@ -28,7 +28,7 @@ from mrct.io.dicom_scan import (
     read_header_dataset,
     unique_instances,
 )
-from mrct.io.dicom_split import Members, header_int, placement_damage, split_series
+from mrct.io.dicom_split import Members, header_int, orientation_key, placement_damage, split_series
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
 from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality, SourceInfo, Volume
@@ -128,6 +128,29 @@ def _first_misplaced(members: Members, root: Path) -> str | None:
     return None
 
 
+def _odd_size(group: Members, parts: list[tuple[str, Members]], root: Path) -> str | None:
+    """Why a small stack split off by its image size alone is no localiser: a stack of the same
+    UID, orientation and echo but of another size holds the rest of the series. It was skipped
+    as "a localiser?", exit 0, and the series it belongs to was read without it (one slice
+    short, or with a gap that --allow-gaps would have filled over a slice that exists)."""
+    ds = group[0][1]
+    size = (header_int(ds, "Rows"), header_int(ds, "Columns"))
+    for _, other in parts:
+        o = other[0][1]
+        if (
+            len(other) >= MIN_SERIES_FRAMES
+            and orientation_key(o) == orientation_key(ds)
+            and o.get("EchoNumbers") == ds.get("EchoNumbers")
+            and (header_int(o, "Rows"), header_int(o, "Columns")) != size
+        ):
+            rest = f"{header_int(o, 'Rows')} x {header_int(o, 'Columns')}"
+            return (
+                f"{_rel(group[0][0], root)}: {size[0]} x {size[1]} pixels, in a series of {rest} of "
+                "the same orientation: a damaged or foreign slice; the rest is read without it"
+            )
+    return None
+
+
 def _rel(path: Path, root: Path) -> str:
     return PurePosixPath(*path.relative_to(root).parts).as_posix() if path != root else "."
 
@@ -153,7 +176,8 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
             rel = _rel(path, root)
             error = f"{rel}: {why}; its series was read from a whole copy of this image"
             found.append(Series(rel, rel, path, error=error))
-        for part, group in split_series(members):
+        parts = split_series(members)
+        for part, group in parts:
             first, paths = group[0][1], tuple(p for p, _ in group)
             frames = sum(max(1, header_int(ds, "NumberOfFrames", 1)) for _, ds in group)
             key, modality = f"{uid}#{part}" if part else uid, str(first.get("Modality", ""))
@@ -166,6 +190,8 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
             # (never read) fails too, as does one whose folder holds an image cut too short to
             # say its series (it may be a slice of this one: read without it, the grid is wrong).
             cut = _first_cut(group, root) or _first_misplaced(group, root)
+            if cut is None and small is not None and len(parts) > 1:
+                cut = _odd_size(group, parts, root)
             orphan = next((cut_short[p.parent] for p, _ in group if p.parent in cut_short), None)
             if cut is None and orphan is not None:
                 cut = f"{_rel(orphan, root)}: {INCOMPLETE} in this series' folder (one of its slices?)"
