@@ -81,10 +81,10 @@ def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = Fals
     summaries: list[SeriesSummary] = []
     if p.is_dir():
         from mrct.io.dicom_read import read_series_files
-        from mrct.io.dicom_scan import find_series, select_series
+        from mrct.io.dicom_scan import NO_UID, find_series, select_series
 
         found = find_series(p)
-        summaries = [SeriesSummary(s.key, s.description, s.modality, s.n_frames) for s in found]
+        summaries = [SeriesSummary(s.key or NO_UID, s.description, s.modality, s.n_frames) for s in found]
         if len(found) > 1 and series is None:
             return VolumeInfo(str(p), "dicom", summaries)
         # The series found above, not a second search of the folder (what read_volume does).

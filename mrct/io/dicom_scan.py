@@ -37,6 +37,11 @@ DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MAX_FILES = 200_000
 
 
+# How --series names the one group of images without a SeriesInstanceUID (its key is "", so
+# that it reads as before when alone; beside other series it had no name to choose it by).
+NO_UID = "no-uid"
+
+
 @dataclass(frozen=True)
 class SeriesFiles:
     """One series found on disk: its identity, a summary, and its files.
@@ -56,7 +61,7 @@ class SeriesFiles:
     def summary(self) -> str:
         """UID, modality and size: what errors and logs may say. The SeriesDescription is free
         text that can hold a name (PS3.15 removes it), so only ``mrct info`` shows it."""
-        return f"{self.key}  {self.modality or '?'}  {self.n_frames} slices"
+        return f"{self.key or NO_UID}  {self.modality or '?'}  {self.n_frames} slices"
 
 
 def iter_files(folder: Path) -> list[Path]:
@@ -349,6 +354,10 @@ def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) ->
     """The one series to read: the only one, or the one named by ``wanted``."""
     if wanted and wanted.startswith("no-uid@") and [s.uid for s in series] == [""]:
         return series[0]  # the folder's one UID-less group, named in a tree that held several
+    if wanted == NO_UID:  # the one UID-less group beside series that have one (its key is "")
+        unnamed = [s for s in series if s.key == ""]
+        if len(unnamed) == 1:
+            return unnamed[0]
     if wanted:
         for s in series:
             if wanted in (s.key, s.uid):
