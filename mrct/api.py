@@ -225,7 +225,7 @@ def preview(
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     check_outside(path_arg(src, "src"), dst_p)
     vol = read_volume(src, series=series)
-    return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite)
+    return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite, source=vol.source.path)
 
 
 def _check_in_memory(volume: Volume) -> None:

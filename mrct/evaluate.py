@@ -305,6 +305,8 @@ def evaluate_volumes(
     for case in match_cases(pred, gt, mask):
         log.info("evaluating %s", case.name)
         rows.append(evaluate_case(case, chosen))
-    with atomic_file(out_csv, overwrite=overwrite) as tmp:
+    with atomic_file(
+        out_csv, overwrite=overwrite, keep=[p for p in (pred, gt, mask) if p is not None]
+    ) as tmp:
         tmp.write_bytes(utf8_bytes(_csv_text(rows, COLUMNS[chosen])))
     return Evaluation(chosen, tuple(rows), out_csv)

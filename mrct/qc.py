@@ -366,8 +366,11 @@ def _text_strip(
     return np.asarray(strip)
 
 
-def write_png(image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool = False) -> Path:
+def write_png(
+    image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool = False, source: str | Path = ""
+) -> Path:
     """Write a greyscale (rows, cols) or RGB (rows, cols, 3) uint8 image as PNG, atomically.
+    ``source``: the scan it shows, never removed as a leftover (:func:`mrct.io.atomic.atomic_file`).
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -377,7 +380,7 @@ def write_png(image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
         raise ValueError(f"a PNG needs uint8 (rows, cols) or (rows, cols, 3), got {a.dtype} {a.shape}")
     path = Path(path)
-    with atomic_file(path, overwrite=overwrite) as tmp:
+    with atomic_file(path, overwrite=overwrite, keep=[source]) as tmp:
         try:
             Image.fromarray(a).save(tmp, format="PNG")
         except OSError as err:

@@ -231,7 +231,7 @@ def translate_file(
         "host": {"python": platform.python_version(), "machine": platform.machine()},
     }
     if report is not None:
-        with atomic_file(Path(report), overwrite=overwrite) as tmp:
+        with atomic_file(Path(report), overwrite=overwrite, keep=[src]) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return TranslateSummary(written, content)
 
@@ -293,4 +293,5 @@ def write_preview(
     width = max(top.shape[1], bottom.shape[1])
     pad = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0))) for a in (top, bottom)]
     gap = np.full((4, width, 3), 64, dtype=np.uint8)
-    return qc.write_png(np.concatenate([pad[0], gap, pad[1]], axis=0), path, overwrite=overwrite)
+    picture = np.concatenate([pad[0], gap, pad[1]], axis=0)
+    return qc.write_png(picture, path, overwrite=overwrite, source=source.source.path)

@@ -123,6 +123,9 @@ def test_the_input_is_never_removed_as_a_leftover(tmp_path: Path, monkeypatch: p
     result = runner.invoke(app, ["convert", str(aside), str(tmp_path / "scan_dicom.nii.gz")])
     assert result.exit_code == 0, result.output
     assert aside.is_dir() and len(list(aside.glob("IM_*.dcm"))) == 4
+    result = runner.invoke(app, ["preview", str(aside), "-o", str(tmp_path / "scan_dicom.png")])  # a PNG too
+    assert result.exit_code == 0, result.output
+    assert aside.is_dir() and len(list(aside.glob("IM_*.dcm"))) == 4
 
 
 def test_a_leftover_that_cannot_be_removed_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
