@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from mrct.errors import MrctError, ReadError
 from mrct.io import OutputFormat
 from mrct.io.dicom_scan import (
@@ -28,7 +30,14 @@ from mrct.io.dicom_scan import (
     read_header_dataset,
     unique_instances,
 )
-from mrct.io.dicom_split import Members, header_int, orientation_key, placement_damage, split_series
+from mrct.io.dicom_split import (
+    Members,
+    echo_key,
+    header_int,
+    orientation_key,
+    placement_damage,
+    split_series,
+)
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
 from mrct.translation import EXTENSIONS, input_format
 from mrct.volume import Modality, SourceInfo, Volume
@@ -129,19 +138,24 @@ def _first_misplaced(members: Members, root: Path) -> str | None:
 
 
 def _odd_size(group: Members, parts: list[tuple[str, Members]], root: Path) -> str | None:
-    """Why a small stack split off by its image size alone is no localiser: a stack of the same
-    UID, orientation and echo but of another size holds the rest of the series. It was skipped
-    as "a localiser?", exit 0, and the series it belongs to was read without it (one slice
-    short, or with a gap that --allow-gaps would have filled over a slice that exists)."""
+    """Why a small stack split off by its image size alone is no localiser: an original image
+    of the same UID, orientation and echo as a larger stack of another size, lying where that
+    stack lacks a slice (a gap, or one step past an end). It was skipped as "a localiser?", exit
+    0, and the series was read without it (one slice short, or with a gap that --allow-gaps
+    would fill over a slice that exists). A derived image (a thumbnail, a MIP) or one at a
+    position the stack holds is another picture of the series, and stays skipped."""
     ds = group[0][1]
+    if len(group) != 1 or "DERIVED" in [str(v).upper() for v in ds.get("ImageType") or []][:1]:
+        return None
     size = (header_int(ds, "Rows"), header_int(ds, "Columns"))
     for _, other in parts:
         o = other[0][1]
         if (
             len(other) >= MIN_SERIES_FRAMES
             and orientation_key(o) == orientation_key(ds)
-            and o.get("EchoNumbers") == ds.get("EchoNumbers")
+            and echo_key(o) == echo_key(ds)
             and (header_int(o, "Rows"), header_int(o, "Columns")) != size
+            and _fills_a_place(ds, other)
         ):
             rest = f"{header_int(o, 'Rows')} x {header_int(o, 'Columns')}"
             return (
@@ -149,6 +163,25 @@ def _odd_size(group: Members, parts: list[tuple[str, Members]], root: Path) -> s
                 "the same orientation: a damaged or foreign slice; the rest is read without it"
             )
     return None
+
+
+def _fills_a_place(ds: Any, stack: Members) -> bool:
+    """Whether ``ds`` lies where ``stack`` lacks a slice: between its slices, off any of them, or
+    one step past an end (positions along the slice normal)."""
+    try:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        normal = np.cross(iop[:3], iop[3:])
+        levels = np.sort(
+            [float(np.dot(normal, [float(v) for v in s.ImagePositionPatient])) for _, s in stack]
+        )
+        here = float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
+    except (AttributeError, TypeError, ValueError):  # no geometry: nothing to tell by
+        return False
+    step = float(np.median(np.diff(levels))) if len(levels) > 1 else 0.0
+    if not step > 0:
+        return False
+    off = float(np.min(np.abs(levels - here)))
+    return off > step / 2 and levels[0] - 1.5 * step <= here <= levels[-1] + 1.5 * step
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -48,3 +48,26 @@ def test_a_localiser_of_another_orientation_is_still_skipped(tmp_path: Path) -> 
     rows = discover(tmp_path / "in")
     small = [s for s in rows if s.stack is not None and len(s.stack.files) == 1]
     assert len(small) == 1 and small[0].error is None and small[0].skip == "a 1-image stack (a localiser?)"
+
+
+def test_a_derived_or_overlapping_image_of_another_size_stays_skipped(tmp_path: Path) -> None:
+    """A thumbnail or MIP a scanner or PACS adds to a series (DERIVED, or at a position the stack
+    holds) is not a missing slice: batch failed a complete series over one (a review)."""
+    folder = good_series(tmp_path / "in" / "t1")
+    files = sorted(folder.glob("*.dcm"))
+    for name, image_type, copy_of, n in [
+        ("thumb", ["DERIVED", "SECONDARY"], 5, 8),
+        ("overlay", ["ORIGINAL"], 2, 10),
+    ]:
+        ds = pydicom.dcmread(files[copy_of])
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:n, :n]).tobytes()
+        ds.Rows, ds.Columns = n, n
+        ds.ImageType = image_type
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"{name}.dcm")
+    rows = discover(tmp_path / "in")
+    small = [s for s in rows if s.stack is not None and len(s.stack.files) == 1]
+    assert len(small) == 2 and all(
+        s.error is None and s.skip == "a 1-image stack (a localiser?)" for s in small
+    )
+    assert [len(s.stack.files) for s in rows if s.stack is not None and len(s.stack.files) > 1] == [6]

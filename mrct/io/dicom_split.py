@@ -67,6 +67,11 @@ def orientation_key(ds: Any) -> tuple[float, ...]:
         return ()
 
 
+def echo_key(ds: Any) -> str:
+    """Which echo a file holds, as the split tells echoes apart: EchoNumbers, else EchoTime."""
+    return _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
+
+
 def split_series(members: Members) -> list[tuple[str, Members]]:
     """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation, echo and
     enhanced (multi-frame) against classic files, then by
@@ -82,7 +87,7 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     known = {k for k in keys if k}
     keys = [k or (next(iter(known)) if len(known) == 1 else k) for k in keys]
     for (p, ds), orientation in zip(members, keys, strict=True):
-        echo = _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
+        echo = echo_key(ds)
         # An enhanced (functional-group) file is a volume of its own, as dcm2niix reads it, even
         # when a classic copy of the same series shares its SeriesInstanceUID. Judged by its
         # structure, not its frame count: a concatenation's last file may hold one frame, and a
