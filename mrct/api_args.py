@@ -5,6 +5,7 @@ its letters name)."""
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
 from collections.abc import Iterable
@@ -32,13 +33,24 @@ def _is_path(value: object) -> bool:
     return isinstance(value, str | os.PathLike) and not isinstance(value, bytes)
 
 
+# pathlib raises OSError (ENAMETOOLONG) wherever such a path is first looked at; the CLI's last
+# resort (cli_options.fail) says the same.
+NAME_TOO_LONG = "file name too long for the file system (most hold 255 bytes per name)"
+
+
 def path_arg(value: object, what: str) -> Path:
     """A path given as text or a ``Path``; not empty (``Path("")`` is the current folder)."""
     if not _is_path(value):
         raise ArgumentError(f"{what} must be a path (str or pathlib.Path), got {shown(value)}")
     if os.fspath(value) == "":  # type: ignore[call-overload]
         raise ArgumentError(f"{what} is empty; give a file or folder name")
-    return Path(os.fspath(value))  # type: ignore[call-overload]
+    path = Path(os.fspath(value))  # type: ignore[call-overload]
+    try:  # the file system's own limit on a name's length (255 bytes on most; others differ)
+        os.lstat(path)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise ArgumentError(NAME_TOO_LONG, path) from None
+    return path
 
 
 def without_trailing_slash(value: str | os.PathLike[str]) -> Path:

@@ -37,6 +37,7 @@ from mrct.cli_options import (
     fail,
     modality_of,
     nonempty_path,
+    nonempty_text,
 )
 from mrct.cli_signals import environment_problem, install_signal_handlers
 
@@ -120,7 +121,10 @@ def info(
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
-    dst: Annotated[str, typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.")],
+    dst: Annotated[
+        str,
+        typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.", parser=nonempty_text),
+    ],
     series: SeriesOpt = None,
     modality: Annotated[
         Optional[ModalityChoice],  # noqa: UP045
@@ -227,7 +231,12 @@ def translate(
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--output", "-o", help="Output file, or folder/ for DICOM (default: beside the input)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file, or folder/ for DICOM (default: beside the input).",
+            parser=nonempty_text,
+        ),
     ] = None,
     output_format: Annotated[
         Optional[FormatChoice],  # noqa: UP045

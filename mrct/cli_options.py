@@ -36,9 +36,9 @@ def fail(err: BaseException) -> NoReturn:
         # A name made from the input's (scan_synthetic_ct.nii.gz), or an option's, past 255 bytes:
         # pathlib raises it from exists(), wherever a path is first looked at.
         name = os.fsdecode(err.filename).replace("\n", "\\n")
-        typer.echo(
-            f"error: {name}: file name too long for the file system (most hold 255 bytes per name)", err=True
-        )
+        from mrct.api_args import NAME_TOO_LONG
+
+        typer.echo(f"error: {name}: {NAME_TOO_LONG}", err=True)
         raise typer.Exit(2)
     typer.echo(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], err=True)
     raise typer.Exit(70)
@@ -51,6 +51,15 @@ def nonempty_path(text: str) -> Path:
     if text == "":
         raise typer.BadParameter("is empty (an unset shell variable?); give a file or folder name")
     return Path(text)
+
+
+def nonempty_text(text: str) -> str:
+    """A path or name kept as text (``-o out/`` means DICOM; ``--model`` takes a name too), refused
+    when empty, as :func:`nonempty_path`: ``--model "$MODEL"`` with MODEL unset used the bundled
+    model without a word."""
+    if text == "":
+        raise typer.BadParameter("is empty (an unset shell variable?); give a file or folder name")
+    return text
 
 
 def count(n: int, noun: str) -> str:
@@ -135,7 +144,11 @@ CropMarkupsOpt = Annotated[
 NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--model", help="Model package folder or bundled model name (default: the bundled one)."),
+    typer.Option(
+        "--model",
+        help="Model package folder or bundled model name (default: the bundled one).",
+        parser=nonempty_text,
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 

@@ -123,7 +123,9 @@ def read_markups(path: str | Path) -> tuple[float, float]:
         doc = parse_json(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputNotFoundError("markups file not found", p) from None
-    except (OSError, ValueError) as err:  # bad UTF-8, bad JSON, nesting too deep, a huge integer
+    except OSError as err:  # a folder, no permission, a name too long for the file system
+        raise MarkupsError(f"cannot read the markups file ({err.strerror or err})", p) from None
+    except ValueError as err:  # bad UTF-8, bad JSON, nesting too deep, a huge integer
         raise MarkupsError(f"not valid JSON ({err}); expected {expected}", p) from None
     points = []
     try:
