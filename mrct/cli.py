@@ -32,7 +32,10 @@ from mrct.cli_options import (
     NoCropOpt,
     PrecisionChoice,
     PrecisionOpt,
+    PreviewOpt,
+    ReportOpt,
     SeriesOpt,
+    TranslateOutOpt,
     expand_prepare_args,
     fail,
     modality_of,
@@ -229,15 +232,7 @@ def translate(
         Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
     ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
-    output: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--output",
-            "-o",
-            help="Output file, or folder/ for DICOM (default: beside the input).",
-            parser=nonempty_text,
-        ),
-    ] = None,
+    output: TranslateOutOpt = None,
     output_format: Annotated[
         Optional[FormatChoice],  # noqa: UP045
         typer.Option("--format", help="Output format (default: from -o, else the input's)."),
@@ -253,14 +248,8 @@ def translate(
     full_fov: Annotated[
         bool, typer.Option("--full-fov", help="Translate the whole field of view, slab by slab.")
     ] = False,
-    report: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--report", help="Write a JSON run report (no patient names).", parser=nonempty_path),
-    ] = None,
-    preview: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--preview", help="Write a PNG of the input and the output.", parser=nonempty_path),
-    ] = None,
+    report: ReportOpt = None,
+    preview: PreviewOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Translate even if the input already is the target modality.")

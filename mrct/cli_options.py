@@ -197,3 +197,22 @@ def expand_prepare_args(args: list[str]) -> list[str]:
     if flag is not None and not taken:
         out.append(flag)
     return out
+
+
+TranslateOutOpt = Annotated[
+    Optional[str],  # noqa: UP045 - text: a trailing "/" means DICOM
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output file, or folder/ for DICOM (default: beside the input).",
+        parser=nonempty_text,
+    ),
+]
+ReportOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--report", help="Write a JSON run report (no patient names).", parser=nonempty_path),
+]
+PreviewOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--preview", help="Write a PNG of the input and the output.", parser=nonempty_path),
+]
