@@ -44,22 +44,19 @@ def fail(err: BaseException) -> NoReturn:
     raise typer.Exit(70)
 
 
-def nonempty_path(text: str) -> Path:
-    """A path argument or option. An empty one (an unset shell variable) is refused: as a Path it
-    was the current folder, so ``mrct batch "$IN" -o "$OUT"`` with IN unset translated the
-    folder it ran in."""
-    if text == "":
-        raise typer.BadParameter("is empty (an unset shell variable?); give a file or folder name")
-    return Path(text)
-
-
 def nonempty_text(text: str) -> str:
-    """A path or name kept as text (``-o out/`` means DICOM; ``--model`` takes a name too), refused
-    when empty, as :func:`nonempty_path`: ``--model "$MODEL"`` with MODEL unset used the bundled
-    model without a word."""
+    """A path or name kept as text (``-o out/`` means DICOM; ``--model`` takes a name too). An
+    empty one (an unset shell variable) is refused: ``--model "$MODEL"`` with MODEL unset used
+    the bundled model without a word."""
     if text == "":
         raise typer.BadParameter("is empty (an unset shell variable?); give a file or folder name")
     return text
+
+
+def nonempty_path(text: str) -> Path:
+    """A path argument or option, refused when empty: as a Path it was the current folder, so
+    ``mrct batch "$IN" -o "$OUT"`` with IN unset translated the folder it ran in."""
+    return Path(nonempty_text(text))
 
 
 def count(n: int, noun: str) -> str:
