@@ -199,6 +199,45 @@ def test_a_chin_cut_by_the_field_of_view(
         assert err.value.localisation is loc
 
 
+def _oblique(volume: Volume, pitch_deg: float, bottom_mm: float, at: np.ndarray) -> Volume:
+    """``volume`` resampled (2 mm) onto a grid pitched ``pitch_deg`` about R, whose bottom face
+    passes ``bottom_mm`` above the point ``at`` (RAS mm): an oblique acquisition's field of view,
+    which cuts the head along a tilted plane."""
+    from scipy.ndimage import map_coordinates
+
+    t = np.deg2rad(pitch_deg)
+    rotation = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    n = np.array(volume.shape)
+    corners = np.array([[i, j, k] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)])
+    in_frame = (corners @ volume.affine[:3, :3].T + volume.affine[:3, 3]) @ rotation
+    lo, hi = in_frame.min(axis=0), in_frame.max(axis=0)
+    lo[2] = (rotation.T @ at)[2] + bottom_mm
+    shape = tuple(int(v) for v in np.ceil((hi - lo) / 2.0) + 1)
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = rotation * 2.0, rotation @ lo
+    ijk = np.stack(np.meshgrid(*[np.arange(v) for v in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    source = (world - volume.affine[:3, 3]) @ np.linalg.inv(volume.affine[:3, :3]).T
+    array = map_coordinates(volume.array.astype(np.float32), source.T, order=1).reshape(shape)
+    return Volume(array, affine, Modality.MR)
+
+
+def test_a_chin_cut_diagonally_by_an_oblique_field_of_view(template_head: tuple[Volume, float]) -> None:
+    """From a hunt: a field of view pitched 25 degrees whose bottom face cut the chin put the jaw
+    13-17 mm too high, silently: the traced outline ended at the face (which lies far above the
+    scan's lowest corner, so the bottom-of-scan checks missed it) and was taken for the chin."""
+    volume, menton_s = template_head
+    menton = np.array(load_reference().landmarks_ras["menton"])
+    seen = locate_volume(_oblique(volume, 25.0, -40.0, menton))  # the face passes well below the chin
+    assert seen.details["jaw_from"] == "chin_edge" and not seen.jaw_guessed_near_edge
+    assert abs(seen.slab.inferior_mm - menton_s) <= 6.0
+    for bottom_mm in (-5.0, 5.0):  # the chin's skin ends a few mm below the menton: cut either way
+        cut = locate_volume(_oblique(volume, 25.0, bottom_mm, menton))
+        assert cut.details["jaw_from"] == "registration", (bottom_mm, cut.details)
+        assert cut.jaw_guessed_near_edge, bottom_mm
+        assert abs(cut.slab.inferior_mm - menton_s) <= 6.0, (bottom_mm, cut.slab)
+
+
 def test_a_missing_chin_is_filled_with_background(template_head: tuple[Volume, float]) -> None:
     """The chain uses a slab that ends below the scan and records how much is missing."""
     from mrct.preprocessing.chain import preprocess
@@ -374,4 +413,4 @@ def test_a_jaw_guessed_near_the_scans_bottom_is_said(
     assert cut.to_dict()["jaw_guessed_near_edge"] is True
     scan = write_volume(_cut_below(volume, menton + 12.0), tmp_path / "cut.nii.gz")
     api.locate(scan)
-    assert f"{scan}: no chin outline was found near the bottom of the scan" in caplog.text
+    assert f"{scan}: no chin outline was found near the edge of the scan" in caplog.text

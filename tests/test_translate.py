@@ -803,5 +803,5 @@ def test_a_jaw_guessed_near_the_bottom_is_warned_about_and_reported(tmp_path: Pa
     report = tmp_path / "run.json"
     result = _translate(str(scan), "--to", "ct", "--model", str(tiny_model), "--report", str(report))
     assert result.exit_code == 0, result.output
-    assert f"{scan}: no chin outline was found near the bottom of the scan" in result.stderr
+    assert f"{scan}: no chin outline was found near the edge of the scan" in result.stderr
     assert json.loads(report.read_text())["slabs"][0]["jaw_guessed_near_edge"] is True

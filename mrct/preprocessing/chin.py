@@ -14,8 +14,9 @@ from mrct.preprocessing.mask import WorkingImage
 
 # The chin edge search (:func:`chin_edge_s`): a midline band (R half-width), the window around
 # the registered menton where the chin's bottom is sought, how far the outline must recede
-# behind its most anterior point within the look-back above, and the part of the field of
-# view's bottom where an edge is not trusted (the scan's own edge, or a chin cut by it). RAS mm.
+# behind its most anterior point within the look-back above, and how near the field of view's
+# bottom, or in front of an outline's end its nearest face, an edge is not trusted (the scan's
+# own edge, or a chin cut by it). RAS mm.
 CHIN_BAND_MM = 10.0
 CHIN_WINDOW_MM = (-15.0, 15.0)
 CHIN_RECESSION_MM = 12.0
@@ -52,7 +53,12 @@ def chin_edge_s(work: WorkingImage, menton_ras: tuple[float, float, float]) -> f
     inside = values > work.threshold
     front = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)  # the last voxel inside, per level
     extent = np.where(inside.any(axis=1), a_levels[front], np.nan)
-    usable = (s_levels > bottom) & np.isfinite(extent)
+    # An outline ending at or just behind a face of the field of view ends at the face, not at the
+    # skin: an oblique scan cuts the chin along a tilted face that lies far above its lowest corner.
+    unseen = work.fov_margin_mm(ras).reshape(rr.shape).min(axis=0) < 0.0
+    reach = round(FOV_EDGE_MARGIN_MM)  # levels are 1 mm apart along A too
+    at_face = np.array([unseen[i, f : f + reach + 1].any() for i, f in enumerate(front)])
+    usable = (s_levels > bottom) & np.isfinite(extent) & ~at_face
     window = usable & (s_levels <= s0 + CHIN_WINDOW_MM[1]) & (s_levels >= s0 + CHIN_WINDOW_MM[0])
     if not window.any():
         return None

@@ -108,8 +108,10 @@ class Localisation:
     def jaw_guessed_near_edge(self) -> bool:
         """No chin outline was seen and the registration's jaw lies near (or below) the scan's
         bottom: the chin may be cut by the field of view by more than ``outside_fov_mm`` says."""
-        near = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
-        return self.details.get("jaw_from") == "registration" and near
+        near_bottom = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
+        # An oblique scan's face can cut the chin far above the scan's lowest corner.
+        near_face = self.details.get("menton_fov_margin_mm", np.inf) < JAW_GUESS_MARGIN_MM
+        return self.details.get("jaw_from") == "registration" and (near_bottom or near_face)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,7 +190,7 @@ JAW_REGISTRATION_WEIGHT = 0.75
 # 11 and 26 mm above the menton): within this of the scan's bottom it may hide a cut chin, so it is said.
 JAW_GUESS_MARGIN_MM = 12.0
 JAW_GUESSED = (
-    "no chin outline was found near the bottom of the scan, so the jaw level comes from the head "
+    "no chin outline was found near the edge of the scan, so the jaw level comes from the head "
     "template alone (5-12 mm off on some heads) and the chin may be cut by more than reported"
 )
 
@@ -300,6 +302,7 @@ class Localiser:
             "menton_registered_s_mm": round(jaw_registered, 1),
             "chin_edge_s_mm": None if chin_edge is None else round(chin_edge, 1),
             "jaw_from": "registration" if chin_edge is None else "chin_edge",
+            "menton_fov_margin_mm": round(float(work.fov_margin_mm(np.array(landmarks["menton"]))[0]), 1),
         }
         return Localisation(slab, landmarks, metric, spread, scan_s, details)
 

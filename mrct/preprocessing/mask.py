@@ -51,6 +51,21 @@ class WorkingImage:
     # The scan's own extent along S (mm): the working grid is rounded up to whole voxels, so its
     # top could lie 4 mm above the scan's and hide that much of a slab cut by the field of view.
     scan_s_range_mm: tuple[float, float] | None = None
+    # The scan's own grid (RAS affine, shape). Where the working grid reaches beyond it (an
+    # oblique scan's corners, a chin cut along a tilted face), it holds background never seen.
+    scan_grid: tuple[npt.NDArray[np.float64], tuple[int, int, int]] | None = None
+
+    def fov_margin_mm(self, ras: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """How far each point (N x 3, RAS mm) lies inside the scan's field of view: the distance
+        to its nearest face (voxel edges included), negative outside; inf when the grid is unknown."""
+        points = np.atleast_2d(np.asarray(ras, dtype=np.float64))
+        if self.scan_grid is None:
+            return np.full(len(points), np.inf)
+        affine, shape = self.scan_grid
+        inverse = np.linalg.inv(affine)
+        ijk = points @ inverse[:3, :3].T + inverse[:3, 3]
+        to_faces = np.minimum(ijk + 0.5, np.asarray(shape) - 0.5 - ijk)  # voxels, per axis
+        return np.asarray(np.min(to_faces * np.linalg.norm(affine[:3, :3], axis=0), axis=1))
 
     def interior_spread(self) -> float:
         """How varied the object is inside: the 10-90 percentile range of its values (one voxel
@@ -105,7 +120,8 @@ def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP
     array = resample(volume.array, volume.affine, affine, shape, fill=background, anti_alias=True)
     threshold = CT_BODY_HU if modality is Modality.CT else 0.5 * otsu_threshold(array)
     extent = (float(lo[2]), float(hi[2]))
-    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, extent)
+    scan_grid = (np.array(volume.affine, dtype=np.float64), volume.shape)
+    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, extent, scan_grid)
 
 
 def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
