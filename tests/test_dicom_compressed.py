@@ -107,3 +107,42 @@ def test_rle_reads_exactly(plain_series: Path, tmp_path: Path) -> None:
         ds.compress(RLELossless)
         ds.save_as(packed / f.name)
     np.testing.assert_array_equal(read_volume(packed).array, read_volume(plain_series).array)
+
+
+@pytest.mark.tools
+def test_a_damaged_jpeg_is_one_error_line(plain_series: Path, tmp_path: Path) -> None:
+    """From a hunt: GDCM's libjpeg printed its own lines ("Corrupt JPEG data: premature end of data
+    segment", "Unsupported marker type 0x9a") on the process's stderr above mrct's error. What the
+    decoder says now becomes the error's reason, and nothing else is printed."""
+    packed = _encode(plain_series, tmp_path / "packed", "dcmcjpeg", "+eb")
+    damaged = sorted(packed.glob("*.dcm"))[3]
+    data = bytearray(damaged.read_bytes())
+    scan = data.find(b"\xff\xda")  # the JPEG stream's start of scan
+    data[scan + 20 : scan + 60] = b"\xff" * 40
+    damaged.write_bytes(bytes(data))
+    result = subprocess.run(["mrct", "info", str(packed)], capture_output=True, text=True)
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"error: {damaged}: cannot decode the pixel data (transfer syntax JPEG Baseline (Process 1) "
+        "(1.2.840.10008.1.2.4.50)): Corrupt JPEG data: premature end of data segment"
+    ], result.stderr
+
+
+def test_what_is_printed_while_decoding_is_kept_unless_the_decoder_fails(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The capture takes the process's stderr for the decode: on success it prints what it caught
+    (a decoder's warning, or another thread's line) after all; on failure it gives it back."""
+    import os
+
+    from mrct.io.dicom_pixels import _decoder_output
+
+    said: list[str] = []
+    with _decoder_output(said):
+        os.write(2, b"Premature end of JPEG file\n")
+    assert said == [] and capfd.readouterr().err == "Premature end of JPEG file\n"
+    with pytest.raises(RuntimeError), _decoder_output(said):
+        os.write(2, b"Corrupt JPEG data: bad Huffman code\nUnsupported marker type 0x9a\n")
+        raise RuntimeError("gdcm: failed")
+    assert said == ["Corrupt JPEG data: bad Huffman code", "Unsupported marker type 0x9a"]
+    assert capfd.readouterr().err == ""

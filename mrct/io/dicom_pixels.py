@@ -4,8 +4,13 @@ it with a message that says what is wrong, and apply the rescale (split from
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +22,10 @@ from mrct.io.dicom_scan import header_int
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+# The process has one stderr: one capture at a time (batch decodes in several threads).
+_STDERR_CAPTURE = threading.Lock()
 
 
 class FrameRef(Protocol):
@@ -119,8 +128,11 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
             "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
         )
     uid = getattr(meta, "TransferSyntaxUID", None)
+    compressed = uid is not None and uid.is_transfer_syntax and uid.is_compressed
+    said: list[str] = []
     try:
-        return ds.pixel_array  # type: ignore[no-any-return]
+        with _decoder_output(said) if compressed else contextlib.nullcontext():
+            return ds.pixel_array  # type: ignore[no-any-return]
     except Exception as err:  # decoders raise many kinds
         syntax = transfer_syntax_name(uid)
         native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
@@ -134,9 +146,45 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
                 raise ReadError(message, path) from err
         if isinstance(err, NotImplementedError):
             raise ReadError(f"transfer syntax {syntax} is not supported (no decoder for it)", path) from err
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        why = lines[-1][:200] if lines else type(err).__name__
+        # The C decoder's own first line (libjpeg's "Corrupt JPEG data: ...") says more than the
+        # last plugin's exception.
+        lines = said or [ln.strip() for ln in str(err).splitlines() if ln.strip()][-1:]
+        why = lines[0][:200] if lines else type(err).__name__
         raise ReadError(f"cannot decode the pixel data (transfer syntax {syntax}): {why}", path) from err
+
+
+@contextlib.contextmanager
+def _decoder_output(said: list[str]) -> Iterator[None]:
+    """Collect what C decoders print on the process's stderr (GDCM's libjpeg writes "Corrupt JPEG
+    data: ..." there itself) into ``said``, so that a damaged file gives one error line. On
+    success it is printed after all, as it was: it may hold a warning, or another thread's line
+    written meanwhile. Without a usable stderr the decoder prints where it would have."""
+    with _STDERR_CAPTURE, tempfile.TemporaryFile() as sink:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no stderr, or a closed one
+            yield
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved)
+            sink.seek(0)
+            said.extend(ln.strip() for ln in sink.read().decode(errors="replace").splitlines() if ln.strip())
+            log.debug("the decoder said: %s", " | ".join(said))
+            raise
+        _restore(saved)
+        sink.seek(0)
+        rest = memoryview(sink.read())
+        while rest:
+            rest = rest[os.write(2, rest) :]
+
+
+def _restore(saved: int) -> None:
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:
