@@ -11,7 +11,8 @@ Series are found and named by :mod:`mrct.batch_series`; outputs mirror the input
 Series sharing a folder get ``_s<SeriesNumber>`` (``_e<echo>``/``_a<acquisition>`` for parts of
 a split one); names that still clash get ``_2``, ``_3``; a resumed run keeps the names its manifest
 records, and an earlier run's outputs found in ``IN_DIR`` are skipped. The format is the input's unless
-``fmt`` is given. A shard ``K/N`` writes ``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
+``fmt`` is given. A shard ``K/N`` translates the series :func:`shard_of` deals it and writes
+``manifest-shardKofN.*`` (shards may share ``OUT_DIR``).
 
 Manifest rows: ``id``, ``input`` (relative to IN_DIR), ``series_uid``, ``modality``, ``files``
 (how many; a done series that has more now is translated again; the JSON also keeps a ``stamp``
@@ -19,7 +20,8 @@ of their names, sizes and times, so a series whose files were replaced is too), 
 (relative to OUT_DIR), ``status`` (``done``, ``skipped``, ``failed``; ``pending`` while running,
 and failed for what an interrupted run did not finish),
 ``seconds``, ``message`` (why skipped or failed; for a done row, how much of the slab lay
-outside the scan, if any); no patient names or IDs. Both files are
+outside the scan, if any); no patient names or IDs. The JSON's ``absent`` keeps the earlier
+rows of series not found this time whose outputs are on disk. Both files are
 rewritten atomically after each series and outputs are renamed into place when complete, so a
 killed run leaves no partial output and a re-run resumes: series done (output present) or
 skipped are kept, failed ones retried; ``overwrite`` redoes all. A run locks ``OUT_DIR`` and
@@ -32,6 +34,7 @@ outputs back on their input grids and write them (``Translator.finish``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 import time
@@ -82,6 +85,14 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if not 1 <= k <= n:
         raise MrctError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
     return k, n
+
+
+def shard_of(series_id: str, shards: int) -> int:
+    """The shard (1..``shards``) that translates a series: dealt by a hash of its id, not by its
+    place in the tree, so series added between the shards' runs move no other series to a shard
+    that has already run."""
+    digest = hashlib.sha256(series_id.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % shards + 1
 
 
 # ---------------------------------------------------------------- reading and writing (threads)
@@ -246,14 +257,15 @@ def run_batch(
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
         found = discover(src, exclude=skip)
+        manifest.present = {s.id for s in found}
         adopt_legacy_zip_rows(manifest.previous, found)
-        # A resumed run keeps the names its rows own, and reserves those of series unreadable or
-        # gone this time; shards do not: each sees its own manifest only.
+        # A resumed run keeps the names its rows own (and a shard those of the folder's other
+        # manifests), and reserves those of series unreadable or gone this time.
         owned = {k: r["output"] for k, r in manifest.previous.items() if isinstance(r.get("output"), str)}
-        named = name_outputs(found, to, fmt, keep=None if part else owned)
+        named = name_outputs(found, to, fmt, keep=owned)
         if not named:
             raise InputNotFoundError("no DICOM series or NIfTI/NRRD/MHA scans in this folder or below", src)
-        series = [s for n, s in enumerate(named) if not part or n % part[1] == part[0] - 1]
+        series = [s for s in named if not part or shard_of(s.id, part[1]) == part[0]]
         ours = None if part is None else [out / s.output for s in series if s.output] + [manifest.path]
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)

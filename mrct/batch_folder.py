@@ -263,13 +263,18 @@ class Manifest:
         self.rows: dict[str, dict[str, Any]] = {}
         self.stamps: dict[str, str] = {}  # taken when a series is first planned, before it is read
         self.previous: dict[str, dict[str, Any]] = {}
+        # The ids of every series found in IN this run (all shards'): an earlier row of any other
+        # is kept as ``absent`` while its output is on disk (a share unmounted for one run), so that
+        # the series, back unchanged, is done, and no other series takes its output's name meanwhile.
+        self.present: set[str] | None = None
         if not path.exists():
             if not overwrite:
                 self._adopt_others(path, [])
             return
         try:
             old = parse_json(path.read_text(encoding="utf-8"))
-            own = [r for r in old["series"] if isinstance(r, dict) and isinstance(r.get("id"), str)]
+            listed = [*old["series"], *old.get("absent", [])]
+            own = [r for r in listed if isinstance(r, dict) and isinstance(r.get("id"), str)]
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -306,7 +311,7 @@ class Manifest:
                     continue
                 rows = [
                     r
-                    for r in old["series"]
+                    for r in [*old["series"], *old.get("absent", [])]
                     if isinstance(r, dict)
                     and isinstance(r.get("id"), str)
                     and (r.get("status") in ("done", "skipped") or r.get("output"))
@@ -350,10 +355,18 @@ class Manifest:
                 self.rows[s.id]["output"] = s.output
         self.write()
 
+    def _absent(self) -> list[dict[str, Any]]:
+        """Earlier rows of series not found in IN this run whose outputs are still on disk."""
+        if self.present is None:
+            return []
+        gone = (r for k, r in self.previous.items() if k not in self.present and k not in self.rows)
+        return [r for r in gone if self.owned(r)]
+
     def write(self) -> None:
         rows = list(self.rows.values())
         counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "skipped", "failed", "pending")}
         content = {**self.header, "updated": _now(), "counts": counts, "series": rows}
+        content["absent"] = self._absent()
         with atomic_file(self.path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         text = io.StringIO()

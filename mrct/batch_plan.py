@@ -72,6 +72,12 @@ def plan(
         if s.unlisted:
             earlier += _unlisted_zip(s, manifest, out, overwrite)
             continue
+        try:
+            exists = bool(s.output) and (out / s.output).exists()
+        except OSError as err:  # a path longer than the system takes (PATH_MAX): this series only
+            path = f"cannot use the output path {s.output} ({err.strerror})"
+            manifest.set(s, "failed", message=f"{path}; choose a shorter output folder")
+            continue
         old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
@@ -84,13 +90,10 @@ def plan(
             not overwrite
             # unless its files changed since: grown (still arriving from a PACS), or replaced
             and same_input(old, s)
-            and (
-                old.get("status") == "skipped"
-                or (old.get("status") == "done" and ours and (out / s.output).exists())
-            )
+            and (old.get("status") == "skipped" or (old.get("status") == "done" and ours and exists))
         ):
             manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
-        elif (out / s.output).exists() and not (overwrite or ours):
+        elif exists and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
         elif problem := unsafe_output(src, out, out / s.output):
             manifest.set(s, "failed", message=problem)

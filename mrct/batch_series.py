@@ -317,6 +317,10 @@ def read_zip_member(s: Series) -> Volume:
     return volume.replace(source=SourceInfo(str(s.path), "dicom-zip", volume.source.dicom))
 
 
+# The most a folder's name may take (bytes): output folders are made, never renamed into place.
+MAX_FOLDER_BYTES = 255
+
+
 def _is_output_name(path: Path) -> bool:
     """Named as mrct names its outputs (``<name>_synthetic_ct.nii.gz``)."""
     name = path.name.lower()
@@ -362,7 +366,10 @@ def name_outputs(
         base = fit_name(safe_name(_stem(s)))
         if per_folder[s.input] > 1:
             base += f"_s{s.number}" + (f"_{s.part}" if s.part else "")
-        parent = PurePosixPath(*(safe_name(p) for p in PurePosixPath(s.input).parent.parts if p != "."))
+        # A folder's name fits the file system as it is, but composed (NFC) it may not: U+0958 is
+        # two code points composed, so 80 of them (240 bytes) become 480.
+        folders = PurePosixPath(s.input).parent.parts
+        parent = PurePosixPath(*(fit_name(safe_name(p), MAX_FOLDER_BYTES) for p in folders if p != "."))
         out_fmt, ext = _output_format(s, fmt)
         n, name = 1, base
         while (out := (parent / f"{name}_synthetic_{to.value.lower()}{ext}").as_posix()).lower() in taken:

@@ -1,0 +1,124 @@
+"""`mrct batch` over several runs: series that go and come back, shards run at different times,
+and names too long for the file system (from a hunt, 2026-12-07)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mrct import api
+from mrct.batch import BatchSummary, discover
+from tests.model_fixtures import write_tiny_model
+from tests.test_prepare import write_head
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _run(src: Path, out: Path, model: Path, shard: str | None = None) -> BatchSummary:
+    options = {"model": "tiny", "search_dirs": [model.parent], "crop_mm": "40,-40", "progress": False}
+    return api.batch(src, out, to="ct", shard=shard, **options)  # type: ignore[arg-type]
+
+
+def _status(summary: BatchSummary) -> dict[str, tuple[str, str]]:
+    return {r["input"]: (r["status"], r["output"]) for r in summary.rows}
+
+
+def test_a_series_gone_for_one_run_is_done_when_it_comes_back(tmp_path: Path, model: Path) -> None:
+    """Moved away for one run (a share unmounted), then back unchanged: the second run dropped its
+    row, so the third took its own output for someone else's and failed it on every run after
+    ("exists; pass --overwrite"). Its row is kept in the manifest's ``absent`` list meanwhile."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a" / "t1.nii.gz", "mr", seed=1)
+    write_head(src / "b" / "t1.nii.gz", "mr", seed=2)
+    assert _run(src, out, model).count("done") == 2
+    written = (out / "b/t1_synthetic_ct.nii.gz").stat().st_mtime_ns
+    shutil.move(src / "b", tmp_path / "parked")
+    write_head(src / "b" / "t1.nii", "mr", seed=3)  # would be named onto b's output, were it free
+    second = _run(src, out, model)
+    assert _status(second) == {
+        "a/t1.nii.gz": ("done", "a/t1_synthetic_ct.nii.gz"),
+        "b/t1.nii": ("done", "b/t1_2_synthetic_ct.nii.gz"),
+    }
+    absent = json.loads((out / "manifest.json").read_text())["absent"]
+    assert [(r["input"], r["output"]) for r in absent] == [("b/t1.nii.gz", "b/t1_synthetic_ct.nii.gz")]
+    (src / "b" / "t1.nii").unlink()
+    shutil.move(tmp_path / "parked" / "t1.nii.gz", src / "b" / "t1.nii.gz")
+    third = _run(src, out, model)
+    assert not third.count("failed") and third.attempted == 0, third.rows
+    assert _status(third)["b/t1.nii.gz"] == ("done", "b/t1_synthetic_ct.nii.gz")
+    assert (out / "b/t1_synthetic_ct.nii.gz").stat().st_mtime_ns == written
+    # The output of the .nii, gone now, is kept as absent; a deleted output frees its row.
+    (out / "b/t1_2_synthetic_ct.nii.gz").unlink()
+    _run(src, out, model)
+    assert json.loads((out / "manifest.json").read_text())["absent"] == []
+
+
+def test_shards_run_at_different_times_still_cover_every_series(tmp_path: Path, model: Path) -> None:
+    """Shards were dealt by position in the sorted list: a series added between shard 1/2 and 2/2
+    moved the others along, and one of them fell into neither shard, both exiting 0."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n, name in enumerate("acegik"):
+        write_head(src / name / "t1.nii.gz", "mr", seed=n)
+    first = _run(src, out, model, shard="1/2")
+    for n, name in enumerate("bdf"):  # arrive meanwhile
+        write_head(src / name / "t1.nii.gz", "mr", seed=10 + n)
+    second = _run(src, out, model, shard="2/2")
+    covered = {r["input"] for s in (first, second) for r in s.rows if r["status"] == "done"}
+    assert {f"{name}/t1.nii.gz" for name in "acegik"} <= covered
+    assert not {r["id"] for r in first.rows} & {r["id"] for r in second.rows if r["status"] == "done"}
+    everything = {s.id for s in discover(src)}
+    again = [_run(src, out, model, shard=f"{k}/2") for k in (1, 2)]
+    assert {r["id"] for s in again for r in s.rows} == everything  # the late ones are dealt too
+
+
+def test_a_shard_keeps_the_names_a_whole_run_gave(tmp_path: Path, model: Path) -> None:
+    """A series added after a whole run, sorting before a finished one of the same name: the shard
+    named both afresh, so the finished one was translated again as t1_2 and its output orphaned."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "q" / "t1.nii.gz", "mr", seed=1)
+    assert _run(src, out, model).count("done") == 1
+    write_head(src / "q" / "T1.nii", "mr", seed=2)
+    shard = _run(src, out, model, shard="1/1")
+    assert _status(shard) == {
+        "q/t1.nii.gz": ("done", "q/t1_synthetic_ct.nii.gz"),
+        "q/T1.nii": ("done", "q/T1_2_synthetic_ct.nii.gz"),
+    }
+    assert shard.earlier == 1 and shard.attempted == 1
+
+
+def test_a_folder_name_too_long_once_composed_fails_nothing_else(tmp_path: Path, model: Path) -> None:
+    """A folder of 80 U+0958 (240 bytes) is 480 bytes in NFC, and output folders were not
+    shortened like file names: the whole batch stopped with "file name too long", exit 2."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    long = "\u0958" * 80
+    write_head(src / long / "t1.nii.gz", "mr", seed=1)
+    write_head(src / "ok" / "t1.nii.gz", "mr", seed=2)
+    summary = _run(src, out, model)
+    assert summary.count("done") == 2, summary.rows
+    outputs = {r["input"]: r["output"] for r in summary.rows}
+    folder = outputs[f"{long}/t1.nii.gz"].split("/")[0]
+    assert len(folder.encode()) <= 255 and (out / outputs[f"{long}/t1.nii.gz"]).is_file()
+
+
+@pytest.mark.parametrize("name_bytes", [200, 255])  # the output's temporary name, or the output itself
+def test_an_output_path_longer_than_the_system_takes_fails_that_series_only(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch, name_bytes: int
+) -> None:
+    """An output folder 3.8 kB deep: the output of a series in a 200- or 255-byte folder passes
+    PATH_MAX (4096 bytes), and "File name too long" stopped the whole batch, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    write_head(Path("in") / ("x" * name_bytes) / "t1.nii.gz", "mr", seed=1)
+    write_head(Path("in") / "ok" / "t1.nii.gz", "mr", seed=2)
+    out = Path("o", *["d" * 200] * 19)
+    out.mkdir(parents=True)
+    rows = {r["input"]: r for r in _run(Path("in"), out, model).rows}
+    assert rows["ok/t1.nii.gz"]["status"] == "done"
+    long = rows[f"{'x' * name_bytes}/t1.nii.gz"]
+    assert long["status"] == "failed" and "File name too long" in long["message"], long
+    assert ("choose a shorter output folder" in long["message"]) == (name_bytes == 255)  # found in planning
