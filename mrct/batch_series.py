@@ -72,6 +72,7 @@ class Series:
 
 
 INCOMPLETE = "incomplete DICOM image file (truncated?)"
+UNREADABLE = "cannot read the file"
 
 
 def _header(path: Path) -> tuple[Any, str | None, str | None]:
@@ -85,6 +86,8 @@ def _header(path: Path) -> tuple[Any, str | None, str | None]:
         return None, None, err.message
     except InvalidDicomError:
         return None, "not an image file (DICOM, NIfTI, NRRD, MHA or zip)", None
+    except OSError as err:  # its permissions, an I/O error: it may be any file, a slice included
+        return None, None, f"{UNREADABLE} ({err.strerror or type(err).__name__})"
     except Exception as err:  # truncated or malformed: pydicom raises many kinds
         return None, None, f"unreadable DICOM file ({type(err).__name__})"
     # A whole image without a SeriesInstanceUID (some exports drop it) groups with the others of
@@ -193,13 +196,15 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
     found: list[Series] = []
     # By SeriesInstanceUID; images without one by folder, never merged across folders (patients).
     images: dict[tuple[str, Path | None], Members] = defaultdict(list)
-    cut_short: dict[Path, Path] = {}  # folder -> an image file there cut before its series UID
+    # folder -> a file there that may be one of its slices: an image cut before its series UID,
+    # or a file that could not be read at all
+    cut_short: dict[Path, tuple[Path, str]] = {}
     for f in files:
         ds, skip, error = _header(f)
         if ds is None:
             found.append(Series(_rel(f, root), _rel(f, root), f, skip=skip, error=error))
-            if error == INCOMPLETE:
-                cut_short.setdefault(f.parent, f)
+            if error is not None and (error == INCOMPLETE or error.startswith(UNREADABLE)):
+                cut_short.setdefault(f.parent, (f, error))
         else:
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             images[(uid, None if uid else f.parent)].append((f, ds))
@@ -227,7 +232,7 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
                 cut = _odd_size(group, parts, root)
             orphan = next((cut_short[p.parent] for p, _ in group if p.parent in cut_short), None)
             if cut is None and orphan is not None:
-                cut = f"{_rel(orphan, root)}: {INCOMPLETE} in this series' folder (one of its slices?)"
+                cut = f"{_rel(orphan[0], root)}: {orphan[1]} in this series' folder (one of its slices?)"
             n = int(number) if number.isdigit() else 0
             rel = _rel(where, root)
             fields = {"skip": small} if cut is None else {"error": cut}
@@ -243,9 +248,14 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
         hidden = any(part.startswith(".") for part in f.relative_to(in_dir).parts)
         return not hidden and not any(f.resolve().is_relative_to(e) for e in excluded)
 
-    files = [f for f in iter_files(in_dir) if wanted(f)]
+    unlisted: list[tuple[Path, str]] = []
+    files = [f for f in iter_files(in_dir, unlisted) if wanted(f)]
     scans = [f for f in files if f.name.lower().endswith(SCAN_SUFFIXES)]
     series: list[Series] = []
+    for folder, why in unlisted:
+        if wanted(folder):
+            rel = _rel(folder, in_dir)
+            series.append(Series(rel, rel, folder, error=f"{why}; what it holds is not translated"))
     for f in scans:
         rel = _rel(f, in_dir)
         whole = Series(rel, rel, f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)

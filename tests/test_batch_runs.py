@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from mrct import api
@@ -122,3 +123,66 @@ def test_an_output_path_longer_than_the_system_takes_fails_that_series_only(
     long = rows[f"{'x' * name_bytes}/t1.nii.gz"]
     assert long["status"] == "failed" and "File name too long" in long["message"], long
     assert ("choose a shorter output folder" in long["message"]) == (name_bytes == 255)  # found in planning
+
+
+def _denied(monkeypatch: pytest.MonkeyPatch, module: object, name: str, target: Path) -> None:
+    """Make ``module.name(path, ...)`` raise "Permission denied" for ``target`` (tests run as root,
+    whom chmod does not stop)."""
+    real = getattr(module, name)
+
+    def refuse(path: object = ".", *args: object, **kwargs: object) -> object:
+        if Path(str(path)) == target:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, refuse)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_failed_row(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study folder without read permission was left out silently: no row, exit 0."""
+    import os
+
+    from mrct.errors import ReadError
+    from mrct.io import read_volume
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a" / "t1.nii.gz", "mr", seed=1)
+    write_head(src / "b" / "t1.nii.gz", "mr", seed=2)
+    _denied(monkeypatch, os, "scandir", src / "b")
+    rows = {r["input"]: r for r in _run(src, out, model).rows}
+    assert rows["a/t1.nii.gz"]["status"] == "done"
+    assert rows["b"]["status"] == "failed", rows
+    assert (
+        rows["b"]["message"] == "cannot list this folder (Permission denied); what it holds is not translated"
+    )
+    with pytest.raises(ReadError, match=r"/b: cannot list this folder \(Permission denied\)"):
+        read_volume(src)  # a DICOM folder to translate: not read without part of it
+
+
+def test_an_unreadable_file_fails_the_series_of_its_folder(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice at one end of a stack that could not be read (its permissions): the series was done
+    from the others, one slice short, as no gap showed it."""
+    from mrct import batch_series
+    from tests.dicom_factory import write_series
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    folder = write_series(
+        src / "c" / "ser", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0)
+    ).folder
+    first = sorted(folder.glob("*.dcm"), key=lambda f: pydicom.dcmread(f).InstanceNumber)[0]
+    _denied(monkeypatch, batch_series, "check_deflated", first)
+    rows = {r["id"].split("#")[0]: r for r in _run(src, out, model).rows}
+    name = first.relative_to(src).as_posix()
+    assert (
+        rows[name]["status"] == "failed"
+        and rows[name]["message"] == "cannot read the file (Permission denied)"
+    )
+    assert rows["c/ser"]["status"] == "failed", rows["c/ser"]
+    assert (
+        rows["c/ser"]["message"]
+        == f"{name}: cannot read the file (Permission denied) in this series' folder (one of its slices?)"
+    )

@@ -64,11 +64,26 @@ class SeriesFiles:
         return f"{self.key or NO_UID}  {self.modality or '?'}  {self.n_frames} slices"
 
 
-def iter_files(folder: Path) -> list[Path]:
-    """Every regular file under ``folder``, sorted, without following symlink loops."""
+UNLISTABLE = "cannot list this folder"
+
+
+def iter_files(folder: Path, unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Every regular file under ``folder``, sorted, without following symlink loops.
+
+    A folder that cannot be listed (its permissions, an I/O error) goes into ``unlisted`` with
+    why; without that list it raises ReadError: read without it, a series may lack slices.
+    """
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+
+    def refused(err: OSError) -> None:
+        where = Path(err.filename) if err.filename else folder
+        why = f"{UNLISTABLE} ({err.strerror or type(err).__name__})"
+        if unlisted is None:
+            raise ReadError(why, where)
+        unlisted.append((where, why))
+
+    for root, dirs, files in os.walk(folder, onerror=refused, followlinks=True):
         st = os.stat(root)
         if (st.st_dev, st.st_ino) in seen_dirs:
             dirs[:] = []
