@@ -446,3 +446,60 @@ def test_a_slice_without_orientation_is_named_not_split_off(make_series: Callabl
     with pytest.raises(ReadError, match="missing ImageOrientationPatient") as caught:
         read_volume(info.folder)
     assert caught.value.path == str(info.files[3])
+
+
+@pytest.mark.parametrize(("iop_decimals", "ipp_decimals"), [(4, 2), (6, 1)])
+def test_positions_rounded_in_the_header_are_the_scanners_grid(
+    make_series: Callable[..., SeriesInfo],
+    caplog: pytest.LogCaptureFixture,
+    iop_decimals: int,
+    ipp_decimals: int,
+) -> None:
+    """From a hunt: an oblique stack whose header rounds ImageOrientationPatient to 4 decimals (or
+    ImagePositionPatient to 0.1 mm) drifts off its normal by about 0.01 mm (0.1 mm), which mrct
+    took for a gantry tilt (and uneven spacing): it resampled, widened the grid by two pixels (a
+    1 mm stack lost a slice), where dcm2niix reads the scanner's grid. Positions within a tenth of
+    a voxel of a regular grid are that grid; a real tilt of half a degree is still resampled."""
+    info = make_series(
+        modality="MR",
+        shape=(64, 64, 60),
+        pixel_spacing=(1.0, 1.0),
+        slice_spacing=1.0,
+        oblique_deg=(17.0, -23.0),
+    )
+    exact = read_volume(info.folder)
+    for f in info.files:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [f"{v:.{iop_decimals}f}" for v in ds.ImageOrientationPatient]
+        ds.ImagePositionPatient = [f"{v:.{ipp_decimals}f}" for v in ds.ImagePositionPatient]
+        ds.save_as(f)
+    with caplog.at_level(logging.WARNING):
+        rounded = read_volume(info.folder)
+    assert not [r.getMessage() for r in caplog.records if "resampled" in r.getMessage()]
+    assert rounded.shape == exact.shape
+    np.testing.assert_array_equal(rounded.array, exact.array)
+    corners = np.array([[0, 0, 0, 1], [63, 63, 59, 1]], dtype=float).T
+    assert np.max(np.abs(rounded.affine @ corners - exact.affine @ corners)) < 0.1  # mm
+
+    tilt = make_series(  # 0.5 degrees over 59 mm: 0.5 mm, half a voxel
+        "tilt",
+        modality="MR",
+        shape=(64, 64, 60),
+        pixel_spacing=(1.0, 1.0),
+        slice_spacing=1.0,
+        oblique_deg=(17.0, -23.0),
+    )
+    normal = np.cross(tilt.iop[:3], tilt.iop[3:])
+    for k, f in enumerate(
+        sorted(
+            tilt.files,
+            key=lambda f: float(np.array(pydicom.dcmread(f).ImagePositionPatient, dtype=float) @ normal),
+        )
+    ):
+        ds = pydicom.dcmread(f)
+        shift = np.array(tilt.iop[3:]) * k * np.tan(np.radians(0.5))  # slides along columns: a shear
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ds.ImagePositionPatient, dtype=float) + shift]
+        ds.save_as(f)
+    with caplog.at_level(logging.WARNING):
+        read_volume(tilt.folder)
+    assert any("gantry tilt of 0.5 deg" in r.getMessage() for r in caplog.records)

@@ -27,8 +27,12 @@ FloatArray = npt.NDArray[np.float64]
 # Positions are stored as decimal strings, so allow some rounding noise.
 POSITION_TOL_MM = 0.01
 ORIENTATION_TOL = 1e-3
-# Relative spread of slice gaps still treated as uniform spacing.
-UNIFORM_SPACING_TOL = 0.02
+# Slices that scatter about a regular grid along the slice normal by less than this fraction of
+# a voxel (peak to peak) lie on it: a header that rounds ImageOrientationPatient to 4 decimals or
+# ImagePositionPatient to 0.1 mm scatters an oblique stack's slices by 0.01-0.17 mm, and dcm2niix
+# reads such a stack as its scanner's grid. More (a gantry tilt, spacing changed part-way) is
+# resampled. Reading a stack as the grid moves no slice farther than this from its position.
+GRID_TOL_VOXELS = 0.2
 MISSING_SLICE_FACTOR = 1.5
 
 
@@ -133,15 +137,21 @@ def plan_stack(
     first = positions[order[0]]
     offsets = positions[order] - first
     off_u, off_v = offsets @ geom.row_cosine, offsets @ geom.col_cosine
-    tilted = bool(np.max(np.abs(off_u)) > POSITION_TOL_MM or np.max(np.abs(off_v)) > POSITION_TOL_MM)
+    # How far the slices scatter about the regular grid (first slice, step along the normal):
+    # across it (a shear) and along the normal (uneven spacing).
+    tilted = bool(
+        np.ptp(off_u) > max(POSITION_TOL_MM, GRID_TOL_VOXELS * geom.col_spacing)
+        or np.ptp(off_v) > max(POSITION_TOL_MM, GRID_TOL_VOXELS * geom.row_spacing)
+    )
     median = float(np.median(gaps))
-    uneven = bool(np.max(np.abs(gaps - median)) > max(POSITION_TOL_MM, UNIFORM_SPACING_TOL * median))
+    step = (s[-1] - s[0]) / (len(s) - 1)
+    uneven = bool(np.ptp(s - step * np.arange(len(s))) > max(POSITION_TOL_MM, GRID_TOL_VOXELS * step))
 
     affine = np.eye(4)
     affine[:3, 0] = geom.row_cosine * geom.col_spacing
     affine[:3, 1] = geom.col_cosine * geom.row_spacing
     if not tilted and not uneven:
-        affine[:3, 2] = n * (s[-1] - s[0]) / (len(s) - 1)
+        affine[:3, 2] = n * step
         affine[:3, 3] = first
         return StackPlan(order, affine, (columns, rows, len(s)), False, "")
 
