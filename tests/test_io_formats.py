@@ -312,3 +312,32 @@ def test_a_qform_that_is_no_rotation_beside_a_sform_reads_by_the_sform(
     out = write_volume(back, tmp_path / "out.nii.gz")
     img = nib.load(out)
     np.testing.assert_allclose(img.get_qform(), img.get_sform(), atol=1e-4)
+
+
+@pytest.mark.parametrize("sform_code", [1, 2])
+def test_a_sform_alone_scaled_unlike_pixdim_keeps_its_header_in_outputs(
+    tmp_path: Path, sform_code: int
+) -> None:
+    """From a hunt: qform_code 0, sform 2 mm, pixdim 1 mm. ITK (so 3D Slicer) reads pixdim, and mrct
+    warned that NIfTI outputs keep both forms; they got codes (1, 1) and pixdim 2, so Slicer put
+    the output 2 mm a voxel and the input 1 mm: they no longer overlaid."""
+
+    def itk_corner(path: Path) -> np.ndarray:
+        return np.array(sitk.ReadImage(str(path)).TransformIndexToPhysicalPoint([5, 6, 7]))
+
+    sform = np.diag([2.0, 2.0, 2.0, 1.0])
+    sform[:3, 3] = [-20.0, -30.0, -40.0]
+    img = nib.Nifti1Image(np.arange(12 * 13 * 14, dtype=np.float32).reshape(12, 13, 14), None)
+    img.set_qform(None, code=0)
+    img.set_sform(sform, code=sform_code)
+    nib.save(img, tmp_path / "in.nii.gz")
+    assert np.allclose(nib.load(tmp_path / "in.nii.gz").header["pixdim"][1:4], 1.0)
+    vol = read_volume(tmp_path / "in.nii.gz")
+    np.testing.assert_allclose(vol.affine, sform)
+    write_volume(vol, tmp_path / "out.nii.gz")
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, sform_code)
+    np.testing.assert_allclose(out.affine, sform)  # nibabel: the sform
+    np.testing.assert_allclose(
+        itk_corner(tmp_path / "out.nii.gz"), itk_corner(tmp_path / "in.nii.gz"), atol=1e-4
+    )

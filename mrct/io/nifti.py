@@ -118,6 +118,7 @@ def _source(
     apart = corner_distance(qform, affine, shape) if codes[0] and codes[1] else 0.0
     zooms = np.asarray(hdr["pixdim"][1:4], dtype=np.float64) * mm_per_unit
     scales_differ = not np.allclose(np.linalg.norm(affine[:3, :3], axis=0), zooms, rtol=1e-4)
+    off = 0.0  # how far ITK places the image from the sform (mm)
     if apart > 1e-3 or shear(affine) > SHEAR_TOL or scales_differ:
         # Where ITK rejects the sform (sheared, or scaled unlike pixdim) or prefers the qform,
         # 3D Slicer shows the image elsewhere: ask ITK itself rather than restate its rules.
@@ -136,9 +137,10 @@ def _source(
                 off,
                 " and ".join(why) or "its qform and sform disagree",
             )
-    if codes[0] == 0 or codes[1] == 0:
-        return SourceInfo(str(path), "nifti")  # one geometry, which every reader uses
-    if apart <= 1e-3 and shear(affine) <= SHEAR_TOL:
+    # One geometry that every reader uses: outputs get it as both forms. Otherwise (the forms
+    # disagree, a sheared sform, or a sform alone that ITK reads by pixdim) they keep the header's.
+    disagree = codes[0] != 0 and codes[1] != 0 and (apart > 1e-3 or shear(affine) > SHEAR_TOL)
+    if not disagree and off <= ITK_WARN_MM:
         return SourceInfo(str(path), "nifti")
     return SourceInfo(
         str(path), "nifti", nifti_qform=_rows(qform), nifti_sform=_rows(affine), nifti_codes=codes
