@@ -117,8 +117,10 @@ _TRANSLATE_ONLY = {
 
 
 def _one_line(err: BaseException) -> str:
+    # mrct's messages are one line but for a line break in a file name (the manifest escapes it);
+    # another error's first line is its summary.
     text = str(err) if isinstance(err, MrctError) else f"unexpected {type(err).__name__}: {err}"
-    line = (text.splitlines() or [type(err).__name__])[0]
+    line = text if isinstance(err, MrctError) else (text.splitlines() or [type(err).__name__])[0]
     for option, instead in _TRANSLATE_ONLY.items():
         line = line.replace(option, instead)
     return line

@@ -269,6 +269,13 @@ class Manifest:
         self.present: set[str] | None = None
         if not path.exists():
             if not overwrite:
+                # The JSON is written before the CSV: a CSV without it is someone else's file.
+                if path.with_suffix(".csv").exists():
+                    raise OutputExistsError(
+                        f"holds {path.with_suffix('.csv').name} but no {path.name}, so it is not a batch's "
+                        "manifest; move it, or pass --overwrite to replace it",
+                        path.parent,
+                    )
                 self._adopt_others(path, [])
             return
         try:
@@ -328,7 +335,8 @@ class Manifest:
         # A series that fails or is skipped keeps the name of the output an earlier run wrote for it,
         # so that no other series is named onto it and, mended, it replaces its own output.
         output = s.output if status in ("done", "pending") else self.owned(self.previous.get(s.id, {}))
-        message = self.root.sub("", message)
+        # A line break inside a file name is shown escaped (as ls -b does): one row, one line.
+        message = self.root.sub("", message).replace("\r", "\\r").replace("\n", "\\n")
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
         # ``stamp`` (JSON only): the input files as they were when planned, so a resume sees one

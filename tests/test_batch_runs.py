@@ -186,3 +186,29 @@ def test_an_unreadable_file_fails_the_series_of_its_folder(
         rows["c/ser"]["message"]
         == f"{name}: cannot read the file (Permission denied) in this series' folder (one of its slices?)"
     )
+
+
+def test_a_line_break_in_a_file_name_is_escaped_in_the_manifest(tmp_path: Path, model: Path) -> None:
+    """The failed row's message was cut at the line break: 'bad/br"oken,' and no problem."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "ok" / "t1.nii.gz", "mr", seed=1)
+    (src / "bad").mkdir()
+    (src / "bad" / 'br"oken,\nfile.nii.gz').write_bytes(b"\x1f\x8b garbage")
+    rows = {r["input"]: r for r in _run(src, out, model).rows}
+    message = rows['bad/br"oken,\nfile.nii.gz']["message"]
+    assert message.startswith('bad/br"oken,\\nfile.nii.gz: ') and len(message) > 40, message
+    assert "\n" not in message
+
+
+def test_a_manifest_csv_of_someone_elses_is_not_replaced(tmp_path: Path, model: Path) -> None:
+    """A stray manifest.json was refused, but a user's own manifest.csv was overwritten silently."""
+    from mrct.errors import OutputExistsError
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "p" / "t1.nii.gz", "mr", seed=1)
+    out.mkdir()
+    (out / "manifest.csv").write_text("my,own,data\n")
+    with pytest.raises(OutputExistsError, match=r"holds manifest\.csv but no manifest\.json"):
+        _run(src, out, model)
+    assert (out / "manifest.csv").read_text() == "my,own,data\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv"]
