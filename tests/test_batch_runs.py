@@ -12,6 +12,7 @@ import pytest
 
 from mrct import api
 from mrct.batch import BatchSummary, discover
+from mrct.io.dicom_scan import iter_files as discover_files
 from tests.model_fixtures import write_tiny_model
 from tests.test_prepare import write_head
 
@@ -212,3 +213,19 @@ def test_a_manifest_csv_of_someone_elses_is_not_replaced(tmp_path: Path, model: 
         _run(src, out, model)
     assert (out / "manifest.csv").read_text() == "my,own,data\n"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv"]
+
+
+def test_a_scan_reached_by_a_link_is_translated_once_under_its_real_name(tmp_path: Path, model: Path) -> None:
+    """A symlink to a scan in the tree was a second row and a second output, and a linked folder
+    sorting before its target named the outputs after the link."""
+    import os
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "real" / "t1.nii.gz", "mr", seed=1)
+    os.symlink("real/t1.nii.gz", src / "alias.nii.gz")
+    os.symlink("real", src / "linked")  # "linked" sorts before "real"
+    rows = _run(src, out, model).rows
+    assert [(r["input"], r["status"], r["output"]) for r in rows] == [
+        ("real/t1.nii.gz", "done", "real/t1_synthetic_ct.nii.gz")
+    ]
+    assert [p.relative_to(src).as_posix() for p in discover_files(src)] == ["real/t1.nii.gz"]
