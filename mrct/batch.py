@@ -298,7 +298,9 @@ def _translate(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     how = derivation_description(to, translator.package)
-    bar = tqdm(total=len(todo), disable=not progress, unit="series", file=sys.stderr, dynamic_ncols=True)
+    # Nothing to do (a resumed run that finds all done): no bar, rather than "0series [00:00]".
+    quiet = not progress or not todo
+    bar = tqdm(total=len(todo), disable=quiet, unit="series", file=sys.stderr, dynamic_ncols=True)
 
     def record(s: Series, status: str, *args: Any) -> None:
         manifest.set(s, status, *args)

@@ -229,3 +229,19 @@ def test_a_scan_reached_by_a_link_is_translated_once_under_its_real_name(tmp_pat
         ("real/t1.nii.gz", "done", "real/t1_synthetic_ct.nii.gz")
     ]
     assert [p.relative_to(src).as_posix() for p in discover_files(src)] == ["real/t1.nii.gz"]
+
+
+def test_a_run_with_nothing_to_do_shows_no_progress_bar(tmp_path: Path, model: Path) -> None:
+    """A resumed run that found everything done printed a stray "0series [00:00, ?series/s]"."""
+    from typer.testing import CliRunner
+
+    from mrct.cli import app
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "p" / "t1.nii.gz", "mr", seed=1)
+    command = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "40,-40"]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0 and "series" in first.stderr  # the bar, while it translated
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0 and again.stderr == "", again.stderr
+    assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run)"), again.stdout
