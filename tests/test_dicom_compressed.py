@@ -128,21 +128,40 @@ def test_a_damaged_jpeg_is_one_error_line(plain_series: Path, tmp_path: Path) ->
     ], result.stderr
 
 
-def test_what_is_printed_while_decoding_is_kept_unless_the_decoder_fails(
-    capfd: pytest.CaptureFixture[str],
+def test_what_decoders_print_is_collected_and_damage_is_an_error(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The capture takes the process's stderr for the decode: on success it prints what it caught
-    (a decoder's warning, or another thread's line) after all; on failure it gives it back."""
+    """The capture takes the process's stderr while decoding, success or not. A damaged stream
+    that a decoder fills in with grey (libjpeg warns and returns) is an error; its other warnings
+    (or another thread's lines written meanwhile) are printed after all."""
     import os
 
-    from mrct.io.dicom_pixels import _decoder_output
+    from mrct.io.dicom_pixels import _decoder_output, decode
 
     said: list[str] = []
     with _decoder_output(said):
         os.write(2, b"Premature end of JPEG file\n")
-    assert said == [] and capfd.readouterr().err == "Premature end of JPEG file\n"
-    with pytest.raises(RuntimeError), _decoder_output(said):
+    assert said == ["Premature end of JPEG file"] and capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError), _decoder_output(said := []):
         os.write(2, b"Corrupt JPEG data: bad Huffman code\nUnsupported marker type 0x9a\n")
         raise RuntimeError("gdcm: failed")
     assert said == ["Corrupt JPEG data: bad Huffman code", "Unsupported marker type 0x9a"]
-    assert capfd.readouterr().err == ""
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+
+    def decoded_with(warning: bytes) -> object:
+        def pixel_array(_self: object) -> np.ndarray:
+            os.write(2, warning)
+            return np.zeros((2, 2), np.uint8)
+
+        monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(pixel_array))
+        return decode(ds, tmp_path / "x.dcm")
+
+    with pytest.raises(
+        ReadError, match=r"x\.dcm: cannot decode .*: Corrupt JPEG data: premature end of data segment"
+    ):
+        decoded_with(b"Corrupt JPEG data: premature end of data segment\n")
+    assert decoded_with(b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n").shape == (2, 2)  # type: ignore[attr-defined]
+    assert capfd.readouterr().err == "Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
+# What libjpeg says of a stream that ends early or holds garbage (its warnings JWRN_HIT_MARKER,
+# JWRN_JPEG_EOF, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC): the image is partly made up. Not its
+# "extraneous bytes before marker", which DICOM's even-length padding of a fragment causes.
+DAMAGED_STREAM = re.compile(
+    r"premature end of (data segment|JPEG file)|bad Huffman code|instead of RST", re.IGNORECASE
+)
 # The process has one stderr: one capture at a time (batch decodes in several threads).
 _STDERR_CAPTURE = threading.Lock()
 
@@ -132,7 +139,7 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
     said: list[str] = []
     try:
         with _decoder_output(said) if compressed else contextlib.nullcontext():
-            return ds.pixel_array  # type: ignore[no-any-return]
+            pixels: npt.NDArray = ds.pixel_array
     except Exception as err:  # decoders raise many kinds
         syntax = transfer_syntax_name(uid)
         native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
@@ -151,14 +158,22 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
         lines = said or [ln.strip() for ln in str(err).splitlines() if ln.strip()][-1:]
         why = lines[0][:200] if lines else type(err).__name__
         raise ReadError(f"cannot decode the pixel data (transfer syntax {syntax}): {why}", path) from err
+    # libjpeg decodes a damaged stream with a warning and grey where the data ran out, and which
+    # plugin pydicom reaches first (GDCM raises on it, or not) varies: damage is an error either way.
+    if damage := next((line for line in said if DAMAGED_STREAM.search(line)), None):
+        raise ReadError(
+            f"cannot decode the pixel data (transfer syntax {transfer_syntax_name(uid)}): {damage}", path
+        )
+    if said:  # a decoder's other warnings (libjpeg's "extraneous bytes", say), or another thread's lines
+        sys.stderr.write("\n".join(said) + "\n")
+    return pixels
 
 
 @contextlib.contextmanager
 def _decoder_output(said: list[str]) -> Iterator[None]:
     """Collect what C decoders print on the process's stderr (GDCM's libjpeg writes "Corrupt JPEG
-    data: ..." there itself) into ``said``, so that a damaged file gives one error line. On
-    success it is printed after all, as it was: it may hold a warning, or another thread's line
-    written meanwhile. Without a usable stderr the decoder prints where it would have."""
+    data: ..." there itself) into ``said``, lines stripped, whether decoding succeeds or not;
+    :func:`decode` judges it. Without a usable stderr the decoder prints where it would have."""
     with _STDERR_CAPTURE, tempfile.TemporaryFile() as sink:
         try:
             sys.stderr.flush()
@@ -169,17 +184,10 @@ def _decoder_output(said: list[str]) -> Iterator[None]:
         os.dup2(sink.fileno(), 2)
         try:
             yield
-        except BaseException:
+        finally:
             _restore(saved)
             sink.seek(0)
             said.extend(ln.strip() for ln in sink.read().decode(errors="replace").splitlines() if ln.strip())
-            log.debug("the decoder said: %s", " | ".join(said))
-            raise
-        _restore(saved)
-        sink.seek(0)
-        rest = memoryview(sink.read())
-        while rest:
-            rest = rest[os.write(2, rest) :]
 
 
 def _restore(saved: int) -> None:
