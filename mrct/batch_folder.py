@@ -267,6 +267,7 @@ class Manifest:
         # is kept as ``absent`` while its output is on disk (a share unmounted for one run), so that
         # the series, back unchanged, is done, and no other series takes its output's name meanwhile.
         self.present: set[str] | None = None
+        self.own: set[str] = set()  # the ids this manifest file held
         if not path.exists():
             if not overwrite:
                 # The JSON is written before the CSV: a CSV without it is someone else's file.
@@ -282,6 +283,7 @@ class Manifest:
             old = parse_json(path.read_text(encoding="utf-8"))
             listed = [*old["series"], *old.get("absent", [])]
             own = [r for r in listed if isinstance(r, dict) and isinstance(r.get("id"), str)]
+            self.own = {r["id"] for r in own}
             if not isinstance(old.get("model"), dict) and not overwrite:
                 raise ValueError("no model recorded")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -364,11 +366,13 @@ class Manifest:
         self.write()
 
     def _absent(self) -> list[dict[str, Any]]:
-        """Earlier rows of series not found in IN this run whose outputs are still on disk."""
+        """Earlier rows whose outputs are still on disk of series this run does not list: not found
+        in IN, or (a shard) of this manifest but dealt to another shard now (shards were dealt by
+        position before mrct dealt them by hash: the other shard must find them done)."""
         if self.present is None:
             return []
-        gone = (r for k, r in self.previous.items() if k not in self.present and k not in self.rows)
-        return [r for r in gone if self.owned(r)]
+        kept = (k not in self.rows and (k not in self.present or k in self.own) for k in self.previous)
+        return [r for r, keep in zip(self.previous.values(), kept, strict=True) if keep and self.owned(r)]
 
     def write(self) -> None:
         rows = list(self.rows.values())

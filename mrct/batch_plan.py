@@ -72,27 +72,29 @@ def plan(
         if s.unlisted:
             earlier += _unlisted_zip(s, manifest, out, overwrite)
             continue
-        try:
-            exists = bool(s.output) and (out / s.output).exists()
-        except OSError as err:  # a path longer than the system takes (PATH_MAX): this series only
-            path = f"cannot use the output path {s.output} ({err.strerror})"
-            manifest.set(s, "failed", message=f"{path}; choose a shorter output folder")
-            continue
         old = manifest.previous.get(s.id, {})
         ours = old.get("output") == s.output != ""  # an earlier run's output: may be replaced
         # A damaged file fails whatever its modality: the user should hear of it.
         # A stack with no modality in its header (or "OT") is judged from its intensities on reading.
         by_header = (s.stack is not None or s.member != "") and s.modality not in ("", "OT")
         skip = None if s.error else s.skip or (why_not(s.modality, to, "header") if by_header else None)
+        # An earlier row stands unless its files changed since: grown (still arriving from a PACS),
+        # or replaced.
+        unchanged = not overwrite and same_input(old, s)
         if skip or s.error:
             manifest.set(s, "skipped" if skip else "failed", message=skip or s.error or "")
-        elif (
-            not overwrite
-            # unless its files changed since: grown (still arriving from a PACS), or replaced
-            and same_input(old, s)
-            and (old.get("status") == "skipped" or (old.get("status") == "done" and ours and exists))
-        ):
-            manifest.rows[s.id], earlier = old, earlier + (old["status"] == "done")
+            continue
+        if unchanged and old.get("status") == "skipped":
+            manifest.rows[s.id] = old
+            continue
+        try:  # only for a series to translate: a skipped one never writes
+            exists = bool(s.output) and (out / s.output).exists()
+        except OSError as err:  # a path longer than the system takes (PATH_MAX): this series only
+            path = f"cannot use the output path {s.output} ({err.strerror})"
+            manifest.set(s, "failed", message=f"{path}; choose a shorter output folder")
+            continue
+        if unchanged and old.get("status") == "done" and ours and exists:
+            manifest.rows[s.id], earlier = old, earlier + 1
         elif exists and not (overwrite or ours):
             manifest.set(s, "failed", message=f"{s.output} exists; pass --overwrite to replace it")
         elif problem := unsafe_output(src, out, out / s.output):

@@ -249,7 +249,7 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
         return not hidden and not any(f.resolve().is_relative_to(e) for e in excluded)
 
     unlisted: list[tuple[Path, str]] = []
-    files = [f for f in iter_files(in_dir, unlisted) if wanted(f)]
+    files = [f for f in iter_files(in_dir, unlisted, hidden=False) if wanted(f)]
     scans = [f for f in files if f.name.lower().endswith(SCAN_SUFFIXES)]
     series: list[Series] = []
     for folder, why in unlisted:
@@ -267,7 +267,7 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
 def _zip_listing(folder: Path, zip_path: Path) -> list[Series]:
     """The rows of an unpacked zip, as :func:`discover` lists a folder (hidden entries, such as
     macOS's ``__MACOSX/._*`` files, left out)."""
-    files = [f for f in iter_files(folder) if not any(p.startswith(".") for p in f.relative_to(folder).parts)]
+    files = iter_files(folder, hidden=False)
     return _dicom_series(folder, files, zip_path)
 
 

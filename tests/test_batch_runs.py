@@ -13,6 +13,7 @@ import pytest
 from mrct import api
 from mrct.batch import BatchSummary, discover
 from mrct.io.dicom_scan import iter_files as discover_files
+from tests.dicom_factory import write_series
 from tests.model_fixtures import write_tiny_model
 from tests.test_prepare import write_head
 
@@ -117,10 +118,11 @@ def test_an_output_path_longer_than_the_system_takes_fails_that_series_only(
     monkeypatch.chdir(tmp_path)
     write_head(Path("in") / ("x" * name_bytes) / "t1.nii.gz", "mr", seed=1)
     write_head(Path("in") / "ok" / "t1.nii.gz", "mr", seed=2)
-    out = Path("o", *["d" * 200] * 19)
+    write_series(Path("in") / ("x" * name_bytes) / "ct", modality="CT")  # skipped by its header: not written
+    out = Path("ooooo", *["d" * 200] * 19)
     out.mkdir(parents=True)
     rows = {r["input"]: r for r in _run(Path("in"), out, model).rows}
-    assert rows["ok/t1.nii.gz"]["status"] == "done"
+    assert rows["ok/t1.nii.gz"]["status"] == "done" and rows[f"{'x' * name_bytes}/ct"]["status"] == "skipped"
     long = rows[f"{'x' * name_bytes}/t1.nii.gz"]
     assert long["status"] == "failed" and "File name too long" in long["message"], long
     assert ("choose a shorter output folder" in long["message"]) == (name_bytes == 255)  # found in planning
@@ -168,7 +170,6 @@ def test_an_unreadable_file_fails_the_series_of_its_folder(
     """A slice at one end of a stack that could not be read (its permissions): the series was done
     from the others, one slice short, as no gap showed it."""
     from mrct import batch_series
-    from tests.dicom_factory import write_series
 
     src, out = tmp_path / "in", tmp_path / "out"
     folder = write_series(
@@ -215,20 +216,54 @@ def test_a_manifest_csv_of_someone_elses_is_not_replaced(tmp_path: Path, model: 
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv"]
 
 
-def test_a_scan_reached_by_a_link_is_translated_once_under_its_real_name(tmp_path: Path, model: Path) -> None:
-    """A symlink to a scan in the tree was a second row and a second output, and a linked folder
-    sorting before its target named the outputs after the link."""
+def test_a_scan_reached_by_several_names_is_translated_once(tmp_path: Path, model: Path) -> None:
+    """A symlink to a scan in the tree was a second row and a second output. The first name in
+    the walk counts, as for a folder linked into the tree. A dataset whose visible files link into
+    its hidden .git/annex (DataLad) is read by the visible names."""
     import os
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_head(src / "real" / "t1.nii.gz", "mr", seed=1)
     os.symlink("real/t1.nii.gz", src / "alias.nii.gz")
-    os.symlink("real", src / "linked")  # "linked" sorts before "real"
+    os.symlink("real", src / "linked")
+    annexed = src / ".git" / "annex" / "objects" / "ab" / "key.nii.gz"
+    write_head(annexed, "mr", seed=2)
+    (src / "sub-01" / "anat").mkdir(parents=True)
+    os.symlink(
+        os.path.relpath(annexed, src / "sub-01" / "anat"), src / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    )
+    os.link(annexed, src / "sub-01" / "thin.nii.gz")  # git-annex's thin mode: a hard link
     rows = _run(src, out, model).rows
-    assert [(r["input"], r["status"], r["output"]) for r in rows] == [
-        ("real/t1.nii.gz", "done", "real/t1_synthetic_ct.nii.gz")
+    assert [(r["input"], r["status"]) for r in rows] == [
+        ("alias.nii.gz", "done"),
+        ("sub-01/thin.nii.gz", "done"),
     ]
-    assert [p.relative_to(src).as_posix() for p in discover_files(src)] == ["real/t1.nii.gz"]
+    assert [p.relative_to(src).as_posix() for p in discover_files(src, hidden=False)] == [
+        "alias.nii.gz",
+        "sub-01/thin.nii.gz",  # its files come before its folders' in the walk
+    ]
+    (src / "sub-01" / "thin.nii.gz").unlink()
+    assert [p.relative_to(src).as_posix() for p in discover_files(src, hidden=False)] == [
+        "alias.nii.gz",
+        "sub-01/anat/sub-01_T1w.nii.gz",
+    ]
+
+
+def test_a_hidden_folder_that_cannot_be_listed_is_not_looked_into(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root-owned .Trash-0 beside the scans: hidden folders are left out unvisited, so it fails
+    nothing (listing it first, then leaving it out, stopped mrct prepare's search)."""
+    import os
+
+    from mrct.io.discover import find_scans
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "p" / "t1.nii.gz", "mr", seed=1)
+    (src / ".Trash-0").mkdir()
+    _denied(monkeypatch, os, "scandir", src / ".Trash-0")
+    assert [r["status"] for r in _run(src, out, model).rows] == ["done"]
+    assert [s.path for s in find_scans([src])] == [src / "p" / "t1.nii.gz"]
 
 
 def test_a_run_with_nothing_to_do_shows_no_progress_bar(tmp_path: Path, model: Path) -> None:
@@ -245,3 +280,25 @@ def test_a_run_with_nothing_to_do_shows_no_progress_bar(tmp_path: Path, model: P
     again = CliRunner().invoke(app, command)
     assert again.exit_code == 0 and again.stderr == "", again.stderr
     assert again.stdout.startswith("nothing left to do: 1 done (1 by an earlier run)"), again.stdout
+
+
+def test_shards_dealt_anew_find_what_the_old_shards_did(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards were dealt by position before mrct dealt them by hash. A shard rewriting its manifest
+    dropped the rows of series dealt to the other one now; that one then failed them ("exists;
+    pass --overwrite"), and so did every later run."""
+    from mrct import batch
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n, name in enumerate("abcdefgh"):
+        write_head(src / name / "t1.nii.gz", "mr", seed=n)
+    dealt = batch.shard_of
+    with monkeypatch.context() as patch:
+        patch.setattr(batch, "shard_of", lambda sid, n: n + 1 - dealt(sid, n))  # the other way round
+        assert sum(_run(src, out, model, shard=f"{k}/2").count("done") for k in (1, 2)) == 8
+    again = [_run(src, out, model, shard=f"{k}/2") for k in (1, 2)]
+    assert not [r for s in again for r in s.rows if r["status"] != "done"], [s.rows for s in again]
+    assert sum(s.attempted for s in again) == 0
+    whole = _run(src, out, model)
+    assert whole.count("done") == whole.earlier == 8

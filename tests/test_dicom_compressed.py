@@ -128,40 +128,45 @@ def test_a_damaged_jpeg_is_one_error_line(plain_series: Path, tmp_path: Path) ->
     ], result.stderr
 
 
-def test_what_decoders_print_is_collected_and_damage_is_an_error(
+def test_what_decoders_print_is_judged_and_the_rest_printed_after_all(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The capture takes the process's stderr while decoding, success or not. A damaged stream
-    that a decoder fills in with grey (libjpeg warns and returns) is an error; its other warnings
-    (or another thread's lines written meanwhile) are printed after all."""
+    """The capture takes the whole process's stderr while decoding. libjpeg's lines become the
+    error's reason, and a damaged stream a decoder fills in with grey (libjpeg warns and returns)
+    is an error too; whatever else was written meanwhile (a batch's other thread: a log line, the
+    progress bar) is printed after all, never taken for the reason (from a review)."""
     import os
 
-    from mrct.io.dicom_pixels import _decoder_output, decode
+    from mrct.io import native_stderr
+    from mrct.io.dicom_pixels import decode
 
-    said: list[str] = []
-    with _decoder_output(said):
-        os.write(2, b"Premature end of JPEG file\n")
-    assert said == ["Premature end of JPEG file"] and capfd.readouterr().err == ""
-    with pytest.raises(RuntimeError), _decoder_output(said := []):
-        os.write(2, b"Corrupt JPEG data: bad Huffman code\nUnsupported marker type 0x9a\n")
+    printed: list[str] = []
+    with pytest.raises(RuntimeError), native_stderr.caught(printed):
+        os.write(2, b"\r 50%|##   | 1/2 [00:01]WARNING p2/t1.nii.gz: no chin outline\n")
         raise RuntimeError("gdcm: failed")
-    assert said == ["Corrupt JPEG data: bad Huffman code", "Unsupported marker type 0x9a"]
+    assert printed == ["\r 50%|##   | 1/2 [00:01]WARNING p2/t1.nii.gz: no chin outline\n"]
+    assert capfd.readouterr().err == ""
+    said, rest = native_stderr.decoder_lines("a bar\rCorrupt JPEG data: bad Huffman code\nother\n")
+    assert said == ["Corrupt JPEG data: bad Huffman code"] and rest == "a bar\rother\n"
 
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
 
-    def decoded_with(warning: bytes) -> object:
+    def decoded_with(printed: bytes, fails: bool = False) -> np.ndarray:
         def pixel_array(_self: object) -> np.ndarray:
-            os.write(2, warning)
+            os.write(2, printed)
+            if fails:
+                raise RuntimeError("Unable to decode as exceptions were raised by all available plugins")
             return np.zeros((2, 2), np.uint8)
 
         monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(pixel_array))
         return decode(ds, tmp_path / "x.dcm")
 
-    with pytest.raises(
-        ReadError, match=r"x\.dcm: cannot decode .*: Corrupt JPEG data: premature end of data segment"
-    ):
-        decoded_with(b"Corrupt JPEG data: premature end of data segment\n")
-    assert decoded_with(b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n").shape == (2, 2)  # type: ignore[attr-defined]
+    damaged = r"x\.dcm: cannot decode .*: Corrupt JPEG data: premature end of data segment$"
+    for fails in (True, False):  # the decoder raises, or returns a made-up image
+        with pytest.raises(ReadError, match=damaged):
+            decoded_with(b"WARNING elsewhere\nCorrupt JPEG data: premature end of data segment\n", fails)
+        assert capfd.readouterr().err == "WARNING elsewhere\n"
+    assert decoded_with(b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n").shape == (2, 2)
     assert capfd.readouterr().err == "Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n"

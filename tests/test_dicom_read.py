@@ -448,6 +448,21 @@ def test_a_slice_without_orientation_is_named_not_split_off(make_series: Callabl
     assert caught.value.path == str(info.files[3])
 
 
+def _along_normal(info: SeriesInfo) -> list[Path]:
+    """The series' files in slice order."""
+    normal = np.cross(info.iop[:3], info.iop[3:])
+    return sorted(
+        info.files, key=lambda f: float(np.array(pydicom.dcmread(f).ImagePositionPatient, float) @ normal)
+    )
+
+
+def _move(file: Path, by: np.ndarray) -> None:
+    """Shift one slice's ImagePositionPatient by ``by`` (LPS mm)."""
+    ds = pydicom.dcmread(file)
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ds.ImagePositionPatient, dtype=float) + by]
+    ds.save_as(file)
+
+
 @pytest.mark.parametrize(("iop_decimals", "ipp_decimals"), [(4, 2), (6, 1)])
 def test_positions_rounded_in_the_header_are_the_scanners_grid(
     make_series: Callable[..., SeriesInfo],
@@ -458,8 +473,9 @@ def test_positions_rounded_in_the_header_are_the_scanners_grid(
     """From a hunt: an oblique stack whose header rounds ImageOrientationPatient to 4 decimals (or
     ImagePositionPatient to 0.1 mm) drifts off its normal by about 0.01 mm (0.1 mm), which mrct
     took for a gantry tilt (and uneven spacing): it resampled, widened the grid by two pixels (a
-    1 mm stack lost a slice), where dcm2niix reads the scanner's grid. Positions within a tenth of
-    a voxel of a regular grid are that grid; a real tilt of half a degree is still resampled."""
+    1 mm stack lost a slice), where dcm2niix reads the scanner's grid. Positions scattering less
+    than a fifth of a voxel about a regular grid are that grid; a tilt of half a degree over 59 mm
+    (0.5 mm) and one slice 0.3 voxel off its place are still resampled."""
     info = make_series(
         modality="MR",
         shape=(64, 64, 60),
@@ -489,17 +505,18 @@ def test_positions_rounded_in_the_header_are_the_scanners_grid(
         slice_spacing=1.0,
         oblique_deg=(17.0, -23.0),
     )
-    normal = np.cross(tilt.iop[:3], tilt.iop[3:])
-    for k, f in enumerate(
-        sorted(
-            tilt.files,
-            key=lambda f: float(np.array(pydicom.dcmread(f).ImagePositionPatient, dtype=float) @ normal),
-        )
-    ):
-        ds = pydicom.dcmread(f)
+    for k, f in enumerate(_along_normal(tilt)):
         shift = np.array(tilt.iop[3:]) * k * np.tan(np.radians(0.5))  # slides along columns: a shear
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array(ds.ImagePositionPatient, dtype=float) + shift]
-        ds.save_as(f)
+        _move(f, shift)
     with caplog.at_level(logging.WARNING):
         read_volume(tilt.folder)
     assert any("gantry tilt of 0.5 deg" in r.getMessage() for r in caplog.records)
+
+    shifted = make_series(
+        "uneven", modality="MR", shape=(64, 64, 20), pixel_spacing=(1.0, 1.0), slice_spacing=2.0
+    )
+    _move(_along_normal(shifted)[10], 0.6 * np.cross(shifted.iop[:3], shifted.iop[3:]))  # 0.3 voxel along
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_volume(shifted.folder)
+    assert any("uneven slice spacing" in r.getMessage() for r in caplog.records)

@@ -7,11 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,20 +15,13 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.errors import GeometryError, ReadError
+from mrct.io import native_stderr
 from mrct.io.dicom_scan import header_int
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
-# What libjpeg says of a stream that ends early or holds garbage (its warnings JWRN_HIT_MARKER,
-# JWRN_JPEG_EOF, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC): the image is partly made up. Not its
-# "extraneous bytes before marker", which DICOM's even-length padding of a fragment causes.
-DAMAGED_STREAM = re.compile(
-    r"premature end of (data segment|JPEG file)|bad Huffman code|instead of RST", re.IGNORECASE
-)
-# The process has one stderr: one capture at a time (batch decodes in several threads).
-_STDERR_CAPTURE = threading.Lock()
 
 
 class FrameRef(Protocol):
@@ -136,11 +125,14 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
         )
     uid = getattr(meta, "TransferSyntaxUID", None)
     compressed = uid is not None and uid.is_transfer_syntax and uid.is_compressed
-    said: list[str] = []
+    printed: list[str] = []  # what a C decoder wrote on stderr meanwhile
     try:
-        with _decoder_output(said) if compressed else contextlib.nullcontext():
+        with native_stderr.caught(printed) if compressed else contextlib.nullcontext():
             pixels: npt.NDArray = ds.pixel_array
     except Exception as err:  # decoders raise many kinds
+        said, rest = native_stderr.decoder_lines("".join(printed))
+        native_stderr.echo(rest)
+        log.debug("%s: the decoder said: %s", path, " | ".join(said))
         syntax = transfer_syntax_name(uid)
         native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
         if native and "PixelData" in ds:
@@ -158,41 +150,16 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
         lines = said or [ln.strip() for ln in str(err).splitlines() if ln.strip()][-1:]
         why = lines[0][:200] if lines else type(err).__name__
         raise ReadError(f"cannot decode the pixel data (transfer syntax {syntax}): {why}", path) from err
+    said, rest = native_stderr.decoder_lines("".join(printed))
+    native_stderr.echo(rest)
     # libjpeg decodes a damaged stream with a warning and grey where the data ran out, and which
     # plugin pydicom reaches first (GDCM raises on it, or not) varies: damage is an error either way.
-    if damage := next((line for line in said if DAMAGED_STREAM.search(line)), None):
+    if damage := next((line for line in said if native_stderr.DAMAGED_STREAM.search(line)), None):
         raise ReadError(
             f"cannot decode the pixel data (transfer syntax {transfer_syntax_name(uid)}): {damage}", path
         )
-    if said:  # a decoder's other warnings (libjpeg's "extraneous bytes", say), or another thread's lines
-        sys.stderr.write("\n".join(said) + "\n")
+    native_stderr.echo("".join(f"{line}\n" for line in said))  # its other warnings, as it printed them
     return pixels
-
-
-@contextlib.contextmanager
-def _decoder_output(said: list[str]) -> Iterator[None]:
-    """Collect what C decoders print on the process's stderr (GDCM's libjpeg writes "Corrupt JPEG
-    data: ..." there itself) into ``said``, lines stripped, whether decoding succeeds or not;
-    :func:`decode` judges it. Without a usable stderr the decoder prints where it would have."""
-    with _STDERR_CAPTURE, tempfile.TemporaryFile() as sink:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):  # no stderr, or a closed one
-            yield
-            return
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            _restore(saved)
-            sink.seek(0)
-            said.extend(ln.strip() for ln in sink.read().decode(errors="replace").splitlines() if ln.strip())
-
-
-def _restore(saved: int) -> None:
-    os.dup2(saved, 2)
-    os.close(saved)
 
 
 def rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:

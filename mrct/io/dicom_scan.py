@@ -68,18 +68,19 @@ class SeriesFiles:
 UNLISTABLE = "cannot list this folder"
 
 
-def iter_files(folder: Path, unlisted: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """Every regular file under ``folder`` once, in walk order, without following symlink loops.
+def iter_files(
+    folder: Path, unlisted: list[tuple[Path, str]] | None = None, *, hidden: bool = True
+) -> list[Path]:
+    """Every regular file under ``folder``, sorted, without following symlink loops; a file
+    reached by several names (a symlink to a scan in the tree, a hard link) once, by the first.
 
-    A file reached by several names (a symlink to a scan in the tree, a folder linked into it) is
-    listed once, by its real path where the tree has one: the tree is walked first without
-    following links, then the linked folders. A folder that cannot be listed (its permissions, an
-    I/O error) goes into ``unlisted`` with why; without that list it raises ReadError: read
-    without it, a series may lack slices.
+    ``hidden=False`` leaves out dot-files and dot-folders below ``folder`` unvisited (a dataset's
+    ``.git/annex`` holding the files its visible links point to, a ``.Trash-0``). A folder that
+    cannot be listed goes into ``unlisted`` with why; without that list it raises ReadError:
+    read without it, a series may lack slices.
     """
-    found: dict[tuple[int, int], Path] = {}  # by (device, inode)
+    found: dict[tuple[int, int], Path] = {}  # by (device, inode), in walk order
     seen_dirs: set[tuple[int, int]] = set()
-    linked: list[Path] = []
 
     def refused(err: OSError) -> None:
         where = Path(err.filename) if err.filename else folder
@@ -88,33 +89,23 @@ def iter_files(folder: Path, unlisted: list[tuple[Path, str]] | None = None) -> 
             raise ReadError(why, where)
         unlisted.append((where, why))
 
-    def walk(top: Path, follow: bool) -> None:
-        for root, dirs, files in os.walk(top, onerror=refused, followlinks=follow):
-            st = os.stat(root)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirs[:] = []
+    for root, dirs, files in os.walk(folder, onerror=refused, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+        for name in sorted(f for f in files if hidden or not f.startswith(".")):
+            p = Path(root) / name
+            try:
+                st = p.stat()
+            except OSError:  # a dangling or looping link: not a file to read
                 continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            dirs.sort()
-            if not follow:
-                linked.extend(Path(root) / d for d in dirs if os.path.islink(os.path.join(root, d)))
-            for name in sorted(files):
-                p = Path(root) / name
-                try:
-                    st = p.stat()
-                except OSError:  # a dangling or looping link: not a file to read
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if key not in found or (found[key].is_symlink() and not p.is_symlink()):
-                    found[key] = p
-            if len(found) > MAX_FILES:
-                raise ReadError(f"more than {MAX_FILES} files; point mrct at one study", folder)
-
-    walk(folder, follow=False)
-    for link in linked:
-        walk(link, follow=True)
+            if stat.S_ISREG(st.st_mode):
+                found.setdefault((st.st_dev, st.st_ino), p)
+        if len(found) > MAX_FILES:
+            raise ReadError(f"more than {MAX_FILES} files; point mrct at one study", folder)
     return list(found.values())
 
 

@@ -128,7 +128,7 @@ def find_scans(paths: Iterable[str | Path]) -> list[FoundScan]:
         if not p.is_dir():
             scans.append(FoundScan(p, None, (p,), safe_name(_stem(p))))
             continue
-        files = [f for f in iter_files(p) if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        files = iter_files(p, hidden=False)
         others = []
         for f in files:
             if f.name.lower().endswith(SCAN_SUFFIXES):

@@ -110,7 +110,7 @@ class Localisation:
         bottom: the chin may be cut by the field of view by more than ``outside_fov_mm`` says."""
         near_bottom = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
         # An oblique scan's face can cut the chin far above the scan's lowest corner.
-        near_face = self.details.get("menton_fov_margin_mm", np.inf) < JAW_GUESS_MARGIN_MM
+        near_face = (self.details.get("menton_fov_margin_mm") or np.inf) < JAW_GUESS_MARGIN_MM
         return self.details.get("jaw_from") == "registration" and (near_bottom or near_face)
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,9 +302,14 @@ class Localiser:
             "menton_registered_s_mm": round(jaw_registered, 1),
             "chin_edge_s_mm": None if chin_edge is None else round(chin_edge, 1),
             "jaw_from": "registration" if chin_edge is None else "chin_edge",
-            "menton_fov_margin_mm": round(float(work.fov_margin_mm(np.array(landmarks["menton"]))[0]), 1),
+            "menton_fov_margin_mm": _finite_mm(work.fov_margin_mm(np.array(landmarks["menton"]))[0]),
         }
         return Localisation(slab, landmarks, metric, spread, scan_s, details)
+
+
+def _finite_mm(value: float) -> float | None:
+    """``value`` rounded for the record, None when unknown (JSON has no infinity)."""
+    return round(float(value), 1) if np.isfinite(value) else None
 
 
 def _itk_reason(err: RuntimeError) -> str:
