@@ -260,7 +260,7 @@ def run_batch(
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
         found = discover(src, exclude=skip)
         manifest.present = {s.id for s in found}
-        adopt_legacy_zip_rows(manifest.previous, found)
+        adopt_legacy_zip_rows(manifest.previous, found, manifest.own)
         # A resumed run keeps the names its rows own (and a shard those of the folder's other
         # manifests), and reserves those of series unreadable or gone this time.
         owned = {k: r["output"] for k, r in manifest.previous.items() if isinstance(r.get("output"), str)}

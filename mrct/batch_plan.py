@@ -105,10 +105,11 @@ def plan(
     return todo, earlier
 
 
-def adopt_legacy_zip_rows(previous: dict[str, dict[str, Any]], found: list[Series]) -> None:
+def adopt_legacy_zip_rows(previous: dict[str, dict[str, Any]], found: list[Series], own: set[str]) -> None:
     """Move the row that mrct wrote before it listed zips (id ``the.zip``, no series UID, for a zip
     of one series) onto the id of that series now (``the.zip#UID``), so its output keeps its name
-    and owner. Only where the zip holds one series (readable or damaged) now."""
+    and owner (``own``: the ids of the manifest's own rows, which keep it as their own too). Only
+    where the zip holds one series (readable or damaged) now."""
     members: dict[str, list[Series]] = {}
     for s in found:
         if s.member and s.uid:
@@ -119,6 +120,8 @@ def adopt_legacy_zip_rows(previous: dict[str, dict[str, Any]], found: list[Serie
             continue
         del previous[zip_input]
         previous[listed[0].id] = {**row, "id": listed[0].id, "series_uid": listed[0].uid}
+        if zip_input in own:
+            own.add(listed[0].id)
 
 
 def _unlisted_zip(s: Series, manifest: Manifest, out: Path, overwrite: bool) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 
 def _unwind_on_sigterm(signum: int, _frame: object) -> None:
@@ -15,7 +16,7 @@ def _unwind_on_sigterm(signum: int, _frame: object) -> None:
     a half-written output's hidden temporary files behind; unwind like Ctrl-C instead, so they
     are removed, and exit with the shell's code for it (143), saying why in one line."""
     _stop_at_once_from_now()
-    os.write(2, b"error: terminated (SIGTERM); unfinished outputs are removed\n")
+    _say(b"error: terminated (SIGTERM); unfinished outputs are removed\n")
     raise SystemExit(128 + signum)
 
 
@@ -38,8 +39,15 @@ def _stop_at_once_from_now() -> None:
 
 
 def _stop_at_once(signum: int, _frame: object) -> None:
-    os.write(2, b"error: interrupted again; stopped at once (the next run removes temporary files)\n")
+    _say(b"error: interrupted again; stopped at once (the next run removes temporary files)\n")
     os._exit(128 + signum)
+
+
+def _say(line: bytes) -> None:
+    """Write on the real stderr, even while a DICOM decode holds file descriptor 2 (nothing is
+    imported here: without the module loaded, no decode holds it)."""
+    capture = sys.modules.get("mrct.io.native_stderr")
+    os.write(capture.real_stderr() if capture is not None else 2, line)
 
 
 def install_signal_handlers() -> None:

@@ -256,6 +256,7 @@ def test_a_hidden_folder_that_cannot_be_listed_is_not_looked_into(
     nothing (listing it first, then leaving it out, stopped mrct prepare's search)."""
     import os
 
+    from mrct.io import read_volume
     from mrct.io.discover import find_scans
 
     src, out = tmp_path / "in", tmp_path / "out"
@@ -264,6 +265,13 @@ def test_a_hidden_folder_that_cannot_be_listed_is_not_looked_into(
     _denied(monkeypatch, os, "scandir", src / ".Trash-0")
     assert [r["status"] for r in _run(src, out, model).rows] == ["done"]
     assert [s.path for s in find_scans([src])] == [src / "p" / "t1.nii.gz"]
+    # translate and info on a folder read its hidden files, but not a hidden folder they cannot list
+    (src / "p" / "t1.nii.gz").unlink()
+    series = write_series(src / "p", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    assert read_volume(src / "p").shape[2] == len(series.files)
+    _denied(monkeypatch, os, "scandir", src / "p" / ".Trash-0")
+    (src / "p" / ".Trash-0").mkdir()
+    assert read_volume(src / "p").shape[2] == len(series.files)
 
 
 def test_a_run_with_nothing_to_do_shows_no_progress_bar(tmp_path: Path, model: Path) -> None:

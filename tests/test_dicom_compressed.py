@@ -148,6 +148,9 @@ def test_what_decoders_print_is_judged_and_the_rest_printed_after_all(
     assert capfd.readouterr().err == ""
     said, rest = native_stderr.decoder_lines("a bar\rCorrupt JPEG data: bad Huffman code\nother\n")
     assert said == ["Corrupt JPEG data: bad Huffman code"] and rest == "a bar\rother\n"
+    bar = "\r 30%|###  | 3/10 [00:00<00:00, 29.6series/s]"  # no line break before libjpeg's words
+    said, rest = native_stderr.decoder_lines(f"{bar}Corrupt JPEG data: premature end of data segment\n")
+    assert said == ["Corrupt JPEG data: premature end of data segment"] and rest == bar
 
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
@@ -170,3 +173,17 @@ def test_what_decoders_print_is_judged_and_the_rest_printed_after_all(
         assert capfd.readouterr().err == "WARNING elsewhere\n"
     assert decoded_with(b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n").shape == (2, 2)
     assert capfd.readouterr().err == "Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\n"
+
+
+def test_a_signals_last_line_is_not_swallowed_by_a_decode_under_way(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """From a review: a second Ctrl-C while a batch thread decoded wrote "interrupted again" into
+    the capture, and the process ended at once: nothing was printed."""
+    from mrct.cli_signals import _say
+    from mrct.io import native_stderr
+
+    printed: list[str] = []
+    with native_stderr.caught(printed):
+        _say(b"error: interrupted again\n")
+    assert printed == [""] and capfd.readouterr().err == "error: interrupted again\n"

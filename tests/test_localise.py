@@ -414,3 +414,19 @@ def test_a_jaw_guessed_near_the_scans_bottom_is_said(
     scan = write_volume(_cut_below(volume, menton + 12.0), tmp_path / "cut.nii.gz")
     api.locate(scan)
     assert f"{scan}: no chin outline was found near the edge of the scan" in caplog.text
+
+
+def test_a_menton_on_a_face_of_the_field_of_view_is_near_it() -> None:
+    """From a review: a margin rounded to 0.0 mm read as unknown (``0.0 or inf``), and a menton
+    lying on a face was not said to be near one."""
+    from mrct.preprocessing.crop import SlabBounds
+    from mrct.preprocessing.localise import Localisation
+
+    def guessed(margin: float | None) -> bool:
+        details = {"jaw_from": "registration", "menton_fov_margin_mm": margin}
+        return Localisation(
+            SlabBounds(10.0, -100.0, "auto", 1.0), {}, -1.0, 0.0, (-300.0, 100.0), details
+        ).jaw_guessed_near_edge
+
+    assert guessed(0.0) and guessed(-3.0) and guessed(11.9)
+    assert not guessed(12.5) and not guessed(None)

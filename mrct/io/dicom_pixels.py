@@ -5,7 +5,6 @@ it with a message that says what is wrong, and apply the rescale (split from
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,6 @@ from mrct.io.dicom_scan import header_int
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-log = logging.getLogger(__name__)
 
 
 class FrameRef(Protocol):
@@ -132,7 +129,6 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
     except Exception as err:  # decoders raise many kinds
         said, rest = native_stderr.decoder_lines("".join(printed))
         native_stderr.echo(rest)
-        log.debug("%s: the decoder said: %s", path, " | ".join(said))
         syntax = transfer_syntax_name(uid)
         native = uid is not None and uid.is_transfer_syntax and not uid.is_compressed
         if native and "PixelData" in ds:

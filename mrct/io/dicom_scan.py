@@ -7,6 +7,7 @@ a localiser stored in the same series). File names never decide anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -84,6 +85,9 @@ def iter_files(
 
     def refused(err: OSError) -> None:
         where = Path(err.filename) if err.filename else folder
+        with contextlib.suppress(ValueError):
+            if any(part.startswith(".") for part in where.relative_to(folder).parts):
+                return  # a hidden folder no one asked for (a root-owned .Trash-0): as dcm2niix, unread
         why = f"{UNLISTABLE} ({err.strerror or type(err).__name__})"
         if unlisted is None:
             raise ReadError(why, where)

@@ -31,38 +31,58 @@ DAMAGED_STREAM = re.compile(
 )
 # The process has one stderr: one capture at a time (batch decodes in several threads).
 _ONE_AT_A_TIME = threading.Lock()
+# While a capture runs, the descriptor that holds the real stderr (the process's, like fd 2 itself).
+_SAVED: int | None = None
 
 
 @contextlib.contextmanager
 def caught(into: list[str]) -> Iterator[None]:
     """Take the process's stderr (file descriptor 2) for the block; what was written to it goes
     into ``into`` afterwards, whether the block raised or not. Without a temporary file or a usable
-    stderr, nothing is taken: the decoder prints where it would have."""
+    stderr, nothing is taken: the decoder prints where it would have, and :func:`decode` cannot
+    tell a damaged stream that a decoder filled in (see the README's DICOM input section)."""
+    global _SAVED
     with _ONE_AT_A_TIME, contextlib.ExitStack() as stack:
         try:
             sink = stack.enter_context(tempfile.TemporaryFile())
             sys.stderr.flush()
             saved = os.dup(2)
         except (OSError, ValueError, AttributeError):  # no temporary folder, no stderr, or a closed one
-            yield
+            saved = -1
+        if saved < 0:
+            yield  # outside the handler: the decoder's exceptions keep their own chain
             return
         os.dup2(sink.fileno(), 2)
+        _SAVED = saved
         try:
             yield
         finally:
+            _SAVED = None
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
             into.append(sink.read().decode(errors="replace"))
 
 
+def real_stderr() -> int:
+    """The file descriptor of the process's stderr as it was before any capture: a signal handler
+    writes its last line there, which a capture under way would otherwise swallow."""
+    return _SAVED if _SAVED is not None else 2
+
+
 def decoder_lines(text: str) -> tuple[list[str], str]:
-    """libjpeg's lines in ``text`` (stripped), and the rest as it was written."""
+    """libjpeg's lines in ``text`` (stripped), and the rest as it was written. A progress bar's
+    "\r" update has no line break: what comes before libjpeg's words on a line is the rest's."""
     said: list[str] = []
     rest: list[str] = []
-    for line in text.splitlines(keepends=True):  # a progress bar's "\r" updates stay as written
-        (said if LIBJPEG_LINE.search(line) else rest).append(line)
-    return [line.strip() for line in said], "".join(rest)
+    for line in text.splitlines(keepends=True):
+        found = LIBJPEG_LINE.search(line)
+        if found is None:
+            rest.append(line)
+        else:
+            rest.append(line[: found.start()])
+            said.append(line[found.start() :].strip())
+    return said, "".join(rest)
 
 
 def echo(text: str) -> None:

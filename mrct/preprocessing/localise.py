@@ -110,7 +110,8 @@ class Localisation:
         bottom: the chin may be cut by the field of view by more than ``outside_fov_mm`` says."""
         near_bottom = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
         # An oblique scan's face can cut the chin far above the scan's lowest corner.
-        near_face = (self.details.get("menton_fov_margin_mm") or np.inf) < JAW_GUESS_MARGIN_MM
+        margin = self.details.get("menton_fov_margin_mm")  # None: unknown
+        near_face = margin is not None and margin < JAW_GUESS_MARGIN_MM
         return self.details.get("jaw_from") == "registration" and (near_bottom or near_face)
 
     def to_dict(self) -> dict[str, Any]:
