@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError
+from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError, on_one_line
 from mrct.io.atomic import LEFTOVER, atomic_file, leftovers_of, remove_leftover, utf8_bytes
 from mrct.jsontext import parse_json
 
@@ -337,8 +337,7 @@ class Manifest:
         # A series that fails or is skipped keeps the name of the output an earlier run wrote for it,
         # so that no other series is named onto it and, mended, it replaces its own output.
         output = s.output if status in ("done", "pending") else self.owned(self.previous.get(s.id, {}))
-        # A line break inside a file name is shown escaped (as ls -b does): one row, one line.
-        message = self.root.sub("", message).replace("\r", "\\r").replace("\n", "\\n")
+        message = on_one_line(self.root.sub("", message))  # one row, one line
         identity = (s.id, s.input, s.uid, modality or s.modality, input_files(s))
         values = (*identity, output, status, round(seconds, 2), message)
         # ``stamp`` (JSON only): the input files as they were when planned, so a resume sees one

@@ -22,12 +22,10 @@ class ModalityChoice(str, Enum):
 
 def fail(err: BaseException) -> NoReturn:
     """One line on stderr, no traceback, and the error's exit code."""
-    from mrct.errors import MrctError
+    from mrct.errors import MrctError, on_one_line
 
     if isinstance(err, MrctError):
-        # A line break inside a file name would split the one line (shown escaped, as ls -b does).
-        line = str(err).replace("\r", "\\r").replace("\n", "\\n")
-        typer.echo(f"error: {line}", err=True)
+        typer.echo(f"error: {on_one_line(str(err))}", err=True)
         raise typer.Exit(err.exit_code)
     if isinstance(err, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
@@ -35,7 +33,7 @@ def fail(err: BaseException) -> NoReturn:
     if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG and err.filename is not None:
         # A name made from the input's (scan_synthetic_ct.nii.gz), or an option's, past 255 bytes:
         # pathlib raises it from exists(), wherever a path is first looked at.
-        name = os.fsdecode(err.filename).replace("\n", "\\n")
+        name = on_one_line(os.fsdecode(err.filename))
         from mrct.api_args import NAME_TOO_LONG
 
         typer.echo(f"error: {name}: {NAME_TOO_LONG}", err=True)

@@ -122,3 +122,9 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-blank line of a library's error message (or its type), for a one-line error."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return (lines[0] if lines else type(err).__name__)[:limit]
+
+
+def on_one_line(text: str) -> str:
+    """``text`` with its line breaks shown escaped (as ``ls -b`` shows them): mrct's messages are
+    one line but for a break inside a file name, which would split the line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -48,12 +48,18 @@ class WorkingImage:
     affine: npt.NDArray[np.float64]
     modality: Modality
     threshold: float
-    # The scan's own extent along S (mm): the working grid is rounded up to whole voxels, so its
-    # top could lie 4 mm above the scan's and hide that much of a slab cut by the field of view.
-    scan_s_range_mm: tuple[float, float] | None = None
     # The scan's own grid (RAS affine, shape). Where the working grid reaches beyond it (an
     # oblique scan's corners, a chin cut along a tilted face), it holds background never seen.
     scan_grid: tuple[npt.NDArray[np.float64], tuple[int, int, int]] | None = None
+
+    @property
+    def scan_s_range_mm(self) -> tuple[float, float] | None:
+        """The scan's own extent along S (mm): the working grid is rounded up to whole voxels, so
+        its top could lie 4 mm above the scan's and hide that much of a slab cut by the field of view."""
+        if self.scan_grid is None:
+            return None
+        lo, hi = world_extent(self.scan_grid[1], self.scan_grid[0])
+        return float(lo[2]), float(hi[2])
 
     def fov_margin_mm(self, ras: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """How far each point (N x 3, RAS mm) lies inside the scan's field of view: the distance
@@ -119,9 +125,8 @@ def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP
     background = float(np.min(volume.array)) if volume.array.size else 0.0
     array = resample(volume.array, volume.affine, affine, shape, fill=background, anti_alias=True)
     threshold = CT_BODY_HU if modality is Modality.CT else 0.5 * otsu_threshold(array)
-    extent = (float(lo[2]), float(hi[2]))
     scan_grid = (np.array(volume.affine, dtype=np.float64), volume.shape)
-    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, extent, scan_grid)
+    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, scan_grid)
 
 
 def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
