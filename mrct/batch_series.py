@@ -244,9 +244,8 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
     """Every series under ``in_dir`` (not under ``exclude``), sorted by input path, then SeriesNumber."""
     excluded = [e.resolve() for e in exclude]
 
-    def wanted(f: Path) -> bool:
-        hidden = any(part.startswith(".") for part in f.relative_to(in_dir).parts)
-        return not hidden and not any(f.resolve().is_relative_to(e) for e in excluded)
+    def wanted(f: Path) -> bool:  # hidden entries iter_files leaves out itself
+        return not any(f.resolve().is_relative_to(e) for e in excluded)
 
     unlisted: list[tuple[Path, str]] = []
     files = [f for f in iter_files(in_dir, unlisted, hidden=False) if wanted(f)]
