@@ -41,6 +41,7 @@ from mrct.cli_options import (
     modality_of,
     nonempty_path,
     nonempty_text,
+    output_path,
 )
 from mrct.cli_signals import environment_problem, install_signal_handlers
 
@@ -164,7 +165,7 @@ def convert(
 def preview(
     scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).", parser=nonempty_path)
+        Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).", parser=output_path)
     ],
     series: SeriesOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
@@ -302,9 +303,7 @@ def batch(
     ],
     output: Annotated[
         Path,
-        typer.Option(
-            "--output", "-o", help="Output folder (mirrors IN_DIR's folders).", parser=nonempty_path
-        ),
+        typer.Option("--output", "-o", help="Output folder (mirrors IN_DIR's folders).", parser=output_path),
     ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output_format: Annotated[

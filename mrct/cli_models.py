@@ -14,13 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from mrct.cli_options import DeviceOpt, count, fail, nonempty_path
+from mrct.cli_options import DeviceOpt, count, fail, nonempty_path, output_path
 
 
 def prepare(
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Folder for the prepared training set.", parser=nonempty_path),
+        typer.Option("--output", "-o", help="Folder for the prepared training set.", parser=output_path),
     ],
     mr: Annotated[
         Optional[list[Path]],  # noqa: UP045
@@ -119,7 +119,7 @@ def train(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.", parser=nonempty_path),
+        typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.", parser=output_path),
     ],
     resume: Annotated[
         bool,
@@ -171,7 +171,7 @@ def export(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.", parser=nonempty_path),
+        typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.", parser=output_path),
     ],
     name: Annotated[
         Optional[str],  # noqa: UP045
@@ -227,7 +227,7 @@ def evaluate(
         Path, typer.Argument(help="Ground-truth volume, or a folder of them.", parser=nonempty_path)
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Per-case results (CSV).", parser=nonempty_path)
+        Path, typer.Option("--output", "-o", help="Per-case results (CSV).", parser=output_path)
     ],
     mask: Annotated[
         Optional[Path],  # noqa: UP045

@@ -57,6 +57,14 @@ def nonempty_path(text: str) -> Path:
     return Path(nonempty_text(text))
 
 
+def output_path(text: str) -> Path:
+    """An output file or folder option. "-" is refused rather than taken as a file named "-":
+    by the usual convention it asks for standard output, which mrct does not write to."""
+    if text == "-":
+        raise typer.BadParameter("'-' (standard output) is not supported; give a file or folder name")
+    return nonempty_path(text)
+
+
 def count(n: int, noun: str) -> str:
     """``count(1, "scan")`` -> "1 scan", ``count(3, "scan")`` -> "3 scans" (regular plurals only)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -205,9 +213,9 @@ TranslateOutOpt = Annotated[
 ]
 ReportOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--report", help="Write a JSON run report (no patient names).", parser=nonempty_path),
+    typer.Option("--report", help="Write a JSON run report (no patient names).", parser=output_path),
 ]
 PreviewOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--preview", help="Write a PNG of the input and the output.", parser=nonempty_path),
+    typer.Option("--preview", help="Write a PNG of the input and the output.", parser=output_path),
 ]

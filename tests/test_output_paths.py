@@ -122,3 +122,31 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(
     assert result.exit_code == 2, result.output
     assert "is empty (an unset shell variable?)" in result.output
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["translate", "{src}", "--to", "mr", "--report", "-"],
+        ["translate", "{src}", "--to", "mr", "--preview", "-"],
+        ["preview", "{src}", "-o", "-"],
+        ["batch", "{tmp}/in", "-o", "-", "--to", "ct"],
+        ["prepare", "--mr", "{src}", "-o", "-"],
+        ["evaluate", "{src}", "{src}", "-o", "-"],
+    ],
+    ids=["report", "translate-preview", "preview", "batch", "prepare", "evaluate"],
+)
+def test_a_dash_for_standard_output_is_refused_not_written_as_a_file_named_dash(
+    tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--report -`` wrote the report to a file named "-" in the current folder, and ``batch -o -``
+    made a folder of that name; by convention "-" asks for standard output."""
+    src = good_nifti(tmp_path)
+    (tmp_path / "in").mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(app, [a.format(tmp=tmp_path, src=src) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "'-' (standard output) is not supported" in result.output
+    assert list(cwd.iterdir()) == []
