@@ -50,6 +50,7 @@ app = typer.Typer(
     help="Translate head scans between MR and CT (3D CycleGAN). Synthetic images are not for diagnosis.",
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -165,7 +166,10 @@ def convert(
 def preview(
     scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="PNG to write (must end in .png).", parser=output_path)
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE.png", help="PNG to write (must end in .png).", parser=output_path
+        ),
     ],
     series: SeriesOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
@@ -303,7 +307,13 @@ def batch(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Output folder (mirrors IN_DIR's folders).", parser=output_path),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Output folder (mirrors IN_DIR's folders).",
+            parser=output_path,
+        ),
     ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output_format: Annotated[
@@ -311,12 +321,15 @@ def batch(
         typer.Option("--format", help="Output format (default: each input's own)."),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Threads reading (and writing) around the model.")
+        int,
+        typer.Option("--workers", metavar="N", min=1, help="Threads reading (and writing) around the model."),
     ] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every series.")] = False,
     shard: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--shard", help="K/N: translate the K-th of N disjoint parts of the series list."),
+        typer.Option(
+            "--shard", metavar="K/N", help="K/N: translate the K-th of N disjoint parts of the series list."
+        ),
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
@@ -386,7 +399,9 @@ def main() -> None:
         code = 130
     except typer.TyperException as err:  # click's usage errors: a wrong option, a missing argument
         ctx = getattr(err, "ctx", None)
-        if type(err).__name__ == "NoArgsIsHelpError":  # ``mrct``, ``mrct models``: click printed the help
+        if type(err).__name__ == "NoArgsIsHelpError":  # ``mrct``, ``mrct models``: the help, on stdout
+            if ctx is not None:
+                typer.echo(ctx.get_help())
             code = 0
         else:
             # One line, as every other mrct error (click draws a framed box of several).

@@ -20,12 +20,15 @@ from mrct.cli_options import DeviceOpt, count, fail, nonempty_path, output_path
 def prepare(
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Folder for the prepared training set.", parser=output_path),
+        typer.Option(
+            "--output", "-o", metavar="DIR", help="Folder for the prepared training set.", parser=output_path
+        ),
     ],
     mr: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Option(
             "--mr",
+            metavar="PATH",
             help="MR scans: files, DICOM folders, or folders of scans (several allowed).",
             parser=nonempty_path,
         ),
@@ -34,16 +37,20 @@ def prepare(
         Optional[list[Path]],  # noqa: UP045
         typer.Option(
             "--ct",
+            metavar="PATH",
             help="CT scans: files, DICOM folders, or folders of scans (several allowed).",
             parser=nonempty_path,
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Scans prepared in parallel.")] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the 70/30 train/test split.")] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", metavar="N", min=1, help="Scans prepared in parallel.")
+    ] = 1,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the 70/30 train/test split.")] = 0,
     hold_out_from: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             "--hold-out-from",
+            metavar="PATTERN",
             help="Draw the test split only from scan ids matching this pattern (e.g. 'IXI*'); "
             "the others always train.",
         ),
@@ -51,17 +58,25 @@ def prepare(
     config: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--config", help="YAML config; its preprocessing: section is used.", parser=nonempty_path
+            "--config",
+            metavar="FILE.yaml",
+            help="YAML config; its preprocessing: section is used.",
+            parser=nonempty_path,
         ),
     ] = None,
     crop_mm: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S for every scan."),
+        typer.Option(
+            "--crop-mm", metavar="SUP,INF", help="Slab levels SUP,INF in RAS mm along S for every scan."
+        ),
     ] = None,
     crop_markups: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points.", parser=nonempty_path
+            "--crop-markups",
+            metavar="FILE.mrk.json",
+            help="3D Slicer .mrk.json with the brow and jaw points.",
+            parser=nonempty_path,
         ),
     ] = None,
     no_crop: Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view.")] = False,
@@ -110,16 +125,26 @@ def train(
         typer.Option(
             "--config",
             "-c",
+            metavar="FILE.yaml",
             help="Training config (YAML), e.g. configs/cpu_small.yaml.",
             parser=nonempty_path,
         ),
     ],
     data: Annotated[
-        Path, typer.Option("--data", help="A training set built by mrct prepare.", parser=nonempty_path)
+        Path,
+        typer.Option(
+            "--data", metavar="DIR", help="A training set built by mrct prepare.", parser=nonempty_path
+        ),
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Run folder: checkpoints, logs, previews.", parser=output_path),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Run folder: checkpoints, logs, previews.",
+            parser=output_path,
+        ),
     ],
     resume: Annotated[
         bool,
@@ -131,7 +156,9 @@ def train(
     device: DeviceOpt = "auto",
     until: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--until", min=1, help="Stop at this iteration (the schedule stays the config's)."),
+        typer.Option(
+            "--until", metavar="N", min=1, help="Stop at this iteration (the schedule stays the config's)."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -171,25 +198,34 @@ def export(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Model package folder, e.g. models/NAME.", parser=output_path),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Model package folder, e.g. models/NAME.",
+            parser=output_path,
+        ),
     ],
     name: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--name", help="Model name (default: the output folder's name)."),
+        typer.Option("--name", metavar="NAME", help="Model name (default: the output folder's name)."),
     ] = None,
     checkpoint: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            "--checkpoint", help="A checkpoint folder name, e.g. iter_0002000 (default: the newest)."
+            "--checkpoint",
+            metavar="NAME",
+            help="A checkpoint folder name, e.g. iter_0002000 (default: the newest).",
         ),
     ] = None,
     license: Annotated[
-        str, typer.Option("--license", help="Licence of the weights, for the model card.")
+        str, typer.Option("--license", metavar="TEXT", help="Licence of the weights, for the model card.")
     ] = "unspecified",
     description: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             "--description",
+            metavar="TEXT",
             help="Opening text of the model card: the training data and their licences, limitations.",
         ),
     ] = None,
@@ -227,12 +263,16 @@ def evaluate(
         Path, typer.Argument(help="Ground-truth volume, or a folder of them.", parser=nonempty_path)
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Per-case results (CSV).", parser=output_path)
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE.csv", help="Per-case results (CSV).", parser=output_path
+        ),
     ],
     mask: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--mask",
+            metavar="PATH",
             help="Mask volume for every case, or a folder of them (voxels > 0 count).",
             parser=nonempty_path,
         ),
@@ -258,11 +298,12 @@ def evaluate(
     typer.echo(f"wrote {result.csv} ({count(len(result.rows), 'case')})")
 
 
-models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True)
+models_app = typer.Typer(help="List and inspect model packages.", no_args_is_help=True, rich_markup_mode=None)
 ModelsDirOpt = Annotated[
     Optional[list[Path]],  # noqa: UP045
     typer.Option(
         "--dir",
+        metavar="DIR",
         help="Folder of model packages (default: the repository's models/); repeatable.",
         parser=nonempty_path,
     ),

@@ -98,6 +98,7 @@ MaxMemoryOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--max-memory",
+        metavar="SIZE",
         envvar="MRCT_MAX_MEMORY",
         callback=_max_memory,
         help="Refuse inputs whose voxels need more memory than this, e.g. 8G "
@@ -106,7 +107,7 @@ MaxMemoryOpt = Annotated[
 ]
 SeriesOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.11
-    typer.Option("--series", help="SeriesInstanceUID to read when a folder holds several."),
+    typer.Option("--series", metavar="UID", help="SeriesInstanceUID to read when a folder holds several."),
 ]
 
 
@@ -136,12 +137,19 @@ class FormatChoice(str, Enum):
 
 CropMmOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--crop-mm", help="Slab levels SUP,INF in RAS mm along S, instead of the automatic slab."),
+    typer.Option(
+        "--crop-mm",
+        metavar="SUP,INF",
+        help="Slab levels SUP,INF in RAS mm along S, instead of the automatic slab.",
+    ),
 ]
 CropMarkupsOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
-        "--crop-markups", help="3D Slicer .mrk.json with the brow and jaw points.", parser=nonempty_path
+        "--crop-markups",
+        metavar="FILE.mrk.json",
+        help="3D Slicer .mrk.json with the brow and jaw points.",
+        parser=nonempty_path,
     ),
 ]
 NoCropOpt = Annotated[bool, typer.Option("--no-crop", help="Use the whole field of view as one slab.")]
@@ -149,11 +157,12 @@ ModelOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--model",
+        metavar="NAME|DIR",
         help="Model package folder or bundled model name (default: the bundled one).",
         parser=nonempty_text,
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 
 
 class PrecisionChoice(str, Enum):
@@ -207,15 +216,23 @@ TranslateOutOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
+        metavar="PATH",
         help="Output file, or folder/ for DICOM (default: beside the input).",
         parser=nonempty_text,
     ),
 ]
 ReportOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--report", help="Write a JSON run report (no patient names).", parser=output_path),
+    typer.Option(
+        "--report",
+        metavar="FILE.json",
+        help="Write a JSON run report (no patient names).",
+        parser=output_path,
+    ),
 ]
 PreviewOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--preview", help="Write a PNG of the input and the output.", parser=output_path),
+    typer.Option(
+        "--preview", metavar="FILE.png", help="Write a PNG of the input and the output.", parser=output_path
+    ),
 ]

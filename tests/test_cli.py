@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,10 +56,30 @@ def test_help_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_every_command_has_help() -> None:
-    for cmd in ("info", "convert"):
-        result = runner.invoke(app, [cmd, "--help"])
-        assert result.exit_code == 0 and "Usage" in result.output
+COMMANDS = (
+    "info",
+    "convert",
+    "preview",
+    "locate",
+    "translate",
+    "batch",
+    "prepare",
+    "train",
+    "export",
+    "evaluate",
+)
+
+
+@pytest.mark.parametrize("cmd", [*COMMANDS, "models list", "models info"])
+def test_every_command_has_help_that_shows_flags_without_a_value(cmd: str) -> None:
+    """typer's framed help printed ``--overwrite <bool>`` and ``--report <Path>``: a user typing
+    ``--overwrite true`` got "unexpected extra argument (true)". Flags take no value; options name
+    what they take."""
+    result = runner.invoke(app, [*cmd.split(), "--help"], terminal_width=100)
+    assert result.exit_code == 0 and "Usage" in result.output
+    options = result.output.split("Options:")[1]
+    assert not re.search("<(bool|str|Path)>", options), result.output
+    assert re.search(r"^  --help +Show this message", options, re.M), result.output
 
 
 def test_info_and_convert_nifti_to_dicom_and_back(tmp_path: Path) -> None:
