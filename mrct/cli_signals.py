@@ -47,7 +47,18 @@ def _say(line: bytes) -> None:
     """Write on the real stderr, even while a DICOM decode holds file descriptor 2 (nothing is
     imported here: without the module loaded, no decode holds it)."""
     capture = sys.modules.get("mrct.io.native_stderr")
-    os.write(capture.real_stderr() if capture is not None else 2, line)
+    os.write(capture.real_stderr() if capture is not None else 2, _end_progress_bars() + line)
+
+
+def _end_progress_bars() -> bytes:
+    """A line break when a progress bar is on screen: the signal's line was glued to the bar
+    (``40%|####  | 2/5 [00:09<00:13]error: terminated``). The bars then stop drawing: closed
+    while the process unwinds, they were drawn again below the line, which must stay last."""
+    std = sys.modules.get("tqdm.std")
+    bars = list(getattr(std.tqdm, "_instances", ())) if std is not None else []  # live, shown bars
+    for bar in bars:
+        bar.disable = True
+    return b"\n" if bars else b""
 
 
 def install_signal_handlers() -> None:

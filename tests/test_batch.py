@@ -333,6 +333,27 @@ def test_a_second_ctrl_c_during_the_clean_up_stops_at_once(tmp_path: Path) -> No
     ]
 
 
+def test_sigterm_under_a_progress_bar_is_its_own_last_line() -> None:
+    """``kill`` during ``mrct batch``: the line was glued to the bar (``1/3 [00:09<00:18]error:
+    terminated``); with the bar ended first, closing it while unwinding drew it again below."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from tqdm import tqdm\n"
+        "from mrct.cli import install_signal_handlers\n"
+        "install_signal_handlers()\n"
+        "with tqdm(total=3, file=sys.stderr, unit='series', mininterval=0) as bar:\n"
+        "    bar.update()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+    )
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143
+    *bar, last = proc.stderr.split("\n")[:-1]
+    assert last == "error: terminated (SIGTERM); unfinished outputs are removed", proc.stderr
+    assert "1/3" in bar[-1] and proc.stderr.endswith("removed\n"), proc.stderr
+
+
 def _set(files: tuple[Path, ...], **values: object) -> None:
     for f in files:
         ds = pydicom.dcmread(f)
