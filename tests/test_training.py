@@ -94,9 +94,12 @@ def test_cycle_and_const_losses_by_hand() -> None:
     y = x + 0.5
     assert cycle_loss(x, y).item() == pytest.approx(0.5)
     ramp = torch.arange(3.0).reshape(1, 1, 3, 1, 1).expand(1, 1, 3, 2, 2)  # +1 per slice
-    assert const_loss(ramp).item() == pytest.approx(1.0)
+    # Eq. 2 is a sum over slices and voxels: 2 slice pairs x 4 voxels x 1^2 (it was a mean, 1.0,
+    # which left "sequential + const" training as "sequential").
+    assert const_loss(ramp).item() == pytest.approx(8.0)
+    assert const_loss(torch.cat([ramp, 3 * ramp])).item() == pytest.approx((8.0 + 72.0) / 2)  # per volume
     slices = torch.arange(4.0).reshape(4, 1, 1, 1) * 2  # 2D: consecutive slices in the batch
-    assert const_loss(slices).item() == pytest.approx(4.0)
+    assert const_loss(slices).item() == pytest.approx(3 * 4.0)
 
 
 def test_image_pool_fills_then_swaps_and_its_state_round_trips() -> None:
