@@ -116,6 +116,29 @@ def scaled_config(source: Path, depth: int, size: int, iterations: int) -> dict[
     return cfg
 
 
+def write_configs(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """Each method's config at the asked scale, as ``folder/<method>.yaml``. A grid too small
+    for a method's networks is refused here: it failed only at training, after the build."""
+    from mrct.config import from_mapping
+    from mrct.errors import ConfigError
+    from mrct.script_main import USAGE, ScriptError
+    from mrct.training.config import TrainConfig
+    from mrct.training.trainer import check_input_size
+
+    scaled = {}
+    for method in args.methods:
+        cfg = scaled_config(ROOT / "configs" / f"{method}.yaml", args.depth, args.size, args.iterations)
+        try:
+            check_input_size(from_mapping(TrainConfig, cfg), (args.depth, args.size, args.size))
+        except ConfigError as err:
+            raise ScriptError(f"--size {args.size} --depth {args.depth}: {method}: {err}", USAGE) from None
+        scaled[method] = cfg
+    folder.mkdir(parents=True, exist_ok=True)
+    for method, cfg in scaled.items():
+        (folder / f"{method}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return {method: folder / f"{method}.yaml" for method in scaled}
+
+
 def test_ids(data: Path) -> list[str]:
     pairs = json.loads((data / "pairs.json").read_text(encoding="utf-8"))["pairs"]
     return [p["mr"] for p in pairs]
@@ -128,7 +151,8 @@ def translate_split(package: Path, data: Path, out: Path, ids: list[str], thread
     from mrct.inference import Translator
 
     torch.set_num_threads(threads)
-    translator = Translator.from_package(package, device="cpu")
+    # fp32: "auto" is bf16 on CPUs with native bf16, which moved the table's second decimal.
+    translator = Translator.from_package(package, device="cpu", precision="fp32")
     for direction, (src, _, _) in DIRECTIONS.items():
         folder = out / direction
         folder.mkdir(parents=True, exist_ok=True)
@@ -313,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The steps run in the repository (cwd), so paths given relative to the user's folder are made absolute.
     idx, labels = os.path.abspath(args.idx), args.labels and os.path.abspath(args.labels)
+    configs = write_configs(out / "configs", args)  # checked before the data set is built
     if (data / "manifest.json").exists():
         check_built(data, args)
     else:
@@ -322,11 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         run("build", command)
     ids = test_ids(data)
     timings: dict[str, float] = {}
-    for method in args.methods:
-        config = out / "configs" / f"{method}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        cfg = scaled_config(ROOT / "configs" / f"{method}.yaml", args.depth, args.size, args.iterations)
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    for method, config in configs.items():
         run_dir, package = out / "runs" / method, out / "models" / method
         if not (run_dir / "checkpoints" / f"iter_{args.iterations:07d}").exists():
             start = time.perf_counter()

@@ -212,6 +212,10 @@ def build(
         raise MrctError(f"--size must be >= {MIN_SIZE} and --depth >= 3, got {size} and {depth}")
     if seed < 0:
         raise MrctError(f"--seed must be >= 0, got {seed}")
+    try:  # before any output: a grid too large for mrct stopped the build with a traceback
+        grid = GridConfig(depth=depth, height=size, width=size, inplane_mm=1.0)
+    except ValueError as err:
+        raise MrctError(f"--size {size} --depth {depth}: {err}") from None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError("is a file, not a folder", out)
@@ -224,7 +228,7 @@ def build(
     if digit_labels is not None and len(digit_labels) != len(digits):
         raise ReadError(f"{len(digit_labels)} labels for {len(digits)} images", labels)
     parts = choose_digits(len(digits), count, seed)
-    config = to_dict(PreprocessConfig(grid=GridConfig(depth=depth, height=size, width=size, inplane_mm=1.0)))
+    config = to_dict(PreprocessConfig(grid=grid))
     schedules = radii(depth, size)
     width = len(str(len(digits) - 1))
     ids = {k: [f"{i:0{width}d}" for i in v] for k, v in parts.items()}

@@ -165,6 +165,16 @@ def _idx(path: Path, n: int = 12) -> Path:
     return path
 
 
+def test_reproduce_mnist_refuses_a_grid_too_small_for_a_method_before_building(tmp_path: Path) -> None:
+    """From a hunt: --size 16 --depth 8 built the data set, then failed at training ("patch
+    grid would be (3, 0, 0)")."""
+    args = ["--idx", _idx(tmp_path / "images"), "-o", tmp_path / "work", "--count", 6, "--depth", 8]
+    proc = _run("pipelines/reproduce_mnist.py", *args, "--size", 16)
+    last = _one_line_error(proc, "--size 16 --depth 8: mnist_3d: the prepared grid [8, 16, 16]")
+    assert last.endswith("too small for the discriminator (n_layers 3): its patch grid would be (3, 0, 0)")
+    assert proc.returncode == 2 and not (tmp_path / "work").exists()
+
+
 def test_reproduce_mnist_refuses_a_work_folder_built_with_other_arguments(tmp_path: Path) -> None:
     """From a hunt: a rerun into a folder built with --count 6 --size 28 reused its data, models
     and predictions and labelled the table "20 volumes ... 8x32x32 ... seed 5"."""

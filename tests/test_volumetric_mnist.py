@@ -174,6 +174,7 @@ def test_bad_arguments_are_one_line_before_anything_is_written(tmp_path: Path) -
         (["-o", tmp_path / "afile"], "is a file, not a folder"),
         (["-o", tmp_path / "o", "--seed", "-1"], "--seed must be >= 0"),
         (["-o", tmp_path / "o", "--size", "8"], "--size must be >= 16"),
+        (["-o", tmp_path / "o", "--size", "2000"], "grid 30 x 2000 x 2000 is too large"),  # was a traceback
     ):
         proc = _script("--idx", idx, "--count", 4, *args)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr

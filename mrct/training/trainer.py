@@ -96,7 +96,9 @@ class Trainer:
             gens = gens.to(memory_format=self._memory_format)  # type: ignore[call-overload]
             discs = discs.to(memory_format=self._memory_format)  # type: ignore[call-overload]
         if data is not None:
-            _check_input_size(config, data, gens, discs)
+            grid = data.preprocessing["grid"]
+            shape = (int(grid["depth"]), int(grid["height"]), int(grid["width"]))
+            check_input_size(config, shape, gens.mr_to_ct, discs.d_ct)
         self.generators: Any = dist.wrap(gens, device)
         self.discriminators: Any = dist.wrap(discs, device)
         if runtime.compile:
@@ -337,25 +339,32 @@ class Trainer:
         return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _check_input_size(
-    config: TrainConfig, data: PreparedSet, gens: Generators, discs: Discriminators
+def check_input_size(
+    config: TrainConfig,
+    shape: tuple[int, int, int],
+    generator: torch.nn.Module | None = None,
+    discriminator: torch.nn.Module | None = None,
 ) -> None:
-    """Refuse, before any worker starts, a patch the prepared grid cannot give or the networks
-    cannot take (too small for the discriminator's strides or the generator's bottleneck)."""
-    grid = data.preprocessing["grid"]
-    shape = (int(grid["depth"]), int(grid["height"]), int(grid["width"]))
+    """Refuse, before any worker starts, a patch the prepared grid ``shape`` (D, H, W) cannot
+    give or the networks cannot take (too small for the discriminator's strides or the
+    generator's bottleneck). The networks are built from the config when not given, so a
+    script can check a config before it spends time on data (pipelines/reproduce_mnist.py)."""
+    from mrct.networks import build_discriminator, build_generator
+
+    generator = generator or build_generator(config.model.generator)
+    discriminator = discriminator or build_discriminator(config.model.discriminator)
     patch = config.data.patch
     if patch is not None and any(p > s for p, s in zip(patch, shape, strict=True)):
         raise ConfigValueError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
     size = tuple(patch or shape)[3 - config.model.generator.spatial_dims :]
     what = f"data.patch {list(patch)}" if patch is not None else f"the prepared grid {list(shape)}"
-    logits = discs.d_ct.output_shape(size)
+    logits = discriminator.output_shape(size)  # type: ignore[operator]
     if min(logits) < 1:
         raise ConfigValueError(
             f"{what} is too small for the discriminator (n_layers "
             f"{config.model.discriminator.n_layers}): its patch grid would be {logits}"
         )
-    if math.prod(gens.mr_to_ct.bottleneck_shape(size)) < 2:
+    if math.prod(generator.bottleneck_shape(size)) < 2:  # type: ignore[operator]
         raise ConfigValueError(f"{what} is too small for the generator's two downsampling steps")
 
 
