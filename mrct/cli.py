@@ -40,8 +40,8 @@ from mrct.cli_options import (
     fail,
     modality_of,
     nonempty_path,
-    nonempty_text,
     output_path,
+    output_text,
 )
 from mrct.cli_signals import environment_problem, install_signal_handlers
 
@@ -128,7 +128,7 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
     dst: Annotated[
         str,
-        typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.", parser=nonempty_text),
+        typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.", parser=output_text),
     ],
     series: SeriesOpt = None,
     modality: Annotated[

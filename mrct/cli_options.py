@@ -57,12 +57,18 @@ def nonempty_path(text: str) -> Path:
     return Path(nonempty_text(text))
 
 
-def output_path(text: str) -> Path:
-    """An output file or folder option. "-" is refused rather than taken as a file named "-":
-    by the usual convention it asks for standard output, which mrct does not write to."""
+def output_text(text: str) -> str:
+    """An output file or folder, kept as text (a trailing "/" means DICOM). "-" is refused rather
+    than taken as a file named "-": by the usual convention it asks for standard output, which
+    mrct does not write to."""
     if text == "-":
         raise typer.BadParameter("'-' (standard output) is not supported; give a file or folder name")
-    return nonempty_path(text)
+    return nonempty_text(text)
+
+
+def output_path(text: str) -> Path:
+    """An output file or folder option (see :func:`output_text`)."""
+    return Path(output_text(text))
 
 
 def count(n: int, noun: str) -> str:
@@ -218,7 +224,7 @@ TranslateOutOpt = Annotated[
         "-o",
         metavar="PATH",
         help="Output file, or folder/ for DICOM (default: beside the input).",
-        parser=nonempty_text,
+        parser=output_text,
     ),
 ]
 ReportOpt = Annotated[

@@ -55,7 +55,8 @@ def _end_progress_bars() -> bytes:
     (``40%|####  | 2/5 [00:09<00:13]error: terminated``). The bars then stop drawing: closed
     while the process unwinds, they were drawn again below the line, which must stay last."""
     std = sys.modules.get("tqdm.std")
-    bars = list(getattr(std.tqdm, "_instances", ())) if std is not None else []  # live, shown bars
+    # Shown bars: a disabled one is not listed, but one this function disabled stays listed.
+    bars = [b for b in getattr(std.tqdm, "_instances", ()) if not b.disable] if std is not None else []
     for bar in bars:
         bar.disable = True
     return b"\n" if bars else b""

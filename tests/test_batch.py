@@ -343,15 +343,26 @@ def test_sigterm_under_a_progress_bar_is_its_own_last_line() -> None:
         "install_signal_handlers()\n"
         "with tqdm(total=3, file=sys.stderr, unit='series', mininterval=0) as bar:\n"
         "    bar.update()\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+        "    finally:\n"
+        "        if AGAIN: os.kill(os.getpid(), signal.SIGINT); time.sleep(30)  # during the clean-up\n"
     )
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", "AGAIN = 0\n" + script], capture_output=True, text=True)
     assert proc.returncode == 143
     *bar, last = proc.stderr.split("\n")[:-1]
     assert last == "error: terminated (SIGTERM); unfinished outputs are removed", proc.stderr
     assert "1/3" in bar[-1] and proc.stderr.endswith("removed\n"), proc.stderr
+    # From review: the bar, disabled but still listed, put a blank line before a second signal's.
+    proc = subprocess.run([sys.executable, "-c", "AGAIN = 1\n" + script], capture_output=True, text=True)
+    assert proc.returncode == 130
+    assert proc.stderr.split("\n")[-3:] == [
+        "error: terminated (SIGTERM); unfinished outputs are removed",
+        "error: interrupted again; stopped at once (the next run removes temporary files)",
+        "",
+    ], proc.stderr
 
 
 def _set(files: tuple[Path, ...], **values: object) -> None:

@@ -82,6 +82,15 @@ def test_every_command_has_help_that_shows_flags_without_a_value(cmd: str) -> No
     assert re.search(r"^  --help +Show this message", options, re.M), result.output
 
 
+@pytest.mark.parametrize("args", [[], ["models"]], ids=["mrct", "mrct-models"])
+def test_a_bare_command_prints_its_help_once_on_stdout(args: list[str]) -> None:
+    """With plain help, click left printing the help of ``mrct`` alone to the caller, and the
+    real entry point (not typer's test runner) printed nothing."""
+    proc = subprocess.run([sys.executable, "-m", "mrct", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.count("Usage: ") == 1 and "Commands:" in proc.stdout, proc.stdout
+
+
 def test_info_and_convert_nifti_to_dicom_and_back(tmp_path: Path) -> None:
     vol = phantom(shape=(16, 14, 6))
     src = write_volume(vol, tmp_path / "ct.nii.gz")
@@ -250,7 +259,7 @@ def test_unknown_output_extension(tmp_path: Path) -> None:
     res = run_mrct("convert", src, tmp_path / "out.mhd")
     assert res.returncode != 0 and "single-file" in res.stderr
     res = run_mrct("convert", src, "-", cwd=tmp_path)  # not a DICOM folder named "-"
-    assert res.returncode == 1 and "not standard output" in res.stderr
+    assert res.returncode == 2 and "standard output) is not supported" in res.stderr  # as every output option
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
 
 

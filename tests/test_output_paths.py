@@ -133,8 +133,23 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(
         ["batch", "{tmp}/in", "-o", "-", "--to", "ct"],
         ["prepare", "--mr", "{src}", "-o", "-"],
         ["evaluate", "{src}", "{src}", "-o", "-"],
+        ["translate", "{src}", "--to", "mr", "-o", "-"],
+        ["convert", "{src}", "-"],
+        ["train", "-c", "{src}", "--data", "{tmp}", "-o", "-"],
+        ["export", "{tmp}", "-o", "-"],
     ],
-    ids=["report", "translate-preview", "preview", "batch", "prepare", "evaluate"],
+    ids=[
+        "report",
+        "translate-preview",
+        "preview",
+        "batch",
+        "prepare",
+        "evaluate",
+        "translate",
+        "convert",
+        "train",
+        "export",
+    ],
 )
 def test_a_dash_for_standard_output_is_refused_not_written_as_a_file_named_dash(
     tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch

@@ -450,7 +450,7 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path: Path, prepare
     )
     config.write_text(long.replace("workers: 0", "workers: 1"))
     run = tmp_path / "run"
-    train = ["train", "-c", str(config), "--data", str(prepared), "-o", str(run), "-q"]
+    train = ["train", "-c", str(config), "--data", str(prepared), "-o", str(run)]  # with its bar
     proc = subprocess.Popen(
         [sys.executable, "-m", "mrct", *train],
         stdout=subprocess.PIPE,
@@ -467,6 +467,9 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path: Path, prepare
     assert proc.returncode == 130, err
     assert "interrupted at iteration" in err and "DataLoader worker" not in err and "Traceback" not in err
     assert (run / "checkpoints" / "latest").is_file()
+    # From review: the warning was written after the bar, on its line ("2/400 [..]WARNING: stopping").
+    (stopping,) = [line for line in err.split("\n") if "stopping: saving a checkpoint" in line]
+    assert stopping.rsplit("\r", 1)[-1].startswith("WARNING: stopping"), err
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:

@@ -612,7 +612,6 @@ def test_overwrite_never_deletes_the_input_or_a_users_folder(
         (["-o", "a: b.xyz"], "a: b.xyz: unknown output format"),  # the message keeps the path whole
         (["-o", "out.txt", "--format", "nifti"], "unknown output format"),
         (["-o", "out.mhd"], "single-file .nrrd or .mha"),
-        (["-o", "-"], "not standard output"),
         (["--preview", "p.jpg"], "ending in .png"),
     ],
 )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
 from mrct.training.logs import DivergenceWatch, RunLogs, writing_records
 from mrct.training.signals import StopFlag, worker_init
+
+if TYPE_CHECKING:
+    from mrct.networks import PatchGANDiscriminator, ResnetGenerator
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +278,7 @@ class Trainer:
     def train(self, end: int, progress: bool = True) -> TrainResult:
         """Train until iteration ``end``; Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and stops."""
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         with writing_records(self.run_dir / "log.jsonl"):  # truncated on resume, TensorBoard opened
             logs = RunLogs(self.run_dir, self.config, self.dist.is_main, self.iteration)
@@ -293,7 +297,9 @@ class Trainer:
         )
         tick, tick_iteration = time.perf_counter(), self.iteration
         health = DivergenceWatch(self.run_dir)
-        with stop, bar, logs, contextlib.closing(self.batches(end)) as batches:
+        # Log lines (a Ctrl-C's "stopping: saving a checkpoint") above the bar, not glued to it.
+        redirect = contextlib.nullcontext() if bar.disable else logging_redirect_tqdm()
+        with stop, bar, redirect, logs, contextlib.closing(self.batches(end)) as batches:
             for batch in batches:
                 if self.dist.any("error" in batch):  # see UnpairedBatches.__getitem__; all stop
                     why = str(batch.get("error", "another process could not read its batch (see its error)"))
@@ -342,29 +348,33 @@ class Trainer:
 def check_input_size(
     config: TrainConfig,
     shape: tuple[int, int, int],
-    generator: torch.nn.Module | None = None,
-    discriminator: torch.nn.Module | None = None,
+    generator: ResnetGenerator | None = None,
+    discriminator: PatchGANDiscriminator | None = None,
 ) -> None:
     """Refuse, before any worker starts, a patch the prepared grid ``shape`` (D, H, W) cannot
     give or the networks cannot take (too small for the discriminator's strides or the
     generator's bottleneck). The networks are built from the config when not given, so a
     script can check a config before it spends time on data (pipelines/reproduce_mnist.py)."""
-    from mrct.networks import build_discriminator, build_generator
+    if generator is None or discriminator is None:
+        from mrct.networks import build_discriminator, build_generator
 
-    generator = generator or build_generator(config.model.generator)
-    discriminator = discriminator or build_discriminator(config.model.discriminator)
+        with torch.random.fork_rng(devices=[]):  # their initial weights draw from torch's global RNG
+            if generator is None:
+                generator = build_generator(config.model.generator)
+            if discriminator is None:
+                discriminator = build_discriminator(config.model.discriminator)
     patch = config.data.patch
     if patch is not None and any(p > s for p, s in zip(patch, shape, strict=True)):
         raise ConfigValueError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
     size = tuple(patch or shape)[3 - config.model.generator.spatial_dims :]
     what = f"data.patch {list(patch)}" if patch is not None else f"the prepared grid {list(shape)}"
-    logits = discriminator.output_shape(size)  # type: ignore[operator]
+    logits = discriminator.output_shape(size)
     if min(logits) < 1:
         raise ConfigValueError(
             f"{what} is too small for the discriminator (n_layers "
             f"{config.model.discriminator.n_layers}): its patch grid would be {logits}"
         )
-    if math.prod(generator.bottleneck_shape(size)) < 2:  # type: ignore[operator]
+    if math.prod(generator.bottleneck_shape(size)) < 2:
         raise ConfigValueError(f"{what} is too small for the generator's two downsampling steps")
 
 
