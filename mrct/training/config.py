@@ -47,7 +47,8 @@ class LossConfig:
         cycle_weight: gamma, the weight of the L1 cycle loss.
         identity_weight: weight of ||F(y) - y||_1 relative to gamma (CycleGAN's
             lambda_identity; 0 disables it, 0.5 is CycleGAN's usual value).
-        const_weight: weight of the slice-continuity penalty of eq. 2 (0 disables it).
+        const_weight: weight of the slice-continuity penalty of eq. 2 (0 disables it), a sum over
+            slices and voxels as the paper writes it, so a weight suits one grid size.
         pool_size: images kept in each history pool for the discriminators (0 disables it).
     """
 
