@@ -159,7 +159,9 @@ class ImagePool:
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.images = [state[k].clone() for k in sorted(k for k in state if k.startswith("image."))]
+        # By number: sorted as text, image.1000 came before image.101 (pools over 1000 images).
+        keys = sorted((k for k in state if k.startswith("image.")), key=lambda k: int(k.split(".")[1]))
+        self.images = [state[k].clone() for k in keys]
         self.generator.set_state(state["rng"])
 
 

@@ -94,6 +94,7 @@ def save_tensors(state: Mapping[str, Any], target: Path, metadata: dict[str, str
         raise OSError(
             int(code.group(1)) if code else errno.EIO, reason.group(1) if reason else str(err), str(target)
         ) from None
+    os.chmod(target, _created_file_mode())  # packages and checkpoints alike, for the group's use
 
 
 def write_package(
@@ -161,7 +162,6 @@ def write_package(
         for direction, state in tensors.items():
             target = tmp / weight_file(direction)
             save_tensors(state, target, metadata={"mrct_direction": direction, **section_digests(manifest)})
-            os.chmod(target, _created_file_mode())
             manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")

@@ -24,6 +24,7 @@ from mrct.cyclegan import ImagePool, adversarial_loss, const_loss, cycle_loss
 from mrct.errors import ConfigError, OutputExistsError, ReadError
 from mrct.prepare import prepare_dataset
 from mrct.preprocessing.config import PreprocessConfig
+from mrct.training import checkpoint
 from mrct.training.config import TrainConfig, load_train_config
 from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.run import train_run
@@ -112,6 +113,13 @@ def test_image_pool_fills_then_swaps_and_its_state_round_trips() -> None:
     assert outs == [twin.query(torch.full((1, 1, 2), 10.0 + i))[0, 0, 0].item() for i in range(20)]
     assert any(o < 10 or o != 10 + i for i, o in enumerate(outs))  # sometimes an older image
     assert ImagePool(0, seed=0).query(torch.ones(2, 1, 2)).shape == (2, 1, 2)
+    # From a hunt: a pool of over 1000 images came back in text order (image.1000 before image.101).
+    big = ImagePool(1005, seed=0)
+    for i in range(1005):
+        big.query(torch.full((1, 1), float(i)))
+    back = ImagePool(1005, seed=5)
+    back.load_state_dict(big.state_dict())
+    assert [im.item() for im in back.images] == list(range(1005))
 
 
 def test_linear_decay_schedule() -> None:
@@ -287,6 +295,33 @@ def test_resume_survives_a_lost_pointer_a_deleted_checkpoint_and_a_torn_log(
     (run / "checkpoints" / "latest").unlink()
     done = train_run(config, prepared, run, resume=True, progress=False)
     assert (done.iteration, done.losses) == (6, [])  # found iter_0000006 without the pointer
+
+
+def test_resume_passes_over_a_newest_checkpoint_cut_short_by_a_crash(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a hunt: after a power cut, the renamed newest checkpoint held an empty file, and
+    --resume stopped at it ("header too small") although an older one was whole. Checkpoint
+    files are readable by the group, as the exported weights are (safetensors wrote 0600)."""
+    import stat
+
+    config = tiny()
+    run = tmp_path / "run"
+    old_umask = os.umask(0o022)
+    try:
+        train_run(config, prepared, run, progress=False)  # checkpoints at 3 and 6
+    finally:
+        os.umask(old_umask)
+    newest = run / "checkpoints" / "iter_0000006"
+    assert {stat.S_IMODE(f.stat().st_mode) for f in newest.iterdir()} == {0o644}
+    (newest / "networks.safetensors").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        again = train_run(config, prepared, run, resume=True, progress=False)
+    assert again.iteration == 6 and len(again.losses) == 3  # iterations 4-6: resumed from 3
+    assert "points at iter_0000006, which is missing or incomplete; using iter_0000003" in caplog.text
+    cut = newest / "optimizers.safetensors"  # whole again after the rerun; now cut mid-tensor
+    cut.write_bytes(cut.read_bytes()[:-10])
+    assert checkpoint.latest(run).name == "iter_0000003"
 
 
 def test_a_damaged_checkpoint_is_a_read_error(tmp_path: Path, prepared: Path) -> None:

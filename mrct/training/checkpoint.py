@@ -113,15 +113,31 @@ def finish(
     save_tensors(_tensors(networks), tmp / "networks.safetensors")  # a full disk: an OSError naming it
     save_tensors(_tensors(optimizers), tmp / "optimizers.safetensors")
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    # On disk before the renames that publish them: after a crash or power cut, a renamed folder
+    # could otherwise hold empty files, and --resume stopped at it.
+    for written in (*tmp.iterdir(), tmp):
+        _fsync(written)
     final = tmp.parent / tmp.name.removeprefix(".tmp-")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     pointer = tmp.parent / f".{LATEST}.tmp"
     pointer.write_text(final.name + "\n", encoding="utf-8")
+    _fsync(pointer)
     os.replace(pointer, tmp.parent / LATEST)
+    _fsync(tmp.parent)
     _prune(tmp.parent, keep, final.name)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to the disk (a file system that cannot: skipped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # EINVAL on some network and special file systems
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _prune(folder: Path, keep: int, newest: str) -> None:
@@ -175,19 +191,54 @@ def latest(run_dir: Path) -> Path | None:
     ours = not named or ("/" not in named and "\\" not in named and named not in (".", ".."))
     if named and ours and _complete(folder / named):
         return folder / named
-    complete = sorted(p for p in folder.glob("iter_*") if _complete(p)) if folder.is_dir() else []
+    found = sorted(p for p in folder.glob("iter_*") if _present(p)) if folder.is_dir() else []
+    complete = [p for p in found if _complete(p)]
     if not complete:
-        return None
+        # Damaged ones only: the newest, whose loading names the damage, rather than None,
+        # which would start the run afresh over them.
+        return found[-1] if found else None
     why = f"points at {named}, which is missing or incomplete" if named else "is missing"
     why = why if ours else f"points outside this run ({named})"
     log.warning("%s: the latest pointer %s; using %s", folder, why, complete[-1].name)
     return complete[-1]
 
 
-def _complete(path: Path) -> bool:
+def _present(path: Path) -> bool:
     return all(
         (path / name).is_file() for name in ("state.json", "networks.safetensors", "optimizers.safetensors")
     )
+
+
+def _complete(path: Path) -> bool:
+    """Every shared file there, and whole: a file cut short (a crash before the data reached the
+    disk) makes the checkpoint incomplete, so :func:`latest` passes on to an older one."""
+    if not _present(path):
+        return False
+    tensors = [
+        path / "networks.safetensors",
+        path / "optimizers.safetensors",
+        *path.glob("rank*.safetensors"),
+    ]
+    try:
+        parse_json((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(_whole_safetensors(f) for f in tensors)
+
+
+def _whole_safetensors(path: Path) -> bool:
+    """A safetensors file as long as its header says: an 8-byte header size, the JSON header,
+    then the tensors' bytes up to the largest end offset. Read without loading the tensors."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return False
+            header = json.loads(f.read(size))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return path.stat().st_size >= 8 + size + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return False
 
 
 def load(
