@@ -7,6 +7,7 @@ command, they import heavy libraries inside, so ``mrct --help`` never imports to
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -185,10 +186,9 @@ def train(
         return  # under torchrun, the main process reports
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
     if result.interrupted:
-        typer.echo(
-            f"error: interrupted at iteration {result.iteration}{where}; continue with --resume", err=True
-        )
-        raise typer.Exit(130)
+        how = "terminated (SIGTERM)" if result.stop_signal == signal.SIGTERM else "interrupted"
+        typer.echo(f"error: {how} at iteration {result.iteration}{where}; continue with --resume", err=True)
+        raise typer.Exit(128 + result.stop_signal)  # 130 for Ctrl-C, 143 for SIGTERM, as elsewhere
     typer.echo(f"trained to iteration {result.iteration}{where}")
 
 

@@ -8,7 +8,7 @@ A lent GPU comes for minutes, not days, so the number of iterations is set by th
 2. Train: each config's ``optim.iterations`` becomes what its rate fits in the time left, with
    the learning rate decaying linearly over the second half (CycleGAN's schedule, shortened)
    and checkpoints every eighth. Runs still going ``PACK_RESERVE_S`` before the deadline all get
-   SIGTERM at once; the trainer then saves a checkpoint and stops (exit 130).
+   SIGTERM at once; the trainer then saves a checkpoint and stops (exit 143).
 3. Pack: into ``--pack``, the runs' logs and configs in ``logs.tar.gz``, and the generators of
    the newest checkpoints (those fitting a few files of at most 15 MiB) as checkpoint folders
    ``mrct export RUN --checkpoint iter_N`` takes: ``<run>/checkpoints/iter_N/{networks.safetensors,
@@ -38,7 +38,7 @@ MIB = 2**20
 PACK_RESERVE_S = 25  # the last checkpoints' writes, then packing
 START_S = 20  # a training process's start: imports, CUDA, data-loader workers
 KEEP = 9  # checkpoints kept per run, and the most packed back
-STOPPED = {0, 130, -15}  # done; stopped by SIGTERM after a checkpoint; killed before the handler
+STOPPED = {0, 130, 143, -15}  # done; stopped after a checkpoint (130: older mrct); killed before it
 FILE_LIMIT, FILES, TOTAL_LIMIT = 15 * MIB, 8, 60 * MIB
 
 

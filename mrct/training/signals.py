@@ -26,12 +26,14 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGINT  # which one: mrct train exits 128 + it, as the shell reports
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signal.Signals(signum)
         log.warning("stopping: saving a checkpoint after this iteration (Ctrl-C again to abort)")
 
     def __enter__(self) -> StopFlag:

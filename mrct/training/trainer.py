@@ -69,6 +69,7 @@ class TrainResult:
     iteration: int
     checkpoint: Path | None
     interrupted: bool = False
+    stop_signal: int = signal.SIGINT  # what interrupted it (SIGTERM from kill, timeout, a scheduler)
     main: bool = True  # the main process (rank 0) of a torchrun group reports
     losses: list[dict[str, float]] = field(default_factory=list)
 
@@ -325,7 +326,7 @@ class Trainer:
                     with writing_records(self.run_dir / "checkpoints"):
                         result.checkpoint = self.save()
                 if interrupted:
-                    result.interrupted = True
+                    result.interrupted, result.stop_signal = True, stop.signum
                     break
         if not health.healthy:  # fewer than DIVERGED_AFTER at the end: stopped, but say so
             log.warning(
