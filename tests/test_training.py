@@ -373,13 +373,27 @@ def test_a_patch_or_array_the_run_cannot_use_is_refused_before_the_folder_is_tou
         train_run(tiny(), damaged, tmp_path / "run", progress=False)
 
 
+def test_a_run_resumes_on_another_machine_with_other_workers_and_logging(
+    tmp_path: Path, prepared: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a hunt: any change refused a resume, even the loader workers (the batches do not
+    depend on them) or gradient checkpointing to fit a smaller GPU, without naming the key."""
+    run = tmp_path / "run"
+    train_run(tiny(), prepared, run, until=3, progress=False)
+    moved = tiny(data={"workers": 1}, logging={"log_every": 2}, runtime={"gradient_checkpointing": True})
+    with caplog.at_level("WARNING"):
+        assert train_run(moved, prepared, run, resume=True, progress=False).iteration == 6
+    assert "data.workers 0 -> 1" in caplog.text and "logging.log_every 1 -> 2" in caplog.text
+    assert "runtime.gradient_checkpointing False -> True" in caplog.text and "last bits" in caplog.text
+
+
 def test_run_folder_refused_without_resume_or_overwrite(tmp_path: Path, prepared: Path) -> None:
     config = tiny(optim={"iterations": 1, "decay_iterations": 0})
     train_run(config, prepared, tmp_path / "run", progress=False)
     with pytest.raises(OutputExistsError, match="--resume"):
         train_run(config, prepared, tmp_path / "run", progress=False)
     other = tiny(optim={"iterations": 2, "decay_iterations": 0})
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match=r"another config \(optim\.iterations 1 -> 2\)"):  # named
         train_run(other, prepared, tmp_path / "run", resume=True, progress=False)
     assert train_run(config, prepared, tmp_path / "run", overwrite=True, progress=False).iteration == 1
     # From a hunt: --overwrite deleted a user's config.json (taken for a run's) and their pictures

@@ -56,8 +56,7 @@ def _prepare_run_dir(
         _check_only_a_run(run_dir)
     if resume and found is not None:
         saved = parse_json((run_dir / "config.json").read_text(encoding="utf-8"))
-        if saved != to_dict(config):
-            raise ConfigError("this run was started with another config; resume it with that config", run_dir)
+        _check_same_training(run_dir, saved, to_dict(config))
         _check_same_data(run_dir, data)
         return found
     if resume and started and not overwrite:
@@ -154,6 +153,41 @@ def train_run(
         return trainer.train(end, progress=progress)
     finally:
         dist.stop()
+
+
+# How a run is carried out, not what it trains: a run moved to a smaller machine (fewer loader
+# workers, gradient checkpointing to fit its memory) resumes. The batches do not depend on the
+# workers; the runtime options may change the last bits of the arithmetic.
+HOW_NOT_WHAT = ("data.workers", "logging.")
+RUNTIME = ("runtime.gradient_checkpointing", "runtime.channels_last", "runtime.compile")
+
+
+def _check_same_training(run_dir: Path, saved: object, current: dict[str, object]) -> None:
+    """Refuse a resume whose config trains something else, naming what differs."""
+    changed = _differences(saved, current)
+    trained = [key for key in changed if not key.startswith(HOW_NOT_WHAT + RUNTIME)]
+    if trained:
+        shown = ", ".join(f"{key} {changed[key]}" for key in trained[:3])
+        more = f" and {len(trained) - 3} more" if len(trained) > 3 else ""
+        raise ConfigError(
+            f"this run was started with another config ({shown}{more}); resume it with that config",
+            run_dir,
+        )
+    if changed:
+        runtime = any(key.startswith(RUNTIME) for key in changed)
+        same = "the last bits may differ from an uninterrupted run" if runtime else "it trains the same"
+        shown = ", ".join(f"{key} {value}" for key, value in changed.items())
+        log.warning("%s: resuming with %s; %s", run_dir, shown, same)
+
+
+def _differences(saved: object, current: object, prefix: str = "") -> dict[str, str]:
+    """``{"data.workers": "0 -> 2", ...}``: the dotted keys whose values differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: dict[str, str] = {}
+        for key in sorted(set(saved) | set(current), key=str):
+            out.update(_differences(saved.get(key), current.get(key), f"{prefix}{key}."))
+        return out
+    return {} if saved == current else {prefix.rstrip("."): f"{saved} -> {current}"}
 
 
 def _start_new_run(run_dir: Path, config: TrainConfig, data: PreparedSet) -> None:
