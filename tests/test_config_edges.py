@@ -386,6 +386,10 @@ def test_export_records_where_its_final_losses_were_logged(run_dir: Path, tmp_pa
     assert (
         training["final_losses_iteration"] == 1 and training["final_losses"]["loss/generator/total"] is None
     )
+    # From a hunt: the package, made to be shared, held the prepared set's absolute path.
+    prepared_at = json.loads((run / "data.json").read_text())["prepared_set"]
+    assert "/" in prepared_at and training["data"]["prepared_set"] == Path(prepared_at).name
+    assert prepared_at not in (tmp_path / "m" / "README.md").read_text()
 
 
 def test_channel_counts_other_than_one_are_config_errors(tmp_path: Path) -> None:

@@ -136,7 +136,11 @@ def export_run(
         "iterations": iteration,
         "scheduled_iterations": config.optim.iterations,
         "processes": state.get("world_size", 1),
-        "data": data,
+        # The set's folder name alone: a package is shared, and a path (/data/site/cohort_2024)
+        # can tell where it was trained; the manifest's checksum identifies the set.
+        "data": {**data, "prepared_set": Path(str(data["prepared_set"])).name}
+        if "prepared_set" in data
+        else data,
         **_final_losses(run_dir, iteration),
     }
     g = config.model.generator
