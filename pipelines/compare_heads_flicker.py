@@ -3,15 +3,17 @@
 make the synthetic CT flicker from slice to slice?
 
     python pipelines/compare_heads_flicker.py --prepared prepared/ \\
-        --run work/heads-2d-random --train-minutes 22 --model-2d work/models/heads-2d-random \\
+        --run work/heads-2d-random --train-iterations 100 --model-2d work/models/heads-2d-random \\
         --model-3d models/mrct-head-cpu-small --cases 5 -o work/heads-flicker \\
         --figure docs/figures/heads_flicker.png --docs docs/reproduction.md
 
-1. **train** (only with ``--run`` and ``--train-minutes``, and when ``--model-2d`` does not
-   exist yet): ``mrct train -c configs/heads_2d_random.yaml --data PREPARED -o RUN --resume``
-   (the "random" 2D baseline, parameter-matched to ``cpu_small``), stopped with SIGTERM after
-   the given wall time (the trainer saves a checkpoint and exits), then ``mrct export RUN -o
-   MODEL_2D``. ``--threads`` sets ``OMP_NUM_THREADS`` (1 is fastest on a shared 2-core CPU).
+1. **train** (only with ``--run`` and ``--train-iterations`` or ``--train-minutes``, and when
+   ``--model-2d`` does not exist yet): ``mrct train -c configs/heads_2d_random.yaml --data
+   PREPARED -o RUN --resume`` (the "random" 2D baseline, parameter-matched to ``cpu_small``),
+   with ``--until N`` (training is deterministic, so the table can be made again exactly), or
+   stopped with SIGTERM after the given wall time (the trainer saves a checkpoint and exits),
+   then ``mrct export RUN -o MODEL_2D``. ``--threads`` sets ``OMP_NUM_THREADS`` (1 is fastest
+   on a shared 2-core CPU).
 2. **translate** the first ``--cases`` MRs of the prepared set's MR *test* split (never seen in
    training) with both models, two ways:
 
@@ -65,15 +67,18 @@ def to_hu(model_values: npt.NDArray[Any], ct_map: str = "linear") -> npt.NDArray
     return named_map(ct_map).inverse(model_values).astype(np.float64)
 
 
-def train_for(prepared: Path, run_dir: Path, minutes: float, threads: int) -> None:
-    """Train the random 2D baseline for ``minutes`` of wall time, then stop it with SIGTERM."""
+def train_for(
+    prepared: Path, run_dir: Path, minutes: float | None, threads: int, iterations: int | None = None
+) -> None:
+    """Train the random 2D baseline to ``iterations``, or for ``minutes`` of wall time, then stop
+    it with SIGTERM."""
     command = ["mrct", "train", "-c", "configs/heads_2d_random.yaml", "--data", str(prepared)]
-    command += ["-o", str(run_dir), "--resume", "-q"]
-    print("$", " ".join(command), f"  # stopped after {minutes:g} min", flush=True)
+    command += ["-o", str(run_dir), "--resume", "-q"] + (["--until", str(iterations)] if iterations else [])
+    print("$", " ".join(command), f"  # stopped after {minutes:g} min" if minutes else "", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
-        code = process.wait(timeout=minutes * 60)
+        code = process.wait(timeout=minutes * 60 if minutes else None)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGTERM)  # the trainer saves a checkpoint and exits
         process.wait()
@@ -245,12 +250,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-2d", required=True, type=Path, help="2D model package (exported here)")
     p.add_argument("--run", type=Path, help="training run folder of the 2D model")
     p.add_argument("--train-minutes", type=positive_float, help="train the 2D model for this wall time first")
+    p.add_argument("--train-iterations", type=positive_int, help="or to this iteration (reproducible)")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     p.add_argument("--cases", type=positive_int, default=5, help="held-out MRs to translate (default 5)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the CSV and table")
     p.add_argument("--figure", type=Path, help="write the sagittal figure here (PNG)")
     p.add_argument("--docs", type=Path, help="put the table between the heads-table markers of this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.train_minutes and args.train_iterations:
+        p.error("give --train-iterations or --train-minutes, not both")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,19 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     from mrct.volume import Modality
 
     torch.set_num_threads(args.threads)
-    translators = {"3d": Translator.from_package(args.model_3d, device="cpu")}
+    # fp32: "auto" is bf16 on CPUs with native bf16, so the table would depend on the CPU.
+    translators = {"3d": Translator.from_package(args.model_3d, device="cpu", precision="fp32")}
     check_grid(translators["3d"], args.model_3d, args.prepared, grid)
     if not (args.model_2d / "model.json").exists():
         if args.run is None:
-            raise SystemExit(f"error: {args.model_2d}: no model package; give --run (and --train-minutes)")
-        if args.train_minutes:
+            raise SystemExit(f"error: {args.model_2d}: no model package; give --run (and --train-iterations)")
+        if args.train_minutes or args.train_iterations:
             start = time.perf_counter()
-            train_for(args.prepared, args.run, args.train_minutes, args.threads)
+            train_for(args.prepared, args.run, args.train_minutes, args.threads, args.train_iterations)
             print(f"trained to iteration {last_iteration(args.run)} in {time.perf_counter() - start:.0f} s")
         command = ["mrct", "export", str(args.run), "-o", str(args.model_2d), "--overwrite"]
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
-    translators["2d_random"] = Translator.from_package(args.model_2d, device="cpu")
+    translators["2d_random"] = Translator.from_package(args.model_2d, device="cpu", precision="fp32")
     check_grid(translators["2d_random"], args.model_2d, args.prepared, grid)
     labels = {}
     ct_maps = {name: t.package.preprocessing.intensity.ct_map for name, t in translators.items()}

@@ -318,9 +318,13 @@ def test_a_latest_pointer_leading_outside_the_run_is_not_followed(
     from mrct.training import checkpoint
 
     def complete(path: Path) -> Path:
+        import torch
+        from safetensors.torch import save_file
+
         path.mkdir(parents=True)
-        for name in ("state.json", "networks.safetensors", "optimizers.safetensors"):
-            (path / name).write_text("{}")
+        (path / "state.json").write_text("{}")
+        for name in ("networks.safetensors", "optimizers.safetensors"):  # whole files (checked)
+            save_file({"x": torch.zeros(2)}, str(path / name))
         return path
 
     own = complete(tmp_path / "run" / "checkpoints" / "iter_0000010")
