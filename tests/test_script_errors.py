@@ -116,6 +116,8 @@ def test_compare_heads_flicker_refuses_bad_arguments(tmp_path: Path) -> None:
     _one_line_error(_run(script, "--prepared", prepared, "--cases", "0", *common), "--cases")
     proc = _run(script, "--prepared", prepared, "--model-3d", "nonexist", *common)
     _one_line_error(proc, "unknown model 'nonexist'")
+    both = ["--train-iterations", "5", "--train-minutes", "1"]
+    _one_line_error(_run(script, "--prepared", prepared, *both, *common), "not both")
 
 
 def test_compare_heads_flicker_refuses_a_model_on_another_grid(tmp_path: Path) -> None:
