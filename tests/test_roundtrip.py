@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mrct import api
+from mrct.errors import GeometryError
 from mrct.io import read_volume, write_volume
 from mrct.io.orientation import closest_canonical
 from mrct.volume import Modality, Volume
@@ -34,6 +35,25 @@ def test_nifti_dicom_nifti(tmp_path: Path, modality: Modality, flip: bool) -> No
     same_grid(vol, back)
     if np.linalg.det(vol.affine[:3, :3]) < 0:  # dcm2niix's own handedness: identical layout
         np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+
+
+def test_a_grid_of_hundredth_millimetre_voxels_comes_back(tmp_path: Path) -> None:
+    """From the known list: slices 0.01 mm apart (micro-CT, or mrct's own DICOM of such a grid)
+    were read as "10 slices share a position"; duplicates are still found at that scale."""
+    vol = phantom(shape=(11, 9, 10), affine=np.diag([0.01, 0.01, 0.01, 1.0]))
+    src = write_volume(vol, tmp_path / "in.nii.gz")
+    api.convert(src, str(tmp_path / "dcm") + "/", modality=Modality.CT)
+    same_grid(vol, read_volume(tmp_path / "dcm"), atol=1e-7)
+    import shutil
+
+    import pydicom
+
+    shutil.copy(tmp_path / "dcm" / "IM_0004.dcm", tmp_path / "dcm" / "IM_0099.dcm")
+    ds = pydicom.dcmread(tmp_path / "dcm" / "IM_0099.dcm")
+    ds.SOPInstanceUID = ds.SOPInstanceUID[:60] + ".9"
+    ds.save_as(tmp_path / "dcm" / "IM_0099.dcm")
+    with pytest.raises(GeometryError, match="2 slices share a position"):
+        read_volume(tmp_path / "dcm")
 
 
 def test_dicom_nifti_dicom(tmp_path: Path) -> None:

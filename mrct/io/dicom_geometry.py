@@ -114,7 +114,9 @@ def plan_stack(
     order = np.argsort(along, kind="stable")
     s = along[order]
     gaps = np.diff(s)
-    dup = gaps < POSITION_TOL_MM
+    # Below a tenth of the widest gap too: slices 0.01 mm apart (micro-CT, or mrct's own output
+    # of such a grid) were all "at one position".
+    dup = gaps < min(POSITION_TOL_MM, 0.1 * float(gaps.max()))
     if dup.any():
         at_shared = np.zeros(len(s), dtype=bool)  # slices at a position that another one has too
         at_shared[:-1] |= dup
