@@ -296,6 +296,31 @@ def nhdr_missing_data(tmp: Path) -> Path:
     return tmp / "detached.nhdr"
 
 
+def nhdr_data_in_a_pipe(tmp: Path) -> Path:
+    """teem blocked on the pipe for good (``mrct batch`` could not even stop on SIGTERM)."""
+    os.mkfifo(tmp / "pipe.raw")
+    return _nhdr(tmp, "data file: pipe.raw\n")
+
+
+def nhdr_data_from_dev_zero(tmp: Path) -> Path:
+    """Read as an all-zero volume, exit 0."""
+    return _nhdr(tmp, "data file: /dev/zero\n")
+
+
+def nhdr_list_file_missing(tmp: Path) -> Path:
+    (tmp / "s0.raw").write_bytes(bytes(32))
+    return _nhdr(tmp, "data file: LIST 2\n", after="s0.raw\ns1.raw\n")
+
+
+def _nhdr(tmp: Path, data_file: str, after: str = "") -> Path:
+    header = (
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 2\nspace: left-posterior-superior\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: raw\n"
+    )
+    (tmp / "detached.nhdr").write_text(header + data_file + after)
+    return tmp / "detached.nhdr"
+
+
 # -------------------------------------------------------------------------- zips
 
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.io.metaimage import check_metaimage
+from mrct.io.nrrd_files import check_nrrd_data_files
 from mrct.io.orientation import lps_to_ras, ras_to_lps
 from mrct.io.validate import check_affine, check_shape, check_values, storable
 from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
@@ -23,6 +24,8 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
     name = _utf8_name(path, ReadError)
     if path.name.lower().endswith((".mha", ".mhd")):
         check_metaimage(path)  # MetaIO prints its complaints, and can hang on corrupt data
+    else:
+        check_nrrd_data_files(path)  # teem blocked on a pipe or device named as the data file
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(name)
