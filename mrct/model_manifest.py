@@ -17,6 +17,7 @@ from mrct.jsontext import parse_json
 
 FORMAT = "mrct-model"
 FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20
 MANIFEST = "model.json"
 # model.json's top-level keys and their JSON types; all are required.
 SCHEMA: dict[str, type] = {
@@ -93,7 +94,13 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
         raise ModelError("not a model folder (no such directory)", folder)
     if not file.is_file():
         raise ModelError("model.json is missing; not a model package", file)
-    raw = file.read_bytes()
+    try:
+        length = file.stat().st_size
+        if length > MAX_MANIFEST_BYTES:  # a few KB; read whole otherwise (a 4 GB one ran out of memory)
+            raise ModelError(f"model.json is {length} bytes; a model package's is a few KB", file)
+        raw = file.read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read model.json ({err.strerror or err})", file) from err
     try:
         manifest = parse_json(raw, object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, ValueError) as err:
@@ -125,9 +132,22 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     for direction, file_name in manifest["directions"].items():
         if direction not in DIRECTIONS:
             raise ModelError(f"unknown direction {direction!r} (expected {', '.join(DIRECTIONS)})", file)
+        if not isinstance(file_name, str):
+            raise ModelError(f"directions.{direction} must name a file (a JSON string)", file)
         if file_name not in manifest["files"]:
             raise ModelError(f"directions.{direction}: {file_name!r} is not listed in files", file)
+    parameters = manifest["architecture"].get("parameters", 0)  # shown by mrct models info
+    if not (type(parameters) is int and parameters >= 0):
+        raise ModelError(f"architecture.parameters must be a count (an integer), got {parameters!r}", file)
     return manifest, raw
+
+
+def holds_manifest(folder: Path) -> bool:
+    """A package folder, readable or not (``mrct models list`` shows an unreadable one's problem)."""
+    try:
+        return (folder / MANIFEST).is_file()
+    except OSError:
+        return folder.is_dir()
 
 
 def check_file_name(file_name: str, manifest_file: Path) -> None:

@@ -37,6 +37,7 @@ from mrct.model_manifest import (
     NAME_PATTERN,
     check_bytes,
     check_sections,
+    holds_manifest,
     package_checksum,
     read_manifest,
     safetensors_metadata,
@@ -327,11 +328,12 @@ def list_packages(search_dirs: Sequence[str | Path]) -> list[PackageSummary]:
     for directory in search_dirs:
         if not Path(directory).is_dir():
             continue
-        for folder in sorted(p for p in Path(directory).iterdir() if (p / MANIFEST).is_file()):
+        for folder in sorted(p for p in Path(directory).iterdir() if holds_manifest(p)):
             try:
                 m, _ = read_manifest(folder)
-            except ModelError as err:
-                found.append(PackageSummary(folder, folder.name, problem=str(err)))
+            except (ModelError, OSError) as err:  # one unreadable package stopped the listing
+                problem = str(err) if isinstance(err, ModelError) else f"{folder}: {err.strerror or err}"
+                found.append(PackageSummary(folder, folder.name, problem=problem))
                 continue
             directions = tuple(d for d in DIRECTIONS if d in m["directions"])
             headline = (m["name"], m["description"], m["license"], m["mrct_version"], m["created"])
@@ -371,11 +373,17 @@ def _fit_weights(config: GeneratorConfig, state: Mapping[str, torch.Tensor], whe
 
     from mrct.networks import build_generator
 
-    # The random initial weights are overwritten below; drawing them from a forked
-    # RNG keeps loading a model from shifting the caller's seeded random stream.
-    with torch.random.fork_rng(devices=[]):
-        net = build_generator(config)
-    expected = net.state_dict()
+    # Shapes first, from a network without storage: an edited model.json (ngf 100000, or 100000
+    # blocks) made the real one exhaust memory before any comparison. Each block holds weights,
+    # so a file with fewer tensors than blocks cannot fit (and the skeleton stays small).
+    if config.n_residual_blocks > len(state):
+        raise ModelError(
+            f"weights do not fit the architecture: {config.n_residual_blocks} residual blocks, "
+            f"but the weights hold {len(state)} tensors",
+            where,
+        )
+    with torch.device("meta"):
+        expected = build_generator(config).state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -389,5 +397,9 @@ def _fit_weights(config: GeneratorConfig, state: Mapping[str, torch.Tensor], whe
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:
         raise ModelError(f"weights hold NaN or infinite values in {bad[0]}", where)
+    # The random initial weights are overwritten below; drawing them from a forked
+    # RNG keeps loading a model from shifting the caller's seeded random stream.
+    with torch.random.fork_rng(devices=[]):
+        net = build_generator(config)
     net.load_state_dict(dict(state), strict=True)
     return net

@@ -230,6 +230,9 @@ def test_bad_json_is_refused(package: Path) -> None:
         (lambda m: m["directions"].__setitem__("pet_to_ct", "x"), "unknown direction 'pet_to_ct'"),
         (lambda m: m["files"].__setitem__("w.pt", {"sha256": "0" * 64, "bytes": 1}), "'w.pt' is not .safet"),
         (lambda m: m["architecture"]["generator"].__setitem__("ngff", 2), "architecture.generator.ngff"),
+        # From a hunt: both were "unexpected TypeError" (exit 70), and stopped mrct models list.
+        (lambda m: m["directions"].__setitem__("mr_to_ct", ["x"]), "directions.mr_to_ct must name a file"),
+        (lambda m: m["architecture"].__setitem__("parameters", "abc"), "architecture.parameters must be"),
     ],
 )
 def test_bad_manifest_is_refused(package: Path, change: Any, fragment: str) -> None:
@@ -247,6 +250,31 @@ def test_weights_that_do_not_fit_are_refused(package: Path) -> None:
     replace_weights(package, "ct_to_mr", wrong)
     with pytest.raises(ModelError, match=r"wrong shape for tail\.1\.conv\.bias \(3,\), expected \(1,\)"):
         load_package(package).load_generator("ct_to_mr")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [("ngf=100000", "wrong shape for"), ("n_residual_blocks=100000", "100000 residual blocks, but the")],
+)
+def test_an_architecture_far_larger_than_its_weights_is_refused_before_it_is_built(
+    change: str, fragment: str
+) -> None:
+    """From a hunt: a model.json edited to ngf 100000 (or 100000 blocks) built the network
+    before comparing shapes, and exhausted memory (exit 70) instead of exit 7. Run under a
+    3 GB address-space limit, so the old behaviour fails instead of swapping."""
+    code = (
+        "import dataclasses, resource, torch\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from mrct.errors import ModelError\n"
+        "from mrct.models import _fit_weights\n"
+        "from mrct.networks import GeneratorConfig, build_generator\n"
+        "small = GeneratorConfig(ngf=2, n_residual_blocks=1)\n"
+        "state = build_generator(small).state_dict()\n"
+        f"try:\n    _fit_weights(dataclasses.replace(small, {change}), state, 'w')\n"
+        "except ModelError as err:\n    print(err)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and fragment in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_unknown_direction_is_refused(package: Path) -> None:
@@ -333,6 +361,29 @@ def test_find_and_list(tmp_path: Path, package: Path) -> None:
     assert sorted(summaries) == ["broken", "tiny"]
     assert summaries["tiny"].directions == ("mr_to_ct", "ct_to_mr") and summaries["tiny"].problem is None
     assert summaries["broken"].problem is not None and "not valid JSON" in summaries["broken"].problem
+
+
+def test_a_huge_or_unreadable_manifest_is_a_problem_not_a_crash(
+    tmp_path: Path, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a hunt: a 4 GB model.json was read whole (MemoryError, exit 70), and one package
+    whose model.json could not be read stopped mrct models list (PermissionError, exit 70)."""
+    with (package / "model.json").open("r+b") as f:
+        f.truncate(64 << 20)
+    refuses(package, "model.json is 67108864 bytes")
+    models = tmp_path / "more"
+    shutil.copytree(package.parent, models)
+    (models / "tiny" / "model.json").write_text("{}")
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == "model.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    (summary,) = list_packages([models])
+    assert summary.problem is not None and "cannot read model.json (Permission denied)" in summary.problem
 
 
 def test_swapped_or_missing_directions_are_refused(package: Path) -> None:
