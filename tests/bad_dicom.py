@@ -97,6 +97,19 @@ def dicom_duplicate_positions(tmp: Path) -> Path:
     return _edit_slices(folder, lambda n, ds: setattr(ds, "ImagePositionPatient", pos) if n == 1 else None)
 
 
+def dicom_huge_spacing(tmp: Path) -> Path:
+    """Finite but absurd: translate ended in an internal error, convert wrote a NaN grid."""
+    huge = [1e308, 1e308]
+    return _edit_slices(good_series(tmp / "hugesp"), lambda n, ds: setattr(ds, "PixelSpacing", huge))
+
+
+def dicom_huge_positions(tmp: Path) -> Path:
+    """Slices 1e300 mm apart."""
+    return _edit_slices(
+        good_series(tmp / "hugepos"), lambda n, ds: setattr(ds, "ImagePositionPatient", [0, 0, n * 1e300])
+    )
+
+
 def dicom_no_pixel_data(tmp: Path) -> Path:
     return _edit_slices(
         good_series(tmp / "nopix"), lambda n, ds: delattr(ds, "PixelData") if n == 2 else None

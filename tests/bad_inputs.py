@@ -64,6 +64,8 @@ CORPUS: dict[str, Case] = {
     "mhd compressed slice cut": Case(files.mhd_compressed_slice_cut, "in the slice file 'z002.raw'"),
     "mhd pattern step zero": Case(files.mhd_pattern_step_zero, "step is 0"),
     "dicom missing iop": Case(dicom.dicom_missing_iop, "missing imageorientationpatient"),
+    "dicom huge spacing": Case(dicom.dicom_huge_spacing, "transform is not finite"),  # it overflows
+    "dicom huge positions": Case(dicom.dicom_huge_positions, "implausible"),
     "dicom skewed iop": Case(dicom.dicom_skewed_iop, "not perpendicular"),
     "dicom garbled iop": Case(dicom.dicom_garbled_iop, "imageorientationpatient"),
     "dicom nan iop": Case(dicom.dicom_nan_iop, "imageorientationpatient holds a value that is not a finite"),

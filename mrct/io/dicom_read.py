@@ -39,7 +39,7 @@ from mrct.io.dicom_scan import (
 from mrct.io.dicom_zip import is_zip, unzipped
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
-from mrct.io.validate import check_shape, check_values
+from mrct.io.validate import check_affine, check_shape, check_values
 from mrct.volume import PATIENT_KEYWORDS, STUDY_KEYWORDS, DicomSource, Modality, SourceInfo, Volume
 
 if TYPE_CHECKING:
@@ -177,6 +177,7 @@ def _read_series(chosen: SeriesFiles, where: Path, modality: Modality | None, al
     affine = lps_to_ras(plan.affine_lps)
     affine[:3, 3] += affine[:3, 1] * (array.shape[1] - 1)
     affine[:3, 1] *= -1
+    check_affine(affine, where)  # finite but absurd headers (PixelSpacing 1e308)
     if str(first.get("MRAcquisitionType", "")).upper() == "3D":
         array, affine = rotate_like_dcm2niix(array, affine)
     check_values(array, where)

@@ -34,11 +34,24 @@ def check_shape(
     return dims[0], dims[1], dims[2]
 
 
+# Beyond any scanner: 10 m voxels, an origin 10 km away. Finite but huge values (a spacing of
+# 1e308) overflowed later arithmetic: a NaN grid written to NIfTI, or an internal error.
+MAX_SPACING_MM = 1e4
+MAX_ORIGIN_MM = 1e7
+
+
 def check_affine(affine: npt.NDArray[np.float64], path: str | Path) -> None:
     if not np.all(np.isfinite(affine)):
         raise GeometryError("the header's voxel-to-world transform is not finite", path)
     m = affine[:3, :3]
-    if np.any(np.linalg.norm(m, axis=0) <= 0) or abs(np.linalg.det(m)) < 1e-12:
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms > MAX_SPACING_MM) or not np.all(np.isfinite(norms)):
+        shown = ", ".join(f"{v:.4g}" for v in norms)
+        raise GeometryError(f"implausible voxel spacing ({shown} mm) in the header", path)
+    if np.any(np.abs(affine[:3, 3]) > MAX_ORIGIN_MM):
+        shown = ", ".join(f"{v:.4g}" for v in affine[:3, 3])
+        raise GeometryError(f"implausible origin ({shown} mm) in the header", path)
+    if np.any(norms <= 0) or abs(np.linalg.det(m)) < 1e-12:
         raise GeometryError("zero or degenerate voxel spacing in the header", path)
 
 
