@@ -13,6 +13,7 @@ functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -95,7 +96,8 @@ def save_tensors(state: Mapping[str, Any], target: Path, metadata: dict[str, str
         raise OSError(
             int(code.group(1)) if code else errno.EIO, reason.group(1) if reason else str(err), str(target)
         ) from None
-    os.chmod(target, _created_file_mode())  # packages and checkpoints alike, for the group's use
+    with contextlib.suppress(OSError):  # for the group's use; FAT drives refuse it (EPERM)
+        os.chmod(target, _created_file_mode())  # packages and checkpoints alike
 
 
 def write_package(

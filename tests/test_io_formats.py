@@ -341,3 +341,21 @@ def test_a_sform_alone_scaled_unlike_pixdim_keeps_its_header_in_outputs(
     np.testing.assert_allclose(
         itk_corner(tmp_path / "out.nii.gz"), itk_corner(tmp_path / "in.nii.gz"), atol=1e-4
     )
+
+
+def test_a_detached_nrrd_reads_and_a_key_value_named_datafile_is_not_its_data(tmp_path: Path) -> None:
+    """The data-file check (a pipe named there blocked mrct) takes the field alone: a key/value
+    pair ``datafile:=...`` is not it, and a relative name is read beside the header."""
+    import numpy as np
+
+    from mrct.io import read_volume
+
+    data = np.arange(4 * 4 * 2, dtype="<i2")
+    (tmp_path / "vox els.raw").write_bytes(data.tobytes())
+    (tmp_path / "d.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 2\nspace: left-posterior-superior\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: raw\n"
+        "datafile:=a note\ndata file: vox els.raw\n"
+    )
+    volume = read_volume(tmp_path / "d.nhdr")
+    assert volume.array.shape == (4, 4, 2) and int(volume.array.max()) == 31

@@ -54,6 +54,14 @@ def test_a_grid_of_hundredth_millimetre_voxels_comes_back(tmp_path: Path) -> Non
     ds.save_as(tmp_path / "dcm" / "IM_0099.dcm")
     with pytest.raises(GeometryError, match="2 slices share a position"):
         read_volume(tmp_path / "dcm")
+    # From review: all slices at one position, give or take rounding, have no wide gap to
+    # scale the tolerance by; they are still duplicates.
+    for n, f in enumerate(sorted((tmp_path / "dcm").glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [0, 0, 5 + n * 4e-6]
+        ds.save_as(f)
+    with pytest.raises(GeometryError, match="11 slices share a position"):
+        read_volume(tmp_path / "dcm")
 
 
 def test_dicom_nifti_dicom(tmp_path: Path) -> None:

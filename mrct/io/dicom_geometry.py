@@ -115,8 +115,9 @@ def plan_stack(
     s = along[order]
     gaps = np.diff(s)
     # Below a tenth of the widest gap too: slices 0.01 mm apart (micro-CT, or mrct's own output
-    # of such a grid) were all "at one position".
-    dup = gaps < min(POSITION_TOL_MM, 0.1 * float(gaps.max()))
+    # of such a grid) were all "at one position". Not below 0.1 um: slices that all share a
+    # position, give or take rounding, have no wide gap to scale by.
+    dup = gaps < max(1e-4, min(POSITION_TOL_MM, 0.1 * float(gaps.max())))
     if dup.any():
         at_shared = np.zeros(len(s), dtype=bool)  # slices at a position that another one has too
         at_shared[:-1] |= dup

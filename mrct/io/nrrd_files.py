@@ -28,9 +28,8 @@ def check_nrrd_data_files(path: Path) -> None:
     text = head.decode("latin-1")
     lines = text.split("\n")
     header_end = next((n for n, line in enumerate(lines) if not line.strip()), len(lines))
-    at = next(
-        (n for n, line in enumerate(lines[:header_end]) if re.match(r"\s*data\s?file\s*:", line, re.I)), None
-    )
+    field = re.compile(r"\s*data\s?file\s*:(?!=)", re.I)  # not a "datafile:=..." key/value pair
+    at = next((n for n, line in enumerate(lines[:header_end]) if field.match(line)), None)
     if at is None:
         return  # voxels attached to the header
     value = lines[at].split(":", 1)[1].strip()

@@ -105,7 +105,7 @@ class PreparedSet:
     def describe(self) -> dict[str, Any]:
         """What a model card says about its training data (ids, not patient names)."""
         return {
-            "prepared_set": str(self.root),
+            "prepared_set": str(self.root.absolute()),  # "." would export as an empty name
             "manifest_sha256": self.manifest_sha256,
             "train_scans": {d: len(s) for d, s in self.scans.items()},
         }

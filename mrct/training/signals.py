@@ -34,7 +34,8 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         self.signum = signal.Signals(signum)
-        log.warning("stopping: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+        again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
+        log.warning("stopping: saving a checkpoint after this iteration%s", again)
 
     def __enter__(self) -> StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: no handlers
