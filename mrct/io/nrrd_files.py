@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mrct.errors import ReadError
 
-HEADER_LIMIT = 1 << 20  # a NRRD header is a few hundred bytes; attached voxels follow a blank line
+HEADER_LIMIT = 16 << 20  # a header is a few hundred bytes, a LIST of 100,000 names about 2 MB
 MAX_DATA_FILES = 100_000
 
 
