@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mrct.errors import ReadError
 
-HEADER_LIMIT = 16 << 20  # a header is a few hundred bytes, a LIST of 100,000 names about 2 MB
+HEADER_BYTES = 1 << 16  # a header is a few hundred bytes; attached voxels follow a blank line
+LIST_LIMIT = 16 << 20  # a detached header's LIST of 100,000 names is about 2 MB
 MAX_DATA_FILES = 100_000
 
 
@@ -22,7 +23,9 @@ def check_nrrd_data_files(path: Path) -> None:
     """Raise ReadError, naming ``path``, when the header names data that are not regular files."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(HEADER_LIMIT)
+            head = fh.read(HEADER_BYTES)  # not the megabytes of an attached volume's voxels
+            if re.search(rb"data\s?file\s*:\s*LIST", head, re.I):
+                head += fh.read(LIST_LIMIT - len(head))
     except OSError:
         return  # the reader that follows names the problem
     text = head.decode("latin-1")
