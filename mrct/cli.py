@@ -86,7 +86,10 @@ def _root(
 @app.command()
 def info(
     path: Annotated[
-        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+        Path,
+        typer.Argument(
+            help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path, metavar="SCAN"
+        ),
     ],
     series: SeriesOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -125,10 +128,15 @@ def info(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
+    src: Annotated[
+        Path,
+        typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path, metavar="SRC"),
+    ],
     dst: Annotated[
         str,
-        typer.Argument(help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.", parser=output_text),
+        typer.Argument(
+            help="Output .nii.gz/.nii/.nrrd/.mha, or a folder/ for DICOM.", parser=output_text, metavar="DST"
+        ),
     ],
     series: SeriesOpt = None,
     modality: Annotated[
@@ -164,7 +172,10 @@ def convert(
 
 @app.command()
 def preview(
-    scan: Annotated[Path, typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path)],
+    scan: Annotated[
+        Path,
+        typer.Argument(help="Input image or DICOM folder/file/zip.", parser=nonempty_path, metavar="SCAN"),
+    ],
     output: Annotated[
         Path,
         typer.Option(
@@ -187,7 +198,10 @@ def preview(
 @app.command()
 def locate(
     scan: Annotated[
-        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+        Path,
+        typer.Argument(
+            help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path, metavar="SCAN"
+        ),
     ],
     series: SeriesOpt = None,
     modality: Annotated[
@@ -234,7 +248,10 @@ def locate(
 @app.command()
 def translate(
     scan: Annotated[
-        Path, typer.Argument(help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path)
+        Path,
+        typer.Argument(
+            help="NIfTI/NRRD/MHA file, DICOM folder, file or zip.", parser=nonempty_path, metavar="SCAN"
+        ),
     ],
     to: Annotated[ModalityChoice, typer.Option("--to", help="The modality to synthesise.")],
     output: TranslateOutOpt = None,
@@ -303,7 +320,11 @@ def translate(
 def batch(
     in_dir: Annotated[
         Path,
-        typer.Argument(help="Folder searched recursively for DICOM series and scans.", parser=nonempty_path),
+        typer.Argument(
+            help="Folder searched recursively for DICOM series and scans.",
+            parser=nonempty_path,
+            metavar="IN_DIR",
+        ),
     ],
     output: Annotated[
         Path,

@@ -194,7 +194,8 @@ def train(
 
 def export(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run folder written by mrct train.", parser=nonempty_path)
+        Path,
+        typer.Argument(help="A run folder written by mrct train.", parser=nonempty_path, metavar="RUN_DIR"),
     ],
     output: Annotated[
         Path,
@@ -257,10 +258,15 @@ class MetricChoice(str, Enum):
 def evaluate(
     pred: Annotated[
         Path,
-        typer.Argument(help="Predicted volume, or a folder (matched by file name).", parser=nonempty_path),
+        typer.Argument(
+            help="Predicted volume, or a folder (matched by file name).", parser=nonempty_path, metavar="PRED"
+        ),
     ],
     gt: Annotated[
-        Path, typer.Argument(help="Ground-truth volume, or a folder of them.", parser=nonempty_path)
+        Path,
+        typer.Argument(
+            help="Ground-truth volume, or a folder of them.", parser=nonempty_path, metavar="TRUTH"
+        ),
     ],
     output: Annotated[
         Path,
@@ -342,7 +348,9 @@ def models_list(
 
 @models_app.command("info")
 def models_info(
-    name_or_dir: Annotated[str, typer.Argument(help="Package folder, or a package name in models/.")],
+    name_or_dir: Annotated[
+        str, typer.Argument(help="Package folder, or a package name in models/.", metavar="NAME|DIR")
+    ],
     search_dir: ModelsDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -80,6 +80,10 @@ def test_every_command_has_help_that_shows_flags_without_a_value(cmd: str) -> No
     options = result.output.split("Options:")[1]
     assert not re.search("<(bool|str|Path)>", options), result.output
     assert re.search(r"^  --help +Show this message", options, re.M), result.output
+    # Arguments are named in capitals, as in the usage line of every other tool (and the README);
+    # typer printed the parameter's Python name, "translate [OPTIONS] {scan}".
+    usage = result.output.split("\n", 1)[0]
+    assert not re.search(r"\{[a-z_]+\}", usage), usage
 
 
 @pytest.mark.parametrize("args", [[], ["models"]], ids=["mrct", "mrct-models"])
@@ -281,7 +285,7 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(tmp_path: Path) -> 
     cases = [
         (["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--to", "ct", "--workers", "0"], "'--workers'"),
         (["translate", "x.nii.gz", "--to", "xx"], "'xx' is not one of 'ct', 'mr'; see '"),
-        (["translate"], "Missing argument 'scan'; see '"),
+        (["translate"], "Missing argument 'SCAN'; see '"),
         (["bogus"], "No such command 'bogus'; see '"),
         (["translate", "x.nii.gz"], "Missing option '--to'. Choose from: ct, mr; see '"),
     ]
