@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -28,8 +29,10 @@ def fail(err: BaseException) -> NoReturn:
         typer.echo(f"error: {on_one_line(str(err))}", err=True)
         raise typer.Exit(err.exit_code)
     if isinstance(err, KeyboardInterrupt):
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130)
+        signum = getattr(err, "signum", signal.SIGINT)  # mrct.errors.StoppedBySignal
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        typer.echo(f"error: {how}", err=True)
+        raise typer.Exit(128 + signum)
     if isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG and err.filename is not None:
         # A name made from the input's (scan_synthetic_ct.nii.gz), or an option's, past 255 bytes:
         # pathlib raises it from exists(), wherever a path is first looked at.

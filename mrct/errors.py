@@ -28,6 +28,15 @@ class MrctError(Exception):
         return self
 
 
+class StoppedBySignal(KeyboardInterrupt):
+    """A second stop signal to ``mrct train``, which stops at once: it carries the signal, so that
+    a second SIGTERM exits 143 as the first does, not 130 as Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class InputNotFoundError(MrctError):
     """The input path does not exist, or holds nothing readable."""
 

@@ -522,6 +522,30 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint(tmp_path: Path, prepare
     assert stopping.rsplit("\r", 1)[-1].startswith("WARNING: stopping"), err
 
 
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_second_stop_signal_ends_training_at_once_with_its_own_exit_code(
+    sig: signal.Signals, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first signal asks for a checkpoint after this iteration; a second one stops at once. A
+    second SIGTERM (a scheduler that loses patience) exited 130, "interrupted", as Ctrl-C does."""
+    import typer
+
+    from mrct.cli_options import fail
+    from mrct.training.signals import StopFlag
+
+    with StopFlag() as stop, pytest.raises(KeyboardInterrupt) as raised:
+        signal.raise_signal(sig)
+        assert stop.requested and stop.signum == sig
+        signal.raise_signal(sig)
+    with pytest.raises(typer.Exit) as ended:
+        fail(raised.value)
+    assert ended.value.exit_code == code
+    assert capsys.readouterr().err == f"error: {line}\n"
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
     """torchrun with two gloo processes, resuming a one-process run (as when a run moves to a
     machine with more GPUs): both train, rank 0 writes, each rank's state is saved."""

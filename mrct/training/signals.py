@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from mrct.errors import StoppedBySignal
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,8 @@ class StopFlag:
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.requested:  # a second signal stops at once (exit 130 or 143, as the signal says)
+            raise StoppedBySignal(signum)
         self.requested = True
         self.signum = signal.Signals(signum)
         again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
