@@ -546,6 +546,34 @@ def test_a_second_stop_signal_ends_training_at_once_with_its_own_exit_code(
     assert capsys.readouterr().err == f"error: {line}\n"
 
 
+def _stop_signal_seen_by(rank: int, port: int, signals: list[int], seen: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    from mrct.training.distributed import DistContext
+
+    group = DistContext(rank=rank, world_size=2, local_rank=rank)
+    group.start("cpu")
+    try:
+        seen[rank] = group.max_each(rank, signals[rank])  # what each process learns of all
+        assert group.any_each(rank == 1, False) == [True, False]
+    finally:
+        group.stop()
+
+
+def test_a_stop_signal_to_one_process_of_torchrun_is_reported_as_that_signal() -> None:
+    """A scheduler's SIGTERM that reached only one process stopped all of them, as it should, but
+    rank 0, which reports, exited 130 (Ctrl-C's code) with "interrupted" instead of 143."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:  # a free port for the two processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_stop_signal_seen_by, args=(port, [0, int(signal.SIGTERM)], seen), nprocs=2)
+    assert dict(seen) == {0: [1, signal.SIGTERM], 1: [1, signal.SIGTERM]}
+
+
 def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
     """torchrun with two gloo processes, resuming a one-process run (as when a run moves to a
     machine with more GPUs): both train, rank 0 writes, each rank's state is saved."""

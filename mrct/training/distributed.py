@@ -73,16 +73,20 @@ class DistContext:
 
     def any_each(self, *flags: bool) -> list[bool]:
         """For each flag, whether it is true on any process: one all-reduce for them all."""
+        return [v > 0 for v in self.max_each(*(int(f) for f in flags))]
+
+    def max_each(self, *values: int) -> list[int]:
+        """For each value, its largest over the processes: one all-reduce for them all."""
         if not self.enabled:
-            return list(flags)
+            return list(values)
         import torch
         import torch.distributed as dist
 
         # NCCL reduces CUDA tensors only (a CPU tensor raised on the first call under torchrun).
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        t = torch.tensor([float(v) for v in values], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v > 0) for v in t.tolist()]
+        return [round(v) for v in t.tolist()]
 
     def wrap(self, module: Any, device: Any) -> Any:
         if not self.enabled:

@@ -308,7 +308,10 @@ class Trainer:
                 losses = self.step(batch["mr"], batch["ct"])
                 result.losses.append({"iteration": self.iteration, **losses})
                 not_finite = not all(math.isfinite(v) for v in losses.values())
-                not_finite, interrupted = self.dist.any_each(not_finite, stop.requested)
+                # The stop signal's number, so that every process (rank 0 reports) exits with the
+                # code of a signal that only another process received (143 for SIGTERM, not 130).
+                worst, stop_signal = self.dist.max_each(int(not_finite), stop.signum if stop.requested else 0)
+                not_finite, interrupted = worst > 0, stop_signal > 0
                 health.update(self.iteration, not not_finite)
                 bar.update()
                 if self.iteration % every.log_every == 0 or self.iteration == end:
@@ -326,7 +329,7 @@ class Trainer:
                     with writing_records(self.run_dir / "checkpoints"):
                         result.checkpoint = self.save()
                 if interrupted:
-                    result.interrupted, result.stop_signal = True, stop.signum
+                    result.interrupted, result.stop_signal = True, stop_signal
                     break
         if not health.healthy:  # fewer than DIVERGED_AFTER at the end: stopped, but say so
             log.warning(
