@@ -520,3 +520,27 @@ def test_positions_rounded_in_the_header_are_the_scanners_grid(
     with caplog.at_level(logging.WARNING):
         read_volume(shifted.folder)
     assert any("uneven slice spacing" in r.getMessage() for r in caplog.records)
+
+
+def test_float_pixel_data_keeps_its_fractions(tmp_path: Path) -> None:
+    """FloatPixelData (parametric maps) with RescaleSlope 1 was cast to integers: -4.7 read as -4."""
+    info = write_enhanced_mr(tmp_path / "in" / "mr.dcm", shape=(6, 7, 5), rescale_slope=1.0)
+    ds = pydicom.dcmread(info.files[0])
+    values = np.random.default_rng(0).uniform(-5, 5, (5, ds.Rows, ds.Columns)).astype("<f4")
+    del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.BitsAllocated, ds.FloatPixelData = 32, values.tobytes()
+    ds.save_as(info.files[0])
+    vol = read_volume(info.files[0])
+    assert vol.array.dtype.kind == "f"
+    np.testing.assert_array_equal(np.sort(vol.array, axis=None), np.sort(values, axis=None))
+
+
+def test_unsigned_values_past_int32_are_not_wrapped() -> None:
+    from mrct.io.dicom_pixels import rescale
+
+    pixels = np.full((2, 3, 4), 3_000_000_000, np.uint32)
+    pixels[0, 0, 0] = 7
+    out = rescale(pixels, np.ones(2), np.zeros(2))
+    assert out.min() == 7 and np.isclose(out.max(), 3e9, rtol=1e-7)
+    small = rescale(pixels.clip(max=60000), np.ones(2), np.full(2, -1000.0))  # still integers
+    assert small.dtype == np.int32 and small.max() == 59000

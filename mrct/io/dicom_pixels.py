@@ -159,14 +159,17 @@ def decode(ds: Dataset, path: Path) -> npt.NDArray:
 
 
 def rescale(pixels: npt.NDArray, slopes: npt.NDArray, intercepts: npt.NDArray) -> npt.NDArray:
-    """Apply RescaleSlope/Intercept per frame; keep integers when the result is integral."""
-    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
+    """Apply RescaleSlope/Intercept per frame; keep integers when the result is integral and fits
+    int32. Float pixel data (FloatPixelData, as in parametric maps) stays float: with slope 1 it
+    was cast to integers, dropping the fractions; and uint32 values past 2**31 wrapped negative."""
+    if pixels.dtype.kind in "iu" and np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)):
         lo = float(pixels.min()) + float(intercepts.min())
         hi = float(pixels.max()) + float(intercepts.max())
-        dtype = np.int16 if lo >= -(2**15) and hi < 2**15 else np.int32
-        out: npt.NDArray[np.signedinteger[Any]] = pixels.astype(dtype)
-        if np.any(intercepts):
-            out = np.add(out, intercepts.astype(dtype)[:, None, None], dtype=dtype)
-        return out
+        if lo >= -(2**31) and hi < 2**31:
+            dtype = np.int16 if lo >= -(2**15) and hi < 2**15 else np.int32
+            out: npt.NDArray[np.signedinteger[Any]] = pixels.astype(dtype)
+            if np.any(intercepts):
+                out = np.add(out, intercepts.astype(dtype)[:, None, None], dtype=dtype)
+            return out
     scaled = pixels.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]
     return scaled.astype(np.float32)
