@@ -18,11 +18,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mrct.errors import OutputExistsError, WriteError
-from mrct.io import dicom_identity, dicom_write
+from mrct.io import dicom_identity, dicom_write, read_volume
 from mrct.io.dicom_write import write_dicom_series
 from mrct.io.orientation import closest_canonical, ras_to_lps
 from mrct.volume import DicomSource, Modality, SourceInfo, Volume
-from tests.external_tools import dciodvfy_errors
+from tests.external_tools import dciodvfy_errors, dcm2niix_read
 from tests.phantoms import oblique_affine
 
 SHAPE = (5, 6, 4)
@@ -166,6 +166,24 @@ def test_mr_values_exact_or_rescaled(tmp_path: Path) -> None:
     real = ds.pixel_array * slope + intercept
     np.testing.assert_allclose(real, volume.array[:, ::-1, 1].T, atol=slope / 2 + 1e-9)
     assert float(ds.WindowWidth) >= 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_mr_integers_past_int16_are_stored_exactly(tmp_path: Path, dtype: type) -> None:
+    """A uint16 MR (0..65535) was stored with RescaleSlope 1.996, changing nearly every voxel by up
+    to 1; an integer intercept stores it exactly, as dcm2niix and mrct read it back."""
+    values = np.linspace(0, 65535, int(np.prod(SHAPE))).round().reshape(SHAPE).astype(dtype)
+    source = SourceInfo(path="/data/t1.nii.gz", format="nifti")
+    volume = Volume(values, _affine(flip_i=True), Modality.MR, source)  # a layout read back as is
+    paths = write_dicom_series(volume, tmp_path / "s", series_description="t")
+    ds = pydicom.dcmread(paths[0])
+    assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, 32768.0)
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(paths[0]) == []
+    np.testing.assert_array_equal(read_volume(tmp_path / "s").array, values)
+    if shutil.which("dcm2niix"):
+        data, _ = dcm2niix_read(tmp_path / "s", tmp_path / "d2n", rotate_3d=False)
+        np.testing.assert_array_equal(np.sort(data, axis=None), np.sort(values, axis=None))
 
 
 def test_source_identity_copied(tmp_path: Path) -> None:

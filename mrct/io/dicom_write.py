@@ -167,9 +167,10 @@ def _quantize(
     """Stored int16 values, RescaleSlope and RescaleIntercept (value = slope * stored + intercept).
 
     CT: HU rounded and clipped to int16, slope 1, with a warning naming ``where`` when any
-    value lies outside (no tissue does; metal on extended-scale scanners may). MR: exact when every value is
-    an int16 integer; otherwise ``round(value / slope)`` with intercept 0 (so
-    zero background stays exactly zero) and the slope spanning the int16 range.
+    value lies outside (no tissue does; metal on extended-scale scanners may). MR: exact when every
+    value is an integer spanning at most 65535 (slope 1, and an integer intercept when the values
+    pass the int16 range, as uint16 scans do); otherwise ``round(value / slope)`` with intercept 0
+    (so zero background stays exactly zero) and the slope spanning the int16 range.
     """
     values = np.asarray(array)
     if values.dtype.kind == "b":
@@ -180,6 +181,8 @@ def _quantize(
             return values.astype(np.int16), 1.0, 0.0
         if modality is Modality.CT:
             return _clipped_ct(values, where), 1.0, 0.0
+        if (shifted := _shifted_integers(values)) is not None:
+            return shifted
         values = values.astype(np.float64)
     elif values.dtype.kind != "f":
         raise WriteError(f"cannot store {values.dtype} voxel values in DICOM")
@@ -190,18 +193,29 @@ def _quantize(
     rounded = np.rint(values)  # keeps float32 as float32
     if modality is Modality.CT:
         return _clipped_ct(rounded, where), 1.0, 0.0
-    if (
-        float(rounded.min()) >= _INT16.min
-        and float(rounded.max()) <= _INT16.max
-        and np.array_equal(rounded, values)
-    ):
-        return rounded.astype(np.int16), 1.0, 0.0
+    if np.array_equal(rounded, values):
+        if float(rounded.min()) >= _INT16.min and float(rounded.max()) <= _INT16.max:
+            return rounded.astype(np.int16), 1.0, 0.0
+        if (shifted := _shifted_integers(rounded)) is not None:
+            return shifted
     peak = float(np.max(np.abs(values)))
     # Round-trip the slope through its DS string so the file states exactly the
     # slope used for quantizing.
     slope = float(_ds(peak / _INT16.max)) if peak > 0 else 1.0
     stored = np.clip(np.rint(values / slope), -_INT16.max, _INT16.max)
     return stored.astype(np.int16), slope, 0.0
+
+
+def _shifted_integers(values: npt.NDArray) -> tuple[npt.NDArray[np.int16], float, float] | None:
+    """Integers spanning at most 65535 (a uint16 MR's 0..65535), stored exactly as int16 with the
+    integer intercept that moves the lowest to -32768; a slope would round them (by up to 1 for
+    0..65535). None when they span more."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo > float(_INT16.max) - float(_INT16.min) or abs(lo) >= 2**52:
+        return None
+    intercept = int(lo) - int(_INT16.min)
+    stored = (values.astype(np.int64) - intercept).astype(np.int16)
+    return stored, 1.0, float(intercept)
 
 
 def _clipped_ct(values: npt.NDArray, where: Path | None) -> npt.NDArray[np.int16]:
