@@ -96,9 +96,11 @@ def info(path: str | Path, series: str | None = None, *, allow_gaps: bool = Fals
             if series is not None or not p.is_file():
                 raise
             from mrct.io.dicom_read import list_series
+            from mrct.io.dicom_zip import is_zip
 
             # A zip or a DICOMDIR holding several series: listed as a folder's are.
-            return VolumeInfo(str(p), "dicom", [SeriesSummary(*found) for found in list_series(p)])
+            kind = "dicom-zip" if is_zip(p) else "dicom"  # as for a zip of one series
+            return VolumeInfo(str(p), kind, [SeriesSummary(*found) for found in list_series(p)])
     modality, source = vol.modality, "header"
     if modality is None:
         modality, source = guess_modality(vol), "intensities"

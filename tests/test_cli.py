@@ -240,6 +240,13 @@ def test_a_zip_or_dicomdir_of_two_series_lists_them_as_a_folder_does(tmp_path: P
         uid = str(pydicom.dcmread(next((study / "a").glob("*.dcm"))).SeriesInstanceUID)
         one = run_mrct("info", packed, "--series", uid)
         assert one.returncode == 0 and "shape" in one.stdout, one.stderr
+        # The zip is named a zip whether it holds one series or two (two said "dicom").
+        kind = "dicom-zip" if packed.suffix == ".zip" else "dicom"
+        assert [
+            re.sub(r"^format: +", "", line)
+            for line in (res.stdout + one.stdout).splitlines()
+            if line.startswith("format:")
+        ] == [kind, kind], res.stdout + one.stdout
     (tmp_path / "empty.zip").write_bytes(b"")  # the readers' own checks come first, as before
     assert "missing.zip: no such file or folder" in run_mrct("info", tmp_path / "missing.zip").stderr
     assert "empty.zip: file is empty" in run_mrct("info", tmp_path / "empty.zip").stderr
