@@ -103,6 +103,7 @@ def test_choosing_among_series_lists_no_free_text(tmp_path: Path, studies: Path,
     result = runner.invoke(app, ["translate", str(copy), "--to", "ct", "--model", str(model), *CROP])
     assert result.exit_code == 3 and "choose one with --series UID" in result.stderr
     assert _in_text(result.output) == []
+    assert "'mrct info' shows their descriptions" in result.stderr  # where to find them
 
 
 def test_batch_manifests_and_logs_hold_no_patient_data(tmp_path: Path, studies: Path, model: Path) -> None:

@@ -403,4 +403,9 @@ def select_series(series: list[SeriesFiles], wanted: str | None, where: Path) ->
     if len(series) == 1:
         return series[0]
     listing = "; ".join(s.summary() for s in series)
-    raise SeriesSelectionError(f"{len(series)} series found, choose one with --series UID: {listing}", where)
+    # Descriptions are left to mrct info (see SeriesFiles.summary); the error says where they are.
+    raise SeriesSelectionError(
+        f"{len(series)} series found, choose one with --series UID ('mrct info' shows their descriptions): "
+        f"{listing}",
+        where,
+    )
