@@ -48,11 +48,11 @@ from typing import Any
 from mrct import __version__
 from mrct.batch_folder import Manifest, hold, sweep
 from mrct.batch_plan import adopt_legacy_zip_rows, plan, why_not
-from mrct.batch_series import Series, discover, name_outputs, read_zip_member
+from mrct.batch_series import EARLIER_OUTPUT, Series, discover, name_outputs, read_zip_member
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.anonymize import Anonymizer
-from mrct.labels import derivation_description, series_description
+from mrct.labels import derivation_description, series_description, synthetic_source
 from mrct.preprocessing.crop import CropRequest
 from mrct.translation import check_grid_fits
 from mrct.volume import Modality, guess_modality
@@ -141,6 +141,8 @@ def _load(s: Series, to: Modality) -> _Loaded:
             volume = read_volume(s.path)
         found = volume.modality or guess_modality(volume)
         skip = why_not(found, to, "header" if volume.modality else "intensities")
+        if synthetic_source(volume) is not None:  # mrct's output under a name of the user's
+            skip = EARLIER_OUTPUT
         modality = found.value if found else ""
         return _Loaded(None if skip else volume, modality, skip, None, time.perf_counter() - start)
     except Exception as err:  # one unreadable series must not stop the batch

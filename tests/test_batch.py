@@ -692,6 +692,8 @@ def test_long_names_and_earlier_outputs_in_the_input(tmp_path: Path, tree: Path,
     shutil.copy(tree / "p02" / "head.nii.gz", src / ("a" * 240 + ".nii.gz"))
     shutil.copytree(first / "p02", src / "earlier" / "p02")  # head_synthetic_ct.nii.gz
     shutil.copytree(first / "p01" / "study" / "t1_synthetic_ct", src / "earlier" / "t1_synthetic_ct")
+    # An output given a name of the user's (translate -o sct.nii.gz) is known by its descrip.
+    shutil.copy(first / "p02" / "head_synthetic_ct.nii.gz", src / "earlier" / "sct.nii.gz")
 
     out = tmp_path / "out"
     result = _batch(src, out, model)
@@ -700,7 +702,7 @@ def test_long_names_and_earlier_outputs_in_the_input(tmp_path: Path, tree: Path,
     long_row = rows["a" * 240 + ".nii.gz"]
     assert long_row["status"] == "done" and len(long_row["output"].encode()) <= 200
     assert read_volume(out / long_row["output"]).array.dtype == np.int16  # HU
-    for earlier in ("earlier/p02/head_synthetic_ct.nii.gz", "earlier/t1_synthetic_ct"):
+    for earlier in ("earlier/p02/head_synthetic_ct.nii.gz", "earlier/t1_synthetic_ct", "earlier/sct.nii.gz"):
         assert rows[earlier]["status"] == "skipped", rows[earlier]
         assert rows[earlier]["message"].startswith("an mrct synthetic image (an earlier output)")
     assert not (out / "earlier").exists()
