@@ -140,10 +140,10 @@ def convert(
         fmt = output_format_for(dst)
     except ValueError as err:
         raise MrctError(str(err).removeprefix(f"{dst}: "), dst_p) from err
+    check_apart(src_p, dst_p)  # first: --overwrite, which "output exists" suggests, cannot help
+    check_outside(src_p, dst_p)
     if occupied(dst_p) and not overwrite:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
-    check_apart(src_p, dst_p)
-    check_outside(src_p, dst_p)
     if fmt is OutputFormat.DICOM:  # before reading a large input (a file where the series goes)
         from mrct.io.dicom_write import SERIES_FILES
 

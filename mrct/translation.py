@@ -190,7 +190,7 @@ def translate_file(
     check_grid_fits(volume, out_fmt, out_path)
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
-    warn_outside_fov(src, result.slabs[0], to)
+    warn_outside_fov(src, result.slabs[0], to, report=report is not None)
     package = translator.package
     derivation = derivation_description(to, package)
     t = time.perf_counter()

@@ -252,6 +252,15 @@ def test_a_zip_or_dicomdir_of_two_series_lists_them_as_a_folder_does(tmp_path: P
     assert "empty.zip: file is empty" in run_mrct("info", tmp_path / "empty.zip").stderr
 
 
+def test_convert_over_its_own_input_says_so_before_asking_for_overwrite(tmp_path: Path) -> None:
+    """``mrct convert series series/`` said "output exists; pass --overwrite", and with it, that the
+    output would replace the input: the second answer comes first now."""
+    src = tmp_path / "dcm"
+    assert run_mrct("convert", write_volume(phantom(), tmp_path / "in.nii.gz"), f"{src}/").returncode == 0
+    result = run_mrct("convert", src, f"{src}/")
+    assert result.returncode == 4 and "output would replace the input" in result.stderr, result.stderr
+
+
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     src = write_volume(phantom(), tmp_path / "in.nii.gz")
     out = tmp_path / "out.nrrd"

@@ -240,7 +240,10 @@ def test_a_slab_partly_outside_the_scan_is_warned_about_and_reported(
     result = _translate(*args, "--crop-mm", levels, "--report", str(report))
     assert result.exit_code == 0, result.output
     assert "12.0 mm of the brow-to-jaw slab lies outside the scan" in result.stderr
+    assert "(see outside_fov_mm in the report)" in result.stderr
     assert json.loads(report.read_text())["slabs"][0]["outside_fov_mm"] == 12.0
+    unreported = _translate(*args, "--crop-mm", levels, "--overwrite")  # no report to point to
+    assert "lies outside the scan" in unreported.stderr and "report" not in unreported.stderr
     inside = _translate(*args, *CROP, "--overwrite")
     assert inside.exit_code == 0 and "outside the scan" not in inside.stderr
 
