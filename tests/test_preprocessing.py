@@ -214,3 +214,37 @@ def _shift(voxels: float) -> np.ndarray:
     out = np.eye(4)
     out[:3, 3] = voxels
     return out
+
+
+@pytest.mark.parametrize("modality", [Modality.MR, Modality.CT])
+def test_the_model_grid_mask_keeps_a_thin_scalp_and_leaves_a_head_rest_out(modality: Modality) -> None:
+    """From a hunt: the mask, drawn on a 4 mm grid after an opening, set the thin bright MR scalp
+    outside the dark skull to background (up to 16 mm deep on real IXI heads, whose synthetic CT
+    then lacked the occipital scalp and skull), and CT ears. The model grid's own mask keeps them,
+    and still leaves out a head rest a few mm below the head."""
+    spacing = 1.0
+    shape = (180, 220, 120)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2 * spacing
+    x, y, z = (np.indices(shape).reshape(3, -1).T * spacing + affine[:3, 3]).T.reshape(3, *shape)
+    r = np.sqrt((x / 70) ** 2 + (y / 90) ** 2 + (z / 100) ** 2)
+    scalp = (r > 1.07) & (r <= 1.11)  # 3-4 mm thick, 5-7 mm outside the brain
+    rest = (np.abs(x + 85) <= 1.0) & (np.abs(y) <= 40)  # a 2 mm plate 4-5 mm below the scalp (R-L)
+    if modality is Modality.MR:  # bright brain and scalp, dark skull and air; a rest MR cannot see
+        array = np.where(r <= 1.0, 400.0, 5.0) + np.where(scalp, 500.0, 0.0)
+    else:  # skull and scalp one dense body; a plastic rest above the body threshold
+        array = np.where(r <= 1.0, 40.0, -1000.0) + np.where((r > 1.0) & (r <= 1.11), 1800.0, 0.0)
+        array = np.where(rest, 200.0, array)
+    config = PreprocessConfig(grid=GridConfig(depth=12, height=224, width=224, inplane_mm=1.0))
+    out = preprocess(
+        Volume(array.astype(np.float32), affine, modality), config, CropRequest.millimetres(40, -40)
+    )
+    grid = out.record.grid_affine_array
+    points = np.indices(out.mask.shape).reshape(3, -1).T @ grid[:3, :3].T + grid[:3, 3]
+    gx, gy, gz = points.T.reshape(3, *out.mask.shape)
+    gr = np.sqrt((gx / 70) ** 2 + (gy / 90) ** 2 + (gz / 100) ** 2)
+    rim = (gr > 1.075) & (gr <= 1.105)  # the scalp's middle, away from its blurred edges
+    assert out.mask[rim].mean() > 0.99, out.mask[rim].mean()
+    assert not out.mask[gr > 1.2].any()  # nor a 4 mm stair step of air beyond it
+    if modality is Modality.CT:
+        assert not out.mask[(np.abs(gx + 85) <= 1.0) & (np.abs(gy) <= 40)].any()

@@ -26,7 +26,7 @@ from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
 from mrct.preprocessing.grid import in_slab, model_grid_affine, resample, resample_from_grid, world_extent
 from mrct.preprocessing.intensity import IntensityMap, ct_map, mr_map
 from mrct.preprocessing.localise import Localiser, check_slab_in_scan
-from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, working_image
+from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, mask_on_grid, working_image
 from mrct.preprocessing.record import PreprocessRecord, _matrix
 from mrct.volume import Modality, Volume
 
@@ -153,8 +153,9 @@ class ResampleToGridd(MapTransform):
         d["grid_image"] = resample(
             array, affine, target, self.grid.shape, fill=fill, anti_alias=self.anti_alias
         )
-        mask = resample(work.mask.astype(np.float32), work.affine, target, self.grid.shape)
-        d["grid_mask"] = mask > 0.5
+        coarse = resample(work.mask.astype(np.float32), work.affine, target, self.grid.shape) > 0.5
+        spacing = np.linalg.norm(np.asarray(target, dtype=np.float64)[:3, :3], axis=0)
+        d["grid_mask"] = mask_on_grid(d["grid_image"], coarse, work.threshold, spacing, work.modality)
         return d
 
 
