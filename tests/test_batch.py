@@ -227,6 +227,20 @@ def test_a_replaced_input_is_translated_again(tmp_path: Path, model: Path) -> No
     assert "nothing left to do" in _batch(src, out, model).stdout
 
 
+def test_a_new_series_failing_from_its_headers_is_not_nothing_left_to_do(tmp_path: Path, model: Path) -> None:
+    """From a walkthrough: a series added with a slice cut short fails from its headers alone (never
+    read), and the re-run said "nothing left to do: 1 done (1 by an earlier run), 0 skipped, 1 failed"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a.nii.gz", "mr", seed=1)
+    assert _batch(src, out, model).exit_code == 0
+    write_series(src / "b", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    cut = sorted((src / "b").iterdir())[5]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    again = _batch(src, out, model)
+    assert again.exit_code == 1 and "1 failed" in again.stdout, again.output
+    assert not again.stdout.startswith("nothing left to do"), again.stdout
+
+
 def test_a_stale_done_row_of_another_run_does_not_undo_a_later_skip(tmp_path: Path, model: Path) -> None:
     """From review: a shard translated an MR; it was replaced by a CT, which a whole run skipped;
     every later whole run took the shard's old done row over its own newer skip and read it again."""
