@@ -186,6 +186,15 @@ def test_mr_integers_past_int16_are_stored_exactly(tmp_path: Path, dtype: type) 
         np.testing.assert_array_equal(np.sort(data, axis=None), np.sort(values, axis=None))
 
 
+def test_integers_too_large_for_an_exact_intercept_take_a_slope() -> None:
+    """From review: an intercept past about 1e13 does not fit a 16-character DS exactly, and the
+    file would have said "exact" while every voxel was thousands off."""
+    values = np.array([10**15 + 12345, 10**15 + 13345, 10**15 + 77880], np.int64).reshape(1, 1, 3)
+    stored, slope, intercept = dicom_write._quantize(values, Modality.MR)
+    assert intercept == 0.0 and slope > 1.0  # the slope path: within half a step, as documented
+    np.testing.assert_allclose(stored * slope + intercept, values, rtol=0, atol=slope / 2 + 1)
+
+
 def test_source_identity_copied(tmp_path: Path) -> None:
     source = _source(n_sop=3)
     paths = write_dicom_series(

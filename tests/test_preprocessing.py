@@ -248,3 +248,17 @@ def test_the_model_grid_mask_keeps_a_thin_scalp_and_leaves_a_head_rest_out(modal
     assert not out.mask[gr > 1.2].any()  # nor a 4 mm stair step of air beyond it
     if modality is Modality.CT:
         assert not out.mask[(np.abs(gx + 85) <= 1.0) & (np.abs(gy) <= 40)].any()
+
+
+def test_the_model_grid_mask_keeps_every_part_of_the_coarse_mask() -> None:
+    """From review: only the body holding most of the coarse mask was kept, so a part that fell
+    apart on the model grid (a tile's edge cutting a chin off the neck) became background."""
+    from mrct.preprocessing.mask import mask_on_grid
+
+    image = np.zeros((10, 64, 64), np.float32)
+    coarse = np.zeros(image.shape, bool)
+    for box in ((slice(None), slice(10, 30), slice(10, 30)), (slice(None), slice(40, 50), slice(40, 50))):
+        image[box], coarse[box] = 100.0, True
+    mask = mask_on_grid(image, coarse, 50.0, (4.0, 1.0, 1.0), Modality.MR)
+    assert not (coarse & ~mask).any()
+    assert not mask_on_grid(image, np.zeros_like(coarse), 50.0, (4.0, 1.0, 1.0), Modality.MR).any()

@@ -214,6 +214,8 @@ def _shifted_integers(values: npt.NDArray) -> tuple[npt.NDArray[np.int16], float
     if hi - lo > float(_INT16.max) - float(_INT16.min) or abs(lo) >= 2**52:
         return None
     intercept = int(lo) - int(_INT16.min)
+    if float(_ds(intercept)) != intercept:  # a DS holds 16 characters: past about 1e13, not exactly
+        return None
     stored = (values.astype(np.int64) - intercept).astype(np.int16)
     return stored, 1.0, float(intercept)
 

@@ -203,7 +203,9 @@ def mask_on_grid(
     iterations = 2 if modality is Modality.CT else 1
     body = ndi.binary_opening(np.asarray(image) > threshold, structure=in_plane, iterations=iterations)
     labels, _ = ndi.label((body & near) | coarse)
-    mask = labels == np.bincount(labels[coarse]).argmax()  # the body holding the coarse mask
+    # Every body holding part of the coarse mask (resampled, it may fall apart: a tile's edge
+    # can cut a chin off the neck), so that nothing the coarse mask held is lost.
+    mask = np.isin(labels, np.unique(labels[coarse]))
     mask = ndi.binary_fill_holes(mask)
     for z in range(mask.shape[0]):
         mask[z] = ndi.binary_fill_holes(mask[z])
