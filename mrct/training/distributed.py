@@ -76,7 +76,8 @@ class DistContext:
         return [v > 0 for v in self.max_each(*(int(f) for f in flags))]
 
     def max_each(self, *values: int) -> list[int]:
-        """For each value, its largest over the processes: one all-reduce for them all."""
+        """For each value, its largest over the processes: one all-reduce for them all. For small
+        integers (flags, signal numbers): they travel as float32, exact up to 2**24."""
         if not self.enabled:
             return list(values)
         import torch
