@@ -262,3 +262,20 @@ def test_the_model_grid_mask_keeps_every_part_of_the_coarse_mask() -> None:
     mask = mask_on_grid(image, coarse, 50.0, (4.0, 1.0, 1.0), Modality.MR)
     assert not (coarse & ~mask).any()
     assert not mask_on_grid(image, np.zeros_like(coarse), 50.0, (4.0, 1.0, 1.0), Modality.MR).any()
+
+
+def test_a_ct_head_rest_touching_the_head_stays_out_of_the_grid_mask() -> None:
+    """From a hunt: with a 2-voxel opening, a 7 mm plate (+200 HU) touching the occiput joined the
+    CT head mask on the model grid for 12 mm, and the synthetic MR drew it as tissue; the coarse
+    mask's opening had left it out."""
+    from mrct.preprocessing.mask import mask_on_grid
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    head = (yy - 64) ** 2 + (xx - 64) ** 2 <= 40**2
+    plate = (yy >= 105) & (yy < 112) & (np.abs(xx - 64) <= 40)  # touches the head at row 104
+    image = np.where(head, 40.0, -1000.0) + np.where(plate & ~head, 1200.0, 0.0)
+    image = np.repeat(image[None], 6, axis=0).astype(np.float32)
+    coarse = np.repeat(head[None], 6, axis=0)
+    mask = mask_on_grid(image, coarse, -500.0, (4.0, 1.0, 1.0), Modality.CT)
+    assert not mask[:, 108:112].any()  # at most a fillet where it touches
+    assert (mask & ~coarse).sum() < 0.02 * coarse.sum()

@@ -192,15 +192,16 @@ def mask_on_grid(
     in scanner units; ``spacing`` its voxel size in mm.
 
     The opening is in-plane (slices are 3-5 mm apart): one voxel for MR, whose scalp is a rim a
-    few mm thick and whose padding is dark; two for CT, whose scalp and skull are one thick body
-    and whose head rest, a thin bright line a few mm off the head, it detaches.
+    few mm thick and whose padding is dark; four for CT, whose scalp and skull are one thick body,
+    so that a head rest or holder up to about 8 mm thick touching the head is detached, as the
+    coarse mask's opening detaches it (with two, a 7 mm plate at the occiput joined the head).
     """
     if not coarse.any():
         return coarse
     near = ndi.distance_transform_edt(~coarse, sampling=spacing) <= GRID_REACH_MM
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)
-    iterations = 2 if modality is Modality.CT else 1
+    iterations = 4 if modality is Modality.CT else 1
     body = ndi.binary_opening(np.asarray(image) > threshold, structure=in_plane, iterations=iterations)
     labels, _ = ndi.label((body & near) | coarse)
     # Every body holding part of the coarse mask (resampled, it may fall apart: a tile's edge
