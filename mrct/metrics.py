@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mrct.preprocessing.grid import in_slab
-from mrct.preprocessing.mask import CT_BODY_HU, axial_axis, head_mask, otsu_threshold
+from mrct.preprocessing.mask import CT_BODY_HU, axial_axis, head_mask, mr_body_threshold, otsu_threshold
 from mrct.volume import Volume
 
 BONE_HU = 300.0
@@ -49,10 +49,10 @@ def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
 
 
 def mr_head_mask(mr: Volume) -> npt.NDArray[np.bool_]:
-    """The MR head on its own grid: above half of Otsu's threshold, largest body, holes filled
-    (the rule preprocessing uses on its 4 mm working grid)."""
+    """The MR head on its own grid: above halfway from the floor to Otsu's threshold, largest
+    body, holes filled (the rule preprocessing uses on its 4 mm working grid)."""
     array = np.asarray(mr.array, dtype=np.float32)
-    return head_mask(array, 0.5 * otsu_threshold(array), axial_axis(mr.affine))
+    return head_mask(array, mr_body_threshold(array), axial_axis(mr.affine))
 
 
 def ct_head_mask(ct: Volume) -> npt.NDArray[np.bool_]:
@@ -122,6 +122,7 @@ def synthetic_mr_checks(ct: Volume, smr: Volume, superior_mm: float, inferior_mm
     head = ct_head_mask(ct) & slab
     values = np.asarray(smr.array, dtype=np.float32)
     inside = values[slab]
+    # The synthetic MR's scale is mrct's own, its air at 0 (MR_OUTPUT_RANGE): half of Otsu's.
     threshold = 0.5 * otsu_threshold(inside) if inside.size else 0.0
     synthetic_head = head_mask(values, threshold, axial_axis(smr.affine)) & slab
     background = slab & ~head

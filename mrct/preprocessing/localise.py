@@ -33,6 +33,7 @@ from mrct.preprocessing.chin import chin_edge_s
 from mrct.preprocessing.crop import OVERRIDES_HINT, SlabBounds
 from mrct.preprocessing.grid import world_extent
 from mrct.preprocessing.mask import (
+    MIN_AIR_FRACTION,
     MIN_HEAD_ML,
     MIN_INTERIOR_SPREAD,
     MIN_NEIGHBOUR_CORRELATION,
@@ -58,7 +59,8 @@ MIN_CONFIDENCE = 0.3
 # 2026-12-07: the 50 IXI heads -1.0 to -1.6, the DICOM MRs -0.69 and -0.76, the CTs -0.58 (UNC;
 # -0.55 with a head holder and table added) and -0.56 (the GE CT, which ends above the jaw).
 # Objects that are no head but have contrast inside and pass the checks above: a knee CT -0.35,
-# a phantom -0.26, a torso block -0.15, smoothed noise -0.04. The limit lies between the two,
+# a torso block -0.15, smoothed noise -0.04 (tests' ramp phantom: -0.26, and -0.46 since the MR
+# threshold is measured from the floor; the air check now refuses it first). The limit lies between the two,
 # with a margin to the CTs, the least sure (two real ones).
 MAX_FIT_METRIC = -0.40
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
@@ -223,6 +225,12 @@ class Localiser:
             raise CropError(
                 f"the scan looks like noise (neighbouring voxels correlate {alike:.2f}; heads are "
                 f"above 0.7): no head to find. {OVERRIDES_HINT}"
+            )
+        if work.modality is Modality.MR and (air := work.air_fraction()) < MIN_AIR_FRACTION:
+            # Without air the MR threshold, measured from the floor, cuts the object anywhere.
+            raise CropError(
+                f"the object fills the scan with no air around it ({100 * air:.1f} % of the field of "
+                f"view is dark; head MRs are half air or more): not a head? {OVERRIDES_HINT}"
             )
         with one_itk_thread():
             try:
