@@ -232,7 +232,8 @@ def run_batch(
         OutputBusyError: another ``mrct batch`` is writing the same outputs or manifest.
         ModelError: the model cannot be found or fails verification.
         OutputExistsError: ``out_dir`` holds a batch to the other modality, or (without
-            ``overwrite``) one by another model or with the other ``anonymize``.
+            ``overwrite``) one by another model, with the other ``anonymize`` or in another
+            output format.
     """
     src, out = Path(in_dir), Path(out_dir)
     if not src.exists():
@@ -259,6 +260,7 @@ def run_batch(
         header = {"format": "mrct-batch", "version": 1, "mrct_version": __version__, "to": to.value}
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
+        header["output_format"] = fmt.value if fmt else "input"
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
         found = discover(src, exclude=skip)
         manifest.present = {s.id for s in found}

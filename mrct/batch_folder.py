@@ -248,11 +248,17 @@ def same_input(row: dict[str, Any], s: Series) -> bool:
     return row.get("files") in (None, input_files(s)) and row.get("stamp") in (None, input_stamp(s))
 
 
+def _format_option(recorded: object) -> str:
+    return "no --format (each input's own format)" if recorded == "input" else f"--format {recorded}"
+
+
 class Manifest:
     """Rows by series id, rewritten (JSON and CSV, atomically) on every change.
 
     Opening checks that an existing manifest is one this run may continue: the same ``to``
-    always, and unless ``overwrite`` (which redoes everything) the same model and ``anonymize``.
+    always, and unless ``overwrite`` (which redoes everything) the same model, ``anonymize`` and
+    output format (``output_format``: a ``--format`` value, or ``input`` for each input's own;
+    a manifest written before it was recorded matches any).
     """
 
     def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
@@ -298,6 +304,14 @@ class Manifest:
         if bool(old.get("anonymize")) != header["anonymize"]:
             made = "with" if old.get("anonymize") else "without"
             raise OutputExistsError(f"made {made} --anonymize; pass --overwrite or use a new folder", path)
+        if old.get("output_format", header.get("output_format")) != header.get("output_format"):
+            # Outputs of another format have other names: the run would translate everything again
+            # beside them, and a later run in the first format would fail on each of its own files.
+            raise OutputExistsError(
+                f"made with {_format_option(old.get('output_format'))}; use it again, or a new folder "
+                f"(--overwrite translates again and leaves those outputs beside the new ones)",
+                path,
+            )
         self._adopt_others(path, own)
 
     def _adopt_others(self, path: Path, own: list[dict[str, Any]]) -> None:
@@ -316,7 +330,10 @@ class Manifest:
             try:
                 with other.open("rb") as fh:  # the time of the content read, not of a later rewrite
                     written, old = os.fstat(fh.fileno()).st_mtime_ns, parse_json(fh.read())
-                if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
+                fmt = self.header.get("output_format")
+                if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")) or (
+                    old.get("output_format", fmt) != fmt
+                ):
                     continue
                 rows = [
                     r

@@ -195,19 +195,35 @@ def test_sweep_removes_only_mrct_temporaries(tmp_path: Path) -> None:
 
 
 def test_a_folder_is_continued_only_with_the_same_settings(tmp_path: Path) -> None:
-    """Resuming into a folder made with another model or the other --anonymize would mix outputs."""
-    header = {"format": "mrct-batch", "to": "CT", "model": {"checksum": "abc"}, "anonymize": False}
+    """Resuming into a folder made with another model, the other --anonymize or another --format
+    would mix outputs (from a hunt: after --format nrrd the NIfTI outputs were left unlisted, and
+    a run without --format again failed on each of them, 'exists; pass --overwrite')."""
+    header = {
+        "format": "mrct-batch",
+        "to": "CT",
+        "model": {"checksum": "abc"},
+        "anonymize": False,
+        "output_format": "input",
+    }
     Manifest(tmp_path / "manifest.json", header, False, tmp_path).write()
     Manifest(tmp_path / "manifest.json", header, False, tmp_path)  # the same: fine
     for change, message in (
         ({"anonymize": True}, "made without --anonymize"),
         ({"model": {"checksum": "def"}}, "another model"),
+        ({"output_format": "nrrd"}, r"made with no --format \(each input's own format\); use it again"),
     ):
         with pytest.raises(OutputExistsError, match=message):
             Manifest(tmp_path / "manifest.json", {**header, **change}, False, tmp_path)
         Manifest(tmp_path / "manifest.json", {**header, **change}, True, tmp_path)  # --overwrite redoes all
     with pytest.raises(OutputExistsError, match="--to CT"):
         Manifest(tmp_path / "manifest.json", {**header, "to": "MR"}, True, tmp_path)
+    Manifest(tmp_path / "manifest.json", {**header, "output_format": "nrrd"}, True, tmp_path).write()
+    with pytest.raises(OutputExistsError, match="made with --format nrrd"):
+        Manifest(tmp_path / "manifest.json", {**header, "output_format": "nifti"}, False, tmp_path)
+    # A manifest written before the format was recorded matches any.
+    legacy = {k: v for k, v in header.items() if k != "output_format"}
+    Manifest(tmp_path / "manifest.json", legacy, True, tmp_path).write()
+    Manifest(tmp_path / "manifest.json", {**header, "output_format": "dicom"}, False, tmp_path)
 
 
 def test_manifests_of_other_runs_merge_by_time_and_damage_is_skipped(tmp_path: Path) -> None:
