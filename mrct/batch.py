@@ -63,12 +63,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchSummary:
     """The manifest's path and rows; ``earlier`` series were done by a previous run, ``attempted``
-    series were read (and translated, unless skipped or failed) by this one."""
+    series were read (and translated, unless skipped or failed) by this one; ``resumed`` when the
+    folder held rows of an earlier run."""
 
     manifest: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     earlier: int = 0
     attempted: int = 0
+    resumed: bool = False
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
@@ -283,7 +285,8 @@ def run_batch(
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM unwinding (mrct.cli)
             manifest.interrupted([s for s, _ in todo])
             raise
-    return BatchSummary(manifest.path, list(manifest.rows.values()), earlier, len(todo))
+    resumed = bool(manifest.own or manifest.previous)
+    return BatchSummary(manifest.path, list(manifest.rows.values()), earlier, len(todo), resumed)
 
 
 def _translate(

@@ -263,9 +263,12 @@ class Manifest:
 
     def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
         self.path, self.header = path, header
-        # Messages name files relative to IN_DIR: its path is cut where a path starts (not inside
-        # another path that merely ends the same way, such as "main/" for an IN_DIR "in").
-        self.root = re.compile(r"(?<![^\s'\"(=])" + re.escape(f"{root}{os.sep}"))
+        # Messages name inputs relative to IN_DIR and outputs relative to OUT_DIR (as the output
+        # column does), whatever the folder a run was started from: their paths are cut where a
+        # path starts (not inside another path that merely ends the same way, such as "main/"
+        # for an IN_DIR "in"). The longer first: OUT_DIR may lie inside IN_DIR.
+        roots = sorted({f"{root}{os.sep}", f"{path.parent}{os.sep}"}, key=len, reverse=True)
+        self.root = re.compile(r"(?<![^\s'\"(=])(?:" + "|".join(map(re.escape, roots)) + ")")
         self.rows: dict[str, dict[str, Any]] = {}
         self.stamps: dict[str, str] = {}  # taken when a series is first planned, before it is read
         self.previous: dict[str, dict[str, Any]] = {}

@@ -106,8 +106,9 @@ def batch(
     except Exception as err:
         fail(err)
     done, skipped, failed = (result.count(s) for s in ("done", "skipped", "failed"))
-    # A failure found from the headers alone (a slice cut short) is not attempted, but is not done.
-    lead = "nothing left to do: " if not result.attempted and not failed else ""
+    # A failure found from the headers alone (a slice cut short) is not attempted, but is not done;
+    # a first run that skipped every series by its header (a folder of CTs) was not a re-run.
+    lead = "nothing left to do: " if result.resumed and not result.attempted and not failed else ""
     earlier = f" ({result.earlier} by an earlier run)" if result.earlier else ""
     typer.echo(f"{lead}{done} done{earlier}, {skipped} skipped, {failed} failed; manifest {result.manifest}")
     if failed:

@@ -241,6 +241,16 @@ def test_a_new_series_failing_from_its_headers_is_not_nothing_left_to_do(tmp_pat
     assert not again.stdout.startswith("nothing left to do"), again.stdout
 
 
+def test_a_first_run_that_only_skips_is_not_nothing_left_to_do(tmp_path: Path, model: Path) -> None:
+    """From a hunt: a first run over a folder holding only a DICOM CT (skipped by its header) said
+    "nothing left to do: 0 done, 1 skipped"; only a re-run has nothing left."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_series(src / "ct", modality="CT", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    first = _batch(src, out, model)
+    assert first.exit_code == 0 and first.stdout.startswith("0 done, 1 skipped, 0 failed"), first.output
+    assert _batch(src, out, model).stdout.startswith("nothing left to do: 0 done, 1 skipped")
+
+
 def test_a_stale_done_row_of_another_run_does_not_undo_a_later_skip(tmp_path: Path, model: Path) -> None:
     """From review: a shard translated an MR; it was replaced by a CT, which a whole run skipped;
     every later whole run took the shard's old done row over its own newer skip and read it again."""

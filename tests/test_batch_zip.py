@@ -425,6 +425,9 @@ def test_a_failed_row_keeps_only_an_output_of_its_own(tmp_path: Path, model: Pat
         os.utime(f)  # touched: to be translated again
     assert runner.invoke(app, _args(src, out, model)).exit_code == 1
     assert _rows(out)[t1["id"]]["status"] == "failed" and _rows(out)[t1["id"]]["output"] == t1["output"]
+    # From a hunt: the message named the output with OUT_DIR as typed (so the same tree gave other
+    # text from another folder); it names it relative to OUT_DIR, as the output column does.
+    assert _rows(out)[t1["id"]]["message"].startswith(f"{t1['output']}: is a folder holding 'notes.txt'")
     (out / t1["output"] / "notes.txt").unlink()
     assert runner.invoke(app, _args(src, out, model)).exit_code == 0
     assert _rows(out)[t1["id"]]["status"] == "done"
