@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from scipy.ndimage import map_coordinates
 
 from mrct.errors import WriteError
@@ -341,6 +342,12 @@ def slab_qc_image(
     return np.concatenate([top, _text_strip(lines, top.shape[1], _font(top.shape[0]))], axis=0)
 
 
+def with_caption(image: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
+    """``image`` (RGB) above a line of ``text`` (wrapped to its width)."""
+    strip = _text_strip([(text, TEXT_RGB)], image.shape[1], _font(image.shape[0]))
+    return np.concatenate([image, strip], axis=0)
+
+
 def _text_strip(
     lines: list[tuple[str, tuple[int, int, int]]],
     width: int,
@@ -367,10 +374,16 @@ def _text_strip(
 
 
 def write_png(
-    image: npt.NDArray[np.uint8], path: str | Path, *, overwrite: bool = False, source: str | Path = ""
+    image: npt.NDArray[np.uint8],
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    source: str | Path = "",
+    description: str = "",
 ) -> Path:
     """Write a greyscale (rows, cols) or RGB (rows, cols, 3) uint8 image as PNG, atomically.
     ``source``: the scan it shows, never removed as a leftover (:func:`mrct.io.atomic.atomic_file`).
+    ``description``: a PNG ``Description`` text chunk (what a synthetic image says of itself).
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -382,7 +395,10 @@ def write_png(
     path = Path(path)
     with atomic_file(path, overwrite=overwrite, keep=[source]) as tmp:
         try:
-            Image.fromarray(a).save(tmp, format="PNG")
+            info = PngInfo()
+            if description:
+                info.add_itxt("Description", description)  # iTXt: UTF-8 (the label's dash)
+            Image.fromarray(a).save(tmp, format="PNG", pnginfo=info)
         except OSError as err:
             raise WriteError(f"cannot write PNG: {err.strerror or err}", path) from err
     return path

@@ -167,10 +167,10 @@ def translate_file(
             raise MrctError(f"{option} names the same file as {other}; give each output its own name", given)
         check_apart(src, given)
         check_outside(src, given, option)
+        if option != "-o" and given.is_dir():  # first: --overwrite would not help
+            raise OutputExistsError(f"is a folder; {option} needs a file name", given)
         if occupied(given) and not overwrite:
             raise OutputExistsError("output exists; pass --overwrite to replace it", given)
-        if option != "-o" and given.is_dir():
-            raise OutputExistsError(f"is a folder; {option} needs a file name", given)
         check_writable(given)  # before the slow part, so a failure leaves no output
     if out_fmt is OutputFormat.DICOM:
         from mrct.io.dicom_write import SERIES_FILES
@@ -294,4 +294,9 @@ def write_preview(
     pad = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0))) for a in (top, bottom)]
     gap = np.full((4, width, 3), 64, dtype=np.uint8)
     picture = np.concatenate([pad[0], gap, pad[1]], axis=0)
-    return qc.write_png(picture, path, overwrite=overwrite, source=source.source.path)
+    # Labelled as synthetic, as every image mrct writes is: a panel cut out of it still says so
+    # in the file's Description, and the whole picture says which row is which.
+    label = series_description(translated.modality)
+    # Pillow's default font lacks the label's en dash.
+    picture = qc.with_caption(picture, f"top: the scan; bottom: {label.replace('–', '-')}")
+    return qc.write_png(picture, path, overwrite=overwrite, source=source.source.path, description=label)

@@ -259,6 +259,26 @@ def test_an_empty_zip_says_so(tmp_path: Path) -> None:
         read_volume(path)
 
 
+def test_a_zip_of_a_nifti_says_to_unzip_it(tmp_path: Path) -> None:
+    """From a hunt: it said "no DICOM image files found in folder" of a zip holding a NIfTI."""
+    import zipfile
+
+    nifti = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), nifti)
+    path = tmp_path / "scan.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(nifti, "sub/one.nii.gz")
+        zf.writestr("sub/readme.txt", "not an image")
+    with pytest.raises(
+        ReadError, match=r"scan\.zip: the zip holds no DICOM series but a scan file \(sub/one"
+    ):
+        read_volume(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "not an image")
+    with pytest.raises(ReadError, match=r"scan\.zip: no DICOM image files in the zip$"):
+        read_volume(path)
+
+
 def test_ct_values_beyond_int16_are_clipped_with_a_warning_naming_the_output(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

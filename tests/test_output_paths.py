@@ -164,3 +164,23 @@ def test_a_dash_for_standard_output_is_refused_not_written_as_a_file_named_dash(
     assert result.exit_code == 2, result.output
     assert "'-' (standard output) is not supported" in result.output
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--report", "--preview"])
+def test_a_folder_named_as_report_or_preview_is_refused_as_a_folder_first(
+    tmp_path: Path, option: str
+) -> None:
+    """From a hunt: a folder given to --report said "output exists; pass --overwrite", and with
+    --overwrite then "is a folder": the first advice could never work."""
+    from tests.model_fixtures import write_tiny_model
+    from tests.test_prepare import write_head
+
+    src = write_head(tmp_path / "mr.nii.gz", "mr", seed=3)
+    tiny = write_tiny_model(tmp_path / "tiny")
+    folder = tmp_path / ("r" if option == "--report" else "p.png")
+    folder.mkdir()
+    args = ["translate", str(src), "--to", "ct", "--model", str(tiny), "-o", str(tmp_path / "ct.nii.gz")]
+    result = runner.invoke(app, [*args, option, str(folder)])
+    assert result.exit_code == 4, result.output
+    assert result.output.splitlines() == [f"error: {folder}: is a folder; {option} needs a file name"]
+    assert not (tmp_path / "ct.nii.gz").exists()

@@ -221,7 +221,13 @@ def test_report_and_preview(tmp_path: Path, heads: Path, tiny_model: Path) -> No
     assert content["output"]["format"] == "nrrd" and (tmp_path / "o.nrrd").is_file()
     from PIL import Image
 
-    assert Image.open(preview).size[0] > 100
+    picture = Image.open(preview)
+    assert picture.size[0] > 100
+    # From a hunt: the preview said nowhere which row was synthetic; a panel cut from it looked
+    # like a real CT. The file says so in its Description, and a caption names the rows.
+    assert picture.info["Description"] == "mrct synthetic CT – not for diagnosis"
+    caption = np.asarray(picture.convert("L"))[-12:]
+    assert caption.max() > 128  # text below the two rows of planes
 
 
 def test_a_slab_partly_outside_the_scan_is_warned_about_and_reported(

@@ -64,6 +64,25 @@ class _Frame:
     frame_index: int | None  # None for single-frame files
 
 
+def _series_in_zip(folder: Path, path: Path) -> list[Any]:
+    """The DICOM series of an unpacked zip; a zip of a NIfTI (or other scan file) says so: it
+    said "no DICOM image files found in folder" of a zip."""
+    try:
+        return find_series(media_folder(folder), path)
+    except ReadError:
+        from mrct.io.discover import SCAN_SUFFIXES
+
+        scans = sorted(
+            str(f.relative_to(folder)) for f in folder.rglob("*") if f.name.lower().endswith(SCAN_SUFFIXES)
+        )
+        if not scans:
+            raise ReadError("no DICOM image files in the zip", path) from None
+        raise ReadError(
+            f"the zip holds no DICOM series but a scan file ({scans[0]}); unzip it and give mrct that file",
+            path,
+        ) from None
+
+
 def read_dicom(
     path: Path,
     *,
@@ -74,7 +93,7 @@ def read_dicom(
     """Read a series folder, an enhanced multi-frame file, or a zip of either."""
     if is_zip(path):
         with unzipped(path) as folder:
-            chosen = select_series(find_series(media_folder(folder), path), series, folder)
+            chosen = select_series(_series_in_zip(folder, path), series, folder)
             # Warnings and errors name the series as "the.zip/its/folder", not the temporary copy.
             member = Path(os.path.commonpath(chosen.files)).relative_to(folder)
             vol = read_series_files(chosen, path / member if member.parts else path, modality, allow_gaps)
