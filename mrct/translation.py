@@ -31,7 +31,7 @@ from mrct.io.atomic import (
     occupied,
 )
 from mrct.io.discover import fit_name, scan_stem
-from mrct.labels import derivation_description, series_description
+from mrct.labels import NOT_FOR_DIAGNOSIS, derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
 
@@ -296,7 +296,8 @@ def write_preview(
     picture = np.concatenate([pad[0], gap, pad[1]], axis=0)
     # Labelled as synthetic, as every image mrct writes is: a panel cut out of it still says so
     # in the file's Description, and the whole picture says which row is which.
-    label = series_description(translated.modality)
+    modality = translated.modality
+    label = series_description(modality) if modality else f"mrct synthetic image – {NOT_FOR_DIAGNOSIS}"
     # Pillow's default font lacks the label's en dash.
     picture = qc.with_caption(picture, f"top: the scan; bottom: {label.replace('–', '-')}")
     return qc.write_png(picture, path, overwrite=overwrite, source=source.source.path, description=label)

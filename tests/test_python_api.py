@@ -148,8 +148,11 @@ def test_translate_warns_of_a_slab_outside_the_scan(
 def test_translate_reads_one_series_of_a_folder(tmp_path: Path, tiny: Path) -> None:
     from tests.dicom_factory import write_series
 
-    write_series(tmp_path / "study" / "a", modality="MR", shape=(48, 48, 40), slice_spacing=4.0)
-    write_series(tmp_path / "study" / "b", modality="MR", shape=(44, 48, 36), slice_spacing=4.0)
+    # Head-sized: at the default 1 mm pixels the field of view (0.37 L) was smaller than a head,
+    # and passed the head-volume check only while the MR threshold took in all of it.
+    big = {"slice_spacing": 4.0, "pixel_spacing": (4.0, 4.0)}
+    write_series(tmp_path / "study" / "a", modality="MR", shape=(48, 48, 40), **big)
+    write_series(tmp_path / "study" / "b", modality="MR", shape=(44, 48, 36), **big)
     uids = [s.uid for s in api.info(tmp_path / "study").series]
     with pytest.raises(MrctError, match="--series"):
         mrct.translate(tmp_path / "study", model=tiny, crop_mm="20,-20")
