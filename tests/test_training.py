@@ -269,11 +269,37 @@ def test_resume_refuses_another_prepared_set(tmp_path: Path, prepared: Path) -> 
     run = tmp_path / "run"
     train_run(config, prepared, run, progress=False, until=3)
     record = json.loads((run / "data.json").read_text())
-    (run / "data.json").write_text(json.dumps({**record, "manifest_sha256": "0" * 64}))
+    (run / "data.json").write_text(json.dumps({**record, "content_sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="started on another prepared set"):
+        train_run(config, prepared, run, resume=True, progress=False)
+    # A run from before content_sha256 was recorded compares the manifest's bytes.
+    legacy = {k: v for k, v in record.items() if k != "content_sha256"}
+    (run / "data.json").write_text(json.dumps({**legacy, "manifest_sha256": "0" * 64}))
     with pytest.raises(ConfigError, match="started on another prepared set"):
         train_run(config, prepared, run, resume=True, progress=False)
     (run / "data.json").write_text(json.dumps(record))
     assert train_run(config, prepared, run, resume=True, progress=False).iteration == 6
+
+
+def test_resume_survives_a_prepare_rerun_that_adds_nothing(tmp_path: Path, prepared: Path) -> None:
+    """From a hunt: re-running mrct prepare with nothing new rewrites its manifest (its time, its
+    settled split), and every run on the set was refused as 'started on another prepared set'."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    config = tiny()
+    train_run(config, data, tmp_path / "run", progress=False, until=3)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest.update(updated="2030-01-01T00:00:00Z", settled_split=manifest["split"])
+    for entry in manifest["scans"]:
+        entry["source"] = f"/elsewhere/{entry['id']}"  # the sources moved, the same scans
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert train_run(config, data, tmp_path / "run", resume=True, progress=False).iteration == 6
+    manifest["scans"][0]["source_checksum"] = "0" * 64  # another scan under the same id
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="started on another prepared set"):
+        train_run(config, data, tmp_path / "run", resume=True, progress=False)
 
 
 def test_resume_survives_a_lost_pointer_a_deleted_checkpoint_and_a_torn_log(

@@ -9,6 +9,7 @@ batches the uninterrupted run would have seen, with no sampler state to save.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class PreparedSet:
     scans: dict[str, tuple[PreparedScan, ...]]
     preprocessing: dict[str, Any]
     manifest_sha256: str
+    # What training reads of the set: its config and the entries of the split's scans, without
+    # where their sources lay. A prepare re-run that adds nothing rewrites the manifest (its
+    # times, its settled split) but not this, so a run started on the set still resumes.
+    content_sha256: str = ""
 
     @classmethod
     def open(cls, root: str | Path, split: str = "train", check_arrays: bool = True) -> PreparedSet:
@@ -75,12 +80,14 @@ class PreparedSet:
             )
         grid = manifest["config"]["grid"]
         scans: dict[str, tuple[PreparedScan, ...]] = {}
+        used: list[dict[str, Any]] = []
         for domain in DOMAINS:
             found = []
             for scan_id in split_ids[domain]:
                 entry = entries.get((domain, scan_id))
                 if entry is None:
                     continue
+                used.append({k: v for k, v in entry.items() if k not in ("source", "error")})
                 crop = entry["crop"]
                 depth_mm = (crop["superior_mm"] - crop["inferior_mm"]) / grid["depth"]
                 spacing = (float(depth_mm), float(grid["inplane_mm"]), float(grid["inplane_mm"]))
@@ -91,7 +98,9 @@ class PreparedSet:
             if not found:
                 raise ReadError(f"no prepared {domain.upper()} scan in the {split} split", path)
             scans[domain] = tuple(found)
-        return cls(root, scans, manifest["config"], hashlib.sha256(raw).hexdigest())
+        content = json.dumps({"config": manifest["config"], "scans": used}, sort_keys=True).encode()
+        digests = hashlib.sha256(raw).hexdigest(), hashlib.sha256(content).hexdigest()
+        return cls(root, scans, manifest["config"], *digests)
 
     def check_preprocessing(self, config: Any) -> None:
         """Refuse a training config whose preprocessing differs from the set's."""
@@ -107,6 +116,7 @@ class PreparedSet:
         return {
             "prepared_set": str(self.root.absolute()),  # "." would export as an empty name
             "manifest_sha256": self.manifest_sha256,
+            "content_sha256": self.content_sha256,
             "train_scans": {d: len(s) for d, s in self.scans.items()},
         }
 

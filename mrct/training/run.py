@@ -98,11 +98,14 @@ def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
     path = run_dir / "data.json"
     if not path.is_file():
         return  # a run from before data.json was kept: nothing to compare
-    started = checkpoint.read_record(path).get("manifest_sha256")
-    if started and started != data.manifest_sha256:
+    record = checkpoint.read_record(path)
+    # Runs started before content_sha256 was recorded compare the manifest's bytes.
+    key = "content_sha256" if record.get("content_sha256") else "manifest_sha256"
+    started, now = record.get(key), getattr(data, key)
+    if started and started != now:
         raise ConfigError(
-            f"this run was started on another prepared set (manifest sha256 {str(started)[:12]}…, "
-            f"{data.root} has {data.manifest_sha256[:12]}…); resume it on that set, or start a new run",
+            f"this run was started on another prepared set ({key.replace('_', ' ')} {str(started)[:12]}…, "
+            f"{data.root} has {now[:12]}…); resume it on that set, or start a new run",
             run_dir,
         )
 
