@@ -797,3 +797,26 @@ def test_a_prepared_array_damaged_mid_run_is_a_read_error_naming_it(
     monkeypatch.setattr(UnpairedBatches, "__getitem__", fail_at_two)  # forked workers inherit it
     with pytest.raises(ReadError, match=r"^x.npy: prepared array unreadable \(gone\)$"):
         train_run(tiny(data={"workers": 1}), prepared, tmp_path / "run", progress=False)
+
+
+def test_a_run_folder_in_use_is_refused_and_a_damaged_one_named(tmp_path: Path, prepared: Path) -> None:
+    """From a hunt: two mrct train on one folder both ran (36 log lines for 20 iterations; an
+    --overwrite emptied the folder under the running job); a run folder whose config.json was
+    lost failed with exit 70, 'unexpected FileNotFoundError'."""
+    from mrct.batch_folder import folder_lock
+    from mrct.errors import OutputBusyError
+    from mrct.training.run import LOCK_NAME
+
+    config, run = tiny(), tmp_path / "run"
+    train_run(config, prepared, run, progress=False, until=2)
+    with folder_lock(run, LOCK_NAME, "mrct train"):  # a run under way
+        for flags in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(OutputBusyError, match=r"in use by another mrct train \(pid \d+"):
+                train_run(config, prepared, run, progress=False, **flags)  # type: ignore[arg-type]
+    assert train_run(config, prepared, run, resume=True, progress=False, until=3).iteration == 3
+    assert (
+        train_run(config, prepared, run, overwrite=True, progress=False, until=1).iteration == 1
+    )  # lock kept
+    (run / "config.json").unlink()
+    with pytest.raises(ReadError, match=r"holds checkpoints but its config\.json is missing"):
+        train_run(config, prepared, run, resume=True, progress=False)

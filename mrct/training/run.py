@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mrct.batch_folder import folder_lock
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError
+from mrct.errors import ConfigError, OutputExistsError, ReadError, WriteError
 from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
 from mrct.jsontext import parse_json
 from mrct.training import checkpoint
@@ -22,6 +24,7 @@ from mrct.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 RUN_CONTENTS = ("checkpoints", "tensorboard", "previews", "log.jsonl", "config.json", "data.json")
+LOCK_NAME = ".mrct-train.lock"  # kept (empty) when a run ends, as mrct prepare's and batch's
 PREVIEW = re.compile(r"iter_\d{7}\.png")  # what mrct.training.logs writes into previews/
 
 
@@ -55,7 +58,15 @@ def _prepare_run_dir(
     if started and (overwrite or (resume and found is None)):  # both start again from iteration 0
         _check_only_a_run(run_dir)
     if resume and found is not None:
-        saved = parse_json((run_dir / "config.json").read_text(encoding="utf-8"))
+        try:
+            saved = parse_json((run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # deleted or damaged: it was exit 70, "please report"
+            why = "missing" if isinstance(err, FileNotFoundError) else f"unreadable ({err})"
+            raise ReadError(
+                f"holds checkpoints but its config.json is {why}, so the run cannot be checked "
+                "and resumed; start a new run (or --overwrite)",
+                run_dir,
+            ) from None
         _check_same_training(run_dir, saved, to_dict(config))
         _check_same_data(run_dir, data)
         return found
@@ -80,7 +91,8 @@ def _check_only_a_run(run_dir: Path) -> None:
         )
 
     def foreign(name: str, ours: Callable[[str], object]) -> bool:
-        return not (ours(name) or name in OS_LITTER or LEFTOVER.match(name))  # a killed run's temporaries
+        # A killed run's temporaries, and the lock, are the run's too.
+        return not (ours(name) or name in OS_LITTER or LEFTOVER.match(name) or name == LOCK_NAME)
 
     theirs = [e for e in sorted(run_dir.iterdir()) if foreign(e.name, RUN_CONTENTS.__contains__)]
     theirs += [e for e in sorted((run_dir / "previews").glob("*")) if foreign(e.name, PREVIEW.fullmatch)]
@@ -96,8 +108,11 @@ def _check_same_data(run_dir: Path, data: PreparedSet) -> None:
     """A run resumes on the prepared set it started with (its manifest, wherever the set lies
     now): on other scans it is no longer the run its data.json, and so its model card, describe."""
     path = run_dir / "data.json"
-    if not path.is_file():
-        return  # a run from before data.json was kept: nothing to compare
+    if not path.is_file():  # lost, or a run from before data.json was kept
+        log.warning(
+            "%s: no data.json, so whether it resumes on the set it started with is unchecked", run_dir
+        )
+        return
     record = checkpoint.read_record(path)
     # Runs started before content_sha256 was recorded compare the manifest's bytes.
     key = "content_sha256" if record.get("content_sha256") else "manifest_sha256"
@@ -140,22 +155,66 @@ def train_run(
     torch_device = resolve_device(device, dist)
     dist.start(torch_device.type)  # type: ignore[attr-defined]
     try:
-        start_from = _prepare_run_dir(run_dir, config, data, resume, overwrite)
-        # Built first: a patch the networks cannot take is refused before the folder is touched.
-        trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
-        dist.barrier()  # every process has checked the folder before the main one changes it
-        if dist.is_main and start_from is None:
-            _start_new_run(run_dir, config, data)
-        dist.barrier()
-        end = config.optim.iterations if until is None else min(until, config.optim.iterations)
-        if start_from is not None:
-            trainer.restore(start_from)
-            log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)
-        if trainer.iteration >= end:
-            return TrainResult(run_dir, trainer.iteration, start_from)
-        return trainer.train(end, progress=progress)
+        with _run_lock(run_dir, dist.is_main):
+            return _train_locked(
+                config, data, run_dir, resume, overwrite, until, dist, torch_device, progress
+            )
     finally:
         dist.stop()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, main: bool) -> Iterator[None]:
+    """One ``mrct train`` (one torchrun job, through its main process) per run folder: two wrote
+    into one log and checkpoints, and an --overwrite emptied the folder under a running job.
+    A run that fails before writing anything removes the folder again when it made it."""
+    if not main or (run_dir.exists() and not run_dir.is_dir()):
+        yield  # the other processes of the job follow the main one; a file is refused below
+        return
+    check_writable(run_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create the run folder: {err.strerror}", run_dir) from err
+    try:
+        with folder_lock(run_dir, LOCK_NAME, "mrct train"):
+            yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                if os.listdir(run_dir) == [LOCK_NAME]:  # nothing written but the lock
+                    (run_dir / LOCK_NAME).unlink()
+                    run_dir.rmdir()
+        raise
+
+
+def _train_locked(
+    config: TrainConfig,
+    data: PreparedSet,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    until: int | None,
+    dist: DistContext,
+    torch_device: object,
+    progress: bool,
+) -> TrainResult:
+    """:func:`train_run` once its run folder is locked."""
+    start_from = _prepare_run_dir(run_dir, config, data, resume, overwrite)
+    # Built first: a patch the networks cannot take is refused before the folder is touched.
+    trainer = Trainer(config, data, run_dir, torch_device, dist)  # type: ignore[arg-type]
+    dist.barrier()  # every process has checked the folder before the main one changes it
+    if dist.is_main and start_from is None:
+        _start_new_run(run_dir, config, data)
+    dist.barrier()
+    end = config.optim.iterations if until is None else min(until, config.optim.iterations)
+    if start_from is not None:
+        trainer.restore(start_from)
+        log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)
+    if trainer.iteration >= end:
+        return TrainResult(run_dir, trainer.iteration, start_from)
+    return trainer.train(end, progress=progress)
 
 
 # How a run is carried out, not what it trains: a run moved to a smaller machine (fewer loader
