@@ -51,6 +51,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "") 
 def _convert(hint: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
+        if value is None:  # "model:" with its keys commented out trained the paper's 64-filter model
+            raise ConfigError(f"{path}: is empty; give its keys, or leave it out for the defaults")
         return from_mapping(hint, value, path)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -149,6 +151,15 @@ def _yaml_loader() -> Any:
     return Loader
 
 
+def _yaml_reason(err: Exception) -> str:
+    """PyYAML's problem and where (1-based line and column): its first line alone said "while
+    scanning for the next token", without the line or the cause (a tab)."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(err).splitlines()[0]
+
+
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
     """Load ``cls`` from a YAML file (optionally one top-level section of it)."""
     import yaml
@@ -163,7 +174,7 @@ def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
     except UnicodeDecodeError as err:
         raise ConfigError(f"not UTF-8 text (byte {err.start}); save the config as UTF-8", p) from err
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"not a readable YAML file ({str(err).splitlines()[0]})", p) from err
+        raise ConfigError(f"not a readable YAML file ({_yaml_reason(err)})", p) from err
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(
             f"expected a mapping (key: value lines) at the top level, got {type(data).__name__}", p

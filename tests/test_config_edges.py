@@ -124,6 +124,17 @@ def test_an_empty_config_still_means_the_defaults(tmp_path: Path) -> None:
     assert load_yaml(PreprocessConfig, config_file(tmp_path, ""), "preprocessing") == PreprocessConfig()
 
 
+def test_an_empty_section_is_refused_and_a_yaml_error_gives_its_line(tmp_path: Path) -> None:
+    """From a hunt: "model:" with its keys commented out (YAML null) trained the paper's
+    64-filter, 9-block model without a word; a tab said only "while scanning for the next token"."""
+    with pytest.raises(
+        ConfigError, match=r"model: is empty; give its keys, or leave it out for the defaults"
+    ):
+        load_train_config(config_file(tmp_path, "model:\n#  ngf: 4\noptim: {lr: 0.001}\n"))
+    with pytest.raises(ConfigError, match=r"line 2, column 1: found character '\\t' that cannot start"):
+        load_train_config(config_file(tmp_path, "model:\n\tngf: 4\n"))
+
+
 def test_exponent_numbers_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
     # PyYAML (YAML 1.1) reads 1e-4 as a string; every other YAML tool reads it as a number.
     config = load_train_config(config_file(tmp_path, "optim: {lr: 1e-4}\nloss: {cycle_weight: 1E+1}\n"))
