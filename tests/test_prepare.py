@@ -203,7 +203,7 @@ def test_cli_exit_codes_without_scans(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["prepare", "--mr", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
-    assert f"no input scans (NIfTI, NRRD, MHA, zip or DICOM series) in {tmp_path}" in result.stderr
+    assert f"{tmp_path / 'empty'}: is empty" in result.stderr
     result = runner.invoke(app, ["prepare", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no inputs: give --mr and --ct" in result.stderr
     result = runner.invoke(app, ["prepare", "--ct", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
@@ -553,3 +553,25 @@ def test_a_worker_sees_its_main_process_gone() -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert _orphaned(gone.pid, os.getppid())
+
+
+def test_an_input_folder_without_scans_is_an_error_and_a_file_given_twice_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a hunt: an empty --mr folder (a mistyped path) prepared a set without MRs, exit 0; the
+    README says an empty folder is exit 2. A file given again through a link, or by another
+    spelling, was prepared once without the warning a copy of it gets."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputNotFoundError, match=r"empty: is empty"):
+        find_scans([tmp_path / "empty"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("scans come later")
+    with pytest.raises(InputNotFoundError, match=r"notes: holds no scans \(NIfTI, NRRD, MHA, zip or DICOM"):
+        find_scans([tmp_path / "notes"])
+    head = write_head(tmp_path / "mr" / "head.nii.gz", "mr", seed=1)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "again.nii.gz").symlink_to(head)
+    found = find_scans([tmp_path / "mr", tmp_path / "links", head])
+    assert [s.path for s in found] == [tmp_path / "links" / "again.nii.gz"]  # the first by path
+    assert caplog.text.count("given again; prepared once") == 2
+    assert f"{head}: the same file as {tmp_path / 'links' / 'again.nii.gz'}, given again" in caplog.text

@@ -129,7 +129,7 @@ def find_scans(paths: Iterable[str | Path]) -> list[FoundScan]:
             scans.append(FoundScan(p, None, (p,), safe_name(_stem(p))))
             continue
         files = iter_files(p, hidden=False)
-        others = []
+        others, before = [], len(scans)
         for f in files:
             if f.name.lower().endswith(SCAN_SUFFIXES):
                 scans.append(FoundScan(f, None, (f,), safe_name(_stem(f))))
@@ -137,11 +137,16 @@ def find_scans(paths: Iterable[str | Path]) -> list[FoundScan]:
                 others.append(f)
         if others:
             scans += _series_scans(p, others)
+        if len(scans) == before:  # a mistyped folder: say so rather than prepare nothing from it
+            what = "is empty" if not files else "holds no scans (NIfTI, NRRD, MHA, zip or DICOM series)"
+            raise InputNotFoundError(what, p)
     unique: dict[tuple[str, str | None], FoundScan] = {}
     for s in sorted(scans, key=lambda s: str(s.path)):  # stable: series stay in SeriesNumber order
         # Resolved: one file given through a link, or as a/../a, is one scan (it was prepared
         # once per spelling, and could land on both sides of the split).
-        unique.setdefault((os.path.realpath(s.path), s.series), s)
+        first = unique.setdefault((os.path.realpath(s.path), s.series), s)
+        if first is not s:
+            log.warning("%s: the same file as %s, given again; prepared once", s.path, first.path)
     return [replace(s, name=fit_name(s.name)) for s in unique.values()]  # ids name output files
 
 
