@@ -113,8 +113,11 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     if manifest["format"] != FORMAT:
         raise ModelError(f"format is {manifest['format']!r}, expected {FORMAT!r}", file)
     version = manifest["format_version"]
-    if type(version) is not int or version != FORMAT_VERSION:
-        hint = "; upgrade mrct" if type(version) is int and version > FORMAT_VERSION else ""
+    if type(version) is not int:
+        given = f"{version!r} (a {type(version).__name__})"
+        raise ModelError(f"format_version must be the integer {FORMAT_VERSION}, got {given}", file)
+    if version != FORMAT_VERSION:
+        hint = "; upgrade mrct" if version > FORMAT_VERSION else ""
         supported = f"this mrct reads format_version {FORMAT_VERSION}"
         raise ModelError(f"format_version {version!r} is not supported ({supported}){hint}", file)
     for key, kind in SCHEMA.items():

@@ -224,7 +224,7 @@ def test_bad_json_is_refused(package: Path) -> None:
     ("change", "fragment"),
     [
         (lambda m: m.__setitem__("format_version", 2), "format_version 2 is not supported"),
-        (lambda m: m.__setitem__("format_version", "1"), "format_version '1' is not supported"),
+        (lambda m: m.__setitem__("format_version", "1"), "must be the integer 1, got '1' (a str)"),
         (lambda m: m.__setitem__("format", "bundle"), "format is 'bundle'"),
         (lambda m: m.pop("license"), "missing keys: license"),
         (lambda m: m["directions"].__setitem__("pet_to_ct", "x"), "unknown direction 'pet_to_ct'"),

@@ -270,4 +270,5 @@ def load(
             load_file(str(rank_file)),
         )
     except (OSError, ValueError, SafetensorError) as err:
-        raise ReadError(f"not a readable checkpoint ({err})", path) from err
+        # One line, whatever the reader's message holds.
+        raise ReadError(f"not a readable checkpoint ({' '.join(str(err).split())})", path) from err
