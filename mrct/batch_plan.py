@@ -4,6 +4,7 @@ input unchanged), fail it (an output it may not write), or translate it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,6 +43,11 @@ def unsafe_output(src: Path, out: Path, target: Path) -> str | None:
             check_replaceable(target, SERIES_FILES)
         except MrctError as err:
             return str(err).splitlines()[0]
+    # The folder it goes in, or the nearest one there is (the rest is made when it is written):
+    # found unwritable only when written, a series failed after its whole translation.
+    folder = next((p for p in target.parents if p.exists()), None)
+    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder}: output folder is not writable"  # as writing says it
     return None
 
 

@@ -447,3 +447,23 @@ def test_a_row_never_claims_a_file_outside_the_output_folder(tmp_path: Path, mod
         (out / "manifest.json").write_text(json.dumps(content))
         assert runner.invoke(app, _args(src, out, model)).exit_code == 1
         assert _rows(out)["head.nii.gz"]["output"] == ""
+
+
+def test_an_unwritable_output_folder_fails_the_series_before_it_is_translated(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a hunt: a series whose output folder could not be written failed only when written,
+    after its whole translation. (Root writes anywhere, so os.access is stood in for.)"""
+    from mrct import batch_plan, inference
+    from tests.test_prepare import write_head
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "p" / "head.nii.gz", "mr", seed=1)
+    (out / "p").mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(batch_plan.os, "access", lambda p, mode: Path(p) != out / "p" and real(p, mode))
+    ran = []
+    monkeypatch.setattr(inference.Translator, "run", lambda self, *a: ran.append(a))
+    assert runner.invoke(app, _args(src, out, model)).exit_code == 1
+    row = _rows(out)["p/head.nii.gz"]
+    assert (row["status"], row["message"]) == ("failed", "p: output folder is not writable") and ran == []
