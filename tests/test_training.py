@@ -820,3 +820,85 @@ def test_a_run_folder_in_use_is_refused_and_a_damaged_one_named(tmp_path: Path, 
     (run / "config.json").unlink()
     with pytest.raises(ReadError, match=r"holds checkpoints but its config\.json is missing"):
         train_run(config, prepared, run, resume=True, progress=False)
+
+
+def test_a_run_that_cannot_lock_a_folder_made_meanwhile_leaves_it_alone(
+    tmp_path: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From review: a run that saw no folder, while another made and locked it, failed to lock
+    and then removed that run's lock file and folder (so a third run was let in)."""
+    import contextlib
+
+    from mrct.batch_folder import folder_lock
+    from mrct.errors import OutputBusyError
+    from mrct.training.run import LOCK_NAME
+
+    run, other = tmp_path / "run", contextlib.ExitStack()
+    real_mkdir = Path.mkdir
+
+    def made_meanwhile(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self == run and not run.exists():  # the other run makes and locks it first
+            real_mkdir(self)
+            other.enter_context(folder_lock(run, LOCK_NAME, "mrct train"))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", made_meanwhile)
+    with other, pytest.raises(OutputBusyError, match="in use by another mrct train"):
+        train_run(tiny(), prepared, run, progress=False)
+    assert os.listdir(run) == [LOCK_NAME]
+
+
+def test_a_refused_start_takes_its_lock_file_away(tmp_path: Path, prepared: Path) -> None:
+    """From review: a run refused under its lock (a folder of the user's) left .mrct-train.lock
+    there; one that made the folder and wrote no run removes the folder too."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(OutputExistsError):
+        train_run(tiny(), prepared, mine, progress=False)
+    assert os.listdir(mine) == ["config.json"]
+    with pytest.raises(ConfigError, match="too small for the discriminator"):
+        train_run(tiny(data={"patch": [3, 5, 7]}), prepared, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def _lock_refusal_seen_by(rank: int, port: int, run: Path, seen: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    from mrct.errors import OutputBusyError
+    from mrct.training.distributed import DistContext
+    from mrct.training.run import _run_lock
+
+    group = DistContext(rank=rank, world_size=2, local_rank=rank)
+    group.start("cpu")
+    try:
+        with _run_lock(run, group):
+            seen[rank] = "ran"
+    except OutputBusyError as err:
+        seen[rank] = err.message
+    finally:
+        group.stop()
+
+
+def test_every_process_of_torchrun_stops_when_the_folder_is_locked(tmp_path: Path) -> None:
+    """From review: only rank 0 took the lock; when it was busy the others went on into the
+    first collective and hung until torchrun killed the job."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from mrct.batch_folder import folder_lock
+    from mrct.training.run import LOCK_NAME
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    run = tmp_path / "run"
+    run.mkdir()
+    seen = mp.get_context("spawn").Manager().dict()
+    with folder_lock(run, LOCK_NAME, "mrct train"):
+        mp.spawn(_lock_refusal_seen_by, args=(free_port(), run, seen), nprocs=2)
+    assert seen[0].startswith("in use by another mrct train") and "could not lock" in seen[1]
+    mp.spawn(_lock_refusal_seen_by, args=(free_port(), run, seen), nprocs=2)
+    assert dict(seen) == {0: "ran", 1: "ran"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mrct.batch_folder import folder_lock
 from mrct.config import to_dict
-from mrct.errors import ConfigError, OutputExistsError, ReadError, WriteError
+from mrct.errors import ConfigError, MrctError, OutputBusyError, OutputExistsError, ReadError, WriteError
 from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
 from mrct.jsontext import parse_json
 from mrct.training import checkpoint
@@ -24,6 +24,7 @@ from mrct.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 RUN_CONTENTS = ("checkpoints", "tensorboard", "previews", "log.jsonl", "config.json", "data.json")
+RUN_MARKS = ("data.json", "log.jsonl", "checkpoints")  # a run was started here (not only a config.json)
 LOCK_NAME = ".mrct-train.lock"  # kept (empty) when a run ends, as mrct prepare's and batch's
 PREVIEW = re.compile(r"iter_\d{7}\.png")  # what mrct.training.logs writes into previews/
 
@@ -83,7 +84,7 @@ def _check_only_a_run(run_dir: Path) -> None:
     """``--overwrite`` (or ``--resume`` with no checkpoint) starts again in a folder that holds an
     earlier run and nothing else: it deleted a user's config.json, taken for a run's, and their
     pictures in previews/."""
-    if not any((run_dir / name).exists() for name in ("data.json", "log.jsonl", "checkpoints")):
+    if not any((run_dir / name).exists() for name in RUN_MARKS):
         raise OutputExistsError(
             "holds no training run (no data.json, log.jsonl or checkpoints/); --overwrite and "
             "--resume do not empty it (choose another folder)",
@@ -155,7 +156,7 @@ def train_run(
     torch_device = resolve_device(device, dist)
     dist.start(torch_device.type)  # type: ignore[attr-defined]
     try:
-        with _run_lock(run_dir, dist.is_main):
+        with _run_lock(run_dir, dist):
             return _train_locked(
                 config, data, run_dir, resume, overwrite, until, dist, torch_device, progress
             )
@@ -164,29 +165,45 @@ def train_run(
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: Path, main: bool) -> Iterator[None]:
+def _run_lock(run_dir: Path, dist: DistContext) -> Iterator[None]:
     """One ``mrct train`` (one torchrun job, through its main process) per run folder: two wrote
     into one log and checkpoints, and an --overwrite emptied the folder under a running job.
-    A run that fails before writing anything removes the folder again when it made it."""
-    if not main or (run_dir.exists() and not run_dir.is_dir()):
-        yield  # the other processes of the job follow the main one; a file is refused below
-        return
-    check_writable(run_dir)
-    created = not run_dir.exists()
+
+    Every process of a job stops when the main one cannot lock (one all-reduce: the others hung
+    in the first collective). A run that fails while holding the lock and wrote no run there
+    takes its lock file away again, and the folder when it made it; one that never held the
+    lock touches nothing (it would have removed the running job's lock)."""
+    locks, refusal = contextlib.ExitStack(), None
+    created = had_lock = False
+    if dist.is_main and not (run_dir.exists() and not run_dir.is_dir()):  # a file: refused below
+        try:
+            check_writable(run_dir)
+            with contextlib.suppress(FileExistsError):
+                run_dir.mkdir(parents=True)
+                created = True
+            had_lock = (run_dir / LOCK_NAME).exists()
+            locks.enter_context(folder_lock(run_dir, LOCK_NAME, "mrct train"))
+        except MrctError as err:
+            refusal = err
+        except OSError as err:
+            refusal = WriteError(f"cannot create the run folder: {err.strerror}", run_dir)
+    if dist.any(refusal is not None):
+        raise refusal or OutputBusyError("the main process could not lock the run folder", run_dir)
+    unmade = False
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise WriteError(f"cannot create the run folder: {err.strerror}", run_dir) from err
-    try:
-        with folder_lock(run_dir, LOCK_NAME, "mrct train"):
-            yield
-    except BaseException:
-        if created:
+        with locks:
+            try:
+                yield
+            except BaseException:
+                if dist.is_main and not had_lock and not any((run_dir / n).exists() for n in RUN_MARKS):
+                    with contextlib.suppress(OSError):
+                        (run_dir / LOCK_NAME).unlink()  # while still holding it
+                        unmade = created and not os.listdir(run_dir)
+                raise
+    finally:
+        if unmade:  # after the lock's release; fails, harmlessly, if another run wrote there since
             with contextlib.suppress(OSError):
-                if os.listdir(run_dir) == [LOCK_NAME]:  # nothing written but the lock
-                    (run_dir / LOCK_NAME).unlink()
-                    run_dir.rmdir()
-        raise
+                run_dir.rmdir()
 
 
 def _train_locked(
