@@ -277,6 +277,16 @@ def test_a_zip_of_a_nifti_says_to_unzip_it(tmp_path: Path) -> None:
         zf.writestr("readme.txt", "not an image")
     with pytest.raises(ReadError, match=r"scan\.zip: no DICOM image files in the zip$"):
         read_volume(path)
+    # From review: a damaged slice in a zip is reported as it is, not as "no DICOM image files".
+    from tests.dicom_factory import write_series
+
+    series = write_series(tmp_path / "s", modality="MR", shape=(8, 8, 4))
+    cut = series.files[0]
+    cut.write_bytes(cut.read_bytes()[:200])
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(cut, "s/a.dcm")
+    with pytest.raises(ReadError, match=r"incomplete DICOM|truncated|cut short"):
+        read_volume(path)
 
 
 def test_ct_values_beyond_int16_are_clipped_with_a_warning_naming_the_output(

@@ -27,6 +27,7 @@ from mrct.io.dicom_geometry import (
 )
 from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_syntax_name
 from mrct.io.dicom_scan import (
+    NO_DICOM_FOUND,
     SeriesFiles,
     check_deflated,
     dcmread,
@@ -69,7 +70,9 @@ def _series_in_zip(folder: Path, path: Path) -> list[Any]:
     said "no DICOM image files found in folder" of a zip."""
     try:
         return find_series(media_folder(folder), path)
-    except ReadError:
+    except ReadError as err:
+        if err.message != NO_DICOM_FOUND:  # a damaged slice, a geometry error: as it is
+            raise
         from mrct.io.discover import SCAN_SUFFIXES
 
         scans = sorted(

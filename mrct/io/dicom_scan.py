@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
+NO_DICOM_FOUND = "no DICOM image files found in folder"
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
@@ -375,7 +376,7 @@ def find_series(folder: Path, shown: Path | None = None) -> list[SeriesFiles]:
         raise InputNotFoundError("folder is empty", folder)
     series = group_series(files, shown=None if shown is None else (folder, shown))
     if not series:
-        raise ReadError("no DICOM image files found in folder", folder)
+        raise ReadError(NO_DICOM_FOUND, folder)
     return series
 
 
