@@ -380,7 +380,7 @@ def test_objects_that_fill_the_scan_with_no_air_are_refused(kind: str) -> None:
     from tests.phantoms import phantom
 
     vol = phantom((120, 100, 70), Modality.MR) if kind == "phantom" else _smooth_noise((120, 120, 150))
-    with pytest.raises(CropError, match=r"no air around it \(0\.\d % of the field of view"):
+    with pytest.raises(CropError, match=r"no air around it \(\d\.\d % of the field of view"):
         locate_volume(vol)
 
 
@@ -402,18 +402,23 @@ def test_objects_with_contrast_inside_that_are_no_head_are_refused() -> None:
         check_slab_in_scan(loc, "x.nii.gz")
 
 
-@pytest.mark.parametrize("kind", ["offset", "z-scored"])
+@pytest.mark.parametrize("kind", ["offset", "z-scored", "dropouts"])
 def test_an_mr_with_its_air_offset_is_located_and_masked_as_it_is(
     template_head: tuple[Volume, float], kind: str
 ) -> None:
     """The MR threshold was half of Otsu's, which assumes air at 0: with 500 added (a converter's
     offset) the mask took air's noise in (4.7 L became 6.2 L on IXI012, 10.3 L on IXI013); on a
-    z-scored scan it lost the scalp (15 % less). Measured from the floor it moves with the values."""
+    z-scored scan it lost the scalp (15 % less). Measured from the floor it moves with the values;
+    the floor is the 1st percentile, which a few dropouts far below air do not move."""
     from mrct.preprocessing.mask import working_image
 
     volume, _ = template_head
     values = volume.array.astype(np.float32)
-    moved = values + 500 if kind == "offset" else (values - values.mean()) / values.std()
+    if kind == "dropouts":  # from review: a few voxels far below air made the floor theirs
+        moved = values.copy()
+        moved[5, 5, 5], moved[10:12, 10:12, 10:12] = -32768, -3000
+    else:
+        moved = values + 500 if kind == "offset" else (values - values.mean()) / values.std()
     shifted = Volume(moved, volume.affine, Modality.MR)
     assert np.array_equal(working_image(shifted, Modality.MR).mask, working_image(volume, Modality.MR).mask)
     before, after = locate_volume(volume), locate_volume(shifted)

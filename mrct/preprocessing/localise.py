@@ -60,8 +60,8 @@ MIN_CONFIDENCE = 0.3
 # -0.55 with a head holder and table added) and -0.56 (the GE CT, which ends above the jaw).
 # Objects that are no head but have contrast inside and pass the checks above: a knee CT -0.35,
 # a torso block -0.15, smoothed noise -0.04 (tests' ramp phantom: -0.26, and -0.46 since the MR
-# threshold is measured from the floor; the air check now refuses it first). The limit lies between the two,
-# with a margin to the CTs, the least sure (two real ones).
+# threshold is measured from the floor; the air check now refuses it first). The limit lies
+# between the two, with a margin to the CTs, the least sure (two real ones).
 MAX_FIT_METRIC = -0.40
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
@@ -230,7 +230,8 @@ class Localiser:
             # Without air the MR threshold, measured from the floor, cuts the object anywhere.
             raise CropError(
                 f"the object fills the scan with no air around it ({100 * air:.1f} % of the field of "
-                f"view is dark; head MRs are half air or more): not a head? {OVERRIDES_HINT}"
+                f"view is dark; head MRs are half air or more): not a head, or padded with a value "
+                f"below its air? {OVERRIDES_HINT}"
             )
         with one_itk_thread():
             try:
