@@ -333,11 +333,15 @@ class Manifest:
             try:
                 with other.open("rb") as fh:  # the time of the content read, not of a later rewrite
                     written, old = os.fstat(fh.fileno()).st_mtime_ns, parse_json(fh.read())
-                fmt = self.header.get("output_format")
-                if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")) or (
-                    old.get("output_format", fmt) != fmt
-                ):
+                if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
+                fmt = self.header.get("output_format")
+                if old.get("output_format", fmt) != fmt:  # a shard, or a run after shards: as above
+                    raise OutputExistsError(
+                        f"{other.name} was made with {_format_option(old.get('output_format'))}; "
+                        "use it again, or a new folder",
+                        path.parent,
+                    )
                 rows = [
                     r
                     for r in [*old["series"], *old.get("absent", [])]

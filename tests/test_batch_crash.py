@@ -220,6 +220,9 @@ def test_a_folder_is_continued_only_with_the_same_settings(tmp_path: Path) -> No
     Manifest(tmp_path / "manifest.json", {**header, "output_format": "nrrd"}, True, tmp_path).write()
     with pytest.raises(OutputExistsError, match="made with --format nrrd"):
         Manifest(tmp_path / "manifest.json", {**header, "output_format": "nifti"}, False, tmp_path)
+    # From review: a shard's own manifest is new, so only the others' say the folder's format.
+    with pytest.raises(OutputExistsError, match=r"manifest\.json was made with --format nrrd; use it again"):
+        Manifest(tmp_path / "manifest-shard1of2.json", {**header, "output_format": "nifti"}, False, tmp_path)
     # A manifest written before the format was recorded matches any.
     legacy = {k: v for k, v in header.items() if k != "output_format"}
     Manifest(tmp_path / "manifest.json", legacy, True, tmp_path).write()
