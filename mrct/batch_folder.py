@@ -30,13 +30,15 @@ import json
 import logging
 import os
 import re
-import socket
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteError, on_one_line
+from mrct.folder_locks import flock_file as _flock
+from mrct.folder_locks import holder as _holder
+from mrct.folder_locks import release as _release
 from mrct.io.atomic import LEFTOVER, atomic_file, leftovers_of, remove_leftover, utf8_bytes
 from mrct.jsontext import parse_json
 
@@ -56,40 +58,6 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------- lock
-
-
-def _holder(path: Path) -> str:
-    """Who holds the lock at ``path`` exclusively, from what it wrote there ("" if unknown)."""
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        info = parse_json(path.read_text(encoding="utf-8"))
-        return f"pid {info['pid']} on {info['host']}, since {info['since']}"
-    return ""
-
-
-def _flock(path: Path, exclusive: bool) -> IO[str] | None:
-    """The open lock file, locked; None when another process holds a conflicting lock."""
-    import fcntl
-
-    try:
-        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run
-    except OSError as err:  # a read-only folder or disk
-        raise WriteError(f"cannot create the lock file: {err.strerror}", path) from err
-    try:
-        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    except OSError as err:  # a file system without locks (some FUSE mounts): run, but say so
-        log.warning("%s: cannot lock (%s); a second run here would not be refused", path, err.strerror)
-        return fh
-    # Say who holds it exclusively, for the message of a refused run; a shared holder erases what
-    # an earlier, killed exclusive holder wrote.
-    fh.seek(0)
-    fh.truncate()
-    if exclusive:
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}) + "\n")
-    fh.flush()
-    return fh
 
 
 def _shard_holder(out: Path) -> str:
@@ -150,29 +118,6 @@ def hold(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
         if unmade:
             with contextlib.suppress(OSError):
                 out.rmdir()  # fails, harmlessly, if another run has written there since
-
-
-@contextlib.contextmanager
-def folder_lock(out: Path, name: str, what: str) -> Iterator[None]:
-    """Hold the lock file ``out/name`` for one run of ``what`` (``mrct prepare``); raise
-    OutputBusyError, naming the holder, when another run holds it. ``out`` must exist."""
-    fh = _flock(out / name, exclusive=True)
-    if fh is None:
-        who = _holder(out / name)
-        raise OutputBusyError(
-            f"in use by another {what} ({who}); wait for it to end or use another folder", out
-        )
-    try:
-        yield
-    finally:
-        _release(fh)
-
-
-def _release(fh: IO[str]) -> None:
-    """Let go of a lock file taken by :func:`_flock`."""
-    with contextlib.suppress(OSError):
-        fh.truncate(0)  # a holder that has ended names nobody
-    fh.close()  # releases the lock
 
 
 # ---------------------------------------------------------------- leftovers of killed runs

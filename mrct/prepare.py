@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mrct.batch_folder import folder_lock, sweep
+from mrct.batch_folder import sweep
 from mrct.config import seed_problem, to_dict
 from mrct.errors import ConfigError, InputNotFoundError, MrctError, ReadError, WriteError
+from mrct.folder_locks import folder_lock
 from mrct.io import limits
 from mrct.io.discover import find_scans, sha256_files, short_hash
 from mrct.prepare_manifest import DOMAINS as DOMAIN_NAMES

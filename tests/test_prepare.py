@@ -471,8 +471,8 @@ def test_one_prepare_per_folder_and_a_killed_runs_leftovers_go(
 ) -> None:
     """Two prepares into one folder each rewrote the manifest without the other's scans (both
     exit 0); a run killed with SIGKILL left hidden temporary files that no later run removed."""
-    from mrct.batch_folder import folder_lock
     from mrct.errors import OutputBusyError
+    from mrct.folder_locks import folder_lock
     from mrct.prepare import LOCK_NAME
 
     out = tmp_path / "out"

@@ -803,8 +803,8 @@ def test_a_run_folder_in_use_is_refused_and_a_damaged_one_named(tmp_path: Path, 
     """From a hunt: two mrct train on one folder both ran (36 log lines for 20 iterations; an
     --overwrite emptied the folder under the running job); a run folder whose config.json was
     lost failed with exit 70, 'unexpected FileNotFoundError'."""
-    from mrct.batch_folder import folder_lock
     from mrct.errors import OutputBusyError
+    from mrct.folder_locks import folder_lock
     from mrct.training.run import LOCK_NAME
 
     config, run = tiny(), tmp_path / "run"
@@ -829,8 +829,8 @@ def test_a_run_that_cannot_lock_a_folder_made_meanwhile_leaves_it_alone(
     and then removed that run's lock file and folder (so a third run was let in)."""
     import contextlib
 
-    from mrct.batch_folder import folder_lock
     from mrct.errors import OutputBusyError
+    from mrct.folder_locks import folder_lock
     from mrct.training.run import LOCK_NAME
 
     run, other = tmp_path / "run", contextlib.ExitStack()
@@ -886,7 +886,7 @@ def test_every_process_of_torchrun_stops_when_the_folder_is_locked(tmp_path: Pat
 
     import torch.multiprocessing as mp
 
-    from mrct.batch_folder import folder_lock
+    from mrct.folder_locks import folder_lock
     from mrct.training.run import LOCK_NAME
 
     def free_port() -> int:

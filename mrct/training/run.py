@@ -11,9 +11,9 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mrct.batch_folder import folder_lock
 from mrct.config import to_dict
 from mrct.errors import ConfigError, MrctError, OutputBusyError, OutputExistsError, ReadError, WriteError
+from mrct.folder_locks import folder_lock
 from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
 from mrct.jsontext import parse_json
 from mrct.training import checkpoint
