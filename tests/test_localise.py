@@ -426,6 +426,24 @@ def test_an_mr_with_its_air_offset_is_located_and_masked_as_it_is(
     assert after.slab.inferior_mm == pytest.approx(before.slab.inferior_mm, abs=1.0)
 
 
+def test_a_dropout_far_below_air_does_not_fill_the_grid_beyond_the_scan(
+    template_head: tuple[Volume, float],
+) -> None:
+    """From a hunt: the grids were filled beyond the scan with its minimum, so one voxel at -2000
+    filled a fifth of a Philips MR's working grid with it, and the real head was refused as
+    having no air around it."""
+    from mrct.preprocessing.mask import working_image
+
+    volume, _ = template_head
+    dropout = volume.array.astype(np.float32)
+    dropout[0, 0, 0] = -2000.0
+    tilted = volume.affine.copy()
+    tilted[:3, :3] = tilted[:3, :3] @ np.array([[1.0, 0, 0], [0, 0.94, -0.34], [0, 0.34, 0.94]])
+    work = working_image(Volume(dropout, tilted, Modality.MR), Modality.MR)  # corners beyond it
+    assert work.floor == 0.0 and work.array.min() == 0.0 and work.air_fraction() > 0.3
+    assert (locate_volume(Volume(dropout, tilted, Modality.MR)).slab.confidence or 0) > 0.3
+
+
 @pytest.mark.realdata
 def test_every_real_head_fits_the_template(results: dict[str, dict]) -> None:
     """No annotated head (IXI, the DICOM MRs, the CT) is refused for a poor fit, with a margin."""

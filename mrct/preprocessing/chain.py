@@ -149,9 +149,9 @@ class ResampleToGridd(MapTransform):
         array, affine = _numpy(d["image"])
         work: WorkingImage = d["work"]
         target = d["grid_affine"]
-        fill = float(array.min())
+        # The scan's air beyond it (its minimum was a dropout's -2000 or a padding constant).
         d["grid_image"] = resample(
-            array, affine, target, self.grid.shape, fill=fill, anti_alias=self.anti_alias
+            array, affine, target, self.grid.shape, fill=work.floor, anti_alias=self.anti_alias
         )
         coarse = resample(work.mask.astype(np.float32), work.affine, target, self.grid.shape) > 0.5
         spacing = np.linalg.norm(np.asarray(target, dtype=np.float64)[:3, :3], axis=0)

@@ -61,6 +61,8 @@ class WorkingImage:
     # The scan's own grid (RAS affine, shape). Where the working grid reaches beyond it (an
     # oblique scan's corners, a chin cut along a tilted face), it holds background never seen.
     scan_grid: tuple[npt.NDArray[np.float64], tuple[int, int, int]] | None = None
+    # The scan's air level (:func:`scan_floor`): what fills the grid beyond the scan.
+    floor: float = 0.0
 
     @property
     def scan_s_range_mm(self) -> tuple[float, float] | None:
@@ -143,11 +145,25 @@ def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP
         )
     affine, shape = axis_aligned_grid(volume.shape, volume.affine, step_mm)
     check_voxels(shape, 4, volume.source.path or "the scan")  # float32 working grid
-    background = float(np.min(volume.array)) if volume.array.size else 0.0
-    array = resample(volume.array, volume.affine, affine, shape, fill=background, anti_alias=True)
+    floor = scan_floor(volume.array, modality)
+    array = resample(volume.array, volume.affine, affine, shape, fill=floor, anti_alias=True)
+    if modality is Modality.MR:  # nothing in an MR is darker than its air: dropouts, padding
+        array = np.maximum(array, np.float32(floor))
     threshold = CT_BODY_HU if modality is Modality.CT else mr_body_threshold(array)
     scan_grid = (np.array(volume.affine, dtype=np.float64), volume.shape)
-    return WorkingImage(array, head_mask(array, threshold), affine, modality, threshold, scan_grid)
+    mask = head_mask(array, threshold)
+    return WorkingImage(array, mask, affine, modality, threshold, scan_grid, floor)
+
+
+def scan_floor(values: npt.NDArray, modality: Modality) -> float:
+    """The scan's air level, which fills the working and model grids beyond the scan: for CT its
+    lowest value (air is calibrated; a CT's padding, -2000 or -3024, lies below it anyway), for
+    MR :func:`mr_floor`. The minimum was used for both: one -2000 voxel filled a fifth of a
+    Philips MR's working grid with -2000, and the scan was refused as having no air."""
+    v = np.asarray(values)
+    if v.size == 0:
+        return 0.0
+    return float(v.min()) if modality is Modality.CT else mr_floor(v)
 
 
 def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
