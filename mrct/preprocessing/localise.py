@@ -230,8 +230,7 @@ class Localiser:
             # Without air the MR threshold, measured from the floor, cuts the object anywhere.
             raise CropError(
                 f"the object fills the scan with no air around it ({100 * air:.1f} % of the field of "
-                f"view is dark; head MRs are half air or more): not a head, or padded with a value "
-                f"below its air? {OVERRIDES_HINT}"
+                f"view is dark; head MRs are half air or more): not a head? {OVERRIDES_HINT}"
             )
         with one_itk_thread():
             try:
