@@ -15,7 +15,7 @@ from mrct.api_training import evaluate, export, prepare, train
 from mrct.errors import MrctError, OutputExistsError, ReadError, SeriesSelectionError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
-from mrct.io.atomic import check_apart, check_outside, check_replaceable, occupied
+from mrct.io.atomic import check_apart, check_outside, check_replaceable, empty_folder, occupied
 from mrct.model_info import ModelInfo, list_models, model_info
 from mrct.volume import Modality, guess_modality
 
@@ -142,7 +142,8 @@ def convert(
         raise MrctError(str(err).removeprefix(f"{dst}: "), dst_p) from err
     check_apart(src_p, dst_p)  # first: --overwrite, which "output exists" suggests, cannot help
     check_outside(src_p, dst_p)
-    if occupied(dst_p) and not overwrite:
+    into_empty = fmt is OutputFormat.DICOM and empty_folder(dst_p)
+    if occupied(dst_p) and not overwrite and not into_empty:
         raise OutputExistsError("output exists; pass --overwrite to replace it", dst_p)
     if fmt is OutputFormat.DICOM:  # before reading a large input (a file where the series goes)
         from mrct.io.dicom_write import SERIES_FILES

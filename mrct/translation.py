@@ -28,6 +28,7 @@ from mrct.io.atomic import (
     check_outside,
     check_replaceable,
     check_writable,
+    empty_folder,
     occupied,
 )
 from mrct.io.discover import fit_name, scan_stem
@@ -169,7 +170,8 @@ def translate_file(
         check_outside(src, given, option)
         if option != "-o" and given.is_dir():  # first: --overwrite would not help
             raise OutputExistsError(f"is a folder; {option} needs a file name", given)
-        if occupied(given) and not overwrite:
+        into_empty = option == "-o" and out_fmt is OutputFormat.DICOM and empty_folder(given)
+        if occupied(given) and not overwrite and not into_empty:
             raise OutputExistsError("output exists; pass --overwrite to replace it", given)
         check_writable(given)  # before the slow part, so a failure leaves no output
     if out_fmt is OutputFormat.DICOM:

@@ -184,3 +184,65 @@ def test_a_folder_named_as_report_or_preview_is_refused_as_a_folder_first(
     assert result.exit_code == 4, result.output
     assert result.output.splitlines() == [f"error: {folder}: is a folder; {option} needs a file name"]
     assert not (tmp_path / "ct.nii.gz").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "translate"])
+def test_an_empty_folder_made_for_a_dicom_output_takes_it_without_overwrite(
+    tmp_path: Path, command: str
+) -> None:
+    """``mkdir out && mrct translate scan.nii.gz --to ct -o out/``, as dcm2niix -o takes a folder:
+    an empty folder was "output exists; pass --overwrite", though replacing it loses nothing."""
+    from tests.model_fixtures import write_tiny_model
+    from tests.test_prepare import write_head
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"")  # litter a file manager leaves does not count
+    if command == "convert":
+        args = ["convert", str(good_nifti(tmp_path)), f"{out}/", "--modality", "ct"]
+    else:
+        src = write_head(tmp_path / "mr.nii.gz", "mr", seed=3)
+        tiny = write_tiny_model(tmp_path / "tiny")
+        args = [
+            "translate",
+            str(src),
+            "--to",
+            "ct",
+            "--model",
+            str(tiny),
+            "--crop-mm",
+            "40,-40",
+            "-o",
+            f"{out}/",
+        ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "IM_0001.dcm").is_file() and read_volume(out).array.ndim == 3
+
+    taken = tmp_path / "taken"  # a folder holding anything else is still refused, untouched
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep")
+    linked = tmp_path / "linked"  # as is a link to an empty folder: a link is never replaced unasked
+    (tmp_path / "elsewhere").mkdir()
+    linked.symlink_to(tmp_path / "elsewhere")
+    for folder in (taken, linked):
+        given = [f"{folder}/" if a == f"{out}/" else a for a in args]
+        result = runner.invoke(app, given)
+        assert result.exit_code == 4, result.output
+        assert result.output.count("\n") == 1 and "--overwrite" in result.output
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"] and linked.is_symlink()
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_model_package_goes_into_an_empty_folder_without_overwrite(tmp_path: Path) -> None:
+    from mrct.io.atomic import atomic_dir, check_output
+    from mrct.models import PACKAGE_FILES
+
+    out = tmp_path / "package"
+    out.mkdir()
+    check_output(out, overwrite=False, owned=PACKAGE_FILES)  # an empty folder is a place to write
+    with atomic_dir(out, PACKAGE_FILES) as tmp:
+        (tmp / "model.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["model.json"]
+    with pytest.raises(Exception, match="output exists"):  # now it holds an output
+        check_output(out, overwrite=False, owned=PACKAGE_FILES)

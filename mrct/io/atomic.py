@@ -83,13 +83,26 @@ def occupied(path: Path) -> bool:
     return True
 
 
+def empty_folder(path: Path) -> bool:
+    """Whether ``path`` is a real folder holding nothing (OS litter aside): where a folder output
+    (a DICOM series, a model package) may go without ``--overwrite``, as into a folder the user
+    made for it (``mkdir out && mrct translate ... -o out/``), since replacing it loses nothing."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        with os.scandir(path) as entries:
+            return all(e.name in OS_LITTER and e.is_file(follow_symlinks=False) for e in entries)
+    except OSError:
+        return False
+
+
 def check_output(path: Path, overwrite: bool, owned: Owned | None = None) -> None:
     """Fail early when ``path`` exists and must not be replaced, or cannot be created.
 
     ``owned``: ``path`` is an output folder; an existing one is replaced only when it holds
     nothing but what mrct writes there (see :func:`check_replaceable`).
     """
-    if occupied(path) and not overwrite:
+    if occupied(path) and not overwrite and not (owned is not None and empty_folder(path)):
         raise OutputExistsError("output exists; pass --overwrite to replace it", path)
     if owned is not None:
         check_replaceable(path, owned)
@@ -304,7 +317,7 @@ def atomic_dir(
         with _writing(path, tmp):
             yield tmp
         if path.exists():
-            if not overwrite:
+            if not overwrite and not empty_folder(path):
                 raise OutputExistsError("output appeared while writing; not replaced", path)
             check_replaceable(path, owned)
             with _creating(path):  # a read-only or immutable folder: one error naming the output
