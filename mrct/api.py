@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from mrct.batch import BatchSummary
-    from mrct.preprocessing.localise import Localisation
+    from mrct.preprocessing.slab_checks import Localisation
     from mrct.translation import TranslateSummary
     from mrct.volume import Volume
 
@@ -185,11 +185,12 @@ def locate(
 ) -> Localisation:
     """Find the brow-to-jaw slab in a scan (RAS mm along S, with a confidence).
 
-    Returns a :class:`mrct.preprocessing.localise.Localisation`. With ``check``,
+    Returns a :class:`mrct.preprocessing.slab_checks.Localisation`. With ``check``,
     a level outside the field of view or a doubtful result raises
     :class:`~mrct.errors.CropError`, whose message names the overrides.
     """
-    from mrct.preprocessing.localise import check_slab_in_scan, locate_volume
+    from mrct.preprocessing.localise import locate_volume
+    from mrct.preprocessing.slab_checks import check_slab_in_scan
 
     vol = read_volume(path, series=series, modality=modality, allow_gaps=allow_gaps)
     try:
@@ -201,7 +202,7 @@ def locate(
     if loc.outside_fov_mm > 0:  # translate warns the same way; the model would see background there
         log.warning("%s: %.1f mm of the brow-to-jaw slab lies outside the scan", path, loc.outside_fov_mm)
     if loc.jaw_guessed_near_edge:
-        from mrct.preprocessing.localise import JAW_GUESSED
+        from mrct.preprocessing.slab_checks import JAW_GUESSED
 
         log.warning("%s: %s; translate, batch and prepare take --crop-mm", path, JAW_GUESSED)
     return loc

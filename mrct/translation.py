@@ -268,7 +268,7 @@ def warn_outside_fov(src: Path | str, slab: dict[str, Any], to: Modality, report
             " (see outside_fov_mm in the report)" if report else "",
         )
     if slab.get("jaw_guessed_near_edge"):
-        from mrct.preprocessing.localise import JAW_GUESSED
+        from mrct.preprocessing.slab_checks import JAW_GUESSED
 
         log.warning("%s: %s; check --preview, or give the levels with --crop-mm", src, JAW_GUESSED)
 

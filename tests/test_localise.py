@@ -15,14 +15,8 @@ import pytest
 
 from mrct.errors import CropError
 from mrct.io import read_volume
-from mrct.preprocessing.localise import (
-    MAX_OUTSIDE_FOV_MM,
-    Localiser,
-    SlabRefusedError,
-    check_slab_in_scan,
-    load_reference,
-    locate_volume,
-)
+from mrct.preprocessing.localise import Localiser, load_reference, locate_volume
+from mrct.preprocessing.slab_checks import MAX_OUTSIDE_FOV_MM, SlabRefusedError, check_slab_in_scan
 from mrct.volume import Modality, Volume
 
 ANNOTATIONS = Path(__file__).parent / "data" / "brow_jaw_annotations.json"
@@ -305,7 +299,7 @@ def test_locate_reports_the_slab_translate_uses_on_the_tilted_ct(shared_data: Pa
     from mrct import api
     from mrct.preprocessing.chain import preprocess
     from mrct.preprocessing.crop import CropRequest
-    from mrct.preprocessing.localise import SlabRefusedError
+    from mrct.preprocessing.slab_checks import SlabRefusedError
 
     scan = shared_data / "dicom" / "ct_ge_hispeed_head_tilt"
     located = api.locate(scan, check=False).slab
@@ -389,7 +383,7 @@ def test_objects_with_contrast_inside_that_are_no_head_are_refused() -> None:
     located with confidence 1.0 and translated, exit 0. The template's fit (Mattes MI) tells them
     from heads: here a block of smoothed noise in air (-0.19; a head-sized ellipsoid of it fits
     at -0.45, as its outline is a head's: the fit judges shape more than what lies inside)."""
-    from mrct.preprocessing.localise import MAX_FIT_METRIC, check_slab_in_scan
+    from mrct.preprocessing.slab_checks import MAX_FIT_METRIC, check_slab_in_scan
 
     noise = _smooth_noise((120, 120, 150))
     block = np.zeros(noise.shape, dtype=np.float32)
@@ -447,7 +441,7 @@ def test_a_dropout_far_below_air_does_not_fill_the_grid_beyond_the_scan(
 @pytest.mark.realdata
 def test_every_real_head_fits_the_template(results: dict[str, dict]) -> None:
     """No annotated head (IXI, the DICOM MRs, the CT) is refused for a poor fit, with a margin."""
-    from mrct.preprocessing.localise import MAX_FIT_METRIC
+    from mrct.preprocessing.slab_checks import MAX_FIT_METRIC
 
     worst = max(r["loc"].metric for r in results.values())
     assert worst < MAX_FIT_METRIC - 0.1, worst
@@ -478,7 +472,7 @@ def test_a_menton_on_a_face_of_the_field_of_view_is_near_it() -> None:
     """From a review: a margin rounded to 0.0 mm read as unknown (``0.0 or inf``), and a menton
     lying on a face was not said to be near one."""
     from mrct.preprocessing.crop import SlabBounds
-    from mrct.preprocessing.localise import Localisation
+    from mrct.preprocessing.slab_checks import Localisation
 
     def guessed(margin: float | None) -> bool:
         details = {"jaw_from": "registration", "menton_fov_margin_mm": margin}
@@ -488,3 +482,72 @@ def test_a_menton_on_a_face_of_the_field_of_view_is_near_it() -> None:
 
     assert guessed(0.0) and guessed(-3.0) and guessed(11.9)
     assert not guessed(12.5) and not guessed(None)
+
+
+def _skull_stripped(volume: Volume, menton_s: float, rim_mm: float = 0.0) -> Volume:
+    """The head's brain alone on a zero background, as a skull-stripping tool leaves it: the head
+    eroded by 14 mm (scalp, skull, most of the face), its largest piece above the orbits' floor
+    (the menton + 60 mm), then ``rim_mm`` of what surrounded it put back (some skull kept)."""
+    from scipy import ndimage as ndi
+
+    from mrct.preprocessing.mask import working_image
+
+    values = volume.array.astype(np.float32)
+    spacing = float(np.linalg.norm(volume.affine[:3, 0]))
+    head = values > working_image(volume, Modality.MR).threshold
+    head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
+    brain = ndi.binary_erosion(head, iterations=round(14 / spacing))
+    s = volume.affine[2, 3] + volume.affine[2, 2] * np.arange(values.shape[2])
+    brain[:, :, s < menton_s + 60.0] = False
+    labels, n = ndi.label(brain)
+    brain = labels == 1 + int(np.argmax(ndi.sum_labels(brain, labels, range(1, n + 1))))
+    if rim_mm:
+        brain = ndi.binary_dilation(brain, iterations=round(rim_mm / spacing)) & head
+    return Volume(np.where(brain, values, 0).astype(np.float32), volume.affine, Modality.MR)
+
+
+@pytest.mark.parametrize("rim_mm", [0.0, 6.0])
+def test_a_skull_stripped_brain_is_refused_as_no_head(
+    template_head: tuple[Volume, float], rim_mm: float
+) -> None:
+    """From a hunt: a skull-stripped brain (no scalp, skull, face or jaw) was located with
+    confidence and translated, exit 0, into a synthetic CT with bone inside the brain. Its
+    fit passes (the template's brain lies on the brain); the template's head mostly falls on air."""
+    from mrct.preprocessing.slab_checks import MIN_TEMPLATE_COVERAGE, check_slab_in_scan
+
+    volume, menton = template_head
+    whole = locate_volume(volume)
+    assert whole.details["template_coverage"] > 0.95
+    check_slab_in_scan(whole, "head.nii.gz")
+    brain = _skull_stripped(volume, menton, rim_mm)
+    loc = locate_volume(brain)
+    assert loc.details["template_coverage"] < MIN_TEMPLATE_COVERAGE - (0.05 if rim_mm else 0.15)
+    with pytest.raises(
+        SlabRefusedError, match=r"brain.nii.gz: the scan's head covers only \d+ % .*skull-stripped"
+    ):
+        check_slab_in_scan(loc, "brain.nii.gz")
+
+
+def test_a_head_cut_to_the_slab_or_small_covers_the_template(template_head: tuple[Volume, float]) -> None:
+    """Coverage counts only the template within the scan's field of view, and the fit follows the
+    head's size: a scan of the brow-to-jaw slab alone, or a child-sized head, is not refused."""
+    from mrct.preprocessing.slab_checks import MIN_TEMPLATE_COVERAGE
+
+    volume, menton = template_head
+    k = int(np.floor((menton + 140.0 - volume.affine[2, 3]) / volume.affine[2, 2]))
+    slab_only = _cut_below(Volume(volume.array[:, :, :k], volume.affine, Modality.MR), menton - 10.0)
+    small = Volume(volume.array, volume.affine @ np.diag([0.75, 0.75, 0.75, 1.0]), Modality.MR)
+    for scan in (slab_only, small):
+        assert locate_volume(scan).details["template_coverage"] > MIN_TEMPLATE_COVERAGE + 0.2
+
+
+@pytest.mark.realdata
+def test_every_real_head_covers_the_template(results: dict[str, dict]) -> None:
+    """No annotated real head (IXI, the DICOM MRs, the CT) is taken for a skull-stripped brain."""
+    from mrct.preprocessing.slab_checks import MIN_TEMPLATE_COVERAGE
+
+    coverage = {Path(path).name: r["loc"].details["template_coverage"] for path, r in results.items()}
+    # The tilted GE CT fits worst (its slices are 1-7 mm apart; the jaw lies below its field of view).
+    assert coverage.pop("ct_ge_hispeed_head_tilt") > MIN_TEMPLATE_COVERAGE + 0.05
+    assert min(coverage.values()) > MIN_TEMPLATE_COVERAGE + 0.2, coverage  # 0.85 or more
+    assert not [r["refused"] for r in results.values() if r["refused"] and "skull-stripped" in r["refused"]]

@@ -247,11 +247,11 @@ def test_a_refused_automatic_slab_is_drawn(
 ) -> None:
     """The levels a refusal was about are drawn on the failed scan's picture, with the reason."""
     from mrct import qc
-    from mrct.preprocessing import localise
+    from mrct.preprocessing import localise, slab_checks
     from mrct.preprocessing.crop import SlabBounds
 
-    def locate(self: object, work: object) -> localise.Localisation:
-        return localise.Localisation(SlabBounds(60.0, -250.0, "auto", 1.0), {}, -0.5, 0.0, (-100.0, 100.0))
+    def locate(self: object, work: object) -> slab_checks.Localisation:
+        return slab_checks.Localisation(SlabBounds(60.0, -250.0, "auto", 1.0), {}, -0.5, 0.0, (-100.0, 100.0))
 
     monkeypatch.setattr(localise.Localiser, "__init__", lambda self: None)
     monkeypatch.setattr(localise.Localiser, "locate", locate)

@@ -25,9 +25,10 @@ from mrct.preprocessing.config import GridConfig, PreprocessConfig
 from mrct.preprocessing.crop import OVERRIDES_HINT, CropRequest, SlabBounds
 from mrct.preprocessing.grid import in_slab, model_grid_affine, resample, resample_from_grid, world_extent
 from mrct.preprocessing.intensity import IntensityMap, ct_map, mr_map
-from mrct.preprocessing.localise import Localiser, check_slab_in_scan
+from mrct.preprocessing.localise import Localiser
 from mrct.preprocessing.mask import MIN_HEAD_ML, WorkingImage, mask_on_grid, working_image
 from mrct.preprocessing.record import PreprocessRecord, _matrix
+from mrct.preprocessing.slab_checks import check_slab_in_scan
 from mrct.volume import Modality, Volume
 
 Data = dict[Hashable, Any]

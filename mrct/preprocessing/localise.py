@@ -20,9 +20,8 @@ apart); levels outside the scan are checked separately (:func:`check_slab_in_sca
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +39,15 @@ from mrct.preprocessing.mask import (
     WorkingImage,
     working_image,
 )
-from mrct.preprocessing.registration import map_point, one_itk_thread, register, sitk_image, uint8_image
+from mrct.preprocessing.registration import (
+    covered_fraction,
+    map_point,
+    one_itk_thread,
+    register,
+    sitk_image,
+    uint8_image,
+)
+from mrct.preprocessing.slab_checks import Localisation
 from mrct.volume import Modality
 
 log = logging.getLogger(__name__)
@@ -48,21 +55,6 @@ log = logging.getLogger(__name__)
 REFERENCE_PACKAGE = "mrct.preprocessing.reference"
 REFERENCE_NAME = "head_t1_template"
 START_SHIFTS_MM = (0.0, -30.0, 30.0)
-# How much of the slab may lie outside the scan's field of view (mm along S, both ends
-# together). Many head MR scans end at or just above the menton; up to this much is used,
-# the missing part filled with background and recorded as ``outside_fov_mm``. It is a
-# sixth of a typical 118 mm slab (about 5 of its 30 slices); beyond it a CropError names
-# the overrides.
-MAX_OUTSIDE_FOV_MM = 20.0
-MIN_CONFIDENCE = 0.3
-# How well the head template fits at best (Mattes MI, negative: lower is better). Measured on
-# 2026-12-07: the 50 IXI heads -1.0 to -1.6, the DICOM MRs -0.69 and -0.76, the CTs -0.58 (UNC;
-# -0.55 with a head holder and table added) and -0.56 (the GE CT, which ends above the jaw).
-# Objects that are no head but have contrast inside and pass the checks above: a knee CT -0.35,
-# a torso block -0.15, smoothed noise -0.04 (tests' ramp phantom: -0.26, and -0.46 since the MR
-# threshold is measured from the floor; the air check now refuses it first). The limit lies
-# between the two, with a margin to the CTs, the least sure (two real ones).
-MAX_FIT_METRIC = -0.40
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
 MIN_PLAUSIBLE_HEIGHT_MM, MAX_PLAUSIBLE_HEIGHT_MM = 70.0, 180.0
@@ -78,65 +70,6 @@ class Reference:
     mean_slab_height_mm: float = 117.0
     # How far the bony menton lies above the chin's soft-tissue edge (:func:`chin_edge_s`), mm.
     menton_above_chin_edge_mm: float = 6.0
-
-
-@dataclass(frozen=True)
-class Localisation:
-    """Where the slab is, plus the evidence: landmarks in the scan (RAS mm) and registration figures."""
-
-    slab: SlabBounds
-    landmarks_ras: dict[str, tuple[float, float, float]]
-    metric: float
-    start_spread_mm: float
-    scan_s_range_mm: tuple[float, float]
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def above_fov_mm(self) -> float:
-        """How far the brow lies above the top of the scan (mm; 0 when inside)."""
-        return max(0.0, self.slab.superior_mm - self.scan_s_range_mm[1])
-
-    @property
-    def below_fov_mm(self) -> float:
-        """How far the jaw lies below the bottom of the scan (mm; 0 when inside)."""
-        return max(0.0, self.scan_s_range_mm[0] - self.slab.inferior_mm)
-
-    @property
-    def outside_fov_mm(self) -> float:
-        """The length of the slab outside the scan (mm along S, both ends together)."""
-        return self.above_fov_mm + self.below_fov_mm
-
-    @property
-    def jaw_guessed_near_edge(self) -> bool:
-        """No chin outline was seen and the registration's jaw lies near (or below) the scan's
-        bottom: the chin may be cut by the field of view by more than ``outside_fov_mm`` says."""
-        near_bottom = self.slab.inferior_mm - self.scan_s_range_mm[0] < JAW_GUESS_MARGIN_MM
-        # An oblique scan's face can cut the chin far above the scan's lowest corner.
-        margin = self.details.get("menton_fov_margin_mm")  # None: unknown
-        near_face = margin is not None and margin < JAW_GUESS_MARGIN_MM
-        return self.details.get("jaw_from") == "registration" and (near_bottom or near_face)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "superior_mm": round(self.slab.superior_mm, 1),
-            "inferior_mm": round(self.slab.inferior_mm, 1),
-            "confidence": None if self.slab.confidence is None else round(self.slab.confidence, 2),
-            "outside_fov_mm": round(self.outside_fov_mm, 1),
-            "landmarks_ras_mm": {k: [round(c, 1) for c in v] for k, v in self.landmarks_ras.items()},
-            "metric": round(self.metric, 4),
-            "start_spread_mm": round(self.start_spread_mm, 1),
-            "scan_s_range_mm": [round(v, 1) for v in self.scan_s_range_mm],
-            "jaw_guessed_near_edge": self.jaw_guessed_near_edge,
-            **self.details,
-        }
-
-
-class SlabRefusedError(CropError):
-    """:func:`check_slab_in_scan` refused a slab; ``localisation`` holds what was found (for QC)."""
-
-    def __init__(self, message: str, localisation: Localisation, path: str | None = None) -> None:
-        super().__init__(message, path)
-        self.localisation = localisation
 
 
 def load_reference() -> Reference:
@@ -189,13 +122,6 @@ BROW_REGION_MM = ((-60.0, 60.0), (-40.0, 30.0), (-25.0, 30.0))
 # (a population prior): the chin is often cut by the field of view or blurred by dental
 # artefacts, and the blend halves the worst errors on the annotated heads (see the issue notes).
 JAW_REGISTRATION_WEIGHT = 0.75
-# That blend is 5-12 mm off on some heads whose chin the scan cuts (a hunt, 14 annotated heads cut
-# 11 and 26 mm above the menton): within this of the scan's bottom it may hide a cut chin, so it is said.
-JAW_GUESS_MARGIN_MM = 12.0
-JAW_GUESSED = (
-    "no chin outline was found near the edge of the scan, so the jaw level comes from the head "
-    "template alone (5-12 mm off on some heads) and the chin may be cut by more than reported"
-)
 
 
 class Localiser:
@@ -206,6 +132,7 @@ class Localiser:
         ref = self.reference.work
         self._fixed = sitk_image(ref.array, ref.affine)
         self._fixed_mask = uint8_image(ndi_dilate(ref.mask), ref.affine)
+        self._template_head = uint8_image(ref.mask, ref.affine)
         centre = np.mean([self.reference.landmarks_ras[k] for k in BROW_KEYS], axis=0)
         self._brow_mask = uint8_image(_box(ref, centre, BROW_REGION_MM) & ndi_dilate(ref.mask), ref.affine)
         self._brow_centre = centre
@@ -273,9 +200,13 @@ class Localiser:
         for key in BROW_KEYS:
             landmarks[key] = map_point(self.reference.landmarks_ras[key], brow, final.transform)
         spread = _spread(landmarks_by_start, [t.metric for t in scored])
-        return self._localisation(
-            work, landmarks, final.metric, spread, chin_edge_s(work, landmarks["menton"])
-        )
+        chin = chin_edge_s(work, landmarks["menton"])
+        loc = self._localisation(work, landmarks, final.metric, spread, chin)
+        # A brain without scalp and face fits the template's brain well (the fit alone passes it).
+        head, in_fov = work.mask, work.in_fov()
+        covered = covered_fraction(self._template_head, head, in_fov, work.affine, final.transform)
+        loc.details["template_coverage"] = round(covered, 3)
+        return loc
 
     def _map_landmarks(self, transform) -> dict[str, tuple[float, float, float]]:  # type: ignore[no-untyped-def]
         return {name: map_point(p, transform) for name, p in self.reference.landmarks_ras.items()}
@@ -342,50 +273,6 @@ def _spread(landmarks_by_start: list[dict[str, tuple[float, float, float]]], met
         if metric <= metrics[0] * 0.97:  # metrics are negative: within 3% of the best
             spread = max(spread, max(abs(lm[k][2] - best[k][2]) for k in best))
     return spread
-
-
-def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
-    """Refuse a slab that lies too far outside the scan, or a doubtful result.
-
-    Up to :data:`MAX_OUTSIDE_FOV_MM` of the slab (both ends together) may lie
-    outside the field of view: the chain fills that part with background, and
-    ``loc.outside_fov_mm`` records it. Raises :class:`SlabRefusedError` (a
-    :class:`CropError` naming the overrides) otherwise.
-    """
-    lo, hi = loc.scan_s_range_mm
-    slab = loc.slab
-    # First: a poor fit also misplaces the slab, so its ends outside the scan would mislead.
-    if loc.metric > MAX_FIT_METRIC:
-        raise SlabRefusedError(
-            f"the head template fits the scan poorly (Mattes MI {loc.metric:.2f}; head scans reach "
-            f"{MAX_FIT_METRIC:.2f} or better): is this a head scan that covers brow to jaw? {OVERRIDES_HINT}",
-            loc,
-            path,
-        )
-    if loc.outside_fov_mm > MAX_OUTSIDE_FOV_MM:
-        problems = []
-        if loc.above_fov_mm > 0:
-            problems.append(
-                f"the brow (S={slab.superior_mm:.0f} mm) is {loc.above_fov_mm:.0f} mm above "
-                f"the field of view (top S={hi:.0f} mm)"
-            )
-        if loc.below_fov_mm > 0:
-            problems.append(
-                f"the jaw (S={slab.inferior_mm:.0f} mm) is {loc.below_fov_mm:.0f} mm below "
-                f"the field of view (bottom S={lo:.0f} mm)"
-            )
-        raise SlabRefusedError(
-            "; ".join(problems) + f" (at most {MAX_OUTSIDE_FOV_MM:g} mm may be missing); {OVERRIDES_HINT}",
-            loc,
-            path,
-        )
-    if slab.confidence is not None and slab.confidence < MIN_CONFIDENCE:
-        raise SlabRefusedError(
-            f"brow-to-jaw localisation is unsure (confidence {slab.confidence:.2f}; is this a head "
-            f"scan?); {OVERRIDES_HINT}",
-            loc,
-            path,
-        )
 
 
 def locate_volume(volume, localiser: Localiser | None = None) -> Localisation:  # type: ignore[no-untyped-def]

@@ -85,6 +85,12 @@ class WorkingImage:
         to_faces = np.minimum(ijk + 0.5, np.asarray(shape) - 0.5 - ijk)  # voxels, per axis
         return np.asarray(np.min(to_faces * np.linalg.norm(affine[:3, :3], axis=0), axis=1))
 
+    def in_fov(self) -> npt.NDArray[np.bool_]:
+        """The voxels of the working grid that lie inside the scan's own field of view."""
+        ijk = np.indices(self.array.shape).reshape(3, -1).T.astype(np.float64)
+        inside = self.fov_margin_mm(ijk @ self.affine[:3, :3].T + self.affine[:3, 3]) > 0
+        return np.asarray(inside.reshape(self.array.shape))
+
     def interior_spread(self) -> float:
         """How varied the object is inside: the 10-90 percentile range of its values (one voxel
         in from its edge), over its contrast with the background (the medians inside and out)."""
@@ -115,9 +121,7 @@ class WorkingImage:
     def air_fraction(self) -> float:
         """The share of the scan's own field of view that is about as dark as its floor: below a
         fifth of the way from :func:`mr_floor` to Otsu's threshold (``threshold`` is half way)."""
-        ijk = np.indices(self.array.shape).reshape(3, -1).T.astype(np.float64)
-        in_fov = self.fov_margin_mm(ijk @ self.affine[:3, :3].T + self.affine[:3, 3]) > 0
-        values = self.array.reshape(-1)[in_fov]
+        values = self.array[self.in_fov()]
         if values.size == 0:
             return 1.0  # nothing to judge: other checks say what is wrong
         floor = mr_floor(values)
