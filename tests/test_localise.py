@@ -506,13 +506,15 @@ def _skull_stripped(volume: Volume, menton_s: float, rim_mm: float = 0.0) -> Vol
     return Volume(np.where(brain, values, 0).astype(np.float32), volume.affine, Modality.MR)
 
 
-@pytest.mark.parametrize("rim_mm", [0.0, 6.0])
+@pytest.mark.parametrize(("rim_mm", "crop_mm"), [(0.0, None), (6.0, None), (0.0, 20.0)])
 def test_a_skull_stripped_brain_is_refused_as_no_head(
-    template_head: tuple[Volume, float], rim_mm: float
+    template_head: tuple[Volume, float], rim_mm: float, crop_mm: float | None
 ) -> None:
     """From a hunt: a skull-stripped brain (no scalp, skull, face or jaw) was located with
     confidence and translated, exit 0, into a synthetic CT with bone inside the brain. Its
-    fit passes (the template's brain lies on the brain); the template's head mostly falls on air."""
+    fit passes (the template's brain lies on the brain); the template's head mostly falls on air.
+    From review: cropped around the brain, it passed when only the template inside the field of
+    view counted; the head is now continued beyond the field of view as at its edge (air here)."""
     from mrct.preprocessing.slab_checks import MIN_TEMPLATE_COVERAGE, check_slab_in_scan
 
     volume, menton = template_head
@@ -520,8 +522,17 @@ def test_a_skull_stripped_brain_is_refused_as_no_head(
     assert whole.details["template_coverage"] > 0.95
     check_slab_in_scan(whole, "head.nii.gz")
     brain = _skull_stripped(volume, menton, rim_mm)
+    if crop_mm is not None:
+        spacing = float(np.linalg.norm(volume.affine[:3, 0]))
+        kept = np.argwhere(brain.array > 0)
+        lo = np.maximum(kept.min(axis=0) - round(crop_mm / spacing), 0)
+        hi = kept.max(axis=0) + round(crop_mm / spacing) + 1
+        affine = brain.affine.copy()
+        affine[:3, 3] += affine[:3, :3] @ lo
+        brain = Volume(brain.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], affine, Modality.MR)
     loc = locate_volume(brain)
-    assert loc.details["template_coverage"] < MIN_TEMPLATE_COVERAGE - (0.05 if rim_mm else 0.15)
+    bare = rim_mm == 0.0 and crop_mm is None
+    assert loc.details["template_coverage"] < MIN_TEMPLATE_COVERAGE - (0.15 if bare else 0.05)
     with pytest.raises(
         SlabRefusedError, match=r"brain.nii.gz: the scan's head covers only \d+ % .*skull-stripped"
     ):
@@ -551,3 +562,15 @@ def test_every_real_head_covers_the_template(results: dict[str, dict]) -> None:
     assert coverage.pop("ct_ge_hispeed_head_tilt") > MIN_TEMPLATE_COVERAGE + 0.05
     assert min(coverage.values()) > MIN_TEMPLATE_COVERAGE + 0.2, coverage  # 0.85 or more
     assert not [r["refused"] for r in results.values() if r["refused"] and "skull-stripped" in r["refused"]]
+
+
+def test_a_coverage_just_under_the_limit_is_not_printed_as_the_limit() -> None:
+    """From review: 0.595 printed as "covers only 60 % ... (heads cover 60 % or more)"."""
+    from mrct.preprocessing.crop import SlabBounds
+    from mrct.preprocessing.slab_checks import Localisation, check_slab_in_scan
+
+    loc = Localisation(
+        SlabBounds(10.0, -100.0, "auto", 1.0), {}, -1.0, 0.0, (-300.0, 100.0), {"template_coverage": 0.595}
+    )
+    with pytest.raises(SlabRefusedError, match=r"covers only 59 % of the head template"):
+        check_slab_in_scan(loc, "x.nii.gz")

@@ -105,6 +105,21 @@ def ndi_dilate(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return np.asarray(ndi.binary_dilation(mask, iterations=2), dtype=bool)
 
 
+def head_beyond_fov(work: WorkingImage) -> npt.NDArray[np.bool_]:
+    """The head mask, continued beyond the scan's field of view as it is at the nearest voxel in
+    it: a head that the field of view cuts goes on past the cut, where the template's head lies
+    too, whereas a brain cropped from a skull-stripped scan is surrounded by the air left around it
+    (or ends in its own outline). Counting only the template inside the field of view let such a
+    crop through, and dropping the template beyond it would do the same."""
+    from scipy import ndimage as ndi
+
+    in_fov = work.in_fov()
+    if in_fov.all() or not in_fov.any():
+        return work.mask
+    nearest = ndi.distance_transform_edt(~in_fov, return_distances=False, return_indices=True)
+    return np.asarray(work.mask[tuple(nearest)], dtype=bool)
+
+
 def _box(work: WorkingImage, centre: npt.NDArray[np.float64], extent) -> npt.NDArray[np.bool_]:  # type: ignore[no-untyped-def]
     """Voxels of ``work`` within ``extent`` (RAS mm ranges) around ``centre``."""
     idx = np.indices(work.array.shape).reshape(3, -1).T.astype(np.float64)
@@ -203,8 +218,7 @@ class Localiser:
         chin = chin_edge_s(work, landmarks["menton"])
         loc = self._localisation(work, landmarks, final.metric, spread, chin)
         # A brain without scalp and face fits the template's brain well (the fit alone passes it).
-        head, in_fov = work.mask, work.in_fov()
-        covered = covered_fraction(self._template_head, head, in_fov, work.affine, final.transform)
+        covered = covered_fraction(self._template_head, head_beyond_fov(work), work.affine, final.transform)
         loc.details["template_coverage"] = round(covered, 3)
         return loc
 

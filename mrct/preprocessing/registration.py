@@ -124,16 +124,14 @@ def uint8_image(mask: npt.NDArray[np.bool_], affine: npt.NDArray[np.float64]):  
     return sitk.Cast(sitk_image(mask.astype(np.float32), affine), sitk.sitkUInt8)
 
 
-def covered_fraction(fixed_mask, moving_mask, moving_valid, moving_affine, transform) -> float:  # type: ignore[no-untyped-def]
+def covered_fraction(fixed_mask, moving_mask, moving_affine, transform) -> float:  # type: ignore[no-untyped-def]
     """The share of ``fixed_mask`` (a UInt8 image) that, mapped through ``transform`` (fixed points
-    to moving points, as a registration gives it), lands inside ``moving_mask``, counting only
-    the part that lands where ``moving_valid`` holds (both boolean arrays on ``moving_affine``)."""
+    to moving points, as a registration gives it), lands inside ``moving_mask`` (a boolean array
+    on ``moving_affine``). Beyond the moving grid the mask is taken as at its nearest voxel."""
     import SimpleITK as sitk
 
-    def on_fixed(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        image = uint8_image(mask, moving_affine)
-        out = sitk.Resample(image, fixed_mask, transform, sitk.sitkNearestNeighbor, 0)
-        return np.asarray(sitk.GetArrayViewFromImage(out)) > 0
-
-    counted = (np.asarray(sitk.GetArrayViewFromImage(fixed_mask)) > 0) & on_fixed(moving_valid)
-    return float((counted & on_fixed(moving_mask)).sum() / max(int(counted.sum()), 1))
+    moving = uint8_image(moving_mask, moving_affine)
+    mapped = sitk.Resample(moving, fixed_mask, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8, True)
+    inside = np.asarray(sitk.GetArrayViewFromImage(fixed_mask)) > 0
+    covered = inside & (np.asarray(sitk.GetArrayViewFromImage(mapped)) > 0)
+    return float(covered.sum() / max(int(inside.sum()), 1))

@@ -8,6 +8,7 @@ apart from the registration that produces it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,14 @@ MIN_CONFIDENCE = 0.3
 # threshold is measured from the floor; the air check now refuses it first). The limit lies
 # between the two, with a margin to the CTs, the least sure (two real ones).
 MAX_FIT_METRIC = -0.40
-# How much of the template's head, laid on the scan, the scan's own head covers (where the scan's
-# field of view reaches). Measured on 2026-12-07: the 50 IXI heads 0.855-0.98, the DICOM MRs 0.875
-# and 0.896, the CTs 0.854 and 0.689 (the GE CT, whose fit stretches the template); heads cut to
-# brow-to-jaw, shrunk to 0.6x or crudely defaced 0.75 or more. Skull-stripped brains (no scalp,
-# skull, face or jaw; made from IXI, DICOM and CT heads, some with a rim of skull kept) 0.26-0.52:
-# the registration lays the template's brain on the brain, so its scalp and face fall on air.
+# How much of the template's head, laid on the scan, the scan's own head covers (continued beyond
+# the field of view as at its edge: localise.head_beyond_fov). Measured on 2026-12-07: the 50 IXI
+# heads 0.855-0.98, the DICOM MRs 0.875 and 0.896, the CTs 0.851 and 0.684 (the GE CT, whose fit
+# stretches the template); IXI heads cut to brow-to-jaw or to the cranium, scaled by 0.7-1.15 or
+# crudely defaced 0.75 or more. Skull-stripped brains (no scalp, skull, face or jaw; made from IXI,
+# DICOM and CT heads, some with a rim of skull kept) 0.26-0.46, and 0.54-0.56 cropped to the
+# brain with a margin: the registration lays the template's brain on the brain, so its scalp and
+# face fall on air.
 MIN_TEMPLATE_COVERAGE = 0.6
 # The jaw from registration, blended with the slab-height prior (localise.JAW_REGISTRATION_WEIGHT),
 # is 5-12 mm off on some heads whose chin the scan cuts (a hunt, 14 annotated heads cut
@@ -124,6 +127,15 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
             loc,
             path,
         )
+    # Then: a brain alone also lies partly outside a field of view cropped around it; say what it is.
+    if (coverage := loc.details.get("template_coverage", 1.0)) < MIN_TEMPLATE_COVERAGE:
+        raise SlabRefusedError(
+            f"the scan's head covers only {math.floor(100 * coverage)} % of the head template laid on it "
+            f"(heads cover {100 * MIN_TEMPLATE_COVERAGE:.0f} % or more): a brain without scalp, skull "
+            f"and face (skull-stripped), or not a head? {OVERRIDES_HINT}",
+            loc,
+            path,
+        )
     if loc.outside_fov_mm > MAX_OUTSIDE_FOV_MM:
         problems = []
         if loc.above_fov_mm > 0:
@@ -138,14 +150,6 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
             )
         raise SlabRefusedError(
             "; ".join(problems) + f" (at most {MAX_OUTSIDE_FOV_MM:g} mm may be missing); {OVERRIDES_HINT}",
-            loc,
-            path,
-        )
-    if (coverage := loc.details.get("template_coverage", 1.0)) < MIN_TEMPLATE_COVERAGE:
-        raise SlabRefusedError(
-            f"the scan's head covers only {100 * coverage:.0f} % of the head template laid on it "
-            f"(heads cover {100 * MIN_TEMPLATE_COVERAGE:.0f} % or more): a brain without scalp, skull "
-            f"and face (skull-stripped), or not a head? {OVERRIDES_HINT}",
             loc,
             path,
         )
