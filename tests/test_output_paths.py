@@ -246,3 +246,51 @@ def test_a_model_package_goes_into_an_empty_folder_without_overwrite(tmp_path: P
     assert [p.name for p in out.iterdir()] == ["model.json"]
     with pytest.raises(Exception, match="output exists"):  # now it holds an output
         check_output(out, overwrite=False, owned=PACKAGE_FILES)
+
+
+def test_an_empty_folder_keeps_its_permissions_and_is_never_emptied_by_a_race(tmp_path: Path) -> None:
+    """From review: the output took the empty folder's place with the default permissions (a
+    folder made private for patient data became world-readable), and a file landing in it
+    between the check and the swap was deleted with it."""
+    from mrct.errors import OutputExistsError
+    from mrct.io.atomic import _take_place_of_empty
+
+    out = tmp_path / "private"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)  # whatever the umask
+    result = runner.invoke(app, ["convert", str(good_nifti(tmp_path)), f"{out}/", "--modality", "ct"])
+    assert result.exit_code == 0, result.output
+    assert (out.stat().st_mode & 0o777) == 0o750 and (out / "IM_0001.dcm").is_file()
+
+    made, late = tmp_path / "made", tmp_path / ".made.mrct-tmp-x"
+    made.mkdir()
+    late.mkdir()
+    (late / "IM_0001.dcm").write_bytes(b"new")
+    (made / "notes.txt").write_text("keep")  # landed after the last check
+    with pytest.raises(OutputExistsError, match="appeared while writing"):
+        _take_place_of_empty(late, made)
+    assert [p.name for p in made.iterdir()] == ["notes.txt"]
+
+
+def test_the_current_folder_or_a_mount_point_is_refused_as_a_folder_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From review: from inside an empty folder, ``-o "$PWD/"`` swapped the folder under the shell
+    (left in a deleted folder) and exited 70; ``-o ./`` failed after all the work. An empty mount
+    point (a container's output volume) failed only when renamed onto."""
+    src = good_nifti(tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for given in (f"{here}/", "./"):
+        result = runner.invoke(app, ["convert", str(src), given, "--modality", "ct"])
+        assert result.exit_code == 4, result.output
+        assert "is the current folder (or holds it)" in result.output and result.output.count("\n") == 1
+    assert not any(here.iterdir()) and here.is_dir()
+    monkeypatch.chdir(tmp_path)
+    mounted = tmp_path / "mnt"
+    mounted.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(mounted))
+    result = runner.invoke(app, ["convert", str(src), f"{mounted}/", "--modality", "ct"])
+    assert result.exit_code != 0 and "is a mount point" in result.output, result.output
+    assert not any(mounted.iterdir())

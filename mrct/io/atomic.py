@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -86,7 +87,8 @@ def occupied(path: Path) -> bool:
 def empty_folder(path: Path) -> bool:
     """Whether ``path`` is a real folder holding nothing (OS litter aside): where a folder output
     (a DICOM series, a model package) may go without ``--overwrite``, as into a folder the user
-    made for it (``mkdir out && mrct translate ... -o out/``), since replacing it loses nothing."""
+    made for it (``mkdir out && mrct translate ... -o out/``). The output takes its place, with
+    its permissions and group (:func:`_take_place_of_empty`)."""
     try:
         if path.is_symlink() or not path.is_dir():
             return False
@@ -174,6 +176,21 @@ def check_replaceable(path: Path, owned: Owned) -> None:
             "is not a folder (a file or a link), and mrct writes a folder here; choose another output path",
             path,
         )
+    # The new folder is renamed onto this one: that cannot replace a mount point (a container's
+    # output volume), and would leave a shell started inside it in a deleted folder.
+    if os.path.ismount(path):
+        raise WriteError(
+            "is a mount point, which mrct cannot replace with its output folder; give a folder inside it",
+            path,
+        )
+    with contextlib.suppress(OSError):
+        here, where = os.path.realpath(os.getcwd()), os.path.realpath(path)
+        if here == where or here.startswith(where + os.sep):
+            raise OutputExistsError(
+                "is the current folder (or holds it), which mrct would replace with its output folder; "
+                "give another folder, or run mrct from elsewhere",
+                path,
+            )
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as err:
@@ -298,6 +315,25 @@ def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] 
     _remove_stale(path, keep)
 
 
+def _take_place_of_empty(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto the empty folder ``path``, with its permissions and group (a folder made
+    private for patient data stays private). The rename is atomic and fails if anything appeared
+    in ``path`` meanwhile, which is then left as it is."""
+    made = path.stat()
+    for name in OS_LITTER:  # what a file manager left; the rename needs the folder empty
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            (path / name).unlink()
+    os.chmod(tmp, stat.S_IMODE(made.st_mode))
+    with contextlib.suppress(OSError):  # another group: only its members or root may give it
+        os.chown(tmp, -1, made.st_gid)
+    try:
+        os.rename(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OutputExistsError("output appeared while writing; not replaced", path) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_dir(
     path: Path, owned: Owned, overwrite: bool = False, keep: Sequence[str | Path] = ()
@@ -316,8 +352,9 @@ def atomic_dir(
     try:
         with _writing(path, tmp):
             yield tmp
-        if path.exists():
-            if not overwrite and not empty_folder(path):
+        into_empty = empty_folder(path)
+        if path.exists() and not into_empty:
+            if not overwrite:
                 raise OutputExistsError("output appeared while writing; not replaced", path)
             check_replaceable(path, owned)
             with _creating(path):  # a read-only or immutable folder: one error naming the output
@@ -326,7 +363,11 @@ def atomic_dir(
                 os.replace(path, old)
         with _creating(path):
             _publish_mode(tmp, directory=True)
-            os.replace(tmp, path)
+            if into_empty:
+                check_replaceable(path, owned)
+                _take_place_of_empty(tmp, path)
+            else:
+                os.replace(tmp, path)
         if old is not None:
             remove_leftover(old)  # a link to a folder: drops the link only
     except BaseException:
