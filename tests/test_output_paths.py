@@ -258,9 +258,25 @@ def test_an_empty_folder_keeps_its_permissions_and_is_never_emptied_by_a_race(tm
     out = tmp_path / "private"
     out.mkdir(mode=0o750)
     os.chmod(out, 0o750)  # whatever the umask
-    result = runner.invoke(app, ["convert", str(good_nifti(tmp_path)), f"{out}/", "--modality", "ct"])
+    src = good_nifti(tmp_path)
+    result = runner.invoke(app, ["convert", str(src), f"{out}/", "--modality", "ct"])
     assert result.exit_code == 0, result.output
     assert (out.stat().st_mode & 0o777) == 0o750 and (out / "IM_0001.dcm").is_file()
+    again = runner.invoke(app, ["convert", str(src), f"{out}/", "--modality", "ct", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert (out.stat().st_mode & 0o777) == 0o750  # from review: --overwrite gave the default permissions
+
+    from mrct.io.atomic import atomic_dir
+    from mrct.models import PACKAGE_FILES
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2770)  # setgid: files written inside take the folder's group
+    with atomic_dir(shared, PACKAGE_FILES) as tmp:
+        assert (tmp.stat().st_mode & 0o7777) == 0o2770  # before anything is written in it
+        (tmp / "model.json").write_text("{}")
+    assert (shared.stat().st_mode & 0o7777) == 0o2770
+    assert (shared / "model.json").stat().st_gid == shared.stat().st_gid
 
     made, late = tmp_path / "made", tmp_path / ".made.mrct-tmp-x"
     made.mkdir()

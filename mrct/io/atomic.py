@@ -65,6 +65,7 @@ class Owned:
 
 
 # Files the desktop drops into any folder it shows; they do not make a folder the user's.
+MOUNT_POINT = "is a mount point, which mrct cannot replace with its output folder; give a folder inside it"
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
@@ -179,10 +180,7 @@ def check_replaceable(path: Path, owned: Owned) -> None:
     # The new folder is renamed onto this one: that cannot replace a mount point (a container's
     # output volume), and would leave a shell started inside it in a deleted folder.
     if os.path.ismount(path):
-        raise WriteError(
-            "is a mount point, which mrct cannot replace with its output folder; give a folder inside it",
-            path,
-        )
+        raise WriteError(MOUNT_POINT, path)
     with contextlib.suppress(OSError):
         here, where = os.path.realpath(os.getcwd()), os.path.realpath(path)
         if here == where or here.startswith(where + os.sep):
@@ -316,22 +314,43 @@ def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] 
 
 
 def _take_place_of_empty(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` onto the empty folder ``path``, with its permissions and group (a folder made
-    private for patient data stays private). The rename is atomic and fails if anything appeared
-    in ``path`` meanwhile, which is then left as it is."""
-    made = path.stat()
+    """Rename ``tmp`` onto the empty folder ``path``. The rename is atomic and fails if anything
+    appeared in ``path`` meanwhile, which is then left as it is."""
     for name in OS_LITTER:  # what a file manager left; the rename needs the folder empty
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             (path / name).unlink()
-    os.chmod(tmp, stat.S_IMODE(made.st_mode))
-    with contextlib.suppress(OSError):  # another group: only its members or root may give it
-        os.chown(tmp, -1, made.st_gid)
     try:
         os.rename(tmp, path)
     except OSError as err:
         if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise OutputExistsError("output appeared while writing; not replaced", path) from None
         raise
+
+
+def _like_folder(tmp: Path, path: Path) -> bool:
+    """Give ``tmp`` the permissions and group of the existing folder ``path`` it will replace (an
+    empty one made for the output, or an earlier output), before anything is written in it: a
+    folder made private for patient data stays private, and with its setgid bit the files
+    written inside take its group, as they would written straight into it. False when there is
+    no such folder (the output gets the usual permissions)."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        made = path.stat()
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # another group: only its members or root may give it
+        os.chown(tmp, -1, made.st_gid)
+    os.chmod(tmp, stat.S_IMODE(made.st_mode))
+    return True
+
+
+def _mount_point_error(err: OSError, path: Path) -> WriteError:
+    """EBUSY from renaming onto ``path``: a mount point that :func:`os.path.ismount` does not see
+    (a bind mount within one file system)."""
+    if err.errno == errno.EBUSY:
+        return WriteError(MOUNT_POINT, path)
+    return WriteError(f"cannot write here ({err.strerror})", path)
 
 
 @contextlib.contextmanager
@@ -350,6 +369,8 @@ def atomic_dir(
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
     old: Path | None = None
     try:
+        with _creating(path):
+            liked = _like_folder(tmp, path)
         with _writing(path, tmp):
             yield tmp
         into_empty = empty_folder(path)
@@ -361,13 +382,18 @@ def atomic_dir(
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
                 old.rmdir()
                 os.replace(path, old)
-        with _creating(path):
-            _publish_mode(tmp, directory=True)
+        if not liked:
+            with _creating(path):
+                _publish_mode(tmp, directory=True)
+        if into_empty:
+            check_replaceable(path, owned)
+        try:
             if into_empty:
-                check_replaceable(path, owned)
                 _take_place_of_empty(tmp, path)
             else:
                 os.replace(tmp, path)
+        except OSError as err:  # a read-only or immutable folder: one error naming the output
+            raise _mount_point_error(err, path) from err
         if old is not None:
             remove_leftover(old)  # a link to a folder: drops the link only
     except BaseException:
