@@ -65,8 +65,9 @@ class Owned:
 
 
 # Files the desktop drops into any folder it shows; they do not make a folder the user's.
-MOUNT_POINT = "is a mount point, which mrct cannot replace with its output folder; give a folder inside it"
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+# A folder output is renamed onto its path, which a mount point cannot be replaced by.
+MOUNT_POINT = "is a mount point, which mrct cannot replace with its output folder; give a folder inside it"
 
 
 def occupied(path: Path) -> bool:
@@ -385,10 +386,9 @@ def atomic_dir(
         if not liked:
             with _creating(path):
                 _publish_mode(tmp, directory=True)
-        if into_empty:
-            check_replaceable(path, owned)
         try:
             if into_empty:
+                check_replaceable(path, owned)  # the current folder or a mount point by now
                 _take_place_of_empty(tmp, path)
             else:
                 os.replace(tmp, path)

@@ -215,12 +215,10 @@ class Localiser:
         for key in BROW_KEYS:
             landmarks[key] = map_point(self.reference.landmarks_ras[key], brow, final.transform)
         spread = _spread(landmarks_by_start, [t.metric for t in scored])
-        chin = chin_edge_s(work, landmarks["menton"])
-        loc = self._localisation(work, landmarks, final.metric, spread, chin)
         # A brain without scalp and face fits the template's brain well (the fit alone passes it).
         covered = covered_fraction(self._template_head, head_beyond_fov(work), work.affine, final.transform)
-        loc.details["template_coverage"] = round(covered, 3)
-        return loc
+        chin = chin_edge_s(work, landmarks["menton"])
+        return self._localisation(work, landmarks, final.metric, spread, chin, covered)
 
     def _map_landmarks(self, transform) -> dict[str, tuple[float, float, float]]:  # type: ignore[no-untyped-def]
         return {name: map_point(p, transform) for name, p in self.reference.landmarks_ras.items()}
@@ -232,6 +230,7 @@ class Localiser:
         metric: float,
         spread: float,
         chin_edge: float | None = None,
+        template_coverage: float = 1.0,
     ) -> Localisation:
         superior = float(np.mean([landmarks[k][2] for k in BROW_KEYS]))
         jaw_registered = landmarks["menton"][2]
@@ -257,6 +256,7 @@ class Localiser:
             "chin_edge_s_mm": None if chin_edge is None else round(chin_edge, 1),
             "jaw_from": "registration" if chin_edge is None else "chin_edge",
             "menton_fov_margin_mm": _finite_mm(work.fov_margin_mm(np.array(landmarks["menton"]))[0]),
+            "template_coverage": round(template_coverage, 3),
         }
         return Localisation(slab, landmarks, metric, spread, scan_s, details)
 
