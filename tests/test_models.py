@@ -86,6 +86,17 @@ def test_import_does_not_load_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_weights_does_not_import_torchs_compiler(package: Path) -> None:
+    """The shape check builds the network on the meta device; drawing its initial weights there
+    imported torch._dynamo, a second or more of every translate run, and its temporary folder."""
+    code = (
+        "import sys; from mrct.models import load_package; "
+        f"load_package({str(package)!r}).load_generator('mr_to_ct'); print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_round_trip_gives_the_same_outputs(tmp_path: Path, package: Path) -> None:
     states = tiny_states()
     assert sorted(p.name for p in package.iterdir()) == [

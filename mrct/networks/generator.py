@@ -68,7 +68,9 @@ _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTrans
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """CycleGAN's init: conv weights ~ N(0, ``std``), biases 0. Seed torch first for repeatability."""
     for m in module.modules():
-        if isinstance(m, _CONV_TYPES):
+        # A skeleton on the meta device (shapes only, to check a model file) has no values to draw;
+        # drawing them went through torch's reference kernels, which import its compiler (1.3 s).
+        if isinstance(m, _CONV_TYPES) and not m.weight.is_meta:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
