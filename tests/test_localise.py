@@ -574,3 +574,13 @@ def test_a_coverage_just_under_the_limit_is_not_printed_as_the_limit() -> None:
     )
     with pytest.raises(SlabRefusedError, match=r"covers only 59 % of the head template"):
         check_slab_in_scan(loc, "x.nii.gz")
+
+
+def test_a_fit_just_short_of_the_limit_is_not_printed_as_the_limit() -> None:
+    """From a hunt: Mattes MI -0.398 printed as "-0.40; head scans reach -0.40 or better"."""
+    from mrct.preprocessing.crop import SlabBounds
+    from mrct.preprocessing.slab_checks import Localisation, check_slab_in_scan
+
+    loc = Localisation(SlabBounds(10.0, -100.0, "auto", 1.0), {}, -0.39981, 0.0, (-300.0, 100.0), {})
+    with pytest.raises(SlabRefusedError, match=r"Mattes MI -0\.399; head scans reach -0\.40 or better"):
+        check_slab_in_scan(loc, "x.nii.gz")

@@ -121,8 +121,9 @@ def check_slab_in_scan(loc: Localisation, path: str | None = None) -> None:
     slab = loc.slab
     # First: a poor fit also misplaces the slab, so its ends outside the scan would mislead.
     if loc.metric > MAX_FIT_METRIC:
+        shown = math.ceil(loc.metric * 1000) / 1000  # up, as -0.398 shown as -0.40 read as a pass
         raise SlabRefusedError(
-            f"the head template fits the scan poorly (Mattes MI {loc.metric:.2f}; head scans reach "
+            f"the head template fits the scan poorly (Mattes MI {shown:.3f}; head scans reach "
             f"{MAX_FIT_METRIC:.2f} or better): is this a head scan that covers brow to jaw? {OVERRIDES_HINT}",
             loc,
             path,
