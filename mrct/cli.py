@@ -44,7 +44,7 @@ from mrct.cli_options import (
     output_path,
     output_text,
 )
-from mrct.cli_signals import environment_problem, install_signal_handlers
+from mrct.cli_signals import end_quietly_with, environment_problem, install_signal_handlers
 
 app = typer.Typer(
     name="mrct",
@@ -312,6 +312,7 @@ def translate(
         )
     except (Exception, KeyboardInterrupt) as err:
         fail(err)
+    end_quietly_with(0)  # every output is in place: a signal now cannot make the run a failure
     if not quiet:
         took = result.report["timings_s"]["total"]
         typer.echo(f"wrote {result.output} ({took:.1f} s)")
@@ -328,7 +329,7 @@ def main() -> None:
         sys.exit(2)
     try:
         code = app(args=expand_prepare_args(sys.argv[1:]), standalone_mode=False)
-    except typer.Abort:  # Ctrl-C while click itself was prompting or parsing
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C while click parsed, or as a command returned
         typer.echo("error: interrupted", err=True)
         code = 130
     except typer.TyperException as err:  # click's usage errors: a wrong option, a missing argument
@@ -345,7 +346,9 @@ def main() -> None:
             message = " ".join(part.strip() for part in message.splitlines()).rstrip(".")
             typer.echo(f"error: {message}{where}", err=True)
             code = int(getattr(err, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    end_quietly_with(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

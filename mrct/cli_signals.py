@@ -6,6 +6,7 @@ imports it and must stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -69,6 +70,22 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, _unwind_on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
+
+
+def end_quietly_with(code: int) -> None:
+    """Once a command's work is done, a signal ends the process at once with the command's exit
+    code: raised during the interpreter's shutdown (torch's exit callbacks), Ctrl-C printed a
+    traceback ("Exception ignored in atexit callback") and the run still exited 0."""
+
+    def _end(_signum: int, _frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or None
+                stream.flush()
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            signal.signal(sig, _end)
 
 
 def environment_problem(args: list[str]) -> str | None:

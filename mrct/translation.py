@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import (
+    TMP_MARK,
     atomic_file,
     check_apart,
     check_outside,
@@ -30,6 +32,7 @@ from mrct.io.atomic import (
     check_writable,
     empty_folder,
     occupied,
+    remove_leftover,
 )
 from mrct.io.discover import fit_name, scan_stem
 from mrct.labels import NOT_FOR_DIAGNOSIS, derivation_description, series_description
@@ -145,7 +148,8 @@ def translate_file(
     """Read ``src``, translate it to ``to``, write the result (and optionally a report and a preview).
 
     Outputs are checked before any work (an existing one is refused without ``overwrite``)
-    and written under a temporary name, then renamed. The report holds no patient names or
+    and written under a temporary name, then renamed: all or none, as a failure or interruption
+    once the image is in place takes back what was written. The report holds no patient names or
     IDs: paths, checksums, the model, the device and precision, the slab and the time each
     stage took (``timings_s``: load_model, read, localise, preprocess, forward, invert, write,
     preview, checksum, and ``other`` = total minus those, so the stages add up to ``total``).
@@ -195,47 +199,88 @@ def translate_file(
     warn_outside_fov(src, result.slabs[0], to, report=report is not None)
     package = translator.package
     derivation = derivation_description(to, package)
-    t = time.perf_counter()
-    anonymizer = Anonymizer() if anonymize else None  # a new key: new UIDs for this run
-    written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation, anonymizer)
-    timings["write"] = time.perf_counter() - t
-    if preview is not None:
+    # What the output paths hold before anything is written (nothing, or what --overwrite replaces).
+    outputs = [out_path, *(Path(p) for p in (report, preview) if p is not None)]
+    before = {p: _identity(p) for p in outputs}
+    try:
         t = time.perf_counter()
-        write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
-        timings["preview"] = time.perf_counter() - t
-    t = time.perf_counter()
-    # The files the volume was read from: with --series, or beside other files, not the whole folder.
-    files = sorted(Path(f) for f in volume.source.files) or [src]
-    checksum = sha256_files(files)
-    timings["checksum"] = time.perf_counter() - t
-    stages = sum(timings.values())
-    timings["total"] = time.perf_counter() - started
-    timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
-    content = {
-        "mrct_version": __version__,
-        "input": {
-            "path": str(src),
-            "sha256": checksum,
-            "files": len(files),
-            "series": series,
-            "allow_gaps": allow_gaps,
-        },
-        "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
-        "anonymized": anonymize,
-        "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
-        "device": str(translator.device),
-        "precision": translator.precision,
-        "threads": translator.threads,
-        "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
-        "slabs": result.slabs,
-        "full_fov": full_fov,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "host": {"python": platform.python_version(), "machine": platform.machine()},
-    }
-    if report is not None:
-        with atomic_file(Path(report), overwrite=overwrite, keep=[src]) as tmp:
-            tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        anonymizer = Anonymizer() if anonymize else None  # a new key: new UIDs for this run
+        written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation, anonymizer)
+        timings["write"] = time.perf_counter() - t
+        if preview is not None:
+            t = time.perf_counter()
+            write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
+            timings["preview"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # The files the volume was read from: with --series, or beside other files, not the whole folder.
+        files = sorted(Path(f) for f in volume.source.files) or [src]
+        checksum = sha256_files(files)
+        timings["checksum"] = time.perf_counter() - t
+        stages = sum(timings.values())
+        timings["total"] = time.perf_counter() - started
+        timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
+        content = {
+            "mrct_version": __version__,
+            "input": {
+                "path": str(src),
+                "sha256": checksum,
+                "files": len(files),
+                "series": series,
+                "allow_gaps": allow_gaps,
+            },
+            "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
+            "anonymized": anonymize,
+            "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
+            "device": str(translator.device),
+            "precision": translator.precision,
+            "threads": translator.threads,
+            "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
+            "slabs": result.slabs,
+            "full_fov": full_fov,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "host": {"python": platform.python_version(), "machine": platform.machine()},
+        }
+        if report is not None:
+            with atomic_file(Path(report), overwrite=overwrite, keep=[src]) as tmp:
+                tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    except BaseException as err:
+        # All or none: a run stopped after its image was in place (Ctrl-C, SIGTERM, a full disk
+        # for the report) exited non-zero yet left the image without its report, and the retry
+        # of the same command was refused on it ("output exists"). Whatever now holds an output
+        # path and did not before is this run's, but for a file that appeared there meanwhile.
+        # With --overwrite, the earlier outputs still there go too: they described the image that
+        # this run replaced.
+        foreign = err.path if isinstance(err, OutputExistsError) else None
+        now = {path: _identity(path) for path in before if str(path) != foreign}
+        if any(now[path] not in (before[path], None) for path in now):
+            for path in now:
+                if now[path] is not None and (now[path] != before[path] or overwrite):
+                    _withdraw(path)
+        raise
     return TranslateSummary(written, content)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of what ``path`` names (not following a link), or None."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _withdraw(path: Path) -> None:
+    """Take an output this run put in place back out of view: first renamed to a hidden temporary
+    name (one atomic step, so a second Ctrl-C meanwhile leaves no half-deleted series in view, only
+    a leftover that later writes of the output remove), then deleted."""
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent))
+        aside.rmdir()
+        os.replace(path, aside)
+    except OSError as err:
+        log.error("%s: left in place after the failure, without its report (%s)", path, err.strerror)
+        return
+    remove_leftover(aside)
 
 
 def check_grid_fits(volume: Any, fmt: OutputFormat, out_path: Path) -> None:
