@@ -47,7 +47,7 @@ from typing import Any
 
 from mrct import __version__
 from mrct.batch_folder import Manifest, hold, sweep
-from mrct.batch_plan import adopt_legacy_zip_rows, plan, why_not
+from mrct.batch_plan import adopt_legacy_zip_rows, check_out_inside_in, plan, why_not
 from mrct.batch_series import EARLIER_OUTPUT, Series, discover, name_outputs, read_zip_member
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat
@@ -235,7 +235,7 @@ def run_batch(
         ModelError: the model cannot be found or fails verification.
         OutputExistsError: ``out_dir`` holds a batch to the other modality, or (without
             ``overwrite``) one by another model, with the other ``anonymize`` or in another
-            output format.
+            output format; or it is a folder inside ``in_dir`` holding files no batch wrote.
     """
     src, out = Path(in_dir), Path(out_dir)
     if not src.exists():
@@ -250,6 +250,7 @@ def run_batch(
             out,
         )
     # An output folder inside the input is left out of the walk; one holding the input cannot be.
+    check_out_inside_in(src, out)
     skip = [] if src.resolve().is_relative_to(out.resolve()) else [out]
     part = parse_shard(shard)
     with hold(out, part):  # first: a second run on this folder is refused before any work

@@ -5,12 +5,13 @@ input unchanged), fail it (an output it may not write), or translate it."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mrct.batch_folder import Manifest, same_input
 from mrct.batch_series import Series, zip_rows
-from mrct.errors import MrctError
+from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat
 from mrct.io.atomic import check_replaceable
 from mrct.volume import Modality
@@ -27,6 +28,25 @@ def why_not(found: Modality | str | None, to: Modality, how: str) -> str | None:
     if not value:
         return f"cannot tell CT from MR ({how}); use mrct translate --force for this one"
     return f"{value} modality ({how}); only {source.value} is translated to {to.value}"
+
+
+def check_out_inside_in(src: Path, out: Path) -> None:
+    """Refuse an existing folder inside IN as OUT unless a batch made it: it is left out of the
+    walk, so the series in it (``-o IN/p01``) were silently never listed, and a DICOM series
+    folder given as OUT had the manifest and outputs written among its slices. Hidden entries
+    (a lock, temporary files) and desktop litter are left out of the walk anyway."""
+    from mrct.io.atomic import OS_LITTER
+
+    if not out.resolve().is_relative_to(src.resolve()) or not out.is_dir():
+        return
+    names = [n for n in os.listdir(out) if not n.startswith(".") and n not in OS_LITTER]
+    batch_made = any(n == "manifest.json" or re.fullmatch(r"manifest-shard\d+of\d+\.json", n) for n in names)
+    if names and not batch_made:
+        raise OutputExistsError(
+            "lies inside the input folder and holds files no batch wrote (its inputs would be left "
+            "out); choose a new output folder",
+            out,
+        )
 
 
 def unsafe_output(src: Path, out: Path, target: Path) -> str | None:

@@ -663,6 +663,24 @@ def test_the_output_folder_may_hold_the_input_but_not_be_it(tmp_path: Path, mode
     assert again.exit_code == 0 and "1 done (1 by an earlier run)" in again.stdout
 
 
+def test_an_existing_folder_of_inputs_inside_in_is_refused_as_out(tmp_path: Path, model: Path) -> None:
+    """From a hunt: OUT inside IN is left out of the walk, so ``-o IN/p01`` silently dropped the
+    series under p01, and ``-o IN/p01/t1`` wrote the manifest among that series' slices. An
+    existing folder inside IN is taken as OUT only when empty or made by a batch."""
+    src = tmp_path / "in"
+    write_series(src / "p01" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    for out in (src / "p01", src / "p01" / "t1"):
+        refused = _batch(src, out, model)
+        assert refused.exit_code == 4 and refused.stderr.count("\n") == 1, refused.output
+        assert "lies inside the input folder and holds files no batch wrote" in refused.stderr
+        assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    (src / "out").mkdir()
+    (src / "out" / ".DS_Store").write_bytes(b"")  # empty but for desktop litter: taken
+    made = _batch(src, src / "out", model)
+    assert made.exit_code == 0 and made.stdout.startswith("1 done"), made.output
+
+
 def test_a_batch_never_writes_into_its_input_or_replaces_a_users_folder(tmp_path: Path, model: Path) -> None:
     """OUT holding IN could mirror a series into IN (IN = OUT/in with a folder in/in); an output
     folder holding the user's files is kept even with --overwrite. Both are failed rows, found
