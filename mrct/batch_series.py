@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mrct.errors import MrctError, ReadError
+from mrct.errors import InputNotFoundError, MrctError, ReadError
 from mrct.io import OutputFormat
 from mrct.io.dicom_scan import (
     PIXEL_TAGS,
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SYNTHETIC_LABEL = "mrct synthetic "
 EARLIER_OUTPUT = "an mrct synthetic image (an earlier output); not translated again"
 SCAN_IN_ZIP = "a scan file inside a zip; unzip it to translate it"
+NO_IMAGES_IN_ZIP = "a zip holding no image files (DICOM, NIfTI, NRRD or MHA)"
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,8 @@ def _zip_series(whole: Series) -> list[Series]:
     try:
         with unzipped(whole.path) as folder:
             listed = _zip_listing(folder, whole.path)
+    except InputNotFoundError:  # no files at all: nothing to translate, as an empty folder
+        return [replace(whole, skip=NO_IMAGES_IN_ZIP)]
     except Exception as err:  # a damaged zip, the memory limit, a full temporary folder
         log.debug("%s: series not listed", whole.path, exc_info=True)
         why = str(err).splitlines()[0] if isinstance(err, MrctError) else None
@@ -292,8 +295,8 @@ def _zip_series(whole: Series) -> list[Series]:
         for r in listed
         if r.stack is None and r.error is None and r.path.name.lower().endswith(SCAN_SUFFIXES)
     ]
-    if not found and not scans:
-        return [replace(whole, error=f"{whole.path}: no DICOM image files in the zip")]
+    if not found and not scans:  # documents, say: skipped, as they would be unzipped
+        return [replace(whole, skip=NO_IMAGES_IN_ZIP)]
     rows = []
     for r in found + scans:
         inner = f"#{r.id[2:]}" if r.id.startswith(".#") else f"/{r.id}"

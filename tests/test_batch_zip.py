@@ -273,6 +273,22 @@ def test_a_zip_of_one_series_is_judged_by_its_listing_and_scans_in_a_zip_are_lis
     assert rows[f"study.zip/t1#{uids['t1']}"].skip is None
 
 
+def test_a_zip_of_documents_or_nothing_is_skipped_as_its_folder_would_be(tmp_path: Path) -> None:
+    """From a hunt: a zipped report (or an empty zip) was a failed row on every run, so a study
+    tree holding one never finished with exit 0; unzipped, the same files are skipped."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "report.txt").write_text("radiology report\n")
+    src = tmp_path / "in"
+    src.mkdir()
+    _zip(docs, src / "docs.zip")
+    zipfile.ZipFile(src / "empty.zip", "w").close()
+    rows = {s.id: s for s in discover(src)}
+    assert sorted(rows) == ["docs.zip", "empty.zip"]
+    for row in rows.values():
+        assert row.error is None and row.skip == "a zip holding no image files (DICOM, NIfTI, NRRD or MHA)"
+
+
 def test_a_damaged_series_keeps_its_output_and_no_other_series_takes_it(tmp_path: Path, model: Path) -> None:
     """Series A (number 3) is done, then a file of it is cut short and series C (number 3 too) is
     added: C gets a name of its own, and A's output is not touched. Once A is mended it is
