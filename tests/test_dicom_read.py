@@ -10,6 +10,7 @@ patient space instead (see test_real_dicom.py for why not against dcm2niix).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,8 +315,10 @@ def test_uneven_spacing_is_resampled_on_a_regular_grid(
 def test_missing_slice_fails_unless_gaps_are_allowed(
     gappy_ct: SeriesInfo, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with pytest.raises(GeometryError, match="--allow-gaps"):
+    with pytest.raises(GeometryError, match="--allow-gaps") as refused:
         read_volume(gappy_ct.folder)
+    # From a hunt: "(at -4.8-4.8 mm)" did not read as a range.
+    assert re.search(r"between the slices at -?\d+\.\d and -?\d+\.\d mm along", str(refused.value))
     with caplog.at_level(logging.WARNING):
         vol = read_volume(gappy_ct.folder, allow_gaps=True)
     assert caplog.records, "interpolating across a gap must be logged"

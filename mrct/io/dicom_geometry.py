@@ -131,10 +131,12 @@ def plan_stack(
         )
     missing = find_missing_slices(gaps)
     if missing and not allow_gaps:
-        at = ", ".join(f"{s[i]:.1f}-{s[i + 1]:.1f} mm" for i in missing[:3])
+        # "-4.8-4.8 mm" did not read as a range.
+        at = "; ".join(f"{s[i]:.1f} and {s[i + 1]:.1f} mm" for i in missing[:3])
         raise GeometryError(
             f"missing slice(s): gap of {gaps[missing[0]]:.2f} mm against a median of "
-            f"{np.median(gaps):.2f} mm (at {at}); pass --allow-gaps to interpolate across",
+            f"{np.median(gaps):.2f} mm (between the slices at {at} along the slice normal); "
+            "pass --allow-gaps to interpolate across",
             where,
         )
     first = positions[order[0]]
