@@ -94,7 +94,9 @@ def end_quietly_with(code: int) -> None:
         os._exit(code)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+        # Only where mrct's own handlers are: a program running the commands in-process (a test
+        # runner, an embedding application) keeps its own, or would be ended with os._exit.
+        if getattr(signal.getsignal(sig), "__module__", None) == __name__:
             signal.signal(sig, _end)
 
 

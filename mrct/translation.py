@@ -6,12 +6,14 @@ This is what ``mrct translate`` (and each series of ``mrct batch``) runs. The ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import platform
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from mrct.io.atomic import (
     remove_leftover,
 )
 from mrct.io.discover import fit_name, scan_stem
+from mrct.io.published import Identity, identity, recording
 from mrct.labels import NOT_FOR_DIAGNOSIS, derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality
@@ -199,74 +202,96 @@ def translate_file(
     warn_outside_fov(src, result.slabs[0], to, report=report is not None)
     package = translator.package
     derivation = derivation_description(to, package)
-    # What the output paths hold before anything is written (nothing, or what --overwrite replaces).
-    outputs = [out_path, *(Path(p) for p in (report, preview) if p is not None)]
-    before = {p: _identity(p) for p in outputs}
+    # What the output paths hold before anything is written: nothing, what --overwrite replaces,
+    # or an empty folder made for the series.
+    earlier = {Path(p): identity(Path(p)) for p in (report, preview) if p is not None}
+    made_for_it = _empty_folder_mode(out_path) if out_fmt is OutputFormat.DICOM else None
+    published: list[tuple[Path, Identity]] = []
     try:
-        t = time.perf_counter()
-        anonymizer = Anonymizer() if anonymize else None  # a new key: new UIDs for this run
-        written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation, anonymizer)
-        timings["write"] = time.perf_counter() - t
-        if preview is not None:
+        with recording() as published:
             t = time.perf_counter()
-            write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
-            timings["preview"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # The files the volume was read from: with --series, or beside other files, not the whole folder.
-        files = sorted(Path(f) for f in volume.source.files) or [src]
-        checksum = sha256_files(files)
-        timings["checksum"] = time.perf_counter() - t
-        stages = sum(timings.values())
-        timings["total"] = time.perf_counter() - started
-        timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
-        content = {
-            "mrct_version": __version__,
-            "input": {
-                "path": str(src),
-                "sha256": checksum,
-                "files": len(files),
-                "series": series,
-                "allow_gaps": allow_gaps,
-            },
-            "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
-            "anonymized": anonymize,
-            "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
-            "device": str(translator.device),
-            "precision": translator.precision,
-            "threads": translator.threads,
-            "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
-            "slabs": result.slabs,
-            "full_fov": full_fov,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "host": {"python": platform.python_version(), "machine": platform.machine()},
-        }
-        if report is not None:
-            with atomic_file(Path(report), overwrite=overwrite, keep=[src]) as tmp:
-                tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    except BaseException as err:
+            anonymizer = Anonymizer() if anonymize else None  # a new key: new UIDs for this run
+            written = _write(result.volume, out_path, out_fmt, to, overwrite, derivation, anonymizer)
+            timings["write"] = time.perf_counter() - t
+            if preview is not None:
+                t = time.perf_counter()
+                write_preview(volume, result.volume, Path(preview), overwrite, result.slabs)
+                timings["preview"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # The files the volume was read from: with --series, or beside other files, not the whole folder.
+            files = sorted(Path(f) for f in volume.source.files) or [src]
+            checksum = sha256_files(files)
+            timings["checksum"] = time.perf_counter() - t
+            stages = sum(timings.values())
+            timings["total"] = time.perf_counter() - started
+            timings["other"] = max(0.0, timings["total"] - stages)  # option checks, imports on first use
+            content = {
+                "mrct_version": __version__,
+                "input": {
+                    "path": str(src),
+                    "sha256": checksum,
+                    "files": len(files),
+                    "series": series,
+                    "allow_gaps": allow_gaps,
+                },
+                "output": {"path": str(written), "format": out_fmt.value, "modality": to.value},
+                "anonymized": anonymize,
+                "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
+                "device": str(translator.device),
+                "precision": translator.precision,
+                "threads": translator.threads,
+                "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
+                "slabs": result.slabs,
+                "full_fov": full_fov,
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "host": {"python": platform.python_version(), "machine": platform.machine()},
+            }
+            if report is not None:
+                with atomic_file(Path(report), overwrite=overwrite, keep=[src]) as tmp:
+                    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
         # All or none: a run stopped after its image was in place (Ctrl-C, SIGTERM, a full disk
         # for the report) exited non-zero yet left the image without its report, and the retry
-        # of the same command was refused on it ("output exists"). Whatever now holds an output
-        # path and did not before is this run's, but for a file that appeared there meanwhile.
-        # With --overwrite, the earlier outputs still there go too: they described the image that
-        # this run replaced.
-        foreign = err.path if isinstance(err, OutputExistsError) else None
-        now = {path: _identity(path) for path in before if str(path) != foreign}
-        if any(now[path] not in (before[path], None) for path in now):
-            for path in now:
-                if now[path] is not None and (now[path] != before[path] or overwrite):
-                    _withdraw(path)
+        # of the same command was refused on it ("output exists").
+        _take_back(published, earlier if overwrite else {}, out_path, made_for_it)
         raise
     return TranslateSummary(written, content)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The device and inode of what ``path`` names (not following a link), or None."""
-    try:
-        st = path.lstat()
-    except OSError:
+def _take_back(
+    published: list[tuple[Path, Identity]],
+    earlier: dict[Path, Identity | None],
+    out_path: Path,
+    made_for_it: tuple[int, int] | None,
+) -> None:
+    """Withdraw what this run put in place and still stands there (nothing another process wrote
+    at those paths meanwhile). ``earlier``: with --overwrite, the report and preview there before
+    the run, which described the image it replaced; regular files only, never a device or FIFO.
+    ``made_for_it``: the mode and group of the empty folder the series took the place of, made
+    again (a folder made private for patient data stays private for the retry)."""
+    mine = [path for path, held in published if identity(path) == held]
+    for path in reversed(mine):
+        _withdraw(path)
+    if mine:
+        for path, held in earlier.items():
+            if held is not None and identity(path) == held and path.is_file() and not path.is_symlink():
+                _withdraw(path)
+    if made_for_it is not None and mine and not os.path.lexists(out_path):
+        with contextlib.suppress(OSError):
+            out_path.mkdir()
+            with contextlib.suppress(OSError):  # another group: only its members or root may give it
+                os.chown(out_path, -1, made_for_it[1])
+            os.chmod(out_path, made_for_it[0])  # after chown, which may clear the setgid bit
+
+
+def _empty_folder_mode(path: Path) -> tuple[int, int] | None:
+    """The permissions and group of ``path`` when it is an empty folder made for the output."""
+    if path.is_symlink() or not empty_folder(path):
         return None
-    return st.st_dev, st.st_ino
+    with contextlib.suppress(OSError):
+        made = path.stat()
+        return stat.S_IMODE(made.st_mode), made.st_gid
+    return None
 
 
 def _withdraw(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -334,8 +335,14 @@ def test_argv_rewriting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         (tmp_path / f"e{n}" / f"x{n}.nii.gz").write_text(f"not an image ({n})")
     argv = ["mrct", "prepare", "--mr", str(tmp_path / "e1"), str(tmp_path / "e2"), "-o", str(tmp_path / "o")]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exc:
-        main()
+    # main() installs the command's signal handlers: this test process gets its own back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert exc.value.code == 1  # both scans were tried (and failed)
     assert [e["id"] for e in manifest(tmp_path / "o")["scans"]] == ["x1", "x2"]
 

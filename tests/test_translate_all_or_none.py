@@ -4,6 +4,7 @@ the same command was refused on it: "output exists")."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,7 @@ def test_a_file_that_appeared_at_the_report_path_is_left_alone(
         return draw(*args, **kwargs)
 
     monkeypatch.setattr(translation, "write_preview", racing)
-    with pytest.raises(OutputExistsError, match="run.json: output exists"):
+    with pytest.raises(OutputExistsError, match=r"run\.json: output exists"):
         api.translate_file(
             heads / "mr.nii.gz",
             tmp_path / "sct.nii.gz",
@@ -124,6 +125,73 @@ def test_a_file_that_appeared_at_the_report_path_is_left_alone(
             preview=tmp_path / "p.png",
         )
     assert _in_folder(tmp_path) == ["run.json"] and report.read_text() == "theirs"
+
+
+def test_what_another_run_put_in_place_meanwhile_is_never_taken_back(
+    tmp_path: Path,
+    heads: Path,  # noqa: F811
+    tiny_model: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From review: the clean-up took back whatever had changed at the output paths, so a run
+    refused on an image that a twin run had just finished deleted that run's preview and report,
+    and a file written at the report path meanwhile went when the preview failed."""
+    src, out = heads / "mr.nii.gz", tmp_path / "sct.nii.gz"
+    extra = {"report": tmp_path / "run.json", "preview": tmp_path / "p.png"}
+    real_write = translation._write
+
+    def twin_finishes_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(translation, "_write", real_write)
+        api.translate_file(src, out, to="ct", model=tiny_model, crop_mm=(40, -40), **extra)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(translation, "_write", twin_finishes_first)
+    with pytest.raises(OutputExistsError, match=r"sct\.nii\.gz: output exists"):
+        api.translate_file(src, out, to="ct", model=tiny_model, crop_mm=(40, -40), **extra)
+    assert _in_folder(tmp_path) == ["p.png", "run.json", "sct.nii.gz"]
+
+    for path in (out, *extra.values()):
+        path.unlink()
+
+    def theirs_then_failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        extra["report"].write_text("theirs")
+        raise WriteError("cannot write here (No space left on device)", extra["preview"])
+
+    monkeypatch.setattr(translation, "write_preview", theirs_then_failing)
+    with pytest.raises(WriteError):
+        api.translate_file(src, out, to="ct", model=tiny_model, crop_mm=(40, -40), **extra)
+    assert _in_folder(tmp_path) == ["run.json"] and extra["report"].read_text() == "theirs"
+
+
+def test_an_empty_folder_made_for_the_series_is_there_again_after_a_failure(
+    tmp_path: Path,
+    heads: Path,  # noqa: F811
+    tiny_model: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From review: the series took the place of a private empty folder, and the failure then
+    left no folder; the retry made one readable by all. With --overwrite, a FIFO named as the
+    report is not an earlier output to take back."""
+    out = tmp_path / "sct"
+    out.mkdir(mode=0o700)
+    out.chmod(0o700)  # whatever the umask
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise WriteError("cannot write here (No space left on device)", tmp_path / "p.png")
+
+    monkeypatch.setattr(translation, "write_preview", failing)
+    args = {"to": "ct", "model": tiny_model, "crop_mm": (40, -40), "output_format": "dicom"}
+    with pytest.raises(WriteError):
+        api.translate_file(heads / "mr.nii.gz", out, preview=tmp_path / "p.png", **args)
+    assert _in_folder(tmp_path) == ["sct"] and _in_folder(out) == []
+    assert out.stat().st_mode & 0o777 == 0o700
+    fifo = tmp_path / "run.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(WriteError):
+        api.translate_file(
+            heads / "mr.nii.gz", out, preview=tmp_path / "p.png", report=fifo, overwrite=True, **args
+        )
+    assert _in_folder(tmp_path) == ["run.fifo", "sct"] and _in_folder(out) == []
 
 
 def test_ctrl_c_once_the_outputs_are_in_place_ends_the_run_as_done(

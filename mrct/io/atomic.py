@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrct.errors import OutputExistsError, WriteError
+from mrct.io.published import about_to_publish
 
 log = logging.getLogger(__name__)
 TMP_MARK = ".mrct-tmp-"
@@ -307,6 +308,7 @@ def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] 
             raise OutputExistsError("output appeared while writing; not replaced", path)
         with _creating(path):  # a read-only or immutable folder: one error naming the output
             _publish_mode(tmp, directory=False)
+            about_to_publish(tmp, path)
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -387,6 +389,7 @@ def atomic_dir(
             with _creating(path):
                 _publish_mode(tmp, directory=True)
         try:
+            about_to_publish(tmp, path)
             if into_empty:
                 check_replaceable(path, owned)  # the current folder or a mount point by now
                 _take_place_of_empty(tmp, path)
