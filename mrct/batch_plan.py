@@ -37,9 +37,14 @@ def check_out_inside_in(src: Path, out: Path) -> None:
     (a lock, temporary files) and desktop litter are left out of the walk anyway."""
     from mrct.io.atomic import OS_LITTER
 
-    if not out.resolve().is_relative_to(src.resolve()) or not out.is_dir():
+    # Inside by its name too: a link in IN to a folder elsewhere is walked, and OUT left out.
+    lexically = Path(os.path.abspath(out)).is_relative_to(os.path.abspath(src))
+    if not (lexically or out.resolve().is_relative_to(src.resolve())) or not out.is_dir():
         return
-    names = [n for n in os.listdir(out) if not n.startswith(".") and n not in OS_LITTER]
+    try:
+        names = [n for n in os.listdir(out) if not n.startswith(".") and n not in OS_LITTER]
+    except OSError:  # unreadable: the lock, made next, says so in one line
+        return
     batch_made = any(n == "manifest.json" or re.fullmatch(r"manifest-shard\d+of\d+\.json", n) for n in names)
     if names and not batch_made:
         raise OutputExistsError(
@@ -143,6 +148,8 @@ def adopt_legacy_zip_rows(previous: dict[str, dict[str, Any]], found: list[Serie
     for zip_input, listed in members.items():
         row = previous.get(zip_input)
         if row is None or row.get("series_uid") or len(listed) != 1 or listed[0].id in previous:
+            continue
+        if row.get("status") == "skipped":  # no output to keep: a zip then empty, say; planned anew
             continue
         del previous[zip_input]
         previous[listed[0].id] = {**row, "id": listed[0].id, "series_uid": listed[0].uid}

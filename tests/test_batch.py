@@ -696,6 +696,12 @@ def test_an_existing_folder_of_inputs_inside_in_is_refused_as_out(tmp_path: Path
         assert refused.exit_code == 4 and refused.stderr.count("\n") == 1, refused.output
         assert "lies inside the input folder and holds files no batch wrote" in refused.stderr
         assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    elsewhere = tmp_path / "elsewhere"  # a folder linked into IN is walked: its series too
+    write_series(elsewhere / "t2", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    linked = _batch(src, src / "linked", model)
+    assert linked.exit_code == 4 and "holds files no batch wrote" in linked.stderr, linked.output
+    (src / "linked").unlink()
     (src / "out").mkdir()
     (src / "out" / ".DS_Store").write_bytes(b"")  # empty but for desktop litter: taken
     made = _batch(src, src / "out", model)

@@ -483,3 +483,21 @@ def test_an_unwritable_output_folder_fails_the_series_before_it_is_translated(
     assert runner.invoke(app, _args(src, out, model)).exit_code == 1
     row = _rows(out)["p/head.nii.gz"]
     assert (row["status"], row["message"]) == ("failed", "p: output folder is not writable") and ran == []
+
+
+def test_a_skipped_row_of_a_whole_zip_is_not_moved_onto_a_series_found_in_it(tmp_path: Path) -> None:
+    """Rows ``the.zip`` of a zip of one series (written before mrct listed zips) move onto the
+    series' id, to keep their output. From review: the skipped row of a zip then empty (no output
+    to keep) moved too, and its series stayed skipped as "a zip holding no image files"."""
+    from mrct.batch_plan import adopt_legacy_zip_rows
+
+    write_series(tmp_path / "t1", modality="MR", shape=(48, 48, 8))
+    src = tmp_path / "in"
+    src.mkdir()
+    _zip(tmp_path / "t1", src / "a.zip")
+    found = discover(src)
+    (series,) = found
+    for status, moved in (("skipped", False), ("done", True)):
+        previous = {"a.zip": {"id": "a.zip", "status": status, "output": "a_synthetic_ct"}}
+        adopt_legacy_zip_rows(previous, found, set())
+        assert (series.id in previous) is moved and ("a.zip" in previous) is not moved
