@@ -322,8 +322,9 @@ def translate_file(
     from mrct.translation import translate_file as run
 
     path_arg(src, "src")
-    if dst is not None:
-        path_arg(dst, "dst")
+    for value, what in ((dst, "dst"), (report, "report"), (preview, "preview")):
+        if value is not None:  # "" would name the current folder
+            path_arg(value, what)
     text_arg(series, "series")
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
     fmt = output_format_arg(output_format)

@@ -94,6 +94,9 @@ def test_paths_and_formats_of_the_wrong_type(tmp_path: Path, heads: Path) -> Non
         api.batch(heads, tmp_path / "b", shard=3)  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="checkpoint"):
         api.export(tmp_path, tmp_path / "pkg", checkpoint=2000)  # type: ignore[arg-type]
+    for option in ("report", "preview"):  # from review: "" named the current folder
+        with pytest.raises(ArgumentError, match=f"{option} is empty"):
+            api.translate_file(src, tmp_path / "o.nii.gz", **{option: ""})  # type: ignore[arg-type]
     assert not (Path.cwd() / "None").exists() and not list(tmp_path.iterdir())
     out = api.translate_file(
         src,
