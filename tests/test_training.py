@@ -565,6 +565,8 @@ def test_a_second_stop_signal_ends_training_at_once_with_its_own_exit_code(
     with StopFlag() as stop, pytest.raises(KeyboardInterrupt) as raised:
         signal.raise_signal(sig)
         assert stop.requested and stop.signum == sig
+        signal.raise_signal(sig)  # at once: the same request (GNU timeout sends its signal twice)
+        time.sleep(1.1)
         signal.raise_signal(sig)
     with pytest.raises(typer.Exit) as ended:
         fail(raised.value)

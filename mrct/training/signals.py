@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 import torch
 
+from mrct.cli_signals import SAME_REQUEST_S
 from mrct.errors import StoppedBySignal
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,14 @@ class StopFlag:
         self.requested = False
         self.signum = signal.SIGINT  # which one: mrct train exits 128 + it, as the shell reports
         self._old: dict[int, Any] = {}
+        self._first = 0.0  # when the first signal was handled
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested:  # a second signal stops at once (exit 130 or 143, as the signal says)
+            if time.monotonic() - self._first < SAME_REQUEST_S:  # GNU timeout sends it twice
+                return
             raise StoppedBySignal(signum)
-        self.requested = True
+        self.requested, self._first = True, time.monotonic()
         self.signum = signal.Signals(signum)
         again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
         log.warning("stopping: saving a checkpoint after this iteration%s", again)
