@@ -53,8 +53,12 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name == "errors":  # ``except mrct.errors.MrctError`` after a bare ``import mrct``
+        import importlib
+
+        return importlib.import_module("mrct.errors")
     raise AttributeError(f"module 'mrct' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_EXPORTS, "errors"})

@@ -7,12 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from mrct import api_args
-from mrct.api_args import int_arg, modality_arg, output_format_arg, path_arg, paths_arg, target_arg, text_arg
+from mrct.api_args import (
+    flags_arg,
+    int_arg,
+    modality_arg,
+    model_arg,
+    output_format_arg,
+    path_arg,
+    paths_arg,
+    target_arg,
+    text_arg,
+)
 from mrct.api_training import evaluate, export, prepare, train
-from mrct.errors import MrctError, OutputExistsError, ReadError, SeriesSelectionError
+from mrct.errors import MrctError, OutputExistsError, SeriesSelectionError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import check_apart, check_outside, check_replaceable, empty_folder, occupied
@@ -232,19 +240,6 @@ def preview(
     return qc.write_png(qc.three_plane_mosaic(vol), dst_p, overwrite=overwrite, source=vol.source.path)
 
 
-def _check_in_memory(volume: Volume) -> None:
-    """The checks every reader applies, for a Volume built in memory rather than read from a file:
-    otherwise a NaN voxel surfaces as a numpy error deep inside the preprocessing."""
-    from mrct.io.validate import check_affine, check_values, check_voxel_type
-
-    where = volume.source.path or "the volume"
-    if volume.array.ndim != 3 or sum(n > 1 for n in volume.array.shape) < 3:
-        raise ReadError(f"a 3D volume is needed, got an array of shape {volume.array.shape}", where)
-    check_voxel_type(volume.array, where)
-    check_affine(np.asarray(volume.affine, dtype=np.float64), where)
-    check_values(volume.array, where)
-
-
 def translate(
     volume_or_path: Volume | str | Path,
     to: str | Modality = "ct",
@@ -274,15 +269,18 @@ def translate(
     outside the scan, or a jaw level guessed, is logged as a warning, as ``mrct translate`` says it.
     """
     from mrct.inference import Translator
+    from mrct.io.validate import check_in_memory
     from mrct.preprocessing.crop import CropRequest
     from mrct.volume import Volume
 
     target = target_arg(to)  # before reading the scan and loading the model
+    flags_arg(no_crop=no_crop, full_fov=full_fov, force=force, allow_gaps=allow_gaps)
+    model_arg(model)
     if isinstance(volume_or_path, Volume):
         if series is not None or allow_gaps:
             raise MrctError("series and allow_gaps choose how a path is read; a Volume is read already")
         volume = volume_or_path
-        _check_in_memory(volume)
+        check_in_memory(volume)
     else:
         volume = read_volume(volume_or_path, series=series, allow_gaps=allow_gaps)
     crop = CropRequest.from_options(crop_mm=crop_mm, markups=crop_markups, no_crop=no_crop)
@@ -322,6 +320,9 @@ def translate_file(
     from mrct.translation import translate_file as run
 
     path_arg(src, "src")
+    flags_arg(no_crop=no_crop, full_fov=full_fov, allow_gaps=allow_gaps, overwrite=overwrite, force=force)
+    flags_arg(anonymize=anonymize)
+    model_arg(model)
     for value, what in ((dst, "dst"), (report, "report"), (preview, "preview")):
         if value is not None:  # "" would name the current folder
             path_arg(value, what)

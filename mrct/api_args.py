@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from mrct.errors import MrctError
 from mrct.io import OutputFormat
 from mrct.volume import Modality
@@ -80,6 +82,20 @@ def int_arg(value: object, what: str, minimum: int | None = None) -> int:
     if minimum is not None and int(value) < minimum:
         raise ArgumentError(f"{what} must be at least {minimum}, got {int(value)}")
     return int(value)
+
+
+def flags_arg(**flags: object) -> None:
+    """Switches are True or False (numpy's too): ``full_fov="no"`` was taken as true."""
+    for what, value in flags.items():
+        if not isinstance(value, bool | np.bool_):
+            raise ArgumentError(f"{what} must be True or False, got {shown(value)}")
+
+
+def model_arg(value: object) -> None:
+    """A package folder or a bundled model's name, or None for the default (not "", which
+    silently meant the default)."""
+    if value is not None:
+        path_arg(value, "model")
 
 
 def text_arg(value: object, what: str) -> str | None:

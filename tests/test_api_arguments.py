@@ -121,3 +121,62 @@ def test_reading_a_nifti_leaves_nibabels_logger_as_it_was(heads: Path) -> None:
     before = list(logger.handlers)
     mrct.read_volume(heads / "mr" / "a.nii.gz")
     assert logger.handlers == before and before  # nibabel 5.4's suppressor emptied it for good
+
+
+def test_volumes_and_switches_built_by_hand_get_typed_errors(tmp_path: Path, heads: Path) -> None:
+    """From a hunt: an affine whose last row was not 0 0 0 1 translated into a wrong image that was
+    then written with the row reset; a float64 voxel beyond float32's range ended in a numpy
+    ValueError; ``full_fov="no"`` ran the full field of view; ``model=""`` took the default and
+    ``model=3`` raised a TypeError."""
+    from mrct.errors import GeometryError, ReadError
+
+    vol = mrct.read_volume(heads / "mr" / "a.nii.gz")
+    for row in ([0, 0, 0, 2.0], [0.5, 0, 0, 1.0], [0, 0, 0, 0.0]):
+        affine = vol.affine.copy()
+        affine[3] = row
+        with pytest.raises(GeometryError, match=r"transform's last row is .*, not 0 0 0 1"):
+            mrct.translate(mrct.Volume(vol.array, affine))
+    huge = vol.array.astype(np.float64)
+    huge[0, 0, 0] = 1e39
+    with pytest.raises(ReadError, match="beyond float32's range"):
+        mrct.translate(mrct.Volume(huge, vol.affine))
+    with pytest.raises(ArgumentError, match="full_fov must be True or False, got 'no'"):
+        mrct.translate(vol, full_fov="no")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="overwrite must be True or False"):
+        mrct.translate_file(heads / "mr" / "a.nii.gz", tmp_path / "o.nii.gz", overwrite=1)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="model is empty"):
+        mrct.translate(vol, model="")
+    with pytest.raises(ArgumentError, match="model must be a path"):
+        mrct.translate(vol, model=3)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_read_only_array_translates_without_torchs_warning(tmp_path: Path, heads: Path) -> None:
+    """From a hunt: a read-only array (or a memmap opened "r") made torch warn of undefined behaviour
+    when mrct shared it without copying (once per process: hence a fresh one)."""
+    import subprocess
+    import sys
+
+    model = write_tiny_model(tmp_path / "m")
+    code = f"""
+import warnings, numpy as np, mrct
+vol = mrct.read_volume({str(heads / "mr" / "a.nii.gz")!r})
+frozen = np.ascontiguousarray(vol.array, dtype=np.float32)  # shared as it is, not copied
+frozen.setflags(write=False)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    mrct.translate(mrct.Volume(frozen, vol.affine, vol.modality), model={str(model)!r}, crop_mm="40,-40")
+print("\\n".join(str(w.message) for w in caught))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not writable" not in done.stdout + done.stderr
+
+
+def test_errors_are_reachable_after_a_bare_import() -> None:
+    import subprocess
+    import sys
+
+    code = "import mrct, sys; print(mrct.errors.MrctError.__name__, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["MrctError", "False"]

@@ -4,12 +4,16 @@ voxel types writers hand to libraries that take no others."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from mrct.errors import GeometryError, ReadError
 from mrct.io.limits import WORKING_ITEMSIZE, check_voxels
+
+if TYPE_CHECKING:
+    from mrct.volume import Volume
 
 
 def check_shape(
@@ -43,6 +47,9 @@ MAX_ORIGIN_MM = 1e7
 def check_affine(affine: npt.NDArray[np.float64], path: str | Path) -> None:
     if not np.all(np.isfinite(affine)):
         raise GeometryError("the header's voxel-to-world transform is not finite", path)
+    if not np.array_equal(affine[3], [0.0, 0.0, 0.0, 1.0]):  # a Volume built in memory, say
+        shown = " ".join(f"{v:g}" for v in affine[3])
+        raise GeometryError(f"the voxel-to-world transform's last row is {shown}, not 0 0 0 1", path)
     m = affine[:3, :3]
     norms = np.linalg.norm(m, axis=0)
     if np.any(norms > MAX_SPACING_MM) or not np.all(np.isfinite(norms)):
@@ -62,7 +69,13 @@ def check_values(array: npt.NDArray, path: str | Path) -> None:
     view), but whether that is air, background or tissue is the user's call, and a
     guessed value would flow silently into the synthetic image.
     """
-    if not np.issubdtype(array.dtype, np.floating) or np.all(np.isfinite(array)):
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if np.all(np.isfinite(array)):
+        # The chain computes in float32: a float64 voxel beyond its range became infinite there.
+        limit = float(np.finfo(np.float32).max)
+        if array.dtype.itemsize > 4 and array.size and float(np.abs(array).max()) > limit:
+            raise ReadError("voxel values beyond float32's range (about 3.4e38); rescale them", path)
         return
     n_nan = int(np.count_nonzero(np.isnan(array)))
     n_inf = int(np.count_nonzero(np.isinf(array)))
@@ -95,3 +108,14 @@ def storable(array: npt.NDArray) -> npt.NDArray:
     if not array.dtype.isnative:
         return array.astype(array.dtype.newbyteorder("="))
     return array
+
+
+def check_in_memory(volume: Volume) -> None:
+    """The checks every reader applies, for a Volume built in memory rather than read from a file:
+    otherwise a NaN voxel surfaces as a numpy error deep inside the preprocessing."""
+    where = volume.source.path or "the volume"
+    if volume.array.ndim != 3 or sum(n > 1 for n in volume.array.shape) < 3:
+        raise ReadError(f"a 3D volume is needed, got an array of shape {volume.array.shape}", where)
+    check_voxel_type(volume.array, where)
+    check_affine(np.asarray(volume.affine, dtype=np.float64), where)
+    check_values(volume.array, where)

@@ -247,8 +247,11 @@ def preprocess(
     modality = modality or volume.modality or guess_modality(volume)
     if modality is None:
         raise CropError("cannot tell CT from MR from the intensities; state the modality")
+    values = np.ascontiguousarray(volume.array, dtype=np.float32)
+    if not values.flags.writeable:  # a read-only array or memmap: torch warns it cannot share one
+        values = values.copy()
     image = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))[None],
+        torch.from_numpy(values)[None],
         affine=torch.from_numpy(volume.affine),
     )
     record: dict[str, Any] = {
