@@ -420,6 +420,28 @@ def test_an_mr_with_its_air_offset_is_located_and_masked_as_it_is(
     assert after.slab.inferior_mm == pytest.approx(before.slab.inferior_mm, abs=1.0)
 
 
+@pytest.mark.parametrize("hot", [100.0, 1e7])
+def test_one_hot_voxel_in_the_air_moves_neither_mask_nor_slab(
+    template_head: tuple[Volume, float], hot: float
+) -> None:
+    """From a hunt: one saturated voxel (65535 over tissue at 350) squeezed the head into the
+    lowest bins of Otsu's and the registration's histograms: the scan was refused as a poor fit,
+    and with the levels given its mask moved the model grid (60 HU on average in the head)."""
+    from mrct.preprocessing.mask import working_image
+
+    volume, _ = template_head
+    values = volume.array.astype(np.float32)
+    spiked = values.copy()
+    spiked[0, 0, 0] = hot * float(values.max())
+    before = working_image(volume, Modality.MR)
+    after = working_image(Volume(spiked, volume.affine, Modality.MR), Modality.MR)
+    assert after.threshold == pytest.approx(before.threshold, rel=0.02)
+    assert np.count_nonzero(after.mask != before.mask) < 0.001 * after.mask.size  # the voxel's corner
+    located = locate_volume(Volume(spiked, volume.affine, Modality.MR))
+    assert located.slab.superior_mm == pytest.approx(locate_volume(volume).slab.superior_mm, abs=1.0)
+    assert located.slab.inferior_mm == pytest.approx(locate_volume(volume).slab.inferior_mm, abs=1.0)
+
+
 def test_a_dropout_far_below_air_does_not_fill_the_grid_beyond_the_scan(
     template_head: tuple[Volume, float],
 ) -> None:

@@ -151,8 +151,8 @@ def working_image(volume: Volume, modality: Modality, step_mm: float = WORK_STEP
     check_voxels(shape, 4, volume.source.path or "the scan")  # float32 working grid
     floor = scan_floor(volume.array, modality)
     array = resample(volume.array, volume.affine, affine, shape, fill=floor, anti_alias=True)
-    if modality is Modality.MR:  # nothing in an MR is darker than its air: dropouts, padding
-        array = np.maximum(array, np.float32(floor))
+    if modality is Modality.MR:  # nothing in an MR is darker than its air (dropouts, padding)
+        array = np.clip(array, np.float32(floor), np.float32(mr_ceiling(array, floor)))  # nor hot
     threshold = CT_BODY_HU if modality is Modality.CT else mr_body_threshold(array)
     scan_grid = (np.array(volume.affine, dtype=np.float64), volume.shape)
     mask = head_mask(array, threshold)
@@ -186,6 +186,9 @@ def otsu_threshold(values: npt.NDArray, bins: int = 256) -> float:
     return float(edges[1:][int(np.argmax(between))])
 
 
+MR_SPAN_LIMIT = 4.0
+
+
 def mr_floor(values: npt.NDArray) -> float:
     """The level of an MR's air: its 1st percentile (0 on an MR whose air is 0, as most are).
     Not the minimum: a few voxels far below air (a -32768 dropout, a cluster of -3000) made the
@@ -202,7 +205,16 @@ def mr_body_threshold(values: npt.NDArray) -> float:
     if v.size == 0:
         return 0.0
     floor = mr_floor(v)
-    return floor + 0.5 * (otsu_threshold(np.maximum(v, floor)) - floor)
+    return floor + 0.5 * (otsu_threshold(np.clip(v, floor, mr_ceiling(v, floor))) - floor)
+
+
+def mr_ceiling(values: npt.NDArray, floor: float) -> float:
+    """The brightest an MR's tissue plausibly is: :data:`MR_SPAN_LIMIT` times the 99.9th
+    percentile's height above the floor. The 52 real head MRs reach 1.3-2.8 times (nothing of
+    them is clipped), while one hot voxel at 65535 over tissue at 350 squeezed the head into the
+    lowest bins of Otsu's and the registration's histograms: the scan was refused as a poor fit,
+    or its mask moved the model grid (60 HU on average in the head)."""
+    return max(floor, floor + MR_SPAN_LIMIT * (float(np.percentile(values, 99.9)) - floor))
 
 
 def head_mask(array: npt.NDArray, threshold: float, axial_axis: int = 2) -> npt.NDArray[np.bool_]:
