@@ -320,8 +320,8 @@ def translate_file(
     from mrct.translation import translate_file as run
 
     path_arg(src, "src")
-    flags_arg(no_crop=no_crop, full_fov=full_fov, allow_gaps=allow_gaps, overwrite=overwrite, force=force)
-    flags_arg(anonymize=anonymize)
+    switches = {"no_crop": no_crop, "full_fov": full_fov, "allow_gaps": allow_gaps, "force": force}
+    flags_arg(**switches, overwrite=overwrite, anonymize=anonymize)
     model_arg(model)
     for value, what in ((dst, "dst"), (report, "report"), (preview, "preview")):
         if value is not None:  # "" would name the current folder
