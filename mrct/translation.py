@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import re
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from mrct.io.atomic import (
     check_replaceable,
     check_writable,
     empty_folder,
+    folder_mode,
+    give_folder_mode,
     occupied,
     remove_leftover,
 )
@@ -204,8 +205,10 @@ def translate_file(
     derivation = derivation_description(to, package)
     # What the output paths hold before anything is written: nothing, what --overwrite replaces,
     # or an empty folder made for the series.
-    earlier = {Path(p): identity(Path(p)) for p in (report, preview) if p is not None}
-    made_for_it = _empty_folder_mode(out_path) if out_fmt is OutputFormat.DICOM else None
+    extra = [Path(p) for p in (report, preview) if p is not None]
+    earlier = {p: identity(p) for p in extra} if overwrite else {}
+    empty = out_fmt is OutputFormat.DICOM and empty_folder(out_path)
+    made_for_it = folder_mode(out_path) if empty else None
     published: list[tuple[Path, Identity]] = []
     try:
         with recording() as published:
@@ -253,7 +256,7 @@ def translate_file(
         # All or none: a run stopped after its image was in place (Ctrl-C, SIGTERM, a full disk
         # for the report) exited non-zero yet left the image without its report, and the retry
         # of the same command was refused on it ("output exists").
-        _take_back(published, earlier if overwrite else {}, out_path, made_for_it)
+        _take_back(published, earlier, out_path, made_for_it)
         raise
     return TranslateSummary(written, content)
 
@@ -279,19 +282,7 @@ def _take_back(
     if made_for_it is not None and mine and not os.path.lexists(out_path):
         with contextlib.suppress(OSError):
             out_path.mkdir()
-            with contextlib.suppress(OSError):  # another group: only its members or root may give it
-                os.chown(out_path, -1, made_for_it[1])
-            os.chmod(out_path, made_for_it[0])  # after chown, which may clear the setgid bit
-
-
-def _empty_folder_mode(path: Path) -> tuple[int, int] | None:
-    """The permissions and group of ``path`` when it is an empty folder made for the output."""
-    if path.is_symlink() or not empty_folder(path):
-        return None
-    with contextlib.suppress(OSError):
-        made = path.stat()
-        return stat.S_IMODE(made.st_mode), made.st_gid
-    return None
+            give_folder_mode(out_path, made_for_it)
 
 
 def _withdraw(path: Path) -> None:

@@ -330,22 +330,23 @@ def _take_place_of_empty(tmp: Path, path: Path) -> None:
         raise
 
 
-def _like_folder(tmp: Path, path: Path) -> bool:
-    """Give ``tmp`` the permissions and group of the existing folder ``path`` it will replace (an
-    empty one made for the output, or an earlier output), before anything is written in it: a
-    folder made private for patient data stays private, and with its setgid bit the files
-    written inside take its group, as they would written straight into it. False when there is
-    no such folder (the output gets the usual permissions)."""
+def folder_mode(path: Path) -> tuple[int, int] | None:
+    """The permissions and group of the real folder ``path`` (not a link to one), or None."""
     try:
         if path.is_symlink() or not path.is_dir():
-            return False
+            return None
         made = path.stat()
     except OSError:
-        return False
+        return None
+    return stat.S_IMODE(made.st_mode), made.st_gid
+
+
+def give_folder_mode(folder: Path, mode: tuple[int, int]) -> None:
+    """Give ``folder`` the permissions and group of :func:`folder_mode`; the group first, as
+    changing it may clear the setgid bit."""
     with contextlib.suppress(OSError):  # another group: only its members or root may give it
-        os.chown(tmp, -1, made.st_gid)
-    os.chmod(tmp, stat.S_IMODE(made.st_mode))
-    return True
+        os.chown(folder, -1, mode[1])
+    os.chmod(folder, mode[0])
 
 
 def _mount_point_error(err: OSError, path: Path) -> WriteError:
@@ -373,7 +374,12 @@ def atomic_dir(
     old: Path | None = None
     try:
         with _creating(path):
-            liked = _like_folder(tmp, path)
+            # The permissions and group of the folder it replaces (an empty one made for the output,
+            # or an earlier output), before anything is written in it: a folder made private for
+            # patient data stays private, and with its setgid bit the files inside take its group.
+            replaced = folder_mode(path)
+            if replaced is not None:
+                give_folder_mode(tmp, replaced)
         with _writing(path, tmp):
             yield tmp
         into_empty = empty_folder(path)
@@ -385,7 +391,7 @@ def atomic_dir(
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.mrct-old-", dir=path.parent))
                 old.rmdir()
                 os.replace(path, old)
-        if not liked:
+        if replaced is None:
             with _creating(path):
                 _publish_mode(tmp, directory=True)
         try:
