@@ -39,7 +39,8 @@ from mrct.errors import OutputBusyError, OutputExistsError, ReadError, WriteErro
 from mrct.folder_locks import flock_file as _flock
 from mrct.folder_locks import holder as _holder
 from mrct.folder_locks import release as _release
-from mrct.io.atomic import LEFTOVER, atomic_file, leftovers_of, remove_leftover, utf8_bytes
+from mrct.io.atomic import atomic_file, utf8_bytes
+from mrct.io.leftovers import LEFTOVER, leftovers_of, remove_leftover
 from mrct.jsontext import parse_json
 
 if TYPE_CHECKING:

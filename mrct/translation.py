@@ -25,7 +25,6 @@ from mrct.errors import MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import (
-    TMP_MARK,
     atomic_file,
     check_apart,
     check_outside,
@@ -35,9 +34,9 @@ from mrct.io.atomic import (
     folder_mode,
     give_folder_mode,
     occupied,
-    remove_leftover,
 )
 from mrct.io.discover import fit_name, scan_stem
+from mrct.io.leftovers import TMP_MARK, remove_leftover
 from mrct.io.published import Identity, identity, recording
 from mrct.labels import NOT_FOR_DIAGNOSIS, derivation_description, series_description
 from mrct.preprocessing.crop import CropRequest

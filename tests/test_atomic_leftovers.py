@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mrct.cli import app
-from mrct.io import atomic, write_volume
+from mrct.io import atomic, leftovers, write_volume
 from mrct.volume import Modality, Volume
 
 runner = CliRunner()
@@ -42,8 +42,8 @@ def _killed_write(file_out: Path, dir_out: Path) -> tuple[Path, Path]:
     """The temporaries a killed write of ``file_out`` and ``dir_out`` left: (file's, folder's)."""
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(file_out), str(dir_out)], check=False)
     assert proc.returncode == 9
-    (file_tmp,) = atomic.leftovers_of(file_out)
-    (dir_tmp,) = atomic.leftovers_of(dir_out)
+    (file_tmp,) = leftovers.leftovers_of(file_out)
+    (dir_tmp,) = leftovers.leftovers_of(dir_out)
     assert file_tmp.is_file() and dir_tmp.is_dir()
     return file_tmp, dir_tmp
 
@@ -67,7 +67,7 @@ def test_a_rewrite_removes_a_killed_writes_temporaries(
     write_volume(_volume(), out / "scan_synthetic_ct.nii.gz")
     assert file_tmp.exists() and dir_tmp.exists()
 
-    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)  # an hour later
+    monkeypatch.setattr(leftovers, "STALE_AFTER_S", 0.0)  # an hour later
     write_volume(_volume(), out / "scan_synthetic_ct.nii.gz", overwrite=True)
     assert not file_tmp.exists()
     assert dir_tmp.is_dir()  # the folder output's, removed by that output's next write
@@ -94,7 +94,7 @@ def test_an_earlier_output_moved_aside_by_a_killed_overwrite_goes(
     with atomic.atomic_dir(tmp_path / "series", owned) as tmp:
         (tmp / "IM_0001.dcm").write_bytes(b"new")
     assert aside.is_dir()  # just moved aside: maybe a concurrent overwrite's, so kept
-    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    monkeypatch.setattr(leftovers, "STALE_AFTER_S", 0.0)
     with atomic.atomic_dir(tmp_path / "series", owned, overwrite=True) as tmp:
         (tmp / "IM_0001.dcm").write_bytes(b"newer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
@@ -105,7 +105,7 @@ def test_convert_cleans_up_after_a_killed_convert(tmp_path: Path, monkeypatch: p
     out = tmp_path / "out"
     out.mkdir()
     file_tmp, dir_tmp = _killed_write(out / "ct.nrrd", out / "ct_dicom")
-    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    monkeypatch.setattr(leftovers, "STALE_AFTER_S", 0.0)
     result = runner.invoke(app, ["convert", str(src), str(out / "ct.nrrd")])
     assert result.exit_code == 0, result.output
     assert not file_tmp.exists() and dir_tmp.is_dir()
@@ -119,7 +119,7 @@ def test_the_input_is_never_removed_as_a_leftover(tmp_path: Path, monkeypatch: p
     assert runner.invoke(app, ["convert", str(src), f"{tmp_path / 'scan_dicom'}/"]).exit_code == 0
     aside = tmp_path / ".scan_dicom.mrct-old-abcdefgh"
     (tmp_path / "scan_dicom").rename(aside)
-    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    monkeypatch.setattr(leftovers, "STALE_AFTER_S", 0.0)
     result = runner.invoke(app, ["convert", str(aside), str(tmp_path / "scan_dicom.nii.gz")])
     assert result.exit_code == 0, result.output
     assert aside.is_dir() and len(list(aside.glob("IM_*.dcm"))) == 4
@@ -140,7 +140,7 @@ def test_a_leftover_that_cannot_be_removed_is_left(tmp_path: Path, monkeypatch: 
             raise PermissionError(1, "Operation not permitted", str(self))
         real_unlink(self, missing_ok=missing_ok)
 
-    monkeypatch.setattr(atomic, "STALE_AFTER_S", 0.0)
+    monkeypatch.setattr(leftovers, "STALE_AFTER_S", 0.0)
     monkeypatch.setattr(Path, "unlink", refuse)
     assert write_volume(_volume(), tmp_path / "x.nii.gz").is_file()
     assert stuck.exists()

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from mrct.errors import OutputExistsError, ReadError, WriteError
 from mrct.io import read_volume, write_volume
-from mrct.io.atomic import TMP_MARK
+from mrct.io.leftovers import TMP_MARK
 from mrct.io.orientation import axis_codes, lps_to_ras
 from mrct.volume import Modality
 from tests.phantoms import oblique_affine, phantom

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from mrct.errors import ReadError, WriteError
-from mrct.io.atomic import TMP_MARK
 from mrct.io.deid_profile import ACTIONS
+from mrct.io.leftovers import TMP_MARK
 
 __all__ = ["KEY_FILE", "Anonymizer"]
 

@@ -6,7 +6,7 @@ An existing output is replaced only with ``overwrite=True``, and an existing fol
 when it holds nothing but what mrct writes there (``owned``): ``-o ~/data --overwrite``
 must never delete a user's folder. No output may replace its input (:func:`check_apart`).
 A write killed outright leaves its temporary behind; the next write of the same output
-removes it once nobody has touched it for an hour (:func:`_remove_stale`).
+removes it once nobody has touched it for an hour (:func:`~mrct.io.leftovers.remove_stale`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,15 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mrct.errors import OutputExistsError, WriteError
+from mrct.io.leftovers import TMP_MARK, compound_suffix, remove_leftover, remove_stale
 from mrct.io.published import about_to_publish
 
 log = logging.getLogger(__name__)
-TMP_MARK = ".mrct-tmp-"
-# What this module names its temporary files and folders (tempfile's 8 random characters).
-LEFTOVER = re.compile(r"^\..+\.mrct-(?:tmp|old)-[a-z0-9_]{8}(?:\..+)?$")
-# A temporary of the same output untouched this long is a killed writer's (SIGKILL, the OOM
-# killer, a power cut): a live one is written to within seconds and lives for minutes at most.
-STALE_AFTER_S = 3600.0
 
 
 def _umask() -> int:
@@ -45,15 +39,6 @@ def _umask() -> int:
 def _publish_mode(path: Path, directory: bool) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; give outputs normal permissions."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-def compound_suffix(path: Path) -> str:
-    """``.nii.gz`` for ``a.nii.gz``; the last suffix otherwise."""
-    name = path.name.lower()
-    for multi in (".nii.gz", ".tar.gz"):
-        if name.endswith(multi):
-            return path.name[-len(multi) :]
-    return path.suffix
 
 
 @dataclass(frozen=True)
@@ -239,57 +224,10 @@ def utf8_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
 
 
-def leftover_prefixes(path: Path) -> tuple[str, str]:
-    """How the temporaries of ``path`` begin: atomic_file drops the suffix, atomic_dir keeps the
-    whole name (``.scan.mrct-tmp-XXXXXXXX.nii.gz``, ``.scan_dicom.mrct-old-XXXXXXXX``)."""
-    stem = path.name[: len(path.name) - len(compound_suffix(path))]
-    return f".{stem}.mrct-", f".{path.name}.mrct-"
-
-
-def leftovers_of(path: Path) -> list[Path]:
-    """The temporary files and folders of ``path`` in its folder, whoever left them."""
-    starts = leftover_prefixes(path)
-    try:
-        names = os.listdir(path.parent)
-    except OSError:  # a folder not made yet holds nothing
-        return []
-    return [path.parent / n for n in sorted(names) if n.startswith(starts) and LEFTOVER.match(n)]
-
-
-def remove_leftover(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _remove_stale(path: Path, keep: Sequence[str | Path]) -> None:
-    """After ``path`` is written: delete its temporaries that a killed earlier write left beside
-    it (``mrct translate`` killed by the OOM killer left a hidden, half-written volume for good).
-    Only those untouched for :data:`STALE_AFTER_S`, so a concurrent write of the same output
-    keeps its own, and never one that is or holds a path in ``keep`` (the input: an earlier
-    output moved aside by a killed overwrite may be what this command read). Best effort: the
-    output is in place whatever happens here."""
-    now = time.time()
-    inputs = [os.path.realpath(k) for k in keep if k]
-    for entry in leftovers_of(path):
-        where = os.path.realpath(entry)
-        if any(k == where or k.startswith(where + os.sep) for k in inputs):
-            continue
-        try:  # ctime: a rename sets it, and an earlier output moved aside keeps its old mtime
-            if now - entry.lstat().st_ctime < STALE_AFTER_S:
-                continue
-            remove_leftover(entry)
-        except OSError as err:  # another user's, in a shared folder: theirs to remove
-            log.debug("%s: not removed (%s)", entry, err.strerror)
-            continue
-        log.debug("removed %s, left by an interrupted write", entry)
-
-
 @contextlib.contextmanager
 def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] = ()) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success. ``keep``: the
-    paths the output was made from, never removed as leftovers (:func:`_remove_stale`)."""
+    paths the output was made from, never removed as leftovers (:func:`~mrct.io.leftovers.remove_stale`)."""
     path = Path(path)
     check_output(path, overwrite)
     suffix = compound_suffix(path)
@@ -313,7 +251,7 @@ def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _remove_stale(path, keep)
+    remove_stale(path, keep)
 
 
 def _take_place_of_empty(tmp: Path, path: Path) -> None:
@@ -413,4 +351,4 @@ def atomic_dir(
             except OSError:  # say where it is; the original error is the one to report
                 log.error("%s: the earlier output could not be put back; it is in %s", path, old)
         raise
-    _remove_stale(path, keep)
+    remove_stale(path, keep)

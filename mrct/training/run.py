@@ -14,7 +14,8 @@ from pathlib import Path
 from mrct.config import to_dict
 from mrct.errors import ConfigError, MrctError, OutputBusyError, OutputExistsError, ReadError, WriteError
 from mrct.folder_locks import folder_lock
-from mrct.io.atomic import LEFTOVER, OS_LITTER, check_writable
+from mrct.io.atomic import OS_LITTER, check_writable
+from mrct.io.leftovers import LEFTOVER
 from mrct.jsontext import parse_json
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
