@@ -13,8 +13,6 @@ functions that need them.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -45,6 +43,7 @@ from mrct.model_manifest import (
     section_digests,
     sha256_file,
 )
+from mrct.tensor_files import save_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -70,34 +69,7 @@ def weight_file(direction: str) -> str:
     return f"generator_{direction}.safetensors"
 
 
-def _created_file_mode() -> int:
-    """The mode ``open()`` gives a new file (0666 less the umask): safetensors writes through a
-    private (0600) temporary file, which would leave the weights unreadable to other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 # ----------------------------------------------------------------------------- writing
-
-
-def save_tensors(state: Mapping[str, Any], target: Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file``, whose failed write (a full disk) is its own
-    SafetensorError, raised here as the OSError it reports, so that callers name the file."""
-    import safetensors.torch
-    from safetensors import SafetensorError
-
-    try:
-        safetensors.torch.save_file(dict(state), str(target), metadata=metadata)
-    except SafetensorError as err:
-        # "... IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })"
-        code = re.search(r"code: (\d+)", str(err))
-        reason = re.search(r'message: "([^"]*)"', str(err))
-        raise OSError(
-            int(code.group(1)) if code else errno.EIO, reason.group(1) if reason else str(err), str(target)
-        ) from None
-    with contextlib.suppress(OSError):  # for the group's use; FAT drives refuse it (EPERM)
-        os.chmod(target, _created_file_mode())  # packages and checkpoints alike
 
 
 def write_package(

@@ -348,7 +348,7 @@ def test_a_failed_safetensors_write_is_an_os_error_naming_the_file(
     import torch
     from safetensors import SafetensorError
 
-    from mrct.models import save_tensors
+    from mrct.tensor_files import save_tensors
 
     def full(*_args: object, **_kwargs: object) -> None:
         raise SafetensorError(

@@ -36,8 +36,9 @@ def _umask() -> int:
     return mask
 
 
-def _publish_mode(path: Path, directory: bool) -> None:
-    """mkstemp/mkdtemp create private (0600/0700) entries; give outputs normal permissions."""
+def publish_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp (and safetensors, through one) create private (0600/0700) entries: give
+    outputs the mode ``open()`` and ``mkdir()`` give, so the group can read them."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
@@ -245,7 +246,7 @@ def atomic_file(path: Path, overwrite: bool = False, keep: Sequence[str | Path] 
         if occupied(path) and not overwrite:  # appeared while we were writing
             raise OutputExistsError("output appeared while writing; not replaced", path)
         with _creating(path):  # a read-only or immutable folder: one error naming the output
-            _publish_mode(tmp, directory=False)
+            publish_mode(tmp, directory=False)
             about_to_publish(tmp, path)
             os.replace(tmp, path)
     except BaseException:
@@ -331,7 +332,7 @@ def atomic_dir(
                 os.replace(path, old)
         if replaced is None:
             with _creating(path):
-                _publish_mode(tmp, directory=True)
+                publish_mode(tmp, directory=True)
         try:
             about_to_publish(tmp, path)
             if into_empty:

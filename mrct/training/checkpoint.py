@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from mrct.errors import ReadError
 from mrct.jsontext import parse_json
-from mrct.models import save_tensors
+from mrct.tensor_files import save_tensors
 
 log = logging.getLogger(__name__)
 
