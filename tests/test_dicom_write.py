@@ -69,7 +69,8 @@ def _source(n_sop: int = 3) -> DicomSource:
     )
 
 
-def _volume(kind: str = "ct", *, flip_i: bool = False, source: DicomSource | None = None) -> Volume:
+def _volume(kind: str = "ct", *, flip_i: bool = True, source: DicomSource | None = None) -> Volume:
+    """``flip_i`` (the default): a layout a scanner writes, so the files hold the array as it lies."""
     modality = Modality.CT if kind == "ct" else Modality.MR
     info = SourceInfo(path="/data/sub-01/t1.nii.gz", format="nifti", dicom=source)
     return Volume(_values(kind), _affine(flip_i), modality, info)
@@ -113,7 +114,12 @@ def test_dcm2niix_reads_same_grid(tmp_path: Path, kind: str, flip_i: bool) -> No
 def test_geometry_attributes_match_spec(tmp_path: Path, flip_i: bool) -> None:
     volume = _volume("ct", flip_i=flip_i)
     paths = write_dicom_series(volume, tmp_path / "s", series_description="t")
-    lps = ras_to_lps(volume.affine)
+    array, affine = volume.array, volume.affine.copy()
+    if not flip_i:  # right-handed: written with i reversed, so that the patient's right is on the left
+        array = array[::-1]
+        affine[:3, 3] += affine[:3, 0] * (SHAPE[0] - 1)
+        affine[:3, 0] *= -1
+    lps = ras_to_lps(affine)
     n_i, n_j, _ = SHAPE
     for k, path in enumerate(paths):
         ds = pydicom.dcmread(path)
@@ -130,7 +136,7 @@ def test_geometry_attributes_match_spec(tmp_path: Path, flip_i: bool) -> None:
         np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [0.9, 0.7])
         assert float(ds.SliceThickness) == pytest.approx(2.5)
         # pixel (row, col) of slice k holds array[col, J-1-row, k]
-        assert np.array_equal(ds.pixel_array, volume.array[:, ::-1, k].T)
+        assert np.array_equal(ds.pixel_array, array[:, ::-1, k].T)
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.SpecificCharacterSet == "ISO_IR 192"
@@ -143,7 +149,7 @@ def test_geometry_attributes_match_spec(tmp_path: Path, flip_i: bool) -> None:
 def test_ct_values_rounded_and_clipped(tmp_path: Path, dtype: type) -> None:
     array: npt.NDArray = np.zeros(SHAPE, dtype=dtype)
     array[0, 0, 0], array[1, 0, 0], array[2, 0, 0] = 1.6, 40000.0, -40000.0
-    volume = Volume(array, _affine(), Modality.CT)
+    volume = Volume(array, _affine(flip_i=True), Modality.CT)
     paths = write_dicom_series(volume, tmp_path / "s", series_description="t")
     ds = pydicom.dcmread(paths[0])
     col0 = ds.pixel_array[::-1, :].T[:3, 0]  # back to array[i, j=0]

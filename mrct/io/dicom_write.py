@@ -4,8 +4,11 @@ Frames: mrct affines map voxel ``(i, j, k)`` to RAS mm; DICOM geometry
 (ImagePositionPatient, ImageOrientationPatient) is LPS mm. The conversion goes
 through :func:`mrct.io.orientation.ras_to_lps` only.
 
-Layout: the inverse of the mrct DICOM reader, which follows dcm2niix. Slice
-``k`` of the array becomes one file; its pixel ``(row, col)`` holds
+Layout: the volume is first turned, losslessly, to the layout scanners give the slices of its
+plane (:func:`mrct.io.orientation.scanner_layout`): an axial slice of a head-first-supine patient
+has the patient's right on the left and the face at the top, as planning systems, which draw
+pixels as stored, expect, and the files run along the slice normal. Then, as the mrct DICOM
+reader and dcm2niix read it, slice ``k`` becomes one file whose pixel ``(row, col)`` holds
 ``array[col, J - 1 - row, k]`` (i = DICOM column, j = reversed DICOM row).
 """
 
@@ -34,7 +37,7 @@ from mrct.errors import WriteError
 from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.dicom_identity import patient_study, source_references
-from mrct.io.orientation import ras_to_lps
+from mrct.io.orientation import ras_to_lps, scanner_layout
 from mrct.io.validate import storable
 from mrct.volume import Modality, Volume
 
@@ -273,7 +276,7 @@ def write_dicom_series(
     overwrite: bool = False,
     anonymizer: Anonymizer | None = None,
 ) -> list[Path]:
-    """Write ``volume`` into folder ``out_dir`` as ``IM_0001.dcm`` ... (one file per k).
+    """Write ``volume`` into folder ``out_dir`` as ``IM_0001.dcm`` ... (one file per slice).
 
     Geometry is exact: ImagePositionPatient/ImageOrientationPatient are LPS mm
     derived from the RAS affine, so the mrct reader and dcm2niix rebuild the same
@@ -283,7 +286,7 @@ def write_dicom_series(
     de-identifies them (:mod:`mrct.io.anonymize`); the two descriptions, written here, are kept.
 
     Returns:
-        The final paths of the written files, in k order.
+        The final paths of the written files, in slice order along the normal.
 
     Raises:
         WriteError: no modality, non-orthogonal affine, non-finite or non-numeric
@@ -297,7 +300,9 @@ def write_dicom_series(
     modality = Modality(modality)
     _check_text("series description", series_description, 64)  # LO
     _check_text("derivation description", derivation_description, 1024)  # ST
-    volume = volume.replace(array=storable(volume.array))
+    position = volume.source.dicom.patient_position if volume.source.dicom is not None else ""
+    array, affine = scanner_layout(storable(volume.array), volume.affine, position)
+    volume = volume.replace(array=np.ascontiguousarray(array), affine=affine)
     n_i, n_j, n_k = volume.shape
     if min(n_i, n_j, n_k) < 1 or max(n_i, n_j) > 65535:
         raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)

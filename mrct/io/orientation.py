@@ -113,3 +113,66 @@ def rotate_like_dcm2niix(
         new[:3, j] = m[:, i] * flips[i]
     new[:3, 3] = origin
     return np.ascontiguousarray(np.transpose(out, source_axis)), new
+
+
+# How scanners lay out the slices of each plane: (row, column) directions in LPS, keyed by the LPS
+# axis the slice normal is closest to, for a patient lying head first supine (HFS). Axial images
+# of the other positions are the gantry's view of a patient turned in it (HFP, FFS, FFP).
+_SCANNER_PLANES = {
+    0: ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # sagittal: rows run anterior to posterior, columns down
+    1: ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),  # coronal: rows run right to left, columns down
+    2: ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),  # axial: right to left, anterior to posterior
+}
+_AXIAL_BY_POSITION = {
+    "HFP": ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+    "FFS": ((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "FFP": ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+}
+
+
+def scanner_layout(
+    array: npt.NDArray, affine: npt.ArrayLike, patient_position: str = ""
+) -> tuple[npt.NDArray, FloatArray]:
+    """Swap and flip the in-plane voxel axes, and flip the slice axis (no resampling), so that
+    the slices of ``k`` read like a scanner's: DICOM rows along ``+i``, columns along ``-j``
+    (dcm2niix's reversed rows), in the layout scanners use for that plane and patient position,
+    and ``k`` along the slice normal (row x column), as readers sort the files.
+
+    A DICOM series of a grid that is right-handed in RAS (nibabel's RAS, ITK's LPS) written
+    as it lies would show the patient mirrored or upside down in a viewer that draws pixels as
+    stored, as planning systems do, and its files would run against their own normal.
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    unit = ras_to_lps(aff)[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    plane = int(np.argmax(np.abs(unit[:, 2])))
+    standard = _SCANNER_PLANES[plane]
+    if plane == 2:
+        standard = _AXIAL_BY_POSITION.get(patient_position.strip().upper(), standard)
+    row_std, col_std = np.array(standard)
+
+    def likeness(choice: tuple[int, int, int, int]) -> float:
+        a, sa, b, sb = choice
+        return round(float(sa * unit[:, a] @ row_std + sb * unit[:, b] @ col_std), 9)
+
+    # (row axis, row sign, column axis, column sign): the first of the best keeps the grid as it is.
+    choices = [(a, sa, 1 - a, sb) for a in (0, 1) for sa in (1, -1) for sb in (-1, 1)]
+    a, sa, b, sb = max(choices, key=likeness)
+    normal = np.cross(sa * unit[:, a], sb * unit[:, b])
+    sk = 1 if normal @ unit[:, 2] > 0 else -1
+    return reorder_axes(array, aff, (a, b, 2), (sa, -sb, sk))
+
+
+def reorder_axes(
+    array: npt.NDArray, affine: FloatArray, axes: tuple[int, int, int], signs: tuple[int, int, int]
+) -> tuple[npt.NDArray, FloatArray]:
+    """The same grid and values with voxel axis ``n`` taken from old axis ``axes[n]``, reversed
+    where ``signs[n]`` is -1 (its last voxel becomes the first)."""
+    out = np.transpose(array, axes)
+    new = affine.copy()
+    new[:3, :3] = affine[:3, list(axes)]
+    for n, sign in enumerate(signs):
+        if sign < 0:
+            out = np.flip(out, axis=n)
+            new[:3, 3] += new[:3, n] * (out.shape[n] - 1)
+            new[:3, n] *= -1
+    return out, new
