@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -301,11 +300,9 @@ def _withdraw(path: Path) -> None:
 def check_grid_fits(volume: Any, fmt: OutputFormat, out_path: Path) -> None:
     """Refuse, before the slow part, an output format that cannot hold a sheared grid (a gantry
     tilt that dcm2niix kept as shear); the writers would refuse it only after translating."""
-    from mrct.io.dicom_write import ORTHOGONALITY_TOL
-    from mrct.volume import SHEAR_TOL, shear
+    from mrct.volume import ROUNDING_SHEAR, shear
 
-    limit = {OutputFormat.NIFTI: math.inf, OutputFormat.DICOM: ORTHOGONALITY_TOL}.get(fmt, SHEAR_TOL)
-    if shear(volume.affine) > limit:
+    if fmt is not OutputFormat.NIFTI and shear(volume.affine) > ROUNDING_SHEAR:
         raise MrctError(
             f"the input's grid is sheared (a gantry tilt?) and {fmt.value.upper()} cannot store that; "
             "write NIfTI (.nii.gz), which keeps it",

@@ -109,6 +109,11 @@ class SourceInfo:
 
 # Above this, a grid counts as sheared: ITK (NRRD, MHA) refuses it, nibabel's qform rounds it.
 SHEAR_TOL = 1e-6
+# Up to this (about 0.06 degrees), a grid's shear is rounding in the header it came from: DICOM
+# cosines written to 4 decimals, and dcm2niix's float32 affines of them, shear an oblique grid by
+# up to a few 1e-5. Writers of formats that hold only rectilinear grids (NRRD, MHA, DICOM) square
+# it up to the nearest one; beyond it, the shear is real (a gantry tilt) and they refuse it.
+ROUNDING_SHEAR = 1e-3
 
 
 def shear(affine: npt.NDArray[np.float64]) -> float:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mrct.errors import OutputExistsError, ReadError, WriteError
-from mrct.io import read_volume, write_volume
+from mrct.errors import MrctError, OutputExistsError, ReadError, WriteError
+from mrct.io import OutputFormat, read_volume, write_volume
 from mrct.io.leftovers import TMP_MARK
 from mrct.io.orientation import axis_codes, lps_to_ras
 from mrct.volume import Modality
@@ -359,3 +359,34 @@ def test_a_detached_nrrd_reads_and_a_key_value_named_datafile_is_not_its_data(tm
     )
     volume = read_volume(tmp_path / "d.nhdr")
     assert volume.array.shape == (4, 4, 2) and int(volume.array.max()) == 31
+
+
+@pytest.mark.parametrize("name", ["v.nrrd", "v.mha"])
+def test_a_grid_sheared_by_rounding_is_squared_up_for_itk_formats(tmp_path: Path, name: str) -> None:
+    """From a hunt: a NIfTI that dcm2niix made from cosines written to 4 decimals is sheared by
+    2e-5 (0.001 degrees). DICOM output squared it up; NRRD and MHA refused it as "a gantry tilt"."""
+    from mrct.translation import check_grid_fits
+    from mrct.volume import shear
+
+    vol = phantom(affine=oblique_affine())
+    rounded = vol.affine.copy()
+    rounded[:3, 1] += 2e-5 * rounded[:3, 0]
+    assert shear(rounded) > 1e-5
+    check_grid_fits(vol.replace(affine=rounded), OutputFormat.NRRD, tmp_path / name)  # no error
+    write_volume(vol.replace(affine=rounded), tmp_path / name)
+    img = sitk.ReadImage(str(tmp_path / name))
+    direction = np.array(img.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-12)
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    corners = np.array([[i, j, k, 1] for i in (0, 11) for j in (0, 9) for k in (0, 6)], float).T
+    assert np.abs(lps_to_ras(lps) @ corners - rounded @ corners).max() < 0.01  # mm
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img).transpose(2, 1, 0), vol.array)
+
+    tilted = vol.affine.copy()
+    tilted[:3, 1] += 5e-3 * tilted[:3, 0]  # 0.3 degrees: a real shear, refused
+    with pytest.raises(WriteError, match="sheared"):
+        write_volume(vol.replace(affine=tilted), tmp_path / f"t{name}")
+    with pytest.raises(MrctError, match="grid is sheared"):
+        check_grid_fits(vol.replace(affine=tilted), OutputFormat.MHA, tmp_path / f"t{name}")

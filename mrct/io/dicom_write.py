@@ -37,9 +37,9 @@ from mrct.errors import WriteError
 from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.dicom_identity import patient_study, source_references
-from mrct.io.orientation import ras_to_lps, scanner_layout
+from mrct.io.orientation import ras_to_lps, scanner_layout, squared_up
 from mrct.io.validate import storable
-from mrct.volume import Modality, Volume
+from mrct.volume import ROUNDING_SHEAR, Modality, Volume, shear
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,6 @@ BODY_PART = "HEAD"
 
 CT_WINDOW = (40.0, 400.0)
 """CT WindowCenter, WindowWidth in HU (a soft-tissue window)."""
-
-ORTHOGONALITY_TOL = 1e-3
-"""Largest |cosine| between affine columns accepted as orthogonal (~0.06 deg);
-it absorbs the rounding of DICOM-derived affines."""
 
 _INT16 = np.iinfo(np.int16)
 # What differs between the files of a series (the rest is encoded once: mrct.io.dicom_encode).
@@ -124,9 +120,7 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
     norms = np.linalg.norm(cols, axis=0)
     if np.any(norms <= 1e-9):
         raise WriteError("affine has a zero-length voxel axis")
-    unit = cols / norms
-    gram = unit.T @ unit
-    if np.max(np.abs(gram - np.eye(3))) > ORTHOGONALITY_TOL:
+    if shear(affine) > ROUNDING_SHEAR:
         raise WriteError("affine axes are not orthogonal (sheared grid); resample first")
     _, n_j, n_k = shape
     lps = ras_to_lps(affine)
@@ -134,12 +128,11 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
     # (increasing row index) is -j because rows are stored with j reversed.
     row_cos = lps[:3, 0] / norms[0]
     col_cos = -lps[:3, 1] / norms[1]
-    # Up to ORTHOGONALITY_TOL (rounding in the source's header), the in-plane axes are squared
-    # up (the nearest orthonormal pair): DICOM requires orthogonal cosines (dciodvfy: "not
+    # Up to ROUNDING_SHEAR (rounding in the source's header), the in-plane axes are squared up
+    # (the nearest orthonormal pair): DICOM requires orthogonal cosines (dciodvfy: "not
     # orthogonal" from about 1e-4), and readers square them anyway, each its own way.
     pair = np.stack([row_cos, col_cos], axis=1)
-    u, _, vt = np.linalg.svd(pair, full_matrices=False)
-    squared = u @ vt
+    squared = squared_up(pair)
     moved = float(np.max(np.abs(squared - pair) @ [shape[0] * norms[0], n_j * norms[1]]))  # at most
     if moved > 0.05:
         log.warning("the grid is slightly sheared; squared up for DICOM, moving voxels up to %.2f mm", moved)

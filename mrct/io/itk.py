@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +14,11 @@ from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.io.metaimage import check_metaimage
 from mrct.io.nrrd_files import check_nrrd_data_files
-from mrct.io.orientation import lps_to_ras, ras_to_lps
+from mrct.io.orientation import lps_to_ras, ras_to_lps, squared_up
 from mrct.io.validate import check_affine, check_shape, check_values, storable
-from mrct.volume import SHEAR_TOL, Modality, SourceInfo, Volume, shear
+from mrct.volume import ROUNDING_SHEAR, SHEAR_TOL, Modality, SourceInfo, Volume, shear
+
+log = logging.getLogger(__name__)
 
 
 def read_itk(path: Path, modality: Modality | None = None) -> Volume:
@@ -80,17 +83,27 @@ def ras_affine(
 
 
 def sitk_geometry(
-    affine: np.ndarray,
+    affine: np.ndarray, shape: Sequence[int] | None = None
 ) -> tuple[list[float], list[float], list[float]]:
-    """Spacing, direction (row-major 3x3) and origin, in ITK's LPS, of a RAS affine.
+    """Spacing, direction (row-major 3x3) and origin, in ITK's LPS, of a RAS affine. A shear up
+    to :data:`~mrct.volume.ROUNDING_SHEAR` (rounding in the header it came from) is squared up to
+    the nearest orthonormal directions, as the DICOM writer does, with a warning when a voxel of
+    a grid of ``shape`` moves by over 0.05 mm.
 
     Raises ValueError for a sheared affine, which ITK cannot represent.
     """
     lps = ras_to_lps(affine)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
-    if shear(lps) > SHEAR_TOL:
+    if shear(lps) > ROUNDING_SHEAR:
         raise ValueError("an ITK image needs an orthogonal grid; this affine is sheared")
+    if shear(lps) > SHEAR_TOL:  # as the DICOM writer does: one grid, whatever format is written
+        squared = squared_up(direction)
+        if shape is not None:
+            moved = float(np.max(np.abs(squared - direction) @ (np.asarray(shape[:3]) * spacing)))
+            if moved > 0.05:
+                log.warning("the grid is slightly sheared; squared up, moving voxels up to %.2f mm", moved)
+        direction = squared
     return spacing.tolist(), direction.flatten().tolist(), lps[:3, 3].tolist()
 
 
@@ -101,7 +114,7 @@ def write_itk(volume: Volume, path: Path, overwrite: bool = False, description: 
 
     _utf8_name(path, WriteError)
     try:
-        spacing, direction, origin = sitk_geometry(volume.affine)
+        spacing, direction, origin = sitk_geometry(volume.affine, volume.shape)
     except ValueError:
         raise WriteError("NRRD/MHA need an orthogonal grid; this affine is sheared", path) from None
     image = sitk.GetImageFromArray(np.ascontiguousarray(storable(volume.array).transpose(2, 1, 0)))

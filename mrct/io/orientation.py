@@ -43,6 +43,13 @@ def axis_codes(affine: npt.ArrayLike) -> str:
     return code
 
 
+def squared_up(directions: npt.ArrayLike) -> FloatArray:
+    """The orthonormal directions nearest the unit columns ``directions`` (3 x n, n <= 3): the
+    polar factor of their SVD, which moves each as little as any orthonormal set can."""
+    u, _, vt = np.linalg.svd(np.asarray(directions, dtype=np.float64), full_matrices=False)
+    return np.asarray(u @ vt, dtype=np.float64)
+
+
 def voxel_spacing(affine: npt.ArrayLike) -> tuple[float, float, float]:
     """Length of each voxel axis in mm."""
     m = np.asarray(affine, dtype=np.float64)[:3, :3]
