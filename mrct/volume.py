@@ -67,6 +67,9 @@ class DicomSource:
     series_number: int | None = None
     manufacturer: str = ""
     patient_position: str = ""
+    # The anatomical point the frame of reference is measured from (OM, NA, XY...): it belongs to
+    # the frame, so it goes wherever the frame's UID goes.
+    position_reference_indicator: str = ""
     sop_instance_uids: tuple[str, ...] = ()
     # LossyImageCompression "01" somewhere in the source, with its methods (ISO_10918_1...) and
     # ratios: PS3.3 C.7.6.1.1.5 says an image derived from it must never reset that flag.

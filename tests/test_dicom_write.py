@@ -443,3 +443,30 @@ def test_a_grid_sheared_by_rounding_is_written_with_orthogonal_cosines(tmp_path:
     assert np.abs(iop[:3] - lps[:3, 0] / np.linalg.norm(lps[:3, 0])).max() < 4e-4
     if shutil.which("dciodvfy"):
         assert not [e for e in dciodvfy_errors(paths[0]) if "orthogonal" in e]
+
+
+def test_position_reference_indicator_goes_with_the_frame_of_reference(tmp_path: Path) -> None:
+    """From a hunt: the output kept the GE source's FrameOfReferenceUID but blanked its
+    PositionReferenceIndicator (OM), which names the point that very frame is measured from."""
+    from tests.bad_files import good_series
+
+    series = good_series(tmp_path / "src")
+    for f in series.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PositionReferenceIndicator = "OM"
+        ds.save_as(f)
+    volume = read_volume(series)
+    assert volume.source.dicom is not None and volume.source.dicom.position_reference_indicator == "OM"
+    written = pydicom.dcmread(write_dicom_series(volume, tmp_path / "out", series_description="t")[0])
+    assert (written.FrameOfReferenceUID, written.PositionReferenceIndicator) == (
+        volume.source.dicom.frame_of_reference_uid,
+        "OM",
+    )
+    no_frame = dataclasses.replace(volume.source.dicom, frame_of_reference_uid=None)  # a new frame
+    lone = volume.replace(source=dataclasses.replace(volume.source, dicom=no_frame))
+    assert (
+        pydicom.dcmread(write_dicom_series(lone, tmp_path / "new", series_description="t")[0]).get(
+            "PositionReferenceIndicator"
+        )
+        == ""
+    )

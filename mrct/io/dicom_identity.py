@@ -81,6 +81,8 @@ def patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
         if not ds.get("StudyInstanceUID"):
             ds.StudyInstanceUID = generate_uid()
         ds.FrameOfReferenceUID = src.frame_of_reference_uid or generate_uid()
+        # Type 2 and part of the frame: kept with the source's frame, empty for a new one.
+        ds.PositionReferenceIndicator = src.position_reference_indicator if src.frame_of_reference_uid else ""
         ds.PatientPosition = src.patient_position
     else:
         # The absolute path: a file named relatively or absolutely is one patient, not two.
@@ -93,12 +95,12 @@ def patient_study(ds: Dataset, volume: Volume, now: _dt.datetime) -> None:
         ds.StudyTime = now.strftime("%H%M%S")
         ds.StudyID = PLACEHOLDER_STUDY_ID
         ds.FrameOfReferenceUID = generate_uid()
+        ds.PositionReferenceIndicator = ""
         ds.PatientPosition = ""
     # Type 2 attributes: present even when unknown.
     for keyword in _TYPE2_PATIENT + _TYPE2_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
-    ds.PositionReferenceIndicator = ""
 
 
 def source_references(ds: Dataset, volume: Volume) -> None:

@@ -359,6 +359,7 @@ def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:
         series_number=int(number) if number not in (None, "") else None,
         manufacturer=text(first, "Manufacturer"),
         patient_position=text(first, "PatientPosition"),
+        position_reference_indicator=text(first, "PositionReferenceIndicator"),
         sop_instance_uids=tuple(text(ds, "SOPInstanceUID") for ds in datasets),
         **_lossy_history(datasets),
     )
