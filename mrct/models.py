@@ -250,6 +250,8 @@ def _load_package(folder: Path) -> ModelPackage:
             raise ModelError("symlink points outside the model folder", entry)
         if not entry.is_file():
             raise ModelError("not a regular file", entry)
+    if CARD not in present:  # a package describes itself: what it is for, on what data, how good
+        raise ModelError("model card missing from the model folder; export the package again", folder / CARD)
     for file_name, expected in sorted(files.items()):
         file = folder / file_name
         if file_name not in present:

@@ -358,7 +358,7 @@ def _prepare_into(
     crop_dict = crop_request_dict(crop)
     path = out / MANIFEST
     config_dict = to_dict(config)
-    manifest = load_manifest(path, config_dict)
+    manifest = load_manifest(path, config_dict, seed, hold_out_from)
     created = str(manifest.get("created") or now())
     entries = {(e["domain"], e["id"]): e for e in manifest.get("scans", [])}
     summary = PrepareSummary(path)

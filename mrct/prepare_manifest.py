@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -138,7 +139,11 @@ def write_bytes(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def load_manifest(
+    path: Path, config: dict[str, Any], seed: int = 0, hold_out_from: str | None = None
+) -> dict[str, Any]:
+    """The manifest of an earlier ``mrct prepare`` into this folder ({} if none), when this run
+    may add to it: the same preprocessing config, seed and ``--hold-out-from``."""
     if not path.exists():
         return {}
     try:
@@ -149,11 +154,70 @@ def load_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         raise ReadError(f"not a readable manifest ({err}); use a new output folder", path) from err
     if manifest.get("format") not in (None, "mrct-prepared-dataset"):  # a batch's manifest, say
         raise OutputExistsError(f"holds the manifest of a {manifest.get('format')}, not a prepared set", path)
+    check_manifest(manifest, path)
     if manifest.get("config") != config:
         raise OutputExistsError(
             "this folder was prepared with another preprocessing config; use a new output folder", path
         )
+    # Another seed would split the set anew and move test scans into training.
+    if (manifest.get("seed", seed), manifest.get("hold_out_from")) != (seed, hold_out_from):
+        given = f"--seed {manifest.get('seed')}"
+        if manifest.get("hold_out_from") is not None:
+            given += f" --hold-out-from '{manifest['hold_out_from']}'"
+        raise OutputExistsError(
+            f"this folder was split with {given}; give the same to add scans to it, or use a new output "
+            "folder for a new split",
+            path,
+        )
     return manifest
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """What the readers of a manifest use, checked before they use it: a hand-edited or damaged
+    one is one error naming it, not a KeyError or a division by a string part-way."""
+    version = manifest.get("version", MANIFEST_VERSION)
+    if version != MANIFEST_VERSION:
+        raise ReadError(
+            f"a prepared-set manifest of version {version!r} (mrct {manifest.get('mrct_version', '?')}); "
+            f"this mrct reads version {MANIFEST_VERSION}: prepare the set again into a new folder",
+            path,
+        )
+    if problem := _manifest_problem(manifest):
+        raise ReadError(f"not a readable prepared-set manifest ({problem}); prepare the set again", path)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    grid = manifest.get("config", {}).get("grid") if isinstance(manifest.get("config"), dict) else None
+    if not isinstance(grid, dict):
+        return "config.grid is missing"
+    for key in ("depth", "height", "width", "inplane_mm"):
+        value: Any = grid.get(key)
+        if not _number(value) or value <= 0 or (key != "inplane_mm" and not isinstance(value, int)):
+            return f"config.grid.{key} is {value!r}"
+    for n, entry in enumerate(manifest.get("scans", [])):
+        where = f"scans[{n}]"
+        if not isinstance(entry, dict):
+            return f"{where} is not an object"
+        for key in ("domain", "id", "status"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                return f"{where}.{key} is {entry.get(key)!r}"
+        if entry["domain"] not in DOMAINS:
+            return f"{where}.domain is {entry['domain']!r}"
+        if entry["status"] != "ok":
+            continue
+        crop, files = entry.get("crop"), entry.get("files")
+        levels = ("superior_mm", "inferior_mm")
+        if not isinstance(crop, dict) or not all(_number(crop.get(k)) for k in levels):
+            return f"{where}.crop has no superior_mm and inferior_mm"
+        if crop["superior_mm"] <= crop["inferior_mm"]:
+            return f"{where}.crop is empty (superior_mm {crop['superior_mm']} is not above inferior_mm)"
+        if not isinstance(files, dict) or not isinstance(files.get("image"), str):
+            return f"{where}.files.image is missing"
+    return None
 
 
 def now() -> str:

@@ -123,7 +123,7 @@ def write_configs(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
     from mrct.errors import ConfigError
     from mrct.script_main import USAGE, ScriptError
     from mrct.training.config import TrainConfig
-    from mrct.training.trainer import check_input_size
+    from mrct.training.sizes import check_input_size
 
     scaled = {}
     for method in args.methods:

@@ -179,6 +179,13 @@ def test_pickle_capable_files_are_refused(package: Path, name: str) -> None:
     refuses(package, name, "pickle-capable")
 
 
+def test_a_package_without_its_card_is_refused(package: Path) -> None:
+    """From a hunt: ``models info`` said "verified: ok" for a package whose README.md was gone;
+    a package describes itself, and its card says what it is not for."""
+    (package / "README.md").unlink()
+    refuses(package, "README.md", "model card missing")
+
+
 def test_unlisted_file_is_refused(package: Path) -> None:
     (package / "notes.txt").write_text("hello")
     refuses(package, "notes.txt", "not listed in model.json")

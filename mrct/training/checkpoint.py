@@ -93,7 +93,10 @@ def restore_rank_state(state: dict[str, torch.Tensor], pools: dict[str, Any], de
 def begin(run_dir: Path, iteration: int) -> Path:
     """The temporary folder a checkpoint is written into (rank 0 creates it)."""
     tmp = run_dir / "checkpoints" / f".tmp-{checkpoint_name(iteration)}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # One checkpoint is written at a time (the run folder is locked): any other temporary is a
+    # killed run's, holding disk space for nothing.
+    for stale in (*tmp.parent.glob(".tmp-iter_*"), tmp):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 
@@ -110,9 +113,13 @@ def finish(
     keep: int,
 ) -> Path:
     """Write the shared files, publish the folder, point ``latest`` at it, prune old ones."""
-    save_tensors(_tensors(networks), tmp / "networks.safetensors")  # a full disk: an OSError naming it
-    save_tensors(_tensors(optimizers), tmp / "optimizers.safetensors")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    try:
+        save_tensors(_tensors(networks), tmp / "networks.safetensors")  # a full disk: an OSError naming it
+        save_tensors(_tensors(optimizers), tmp / "optimizers.safetensors")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    except BaseException:  # a full disk, Ctrl-C: the half-written checkpoint would hold its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # On disk before the renames that publish them: after a crash or power cut, a renamed folder
     # could otherwise hold empty files, and --resume stopped at it.
     for written in (*tmp.iterdir(), tmp):

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from mrct.config import to_dict
 from mrct.errors import ConfigError, InputNotFoundError, ReadError, first_line
 from mrct.jsontext import parse_json
+from mrct.prepare_manifest import check_manifest
 from mrct.preprocessing.augment import apply_augmentation, sample_augmentation
 from mrct.training.config import DataConfig
 
@@ -68,6 +69,7 @@ class PreparedSet:
             manifest = parse_json(raw)
             if manifest.get("format") != "mrct-prepared-dataset":
                 raise ValueError("not an mrct prepared dataset")
+            check_manifest(manifest, path)
             entries = {(e["domain"], e["id"]): e for e in manifest["scans"] if e.get("status") == "ok"}
             split_ids = {d: manifest["split"][d][split] for d in DOMAINS}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -177,6 +179,8 @@ class UnpairedBatches:
                 f"prepared array unreadable ({first_line(err)}); prepare the set again", scan.image
             ) from err
         volume = self._crop(volume, rng)
+        if not np.isfinite(volume).all():  # else the run "diverges", and the blame falls on the lr
+            raise ReadError("prepared array holds NaN or infinite values; prepare the set again", scan.image)
         params = sample_augmentation(
             self.config.augment, rng, modality=domain.upper(), shape=volume.shape, spacing_mm=scan.spacing_mm
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from mrct.errors import ConfigError, InputNotFoundError, ReadError, first_line
 from mrct.model_manifest import NAME_PATTERN
 from mrct.training import checkpoint
 from mrct.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def intensity_description(config: TrainConfig) -> dict[str, Any]:
@@ -112,7 +115,11 @@ def export_run(
         config = from_mapping(TrainConfig, config_record)
     except ConfigError as err:
         raise err.naming(run_dir / "config.json") from None
-    state, data = checkpoint.read_record(path / "state.json"), checkpoint.read_record(run_dir / "data.json")
+    state, data = checkpoint.read_record(path / "state.json"), {}
+    if (run_dir / "data.json").is_file():
+        data = checkpoint.read_record(run_dir / "data.json")
+    else:  # lost, or a run from before data.json was kept, which resume accepts too
+        log.warning("%s: no data.json; the package will not say which prepared set trained it", run_dir)
     if not isinstance(state.get("iteration"), int) or isinstance(state["iteration"], bool):
         raise ReadError("checkpoint state has no iteration number; damaged?", path / "state.json")
     try:

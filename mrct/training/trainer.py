@@ -26,8 +26,6 @@ import torch
 from mrct import __version__
 from mrct.config import to_dict
 from mrct.cyclegan import (
-    Discriminators,
-    Generators,
     ImagePool,
     discriminator_losses,
     generator_losses,
@@ -41,9 +39,10 @@ from mrct.training.data import PreparedSet, UnpairedBatches
 from mrct.training.distributed import DistContext
 from mrct.training.logs import DivergenceWatch, RunLogs, writing_records
 from mrct.training.signals import StopFlag, worker_init
+from mrct.training.sizes import build_networks, check_input_size
 
 if TYPE_CHECKING:
-    from mrct.networks import PatchGANDiscriminator, ResnetGenerator
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,7 @@ class Trainer:
         if runtime.amp == "fp16" and device.type != "cuda":
             raise ConfigValueError("runtime.amp: fp16 needs a CUDA device (use bf16 or none on a CPU)")
         torch.manual_seed(config.seed)  # the same initial weights on every process
-        gens = Generators(config.model, checkpointing=runtime.gradient_checkpointing).to(device)
-        discs = Discriminators(config.model).to(device)
+        gens, discs = build_networks(config, device)
         self._memory_format = torch.preserve_format
         if runtime.channels_last:
             three_d = config.model.generator.spatial_dims == 3
@@ -347,39 +345,6 @@ class Trainer:
         if self.device.type == "cuda":
             return {"memory/cuda_max_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
         return {"memory/max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-
-
-def check_input_size(
-    config: TrainConfig,
-    shape: tuple[int, int, int],
-    generator: ResnetGenerator | None = None,
-    discriminator: PatchGANDiscriminator | None = None,
-) -> None:
-    """Refuse, before any worker starts, a patch the prepared grid ``shape`` (D, H, W) cannot
-    give or the networks cannot take (too small for the discriminator's strides or the
-    generator's bottleneck). The networks are built from the config when not given, so a
-    script can check a config before it spends time on data (pipelines/reproduce_mnist.py)."""
-    if generator is None or discriminator is None:
-        from mrct.networks import build_discriminator, build_generator
-
-        with torch.random.fork_rng(devices=[]):  # their initial weights draw from torch's global RNG
-            if generator is None:
-                generator = build_generator(config.model.generator)
-            if discriminator is None:
-                discriminator = build_discriminator(config.model.discriminator)
-    patch = config.data.patch
-    if patch is not None and any(p > s for p, s in zip(patch, shape, strict=True)):
-        raise ConfigValueError(f"data.patch {list(patch)} is larger than the prepared grid {list(shape)}")
-    size = tuple(patch or shape)[3 - config.model.generator.spatial_dims :]
-    what = f"data.patch {list(patch)}" if patch is not None else f"the prepared grid {list(shape)}"
-    logits = discriminator.output_shape(size)
-    if min(logits) < 1:
-        raise ConfigValueError(
-            f"{what} is too small for the discriminator (n_layers "
-            f"{config.model.discriminator.n_layers}): its patch grid would be {logits}"
-        )
-    if math.prod(generator.bottleneck_shape(size)) < 2:
-        raise ConfigValueError(f"{what} is too small for the generator's two downsampling steps")
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
