@@ -185,12 +185,13 @@ def preview(
     ],
     series: SeriesOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    allow_gaps: AllowGapsOpt = False,
 ) -> None:
     """Write a PNG of the axial, coronal and sagittal planes through the scan's centre."""
     from mrct import api
 
     try:
-        out = api.preview(scan, output, series=series, overwrite=overwrite)
+        out = api.preview(scan, output, series=series, overwrite=overwrite, allow_gaps=allow_gaps)
     except (Exception, KeyboardInterrupt) as err:
         fail(err)
     typer.echo(f"wrote {out}")

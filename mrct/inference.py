@@ -134,6 +134,14 @@ class Translator:
         self._generators: dict[str, Any] = {}
         self._localiser: Any = None
 
+    def threads_used(self) -> int | None:
+        """The forward pass's CPU threads: mrct's choice, or what OMP/MKL_NUM_THREADS gave torch."""
+        import torch
+
+        if self.device.type != "cpu":
+            return None
+        return self.threads if self.threads is not None else int(torch.get_num_threads())
+
     @classmethod
     def from_package(
         cls,

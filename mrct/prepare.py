@@ -159,6 +159,9 @@ def _check_modality(volume: Any, scan: ScanInput) -> None:
         )
 
 
+NO_GAPS = "mrct prepare does not fill them in for training; leave this series out"
+
+
 def prepare_scan(
     scan: ScanInput, config: PreprocessConfig, crop: CropRequest, localiser: Any = None
 ) -> ScanOutcome:
@@ -186,7 +189,8 @@ def prepare_scan(
             if isinstance(err, MrctError)
             else f"unexpected {type(err).__name__}: {err}"
         )
-        why = why.splitlines()[0]
+        # prepare has no --allow-gaps: slices made up by interpolation are no data to train on.
+        why = why.splitlines()[0].replace("pass --allow-gaps to interpolate across", NO_GAPS)
         loc = getattr(err, "localisation", None)  # what a refused automatic slab found
         levels = (loc.slab.superior_mm, loc.slab.inferior_mm) if loc is not None else (None, None)
         return ScanOutcome(scan, checksum, error=why, qc=failed_scan_image(volume, levels, scan.id, why))

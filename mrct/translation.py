@@ -240,7 +240,7 @@ def translate_file(
                 "model": {"name": package.name, "path": str(package.path), "checksum": package.checksum},
                 "device": str(translator.device),
                 "precision": translator.precision,
-                "threads": translator.threads,
+                "threads": translator.threads_used(),
                 "direction": f"{'MR' if to is Modality.CT else 'CT'} -> {to.value}",
                 "slabs": result.slabs,
                 "full_fov": full_fov,

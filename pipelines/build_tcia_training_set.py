@@ -40,8 +40,8 @@ nothing; the summary then lists the refused descriptions; ``--mr-series-pattern 
 the post-contrast T1. Default CT regex: all but scouts, topograms, dose reports, MIPs.
 
 Privacy: PatientID/PatientName group series in memory and are never printed or written.
-``selection.csv`` paths are relative to the root, any part containing them replaced by
-``[patient]``; chosen series are linked (symlinks, else hard links) into
+``selection.csv`` paths are relative to the root, with each occurrence of them in a path part
+replaced by ``[patient]``; chosen series are linked (symlinks, else hard links) into
 ``OUT/series/<domain>/<id>/`` and prepared from there, so the manifest holds no patient folder.
 """
 

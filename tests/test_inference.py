@@ -202,6 +202,19 @@ def test_translator_precision_option(tiny: Path, mr: Volume) -> None:
     assert 0 < np.abs(a - b).max() < 0.1  # bf16 really ran, and stayed close
 
 
+def test_the_report_records_the_threads_the_user_chose(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a docs walk: with OMP_NUM_THREADS set, the report said "threads": null."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # what torch started with
+    src = write_head(tmp_path / "mr.nii.gz", "mr", seed=3)
+    report = tmp_path / "report.json"
+    args = ["translate", str(src), "--to", "ct", "--model", str(tiny), "--crop-mm", "40,-40"]
+    result = CliRunner().invoke(app, [*args, "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["threads"] == torch.get_num_threads()
+
+
 def test_cli_precision_reaches_the_report(tiny: Path, tmp_path: Path) -> None:
     src = write_head(tmp_path / "mr.nii.gz", "mr", seed=3)
     report = tmp_path / "report.json"
@@ -209,7 +222,7 @@ def test_cli_precision_reaches_the_report(tiny: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--report", str(report)])
     assert result.exit_code == 0, result.output
     content = json.loads(report.read_text())
-    assert content["precision"] == "fp32" and content["threads"] in (None, *range(1, 1025))
+    assert content["precision"] == "fp32" and content["threads"] in range(1, 1025)
     timings = content["timings_s"]
     stages = ["load_model", "read", "localise", "preprocess", "forward", "invert", "write", "checksum"]
     assert set(stages) | {"other", "total"} == set(timings)

@@ -606,3 +606,14 @@ def test_a_fit_just_short_of_the_limit_is_not_printed_as_the_limit() -> None:
     loc = Localisation(SlabBounds(10.0, -100.0, "auto", 1.0), {}, -0.39981, 0.0, (-300.0, 100.0), {})
     with pytest.raises(SlabRefusedError, match=r"Mattes MI -0\.399; head scans reach -0\.40 or better"):
         check_slab_in_scan(loc, "x.nii.gz")
+
+
+def test_the_bundled_reference_is_read_whatever_the_users_memory_limit() -> None:
+    """From a docs walk: MRCT_MAX_MEMORY=1K failed on mrct's own template, naming its path
+    inside the package, not on the user's scan."""
+    from mrct.io.limits import memory_limit
+    from mrct.preprocessing.localise import load_reference
+
+    with memory_limit("1K"):
+        reference = load_reference()
+    assert reference.landmarks_ras

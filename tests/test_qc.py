@@ -267,3 +267,43 @@ def test_a_coarse_scan_is_drawn_large_enough_to_read() -> None:
     volume = Volume(np.zeros((120, 120, 90), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), Modality.MR)
     grid = qc.plane_grid(volume, "axial")
     assert max(grid.shape) >= qc.MIN_SIDE and grid.pixel_mm < 2.0
+
+
+def test_preview_of_a_synthetic_image_says_so(tmp_path: Path) -> None:
+    """From a docs walk: ``mrct preview`` of a synthetic CT wrote a PNG with no label, where
+    translate's preview and every converted format keep "not for diagnosis"."""
+    sct = write_volume(
+        phantom(shape=SHAPE),
+        tmp_path / "sct.nii.gz",
+        series_description="mrct synthetic CT – not for diagnosis",
+    )
+    plain = write_volume(phantom(shape=SHAPE), tmp_path / "ct.nii.gz")
+    for src, label in ((sct, "mrct synthetic CT – not for diagnosis"), (plain, None)):
+        out = api.preview(src, tmp_path / f"{src.name}.png")
+        with Image.open(out) as im:
+            assert im.text.get("Description") == label
+    with Image.open(tmp_path / "sct.nii.gz.png") as labelled, Image.open(tmp_path / "ct.nii.gz.png") as bare:
+        assert labelled.size[1] > bare.size[1]  # the caption under the planes
+
+
+def test_preview_takes_allow_gaps_as_its_advice_says(gappy_ct: object, tmp_path: Path) -> None:
+    """From a docs walk: preview said "pass --allow-gaps" and then refused that option."""
+    folder = str(gappy_ct.folder)  # type: ignore[attr-defined]
+    refused = runner.invoke(app, ["preview", folder, "-o", str(tmp_path / "a.png")])
+    assert refused.exit_code == 3 and "pass --allow-gaps" in refused.stderr
+    done = runner.invoke(app, ["preview", folder, "-o", str(tmp_path / "a.png"), "--allow-gaps"])
+    assert done.exit_code == 0, done.output
+
+
+def test_prepare_does_not_advise_an_option_it_lacks(gappy_ct: object) -> None:
+    """From a docs walk: a scan with a missing slice failed in prepare with "pass --allow-gaps",
+    an option prepare does not have (and should not: interpolated slices are no training data)."""
+    from mrct.prepare import NO_GAPS, ScanInput, prepare_scan
+    from mrct.preprocessing.config import PreprocessConfig
+    from mrct.preprocessing.crop import CropRequest
+
+    folder = gappy_ct.folder  # type: ignore[attr-defined]
+    scan = ScanInput("ct", folder, None, tuple(sorted(folder.iterdir())), "gappy")
+    outcome = prepare_scan(scan, PreprocessConfig(), CropRequest())
+    assert outcome.error is not None and "missing slice" in outcome.error
+    assert NO_GAPS in outcome.error and "--allow-gaps" not in outcome.error

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_PACKAGE = "mrct.preprocessing.reference"
 REFERENCE_NAME = "head_t1_template"
+REFERENCE_MEMORY = 64 << 20  # bytes; the template's voxels take 5 MiB as float32
 START_SHIFTS_MM = (0.0, -30.0, 30.0)
 BROW_KEYS = ("right_supraorbital", "left_supraorbital")
 # Outside this, the "head" is not an adult head (the slab is 100-130 mm on the annotated heads).
@@ -75,14 +76,16 @@ class Reference:
 def load_reference() -> Reference:
     """Read the bundled reference head and its landmarks (package data, never downloaded)."""
     from mrct.io import read_volume
+    from mrct.io.limits import memory_limit
 
     folder = resources.files(REFERENCE_PACKAGE)
-    with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path:
-        volume = read_volume(path, modality=Modality.MR)
+    # mrct's own 5 MiB head: the user's memory limit (MRCT_MAX_MEMORY=1K) is for their scans.
+    with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path, memory_limit(REFERENCE_MEMORY):
+        work = working_image(read_volume(path, modality=Modality.MR), Modality.MR)
     meta = parse_json((folder / f"{REFERENCE_NAME}.json").read_text(encoding="utf-8"))
     landmarks = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in meta["landmarks_ras_mm"].items()}
     return Reference(
-        working_image(volume, Modality.MR),
+        work,
         landmarks,
         str(meta.get("description", "")),
         float(meta.get("mean_slab_height_mm", 117.0)),
