@@ -122,7 +122,10 @@ def main() -> int:
     )
     parser.add_argument("--ct", type=Path, nargs="*", default=[], help="CT scans for CT -> synthetic MR")
     parser.add_argument(
-        "--previews", type=non_negative_int, default=2, help="PNG previews of the first N scans per direction"
+        "--previews",
+        type=non_negative_int,
+        default=2,
+        help="PNG previews of the first N scans per direction (default 2)",
     )
     parser.add_argument("--limit", type=non_negative_int, default=None, help="only the first N test MRs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="results JSON")
