@@ -29,6 +29,11 @@ AXIAL = {
     "HFP": (-1, 0, 0, 0, -1, 0),
     "FFS": (-1, 0, 0, 0, 1, 0),
     "FFP": (1, 0, 0, 0, -1, 0),
+    # From review: decubitus sources were written in the HFS layout, turned 90 degrees from their slices.
+    "HFDR": (0, 1, 0, -1, 0, 0),
+    "HFDL": (0, -1, 0, 1, 0, 0),
+    "FFDR": (0, -1, 0, -1, 0, 0),
+    "FFDL": (0, 1, 0, 1, 0, 0),
 }
 SAGITTAL = (0, 1, 0, 0, 0, -1)
 CORONAL = (1, 0, 0, 0, 0, -1)

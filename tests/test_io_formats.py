@@ -390,3 +390,26 @@ def test_a_grid_sheared_by_rounding_is_squared_up_for_itk_formats(tmp_path: Path
         write_volume(vol.replace(affine=tilted), tmp_path / f"t{name}")
     with pytest.raises(MrctError, match="grid is sheared"):
         check_grid_fits(vol.replace(affine=tilted), OutputFormat.MHA, tmp_path / f"t{name}")
+
+
+def test_the_square_up_warning_gives_the_distance_the_far_corner_moves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From review: the warning gave the largest single coordinate of the move (0.07 mm where the
+    far corner moved 0.101 mm), so moves up to about 0.087 mm passed the 0.05 mm threshold unsaid."""
+    import logging
+    import re
+
+    vol = phantom(shape=(300, 300, 20), affine=oblique_affine())
+    sheared = vol.affine.copy()
+    sheared[:3, 1] += 8e-4 * sheared[:3, 0]
+    with caplog.at_level(logging.WARNING):
+        write_volume(vol.replace(affine=sheared), tmp_path / "v.nrrd")
+    img = sitk.ReadImage(str(tmp_path / "v.nrrd"))
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    corners = np.array([[i, j, k, 1] for i in (0, 299) for j in (0, 299) for k in (0, 19)], float).T
+    moved = float(np.max(np.linalg.norm((lps_to_ras(lps) @ corners - sheared @ corners)[:3], axis=0)))
+    (said,) = [float(m) for m in re.findall(r"moving voxels up to ([0-9.]+) mm", caplog.text)]
+    assert moved > 0.05 and said >= round(moved, 2) - 0.005

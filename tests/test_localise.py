@@ -617,3 +617,21 @@ def test_the_bundled_reference_is_read_whatever_the_users_memory_limit() -> None
     with memory_limit("1K"):
         reference = load_reference()
     assert reference.landmarks_ras
+
+
+def test_reading_the_reference_leaves_other_threads_under_the_users_limit() -> None:
+    """From review: the template was read under a process-wide 64 MiB limit, so a batch reading
+    a 72 MiB scan in another thread at that moment failed against it, and interleaved loads could
+    leave 64 MiB in force for the rest of the run."""
+    import threading
+
+    from mrct.io.limits import max_memory, memory_limit, own_data
+
+    with memory_limit("8K"):
+        seen: list[int] = []
+        with own_data(64 << 20):
+            assert max_memory() == 64 << 20
+            thread = threading.Thread(target=lambda: seen.append(max_memory()))
+            thread.start()
+            thread.join()
+        assert seen == [8 << 10] and max_memory() == 8 << 10

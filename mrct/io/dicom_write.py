@@ -37,7 +37,7 @@ from mrct.errors import WriteError
 from mrct.io.atomic import Owned, atomic_dir
 from mrct.io.dicom_encode import SeriesEncoder
 from mrct.io.dicom_identity import patient_study, source_references
-from mrct.io.orientation import ras_to_lps, scanner_layout, squared_up
+from mrct.io.orientation import largest_move, ras_to_lps, scanner_layout, squared_up
 from mrct.io.validate import storable
 from mrct.volume import ROUNDING_SHEAR, Modality, Volume, shear
 
@@ -133,7 +133,7 @@ def _geometry(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> _
     # orthogonal" from about 1e-4), and readers square them anyway, each its own way.
     pair = np.stack([row_cos, col_cos], axis=1)
     squared = squared_up(pair)
-    moved = float(np.max(np.abs(squared - pair) @ [shape[0] * norms[0], n_j * norms[1]]))  # at most
+    moved = largest_move(pair, squared, [shape[0] * norms[0], n_j * norms[1]])
     if moved > 0.05:
         log.warning("the grid is slightly sheared; squared up for DICOM, moving voxels up to %.2f mm", moved)
     row_cos, col_cos = squared[:, 0], squared[:, 1]
@@ -295,7 +295,7 @@ def write_dicom_series(
     _check_text("derivation description", derivation_description, 1024)  # ST
     position = volume.source.dicom.patient_position if volume.source.dicom is not None else ""
     array, affine = scanner_layout(storable(volume.array), volume.affine, position)
-    volume = volume.replace(array=np.ascontiguousarray(array), affine=affine)
+    volume = volume.replace(array=array, affine=affine)  # a view: each slice is copied as written
     n_i, n_j, n_k = volume.shape
     if min(n_i, n_j, n_k) < 1 or max(n_i, n_j) > 65535:
         raise WriteError(f"cannot write a volume of shape {volume.shape} as DICOM", out_dir)

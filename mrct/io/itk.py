@@ -14,7 +14,7 @@ from mrct.errors import GeometryError, MrctError, ReadError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.io.metaimage import check_metaimage
 from mrct.io.nrrd_files import check_nrrd_data_files
-from mrct.io.orientation import lps_to_ras, ras_to_lps, squared_up
+from mrct.io.orientation import largest_move, lps_to_ras, ras_to_lps, squared_up
 from mrct.io.validate import check_affine, check_shape, check_values, storable
 from mrct.volume import ROUNDING_SHEAR, SHEAR_TOL, Modality, SourceInfo, Volume, shear
 
@@ -100,7 +100,7 @@ def sitk_geometry(
     if shear(lps) > SHEAR_TOL:  # as the DICOM writer does: one grid, whatever format is written
         squared = squared_up(direction)
         if shape is not None:
-            moved = float(np.max(np.abs(squared - direction) @ (np.asarray(shape[:3]) * spacing)))
+            moved = largest_move(direction, squared, np.asarray(shape[:3]) * spacing)
             if moved > 0.05:
                 log.warning("the grid is slightly sheared; squared up, moving voxels up to %.2f mm", moved)
         direction = squared

@@ -18,6 +18,7 @@ that reader threads (``mrct batch``) see it too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import os
@@ -98,8 +99,26 @@ def default_max_memory() -> int:
 
 
 def max_memory() -> int:
-    """The limit in force: the one set by :func:`memory_limit` / :func:`set_max_memory`, or the default."""
-    return _override if _override is not None else default_max_memory()
+    """The limit in force: the one set by :func:`memory_limit` / :func:`set_max_memory`, or the
+    default; at least what :func:`own_data` allows in this thread."""
+    limit = _override if _override is not None else default_max_memory()
+    return max(limit, _own_data.get())
+
+
+# Per thread (a context variable), unlike the limit itself: mrct batch reads users' scans in
+# other threads while one of them loads mrct's own data.
+_own_data: contextvars.ContextVar[int] = contextvars.ContextVar("mrct_own_data", default=0)
+
+
+@contextlib.contextmanager
+def own_data(nbytes: int) -> Iterator[None]:
+    """Inside the block, in this thread only, accept inputs up to ``nbytes`` whatever the user's
+    limit: for mrct's own data (its 5 MiB reference head), which ``MRCT_MAX_MEMORY=1K`` is not about."""
+    token = _own_data.set(int(nbytes))
+    try:
+        yield
+    finally:
+        _own_data.reset(token)
 
 
 def set_max_memory(limit: str | int | None) -> None:

@@ -50,6 +50,16 @@ def squared_up(directions: npt.ArrayLike) -> FloatArray:
     return np.asarray(u @ vt, dtype=np.float64)
 
 
+def largest_move(before: npt.ArrayLike, after: npt.ArrayLike, extents: npt.ArrayLike) -> float:
+    """How far (mm) squaring up moves the farthest voxel: the largest distance, over the corners
+    of a grid spanning ``extents`` mm along its axes, between the directions ``before`` and
+    ``after`` (3 x n unit columns) place it."""
+    shift = (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)) * np.asarray(extents)
+    n = shift.shape[1]
+    corners = np.array([[(c >> a) & 1 for a in range(n)] for c in range(2**n)], dtype=np.float64)
+    return float(np.max(np.linalg.norm(corners @ shift.T, axis=1)))
+
+
 def voxel_spacing(affine: npt.ArrayLike) -> tuple[float, float, float]:
     """Length of each voxel axis in mm."""
     m = np.asarray(affine, dtype=np.float64)[:3, :3]
@@ -124,7 +134,8 @@ def rotate_like_dcm2niix(
 
 # How scanners lay out the slices of each plane: (row, column) directions in LPS, keyed by the LPS
 # axis the slice normal is closest to, for a patient lying head first supine (HFS). Axial images
-# of the other positions are the gantry's view of a patient turned in it (HFP, FFS, FFP).
+# of the other positions are the gantry's view of a patient turned in it: rows run along the
+# gantry's x axis, columns down towards the table (HFP, FFS, FFP, and the decubitus positions).
 _SCANNER_PLANES = {
     0: ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # sagittal: rows run anterior to posterior, columns down
     1: ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),  # coronal: rows run right to left, columns down
@@ -134,6 +145,10 @@ _AXIAL_BY_POSITION = {
     "HFP": ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
     "FFS": ((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
     "FFP": ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0)),
+    "HFDR": ((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0)),
+    "HFDL": ((0.0, -1.0, 0.0), (1.0, 0.0, 0.0)),
+    "FFDR": ((0.0, -1.0, 0.0), (-1.0, 0.0, 0.0)),
+    "FFDL": ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0)),
 }
 
 

@@ -76,11 +76,11 @@ class Reference:
 def load_reference() -> Reference:
     """Read the bundled reference head and its landmarks (package data, never downloaded)."""
     from mrct.io import read_volume
-    from mrct.io.limits import memory_limit
+    from mrct.io.limits import own_data
 
     folder = resources.files(REFERENCE_PACKAGE)
     # mrct's own 5 MiB head: the user's memory limit (MRCT_MAX_MEMORY=1K) is for their scans.
-    with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path, memory_limit(REFERENCE_MEMORY):
+    with resources.as_file(folder / f"{REFERENCE_NAME}.nii.gz") as path, own_data(REFERENCE_MEMORY):
         work = working_image(read_volume(path, modality=Modality.MR), Modality.MR)
     meta = parse_json((folder / f"{REFERENCE_NAME}.json").read_text(encoding="utf-8"))
     landmarks = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in meta["landmarks_ras_mm"].items()}
