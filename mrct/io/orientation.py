@@ -78,15 +78,8 @@ def closest_canonical(array: npt.NDArray, affine: npt.ArrayLike) -> tuple[npt.ND
         vox = max(free_vox, key=lambda c: abs(m[world, c]))
         perm[int(world)] = vox
         free_vox.remove(vox)
-    out = np.transpose(array, perm)
-    new_aff = aff.copy()
-    new_aff[:, :3] = aff[:, perm]
-    for world in range(3):
-        if new_aff[world, world] < 0:
-            n = out.shape[world]
-            out = np.flip(out, axis=world)
-            new_aff[:3, 3] += new_aff[:3, world] * (n - 1)
-            new_aff[:3, world] *= -1
+    sign = [-1 if aff[world, perm[world]] < 0 else 1 for world in range(3)]
+    out, new_aff = reorder_axes(array, aff, (perm[0], perm[1], perm[2]), (sign[0], sign[1], sign[2]))
     return np.ascontiguousarray(out), new_aff
 
 
