@@ -252,6 +252,33 @@ def test_a_zip_or_dicomdir_of_two_series_lists_them_as_a_folder_does(tmp_path: P
     assert "empty.zip: file is empty" in run_mrct("info", tmp_path / "empty.zip").stderr
 
 
+def test_a_zip_or_dicomdir_of_one_series_lists_it_as_its_folder_does(tmp_path: Path) -> None:
+    """info on a zip of one series (or naming one of two with --series) showed the volume without
+    the series list its folder shows: listing it unpacked the zip a second time."""
+    from pydicom.fileset import FileSet
+
+    from tests.dicom_factory import zip_folder
+
+    study = _two_series(tmp_path)
+    media = FileSet()
+    for f in sorted((study / "a").glob("*.dcm")):
+        media.add(f)
+    media.write(tmp_path / "cd")
+
+    def series_lines(*args: object) -> list[str]:
+        res = run_mrct("info", *args)
+        assert res.returncode == 0 and "shape" in res.stdout, res.stdout + res.stderr
+        return [line for line in res.stdout.splitlines() if line.startswith("  ")]
+
+    one = series_lines(study / "a")
+    assert len(one) == 1
+    assert series_lines(zip_folder(study / "a", tmp_path / "a.zip")) == one
+    assert series_lines(tmp_path / "cd" / "DICOMDIR") == one
+    uid = one[0].split()[0]
+    both = series_lines(study, "--series", uid)
+    assert len(both) == 2 and series_lines(zip_folder(study, tmp_path / "both.zip"), "--series", uid) == both
+
+
 def test_convert_over_its_own_input_says_so_before_asking_for_overwrite(tmp_path: Path) -> None:
     """``mrct convert series series/`` said "output exists; pass --overwrite", and with it, that the
     output would replace the input: the second answer comes first now."""

@@ -11,17 +11,26 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mrct.errors import InputNotFoundError, ReadError
 
 if TYPE_CHECKING:  # mrct.volume imports mrct.io.orientation; avoid the cycle at run time
     from mrct.io.anonymize import Anonymizer
+    from mrct.io.dicom_scan import SeriesFiles
     from mrct.volume import Modality, Volume
 
-__all__ = ["OutputFormat", "header_label", "output_format_for", "read_volume", "write_volume"]
+__all__ = [
+    "OutputFormat",
+    "header_label",
+    "output_format_for",
+    "read_volume",
+    "survey_volume",
+    "write_volume",
+]
 
 
 class OutputFormat(str, Enum):
@@ -56,13 +65,42 @@ def read_volume(
 
     p = path_arg(path, "path")
     series, modality = text_arg(series, "series"), modality_arg(modality)
+    return _keep_synthetic_label(_guarded(p, lambda: _read(p, series, modality, allow_gaps)))
+
+
+def survey_volume(
+    path: str | Path, *, series: str | None = None, allow_gaps: bool = False
+) -> tuple[list[SeriesFiles], Volume | None]:
+    """What ``mrct info`` shows: the DICOM series of a folder, a zip or a DICOMDIR's media (none
+    for a file of one volume), and the volume of the one chosen, ``series`` or the only one (None
+    when there are several and none is named). One walk of a folder, and one unpacking of a zip,
+    for both; errors as :func:`read_volume` raises them."""
+    from mrct.api_args import path_arg, text_arg
+
+    p, series = path_arg(path, "path"), text_arg(series, "series")
+
+    def listed() -> tuple[list[SeriesFiles], Volume | None]:
+        if (found := _check_input(p, series)) != DICOM_INPUT:
+            return [], _read_as(found, p, series, None, allow_gaps)
+        from mrct.io.dicom_read import survey
+
+        return survey(p, series, allow_gaps)
+
+    found, volume = _guarded(p, listed)
+    return found, None if volume is None else _keep_synthetic_label(volume)
+
+
+_T = TypeVar("_T")
+
+
+def _guarded(p: Path, read: Callable[[], _T]) -> _T:
+    """``read()``, with a missing input and the system's read errors said in one line."""
     if not p.exists():  # a name too long for the file system raises OSError: see cli_options.fail
         raise InputNotFoundError(_why_missing(p), p)
     try:
-        volume = _read(p, series, modality, allow_gaps)
+        return read()
     except OSError as err:  # no permission, an I/O error, a file that vanished while read
         raise ReadError(f"cannot read the file: {err.strerror or err}", err.filename or p) from err
-    return _keep_synthetic_label(volume)
 
 
 def _keep_synthetic_label(volume: Volume) -> Volume:
@@ -80,7 +118,11 @@ def _keep_synthetic_label(volume: Volume) -> Volume:
     return volume.replace(source=source, modality=volume.modality or synthetic)
 
 
-def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bool) -> Volume:
+DICOM_INPUT = "dicom"
+
+
+def _check_input(p: Path, series: str | None) -> str:
+    """Refuse what no reader takes; the format read: "nifti", "itk" or ``DICOM_INPUT``."""
     if not p.is_file() and not p.is_dir():  # reading a pipe would wait forever
         raise ReadError("not a regular file or folder (a pipe, socket or device)", p)
     name = p.name.lower()
@@ -93,10 +135,20 @@ def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bo
     if series is not None and p.is_file() and name.endswith(_NIFTI + _ITK):
         log.warning("%s: holds one volume; --series applies to DICOM folders and zips and is ignored", p)
     if p.is_file() and name.endswith(_NIFTI):
+        return "nifti"
+    return "itk" if p.is_file() and name.endswith(_ITK) else DICOM_INPUT
+
+
+def _read(p: Path, series: str | None, modality: Modality | None, allow_gaps: bool) -> Volume:
+    return _read_as(_check_input(p, series), p, series, modality, allow_gaps)
+
+
+def _read_as(found: str, p: Path, series: str | None, modality: Modality | None, allow_gaps: bool) -> Volume:
+    if found == "nifti":
         from mrct.io.nifti import read_nifti
 
         return read_nifti(p, modality)
-    if p.is_file() and name.endswith(_ITK):
+    if found == "itk":
         from mrct.io.itk import read_itk
 
         return read_itk(p, modality)
