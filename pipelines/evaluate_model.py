@@ -36,6 +36,7 @@ from typing import Any
 from mrct.errors import InputNotFoundError
 from mrct.inference import Translator
 from mrct.io import read_volume
+from mrct.io.discover import scan_stem
 from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
 from mrct.prepare_manifest import mr_test_split
 from mrct.translation import write_preview
@@ -137,8 +138,9 @@ def main() -> int:
         for path in paths:
             if not path.exists():
                 raise InputNotFoundError(f"no such file or folder (given with {option})", path)
-    mrs += [(p.name, p, None) for p in args.mr]
-    cts: list[tuple[str, Path, str | None]] = [(p.name.split(".")[0], p, None) for p in args.ct]
+    # Named as the prepared set names its scans: "IXI034-HH-1260_T1", not "….nii.gz".
+    mrs += [(scan_stem(p.name), p, None) for p in args.mr]
+    cts: list[tuple[str, Path, str | None]] = [(scan_stem(p.name), p, None) for p in args.ct]
     if not mrs and not cts:
         raise ScriptError(
             "nothing to evaluate: give --prepared (a non-empty MR test split), --mr or --ct", USAGE
