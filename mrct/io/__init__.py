@@ -82,7 +82,7 @@ def survey_volume(
     def listed() -> tuple[list[SeriesFiles], Volume | None]:
         if (found := _check_input(p, series)) != DICOM_INPUT:
             return [], _read_as(found, p, series, None, allow_gaps)
-        from mrct.io.dicom_read import survey
+        from mrct.io.dicom_input import survey
 
         return survey(p, series, allow_gaps)
 
@@ -152,7 +152,7 @@ def _read_as(found: str, p: Path, series: str | None, modality: Modality | None,
         from mrct.io.itk import read_itk
 
         return read_itk(p, modality)
-    from mrct.io.dicom_read import read_dicom
+    from mrct.io.dicom_input import read_dicom
 
     return read_dicom(p, series=series, modality=modality, allow_gaps=allow_gaps)
 

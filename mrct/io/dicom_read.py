@@ -1,4 +1,4 @@
-"""Read a DICOM series (folder, enhanced multi-frame file or zip) into a Volume.
+"""Read one DICOM series, its files found and grouped (:mod:`mrct.io.dicom_input`), into a Volume.
 
 Voxel layout follows dcm2niix's defaults so that our NIfTI output can be
 compared with dcm2niix's directly: i runs along DICOM columns, j along rows in
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +26,12 @@ from mrct.io.dicom_geometry import (
 )
 from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_syntax_name
 from mrct.io.dicom_scan import (
-    NO_DICOM_FOUND,
     SeriesFiles,
     check_deflated,
     dcmread,
-    find_series,
     header_int,
     incomplete_image,
-    media_folder,
-    select_series,
 )
-from mrct.io.dicom_zip import is_zip, unzipped
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_affine, check_shape, check_values
@@ -63,85 +57,6 @@ class _Frame:
     intercept: float
     file_index: int
     frame_index: int | None  # None for single-frame files
-
-
-def _series_in_zip(folder: Path, path: Path) -> list[Any]:
-    """The DICOM series of an unpacked zip; a zip of a NIfTI (or other scan file) says so: it
-    said "no DICOM image files found in folder" of a zip."""
-    try:
-        return find_series(media_folder(folder), path)
-    except ReadError as err:
-        if err.message != NO_DICOM_FOUND:  # a damaged slice, a geometry error: as it is
-            raise
-        from mrct.io.discover import SCAN_SUFFIXES
-
-        scans = sorted(
-            str(f.relative_to(folder)) for f in folder.rglob("*") if f.name.lower().endswith(SCAN_SUFFIXES)
-        )
-        if not scans:
-            raise ReadError("no DICOM image files in the zip", path) from None
-        raise ReadError(
-            f"the zip holds no DICOM series but a scan file ({scans[0]}); unzip it and give mrct that file",
-            path,
-        ) from None
-
-
-def read_dicom(
-    path: Path,
-    *,
-    series: str | None = None,
-    modality: Modality | None = None,
-    allow_gaps: bool = False,
-) -> Volume:
-    """Read a series folder, an enhanced multi-frame file, or a zip of either."""
-    if is_zip(path) or media_folder(path).is_dir():
-        vol = _survey(path, series, modality, allow_gaps, list_only=False)[1]
-        assert vol is not None  # list_only=False: a volume, or SeriesSelectionError
-        return vol
-    from mrct.io.dicom_scan import group_series
-
-    found = group_series([path])
-    if not found:
-        raise ReadError("not a recognised image (NIfTI, NRRD, MHA or DICOM)", path)
-    chosen = found[0]
-    if chosen.n_frames == 1:
-        # A cut copy is damaged whatever else is true of it: say that first.
-        damaged = incomplete_image(path, chosen.headers[0]) if chosen.headers else None
-        raise ReadError(
-            damaged or "a 3D volume is needed; this is a single 2D slice (point mrct at the series folder)",
-            path,
-        )
-    return read_series_files(chosen, path, modality, allow_gaps)
-
-
-def survey(path: Path, series: str | None, allow_gaps: bool) -> tuple[list[SeriesFiles], Volume | None]:
-    """The series of a folder, a zip or a DICOMDIR's media (none for a multi-frame file), and
-    the volume of the one chosen (``series``, or the only one; None when there are several and
-    none is named), from one walk and one unpacking, as ``mrct info`` shows them."""
-    if is_zip(path) or media_folder(path).is_dir():
-        return _survey(path, series, None, allow_gaps, list_only=True)
-    return [], read_dicom(path, series=series, allow_gaps=allow_gaps)
-
-
-def _survey(
-    path: Path, series: str | None, modality: Modality | None, allow_gaps: bool, *, list_only: bool
-) -> tuple[list[SeriesFiles], Volume | None]:
-    """``list_only``: several series and none named is a listing, not a SeriesSelectionError."""
-    if is_zip(path):
-        with unzipped(path) as folder:
-            found = _series_in_zip(folder, path)
-            if list_only and series is None and len(found) > 1:
-                return found, None
-            chosen = select_series(found, series, folder)
-            # Warnings and errors name the series as "the.zip/its/folder", not the temporary copy.
-            member = Path(os.path.commonpath(chosen.files)).relative_to(folder)
-            vol = read_series_files(chosen, path / member if member.parts else path, modality, allow_gaps)
-        return found, vol.replace(source=SourceInfo(str(path), "dicom-zip", vol.source.dicom))
-    folder = media_folder(path)  # a DICOMDIR file: the series it indexes
-    found = find_series(folder)
-    if list_only and series is None and len(found) > 1:
-        return found, None
-    return found, read_series_files(select_series(found, series, folder), folder, modality, allow_gaps)
 
 
 def read_series_files(
