@@ -21,15 +21,8 @@ import numpy as np
 
 from mrct.errors import InputNotFoundError, MrctError, ReadError
 from mrct.io import OutputFormat
-from mrct.io.dicom_scan import (
-    PIXEL_TAGS,
-    SeriesFiles,
-    check_deflated,
-    incomplete_image,
-    iter_files,
-    read_header_dataset,
-    unique_instances,
-)
+from mrct.io.dicom_file import PIXEL_TAGS, check_deflated, incomplete_image, read_header_dataset
+from mrct.io.dicom_scan import SeriesFiles, iter_files, unique_instances
 from mrct.io.dicom_split import (
     Members,
     echo_key,

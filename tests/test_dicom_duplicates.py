@@ -15,7 +15,8 @@ import pytest
 
 from mrct.errors import ReadError
 from mrct.io import read_volume
-from mrct.io.dicom_scan import read_header_dataset, unique_instances
+from mrct.io.dicom_file import read_header_dataset
+from mrct.io.dicom_scan import unique_instances
 from tests.dicom_factory import write_series
 
 

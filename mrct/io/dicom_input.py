@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mrct.errors import ReadError
+from mrct.io.dicom_file import incomplete_image
 from mrct.io.dicom_read import read_series_files
-from mrct.io.dicom_scan import (
-    NO_DICOM_FOUND,
-    SeriesFiles,
-    find_series,
-    incomplete_image,
-    media_folder,
-    select_series,
-)
+from mrct.io.dicom_scan import NO_DICOM_FOUND, SeriesFiles, find_series, media_folder, select_series
 from mrct.io.dicom_zip import is_zip, unzipped
 from mrct.volume import Modality, SourceInfo, Volume
 

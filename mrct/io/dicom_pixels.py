@@ -48,7 +48,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 
 def pixel_dataset(header: Dataset) -> Dataset | None:
     """The Image Pixel module of a header read with deferred values
-    (:func:`mrct.io.dicom_scan.read_header_dataset`), its pixel data loaded from the file, as
+    (:func:`mrct.io.dicom_file.read_header_dataset`), its pixel data loaded from the file, as
     a new dataset: the header keeps its deferred element (a batch holds many headers). None
     when the header cannot give it (read without pixel data, or from a deflated file, whose
     offsets are those of the inflated stream)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrct.errors import GeometryError, MrctError, ReadError, first_line
+from mrct.io.dicom_file import check_deflated, dcmread, incomplete_image
 from mrct.io.dicom_geometry import (
     SliceGeometry,
     orientation_from_iop,
@@ -25,13 +26,7 @@ from mrct.io.dicom_geometry import (
     resample_stack,
 )
 from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_syntax_name
-from mrct.io.dicom_scan import (
-    SeriesFiles,
-    check_deflated,
-    dcmread,
-    header_int,
-    incomplete_image,
-)
+from mrct.io.dicom_scan import SeriesFiles, header_int
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_affine, check_shape, check_values
