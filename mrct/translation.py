@@ -20,7 +20,7 @@ from typing import Any
 
 from mrct import __version__
 from mrct.api_args import without_trailing_slash
-from mrct.errors import MrctError, OutputExistsError
+from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import (
@@ -159,11 +159,13 @@ def translate_file(
     interpolates across missing DICOM slices instead of refusing the series.
     """
     from mrct.inference import Translator
-    from mrct.io import read_volume
+    from mrct.io import read_volume, why_missing
     from mrct.io.dicom_scan import media_folder
     from mrct.io.discover import sha256_files
 
     src = media_folder(Path(src))  # a DICOMDIR: its folder, for the output's name and place too
+    if not src.exists():  # said before the outputs are checked and the model loads (seconds)
+        raise InputNotFoundError(why_missing(src), src)
     started = time.perf_counter()
     out_path, out_fmt = resolve_output(src, dst, to, fmt, series)
     if preview is not None and Path(preview).suffix.lower() != ".png":

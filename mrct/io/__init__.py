@@ -96,7 +96,7 @@ _T = TypeVar("_T")
 def _guarded(p: Path, read: Callable[[], _T]) -> _T:
     """``read()``, with a missing input and the system's read errors said in one line."""
     if not p.exists():  # a name too long for the file system raises OSError: see cli_options.fail
-        raise InputNotFoundError(_why_missing(p), p)
+        raise InputNotFoundError(why_missing(p), p)
     try:
         return read()
     except OSError as err:  # no permission, an I/O error, a file that vanished while read
@@ -157,7 +157,7 @@ def _read_as(found: str, p: Path, series: str | None, modality: Modality | None,
     return read_dicom(p, series=series, modality=modality, allow_gaps=allow_gaps)
 
 
-def _why_missing(p: Path) -> str:
+def why_missing(p: Path) -> str:
     """Why ``p`` cannot be read: no such file, or a symbolic link that leads nowhere."""
     if not p.is_symlink():
         return "no such file or folder"
@@ -233,6 +233,9 @@ def write_volume(
     if derivation_description is None:
         derivation_description = volume.source.derivation or "Converted by mrct"
     p = without_trailing_slash(path)
+    from mrct.io.validate import check_writable
+
+    check_writable(volume, p)
     label = None if series_description is None else header_label(series_description)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti

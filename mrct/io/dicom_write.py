@@ -289,7 +289,10 @@ def write_dicom_series(
     out_dir = Path(out_dir)
     modality = modality if modality is not None else volume.modality
     if modality is None:
-        raise WriteError("volume has no modality; pass modality=CT or MR", out_dir)
+        raise WriteError(
+            'the volume has no modality; DICOM needs CT or MR: volume.replace(modality="MR") sets it',
+            out_dir,
+        )
     modality = Modality(modality)
     _check_text("series description", series_description, 64)  # LO
     _check_text("derivation description", derivation_description, 1024)  # ST

@@ -64,9 +64,9 @@ def read_itk(path: Path, modality: Modality | None = None) -> Volume:
     check_affine(affine, path)
     # SimpleITK arrays are [z, y, x]; mrct arrays are [i, j, k].
     data = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    check_values(data, path)  # before float32: a finite float64 beyond its range is said as such
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    check_values(data, path)
     fmt = "nrrd" if str(path).lower().endswith((".nrrd", ".nhdr")) else "metaimage"
     return Volume(data, affine, modality, SourceInfo(str(path), fmt, description=description))
 

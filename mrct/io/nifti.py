@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from mrct.errors import GeometryError, ReadError, TooLargeError
+from mrct.errors import GeometryError, ReadError, TooLargeError, WriteError
 from mrct.io.atomic import atomic_file
 from mrct.io.limits import format_size, max_memory
 from mrct.io.validate import check_affine, check_shape, check_values, storable
@@ -79,9 +79,9 @@ def read_nifti(path: Path, modality: Modality | None = None) -> Volume:
     data = np.asarray(data).reshape(shape)
     if not data.dtype.isnative:  # a big-endian file: ITK (NRRD/MHA output) takes native order only
         data = data.astype(data.dtype.newbyteorder("="))
+    check_values(data, path)  # before float32: a finite float64 beyond its range is said as such
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    check_values(data, path)
     description = bytes(img.header["descrip"]).split(b"\0")[0].decode("ascii", "replace")
     source = dataclasses.replace(_source(img, affine, shape, path), description=description)
     return Volume(data, affine, modality, source)
@@ -297,11 +297,20 @@ def verify_gzip(path: Path, end: int) -> None:
         raise ReadError(f"truncated: the header needs {end} bytes, the gzip stream holds {total}", path)
 
 
+NIFTI1_MAX_DIM = 32767
+
+
 def write_nifti(volume: Volume, path: Path, overwrite: bool = False, description: str | None = None) -> Path:
     """Write with qform and sform both set to the volume's affine, units mm; ``description``
     (else "mrct CT" or "mrct MR"; see :func:`mrct.io.header_label`) goes into ``descrip``."""
     import nibabel as nib
 
+    if max(volume.shape) > NIFTI1_MAX_DIM:  # dim[] is int16 (nibabel raised HeaderDataError)
+        raise WriteError(
+            f"NIfTI-1 holds at most {NIFTI1_MAX_DIM} voxels along an axis, the volume has "
+            f"{volume.shape}; write .nrrd or .mha",
+            path,
+        )
     array, dtype = _on_disk(volume.array)
     img = nib.Nifti1Image(array, volume.affine, dtype=dtype)
     # Code 1 (scanner) as dcm2niix writes; both forms so every reader agrees. On its input's

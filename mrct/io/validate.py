@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from mrct.errors import GeometryError, ReadError
+from mrct.errors import GeometryError, ReadError, WriteError
 from mrct.io.limits import WORKING_ITEMSIZE, check_voxels
 
 if TYPE_CHECKING:
@@ -44,22 +44,35 @@ MAX_SPACING_MM = 1e4
 MAX_ORIGIN_MM = 1e7
 
 
-def check_affine(affine: npt.NDArray[np.float64], path: str | Path) -> None:
+def check_affine(affine: npt.NDArray[np.float64], path: str | Path, of: str = "the header") -> None:
+    """Refuse a voxel-to-world transform no grid has (``of``: where it came from, for the message)."""
     if not np.all(np.isfinite(affine)):
-        raise GeometryError("the header's voxel-to-world transform is not finite", path)
+        raise GeometryError(f"{of}'s voxel-to-world transform is not finite", path)
     if not np.array_equal(affine[3], [0.0, 0.0, 0.0, 1.0]):  # a Volume built in memory, say
         shown = " ".join(f"{v:g}" for v in affine[3])
-        raise GeometryError(f"the voxel-to-world transform's last row is {shown}, not 0 0 0 1", path)
+        raise GeometryError(f"{of}'s voxel-to-world transform's last row is {shown}, not 0 0 0 1", path)
     m = affine[:3, :3]
     norms = np.linalg.norm(m, axis=0)
     if np.any(norms > MAX_SPACING_MM) or not np.all(np.isfinite(norms)):
         shown = ", ".join(f"{v:.4g}" for v in norms)
-        raise GeometryError(f"implausible voxel spacing ({shown} mm) in the header", path)
+        raise GeometryError(f"implausible voxel spacing ({shown} mm) in {of}", path)
     if np.any(np.abs(affine[:3, 3]) > MAX_ORIGIN_MM):
         shown = ", ".join(f"{v:.4g}" for v in affine[:3, 3])
-        raise GeometryError(f"implausible origin ({shown} mm) in the header", path)
+        raise GeometryError(f"implausible origin ({shown} mm) in {of}", path)
     if np.any(norms <= 0) or abs(np.linalg.det(m)) < 1e-12:
-        raise GeometryError("zero or degenerate voxel spacing in the header", path)
+        raise GeometryError(f"zero or degenerate voxel spacing in {of}", path)
+
+
+def check_writable(volume: Volume, path: str | Path) -> None:
+    """What every writer needs of a Volume (one built in memory, say): real or boolean voxels
+    and a grid. Unchecked, NIfTI and ITK raised their libraries' own errors, NRRD stored a NaN
+    grid that read back as another one, and complex voxels were written that no reader takes."""
+    if volume.array.dtype.kind not in "iufb":
+        raise WriteError(f"cannot write voxels of type {volume.array.dtype} (real numbers needed)", path)
+    try:
+        check_affine(volume.affine, path, of="the volume")
+    except GeometryError as err:
+        raise WriteError(err.message, path) from None
 
 
 def check_values(array: npt.NDArray, path: str | Path) -> None:
