@@ -29,6 +29,7 @@ from mrct.io.dicom_split import (
     header_int,
     orientation_key,
     placement_damage,
+    same_orientation,
     split_series,
 )
 from mrct.io.discover import MIN_SERIES_FRAMES, SCAN_SUFFIXES, fit_name, safe_name, scan_stem
@@ -149,7 +150,7 @@ def _odd_size(group: Members, parts: list[tuple[str, Members]], root: Path) -> s
         o = other[0][1]
         if (
             len(other) >= MIN_SERIES_FRAMES
-            and orientation_key(o) == orientation_key(ds)
+            and same_orientation(orientation_key(o), orientation_key(ds))
             and echo_key(o) == echo_key(ds)
             and (header_int(o, "Rows"), header_int(o, "Columns")) != size
             and _fills_a_place(ds, other)

@@ -451,6 +451,39 @@ def test_a_slice_without_orientation_is_named_not_split_off(make_series: Callabl
     assert caught.value.path == str(info.files[3])
 
 
+def test_orientation_print_noise_across_a_rounding_boundary_is_one_stack(
+    make_series: Callable[..., SeriesInfo],
+) -> None:
+    """From a hunt: slices whose ImageOrientationPatient differs by 2e-9 (print noise) either side
+    of 0.0125 were rounded to 0.012 and 0.013 for grouping, so one oblique stack became two
+    interleaved half-volumes at twice the spacing, each read (and in a batch translated) without
+    a word; dcm2niix reads one. Orientations a degree apart still split."""
+    from mrct.io.dicom_scan import find_series
+
+    info = make_series(modality="MR", shape=(40, 48, 10), slice_spacing=2.0)
+    files = _along_normal(info)
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        s = 0.0125 + (1e-9 if k % 2 else -1e-9)
+        c = np.sqrt(1 - s * s)
+        turn = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+        iop = np.array(ds.ImageOrientationPatient, float)
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in np.r_[turn @ iop[:3], turn @ iop[3:]]]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in turn @ np.array(ds.ImagePositionPatient, float)]
+        ds.save_as(f)
+    assert [s.n_frames for s in find_series(info.folder)] == [10]
+    vol = read_volume(info.folder)
+    assert vol.shape[2] == 10 and np.allclose(vol.spacing[2], 2.0, atol=1e-3)
+
+    ds = pydicom.dcmread(files[0])  # a localiser-like slice turned by a degree: its own stack
+    t = np.radians(1.0)
+    turn = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    iop = np.array(ds.ImageOrientationPatient, float)
+    ds.ImageOrientationPatient = [f"{v:.10f}" for v in np.r_[turn @ iop[:3], turn @ iop[3:]]]
+    ds.save_as(files[0])
+    assert sorted(s.n_frames for s in find_series(info.folder)) == [1, 9]
+
+
 def _along_normal(info: SeriesInfo) -> list[Path]:
     """The series' files in slice order."""
     normal = np.cross(info.iop[:3], info.iop[3:])

@@ -58,13 +58,36 @@ def placement_damage(ds: Any) -> str | None:
     return None
 
 
+# Orientations this close are one (the reader's own tolerance across a stack's slices): rounded
+# to 3 decimals instead, exporters' print noise either side of a rounding boundary (0.0124999990
+# and 0.0125000010) split one oblique stack into two interleaved half-volumes.
+ORIENTATION_TOL = 1e-3
+
+
 def orientation_key(ds: Any) -> tuple[float, ...]:
-    """ImageOrientationPatient rounded for grouping; () when absent or damaged, so that the file
-    stays with its series, which then fails naming it (:func:`placement_damage`)."""
+    """ImageOrientationPatient's numbers, for grouping (compare with :func:`same_orientation`);
+    () when absent or damaged, so that the file stays with its series, which then fails naming
+    it (:func:`placement_damage`)."""
     try:
-        return tuple(round(v, 3) for v in _finite_numbers(ds, "ImageOrientationPatient"))
+        return _finite_numbers(ds, "ImageOrientationPatient")
     except ValueError:
         return ()
+
+
+def same_orientation(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= ORIENTATION_TOL for x, y in zip(a, b, strict=True))
+
+
+def _grouped_orientations(keys: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
+    """Each key replaced by the first one within tolerance of it (absent ones stay ())."""
+    firsts: list[tuple[float, ...]] = []
+    grouped = []
+    for key in keys:
+        first = next((f for f in firsts if same_orientation(f, key)), None) if key else ()
+        if first is None:
+            firsts.append(first := key)
+        grouped.append(first)
+    return grouped
 
 
 def echo_key(ds: Any) -> str:
@@ -81,7 +104,7 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     from mrct.io.discover import safe_name  # discover imports the scanner, which imports this
 
     groups: dict[tuple[Any, ...], Members] = defaultdict(list)
-    keys = [orientation_key(ds) for _, ds in members]
+    keys = _grouped_orientations([orientation_key(ds) for _, ds in members])
     # A file without (or with a damaged) ImageOrientationPatient joins the series' one
     # orientation, so that reading it says which file; alone it was a 1-slice "series", a false gap.
     known = {k for k in keys if k}
