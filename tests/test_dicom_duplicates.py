@@ -59,3 +59,41 @@ def test_files_without_an_instance_uid_are_all_kept(tmp_path: Path) -> None:
         del ds.SOPInstanceUID
     kept, damaged = unique_instances(members)
     assert kept == members and damaged == []
+
+
+@pytest.mark.parametrize("shared", ["ends", "all"])
+def test_images_at_other_places_that_share_a_uid_are_all_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, shared: str
+) -> None:
+    """From a hunt: slices a broken exporter gave one SOPInstanceUID were taken for copies of one
+    image: an end slice was dropped in silence (the warning spoke of duplicate files), and with
+    one UID for all the series was "a 2D image"; dcm2niix reads every slice."""
+    import pydicom
+
+    src = write_series(tmp_path / "s", modality="MR", shape=(16, 16, 6))
+    reference = read_volume(tmp_path / "s")
+    ordered = sorted(src.files, key=lambda f: int(pydicom.dcmread(f).InstanceNumber))
+    for f in ordered if shared == "all" else [ordered[0], ordered[-1]]:
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(f)
+    shutil.copy(ordered[2], tmp_path / "s" / "zzz_whole_copy.dcm")  # a true copy still counts once
+    with caplog.at_level(logging.WARNING):
+        volume = read_volume(tmp_path / "s")
+    np.testing.assert_array_equal(volume.array, reference.array)
+    np.testing.assert_array_equal(volume.affine, reference.affine)
+    n = 6 if shared == "all" else 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"{n} images at different places share their SOPInstanceUID" in m for m in messages), messages
+    assert any("1 duplicate file(s) of images already found" in m for m in messages), messages
+
+
+def test_a_copy_printing_its_numbers_otherwise_is_still_a_copy(tmp_path: Path) -> None:
+    """A re-export may write 12.5 as 12.500000: the same image, counted once."""
+    import pydicom
+
+    src = write_series(tmp_path / "s", modality="MR", shape=(16, 16, 6))
+    ds = pydicom.dcmread(src.files[1])
+    ds.ImagePositionPatient = [f"{float(v):.6f}" for v in ds.ImagePositionPatient]
+    ds.save_as(tmp_path / "s" / "zzz_reexported.dcm")
+    assert read_volume(tmp_path / "s").shape[2] == 6

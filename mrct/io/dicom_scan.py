@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from mrct.errors import (
     SeriesSelectionError,
 )
 from mrct.io.dicom_file import incomplete_image, read_header
-from mrct.io.dicom_split import Members, header_int, split_series
+from mrct.io.dicom_split import Members, echo_key, header_int, split_series
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -110,17 +110,27 @@ def iter_files(
 def unique_instances(
     members: Members, shown: tuple[Path, Path] | None = None
 ) -> tuple[Members, list[tuple[Path, str]]]:
-    """One file per SOPInstanceUID, as dcm2niix removes duplicate images: a series copied twice
-    into a tree would otherwise read as slices that share positions. Of an instance's copies
-    the first whole one is kept (see :func:`incomplete_image`). ``shown``: (folder, name) to
-    name that folder by in the warning (an unpacked zip by the zip's name).
+    """One file per image (a SOPInstanceUID at one place), as dcm2niix removes duplicate images: a
+    series copied twice into a tree would otherwise read as slices that share positions; images
+    at different places that share a UID (a broken export) are all kept, with a warning. Of an
+    image's copies the first whole one is kept (see :func:`incomplete_image`). ``shown``: (folder,
+    name) to name that folder by in the warning (an unpacked zip by the zip's name).
 
     Returns the files kept, in their order, and each damaged copy left out with why it is
     damaged; whole copies left out are only logged. Files without a SOPInstanceUID are kept.
     """
-    copies: dict[str, Members] = defaultdict(list)
+    copies: dict[tuple[str, ...], Members] = defaultdict(list)
     for path, ds in members:
-        copies[str(ds.get("SOPInstanceUID", "") or "") or f"no-uid:{path}"].append((path, ds))
+        uid = str(ds.get("SOPInstanceUID", "") or "") or f"no-uid:{path}"
+        copies[(uid, *_image_identity(ds))].append((path, ds))
+    per_uid = Counter(key[0] for key in copies)
+    if reused := sum(n for n in per_uid.values() if n > 1):
+        log.warning(
+            "%s: %d images at different places share their SOPInstanceUID with another (a broken "
+            "export or anonymiser?); each is read",
+            _shown(Path(os.path.commonpath([str(p) for p, _ in members])), shown),
+            reused,
+        )
     chosen: set[Path] = set()
     damaged: list[tuple[Path, str]] = []
     n_whole_copies = 0
@@ -147,6 +157,20 @@ def unique_instances(
             n_whole_copies,
         )
     return [(p, ds) for p, ds in members if p in chosen], damaged
+
+
+def _image_identity(ds: Dataset) -> tuple[str, ...]:
+    """What tells two images apart beside their SOPInstanceUID: copies of one image agree in all
+    of it (numbers compared as numbers: a copy may print them otherwise); images a broken exporter
+    gave one UID differ in place, or echo, or acquisition."""
+    try:
+        place = [
+            " ".join(f"{float(v):.4f}" for v in (ds.get(key) or ()))
+            for key in ("ImagePositionPatient", "ImageOrientationPatient")
+        ]
+        return (*place, str(ds.get("AcquisitionNumber", "") or ""), echo_key(ds))
+    except Exception:  # pydicom converts values lazily: damage raises many kinds; reading names it
+        return ("unparsable",)
 
 
 def _shown(path: Path, shown: tuple[Path, Path] | None) -> Path:
