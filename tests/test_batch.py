@@ -495,6 +495,47 @@ def test_an_enhanced_file_and_classic_slices_of_one_uid_are_two_volumes(tmp_path
     assert log.returncode == 0 and len(list(tmp_path.glob("*.nii"))) == 2, log.stdout
 
 
+@pytest.mark.parametrize("marked_by", ["ImageType", "GE private ImageType"])
+def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_translated(
+    tmp_path: Path, marked_by: str
+) -> None:
+    """From a hunt: Philips and GE store phase images in the magnitude's series, at the same
+    positions; mrct refused the series ("slices share positions"), info and batch alike, where
+    dcm2niix writes the magnitude and a "_ph" volume. A phase series of its own (Siemens) was
+    translated to CT in a batch: noise, recorded as done."""
+    folder = tmp_path / "in" / "swi"
+    mag = write_series(folder, modality="MR", shape=(40, 48, 12), series_number=5)
+    phase = write_series(
+        folder, modality="MR", shape=(40, 48, 12), series_number=5, series_uid=mag.series_uid
+    )
+    _set(mag.files, ImageType=["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"])
+    if marked_by == "ImageType":
+        _set(phase.files, ImageType=["ORIGINAL", "PRIMARY", "PHASE MAP", "P", "FFE"])
+    else:
+        for f in phase.files:
+            ds = pydicom.dcmread(f)
+            ds.add_new(0x0043102F, "SS", 1)
+            ds.save_as(f)
+    alone = write_series(tmp_path / "in" / "pha", modality="MR", shape=(40, 48, 12), series_number=6)
+    _set(alone.files, ImageType=["ORIGINAL", "PRIMARY", "P", "ND"])
+
+    found = [s for s in discover(tmp_path / "in") if s.stack]
+    assert [(s.input, s.part, len(s.stack.files), s.skip) for s in found] == [  # type: ignore[union-attr]
+        ("pha", "", 12, "a phase image (ImageType); only magnitude images are translated"),
+        ("swi", "mag", 12, None),
+        ("swi", "ph", 12, "a phase image (ImageType); only magnitude images are translated"),
+    ]
+    uid = mag.series_uid
+    (tmp_path / "mag").mkdir()
+    for f in mag.files:
+        shutil.copy(f, tmp_path / "mag" / f.name)
+    np.testing.assert_array_equal(
+        read_volume(folder, series=f"{uid}#mag").array, read_volume(tmp_path / "mag").array
+    )
+    with pytest.raises(MrctError, match="holds 2 stacks"):
+        read_volume(folder, series=uid)
+
+
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:
     """A file cut inside its pixel data is a failed row, as dcm2niix reports it ("File not large
     enough to store image data", a non-zero exit); random bytes stay a skipped non-image, as

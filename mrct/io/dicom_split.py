@@ -95,9 +95,36 @@ def echo_key(ds: Any) -> str:
     return _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
 
 
+# ImageType values (its third onwards) that mark a part of complex MR data, and the part label
+# each gets (dcm2niix's "_ph", "_real", "_imaginary"); GE says it in a private ImageType instead.
+_COMPLEX_PARTS = {"P": "ph", "PHASE": "ph", "PHASE MAP": "ph", "R": "real", "REAL": "real"}
+_COMPLEX_PARTS |= {"I": "imag", "IMAGINARY": "imag"}
+_GE_IMAGE_TYPE = 0x0043102F  # 0 magnitude, 1 phase, 2 real, 3 imaginary
+_GE_PARTS = {1: "ph", 2: "real", 3: "imag"}
+COMPLEX_PART_NAMES = {"ph": "a phase", "real": "a real-part", "imag": "an imaginary-part"}
+
+
+def complex_part(ds: Any) -> str:
+    """Which part of complex MR data an image holds: "ph", "real" or "imag"; "" for magnitude
+    and any image not marked as a part (as dcm2niix tells them apart). Philips and GE store the
+    parts in one series, at the same positions."""
+    try:
+        value = ds.get("ImageType") or ()
+        values = [value] if isinstance(value, str) else list(value)
+        found = {_COMPLEX_PARTS.get(str(v).strip().upper(), "") for v in values[2:]} - {""}
+        if len(found) == 1:
+            return found.pop()
+        private = ds.get(_GE_IMAGE_TYPE)
+        raw = None if private is None else private.value
+        number = int.from_bytes(raw[:2], "little") if isinstance(raw, bytes) else int(raw or 0)
+        return _GE_PARTS.get(number, "")
+    except Exception:  # pydicom converts values lazily: damage raises many kinds; read as magnitude
+        return ""
+
+
 def split_series(members: Members) -> list[tuple[str, Members]]:
-    """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation, echo and
-    enhanced (multi-frame) against classic files, then by
+    """Split one SeriesInstanceUID as dcm2niix does: by image size, orientation, echo, magnitude
+    against phase (:func:`complex_part`) and enhanced (multi-frame) against classic files, then by
     AcquisitionNumber where acquisitions repeat slice positions (not when each slice has its own).
     Returns ``(part, members)``; ``part`` is empty when nothing was split. Parts of one echo and
     acquisition are numbered largest first."""
@@ -117,20 +144,29 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
         # stray NumberOfFrames in a classic slice must fail its series, not split a slice off.
         enhanced = "PerFrameFunctionalGroupsSequence" in ds
         size = (header_int(ds, "Rows"), header_int(ds, "Columns"))
-        groups[(echo, *size, orientation, enhanced)].append((p, ds))
-    parts: list[tuple[tuple[str, str], Members]] = []
+        groups[(echo, complex_part(ds), *size, orientation, enhanced)].append((p, ds))
+    parts: list[tuple[tuple[str, str, str], Members]] = []
     for key, group in groups.items():
         by_acq: dict[str, Members] = defaultdict(list)
         for p, ds in group:
             by_acq[_number_text(ds, "AcquisitionNumber")].append((p, ds))
         positions = {tuple(ds.get("ImagePositionPatient") or ()) for _, ds in group}
         split = len(by_acq) > 1 and len(positions) < len(group)
-        parts += [((key[0], a), g) for a, g in sorted(by_acq.items())] if split else [((key[0], ""), group)]
+        echo, kind = key[0], key[1]
+        parts += (
+            [((echo, a, kind), g) for a, g in sorted(by_acq.items())]
+            if split
+            else [((echo, "", kind), group)]
+        )
     if len(parts) == 1:
         return [("", parts[0][1])]
-    parts.sort(key=lambda p: (_in_order(p[0][0]), _in_order(p[0][1]), -len(p[1])))  # e2 before e10
-    echoes, acqs = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1))
-    labels = ["_".join([f"e{e or 'none'}"] * echoes + [f"a{a}"] * bool(acqs and a)) for (e, a), _ in parts]
+    # e2 before e10; the magnitude before its phase
+    parts.sort(key=lambda p: (_in_order(p[0][0]), _in_order(p[0][1]), p[0][2], -len(p[1])))
+    echoes, acqs, kinds = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1, 2))
+    labels = [
+        "_".join([f"e{e or 'none'}"] * echoes + [f"a{a}"] * bool(acqs and a) + [kind or "mag"] * kinds)
+        for (e, a, kind), _ in parts
+    ]
     if len(set(labels)) < len(labels) or not all(labels):  # orientation or size differ: number them
         labels = [f"{label}_{n}".lstrip("_") for n, label in enumerate(labels, start=1)]
     labels = [safe_name(label) for label in labels]
