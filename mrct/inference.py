@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mrct.errors import ConfigError, ModalityError, MrctError
+from mrct.io.dicom_split import COMPLEX_PART_NAMES
 from mrct.preprocessing.crop import CropRequest
 from mrct.volume import Modality, Volume, guess_modality
 
@@ -64,6 +65,12 @@ def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
         raise ModalityError(
             f"its DICOM Modality is {other}, not {source[-2:]}; --to {to.value.lower()} needs "
             f"{source} (pass --force to translate anyway)",
+            volume.source.path or None,
+        )
+    if dicom is not None and dicom.complex_part and not force:  # as mrct batch skips it
+        raise ModalityError(
+            f"{COMPLEX_PART_NAMES[dicom.complex_part]} image (ImageType); only magnitude images are "
+            "translated (pass --force to translate anyway)",
             volume.source.path or None,
         )
     found = header or guess_modality(volume)

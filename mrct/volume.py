@@ -75,6 +75,9 @@ class DicomSource:
     # ratios: PS3.3 C.7.6.1.1.5 says an image derived from it must never reset that flag.
     lossy_methods: tuple[str, ...] | None = None  # None: never lossy compressed
     lossy_ratios: tuple[str, ...] = ()
+    # "ph", "real" or "imag" for a part of complex MR data (mrct.io.dicom_split.complex_part):
+    # not an image a model translates.
+    complex_part: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patient", MappingProxyType(dict(self.patient)))

@@ -497,7 +497,7 @@ def test_an_enhanced_file_and_classic_slices_of_one_uid_are_two_volumes(tmp_path
 
 @pytest.mark.parametrize("marked_by", ["ImageType", "GE private ImageType"])
 def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_translated(
-    tmp_path: Path, marked_by: str
+    tmp_path: Path, marked_by: str, model: Path
 ) -> None:
     """From a hunt: Philips and GE store phase images in the magnitude's series, at the same
     positions; mrct refused the series ("slices share positions"), info and batch alike, where
@@ -534,6 +534,13 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
     )
     with pytest.raises(MrctError, match="holds 2 stacks"):
         read_volume(folder, series=uid)
+    import mrct
+    from mrct.errors import ModalityError
+
+    with pytest.raises(ModalityError, match=r"a phase image .*only magnitude images are translated"):
+        mrct.translate(alone.folder, to="ct", model=model)  # as batch skips it
+    with pytest.raises(ModalityError, match=r"a phase image"):
+        mrct.translate(folder, to="ct", model=model, series=f"{uid}#ph")
 
 
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:

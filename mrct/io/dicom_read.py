@@ -27,6 +27,7 @@ from mrct.io.dicom_geometry import (
 )
 from mrct.io.dicom_pixels import load_pixels, pixel_dataset, rescale, transfer_syntax_name
 from mrct.io.dicom_scan import SeriesFiles, header_int
+from mrct.io.dicom_split import complex_part
 from mrct.io.limits import check_bytes, check_voxels
 from mrct.io.orientation import lps_to_ras, rotate_like_dcm2niix
 from mrct.io.validate import check_affine, check_shape, check_values
@@ -284,6 +285,7 @@ def _dicom_source(first: Dataset, datasets: list[Dataset]) -> DicomSource:
         patient_position=text(first, "PatientPosition"),
         position_reference_indicator=text(first, "PositionReferenceIndicator"),
         sop_instance_uids=tuple(text(ds, "SOPInstanceUID") for ds in datasets),
+        complex_part=complex_part(first),
         **_lossy_history(datasets),
     )
 
