@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from mrct.errors import ConfigError, ModalityError, MrctError
-from mrct.io.dicom_split import COMPLEX_PART_NAMES
+from mrct.errors import ConfigError, MrctError
 from mrct.preprocessing.crop import CropRequest
-from mrct.volume import Modality, Volume, guess_modality
+from mrct.translatable import source_modality
+from mrct.volume import Modality, Volume
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +51,6 @@ def output_map(target: Modality, ct_map_name: str) -> Any:
     if target is Modality.CT:
         return ct_map(ct_map_name)
     return IntensityMap("mr_synthetic", "MR (arbitrary units 0..1000)", MR_OUTPUT_RANGE, (-1.0, 1.0))
-
-
-def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
-    """The input's modality (header, else intensities); refuses translating CT to CT and MR to MR."""
-    header = volume.modality
-    dicom = volume.source.dicom
-    # PET, SPECT, an X-ray: batch skips them by header, and so does this. "OT" (other) is judged
-    # from its intensities, as batch judges it.
-    other = dicom.modality if dicom is not None and header is None else ""
-    if other not in ("", "OT") and not force:
-        source = "an MR" if to is Modality.CT else "a CT"
-        raise ModalityError(
-            f"its DICOM Modality is {other}, not {source[-2:]}; --to {to.value.lower()} needs "
-            f"{source} (pass --force to translate anyway)",
-            volume.source.path or None,
-        )
-    if dicom is not None and dicom.complex_part and not force:  # as mrct batch skips it
-        raise ModalityError(
-            f"{COMPLEX_PART_NAMES[dicom.complex_part]} image (ImageType); only magnitude images are "
-            "translated (pass --force to translate anyway)",
-            volume.source.path or None,
-        )
-    found = header or guess_modality(volume)
-    if found is to and not force:
-        how = "its header says" if header else "its intensities look like"
-        raise ModalityError(
-            f"{how} {found.value} already; --to {to.value.lower()} needs "
-            f"{'an MR' if to is Modality.CT else 'a CT'} (pass --force to translate anyway)",
-            volume.source.path or None,
-        )
-    return Modality.MR if to is Modality.CT else Modality.CT
 
 
 @dataclass

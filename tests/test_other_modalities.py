@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from mrct.cli import app
 from mrct.errors import ModalityError
-from mrct.inference import source_modality
 from mrct.io import read_volume
+from mrct.translatable import source_modality
 from mrct.volume import Modality
 from tests.dicom_factory import write_series
 from tests.model_fixtures import write_tiny_model
