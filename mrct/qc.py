@@ -19,17 +19,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image, ImageDraw
 from scipy.ndimage import map_coordinates
 
-from mrct.errors import WriteError
-from mrct.io.atomic import atomic_file
+from mrct.qc_text import TEXT_RGB, font_for, text_strip
+from mrct.qc_text import with_caption as with_caption  # callers caption and write through mrct.qc
+from mrct.qc_text import write_png as write_png
 from mrct.volume import Modality, Volume
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ MIN_SIDE = 256  # pixels along a panel's longest side, at least (small scans are
 MAX_SIDE = 2048  # default pixels grow beyond the finest spacing to keep a side under this
 SUPERIOR_RGB = (255, 64, 64)
 INFERIOR_RGB = (0, 200, 255)
-TEXT_RGB = (255, 220, 0)
 FAILURE_RGB = (255, 40, 40)
 _DIM = 0.45  # brightness kept outside the slab in slab_qc_image
 
@@ -208,19 +206,12 @@ def render_plane(
     return _to_uint8(sample_plane(volume, grid), window or default_window(volume))
 
 
-def _font(height: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=int(np.clip(height / 22, 9, 22)))
-    except (ImportError, OSError, TypeError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()  # type: ignore[return-value]
-
-
 def _annotate(gray_or_rgb: npt.NDArray[np.uint8], plane: Plane, title: str) -> npt.NDArray[np.uint8]:
     """Title at the top left and orientation letters at the middle of each edge."""
     image = Image.fromarray(gray_or_rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     h, w = gray_or_rgb.shape[:2]
-    font = _font(min(h, w))
+    font = font_for(min(h, w))
     top, bottom, left, right = tuple(_LAYOUT[plane][3])
     m = 2
     # On a narrow panel the title would run into the top letter: put it on the line below.
@@ -339,66 +330,4 @@ def slab_qc_image(
         lines.append((f"FAILED: {failure}", FAILURE_RGB))
     if not lines:
         return top
-    return np.concatenate([top, _text_strip(lines, top.shape[1], _font(top.shape[0]))], axis=0)
-
-
-def with_caption(image: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
-    """``image`` (RGB) above a line of ``text`` (wrapped to its width)."""
-    strip = _text_strip([(text, TEXT_RGB)], image.shape[1], _font(image.shape[0]))
-    return np.concatenate([image, strip], axis=0)
-
-
-def _text_strip(
-    lines: list[tuple[str, tuple[int, int, int]]],
-    width: int,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-) -> npt.NDArray[np.uint8]:
-    """Coloured lines of text on black, ``width`` pixels wide, long lines wrapped at spaces."""
-    wrapped: list[tuple[str, tuple[int, int, int]]] = []
-    for text, colour in lines:
-        current = ""
-        for word in text.split(" "):
-            candidate = f"{current} {word}" if current else word
-            if current and font.getlength(candidate) > width - 4:
-                wrapped.append((current, colour))
-                current = word
-            else:
-                current = candidate
-        wrapped.append((current, colour))
-    line_h = int(font.getbbox("Sg")[3]) + 3
-    strip = Image.new("RGB", (width, line_h * len(wrapped) + 4))
-    draw = ImageDraw.Draw(strip)
-    for n, (text, colour) in enumerate(wrapped):
-        draw.text((2, 2 + n * line_h), text, fill=colour, font=font)
-    return np.asarray(strip)
-
-
-def write_png(
-    image: npt.NDArray[np.uint8],
-    path: str | Path,
-    *,
-    overwrite: bool = False,
-    source: str | Path = "",
-    description: str = "",
-) -> Path:
-    """Write a greyscale (rows, cols) or RGB (rows, cols, 3) uint8 image as PNG, atomically.
-    ``source``: the scan it shows, never removed as a leftover (:func:`mrct.io.atomic.atomic_file`).
-    ``description``: a PNG ``Description`` text chunk (what a synthetic image says of itself).
-
-    Raises:
-        OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        WriteError: the file could not be written.
-    """
-    a = np.asarray(image)
-    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise ValueError(f"a PNG needs uint8 (rows, cols) or (rows, cols, 3), got {a.dtype} {a.shape}")
-    path = Path(path)
-    with atomic_file(path, overwrite=overwrite, keep=[source]) as tmp:
-        try:
-            info = PngInfo()
-            if description:
-                info.add_itxt("Description", description)  # iTXt: UTF-8 (the label's dash)
-            Image.fromarray(a).save(tmp, format="PNG", pnginfo=info)
-        except OSError as err:
-            raise WriteError(f"cannot write PNG: {err.strerror or err}", path) from err
-    return path
+    return np.concatenate([top, text_strip(lines, top.shape[1], font_for(top.shape[0]))], axis=0)
