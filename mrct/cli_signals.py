@@ -6,6 +6,7 @@ imports it and must stay fast.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -93,11 +94,25 @@ def end_quietly_with(code: int) -> None:
                 stream.flush()
         os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # Only where mrct's own handlers are: a program running the commands in-process (a test
-        # runner, an embedding application) keeps its own, or would be ended with os._exit.
-        if getattr(signal.getsignal(sig), "__module__", None) == __name__:
-            signal.signal(sig, _end)
+    ours = [
+        s
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if getattr(signal.getsignal(s), "__module__", None) == __name__
+    ]
+    # Only where mrct's own handlers are: a program running the commands in-process (a test
+    # runner, an embedding application) keeps its own, or would be ended with os._exit.
+    for sig in ours:
+        signal.signal(sig, _end)
+
+    def _ignore_from_now() -> None:
+        # The interpreter's shutdown puts a handler written in Python back to the default, which
+        # killed the process (exit 130 after "wrote ...") while torch and the modules were torn
+        # down, up to a second; an ignored signal stays ignored. Registered last, run first.
+        for sig in ours:
+            signal.signal(sig, signal.SIG_IGN)
+
+    if ours:
+        atexit.register(_ignore_from_now)
 
 
 def environment_problem(args: list[str]) -> str | None:
