@@ -20,7 +20,7 @@ from mrct.api_args import (
 )
 from mrct.api_info import SeriesSummary, VolumeInfo, info
 from mrct.api_training import evaluate, export, prepare, train
-from mrct.errors import MrctError, OutputExistsError
+from mrct.errors import ModalityError, MrctError, OutputExistsError
 from mrct.io import OutputFormat, output_format_for, read_volume, write_volume
 from mrct.io.anonymize import Anonymizer
 from mrct.io.atomic import check_apart, check_outside, check_replaceable, empty_folder, occupied
@@ -88,7 +88,15 @@ def convert(
         from mrct.io.dicom_write import SERIES_FILES
 
         check_replaceable(dst_p, SERIES_FILES)
-    vol = read_volume(src_p, series=series, modality=modality, allow_gaps=allow_gaps)
+    vol = read_volume(src_p, series=series, allow_gaps=allow_gaps)
+    if modality is not None and vol.source.dicom is not None and vol.modality not in (None, modality):
+        # MR values in a CT series, labelled HU: --modality names what a NIfTI does not say.
+        raise ModalityError(
+            f"its DICOM header says {vol.modality.value}, not {modality.value}; --modality sets "
+            "the modality of a NIfTI, NRRD or MHA input's DICOM output",
+            src_p,
+        )
+    vol = vol if modality is None else vol.replace(modality=modality)
     from mrct.labels import NOT_FOR_DIAGNOSIS, series_description, synthetic_source
 
     synthetic = synthetic_source(vol)

@@ -19,6 +19,7 @@ from mrct import __version__
 from mrct.cli import app
 from mrct.io import read_volume, write_volume
 from mrct.volume import Modality
+from tests.dicom_factory import write_series
 from tests.phantoms import phantom
 
 runner = CliRunner()
@@ -109,6 +110,19 @@ def test_info_and_convert_nifti_to_dicom_and_back(tmp_path: Path) -> None:
     back = read_volume(tmp_path / "back.nrrd")
     assert back.modality is None or back.modality is Modality.CT
     assert back.shape[2] == 6 or sorted(back.shape) == sorted(vol.shape)
+
+
+def test_convert_modality_does_not_relabel_a_dicom_series_of_another(tmp_path: Path) -> None:
+    """From a CLI walk: --modality ct made a DICOM MR a CT series (MR values as HU, CT Image
+    Storage) without a word; it sets what a NIfTI does not say. The header's own is accepted."""
+    mr = write_series(tmp_path / "t1", modality="MR", shape=(16, 14, 6)).folder
+    res = run_mrct("convert", mr, tmp_path / "ct/", "--modality", "ct")
+    assert res.returncode == 8 and not (tmp_path / "ct").exists(), res.stderr
+    assert res.stderr == (
+        f"error: {mr}: its DICOM header says MR, not CT; --modality sets the modality of a NIfTI, "
+        "NRRD or MHA input's DICOM output\n"
+    )
+    assert run_mrct("convert", mr, tmp_path / "mr/", "--modality", "mr").returncode == 0
 
 
 # --- bad input: each gets one line, a non-zero exit, and no output ------------------
@@ -355,7 +369,6 @@ def test_a_line_break_in_a_file_name_keeps_the_error_on_one_line(tmp_path: Path)
 def test_outputs_inside_a_dicom_input_folder_are_refused(tmp_path: Path) -> None:
     """From a hunt: convert, preview and prepare wrote into a DICOM input folder (translate
     refused it), and the folder then read as two series ("2 series found")."""
-    from tests.dicom_factory import write_series
 
     folder = write_series(tmp_path / "t1", modality="MR", shape=(32, 32, 12)).files[0].parent
     before = tree_digest(folder)
