@@ -277,8 +277,9 @@ def _check_label(metadata: Mapping[str, str], direction: str, file: Path) -> Non
 
 
 def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) -> Path:
-    """An existing folder is used as is; otherwise ``name_or_path`` is a package name
-    looked up as ``<dir>/<name>/model.json`` in ``search_dirs``, in order."""
+    """An existing folder is used as is; otherwise ``name_or_path`` is a package name looked up
+    as ``<dir>/<name>/model.json`` in ``search_dirs``, in order, then as the name a package's
+    model.json gives it (which ``mrct models list`` shows)."""
     given = Path(name_or_path)
     if given.is_dir():
         return given
@@ -287,11 +288,19 @@ def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) ->
         for directory in search_dirs:
             if (Path(directory) / name / MANIFEST).is_file():
                 return Path(directory) / name
+        # The name its model.json gives it, as `mrct models list` shows it (export --name).
+        named = [s.path for s in list_packages(search_dirs) if s.name == name and s.problem is None]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            where = ", ".join(str(p) for p in named)
+            raise ModelError(f"several packages are named {name!r} ({where}); give the folder")
     if given.exists():
         raise ModelError("not a model package folder (a file; give the folder holding model.json)", given)
     if "/" in name or "\\" in name:  # a path (names have no slash), and nothing is there
         raise ModelError("no such model folder", given)
-    available = sorted({s.path.name for s in list_packages(search_dirs)})
+    listed = list_packages(search_dirs)
+    available = sorted({s.name for s in listed} | {s.path.name for s in listed})
     searched = ", ".join(str(d) for d in search_dirs) or "no folders"
     raise ModelError(
         f"unknown model {name!r} (available: {', '.join(available) or 'none'}; searched {searched})"

@@ -415,3 +415,21 @@ def test_swapped_or_missing_directions_are_refused(package: Path) -> None:
         load_package(package).load_generator("mr_to_ct")
     (package / "model.json").write_text(json.dumps({**manifest, "directions": {}}))
     refuses(package, "directions lists no generator")
+
+
+def test_a_package_is_found_by_the_name_models_list_shows(tmp_path: Path) -> None:
+    """From a CLI walk: `mrct models list` showed an exported package by its name ("my-model",
+    export --name) and `models info my-model` answered "unknown model 'my-model' (available:
+    pkg1)"; the folder's name still comes first, and a name two packages share is refused."""
+    from tests.model_fixtures import write_tiny_model
+
+    models = tmp_path / "models"
+    write_tiny_model(models / "pkg1", name="my-model")
+    assert [s.name for s in list_packages([models])] == ["my-model"]
+    assert find_package("my-model", [models]) == models / "pkg1"
+    assert find_package("pkg1", [models]) == models / "pkg1"
+    write_tiny_model(models / "pkg2", name="my-model")
+    with pytest.raises(ModelError, match=r"several packages are named 'my-model' \(.*pkg1, .*pkg2\); give"):
+        find_package("my-model", [models])
+    with pytest.raises(ModelError, match=r"unknown model 'other' \(available: my-model, pkg1, pkg2;"):
+        find_package("other", [models])
