@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mrct.api_args import int_arg, optional_path, path_arg, paths_arg, text_arg
+from mrct.errors import MrctError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,6 +96,8 @@ def train(
         path_arg(value, what)
     if until is not None:  # checked before the run folder is started
         until = int_arg(until, "until", minimum=1)
+    if resume and overwrite:  # --overwrite was ignored: the run resumed
+        raise MrctError("give only one of --resume (continue the run) and --overwrite (start it again)")
     try:
         return train_run(
             load_train_config(config),

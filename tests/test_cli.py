@@ -125,6 +125,25 @@ def test_convert_modality_does_not_relabel_a_dicom_series_of_another(tmp_path: P
     assert run_mrct("convert", mr, tmp_path / "mr/", "--modality", "mr").returncode == 0
 
 
+def test_train_refuses_resume_with_overwrite(tmp_path: Path) -> None:
+    """From a CLI walk: both were accepted and the run resumed, --overwrite ignored."""
+    res = run_mrct(
+        "train",
+        "-c",
+        "configs/cpu_small.yaml",
+        "--data",
+        tmp_path,
+        "-o",
+        tmp_path / "run",
+        "--resume",
+        "--overwrite",
+    )
+    assert res.returncode == 1 and not (tmp_path / "run").exists()
+    assert (
+        res.stderr == "error: give only one of --resume (continue the run) and --overwrite (start it again)\n"
+    )
+
+
 # --- bad input: each gets one line, a non-zero exit, and no output ------------------
 
 
