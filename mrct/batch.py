@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mrct import __version__
-from mrct.batch_folder import Manifest, hold, sweep
+from mrct.batch_folder import Manifest, hold, slab_request, sweep
 from mrct.batch_plan import adopt_legacy_zip_rows, check_out_inside_in, plan, why_not
 from mrct.batch_series import EARLIER_OUTPUT, Series, discover, name_outputs, read_zip_member
 from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
@@ -264,6 +264,7 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         header["output_format"] = fmt.value if fmt else "input"
+        header["slab"] = slab_request(crop)
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
         found = discover(src, exclude=skip)
         manifest.present = {s.id for s in found}

@@ -42,6 +42,7 @@ from mrct.folder_locks import release as _release
 from mrct.io.atomic import atomic_file, utf8_bytes
 from mrct.io.leftovers import LEFTOVER, leftovers_of, remove_leftover
 from mrct.jsontext import parse_json
+from mrct.preprocessing.crop import CropRequest
 
 if TYPE_CHECKING:
     from mrct.batch_series import Series
@@ -194,6 +195,23 @@ def same_input(row: dict[str, Any], s: Series) -> bool:
     return row.get("files") in (None, input_files(s)) and row.get("stamp") in (None, input_stamp(s))
 
 
+def slab_request(crop: CropRequest | None) -> dict[str, Any]:
+    """The slab a batch asked for, as its manifest records it: the levels count, not whether they
+    came from --crop-mm or a markups file."""
+    c = crop or CropRequest.auto()
+    if c.superior_mm is not None and c.inferior_mm is not None:
+        return {"mode": "levels", "superior_mm": c.superior_mm, "inferior_mm": c.inferior_mm}
+    return {"mode": c.mode}
+
+
+def _slab_option(recorded: Any) -> str:
+    if not isinstance(recorded, dict) or recorded.get("mode") == "auto":
+        return "the automatic slab (no crop option)"
+    if recorded.get("mode") == "none":
+        return "--no-crop"
+    return f"--crop-mm {recorded.get('superior_mm'):g},{recorded.get('inferior_mm'):g} (or its markups)"
+
+
 def _format_option(recorded: object) -> str:
     return "no --format (each input's own format)" if recorded == "input" else f"--format {recorded}"
 
@@ -202,9 +220,9 @@ class Manifest:
     """Rows by series id, rewritten (JSON and CSV, atomically) on every change.
 
     Opening checks that an existing manifest is one this run may continue: the same ``to``
-    always, and unless ``overwrite`` (which redoes everything) the same model, ``anonymize`` and
-    output format (``output_format``: a ``--format`` value, or ``input`` for each input's own;
-    a manifest written before it was recorded matches any).
+    always, and unless ``overwrite`` (which redoes everything) the same model, ``anonymize``,
+    slab request (``slab``) and output format (``output_format``: a ``--format`` value, or
+    ``input`` for each input's own; a manifest written before either was recorded matches any).
     """
 
     def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
@@ -261,6 +279,13 @@ class Manifest:
                 f"(--overwrite translates again and leaves those outputs beside the new ones)",
                 path,
             )
+        if old.get("slab", header.get("slab")) != header.get("slab"):
+            # Done rows would stand with the other slab: "nothing left to do" (as for the model).
+            raise OutputExistsError(
+                f"made with {_slab_option(old.get('slab'))}; give it again, pass --overwrite to "
+                "translate everything again, or use a new folder",
+                path,
+            )
         self._adopt_others(path, own)
 
     def _adopt_others(self, path: Path, own: list[dict[str, Any]]) -> None:
@@ -281,6 +306,12 @@ class Manifest:
                     written, old = os.fstat(fh.fileno()).st_mtime_ns, parse_json(fh.read())
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
+                if old.get("slab", self.header.get("slab")) != self.header.get("slab"):  # a shard: as above
+                    raise OutputExistsError(
+                        f"{other.name} was made with {_slab_option(old.get('slab'))}; give it again, "
+                        "or a new folder",
+                        path.parent,
+                    )
                 fmt = self.header.get("output_format")
                 if old.get("output_format", fmt) != fmt:  # a shard, or a run after shards: as above
                     raise OutputExistsError(

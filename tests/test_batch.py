@@ -227,6 +227,42 @@ def test_a_replaced_input_is_translated_again(tmp_path: Path, model: Path) -> No
     assert "nothing left to do" in _batch(src, out, model).stdout
 
 
+def test_a_rerun_with_another_slab_is_refused_not_nothing_to_do(tmp_path: Path, model: Path) -> None:
+    """From a CLI walk: a re-run with --no-crop after --crop-markups said "nothing left to do" and
+    kept the first slab's outputs. Another slab is refused, as another model is; the same levels
+    from a markups file are the same slab; --overwrite translates again."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_head(src / "a.nii.gz", "mr", seed=1)
+    assert _batch(src, out, model).exit_code == 0  # CROP: --crop-mm 40,-40
+    first = (out / "a_synthetic_ct.nii.gz").read_bytes()
+    other = runner.invoke(app, ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "-q"])
+    assert other.exit_code == 4, other.output
+    assert "made with --crop-mm 40,-40 (or its markups); give it again, pass --overwrite" in other.output
+    markups = tmp_path / "slab.json"
+    points = [{"label": "brow", "position": [0, 0, 40]}, {"label": "jaw", "position": [0, 0, -40]}]
+    markups.write_text(
+        json.dumps({"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": points}]})
+    )
+    same = runner.invoke(
+        app,
+        [
+            "batch",
+            str(src),
+            "-o",
+            str(out),
+            "--to",
+            "ct",
+            "--model",
+            str(model),
+            "--crop-markups",
+            str(markups),
+        ],
+    )
+    assert same.exit_code == 0 and "nothing left to do" in same.stdout, same.output
+    again = _batch(src, out, model, "--overwrite")
+    assert again.exit_code == 0 and (out / "a_synthetic_ct.nii.gz").read_bytes() == first
+
+
 def test_a_new_series_failing_from_its_headers_is_not_nothing_left_to_do(tmp_path: Path, model: Path) -> None:
     """From a walkthrough: a series added with a slice cut short fails from its headers alone (never
     read), and the re-run said "nothing left to do: 1 done (1 by an earlier run), 0 skipped, 1 failed"."""
