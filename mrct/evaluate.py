@@ -141,7 +141,10 @@ def match_cases(pred: str | Path, gt: str | Path, mask: str | Path | None = None
         if p is not None and not p.exists():
             raise InputNotFoundError("no such file or folder", p)
     if pred.is_dir() != gt.is_dir():
-        raise ReadError("PRED and GT must both be files or both be folders", gt)
+        what = ("a folder", "a file") if pred.is_dir() else ("a file", "a folder")
+        raise MrctError(
+            f"PRED is {what[0]} and TRUTH {what[1]}: give two files, or two folders of volumes", gt
+        )
     if not pred.is_dir():
         if mask is not None and mask.is_dir():
             raise ReadError("a folder of masks needs folders of volumes", mask)

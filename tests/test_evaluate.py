@@ -292,3 +292,16 @@ def test_a_bad_input_leaves_no_output_folders_and_a_file_for_a_series_is_refused
     result = runner.invoke(app, ["convert", str(bad), f"{tmp_path / 'afile'}/", "--overwrite"])
     assert result.exit_code == 4 and "is not a folder" in result.stderr, result.output  # not a read error
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_file_against_a_folder_says_which_is_which(
+    ct_cases: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """From a CLI walk: "PRED and GT must both be..." (the help names it TRUTH), exit 3 (an
+    unreadable input) for a usage mismatch."""
+    pred, gt, _ = ct_cases
+    result = runner.invoke(
+        app, ["evaluate", str(pred), str(gt / "case1.nii.gz"), "-o", str(tmp_path / "r.csv")]
+    )
+    assert result.exit_code == 1
+    assert "PRED is a folder and TRUTH a file: give two files, or two folders of volumes" in result.output
