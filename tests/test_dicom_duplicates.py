@@ -88,12 +88,33 @@ def test_images_at_other_places_that_share_a_uid_are_all_read(
     assert any("1 duplicate file(s) of images already found" in m for m in messages), messages
 
 
-def test_a_copy_printing_its_numbers_otherwise_is_still_a_copy(tmp_path: Path) -> None:
-    """A re-export may write 12.5 as 12.500000: the same image, counted once."""
+def _reprinted(ds: object, how: str) -> None:
+    if how == "position digits":
+        ds.ImagePositionPatient = [f"{float(v):.6f}" for v in ds.ImagePositionPatient]  # type: ignore[attr-defined]
+    elif how == "position rounding":  # 10.00044999999 and 10.00045: either side of 4 decimals
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)  # type: ignore[attr-defined]
+        ds.ImagePositionPatient = [f"{x:.11f}", f"{y + 0.00045 - 1e-11:.11f}", f"{z:.6f}"]  # type: ignore[attr-defined]
+    elif how == "negative zero":
+        ds.ImageOrientationPatient = ["-0" if float(v) == 0 else str(v) for v in ds.ImageOrientationPatient]  # type: ignore[attr-defined]
+    else:
+        ds.AcquisitionNumber = "01"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["position digits", "position rounding", "negative zero", "acquisition 01"])
+def test_a_copy_printing_its_numbers_otherwise_is_still_a_copy(tmp_path: Path, how: str) -> None:
+    """A re-export may write 12.5 as 12.500000, 0 as -0, an acquisition 1 as 01, or round the last
+    digit otherwise: the same image, counted once (from review: compared as text, each was "2
+    images at different places", then "2 slices share a position")."""
     import pydicom
 
     src = write_series(tmp_path / "s", modality="MR", shape=(16, 16, 6))
     ds = pydicom.dcmread(src.files[1])
-    ds.ImagePositionPatient = [f"{float(v):.6f}" for v in ds.ImagePositionPatient]
+    if how == "position rounding":  # the original at the other side of the boundary
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [f"{x:.11f}", f"{y + 0.00045:.11f}", f"{z:.6f}"]
+        ds.save_as(src.files[1])
+    ds.AcquisitionNumber = "1"
+    ds.save_as(src.files[1])
+    _reprinted(ds, how)
     ds.save_as(tmp_path / "s" / "zzz_reexported.dcm")
     assert read_volume(tmp_path / "s").shape[2] == 6

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from mrct.errors import (
     SeriesSelectionError,
 )
 from mrct.io.dicom_file import incomplete_image, read_header
-from mrct.io.dicom_split import Members, echo_key, header_int, split_series
+from mrct.io.dicom_split import ORIENTATION_TOL, Members, echo_key, header_int, number_text, split_series
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -119,22 +119,27 @@ def unique_instances(
     Returns the files kept, in their order, and each damaged copy left out with why it is
     damaged; whole copies left out are only logged. Files without a SOPInstanceUID are kept.
     """
-    copies: dict[tuple[str, ...], Members] = defaultdict(list)
+    by_uid: dict[str, list[tuple[_Identity, Members]]] = defaultdict(list)
     for path, ds in members:
         uid = str(ds.get("SOPInstanceUID", "") or "") or f"no-uid:{path}"
-        copies[(uid, *_image_identity(ds))].append((path, ds))
-    per_uid = Counter(key[0] for key in copies)
-    if reused := sum(n for n in per_uid.values() if n > 1):
+        identity, images = _identity(ds), by_uid[uid]
+        same = next((group for first, group in images if _same_image(first, identity)), None)
+        if same is None:
+            images.append((identity, [(path, ds)]))
+        else:
+            same.append((path, ds))
+    if reused := sum(len(images) for images in by_uid.values() if len(images) > 1):
         log.warning(
             "%s: %d images at different places share their SOPInstanceUID with another (a broken "
             "export or anonymiser?); each is read",
             _shown(Path(os.path.commonpath([str(p) for p, _ in members])), shown),
             reused,
         )
+    copies = [group for images in by_uid.values() for _, group in images]
     chosen: set[Path] = set()
     damaged: list[tuple[Path, str]] = []
     n_whole_copies = 0
-    for group in copies.values():
+    for group in copies:
         if len(group) == 1:
             chosen.add(group[0][0])
             continue
@@ -159,18 +164,36 @@ def unique_instances(
     return [(p, ds) for p, ds in members if p in chosen], damaged
 
 
-def _image_identity(ds: Dataset) -> tuple[str, ...]:
+# (echo, acquisition, position, orientation); None for a value that cannot be parsed
+_Identity = tuple[str, str, tuple[float, ...] | None, tuple[float, ...] | None]
+PLACE_TOL_MM = 1e-3  # copies agree far better; the slices of a series lie far further apart
+
+
+def _identity(ds: Dataset) -> _Identity:
     """What tells two images apart beside their SOPInstanceUID: copies of one image agree in all
-    of it (numbers compared as numbers: a copy may print them otherwise); images a broken exporter
-    gave one UID differ in place, or echo, or acquisition."""
-    try:
-        place = [
-            " ".join(f"{float(v):.4f}" for v in (ds.get(key) or ()))
-            for key in ("ImagePositionPatient", "ImageOrientationPatient")
-        ]
-        return (*place, str(ds.get("AcquisitionNumber", "") or ""), echo_key(ds))
-    except Exception:  # pydicom converts values lazily: damage raises many kinds; reading names it
-        return ("unparsable",)
+    of it; images a broken exporter gave one UID differ in place, or echo, or acquisition."""
+
+    def numbers(key: str) -> tuple[float, ...] | None:
+        try:
+            return tuple(float(v) for v in (ds.get(key) or ()))
+        except Exception:  # pydicom converts values lazily: damage raises many kinds
+            return None
+
+    position, orientation = numbers("ImagePositionPatient"), numbers("ImageOrientationPatient")
+    return (echo_key(ds), number_text(ds, "AcquisitionNumber"), position, orientation)
+
+
+def _same_image(a: _Identity, b: _Identity) -> bool:
+    """Numbers compared as numbers, within print noise (a copy may write 12.5 as 12.500000, -0 for
+    0, or round the last digit otherwise); an unparsable value (the read names it) as equal."""
+    if a[:2] != b[:2]:
+        return False
+    for x, y, tol in ((a[2], b[2], PLACE_TOL_MM), (a[3], b[3], ORIENTATION_TOL)):
+        if x is None or y is None:
+            continue
+        if len(x) != len(y) or any(abs(p - q) > tol for p, q in zip(x, y, strict=True)):
+            return False
+    return True
 
 
 def _shown(path: Path, shown: tuple[Path, Path] | None) -> Path:

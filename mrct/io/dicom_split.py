@@ -81,18 +81,21 @@ def same_orientation(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 def _grouped_orientations(keys: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
     """Each key replaced by the first one within tolerance of it (absent ones stay ())."""
     firsts: list[tuple[float, ...]] = []
+    seen: dict[tuple[float, ...], tuple[float, ...]] = {(): ()}  # most slices repeat a key exactly
     grouped = []
     for key in keys:
-        first = next((f for f in firsts if same_orientation(f, key)), None) if key else ()
-        if first is None:
-            firsts.append(first := key)
+        if (first := seen.get(key)) is None:
+            first = next((f for f in firsts if same_orientation(f, key)), None)
+            if first is None:
+                firsts.append(first := key)
+            seen[key] = first
         grouped.append(first)
     return grouped
 
 
 def echo_key(ds: Any) -> str:
     """Which echo a file holds, as the split tells echoes apart: EchoNumbers, else EchoTime."""
-    return _number_text(ds, "EchoNumbers") or _number_text(ds, "EchoTime")
+    return number_text(ds, "EchoNumbers") or number_text(ds, "EchoTime")
 
 
 # ImageType values (its third onwards) that mark a part of complex MR data, and the part label
@@ -149,7 +152,7 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     for key, group in groups.items():
         by_acq: dict[str, Members] = defaultdict(list)
         for p, ds in group:
-            by_acq[_number_text(ds, "AcquisitionNumber")].append((p, ds))
+            by_acq[number_text(ds, "AcquisitionNumber")].append((p, ds))
         positions = {tuple(ds.get("ImagePositionPatient") or ()) for _, ds in group}
         split = len(by_acq) > 1 and len(positions) < len(group)
         echo, kind = key[0], key[1]
@@ -173,7 +176,7 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     return [(label, group) for label, (_, group) in zip(labels, parts, strict=True)]
 
 
-def _number_text(ds: Any, key: str) -> str:
+def number_text(ds: Any, key: str) -> str:
     """A header number as text that groups equal values: EchoTime "4.6" and "4.60" are one echo."""
     try:
         text = str(ds.get(key, "") or "").strip()
