@@ -222,7 +222,9 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
             small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
             small = EARLIER_OUTPUT if description.startswith(SYNTHETIC_LABEL) else small
             if kind := complex_part(first):  # a phase map translated to CT was noise, "done"
-                small = f"{COMPLEX_PART_NAMES[kind]} image (ImageType); only magnitude images are translated"
+                small = (
+                    f"{COMPLEX_PART_NAMES[kind]} image (by its header); only magnitude images are translated"
+                )
             # Checked from the headers, for every stack: a damaged series of the other modality
             # (never read) fails too, as does one whose folder holds an image cut too short to
             # say its series (it may be a slice of this one: read without it, the grid is wrong).

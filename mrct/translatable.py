@@ -25,7 +25,7 @@ def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
         )
     if dicom is not None and dicom.complex_part and not force:  # as mrct batch skips it
         raise ModalityError(
-            f"{COMPLEX_PART_NAMES[dicom.complex_part]} image (ImageType); only magnitude images are "
+            f"{COMPLEX_PART_NAMES[dicom.complex_part]} image (by its header); only magnitude images are "
             "translated (pass --force to translate anyway)",
             volume.source.path or None,
         )

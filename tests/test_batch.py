@@ -19,6 +19,7 @@ from mrct.batch import discover, name_outputs, parse_shard
 from mrct.cli import app
 from mrct.errors import MrctError
 from mrct.io import OutputFormat, read_volume
+from mrct.io.discover import find_scans
 from mrct.volume import Modality
 from tests.dicom_factory import write_enhanced_mr, write_series
 from tests.external_tools import require
@@ -550,6 +551,7 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
     else:
         for f in phase.files:
             ds = pydicom.dcmread(f)
+            ds.add_new(0x00430010, "LO", "GEMS_PARM_01")
             ds.add_new(0x0043102F, "SS", 1)
             ds.save_as(f)
     alone = write_series(tmp_path / "in" / "pha", modality="MR", shape=(40, 48, 12), series_number=6)
@@ -557,9 +559,9 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
 
     found = [s for s in discover(tmp_path / "in") if s.stack]
     assert [(s.input, s.part, len(s.stack.files), s.skip) for s in found] == [  # type: ignore[union-attr]
-        ("pha", "", 12, "a phase image (ImageType); only magnitude images are translated"),
+        ("pha", "", 12, "a phase image (by its header); only magnitude images are translated"),
         ("swi", "mag", 12, None),
-        ("swi", "ph", 12, "a phase image (ImageType); only magnitude images are translated"),
+        ("swi", "ph", 12, "a phase image (by its header); only magnitude images are translated"),
     ]
     uid = mag.series_uid
     (tmp_path / "mag").mkdir()
@@ -577,6 +579,18 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
         mrct.translate(alone.folder, to="ct", model=model)  # as batch skips it
     with pytest.raises(ModalityError, match=r"a phase image"):
         mrct.translate(folder, to="ct", model=model, series=f"{uid}#ph")
+    # From review: prepare took the phase stack as a training MR; it skips it as batch does.
+    assert [f.series for f in find_scans([tmp_path / "in"])] == [f"{uid}#mag"]
+    # Only an MR's: ImageType ...\AXIAL\R of a CT, or a private element of another maker, is none.
+    from mrct.io.dicom_split import complex_part
+
+    ct = pydicom.Dataset()
+    ct.Modality, ct.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL", "R"]
+    other = pydicom.Dataset()
+    other.Modality = "MR"
+    other.add_new(0x00430010, "LO", "ACME_PRIVATE")
+    other.add_new(0x0043102F, "SS", 1)
+    assert complex_part(ct) == complex_part(other) == ""
 
 
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:
@@ -1020,7 +1034,6 @@ def test_header_variants_that_readers_accept_are_translated_one_bad_value_fails_
     from mrct.io.dicom_scan import find_series
 
     assert sorted(len(s.files) for s in find_series(src)) == sorted([36, 36, 36, 36, 36])
-    from mrct.io.discover import find_scans
 
     uidless = [f for f in find_scans([src]) if f.path.name.startswith("no_uid")]
     assert len(uidless) == 2  # what prepare finds, and reads by (path, series): it could not

@@ -103,6 +103,7 @@ def echo_key(ds: Any) -> str:
 _COMPLEX_PARTS = {"P": "ph", "PHASE": "ph", "PHASE MAP": "ph", "R": "real", "REAL": "real"}
 _COMPLEX_PARTS |= {"I": "imag", "IMAGINARY": "imag"}
 _GE_IMAGE_TYPE = 0x0043102F  # 0 magnitude, 1 phase, 2 real, 3 imaginary
+_GE_CREATOR = 0x00430010  # the private block's creator: GEMS_PARM_01 for the tag above
 _GE_PARTS = {1: "ph", 2: "real", 3: "imag"}
 COMPLEX_PART_NAMES = {"ph": "a phase", "real": "a real-part", "imag": "an imaginary-part"}
 
@@ -112,14 +113,18 @@ def complex_part(ds: Any) -> str:
     and any image not marked as a part (as dcm2niix tells them apart). Philips and GE store the
     parts in one series, at the same positions."""
     try:
+        if str(ds.get("Modality", "") or "").upper() not in ("MR", ""):
+            return ""  # a CT's ImageType ...\AXIAL\R says nothing of the kind
         value = ds.get("ImageType") or ()
         values = [value] if isinstance(value, str) else list(value)
         found = {_COMPLEX_PARTS.get(str(v).strip().upper(), "") for v in values[2:]} - {""}
         if len(found) == 1:
             return found.pop()
-        private = ds.get(_GE_IMAGE_TYPE)
-        raw = None if private is None else private.value
-        number = int.from_bytes(raw[:2], "little") if isinstance(raw, bytes) else int(raw or 0)
+        private, creator = ds.get(_GE_IMAGE_TYPE), ds.get(_GE_CREATOR)
+        if private is None or creator is None or str(creator.value).strip() != "GEMS_PARM_01":
+            return ""  # another maker's element at that number means something else
+        raw = private.value
+        number = int.from_bytes(raw[:2], "little", signed=True) if isinstance(raw, bytes) else int(raw)
         return _GE_PARTS.get(number, "")
     except Exception:  # pydicom converts values lazily: damage raises many kinds; read as magnitude
         return ""

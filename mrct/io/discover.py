@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mrct.errors import InputNotFoundError
 from mrct.io.dicom_scan import SeriesFiles, group_series, iter_files
+from mrct.io.dicom_split import COMPLEX_PART_NAMES, complex_part
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ def _series_scans(folder: Path, files: list[Path]) -> list[FoundScan]:
     for s in group_series(files, skip_damaged=True):  # one damaged file must not stop the search
         if s.n_frames < MIN_SERIES_FRAMES:
             log.warning("%s: skipping a %d-image DICOM stack (a localiser?)", folder, s.n_frames)
+        elif kind := complex_part(s.headers[0]):  # no image to train on, as batch skips it
+            log.warning(
+                "%s: skipping %s DICOM stack (only magnitude images are trained on)",
+                folder,
+                COMPLEX_PART_NAMES[kind],
+            )
         else:
             by_folder[Path(os.path.commonpath(s.files))].append(s)
     scans = []
