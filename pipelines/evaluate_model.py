@@ -30,6 +30,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ from mrct.metrics import synthetic_ct_checks, synthetic_mr_checks
 from mrct.prepare_manifest import mr_test_split
 from mrct.translation import write_preview
 from mrct.volume import Modality
+
+
+def _unique_ids(scans: list[tuple[str, Path, str | None]]) -> list[tuple[str, Path, str | None]]:
+    seen: Counter[str] = Counter()
+    unique = []
+    for scan_id, path, series in scans:
+        seen[scan_id] += 1
+        unique.append((scan_id if seen[scan_id] == 1 else f"{scan_id}_{seen[scan_id]}", path, series))
+    return unique
 
 
 def held_out_mrs(prepared: Path) -> list[tuple[str, Path, str | None]]:
@@ -138,9 +148,10 @@ def main() -> int:
         for path in paths:
             if not path.exists():
                 raise InputNotFoundError(f"no such file or folder (given with {option})", path)
-    # Named as the prepared set names its scans: "IXI034-HH-1260_T1", not "….nii.gz".
-    mrs += [(scan_stem(p.name), p, None) for p in args.mr]
-    cts: list[tuple[str, Path, str | None]] = [(scan_stem(p.name), p, None) for p in args.ct]
+    # Named as the prepared set names its scans: "IXI034-HH-1260_T1", not "….nii.gz"; a name
+    # given twice (a test-split scan also given with --mr) gets "_2", so no preview is replaced.
+    mrs = _unique_ids(mrs + [(scan_stem(p.name), p, None) for p in args.mr])
+    cts = _unique_ids([(scan_stem(p.name), p, None) for p in args.ct])
     if not mrs and not cts:
         raise ScriptError(
             "nothing to evaluate: give --prepared (a non-empty MR test split), --mr or --ct", USAGE

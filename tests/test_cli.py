@@ -306,6 +306,11 @@ def test_a_zip_or_dicomdir_of_one_series_lists_it_as_its_folder_does(tmp_path: P
     one = series_lines(study / "a")
     assert len(one) == 1
     assert series_lines(zip_folder(study / "a", tmp_path / "a.zip")) == one
+    from mrct.io import survey_volume
+
+    # From review: the files named pointed into the deleted unpacked copy.
+    (listed,), volume = survey_volume(tmp_path / "a.zip")
+    assert listed.files == listed.headers == () and listed.n_frames == 5 and volume is not None
     assert series_lines(tmp_path / "cd" / "DICOMDIR") == one
     uid = one[0].split()[0]
     both = series_lines(study, "--series", uid)

@@ -368,3 +368,13 @@ def test_pipelines_use_no_private_names_of_mrct() -> None:
                     if p.startswith("_") and not p.endswith("__")
                 ]
     assert private == []
+
+
+def test_evaluate_model_names_scans_without_suffix_and_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mr scans kept ".nii.gz" in their ids and preview names; named as the prepared set names
+    them, a test-split scan also given with --mr had the same id and replaced its preview."""
+    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
+    evaluate_model = importlib.import_module("evaluate_model")
+    scans = [("IXI034", Path("a"), None), ("IXI034", Path("b"), None), ("IXI051", Path("c"), None)]
+    assert [s[0] for s in evaluate_model._unique_ids(scans)] == ["IXI034", "IXI034_2", "IXI051"]
+    del sys.modules["evaluate_model"]

@@ -233,9 +233,9 @@ def write_volume(
     if derivation_description is None:
         derivation_description = volume.source.derivation or "Converted by mrct"
     p = without_trailing_slash(path)
-    from mrct.io.validate import check_writable
+    from mrct.io.validate import writable
 
-    check_writable(volume, p)
+    volume = writable(volume, p)
     label = None if series_description is None else header_label(series_description)
     if fmt is OutputFormat.NIFTI:
         from mrct.io.nifti import write_nifti

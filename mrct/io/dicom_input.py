@@ -3,6 +3,7 @@ multi-frame file; the one chosen is read by :mod:`mrct.io.dicom_read`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,12 @@ def read_dicom(
 def survey(path: Path, series: str | None, allow_gaps: bool) -> tuple[list[SeriesFiles], Volume | None]:
     """The series of a folder, a zip or a DICOMDIR's media (none for a multi-frame file), and
     the volume of the one chosen (``series``, or the only one; None when there are several and
-    none is named), from one walk and one unpacking, as ``mrct info`` shows them."""
-    if is_zip(path) or media_folder(path).is_dir():
+    none is named), from one walk and one unpacking, as ``mrct info`` shows them. A zip's series
+    name no files and hold no headers: its unpacked copy is gone when this returns."""
+    if is_zip(path):
+        found, volume = _survey(path, series, None, allow_gaps, list_only=True)
+        return [dataclasses.replace(s, files=(), headers=()) for s in found], volume
+    if media_folder(path).is_dir():
         return _survey(path, series, None, allow_gaps, list_only=True)
     return [], read_dicom(path, series=series, allow_gaps=allow_gaps)
 

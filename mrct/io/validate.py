@@ -63,16 +63,21 @@ def check_affine(affine: npt.NDArray[np.float64], path: str | Path, of: str = "t
         raise GeometryError(f"zero or degenerate voxel spacing in {of}", path)
 
 
-def check_writable(volume: Volume, path: str | Path) -> None:
-    """What every writer needs of a Volume (one built in memory, say): real or boolean voxels
-    and a grid. Unchecked, NIfTI and ITK raised their libraries' own errors, NRRD stored a NaN
-    grid that read back as another one, and complex voxels were written that no reader takes."""
+def writable(volume: Volume, path: str | Path) -> Volume:
+    """``volume`` as every writer needs it (one built in memory, say): real or boolean voxels and
+    a grid. Unchecked, NIfTI and ITK raised their libraries' own errors, NRRD stored a NaN grid
+    that read back as another one, and complex voxels were written that no reader takes. A last
+    row off 0 0 0 1 by rounding (1e-17, from arithmetic on the affine) is written exactly."""
     if volume.array.dtype.kind not in "iufb":
         raise WriteError(f"cannot write voxels of type {volume.array.dtype} (real numbers needed)", path)
+    affine = volume.affine
+    if np.all(np.isfinite(affine[3])) and np.allclose(affine[3], [0, 0, 0, 1], rtol=0, atol=1e-9):
+        affine = np.vstack([affine[:3], [0.0, 0.0, 0.0, 1.0]])
     try:
-        check_affine(volume.affine, path, of="the volume")
+        check_affine(affine, path, of="the volume")
     except GeometryError as err:
         raise WriteError(err.message, path) from None
+    return volume if affine is volume.affine else volume.replace(affine=affine)
 
 
 def check_values(array: npt.NDArray, path: str | Path) -> None:
@@ -87,7 +92,8 @@ def check_values(array: npt.NDArray, path: str | Path) -> None:
     if np.all(np.isfinite(array)):
         # The chain computes in float32: a float64 voxel beyond its range became infinite there.
         limit = float(np.finfo(np.float32).max)
-        if array.dtype.itemsize > 4 and array.size and float(np.abs(array).max()) > limit:
+        # max and -min, not abs(): no copy of a large volume
+        if array.dtype.itemsize > 4 and array.size and max(float(array.max()), -float(array.min())) > limit:
             raise ReadError("voxel values beyond float32's range (about 3.4e38); rescale them", path)
         return
     n_nan = int(np.count_nonzero(np.isnan(array)))
