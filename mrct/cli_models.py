@@ -216,7 +216,7 @@ def export(
         typer.Option(
             "--checkpoint",
             metavar="NAME",
-            help="A checkpoint folder name, e.g. iter_0002000 (default: the newest).",
+            help="A checkpoint folder name, e.g. iter_0002000 (default, or latest: the newest).",
         ),
     ] = None,
     license: Annotated[

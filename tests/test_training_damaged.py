@@ -149,3 +149,26 @@ def test_a_checkpoint_that_fails_part_way_leaves_no_temporary(
     with pytest.raises(WriteError, match="No space left on device"):
         train_run(tiny(), prepared, run, progress=False, until=3, overwrite=True)
     assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_export_takes_latest_and_until_below_the_run_says_so(
+    prepared: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From a CLI walk: `export --checkpoint latest` was refused beside checkpoints/latest (the
+    pointer file), and `train --resume --until 1` on a run at iteration 2 said "trained to
+    iteration 2" and nothing else."""
+    import logging
+
+    config = tiny(optim={"iterations": 2, "decay_iterations": 0})
+    train_run(config, prepared, tmp_path / "run", progress=False)
+    with caplog.at_level(logging.WARNING):
+        again = train_run(config, prepared, tmp_path / "run", resume=True, until=1, progress=False)
+    assert again.iteration == 2
+    assert any(
+        "--until 1 is below the run's iteration 2; nothing to train" in r.getMessage() for r in caplog.records
+    )
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "pkg"), "--checkpoint", "latest"]
+    )
+    assert result.exit_code == 0, result.output
+    assert load_package(tmp_path / "pkg").manifest["training"]["iterations"] == 2

@@ -107,7 +107,11 @@ def export_run(
         raise ConfigError(f"--license {license!r}: give the licence as one line of text")
     if not (run_dir / "config.json").is_file():
         raise InputNotFoundError("not a training run folder (no config.json)", run_dir)
-    path = _named_checkpoint(run_dir, checkpoint_name) if checkpoint_name else checkpoint.latest(run_dir)
+    path: Path | None
+    if checkpoint_name and checkpoint_name != "latest":
+        path = _named_checkpoint(run_dir, checkpoint_name)
+    else:  # "latest" too: the run's pointer file of that name (checkpoints/latest) is no folder
+        path = checkpoint.latest(run_dir)
     if path is None or not (path / "networks.safetensors").is_file():
         raise InputNotFoundError("no such checkpoint in this run", path or run_dir / "checkpoints")
     config_record = checkpoint.read_record(run_dir / "config.json")

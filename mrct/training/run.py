@@ -231,6 +231,13 @@ def _train_locked(
         trainer.restore(start_from)
         log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)
     if trainer.iteration >= end:
+        if until is not None and trainer.iteration > until:  # "trained to iteration 3" said nothing
+            log.warning(
+                "%s: --until %d is below the run's iteration %d; nothing to train",
+                run_dir,
+                until,
+                trainer.iteration,
+            )
         return TrainResult(run_dir, trainer.iteration, start_from)
     return trainer.train(end, progress=progress)
 
