@@ -172,3 +172,14 @@ def test_export_takes_latest_and_until_below_the_run_says_so(
     )
     assert result.exit_code == 0, result.output
     assert load_package(tmp_path / "pkg").manifest["training"]["iterations"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="says what a machine without a GPU says")
+def test_device_cuda_without_a_gpu_is_named_as_given() -> None:
+    """From a CLI walk: `train --device cuda` said "--device cuda:0: no CUDA device is available"."""
+    from mrct.errors import ConfigError
+    from mrct.training.distributed import DistContext
+    from mrct.training.run import resolve_device
+
+    with pytest.raises(ConfigError, match=r"^--device cuda: no CUDA device is available$"):
+        resolve_device("cuda", DistContext.from_environment({}))

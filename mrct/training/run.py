@@ -38,7 +38,7 @@ def resolve_device(name: str, dist: DistContext) -> object:
 
     if name == "auto":
         name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda":
+    elif name == "cuda" and torch.cuda.is_available():  # else said as given ("--device cuda: ...")
         name = f"cuda:{dist.local_rank}"
     return parse_device(name)
 
