@@ -194,12 +194,26 @@ def translate_file(
     t = time.perf_counter()
     translator = translator or Translator.from_package(model, device, precision=precision)
     timings["load_model"] = time.perf_counter() - t
+    what = f"{translator.package.name} on {translator.device} ({translator.precision})"
+    log.info("model %s loaded in %.1f s", what, timings["load_model"])  # mrct -v: progress
     t = time.perf_counter()
     volume = read_volume(src, series=series, allow_gaps=allow_gaps)
     timings["read"] = time.perf_counter() - t
+    spacing = " x ".join(f"{v:.3g}" for v in volume.spacing)
+    log.info(
+        "read %s: %s voxels of %s mm in %.1f s",
+        src,
+        " x ".join(map(str, volume.shape)),
+        spacing,
+        timings["read"],
+    )
     check_grid_fits(volume, out_fmt, out_path)
     result = translator.translate(volume, to, crop, full_fov=full_fov, force=force)
     timings.update(result.timings)
+    for slab in result.slabs:
+        log.info("slab %.1f to %.1f mm (%s)", slab["superior_mm"], slab["inferior_mm"], slab["source"])
+    took = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+    log.info("translated to %s: %s", to.value, took)
     warn_outside_fov(src, result.slabs[0], to, report=report is not None)
     package = translator.package
     derivation = derivation_description(to, package)

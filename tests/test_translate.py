@@ -84,6 +84,31 @@ def test_nifti_mr_to_ct_lands_on_the_input_grid(tmp_path: Path, heads: Path, tin
     assert (data.reshape(-1)[~outside] > -1024).any()
 
 
+def test_verbose_logs_the_stages(tmp_path: Path, heads: Path, tiny_model: Path) -> None:
+    """From a CLI walk: the README says `mrct -v COMMAND` logs progress details; translate logged
+    none."""
+    out = tmp_path / "v.nii.gz"
+    result = runner.invoke(
+        app,
+        [
+            "-v",
+            "translate",
+            str(heads / "mr.nii.gz"),
+            "--to",
+            "ct",
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model),
+            *CROP,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("INFO: ")]
+    assert [line.split(" ")[1] for line in lines] == ["model", "read", "slab", "translated"], lines
+    assert lines[2] == "INFO: slab 40.0 to -40.0 mm (crop-mm)" and "forward" in lines[3]
+
+
 def test_mr_output_scale_and_api(heads: Path, tiny_model: Path) -> None:
     volume = read_volume(heads / "ct.nii.gz")
     out = api.translate(volume, to="mr", model=tiny_model, crop_mm="40,-40")
