@@ -264,8 +264,7 @@ def run_batch(
         header["model"] = {"name": package.name, "checksum": package.checksum}
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         header["output_format"] = fmt.value if fmt else "input"
-        header["slab"] = slab_request(crop)
-        manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src)
+        manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src, slab_request(crop))
         found = discover(src, exclude=skip)
         manifest.present = {s.id for s in found}
         adopt_legacy_zip_rows(manifest.previous, found, manifest.own)
@@ -280,6 +279,19 @@ def run_batch(
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         todo, earlier = plan(series, manifest, src, out, to, overwrite, named)
+        # Kept, not redone: the slab another run asked for is how a failed series is retried.
+        other = [
+            r
+            for r in manifest.rows.values()
+            if r["status"] == "done" and r.get("slab", manifest.slab) != manifest.slab
+        ]
+        if other:
+            log.warning(
+                "%s: %d series done by an earlier run with another slab are kept (--overwrite "
+                "translates them again with this one)",
+                out,
+                len(other),
+            )
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None
         try:

@@ -204,14 +204,6 @@ def slab_request(crop: CropRequest | None) -> dict[str, Any]:
     return {"mode": c.mode}
 
 
-def _slab_option(recorded: Any) -> str:
-    if not isinstance(recorded, dict) or recorded.get("mode") == "auto":
-        return "the automatic slab (no crop option)"
-    if recorded.get("mode") == "none":
-        return "--no-crop"
-    return f"--crop-mm {recorded.get('superior_mm'):g},{recorded.get('inferior_mm'):g} (or its markups)"
-
-
 def _format_option(recorded: object) -> str:
     return "no --format (each input's own format)" if recorded == "input" else f"--format {recorded}"
 
@@ -220,13 +212,21 @@ class Manifest:
     """Rows by series id, rewritten (JSON and CSV, atomically) on every change.
 
     Opening checks that an existing manifest is one this run may continue: the same ``to``
-    always, and unless ``overwrite`` (which redoes everything) the same model, ``anonymize``,
-    slab request (``slab``) and output format (``output_format``: a ``--format`` value, or
-    ``input`` for each input's own; a manifest written before either was recorded matches any).
+    always, and unless ``overwrite`` (which redoes everything) the same model, ``anonymize`` and
+    output format (``output_format``: a ``--format`` value, or ``input`` for each input's own;
+    a manifest written before it was recorded matches any). A done row records the slab asked
+    for (``slab``, JSON only); another run's may differ: it retries what failed with its own.
     """
 
-    def __init__(self, path: Path, header: dict[str, Any], overwrite: bool, root: Path) -> None:
-        self.path, self.header = path, header
+    def __init__(
+        self,
+        path: Path,
+        header: dict[str, Any],
+        overwrite: bool,
+        root: Path,
+        slab: dict[str, Any] | None = None,
+    ) -> None:
+        self.path, self.header, self.slab = path, header, slab
         # Messages name inputs relative to IN_DIR and outputs relative to OUT_DIR (as the output
         # column does), whatever the folder a run was started from: their paths are cut where a
         # path starts (not inside another path that merely ends the same way, such as "main/"
@@ -279,13 +279,6 @@ class Manifest:
                 f"(--overwrite translates again and leaves those outputs beside the new ones)",
                 path,
             )
-        if old.get("slab", header.get("slab")) != header.get("slab"):
-            # Done rows would stand with the other slab: "nothing left to do" (as for the model).
-            raise OutputExistsError(
-                f"made with {_slab_option(old.get('slab'))}; give it again, pass --overwrite to "
-                "translate everything again, or use a new folder",
-                path,
-            )
         self._adopt_others(path, own)
 
     def _adopt_others(self, path: Path, own: list[dict[str, Any]]) -> None:
@@ -306,12 +299,6 @@ class Manifest:
                     written, old = os.fstat(fh.fileno()).st_mtime_ns, parse_json(fh.read())
                 if any(old.get(k) != self.header[k] for k in ("to", "anonymize", "model")):
                     continue
-                if old.get("slab", self.header.get("slab")) != self.header.get("slab"):  # a shard: as above
-                    raise OutputExistsError(
-                        f"{other.name} was made with {_slab_option(old.get('slab'))}; give it again, "
-                        "or a new folder",
-                        path.parent,
-                    )
                 fmt = self.header.get("output_format")
                 if old.get("output_format", fmt) != fmt:  # a shard, or a run after shards: as above
                     raise OutputExistsError(
@@ -345,6 +332,8 @@ class Manifest:
         # replaced since, even while this run read it.
         stamp = self.stamps.setdefault(s.id, input_stamp(s))
         self.rows[s.id] = {**dict(zip(COLUMNS, values, strict=True)), "stamp": stamp}
+        if status == "done" and self.slab is not None:  # what its output was made with
+            self.rows[s.id]["slab"] = self.slab
 
     def owned(self, row: dict[str, Any]) -> str:
         """The output an earlier row names, if it is on disk, else "". Rows name only outputs of

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -82,8 +83,10 @@ def test_batch_translates_skips_and_records(tmp_path: Path, tree: Path, model: P
         "p02/notes.txt": "skipped",
         "p03/broken.nii.gz": "failed",
     }
-    # CSV = JSON, but for the JSON's stamp of the input files (for resumes, not for reading)
-    assert [{k: str(v) for k, v in r.items() if k != "stamp"} for r in content["series"]] == rows
+    # CSV = JSON, but for the JSON's stamp of the input files and a done row's slab (for resumes)
+    assert [
+        {k: str(v) for k, v in r.items() if k not in ("stamp", "slab")} for r in content["series"]
+    ] == rows
     assert all(len(r["stamp"]) == 16 for r in content["series"])
     by_input = {r["input"]: r for r in content["series"]}
     assert "already CT" in by_input["p01/study/ct"]["message"]
@@ -228,40 +231,44 @@ def test_a_replaced_input_is_translated_again(tmp_path: Path, model: Path) -> No
     assert "nothing left to do" in _batch(src, out, model).stdout
 
 
-def test_a_rerun_with_another_slab_is_refused_not_nothing_to_do(tmp_path: Path, model: Path) -> None:
-    """From a CLI walk: a re-run with --no-crop after --crop-markups said "nothing left to do" and
-    kept the first slab's outputs. Another slab is refused, as another model is; the same levels
-    from a markups file are the same slab; --overwrite translates again."""
+def test_a_rerun_with_another_slab_retries_the_failed_and_says_what_it_keeps(
+    tmp_path: Path, model: Path
+) -> None:
+    """From a CLI walk: a re-run with another slab said "nothing left to do" and nothing of the
+    slab done rows were made with. They are kept (the slab a failed series' message advises is
+    how it is retried, review), each done row records its slab, and the run says what it kept;
+    the same levels from a markups file are the same slab; --overwrite translates again."""
     src, out = tmp_path / "in", tmp_path / "out"
     write_head(src / "a.nii.gz", "mr", seed=1)
-    assert _batch(src, out, model).exit_code == 0  # CROP: --crop-mm 40,-40
+    far = nib.load(write_head(tmp_path / "far.nii.gz", "mr", seed=2))
+    shifted = far.affine.copy()
+    shifted[2, 3] += 500  # the slab at 40..-40 mm misses it
+    nib.save(nib.Nifti1Image(np.asarray(far.dataobj), shifted), src / "b.nii.gz")
+    assert _batch(src, out, model).exit_code == 1  # CROP: --crop-mm 40,-40
     first = (out / "a_synthetic_ct.nii.gz").read_bytes()
-    other = runner.invoke(app, ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "-q"])
-    assert other.exit_code == 4, other.output
-    assert "made with --crop-mm 40,-40 (or its markups); give it again, pass --overwrite" in other.output
+    rows = {r["input"]: r for r in json.loads((out / "manifest.json").read_text())["series"]}
+    assert rows["a.nii.gz"]["slab"] == {"mode": "levels", "superior_mm": 40.0, "inferior_mm": -40.0}
+    assert rows["b.nii.gz"]["status"] == "failed" and "misses the scan" in rows["b.nii.gz"]["message"]
+    retry = ["batch", str(src), "-o", str(out), "--to", "ct", "--model", str(model), "--crop-mm", "540,460"]
+    result = runner.invoke(app, retry)
+    assert result.exit_code == 0, result.output
+    assert {r["input"]: r["status"] for r in _manifest(out)[1]} == {"a.nii.gz": "done", "b.nii.gz": "done"}
+    assert (out / "a_synthetic_ct.nii.gz").read_bytes() == first
+    kept = (
+        f"WARNING: {out}: 1 series done by an earlier run with another slab are kept (--overwrite "
+        "translates them again with this one)"
+    )
+    assert kept in result.stderr.splitlines(), result.stderr
     markups = tmp_path / "slab.json"
-    points = [{"label": "brow", "position": [0, 0, 40]}, {"label": "jaw", "position": [0, 0, -40]}]
+    points = [{"label": "brow", "position": [0, 0, 540]}, {"label": "jaw", "position": [0, 0, 460]}]
     markups.write_text(
         json.dumps({"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": points}]})
     )
-    same = runner.invoke(
-        app,
-        [
-            "batch",
-            str(src),
-            "-o",
-            str(out),
-            "--to",
-            "ct",
-            "--model",
-            str(model),
-            "--crop-markups",
-            str(markups),
-        ],
-    )
+    same = runner.invoke(app, [*retry[:-2], "--crop-markups", str(markups)])
     assert same.exit_code == 0 and "nothing left to do" in same.stdout, same.output
-    again = _batch(src, out, model, "--overwrite")
-    assert again.exit_code == 0 and (out / "a_synthetic_ct.nii.gz").read_bytes() == first
+    assert kept in same.stderr.splitlines()
+    assert _batch(src, out, model, "--overwrite").exit_code == 1  # b misses 40..-40 again
+    assert (out / "a_synthetic_ct.nii.gz").read_bytes() == first
 
 
 def test_a_new_series_failing_from_its_headers_is_not_nothing_left_to_do(tmp_path: Path, model: Path) -> None:
