@@ -85,8 +85,9 @@ def install_signal_handlers() -> None:
 
 def end_quietly_with(code: int) -> None:
     """Once a command's work is done, a signal ends the process at once with the command's exit
-    code: raised during the interpreter's shutdown (torch's exit callbacks), Ctrl-C printed a
-    traceback ("Exception ignored in atexit callback") and the run still exited 0."""
+    code, and from the interpreter's exit callbacks on it is ignored: raised during the shutdown
+    (torch's exit callbacks), Ctrl-C printed a traceback ("Exception ignored in atexit callback")
+    and the run still exited 0."""
 
     def _end(_signum: int, _frame: object) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -109,7 +110,8 @@ def end_quietly_with(code: int) -> None:
         # killed the process (exit 130 after "wrote ...") while torch and the modules were torn
         # down, up to a second; an ignored signal stays ignored. Registered last, run first.
         for sig in ours:
-            signal.signal(sig, signal.SIG_IGN)
+            if signal.getsignal(sig) is _end:  # a host that took its own back keeps it
+                signal.signal(sig, signal.SIG_IGN)
 
     if ours:
         atexit.register(_ignore_from_now)

@@ -38,3 +38,27 @@ def test_a_signal_during_the_shutdown_after_the_work_keeps_the_commands_exit_cod
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     assert proc.stdout == "wrote out.nii.gz\nshut down\n" and proc.stderr == ""
+
+
+def test_a_host_that_takes_its_handlers_back_keeps_them_at_exit() -> None:
+    """From review: a program running mrct's main() in-process, then putting its own handlers
+    back (as tests/test_prepare.py does), had SIGTERM ignored in its own exit callbacks."""
+    script = """
+import atexit, os, signal, sys, time
+def own_cleanup():
+    os.kill(os.getpid(), signal.SIGTERM)  # `timeout` stopping a hung clean-up
+    time.sleep(1)
+    os.write(1, b"still running\\n")
+atexit.register(own_cleanup)
+saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+from mrct.cli import main
+sys.argv = ["mrct", "--version"]
+try:
+    main()
+except SystemExit:
+    pass
+for s, h in saved.items():
+    signal.signal(s, h)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM and "still running" not in proc.stdout, proc
