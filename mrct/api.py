@@ -89,11 +89,12 @@ def convert(
 
         check_replaceable(dst_p, SERIES_FILES)
     vol = read_volume(src_p, series=series, allow_gaps=allow_gaps)
-    if modality is not None and vol.source.dicom is not None and vol.modality not in (None, modality):
-        # MR values in a CT series, labelled HU: --modality names what a NIfTI does not say.
+    header = vol.source.dicom.modality.strip().upper() if vol.source.dicom is not None else ""
+    if modality is not None and header not in ("", "OT", modality.value):
+        # MR values (or a PET's) in a CT series, labelled HU: --modality says what a NIfTI does not.
         raise ModalityError(
-            f"its DICOM header says {vol.modality.value}, not {modality.value}; --modality sets "
-            "the modality of a NIfTI, NRRD or MHA input's DICOM output",
+            f"its DICOM header says {header}, not {modality.value}; --modality sets the modality "
+            "of a NIfTI, NRRD or MHA input's DICOM output (or of a DICOM series of modality OT)",
             src_p,
         )
     vol = vol if modality is None else vol.replace(modality=modality)

@@ -288,13 +288,15 @@ def find_package(name_or_path: str | Path, search_dirs: Sequence[str | Path]) ->
         for directory in search_dirs:
             if (Path(directory) / name / MANIFEST).is_file():
                 return Path(directory) / name
-        # The name its model.json gives it, as `mrct models list` shows it (export --name).
-        named = [s.path for s in list_packages(search_dirs) if s.name == name and s.problem is None]
-        if len(named) == 1:
-            return named[0]
-        if named:
-            where = ", ".join(str(p) for p in named)
-            raise ModelError(f"several packages are named {name!r} ({where}); give the folder")
+        # The name its model.json gives it, as `mrct models list` shows it (export --name); the
+        # folders in order, as for a folder's name.
+        for directory in search_dirs:
+            named = [s.path for s in list_packages([directory]) if s.name == name and s.problem is None]
+            if len(named) > 1:
+                where = ", ".join(str(p) for p in named)
+                raise ModelError(f"several packages are named {name!r} ({where}); give the folder")
+            if named:
+                return named[0]
     if given.exists():
         raise ModelError("not a model package folder (a file; give the folder holding model.json)", given)
     if "/" in name or "\\" in name:  # a path (names have no slash), and nothing is there

@@ -30,7 +30,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,15 @@ from mrct.volume import Modality
 
 
 def _unique_ids(scans: list[tuple[str, Path, str | None]]) -> list[tuple[str, Path, str | None]]:
-    seen: Counter[str] = Counter()
+    taken: set[str] = set()
     unique = []
     for scan_id, path, series in scans:
-        seen[scan_id] += 1
-        unique.append((scan_id if seen[scan_id] == 1 else f"{scan_id}_{seen[scan_id]}", path, series))
+        name, n = scan_id, 1
+        while name in taken:  # "a", "a", "a_2" -> "a", "a_2", "a_2_2": each its own
+            n += 1
+            name = f"{scan_id}_{n}"
+        taken.add(name)
+        unique.append((name, path, series))
     return unique
 
 

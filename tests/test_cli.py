@@ -120,9 +120,16 @@ def test_convert_modality_does_not_relabel_a_dicom_series_of_another(tmp_path: P
     assert res.returncode == 8 and not (tmp_path / "ct").exists(), res.stderr
     assert res.stderr == (
         f"error: {mr}: its DICOM header says MR, not CT; --modality sets the modality of a NIfTI, "
-        "NRRD or MHA input's DICOM output\n"
+        "NRRD or MHA input's DICOM output (or of a DICOM series of modality OT)\n"
     )
     assert run_mrct("convert", mr, tmp_path / "mr/", "--modality", "mr").returncode == 0
+    pet = write_series(tmp_path / "pet", modality="MR", shape=(16, 14, 6))  # from review: a PET too
+    for f in pet.files:
+        ds = pydicom.dcmread(f)
+        ds.Modality = "PT"
+        ds.save_as(f)
+    res = run_mrct("convert", pet.folder, tmp_path / "pt/", "--modality", "ct")
+    assert res.returncode == 8 and "its DICOM header says PT, not CT" in res.stderr, res.stderr
 
 
 def test_train_refuses_resume_with_overwrite(tmp_path: Path) -> None:

@@ -433,3 +433,7 @@ def test_a_package_is_found_by_the_name_models_list_shows(tmp_path: Path) -> Non
         find_package("my-model", [models])
     with pytest.raises(ModelError, match=r"unknown model 'other' \(available: my-model, pkg1, pkg2;"):
         find_package("other", [models])
+    # From review: the search folders in order, as for a folder's name (the first one wins).
+    first = tmp_path / "first"
+    write_tiny_model(first / "mine", name="my-model")
+    assert find_package("my-model", [first, models]) == first / "mine"

@@ -377,4 +377,6 @@ def test_evaluate_model_names_scans_without_suffix_and_apart(monkeypatch: pytest
     evaluate_model = importlib.import_module("evaluate_model")
     scans = [("IXI034", Path("a"), None), ("IXI034", Path("b"), None), ("IXI051", Path("c"), None)]
     assert [s[0] for s in evaluate_model._unique_ids(scans)] == ["IXI034", "IXI034_2", "IXI051"]
+    clash = [("a", Path("a"), None), ("a", Path("b"), None), ("a_2", Path("c"), None)]  # from review
+    assert [s[0] for s in evaluate_model._unique_ids(clash)] == ["a", "a_2", "a_2_2"]
     del sys.modules["evaluate_model"]
