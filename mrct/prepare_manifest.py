@@ -162,8 +162,11 @@ def load_manifest(
     # Another seed would split the set anew and move test scans into training.
     if (manifest.get("seed", seed), manifest.get("hold_out_from")) != (seed, hold_out_from):
         given = f"--seed {manifest.get('seed')}"
-        if manifest.get("hold_out_from") is not None:
-            given += f" --hold-out-from '{manifest['hold_out_from']}'"
+        given += (
+            f" --hold-out-from '{manifest['hold_out_from']}'"
+            if manifest.get("hold_out_from") is not None
+            else " and no --hold-out-from"  # what differs may be that alone
+        )
         raise OutputExistsError(
             f"this folder was split with {given}; give the same to add scans to it, or use a new output "
             "folder for a new split",

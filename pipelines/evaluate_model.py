@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mrct.errors import InputNotFoundError
+from mrct.errors import InputNotFoundError, MrctError
 from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.io.discover import scan_stem
@@ -85,7 +85,12 @@ def evaluate(
                 write_preview(volume, result.volume, preview, overwrite=True, slabs=result.slabs)
                 row["preview"] = preview.name
         except Exception as err:  # one scan's failure is a result, not the end of the evaluation
-            row.update(passes=False, error=f"{type(err).__name__}: {err}".splitlines()[0])
+            # The row's source is said beside it: an mrct error about that path says what alone.
+            if isinstance(err, MrctError):
+                why = err.message if err.path == str(path) else str(err)
+            else:
+                why = f"{type(err).__name__}: {err}"
+            row.update(passes=False, error=why.splitlines()[0])
         print(json.dumps(row), file=sys.stderr)
         rows.append(row)
     return rows

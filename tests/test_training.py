@@ -634,7 +634,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, prepared: Path) -> None:
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("resuming 2 processes from a 1-process run: not exact") == 1  # rank 0 only
+    assert done.stderr.count("resuming with 2 process(es) a 1-process run: not exact") == 1  # rank 0 only
     final = run / "checkpoints" / "iter_0000004"
     assert (final / "rank0.safetensors").is_file() and (final / "rank1.safetensors").is_file()
     assert json.loads((final / "state.json").read_text())["world_size"] == 2

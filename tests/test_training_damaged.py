@@ -88,9 +88,12 @@ def test_a_prepare_rerun_with_another_seed_or_hold_out_is_refused(prepared: Path
     record = json.loads(manifest.read_text())
     config, seed = record["config"], record["seed"]
     assert load_manifest(manifest, config, seed)["seed"] == seed
-    with pytest.raises(OutputExistsError, match=rf"split with --seed {seed}; give the same"):
+    with pytest.raises(
+        OutputExistsError, match=rf"split with --seed {seed} and no --hold-out-from; give the same"
+    ):
         load_manifest(manifest, config, seed + 5)
-    with pytest.raises(OutputExistsError, match="split with --seed"):
+    # From a hunt: it said "split with --seed 0; give the same" to a run given --seed 0.
+    with pytest.raises(OutputExistsError, match=rf"split with --seed {seed} and no --hold-out-from;"):
         load_manifest(manifest, config, seed, hold_out_from="mr*")
 
 
@@ -167,6 +170,10 @@ def test_export_takes_latest_and_until_below_the_run_says_so(
     assert any(
         "--until 1 is below the run's iteration 2; nothing to train" in r.getMessage() for r in caplog.records
     )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # from a hunt: capped without a word
+        train_run(config, prepared, tmp_path / "run", resume=True, until=9, progress=False)
+    assert "--until 9 is past the config's optim.iterations (2): it stops there" in caplog.text
     result = runner.invoke(
         app, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "pkg"), "--checkpoint", "latest"]
     )

@@ -227,6 +227,8 @@ def _train_locked(
         _start_new_run(run_dir, config, data)
     dist.barrier()
     end = config.optim.iterations if until is None else min(until, config.optim.iterations)
+    if until is not None and until > end and dist.is_main:
+        log.warning("--until %d is past the config's optim.iterations (%d): it stops there", until, end)
     if start_from is not None:
         trainer.restore(start_from)
         log.info("resumed from %s (iteration %d)", start_from.name, trainer.iteration)

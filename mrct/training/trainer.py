@@ -212,7 +212,7 @@ class Trainer:
     ) -> None:
         if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.warning(
-                "resuming %d processes from a %d-process run: not exact (each process draws "
+                "resuming with %d process(es) a %d-process run: not exact (each process draws "
                 "its own samples; processes the earlier run lacked start with empty image pools)",
                 self.dist.world_size,
                 state.get("world_size", 1),
