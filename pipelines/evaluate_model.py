@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mrct.errors import InputNotFoundError, MrctError
+from mrct.errors import InputNotFoundError, MrctError, OutputExistsError
 from mrct.inference import Translator
 from mrct.io import read_volume
 from mrct.io.discover import scan_stem
@@ -148,7 +148,10 @@ def main() -> int:
     )
     parser.add_argument("--limit", type=non_negative_int, default=None, help="only the first N test MRs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="results JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results JSON")
     args = parser.parse_args()
+    if args.output.exists() and not args.overwrite:  # an evaluation is minutes of work: as mrct does
+        raise OutputExistsError("exists; pass --overwrite to replace it", args.output)
     # The arguments are checked before the model loads and the first scan runs (minutes in).
     mrs = held_out_mrs(args.prepared) if args.prepared else []
     mrs = mrs[: args.limit] if args.limit is not None else mrs

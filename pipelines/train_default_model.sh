@@ -23,4 +23,4 @@ mrct prepare --mr "$DATA/mr" "${DICOM_MRS[@]}" --ct "$DATA/ct" "$DATA/dicom/ct_g
 mrct train --config configs/head_medium_full.yaml --data "$WORK/prepared" -o "$WORK/run" --resume --until 250
 mrct export "$WORK/run" --checkpoint iter_0000250 -o "$WORK/model" --name mrct-head-medium --license CC-BY-SA-3.0 --overwrite
 python3 pipelines/evaluate_model.py --model "$WORK/model" --prepared "$WORK/prepared" --mr "${DICOM_MRS[@]}" \
-  --ct "$DATA/ct/unc_cthead_cadaver_hu.nii.gz" -o "$WORK/evaluation.json" --previews 2
+  --ct "$DATA/ct/unc_cthead_cadaver_hu.nii.gz" -o "$WORK/evaluation.json" --previews 2 --overwrite

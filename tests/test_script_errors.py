@@ -83,6 +83,9 @@ def test_evaluate_model_refuses_bad_arguments(tmp_path: Path) -> None:
     _one_line_error(_run(script, "--model", "x", "--limit", "-1", "-o", out), "--limit")
     _one_line_error(_run(script, "--model", "x", "-o", out), "nothing to evaluate")
     assert not out.exists()
+    out.write_text("{}")  # from a training walk: a second run replaced a good evaluation
+    _one_line_error(_run(script, "--model", "x", "-o", out), "exists; pass --overwrite to replace it")
+    assert out.read_text() == "{}"
 
 
 def test_evaluate_model_exits_non_zero_when_a_scan_fails_to_run(tmp_path: Path) -> None:
