@@ -265,7 +265,8 @@ def run_batch(
         header["shard"], header["anonymize"] = f"{part[0]}/{part[1]}" if part else None, anonymize
         header["output_format"] = fmt.value if fmt else "input"
         manifest = Manifest(out / f"manifest{suffix}.json", header, overwrite, src, slab_request(crop))
-        found = discover(src, exclude=skip)
+        # Where done series were read: a copy added elsewhere since must not move (and rename) them.
+        found = discover(src, exclude=skip, prefer=manifest.done_inputs(src))
         manifest.present = {s.id for s in found}
         adopt_legacy_zip_rows(manifest.previous, found, manifest.own)
         # A resumed run keeps the names its rows own (and a shard those of the folder's other
@@ -279,18 +280,12 @@ def run_batch(
         if removed := sweep(out, ours, exclude=[src]):
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         todo, earlier = plan(series, manifest, src, out, to, overwrite, named)
-        # Kept, not redone: the slab another run asked for is how a failed series is retried.
-        other = [
-            r
-            for r in manifest.rows.values()
-            if r["status"] == "done" and r.get("slab", manifest.slab) != manifest.slab
-        ]
-        if other:
+        if other := manifest.done_with_another_slab():  # kept: another slab is how a failure is retried
             log.warning(
                 "%s: %d series done by an earlier run with another slab are kept (--overwrite "
                 "translates them again with this one)",
                 out,
-                len(other),
+                other,
             )
         manifest.write()
         anonymizer = Anonymizer.for_folder(out) if anonymize else None

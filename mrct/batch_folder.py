@@ -335,6 +335,17 @@ class Manifest:
         if status == "done" and self.slab is not None:  # what its output was made with
             self.rows[s.id]["slab"] = self.slab
 
+    def done_inputs(self, root: Path) -> list[Path]:
+        """Where the series done by earlier runs were read (``root``: IN)."""
+        inputs = {r.get("input") for r in self.previous.values() if r.get("status") == "done"}
+        return sorted(root / i for i in inputs if isinstance(i, str) and i)
+
+    def done_with_another_slab(self) -> int:
+        """How many done rows (of earlier runs, when planned) record a slab other than this run's."""
+        return sum(
+            r["status"] == "done" and r.get("slab", self.slab) != self.slab for r in self.rows.values()
+        )
+
     def owned(self, row: dict[str, Any]) -> str:
         """The output an earlier row names, if it is on disk, else "". Rows name only outputs of
         their own series: done, cut short writing it, or kept by a failed or skipped row."""

@@ -188,8 +188,11 @@ def _rel(path: Path, root: Path) -> str:
     return PurePosixPath(*path.relative_to(root).parts).as_posix() if path != root else "."
 
 
-def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> list[Series]:
-    """The DICOM series of ``files`` under ``root`` (``shown``: the name warnings give ``root``)."""
+def _dicom_series(
+    root: Path, files: list[Path], shown: Path | None = None, prefer: Sequence[Path] = ()
+) -> list[Series]:
+    """The DICOM series of ``files`` under ``root`` (``shown``: the name warnings give ``root``;
+    ``prefer``: see :func:`discover`)."""
     found: list[Series] = []
     # By SeriesInstanceUID; images without one by folder, never merged across folders (patients).
     images: dict[tuple[str, Path | None], Members] = defaultdict(list)
@@ -206,7 +209,7 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
             uid = str(ds.get("SeriesInstanceUID", "") or "")
             images[(uid, None if uid else f.parent)].append((f, ds))
     for (uid, _), copies in images.items():
-        members, damaged = unique_instances(copies, None if shown is None else (root, shown))
+        members, damaged = unique_instances(copies, None if shown is None else (root, shown), prefer)
         for path, why in damaged:  # a failed row of its own: its series reads the whole copy
             rel = _rel(path, root)
             error = f"{rel}: {why}; its series was read from a whole copy of this image"
@@ -241,8 +244,9 @@ def _dicom_series(root: Path, files: list[Path], shown: Path | None = None) -> l
     return found
 
 
-def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
-    """Every series under ``in_dir`` (not under ``exclude``), sorted by input path, then SeriesNumber."""
+def discover(in_dir: Path, exclude: Sequence[Path] = (), prefer: Sequence[Path] = ()) -> list[Series]:
+    """Every series under ``in_dir`` (not under ``exclude``), sorted by input path, then SeriesNumber.
+    ``prefer``: folders whose copies of an image are read first (see :func:`unique_instances`)."""
     excluded = [e.resolve() for e in exclude]
 
     def wanted(f: Path) -> bool:  # hidden entries iter_files leaves out itself
@@ -260,7 +264,7 @@ def discover(in_dir: Path, exclude: Sequence[Path] = ()) -> list[Series]:
         rel = _rel(f, in_dir)
         whole = Series(rel, rel, f, skip=EARLIER_OUTPUT if _is_output_name(f) else None)
         series += _zip_series(whole) if whole.skip is None and f.name.lower().endswith(".zip") else [whole]
-    series += _dicom_series(in_dir, sorted(set(files) - set(scans)))
+    series += _dicom_series(in_dir, sorted(set(files) - set(scans)), prefer=prefer)
     return sorted(series, key=lambda s: (s.input, s.number, s.id))
 
 

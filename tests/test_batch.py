@@ -565,20 +565,18 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
     _set(alone.files, ImageType=["ORIGINAL", "PRIMARY", "P", "ND"])
 
     found = [s for s in discover(tmp_path / "in") if s.stack]
-    assert [(s.input, s.part, len(s.stack.files), s.skip) for s in found] == [  # type: ignore[union-attr]
+    assert sorted((s.input, s.part, len(s.stack.files), s.skip) for s in found) == [  # type: ignore[union-attr]
         ("pha", "", 12, "a phase image (by its header); only magnitude images are translated"),
-        ("swi", "mag", 12, None),
+        ("swi", "", 12, None),  # the magnitude keeps the series' own name
         ("swi", "ph", 12, "a phase image (by its header); only magnitude images are translated"),
     ]
     uid = mag.series_uid
     (tmp_path / "mag").mkdir()
     for f in mag.files:
         shutil.copy(f, tmp_path / "mag" / f.name)
-    np.testing.assert_array_equal(
-        read_volume(folder, series=f"{uid}#mag").array, read_volume(tmp_path / "mag").array
-    )
-    with pytest.raises(MrctError, match="holds 2 stacks"):
-        read_volume(folder, series=uid)
+    np.testing.assert_array_equal(read_volume(folder, series=uid).array, read_volume(tmp_path / "mag").array)
+    with pytest.raises(MrctError, match="2 series found, choose one"):
+        read_volume(folder)
     import mrct
     from mrct.errors import ModalityError
 
@@ -587,7 +585,7 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
     with pytest.raises(ModalityError, match=r"a phase image"):
         mrct.translate(folder, to="ct", model=model, series=f"{uid}#ph")
     # From review: prepare took the phase stack as a training MR; it skips it as batch does.
-    assert [f.series for f in find_scans([tmp_path / "in"])] == [f"{uid}#mag"]
+    assert [f.series for f in find_scans([tmp_path / "in"])] == [uid]
     # Only an MR's: ImageType ...\AXIAL\R of a CT, or a private element of another maker, is none.
     from mrct.io.dicom_split import complex_part
 
@@ -598,6 +596,53 @@ def test_magnitude_and_phase_in_one_series_are_two_stacks_and_the_phase_is_not_t
     other.add_new(0x00430010, "LO", "ACME_PRIVATE")
     other.add_new(0x0043102F, "SS", 1)
     assert complex_part(ct) == complex_part(other) == ""
+
+
+def test_a_phase_arriving_after_its_magnitude_leaves_the_done_series_as_it_was(
+    tmp_path: Path, model: Path
+) -> None:
+    """From a batch hunt: phase images of the series (from a PACS, later) renamed the done
+    magnitude to UID#mag: it was translated again into T1_2_synthetic_ct, its row listed as
+    absent. The magnitude keeps its name; the phase is one new skipped row."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    mag = write_series(src / "study" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0))
+    assert _batch(src, out, model).exit_code == 0
+    before = _mtimes(out / "study")
+    phase = write_series(
+        src / "study" / "t1",
+        modality="MR",
+        shape=(48, 48, 36),
+        pixel_spacing=(4.0, 4.0),
+        series_uid=mag.series_uid,
+    )
+    _set(phase.files, ImageType=["ORIGINAL", "PRIMARY", "P", "ND"])
+    again = _batch(src, out, model)
+    assert again.exit_code == 0 and "nothing left to do" in again.stdout, again.output
+    content, rows = _manifest(out)
+    assert [(r["id"].split("#", 1)[1], r["output"], r["status"]) for r in rows] == [
+        (mag.series_uid, "study/t1_synthetic_ct", "done"),
+        (f"{mag.series_uid}#ph", "", "skipped"),
+    ]
+    assert content["absent"] == [] and _mtimes(out / "study") == before
+
+
+def test_a_copy_added_elsewhere_leaves_the_done_series_where_it_was(tmp_path: Path, model: Path) -> None:
+    """From a batch hunt: a copy of a done study added in a folder that sorts first (copy_a beside
+    copy_b) moved the series there: translated again into a second output, its row "absent"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    first = write_series(
+        src / "pat" / "copy_b" / "t1", modality="MR", shape=(48, 48, 36), pixel_spacing=(4.0, 4.0)
+    )
+    assert _batch(src, out, model).exit_code == 0
+    before = _mtimes(out / "pat")
+    shutil.copytree(first.folder, src / "pat" / "copy_a" / "t1")
+    again = _batch(src, out, model)
+    assert again.exit_code == 0 and "nothing left to do" in again.stdout, again.output
+    content, rows = _manifest(out)
+    assert [(r["input"], r["output"], r["status"]) for r in rows] == [
+        ("pat/copy_b/t1", "pat/copy_b/t1_synthetic_ct", "done")
+    ]
+    assert content["absent"] == [] and _mtimes(out / "pat") == before
 
 
 def test_a_truncated_lone_slice_fails_whatever_its_modality(tmp_path: Path, model: Path) -> None:

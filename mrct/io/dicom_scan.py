@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,13 +109,15 @@ def iter_files(
 
 
 def unique_instances(
-    members: Members, shown: tuple[Path, Path] | None = None
+    members: Members, shown: tuple[Path, Path] | None = None, prefer: Sequence[Path] = ()
 ) -> tuple[Members, list[tuple[Path, str]]]:
     """One file per image (a SOPInstanceUID at one place), as dcm2niix removes duplicate images: a
     series copied twice into a tree would otherwise read as slices that share positions; images
     at different places that share a UID (a broken export) are all kept, with a warning. Of an
     image's copies the first whole one is kept (see :func:`incomplete_image`). ``shown``: (folder,
-    name) to name that folder by in the warning (an unpacked zip by the zip's name).
+    name) to name that folder by in the warning (an unpacked zip by the zip's name). ``prefer``:
+    folders whose whole copies are kept first (where an earlier batch read the series: a copy added
+    elsewhere since must not move it, and so rename and translate it again).
 
     Returns the files kept, in their order, and each damaged copy left out with why it is
     damaged; whole copies left out are only logged. Files without a SOPInstanceUID are kept.
@@ -144,7 +147,9 @@ def unique_instances(
             chosen.add(group[0][0])
             continue
         why = {path: incomplete_image(path, ds) for path, ds in group}
-        keep = next((path for path, _ in group if why[path] is None), group[0][0])
+        whole = [path for path, _ in group if why[path] is None]
+        preferred = [path for path in whole if any(path.is_relative_to(f) for f in prefer)]
+        keep = (preferred or whole or [group[0][0]])[0]
         chosen.add(keep)
         for path, _ in group:
             reason = why[path]

@@ -171,13 +171,16 @@ def split_series(members: Members) -> list[tuple[str, Members]]:
     # e2 before e10; the magnitude before its phase
     parts.sort(key=lambda p: (_in_order(p[0][0]), _in_order(p[0][1]), p[0][2], -len(p[1])))
     echoes, acqs, kinds = (len({k[i] for k, _ in parts}) > 1 for i in (0, 1, 2))
+    # A phase part is named, its magnitude not: the magnitude keeps the name it had before its
+    # phase arrived (from a PACS, later), so a batch sees the series it translated, unchanged.
     labels = [
-        "_".join([f"e{e or 'none'}"] * echoes + [f"a{a}"] * bool(acqs and a) + [kind or "mag"] * kinds)
+        "_".join([f"e{e or 'none'}"] * echoes + [f"a{a}"] * bool(acqs and a) + [kind] * bool(kinds and kind))
         for (e, a, kind), _ in parts
     ]
-    if len(set(labels)) < len(labels) or not all(labels):  # orientation or size differ: number them
+    lone_magnitude = kinds and labels.count("") == 1
+    if len(set(labels)) < len(labels) or (not all(labels) and not lone_magnitude):  # size, orientation
         labels = [f"{label}_{n}".lstrip("_") for n, label in enumerate(labels, start=1)]
-    labels = [safe_name(label) for label in labels]
+    labels = [safe_name(label) if label else "" for label in labels]
     return [(label, group) for label, (_, group) in zip(labels, parts, strict=True)]
 
 
