@@ -140,6 +140,7 @@ def unique_instances(
         )
     copies = [group for images in by_uid.values() for _, group in images]
     chosen: set[Path] = set()
+    preferred_folders = set(prefer)  # looked up by each copy's parents: a batch may list thousands
     damaged: list[tuple[Path, str]] = []
     n_whole_copies = 0
     for group in copies:
@@ -148,7 +149,7 @@ def unique_instances(
             continue
         why = {path: incomplete_image(path, ds) for path, ds in group}
         whole = [path for path, _ in group if why[path] is None]
-        preferred = [path for path in whole if any(path.is_relative_to(f) for f in prefer)]
+        preferred = [path for path in whole if not preferred_folders.isdisjoint(path.parents)]
         keep = (preferred or whole or [group[0][0]])[0]
         chosen.add(keep)
         for path, _ in group:
