@@ -24,11 +24,11 @@ from mrct.io import OutputFormat
 from mrct.io.dicom_file import PIXEL_TAGS, check_deflated, incomplete_image, read_header_dataset
 from mrct.io.dicom_scan import SeriesFiles, iter_files, unique_instances
 from mrct.io.dicom_split import (
-    COMPLEX_PART_NAMES,
     Members,
     complex_part,
     echo_key,
     header_int,
+    not_translated,
     orientation_key,
     placement_damage,
     same_orientation,
@@ -225,9 +225,7 @@ def _dicom_series(
             small = f"a {frames}-image stack (a localiser?)" if frames < MIN_SERIES_FRAMES else None
             small = EARLIER_OUTPUT if description.startswith(SYNTHETIC_LABEL) else small
             if kind := complex_part(first):  # a phase map translated to CT was noise, "done"
-                small = (
-                    f"{COMPLEX_PART_NAMES[kind]} image (by its header); only magnitude images are translated"
-                )
+                small = not_translated(kind)
             # Checked from the headers, for every stack: a damaged series of the other modality
             # (never read) fails too, as does one whose folder holds an image cut too short to
             # say its series (it may be a slice of this one: read without it, the grid is wrong).

@@ -5,7 +5,7 @@ already that modality, another modality by its DICOM header, or an MR phase imag
 from __future__ import annotations
 
 from mrct.errors import ModalityError
-from mrct.io.dicom_split import COMPLEX_PART_NAMES
+from mrct.io.dicom_split import not_translated
 from mrct.volume import Modality, Volume, guess_modality
 
 
@@ -25,8 +25,7 @@ def source_modality(volume: Volume, to: Modality, force: bool) -> Modality:
         )
     if dicom is not None and dicom.complex_part and not force:  # as mrct batch skips it
         raise ModalityError(
-            f"{COMPLEX_PART_NAMES[dicom.complex_part]} image (by its header); only magnitude images are "
-            "translated (pass --force to translate anyway)",
+            f"{not_translated(dicom.complex_part)} (pass --force to translate anyway)",
             volume.source.path or None,
         )
     found = header or guess_modality(volume)

@@ -23,7 +23,15 @@ from mrct.errors import (
     SeriesSelectionError,
 )
 from mrct.io.dicom_file import incomplete_image, read_header
-from mrct.io.dicom_split import ORIENTATION_TOL, Members, echo_key, header_int, number_text, split_series
+from mrct.io.dicom_split import (
+    ORIENTATION_TOL,
+    Members,
+    echo_key,
+    header_int,
+    number_text,
+    split_series,
+    within,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -194,12 +202,8 @@ def _same_image(a: _Identity, b: _Identity) -> bool:
     0, or round the last digit otherwise); an unparsable value (the read names it) as equal."""
     if a[:2] != b[:2]:
         return False
-    for x, y, tol in ((a[2], b[2], PLACE_TOL_MM), (a[3], b[3], ORIENTATION_TOL)):
-        if x is None or y is None:
-            continue
-        if len(x) != len(y) or any(abs(p - q) > tol for p, q in zip(x, y, strict=True)):
-            return False
-    return True
+    pairs = ((a[2], b[2], PLACE_TOL_MM), (a[3], b[3], ORIENTATION_TOL))
+    return all(x is None or y is None or within(x, y, tol) for x, y, tol in pairs)
 
 
 def _shown(path: Path, shown: tuple[Path, Path] | None) -> Path:

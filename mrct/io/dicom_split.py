@@ -74,8 +74,13 @@ def orientation_key(ds: Any) -> tuple[float, ...]:
         return ()
 
 
+def within(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:
+    """The same numbers, each to within ``tol`` (header values printed otherwise)."""
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
 def same_orientation(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= ORIENTATION_TOL for x, y in zip(a, b, strict=True))
+    return within(a, b, ORIENTATION_TOL)
 
 
 def _grouped_orientations(keys: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
@@ -106,6 +111,11 @@ _GE_IMAGE_TYPE = 0x0043102F  # 0 magnitude, 1 phase, 2 real, 3 imaginary
 _GE_CREATOR = 0x00430010  # the private block's creator: GEMS_PARM_01 for the tag above
 _GE_PARTS = {1: "ph", 2: "real", 3: "imag"}
 COMPLEX_PART_NAMES = {"ph": "a phase", "real": "a real-part", "imag": "an imaginary-part"}
+
+
+def not_translated(kind: str) -> str:
+    """Why a part of complex MR data (:func:`complex_part`) is not translated."""
+    return f"{COMPLEX_PART_NAMES[kind]} image (by its header); only magnitude images are translated"
 
 
 def complex_part(ds: Any) -> str:
